@@ -1,0 +1,206 @@
+//! The event's Arrow schema, and conversion of events to and from `RecordBatch`es.
+
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{
+    Array, ArrayRef, Decimal128Array, Decimal128Builder, Int64Array, Int64Builder, RecordBatch,
+    StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::error::{Error, Result};
+use crate::event::{Event, EventType, Price};
+
+/// Precision of the `price` column: `Decimal(12, 2)`.
+pub const PRICE_PRECISION: u8 = 12;
+/// Scale of the `price` column.
+pub const PRICE_SCALE: i8 = 2;
+
+fn timestamp() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("event_time", timestamp(), false),
+        Field::new("event_type", DataType::Utf8, false),
+        Field::new("product_id", DataType::Int64, false),
+        Field::new("category_id", DataType::Int64, false),
+        Field::new("category_code", DataType::Utf8, true),
+        Field::new("brand", DataType::Utf8, true),
+        Field::new("price", DataType::Decimal128(PRICE_PRECISION, PRICE_SCALE), false),
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("user_session", DataType::Utf8, true),
+        Field::new("client_ip", DataType::Utf8, true),
+        Field::new("user_agent", DataType::Utf8, true),
+        Field::new("ingest_time", timestamp(), true),
+        Field::new("event_id", DataType::Utf8, false),
+    ]))
+});
+
+/// The Arrow schema of events: the nine REES46 columns, the network fields, the ingest time
+/// and the `event_id` (32 hex digits).
+pub fn event_schema() -> SchemaRef {
+    SCHEMA.clone()
+}
+
+/// Converts events to a `RecordBatch` with [`event_schema`].
+pub fn to_record_batch(events: &[Event]) -> Result<RecordBatch> {
+    let n = events.len();
+    let mut time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut kind = StringBuilder::with_capacity(n, n * 5);
+    let mut product = Int64Builder::with_capacity(n);
+    let mut category = Int64Builder::with_capacity(n);
+    let mut code = StringBuilder::with_capacity(n, n * 20);
+    let mut brand = StringBuilder::with_capacity(n, n * 8);
+    let mut price = Decimal128Builder::with_capacity(n)
+        .with_precision_and_scale(PRICE_PRECISION, PRICE_SCALE)?;
+    let mut user = Int64Builder::with_capacity(n);
+    let mut session = StringBuilder::with_capacity(n, n * 36);
+    let mut ip = StringBuilder::new();
+    let mut agent = StringBuilder::new();
+    let mut ingest = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut id = StringBuilder::with_capacity(n, n * 32);
+    let mut text = String::with_capacity(40);
+    for e in events {
+        time.append_value(e.event_time);
+        kind.append_value(e.event_type.as_str());
+        product.append_value(e.product_id);
+        category.append_value(e.category_id);
+        code.append_option(e.category_code.as_deref());
+        brand.append_option(e.brand.as_deref());
+        price.append_value(i128::from(e.price.cents()));
+        user.append_value(e.user_id);
+        session.append_option(e.user_session.as_deref());
+        match e.client_ip {
+            Some(a) => {
+                use std::fmt::Write as _;
+                text.clear();
+                let _ = write!(text, "{a}");
+                ip.append_value(&text);
+            }
+            None => ip.append_null(),
+        }
+        agent.append_option(e.user_agent.as_deref());
+        ingest.append_option(e.ingest_time);
+        {
+            use std::fmt::Write as _;
+            text.clear();
+            let _ = write!(text, "{}", e.event_id());
+            id.append_value(&text);
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(time.finish()),
+        Arc::new(kind.finish()),
+        Arc::new(product.finish()),
+        Arc::new(category.finish()),
+        Arc::new(code.finish()),
+        Arc::new(brand.finish()),
+        Arc::new(price.finish()),
+        Arc::new(user.finish()),
+        Arc::new(session.finish()),
+        Arc::new(ip.finish()),
+        Arc::new(agent.finish()),
+        Arc::new(ingest.finish()),
+        Arc::new(id.finish()),
+    ];
+    Ok(RecordBatch::try_new(event_schema(), columns)?)
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<Option<&'a T>> {
+    match batch.column_by_name(name) {
+        None => Ok(None),
+        Some(c) => c
+            .as_any()
+            .downcast_ref::<T>()
+            .map(Some)
+            .ok_or_else(|| Error::Arrow(format!("column {name} has type {}", c.data_type()))),
+    }
+}
+
+fn required<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
+    column(batch, name)?.ok_or_else(|| Error::Arrow(format!("column {name} is missing")))
+}
+
+fn string(a: Option<&StringArray>, i: usize) -> Option<String> {
+    a.filter(|a| a.is_valid(i)).map(|a| a.value(i).to_owned())
+}
+
+/// Converts a `RecordBatch` back to events. Columns are found by name; extra columns (such as
+/// a partition column) are ignored, and the network fields may be absent.
+pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Event>> {
+    let time = required::<TimestampMicrosecondArray>(batch, "event_time")?;
+    let kind = required::<StringArray>(batch, "event_type")?;
+    let product = required::<Int64Array>(batch, "product_id")?;
+    let category = required::<Int64Array>(batch, "category_id")?;
+    let code = column::<StringArray>(batch, "category_code")?;
+    let brand = column::<StringArray>(batch, "brand")?;
+    let price = required::<Decimal128Array>(batch, "price")?;
+    if price.scale() != PRICE_SCALE {
+        return Err(Error::Arrow(format!("price has scale {}, expected 2", price.scale())));
+    }
+    let user = required::<Int64Array>(batch, "user_id")?;
+    let session = column::<StringArray>(batch, "user_session")?;
+    let ip = column::<StringArray>(batch, "client_ip")?;
+    let agent = column::<StringArray>(batch, "user_agent")?;
+    let ingest = column::<TimestampMicrosecondArray>(batch, "ingest_time")?;
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let event_type = EventType::parse(kind.value(i))
+            .ok_or_else(|| Error::Arrow(format!("row {i}: unknown event_type {:?}", kind.value(i))))?;
+        let cents = i64::try_from(price.value(i))
+            .map_err(|_| Error::Arrow(format!("row {i}: price out of range")))?;
+        let client_ip = match string(ip, i) {
+            None => None,
+            Some(s) => Some(
+                s.parse::<IpAddr>()
+                    .map_err(|_| Error::Arrow(format!("row {i}: client_ip {s:?} is not an IP")))?,
+            ),
+        };
+        out.push(Event {
+            event_time: time.value(i),
+            event_type,
+            product_id: product.value(i),
+            category_id: category.value(i),
+            category_code: string(code, i),
+            brand: string(brand, i),
+            price: Price(cents),
+            user_id: user.value(i),
+            user_session: string(session, i),
+            client_ip,
+            user_agent: string(agent, i),
+            ingest_time: ingest.filter(|a| a.is_valid(i)).map(|a| a.value(i)),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_arrow() {
+        let e = Event {
+            event_time: 1_569_888_004_000_000,
+            event_type: EventType::Purchase,
+            product_id: 1,
+            category_id: i64::MAX,
+            category_code: Some("electronics.smartphone".into()),
+            brand: None,
+            price: Price(257_407),
+            user_id: 3,
+            user_session: None,
+            client_ip: Some("2001:db8::1".parse().unwrap()),
+            user_agent: Some("curl/8".into()),
+            ingest_time: Some(5),
+        };
+        let batch = to_record_batch(&[e.clone(), e.clone()]).unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        let id = batch.column_by_name("event_id").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(id.value(0), e.event_id().to_string());
+        assert_eq!(from_record_batch(&batch).unwrap(), vec![e.clone(), e]);
+    }
+}

@@ -1,0 +1,466 @@
+//! JSON events: one object per event with the CSV's field names. The decoder reads NDJSON
+//! (streaming, one object per line; a pretty-printed object may span lines), a JSON array of
+//! objects, or a single object. Ids may be numbers or strings; prices numbers or strings.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io::{BufRead, Write};
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::csv::Row;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::validate::{Field, FieldError, RawEvent, Reject, Validator};
+
+/// The largest single JSON value accepted (an object spanning lines is buffered until complete).
+const MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// A JSON scalar as read, borrowing from the input where it can.
+enum Scalar<'a> {
+    Text(Cow<'a, str>),
+    Null,
+    Other(&'static str),
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(v)))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(itoa::Buffer::new().format(v).to_owned())))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(itoa::Buffer::new().format(v).to_owned())))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        // The shortest text that reads back as the same float: `35.79` stays `35.79`.
+        Ok(Scalar::Text(Cow::Owned(format!("{v}"))))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Other("a boolean"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other("an array"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other("an object"))
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// An object's fields as text, or the first field with a type that cannot be text.
+struct JsonRow<'a>(Result<RawEvent<'a>, FieldError>);
+
+impl<'de> de::Deserialize<'de> for JsonRow<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RowVisitor;
+        impl<'de> Visitor<'de> for RowVisitor {
+            type Value = JsonRow<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut raw = RawEvent::default();
+                let mut error = None;
+                while let Some(key) = map.next_key::<Scalar<'de>>()? {
+                    let field = match &key {
+                        Scalar::Text(k) => Field::from_name(k),
+                        _ => None,
+                    };
+                    let Some(field) = field else {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    };
+                    match map.next_value::<Scalar<'de>>()? {
+                        Scalar::Text(v) => raw.set(field, v),
+                        Scalar::Null => {}
+                        Scalar::Other(kind) => {
+                            error.get_or_insert_with(|| {
+                                FieldError::new(
+                                    field,
+                                    format!("expected a string or a number, found {kind}"),
+                                )
+                            });
+                        }
+                    }
+                }
+                Ok(JsonRow(match error {
+                    Some(e) => Err(e),
+                    None => Ok(raw),
+                }))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(JsonRow(Err(FieldError::row("expected a JSON object, found an array"))))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(JsonRow(Err(FieldError::row("expected a JSON object, found a string"))))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(JsonRow(Err(FieldError::row("expected a JSON object, found a number"))))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(JsonRow(Err(FieldError::row("expected a JSON object, found a number"))))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(JsonRow(Err(FieldError::row("expected a JSON object, found a number"))))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(JsonRow(Err(FieldError::row("expected a JSON object, found a boolean"))))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(JsonRow(Err(FieldError::row("expected a JSON object, found null"))))
+            }
+        }
+        d.deserialize_any(RowVisitor)
+    }
+}
+
+fn decode_value(text: &str, validator: &Validator) -> Result<Event, FieldError> {
+    let row: JsonRow<'_> = serde_json::from_str(text)
+        .map_err(|e| FieldError::row(format!("is not valid JSON: {e}")))?;
+    validator.validate(&row.0?)
+}
+
+fn reject(line: u64, error: FieldError, raw: &[u8]) -> Reject {
+    Reject::new(line, error, String::from_utf8_lossy(raw).trim_end().to_owned())
+}
+
+/// Decodes every element of a JSON array; `line` of a reject is the element's index.
+fn decode_array(bytes: &[u8], validator: &Validator, out: &mut Vec<Row>) -> Result<()> {
+    struct Elements<'v, 'o> {
+        validator: &'v Validator,
+        out: &'o mut Vec<Row>,
+    }
+    impl<'de> DeserializeSeed<'de> for Elements<'_, '_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Elements<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON array of event objects")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut index = 0u64;
+            while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+                self.out.push(match decode_value(raw.get(), self.validator) {
+                    Ok(e) => Row::Event(e),
+                    Err(e) => Row::Reject(reject(index, e, raw.get().as_bytes())),
+                });
+                index += 1;
+            }
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    Elements { validator, out }
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| Error::Json(format!("the array is malformed after {} element(s): {e}", out.len())))
+}
+
+/// Reads JSON events, validating each; NDJSON streams in constant memory.
+pub struct JsonDecoder<R: BufRead> {
+    input: R,
+    validator: Validator,
+    line: u64,
+    started: bool,
+    buf: Vec<u8>,
+    pending: Vec<u8>,
+    pending_line: u64,
+    queued: std::vec::IntoIter<Row>,
+    rows: u64,
+}
+
+impl<R: BufRead> fmt::Debug for JsonDecoder<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonDecoder").field("line", &self.line).finish()
+    }
+}
+
+impl<R: BufRead> JsonDecoder<R> {
+    /// A decoder over `input`.
+    pub fn new(input: R, validator: Validator) -> Self {
+        JsonDecoder {
+            input,
+            validator,
+            line: 0,
+            started: false,
+            buf: Vec::new(),
+            pending: Vec::new(),
+            pending_line: 0,
+            queued: Vec::new().into_iter(),
+            rows: 0,
+        }
+    }
+
+    /// Rows read so far (valid and refused).
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// The next row, `None` at the end. An `Err` means the input itself failed (I/O, or a
+    /// malformed array): the rows before it are good.
+    pub fn next_row(&mut self) -> Result<Option<Row>> {
+        let row = self.next_inner()?;
+        if row.is_some() {
+            self.rows += 1;
+        }
+        Ok(row)
+    }
+
+    fn next_inner(&mut self) -> Result<Option<Row>> {
+        if let Some(row) = self.queued.next() {
+            return Ok(Some(row));
+        }
+        loop {
+            self.buf.clear();
+            let n = self
+                .input
+                .read_until(b'\n', &mut self.buf)
+                .map_err(Error::io("reading JSON"))?;
+            if n == 0 {
+                if self.pending.is_empty() {
+                    return Ok(None);
+                }
+                let raw = std::mem::take(&mut self.pending);
+                let err = FieldError::row("is an incomplete JSON value (the input ends inside it)");
+                return Ok(Some(Row::Reject(reject(self.pending_line, err, &raw))));
+            }
+            self.line += 1;
+            let mut chunk: &[u8] = &self.buf;
+            if !self.started {
+                chunk = chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk);
+                if chunk.trim_ascii().is_empty() {
+                    continue;
+                }
+                self.started = true;
+                if chunk.trim_ascii_start().starts_with(b"[") {
+                    let mut all = chunk.to_vec();
+                    self.input.read_to_end(&mut all).map_err(Error::io("reading JSON"))?;
+                    let mut rows = Vec::new();
+                    let result = decode_array(&all, &self.validator, &mut rows);
+                    self.queued = rows.into_iter();
+                    result?;
+                    return Ok(self.queued.next());
+                }
+            }
+            if self.pending.is_empty() {
+                if chunk.trim_ascii().is_empty() {
+                    continue;
+                }
+                self.pending_line = self.line;
+            }
+            self.pending.extend_from_slice(chunk);
+            match serde_json::from_slice::<&RawValue>(&self.pending) {
+                Ok(raw) => {
+                    let row = match decode_value(raw.get(), &self.validator) {
+                        Ok(e) => Row::Event(e),
+                        Err(e) => Row::Reject(reject(self.pending_line, e, &self.pending)),
+                    };
+                    self.pending.clear();
+                    return Ok(Some(row));
+                }
+                Err(e) if e.is_eof() && self.pending.len() <= MAX_VALUE_BYTES => continue,
+                Err(e) => {
+                    let reason = if e.is_eof() {
+                        format!("is a JSON value larger than {MAX_VALUE_BYTES} bytes")
+                    } else {
+                        format!("is not valid JSON: {e}")
+                    };
+                    let raw = std::mem::take(&mut self.pending);
+                    return Ok(Some(Row::Reject(reject(self.pending_line, FieldError::row(reason), &raw))));
+                }
+            }
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for JsonDecoder<R> {
+    type Item = Result<Row>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_row().transpose()
+    }
+}
+
+/// Appends one event as a JSON object and a newline (NDJSON).
+pub fn encode_json(buf: &mut Vec<u8>, e: &Event) {
+    fn string(buf: &mut Vec<u8>, s: &str) {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *buf, s);
+    }
+    fn opt(buf: &mut Vec<u8>, s: Option<&str>) {
+        match s {
+            Some(s) => string(buf, s),
+            None => buf.extend_from_slice(b"null"),
+        }
+    }
+    let mut ints = itoa::Buffer::new();
+    buf.extend_from_slice(b"{\"event_time\":\"");
+    crate::time::write_timestamp(buf, e.event_time);
+    buf.extend_from_slice(b"\",\"event_type\":\"");
+    buf.extend_from_slice(e.event_type.as_str().as_bytes());
+    buf.extend_from_slice(b"\",\"product_id\":");
+    buf.extend_from_slice(ints.format(e.product_id).as_bytes());
+    buf.extend_from_slice(b",\"category_id\":");
+    buf.extend_from_slice(ints.format(e.category_id).as_bytes());
+    buf.extend_from_slice(b",\"category_code\":");
+    opt(buf, e.category_code.as_deref());
+    buf.extend_from_slice(b",\"brand\":");
+    opt(buf, e.brand.as_deref());
+    buf.extend_from_slice(b",\"price\":");
+    e.price.write(buf);
+    buf.extend_from_slice(b",\"user_id\":");
+    buf.extend_from_slice(ints.format(e.user_id).as_bytes());
+    buf.extend_from_slice(b",\"user_session\":");
+    opt(buf, e.user_session.as_deref());
+    if let Some(ip) = e.client_ip {
+        buf.extend_from_slice(b",\"client_ip\":");
+        string(buf, &ip.to_string());
+    }
+    if let Some(ua) = &e.user_agent {
+        buf.extend_from_slice(b",\"user_agent\":");
+        string(buf, ua);
+    }
+    buf.extend_from_slice(b"}\n");
+}
+
+/// Writes events as NDJSON.
+#[derive(Debug)]
+pub struct JsonEncoder<W: Write> {
+    out: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> JsonEncoder<W> {
+    /// An encoder writing to `out`.
+    pub fn new(out: W) -> Self {
+        JsonEncoder {
+            out,
+            buf: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    /// Appends one event.
+    pub fn write(&mut self, e: &Event) -> Result<()> {
+        encode_json(&mut self.buf, e);
+        if self.buf.len() >= 60 * 1024 {
+            self.out.write_all(&self.buf).map_err(Error::io("writing JSON"))?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered and returns the writer.
+    pub fn finish(mut self) -> Result<W> {
+        self.out.write_all(&self.buf).map_err(Error::io("writing JSON"))?;
+        self.out.flush().map_err(Error::io("writing JSON"))?;
+        Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::FixedClock;
+    use std::sync::Arc;
+
+    fn decode(input: &str) -> Result<(Vec<Event>, Vec<Reject>)> {
+        let v = Validator::new(Arc::new(FixedClock(1_795_824_000_000_000)));
+        let mut events = Vec::new();
+        let mut rejects = Vec::new();
+        for row in JsonDecoder::new(input.as_bytes(), v) {
+            match row? {
+                Row::Event(e) => events.push(e),
+                Row::Reject(r) => rejects.push(r),
+            }
+        }
+        Ok((events, rejects))
+    }
+
+    const OBJ: &str = r#"{"event_time":"2019-10-01 00:00:04 UTC","event_type":"view","product_id":44600062,"category_id":"2103807459595387724","category_code":null,"brand":"shiseido","price":35.79,"user_id":541312140,"user_session":"72d76fde-8bb3-4e00-8c23-a032dfed738c"}"#;
+
+    #[test]
+    fn ndjson_array_single_and_pretty_objects() {
+        let (e, r) = decode(&format!("{OBJ}\n\n{OBJ}\n")).unwrap();
+        assert_eq!((e.len(), r.len()), (2, 0));
+        let (e, r) = decode(&format!("[{OBJ},\n{OBJ}]")).unwrap();
+        assert_eq!((e.len(), r.len()), (2, 0));
+        let (e, r) = decode(OBJ).unwrap();
+        assert_eq!((e.len(), r.len()), (1, 0));
+        let pretty = serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(OBJ).unwrap()).unwrap();
+        let (e, r) = decode(&format!("{pretty}\n{OBJ}\n")).unwrap();
+        assert_eq!((e.len(), r.len()), (2, 0));
+        assert_eq!(e[0].price.cents(), 3579);
+        assert_eq!(e[0].category_id, 2_103_807_459_595_387_724);
+    }
+
+    #[test]
+    fn bad_rows_are_rejected_with_line_and_good_rows_kept() {
+        let bad_type = OBJ.replace("\"price\":35.79", "\"price\":true");
+        let bad_value = OBJ.replace("\"view\"", "\"click\"");
+        let input = format!("{OBJ}\n{{not json\n{bad_type}\n42\n{bad_value}\n{OBJ}\n");
+        let (e, r) = decode(&input).unwrap();
+        assert_eq!(e.len(), 2);
+        let got: Vec<String> = r.iter().map(|r| r.to_string()).collect();
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[0].starts_with("line 2: is not valid JSON"), "{got:?}");
+        assert_eq!(got[1], "line 3: price: expected a string or a number, found a boolean");
+        assert_eq!(got[2], "line 4: expected a JSON object, found a number");
+        assert_eq!(
+            got[3],
+            "line 5: event_type: \"click\" is not one of view, cart, remove_from_cart, purchase"
+        );
+    }
+
+    #[test]
+    fn array_rejects_carry_the_index() {
+        let bad = OBJ.replace("541312140", "\"x\"");
+        let (e, r) = decode(&format!("[{OBJ},{bad}]")).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(r[0].to_string(), "line 1: user_id: \"x\" is not an integer");
+        assert!(decode(&format!("[{OBJ},")).is_err());
+    }
+
+    #[test]
+    fn round_trips_through_the_encoder() {
+        let (events, _) = decode(OBJ).unwrap();
+        let mut enc = JsonEncoder::new(Vec::new());
+        enc.write(&events[0]).unwrap();
+        let text = String::from_utf8(enc.finish().unwrap()).unwrap();
+        let (again, _) = decode(&text).unwrap();
+        assert_eq!(events, again);
+    }
+}
