@@ -5,7 +5,7 @@
 //! per-second buckets; a bucket is emitted once no later arrival can add to it. Memory holds
 //! only sessions in flight, so output streams in constant memory whatever its size.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 
 use rand::SeedableRng;
@@ -55,7 +55,7 @@ const IDLE_S: i64 = 30 * 60;
 const P_STAY_ON_PRODUCT: f64 = 0.35;
 const P_SWITCH_CATEGORY: f64 = 0.08;
 /// Events per organic session including extras (removals, duplicates): sizes the arrival rate.
-const EVENTS_PER_SESSION: f64 = 4.78;
+const EVENTS_PER_SESSION: f64 = 4.69;
 
 /// A planned event and the actor it belongs to (`ORGANIC` for shoppers).
 struct Pending {
@@ -87,6 +87,8 @@ pub struct Generator {
     scheduled: VecDeque<(i64, AttackKind)>,
     next_user: u64,
     busy: HashMap<u64, i64>,
+    /// Users that belong to attackers: never picked as returning shoppers.
+    bots: HashSet<u64>,
     busy_queue: VecDeque<(i64, u64)>,
     actors: Vec<ActorState>,
     days: u32,
@@ -176,6 +178,7 @@ impl Generator {
             scheduled: scheduled.into(),
             next_user: 0,
             busy: HashMap::new(),
+            bots: HashSet::new(),
             busy_queue: VecDeque::new(),
             actors: Vec::new(),
             days,
@@ -293,7 +296,7 @@ impl Generator {
             for _ in 0..4 {
                 let u = (self.next_user as f64 * self.rng.unit().sqrt()) as u64;
                 let u = u.min(self.next_user - 1);
-                if self.busy.get(&u).is_none_or(|&until| until <= t) {
+                if self.busy.get(&u).is_none_or(|&until| until <= t) && !self.bots.contains(&u) {
                     return u;
                 }
             }
@@ -530,8 +533,10 @@ impl Generator {
         self.seed
     }
 
+    /// A new user for an attacker.
     pub(crate) fn fresh_user(&mut self) -> (u64, i64) {
         let u = self.new_user();
+        self.bots.insert(u);
         (u, self.user_id(u))
     }
 
