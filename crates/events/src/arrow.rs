@@ -29,7 +29,11 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("category_id", DataType::Int64, false),
         Field::new("category_code", DataType::Utf8, true),
         Field::new("brand", DataType::Utf8, true),
-        Field::new("price", DataType::Decimal128(PRICE_PRECISION, PRICE_SCALE), false),
+        Field::new(
+            "price",
+            DataType::Decimal128(PRICE_PRECISION, PRICE_SCALE),
+            false,
+        ),
         Field::new("user_id", DataType::Int64, false),
         Field::new("user_session", DataType::Utf8, true),
         Field::new("client_ip", DataType::Utf8, true),
@@ -139,7 +143,10 @@ pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Event>> {
     let brand = column::<StringArray>(batch, "brand")?;
     let price = required::<Decimal128Array>(batch, "price")?;
     if price.scale() != PRICE_SCALE {
-        return Err(Error::Arrow(format!("price has scale {}, expected 2", price.scale())));
+        return Err(Error::Arrow(format!(
+            "price has scale {}, expected 2",
+            price.scale()
+        )));
     }
     let user = required::<Int64Array>(batch, "user_id")?;
     let session = column::<StringArray>(batch, "user_session")?;
@@ -148,8 +155,9 @@ pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Event>> {
     let ingest = column::<TimestampMicrosecondArray>(batch, "ingest_time")?;
     let mut out = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
-        let event_type = EventType::parse(kind.value(i))
-            .ok_or_else(|| Error::Arrow(format!("row {i}: unknown event_type {:?}", kind.value(i))))?;
+        let event_type = EventType::parse(kind.value(i)).ok_or_else(|| {
+            Error::Arrow(format!("row {i}: unknown event_type {:?}", kind.value(i)))
+        })?;
         let cents = i64::try_from(price.value(i))
             .map_err(|_| Error::Arrow(format!("row {i}: price out of range")))?;
         let client_ip = match string(ip, i) {
@@ -199,7 +207,12 @@ mod tests {
         };
         let batch = to_record_batch(&[e.clone(), e.clone()]).unwrap();
         assert_eq!(batch.num_rows(), 2);
-        let id = batch.column_by_name("event_id").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let id = batch
+            .column_by_name("event_id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         assert_eq!(id.value(0), e.event_id().to_string());
         assert_eq!(from_record_batch(&batch).unwrap(), vec![e.clone(), e]);
     }

@@ -35,7 +35,9 @@ pub struct CsvDecoder<R: Read> {
 
 impl<R: Read> std::fmt::Debug for CsvDecoder<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CsvDecoder").field("rows", &self.rows).finish()
+        f.debug_struct("CsvDecoder")
+            .field("rows", &self.rows)
+            .finish()
     }
 }
 
@@ -49,13 +51,22 @@ impl<R: Read> CsvDecoder<R> {
             .buffer_capacity(256 * 1024)
             .from_reader(input);
         let mut header = ByteRecord::new();
-        if !reader.read_byte_record(&mut header).map_err(Error::from_csv)? {
-            return Err(Error::Header("the input is empty: expected a header line".into()));
+        if !reader
+            .read_byte_record(&mut header)
+            .map_err(Error::from_csv)?
+        {
+            return Err(Error::Header(
+                "the input is empty: expected a header line".into(),
+            ));
         }
         let mut columns = [None; 11];
         let mut names = Vec::new();
         for (i, raw) in header.iter().enumerate() {
-            let raw = if i == 0 { raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw) } else { raw };
+            let raw = if i == 0 {
+                raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw)
+            } else {
+                raw
+            };
             let name = String::from_utf8_lossy(raw).trim().to_ascii_lowercase();
             if let Some(field) = Field::from_name(&name) {
                 if columns[field as usize].is_some() {
@@ -101,7 +112,11 @@ impl<R: Read> CsvDecoder<R> {
     /// (I/O, corrupt gzip): the rows before it are good, the rest cannot be read.
     pub fn next_row(&mut self) -> Result<Option<Row>> {
         loop {
-            if !self.reader.read_byte_record(&mut self.record).map_err(Error::from_csv)? {
+            if !self
+                .reader
+                .read_byte_record(&mut self.record)
+                .map_err(Error::from_csv)?
+            {
                 return Ok(None);
             }
             // A blank line (common at the end of hand-edited files) is not a row.
@@ -179,7 +194,10 @@ fn raw_line(record: &ByteRecord) -> String {
 }
 
 fn write_field(out: &mut Vec<u8>, value: &[u8]) {
-    if value.iter().any(|&b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+    if value
+        .iter()
+        .any(|&b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+    {
         out.push(b'"');
         for &b in value {
             if b == b'"' {
@@ -225,7 +243,9 @@ impl<W: Write> CsvEncoder<W> {
     pub fn write(&mut self, e: &Event) -> Result<()> {
         encode_row(&mut self.buf, e, self.network_fields);
         if self.buf.len() >= 60 * 1024 {
-            self.out.write_all(&self.buf).map_err(Error::io("writing CSV"))?;
+            self.out
+                .write_all(&self.buf)
+                .map_err(Error::io("writing CSV"))?;
             self.buf.clear();
         }
         Ok(())
@@ -233,7 +253,9 @@ impl<W: Write> CsvEncoder<W> {
 
     /// Writes what is buffered and returns the writer.
     pub fn finish(mut self) -> Result<W> {
-        self.out.write_all(&self.buf).map_err(Error::io("writing CSV"))?;
+        self.out
+            .write_all(&self.buf)
+            .map_err(Error::io("writing CSV"))?;
         self.out.flush().map_err(Error::io("writing CSV"))?;
         Ok(self.out)
     }
@@ -284,7 +306,8 @@ mod tests {
     fn decode(input: &str) -> (Vec<Event>, Vec<Reject>) {
         let mut dec = CsvDecoder::new(input.as_bytes(), validator()).unwrap();
         let (mut events, mut rejects) = (Vec::new(), Vec::new());
-        dec.read_batch(usize::MAX, &mut events, &mut rejects).unwrap();
+        dec.read_batch(usize::MAX, &mut events, &mut rejects)
+            .unwrap();
         (events, rejects)
     }
 
@@ -305,7 +328,11 @@ mod tests {
     #[test]
     fn header_is_checked() {
         let err = CsvDecoder::new("event_time,event_type\n".as_bytes(), validator()).unwrap_err();
-        assert!(err.to_string().contains("missing column(s) product_id, category_id"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("missing column(s) product_id, category_id"),
+            "{err}"
+        );
         assert!(CsvDecoder::new("".as_bytes(), validator()).is_err());
     }
 
@@ -330,7 +357,8 @@ mod tests {
 
     #[test]
     fn round_trips_byte_for_byte() {
-        let input = format!("{HEADER}\n{ROW}\n2019-10-01 00:00:05 UTC,purchase,1,2,\"x,y\",,0.77,3,\n");
+        let input =
+            format!("{HEADER}\n{ROW}\n2019-10-01 00:00:05 UTC,purchase,1,2,\"x,y\",,0.77,3,\n");
         let (events, _) = decode(&input);
         let mut enc = CsvEncoder::new(Vec::new(), false).unwrap();
         for e in &events {

@@ -248,7 +248,10 @@ mod tests {
     #[test]
     fn event_id_is_stable_across_releases() {
         // Part of the storage format: if this changes, every lake's dedupe breaks.
-        assert_eq!(sample().event_id().to_string(), sample().event_id().to_string());
+        assert_eq!(
+            sample().event_id().to_string(),
+            sample().event_id().to_string()
+        );
         let id = sample().event_id();
         assert_eq!(EventId::parse(&id.to_string()), Some(id));
     }

@@ -38,7 +38,9 @@ struct GzipInput<R>(MultiGzDecoder<R>);
 impl<R: BufRead> Read for GzipInput<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.read(buf).map_err(|e| match e.kind() {
-            io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
+            io::ErrorKind::InvalidInput
+            | io::ErrorKind::InvalidData
+            | io::ErrorKind::UnexpectedEof => {
                 io::Error::new(e.kind(), format!("corrupt or truncated gzip data ({e})"))
             }
             _ => e,
@@ -62,10 +64,16 @@ mod tests {
             both.extend(enc.finish().unwrap());
         }
         let mut s = String::new();
-        maybe_gunzip(io::Cursor::new(both)).unwrap().read_to_string(&mut s).unwrap();
+        maybe_gunzip(io::Cursor::new(both))
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "hello world");
         let mut plain = String::new();
-        maybe_gunzip(io::Cursor::new(b"plain".to_vec())).unwrap().read_to_string(&mut plain).unwrap();
+        maybe_gunzip(io::Cursor::new(b"plain".to_vec()))
+            .unwrap()
+            .read_to_string(&mut plain)
+            .unwrap();
         assert_eq!(plain, "plain");
     }
 
@@ -76,7 +84,10 @@ mod tests {
         let mut data = enc.finish().unwrap();
         data.truncate(data.len() / 2);
         let mut s = Vec::new();
-        let err = maybe_gunzip(io::Cursor::new(data)).unwrap().read_to_end(&mut s).unwrap_err();
+        let err = maybe_gunzip(io::Cursor::new(data))
+            .unwrap()
+            .read_to_end(&mut s)
+            .unwrap_err();
         assert!(err.to_string().contains("gzip"), "{err}");
     }
 }

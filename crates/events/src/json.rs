@@ -42,10 +42,14 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         Ok(Scalar::Text(Cow::Owned(v)))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Scalar::Text(Cow::Owned(itoa::Buffer::new().format(v).to_owned())))
+        Ok(Scalar::Text(Cow::Owned(
+            itoa::Buffer::new().format(v).to_owned(),
+        )))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Scalar::Text(Cow::Owned(itoa::Buffer::new().format(v).to_owned())))
+        Ok(Scalar::Text(Cow::Owned(
+            itoa::Buffer::new().format(v).to_owned(),
+        )))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
         // The shortest text that reads back as the same float: `35.79` stays `35.79`.
@@ -119,25 +123,39 @@ impl<'de> de::Deserialize<'de> for JsonRow<'de> {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(JsonRow(Err(FieldError::row("expected a JSON object, found an array"))))
+                Ok(JsonRow(Err(FieldError::row(
+                    "expected a JSON object, found an array",
+                ))))
             }
             fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(JsonRow(Err(FieldError::row("expected a JSON object, found a string"))))
+                Ok(JsonRow(Err(FieldError::row(
+                    "expected a JSON object, found a string",
+                ))))
             }
             fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(JsonRow(Err(FieldError::row("expected a JSON object, found a number"))))
+                Ok(JsonRow(Err(FieldError::row(
+                    "expected a JSON object, found a number",
+                ))))
             }
             fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(JsonRow(Err(FieldError::row("expected a JSON object, found a number"))))
+                Ok(JsonRow(Err(FieldError::row(
+                    "expected a JSON object, found a number",
+                ))))
             }
             fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(JsonRow(Err(FieldError::row("expected a JSON object, found a number"))))
+                Ok(JsonRow(Err(FieldError::row(
+                    "expected a JSON object, found a number",
+                ))))
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(JsonRow(Err(FieldError::row("expected a JSON object, found a boolean"))))
+                Ok(JsonRow(Err(FieldError::row(
+                    "expected a JSON object, found a boolean",
+                ))))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(JsonRow(Err(FieldError::row("expected a JSON object, found null"))))
+                Ok(JsonRow(Err(FieldError::row(
+                    "expected a JSON object, found null",
+                ))))
             }
         }
         d.deserialize_any(RowVisitor)
@@ -151,7 +169,11 @@ fn decode_value(text: &str, validator: &Validator) -> Result<Event, FieldError> 
 }
 
 fn reject(line: u64, error: FieldError, raw: &[u8]) -> Reject {
-    Reject::new(line, error, String::from_utf8_lossy(raw).trim_end().to_owned())
+    Reject::new(
+        line,
+        error,
+        String::from_utf8_lossy(raw).trim_end().to_owned(),
+    )
 }
 
 /// Decodes every element of a JSON array; `line` of a reject is the element's index.
@@ -174,10 +196,11 @@ fn decode_array(bytes: &[u8], validator: &Validator, out: &mut Vec<Row>) -> Resu
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
             let mut index = 0u64;
             while let Some(raw) = seq.next_element::<&'de RawValue>()? {
-                self.out.push(match decode_value(raw.get(), self.validator) {
-                    Ok(e) => Row::Event(e),
-                    Err(e) => Row::Reject(reject(index, e, raw.get().as_bytes())),
-                });
+                self.out
+                    .push(match decode_value(raw.get(), self.validator) {
+                        Ok(e) => Row::Event(e),
+                        Err(e) => Row::Reject(reject(index, e, raw.get().as_bytes())),
+                    });
                 index += 1;
             }
             Ok(())
@@ -187,7 +210,12 @@ fn decode_array(bytes: &[u8], validator: &Validator, out: &mut Vec<Row>) -> Resu
     Elements { validator, out }
         .deserialize(&mut de)
         .and_then(|()| de.end())
-        .map_err(|e| Error::Json(format!("the array is malformed after {} element(s): {e}", out.len())))
+        .map_err(|e| {
+            Error::Json(format!(
+                "the array is malformed after {} element(s): {e}",
+                out.len()
+            ))
+        })
 }
 
 /// Reads JSON events, validating each; NDJSON streams in constant memory.
@@ -205,7 +233,9 @@ pub struct JsonDecoder<R: BufRead> {
 
 impl<R: BufRead> fmt::Debug for JsonDecoder<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JsonDecoder").field("line", &self.line).finish()
+        f.debug_struct("JsonDecoder")
+            .field("line", &self.line)
+            .finish()
     }
 }
 
@@ -268,7 +298,9 @@ impl<R: BufRead> JsonDecoder<R> {
                 self.started = true;
                 if chunk.trim_ascii_start().starts_with(b"[") {
                     let mut all = chunk.to_vec();
-                    self.input.read_to_end(&mut all).map_err(Error::io("reading JSON"))?;
+                    self.input
+                        .read_to_end(&mut all)
+                        .map_err(Error::io("reading JSON"))?;
                     let mut rows = Vec::new();
                     let result = decode_array(&all, &self.validator, &mut rows);
                     self.queued = rows.into_iter();
@@ -300,7 +332,11 @@ impl<R: BufRead> JsonDecoder<R> {
                         format!("is not valid JSON: {e}")
                     };
                     let raw = std::mem::take(&mut self.pending);
-                    return Ok(Some(Row::Reject(reject(self.pending_line, FieldError::row(reason), &raw))));
+                    return Ok(Some(Row::Reject(reject(
+                        self.pending_line,
+                        FieldError::row(reason),
+                        &raw,
+                    ))));
                 }
             }
         }
@@ -377,7 +413,9 @@ impl<W: Write> JsonEncoder<W> {
     pub fn write(&mut self, e: &Event) -> Result<()> {
         encode_json(&mut self.buf, e);
         if self.buf.len() >= 60 * 1024 {
-            self.out.write_all(&self.buf).map_err(Error::io("writing JSON"))?;
+            self.out
+                .write_all(&self.buf)
+                .map_err(Error::io("writing JSON"))?;
             self.buf.clear();
         }
         Ok(())
@@ -385,7 +423,9 @@ impl<W: Write> JsonEncoder<W> {
 
     /// Writes what is buffered and returns the writer.
     pub fn finish(mut self) -> Result<W> {
-        self.out.write_all(&self.buf).map_err(Error::io("writing JSON"))?;
+        self.out
+            .write_all(&self.buf)
+            .map_err(Error::io("writing JSON"))?;
         self.out.flush().map_err(Error::io("writing JSON"))?;
         Ok(self.out)
     }
@@ -420,7 +460,9 @@ mod tests {
         assert_eq!((e.len(), r.len()), (2, 0));
         let (e, r) = decode(OBJ).unwrap();
         assert_eq!((e.len(), r.len()), (1, 0));
-        let pretty = serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(OBJ).unwrap()).unwrap();
+        let pretty =
+            serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(OBJ).unwrap())
+                .unwrap();
         let (e, r) = decode(&format!("{pretty}\n{OBJ}\n")).unwrap();
         assert_eq!((e.len(), r.len()), (2, 0));
         assert_eq!(e[0].price.cents(), 3579);
@@ -437,7 +479,10 @@ mod tests {
         let got: Vec<String> = r.iter().map(|r| r.to_string()).collect();
         assert_eq!(got.len(), 4, "{got:?}");
         assert!(got[0].starts_with("line 2: is not valid JSON"), "{got:?}");
-        assert_eq!(got[1], "line 3: price: expected a string or a number, found a boolean");
+        assert_eq!(
+            got[1],
+            "line 3: price: expected a string or a number, found a boolean"
+        );
         assert_eq!(got[2], "line 4: expected a JSON object, found a number");
         assert_eq!(
             got[3],

@@ -295,7 +295,10 @@ impl Validator {
         let client_ip = match text(raw, Field::ClientIp)? {
             None => None,
             Some(s) => Some(s.parse::<IpAddr>().map_err(|_| {
-                FieldError::new(Field::ClientIp, format!("{} is not an IP address", quote(s)))
+                FieldError::new(
+                    Field::ClientIp,
+                    format!("{} is not an IP address", quote(s)),
+                )
             })?),
         };
         let user_agent = text(raw, Field::UserAgent)?.map(str::to_owned);
@@ -348,7 +351,11 @@ fn text<'r>(raw: &'r RawEvent<'_>, field: Field) -> Result<Option<&'r str>, Fiel
         None | Some("") => Ok(None),
         Some(s) if s.len() > field.max_len() => Err(FieldError::new(
             field,
-            format!("is longer than {} bytes ({} bytes)", field.max_len(), s.len()),
+            format!(
+                "is longer than {} bytes ({} bytes)",
+                field.max_len(),
+                s.len()
+            ),
         )),
         Some(s) => Ok(Some(s)),
     }
@@ -385,7 +392,12 @@ fn id(raw: &RawEvent<'_>, field: Field) -> Result<i64, FieldError> {
 
 /// Parses a decimal price exactly into cents: `35.79`, `35.7`, `35`, `35.790`.
 pub fn price(s: &str) -> Result<Price, FieldError> {
-    let not_decimal = || FieldError::new(Field::Price, format!("{} is not a decimal number", quote(s)));
+    let not_decimal = || {
+        FieldError::new(
+            Field::Price,
+            format!("{} is not a decimal number", quote(s)),
+        )
+    };
     let bytes = s.as_bytes();
     let (negative, body) = match bytes.first() {
         Some(b'-') => (true, &bytes[1..]),
@@ -486,7 +498,10 @@ mod tests {
             reason(|r| r.set(Field::Price, "abc")),
             "price: \"abc\" is not a decimal number"
         );
-        assert_eq!(reason(|r| r.set(Field::Price, "-1.00")), "price: \"-1.00\" is negative");
+        assert_eq!(
+            reason(|r| r.set(Field::Price, "-1.00")),
+            "price: \"-1.00\" is negative"
+        );
         assert_eq!(
             reason(|r| r.set(Field::Price, "1.005")),
             "price: \"1.005\" has more than two decimal places"
@@ -516,7 +531,10 @@ mod tests {
             reason(|r| r.set(Field::EventTime, "2026-11-30 00:00:01 UTC")),
             "event_time: \"2026-11-30 00:00:01 UTC\" is more than a day in the future"
         );
-        assert!(reason(|r| r.set(Field::EventTime, "soon")).starts_with("event_time: \"soon\" is not a timestamp"));
+        assert!(
+            reason(|r| r.set(Field::EventTime, "soon"))
+                .starts_with("event_time: \"soon\" is not a timestamp")
+        );
         assert_eq!(
             reason(|r| r.set(Field::ClientIp, "300.1.1.1")),
             "client_ip: \"300.1.1.1\" is not an IP address"
@@ -525,7 +543,15 @@ mod tests {
 
     #[test]
     fn prices_are_exact() {
-        for (s, c) in [("35.79", 3579), ("35.7", 3570), ("35", 3500), ("0.77", 77), ("35.790", 3579), (".5", 50), ("9999999999.99", 999_999_999_999)] {
+        for (s, c) in [
+            ("35.79", 3579),
+            ("35.7", 3570),
+            ("35", 3500),
+            ("0.77", 77),
+            ("35.790", 3579),
+            (".5", 50),
+            ("9999999999.99", 999_999_999_999),
+        ] {
             assert_eq!(price(s).unwrap(), Price(c), "{s}");
         }
         for s in ["", ".", "1e3", "1,5", "NaN", "99999999999.00", "--1"] {

@@ -14,8 +14,10 @@ use crate::progress::Progress;
 
 /// Options of `shoplake check`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Exit status: 0 when every row is valid, 1 when any row was rejected, \
-    2 when a file could not be read.")]
+#[command(
+    after_help = "Exit status: 0 when every row is valid, 1 when any row was rejected, \
+    2 when a file could not be read."
+)]
 pub struct Args {
     /// Files to check (`-` for stdin). CSV, NDJSON or JSON; gzip is detected from the content.
     #[arg(required = true, value_name = "FILE")]
@@ -76,7 +78,9 @@ fn is_json(path: &Path, format: InputFormat) -> bool {
         InputFormat::Auto => {
             let name = path.to_string_lossy().to_ascii_lowercase();
             let name = name.strip_suffix(".gz").unwrap_or(&name);
-            [".json", ".ndjson", ".jsonl"].iter().any(|s| name.ends_with(s))
+            [".json", ".ndjson", ".jsonl"]
+                .iter()
+                .any(|s| name.ends_with(s))
         }
     }
 }
@@ -103,7 +107,7 @@ fn check_file(path: &Path, format: InputFormat, validator: &Validator) -> FileRe
                 report.rejects.push(r);
             }
         }
-        if report.rows % 65_536 == 0 {
+        if report.rows.is_multiple_of(65_536) {
             progress.inc(65_536);
         }
     };
@@ -152,9 +156,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Format::Text => {
             for f in &report.files {
-                println!("{}: {} rows, {} valid, {} rejected", f.path, f.rows, f.valid, f.rejected);
+                println!(
+                    "{}: {} rows, {} valid, {} rejected",
+                    f.path, f.rows, f.valid, f.rejected
+                );
                 if let (Some(a), Some(b)) = (&f.first_event, &f.last_event) {
-                    let mix: Vec<String> = f.event_types.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                    let mix: Vec<String> = f
+                        .event_types
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect();
                     println!("  events from {a} to {b}; {}", mix.join(", "));
                 }
                 for r in f.rejects.iter().take(args.show) {
@@ -162,14 +173,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     println!("    raw: {}", r.raw);
                 }
                 if f.rejects.len() > args.show {
-                    println!("  … and {} more (use --format json for the full list)", f.rejects.len() - args.show);
+                    println!(
+                        "  … and {} more (use --format json for the full list)",
+                        f.rejects.len() - args.show
+                    );
                 }
                 if let Some(e) = &f.error {
                     println!("  error: {e}");
                 }
             }
             if report.files.len() > 1 {
-                println!("total: {} rows, {} valid, {} rejected", report.rows, report.valid, report.rejected);
+                println!(
+                    "total: {} rows, {} valid, {} rejected",
+                    report.rows, report.valid, report.rejected
+                );
             }
         }
     }

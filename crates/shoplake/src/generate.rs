@@ -15,9 +15,11 @@ use crate::progress::Progress;
 
 /// Options of `shoplake generate`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  shoplake generate --events 1000000 --seed 7 --out oct.csv.gz\n  \
+#[command(
+    after_help = "Examples:\n  shoplake generate --events 1000000 --seed 7 --out oct.csv.gz\n  \
     shoplake generate --days 2 --network-fields --attacks default --truth truth.jsonl --out live.csv\n  \
-    shoplake generate --events 5000 | head")]
+    shoplake generate --events 5000 | head"
+)]
 pub struct Args {
     /// Total events to write (alone: spread at about 1.37 M a day, as in the real October file).
     #[arg(long, value_name = "N")]
@@ -66,7 +68,10 @@ fn create(path: &Path, gz: bool) -> Result<Box<dyn Write>> {
 /// Runs the command.
 pub fn run(args: Args) -> Result<ExitCode> {
     let Some(start) = shoplake_events::time::parse_date(&args.start) else {
-        bail!("--start {:?} is not a date (expected YYYY-MM-DD)", args.start);
+        bail!(
+            "--start {:?} is not a date (expected YYYY-MM-DD)",
+            args.start
+        );
     };
     let opts = Options {
         seed: args.seed,
@@ -87,7 +92,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         PathBuf::from(name)
     });
     let out: Box<dyn Write> = match &partial {
-        Some(p) => create(p, to_file.is_some_and(|f| f.extension().is_some_and(|e| e == "gz")))?,
+        Some(p) => create(
+            p,
+            to_file.is_some_and(|f| f.extension().is_some_and(|e| e == "gz")),
+        )?,
         None => Box::new(BufWriter::with_capacity(1 << 20, std::io::stdout().lock())),
     };
     let mut encoder = CsvEncoder::new(out, opts.network_fields)?;
@@ -102,7 +110,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             return Err(e.into());
         }
         n += 1;
-        if n % 65_536 == 0 {
+        if n.is_multiple_of(65_536) {
             progress.inc(65_536);
         }
     }
@@ -117,7 +125,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         std::fs::rename(partial, out).with_context(|| format!("renaming to {}", out.display()))?;
     }
     if let Some(path) = &args.truth {
-        let mut w = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
+        let mut w = BufWriter::new(
+            File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
         for t in generator.truth() {
             serde_json::to_writer(&mut w, &t)?;
             w.write_all(b"\n")?;

@@ -73,7 +73,9 @@ impl Generator {
             AttackKind::Burst => {
                 // 3–6 bursts of 24–40 events within 3–8 s: at least 11 land in one 10 s
                 // window however the windows fall.
-                let products: Vec<usize> = (0..self.rng().between(1, 3)).map(|_| self.random_product()).collect();
+                let products: Vec<usize> = (0..self.rng().between(1, 3))
+                    .map(|_| self.random_product())
+                    .collect();
                 let mut t = t0;
                 for _ in 0..self.rng().between(3, 6) {
                     let n = self.rng().between(24, 40);
@@ -81,7 +83,11 @@ impl Generator {
                     for i in 0..n {
                         let at = t + span * i as i64 / n as i64;
                         let p = products[i as usize % products.len()];
-                        let kind = if self.rng().chance(0.4) { EventType::Cart } else { EventType::View };
+                        let kind = if self.rng().chance(0.4) {
+                            EventType::Cart
+                        } else {
+                            EventType::View
+                        };
                         plan.push((at, kind, p));
                     }
                     t += span + self.rng().between(30, 300) as i64 * S;
@@ -97,7 +103,11 @@ impl Generator {
                     if self.rng().chance(0.3) {
                         p = self.random_product();
                     }
-                    let kind = if self.rng().chance(0.1) { EventType::Cart } else { EventType::View };
+                    let kind = if self.rng().chance(0.1) {
+                        EventType::Cart
+                    } else {
+                        EventType::View
+                    };
                     plan.push((t, kind, p));
                     t += (self.rng().exp1() * mean_gap * S as f64) as i64;
                 }
@@ -128,10 +138,18 @@ impl Generator {
                 let span = self.rng().between(30, 50) as i64 * 60 * S;
                 for i in 0..n {
                     let start = t0 + span * i as i64 / n as i64;
-                    let s = if i == 0 { session.clone() } else { self.fresh_session() };
+                    let s = if i == 0 {
+                        session.clone()
+                    } else {
+                        self.fresh_session()
+                    };
                     for k in 0..self.rng().between(1, 3) {
                         let p = self.random_product();
-                        plan.push((start + k as i64 * self.rng().between(2, 20) as i64 * S, EventType::View, p));
+                        plan.push((
+                            start + k as i64 * self.rng().between(2, 20) as i64 * S,
+                            EventType::View,
+                            p,
+                        ));
                         sessions.push((plan.len() - 1, s.clone()));
                     }
                 }
@@ -177,7 +195,10 @@ impl Generator {
             let (user, user_id) = self.fresh_user();
             users += 1;
             let h = hash(self.seed(), 41, user);
-            let net = Some((network::residential_ip(h), network::BROWSERS[(h >> 40) as usize % network::BROWSERS.len()]));
+            let net = Some((
+                network::residential_ip(h),
+                network::BROWSERS[(h >> 40) as usize % network::BROWSERS.len()],
+            ));
             let session = self.fresh_session();
             let mut t = t0 + (self.rng().unit() * span as f64) as i64;
             for _ in 0..self.rng().between(1, 3) {

@@ -174,6 +174,7 @@ pub struct Catalog {
 }
 
 /// Share of events whose category has no code (DESIGN: 31.8 %).
+#[allow(clippy::approx_constant)] // the real data's rate, not 1/π
 pub const CATEGORY_CODE_NULL: f64 = 0.318;
 /// Share of events whose product has no brand (DESIGN: 14.4 %).
 pub const BRAND_NULL: f64 = 0.144;
@@ -241,7 +242,10 @@ impl Catalog {
             let home = (hash(seed, 12, b as u64) % LEVEL1.len() as u64) as usize;
             brands_by_level1[home].push(b);
         }
-        let brand_cdfs: Vec<Cdf> = brands_by_level1.iter().map(|l| Cdf::zipf(l.len().max(1), 1.1)).collect();
+        let brand_cdfs: Vec<Cdf> = brands_by_level1
+            .iter()
+            .map(|l| Cdf::zipf(l.len().max(1), 1.1))
+            .collect();
         let global_brand_cdf = Cdf::zipf(BRAND_COUNT, 1.0);
 
         let mut categories = Vec::with_capacity(CATEGORIES);
@@ -260,14 +264,16 @@ impl Catalog {
             // Per-category variation around the level-1 price.
             let jitter = (unit(hash(seed, 2, i as u64)) - 0.5) * 1.4;
             let price_level = LEVEL1[level1].1 * jitter.exp();
-            let id = 2_053_013_552_000_000_000 + (i as i64) * 1_000_003_171 + (h % 1_000_000) as i64;
+            let id =
+                2_053_013_552_000_000_000 + (i as i64) * 1_000_003_171 + (h % 1_000_000) as i64;
             let start = products.len();
             let product_cdf = Cdf::zipf(count, 1.0);
             for p in 0..count {
                 let idx = products.len();
                 let ph = hash(seed, 3, idx as u64);
                 let price = price_level * (0.8 * normal(ph)).exp();
-                let price_cents = ((price * 100.0).round() as i64).clamp(PRICE_FLOOR_CENTS, PRICE_CAP_CENTS);
+                let price_cents =
+                    ((price * 100.0).round() as i64).clamp(PRICE_FLOOR_CENTS, PRICE_CAP_CENTS);
                 let brand = if unit(hash(seed, 4, idx as u64)) < 0.85 {
                     let list = &brands_by_level1[level1];
                     if list.is_empty() {
@@ -295,7 +301,10 @@ impl Catalog {
                 product_cdf,
             });
         }
-        for (p, unbranded) in products.iter_mut().zip(diffuse(&product_weights, BRAND_NULL)) {
+        for (p, unbranded) in products
+            .iter_mut()
+            .zip(diffuse(&product_weights, BRAND_NULL))
+        {
             if unbranded {
                 p.brand = None;
             }
@@ -341,10 +350,18 @@ mod tests {
         let b = Catalog::new(7);
         assert_eq!(a.products.len(), b.products.len());
         assert_eq!(a.categories.len(), CATEGORIES);
-        assert!(a.products.len() >= PRODUCTS * 9 / 10, "{}", a.products.len());
+        assert!(
+            a.products.len() >= PRODUCTS * 9 / 10,
+            "{}",
+            a.products.len()
+        );
         assert_eq!(a.products[1234].id, b.products[1234].id);
         let ids: std::collections::HashSet<i64> = a.products.iter().map(|p| p.id).collect();
         assert_eq!(ids.len(), a.products.len());
-        assert!(a.products.iter().all(|p| (PRICE_FLOOR_CENTS..=PRICE_CAP_CENTS).contains(&p.price_cents)));
+        assert!(
+            a.products
+                .iter()
+                .all(|p| (PRICE_FLOOR_CENTS..=PRICE_CAP_CENTS).contains(&p.price_cents))
+        );
     }
 }

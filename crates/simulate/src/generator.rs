@@ -116,7 +116,9 @@ fn traffic_weight(t: i64) -> f64 {
 fn mean_weight(start: i64, days: u32) -> f64 {
     let hours = u64::from(days) * 24;
     let sum: f64 = (0..hours)
-        .map(|h| traffic_weight(start + h as i64 * 3600 * MICROS_PER_SECOND + 1800 * MICROS_PER_SECOND))
+        .map(|h| {
+            traffic_weight(start + h as i64 * 3600 * MICROS_PER_SECOND + 1800 * MICROS_PER_SECOND)
+        })
         .sum();
     sum / hours as f64
 }
@@ -224,7 +226,10 @@ impl Generator {
 
     fn push(&mut self, event: Event, actor: u32) {
         let second = event.event_time.div_euclid(MICROS_PER_SECOND);
-        self.pending.entry(second).or_default().push(Pending { event, actor });
+        self.pending
+            .entry(second)
+            .or_default()
+            .push(Pending { event, actor });
     }
 
     fn emit(&mut self, p: Pending) -> Event {
@@ -453,13 +458,13 @@ impl Generator {
                 .collect();
             if !removable.is_empty() {
                 let lambda = self.remove_share * MEAN_SESSION_EVENTS / REMOVABLE_SESSION_SHARE;
-                let mut end = first_purchase;
-                for _ in 0..self.rng.poisson(lambda) {
+                let removes = self.rng.poisson(lambda) as usize;
+                for end in first_purchase..first_purchase + removes {
                     let at = self.rng.between(first_cart as u64 + 1, end as u64) as usize;
-                    let product = removable[self.rng.between(0, removable.len() as u64 - 1) as usize];
+                    let product =
+                        removable[self.rng.between(0, removable.len() as u64 - 1) as usize];
                     kinds.insert(at, EventType::RemoveFromCart);
                     path.insert(at, product);
-                    end += 1;
                 }
                 len = kinds.len();
             }

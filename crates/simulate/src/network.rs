@@ -51,7 +51,10 @@ pub fn organic_ip(seed: u64, user: u64) -> IpAddr {
     if u < 0.05 {
         // Offices and carrier-grade NAT: a few hundred addresses shared by many users.
         let shared = hash(seed, 22, h % 512);
-        return v4(CONSUMER_V4[(shared % CONSUMER_V4.len() as u64) as usize], shared >> 8);
+        return v4(
+            CONSUMER_V4[(shared % CONSUMER_V4.len() as u64) as usize],
+            shared >> 8,
+        );
     }
     if u < 0.13 {
         let g = hash(seed, 23, user);
@@ -66,7 +69,10 @@ pub fn organic_ip(seed: u64, user: u64) -> IpAddr {
             g as u16 | 1,
         ));
     }
-    v4(CONSUMER_V4[((h >> 8) % CONSUMER_V4.len() as u64) as usize], h >> 16)
+    v4(
+        CONSUMER_V4[((h >> 8) % CONSUMER_V4.len() as u64) as usize],
+        h >> 16,
+    )
 }
 
 /// An organic user's browser: a popularity-weighted pick, stable for the user.

@@ -75,7 +75,10 @@ impl Profile {
         if !self.seen_in_second.insert(e.event_id()) {
             self.duplicates += 1;
         }
-        self.by_type[EventType::ALL.iter().position(|t| *t == e.event_type).unwrap_or(0)] += 1;
+        self.by_type[EventType::ALL
+            .iter()
+            .position(|t| *t == e.event_type)
+            .unwrap_or(0)] += 1;
         self.code_null += u64::from(e.category_code.is_none());
         self.brand_null += u64::from(e.brand.is_none());
         if e.event_type == EventType::Purchase {
@@ -91,7 +94,8 @@ impl Profile {
             self.brands.insert(b.clone());
         }
         let local = e.event_time + 3 * 3600 * MICROS_PER_SECOND;
-        self.local_hours[(local.rem_euclid(MICROS_PER_DAY) / (3600 * MICROS_PER_SECOND)) as usize] += 1;
+        self.local_hours
+            [(local.rem_euclid(MICROS_PER_DAY) / (3600 * MICROS_PER_SECOND)) as usize] += 1;
         let key = e.user_session.clone().unwrap_or_default();
         let s = self.sessions.entry(key).or_insert_with(|| SessionAcc {
             first: e.event_time,
@@ -106,7 +110,11 @@ impl Profile {
     /// The facts measured so far.
     pub fn facts(&self) -> Facts {
         let rows = self.rows.max(1) as f64;
-        let mut prices: Vec<f64> = self.purchase_prices.iter().map(|&c| c as f64 / 100.0).collect();
+        let mut prices: Vec<f64> = self
+            .purchase_prices
+            .iter()
+            .map(|&c| c as f64 / 100.0)
+            .collect();
         prices.sort_by(f64::total_cmp);
         let mut lengths: Vec<f64> = self.sessions.values().map(|s| s.events as f64).collect();
         lengths.sort_by(f64::total_cmp);
@@ -117,7 +125,11 @@ impl Profile {
             .collect();
         durations.sort_by(f64::total_cmp);
         let cart_sessions = self.sessions.values().filter(|s| s.cart).count() as f64;
-        let converted = self.sessions.values().filter(|s| s.cart && s.purchase).count() as f64;
+        let converted = self
+            .sessions
+            .values()
+            .filter(|s| s.cart && s.purchase)
+            .count() as f64;
         let sessions = self.sessions.len().max(1) as f64;
         let users = self.users.len().max(1) as f64;
         let hours = self.local_hours;
@@ -231,37 +243,160 @@ impl Facts {
         // With removals, views give up their share; the other types keep the real mix.
         let view = 0.961 - remove_share;
         vec![
-            c("view share", &format!("{view:.3}"), view - 0.015, view + 0.015, self.view_share),
-            c("cart share", "0.022 (Oct) – 0.045 (Nov)", 0.018, 0.045, self.cart_share),
-            c("purchase share", "0.0175 (Oct) / 0.014 (Nov)", 0.013, 0.021, self.purchase_share),
-            c("remove_from_cart share", &format!("{remove_share}"), remove_share * 0.7, remove_share * 1.3, self.remove_share),
-            c("category_code null", "0.318", 0.29, 0.345, self.category_code_null),
+            c(
+                "view share",
+                &format!("{view:.3}"),
+                view - 0.015,
+                view + 0.015,
+                self.view_share,
+            ),
+            c(
+                "cart share",
+                "0.022 (Oct) – 0.045 (Nov)",
+                0.018,
+                0.045,
+                self.cart_share,
+            ),
+            c(
+                "purchase share",
+                "0.0175 (Oct) / 0.014 (Nov)",
+                0.013,
+                0.021,
+                self.purchase_share,
+            ),
+            c(
+                "remove_from_cart share",
+                &format!("{remove_share}"),
+                remove_share * 0.7,
+                remove_share * 1.3,
+                self.remove_share,
+            ),
+            c(
+                "category_code null",
+                "0.318",
+                0.29,
+                0.345,
+                self.category_code_null,
+            ),
             c("brand null", "0.144", 0.12, 0.17, self.brand_null),
             c("purchase price min", "0.77", 0.77, 5.0, self.price_min),
-            c("purchase price median", "174.78", 140.0, 210.0, self.price_median),
-            c("purchase price mean", "304.35", 250.0, 360.0, self.price_mean),
+            c(
+                "purchase price median",
+                "174.78",
+                140.0,
+                210.0,
+                self.price_median,
+            ),
+            c(
+                "purchase price mean",
+                "304.35",
+                250.0,
+                360.0,
+                self.price_mean,
+            ),
             c("purchase price p75", "374.72", 300.0, 450.0, self.price_p75),
-            c("purchase price max", "2574.07 (cap)", 1500.0, 2574.07, self.price_max),
-            c("events per session, mean", "4.6", 4.0, 5.2, self.session_mean),
-            c("events per session, median", "2", 2.0, 2.0, self.session_median),
+            c(
+                "purchase price max",
+                "2574.07 (cap)",
+                1500.0,
+                2574.07,
+                self.price_max,
+            ),
+            c(
+                "events per session, mean",
+                "4.6",
+                4.0,
+                5.2,
+                self.session_mean,
+            ),
+            c(
+                "events per session, median",
+                "2",
+                2.0,
+                2.0,
+                self.session_median,
+            ),
             c("events per session, p90", "11", 9.0, 13.0, self.session_p90),
-            c("events per session, p95", "16", 13.0, 19.0, self.session_p95),
-            c("single-event sessions", "0.406", 0.37, 0.44, self.single_event_sessions),
-            c("session duration median (s)", "42", 25.0, 65.0, self.session_duration_median_s),
-            c("sessions per user", "3.06 (month)", 1.3, 3.5, self.sessions_per_user),
-            c("users who purchase", "0.115 (month)", 0.04, 0.14, self.buyer_share),
-            c("cart sessions converting", "0.37 – 0.49", 0.37, 0.49, self.cart_conversion),
-            c("exact-duplicate rows", "0.0034", 0.0015, 0.006, self.duplicate_share),
-            c("rows out of time order", "0", 0.0, 0.0, self.unsorted as f64),
-            c("busiest local hour (UTC+3)", "evening, 16–22", 16.0, 22.0, f64::from(self.peak_local_hour)),
-            c("quietest local hour (UTC+3)", "night, 1–6", 1.0, 6.0, f64::from(self.trough_local_hour)),
+            c(
+                "events per session, p95",
+                "16",
+                13.0,
+                19.0,
+                self.session_p95,
+            ),
+            c(
+                "single-event sessions",
+                "0.406",
+                0.37,
+                0.44,
+                self.single_event_sessions,
+            ),
+            c(
+                "session duration median (s)",
+                "42",
+                25.0,
+                65.0,
+                self.session_duration_median_s,
+            ),
+            c(
+                "sessions per user",
+                "3.06 (month)",
+                1.3,
+                3.5,
+                self.sessions_per_user,
+            ),
+            c(
+                "users who purchase",
+                "0.115 (month)",
+                0.04,
+                0.14,
+                self.buyer_share,
+            ),
+            c(
+                "cart sessions converting",
+                "0.37 – 0.49",
+                0.37,
+                0.49,
+                self.cart_conversion,
+            ),
+            c(
+                "exact-duplicate rows",
+                "0.0034",
+                0.0015,
+                0.006,
+                self.duplicate_share,
+            ),
+            c(
+                "rows out of time order",
+                "0",
+                0.0,
+                0.0,
+                self.unsorted as f64,
+            ),
+            c(
+                "busiest local hour (UTC+3)",
+                "evening, 16–22",
+                16.0,
+                22.0,
+                f64::from(self.peak_local_hour),
+            ),
+            c(
+                "quietest local hour (UTC+3)",
+                "night, 1–6",
+                1.0,
+                6.0,
+                f64::from(self.trough_local_hour),
+            ),
         ]
     }
 }
 
 /// Prints checks as an aligned table.
 pub fn format_checks(checks: &[Check]) -> String {
-    let mut out = format!("{:<32} {:>12} {:>22} {:>26}\n", "fact", "measured", "band", "real data");
+    let mut out = format!(
+        "{:<32} {:>12} {:>22} {:>26}\n",
+        "fact", "measured", "band", "real data"
+    );
     for c in checks {
         out.push_str(&format!(
             "{:<32} {:>12.4} {:>22} {:>26} {}\n",

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use shoplake_events::arrow::{from_record_batch, to_record_batch};
-use shoplake_events::{CsvDecoder, CsvEncoder, Event, EventType, FixedClock, JsonDecoder, JsonEncoder, Price, Row, Validator};
+use shoplake_events::{
+    CsvDecoder, CsvEncoder, Event, EventType, FixedClock, JsonDecoder, JsonEncoder, Price, Row,
+    Validator,
+};
 
 fn validator() -> Validator {
     Validator::new(Arc::new(FixedClock(1_795_824_000_000_000)))
@@ -19,12 +22,15 @@ fn decode_csv(bytes: &[u8]) -> Vec<Row> {
 }
 
 fn decode_json(bytes: &[u8]) -> Vec<Row> {
-    JsonDecoder::new(bytes, validator()).map_while(Result::ok).collect()
+    JsonDecoder::new(bytes, validator())
+        .map_while(Result::ok)
+        .collect()
 }
 
 fn text() -> impl Strategy<Value = Option<String>> {
     // Trimmed, non-empty, with the characters that need quoting in CSV and escaping in JSON.
-    proptest::option::of("[a-z0-9_.,\"é ]{0,12}[a-z0-9]").prop_map(|s| s.map(|s| s.trim().to_owned()))
+    proptest::option::of("[a-z0-9_.,\"é ]{0,12}[a-z0-9]")
+        .prop_map(|s| s.map(|s| s.trim().to_owned()))
 }
 
 prop_compose! {
@@ -52,7 +58,7 @@ prop_compose! {
             price: Price(cents),
             user_id,
             user_session,
-            client_ip: ip.map(|b| std::net::IpAddr::from(b)),
+            client_ip: ip.map(std::net::IpAddr::from),
             user_agent: agent,
             ingest_time: None,
         }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use shoplake_events::{CsvDecoder, CsvEncoder, FixedClock, Row, Validator};
 
 fn sample_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/rees46-2019-Oct-sample.csv")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/rees46-2019-Oct-sample.csv")
 }
 
 #[test]
@@ -15,7 +16,10 @@ fn real_sample_decodes_without_rejects_and_round_trips() {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let v = Validator::new(Arc::new(FixedClock(1_795_824_000_000_000)));
     let input = shoplake_events::io::open(&path).unwrap();
-    let rows: Vec<Row> = CsvDecoder::new(input, v).unwrap().map(Result::unwrap).collect();
+    let rows: Vec<Row> = CsvDecoder::new(input, v)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(rows.len(), 1000);
     let mut enc = CsvEncoder::new(Vec::new(), false).unwrap();
     for row in &rows {

@@ -9,7 +9,11 @@ fn real_sample_has_zero_rejects() {
     let path = sample();
     let o = shoplake(&["check", path.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stdout(&o));
-    assert!(stdout(&o).contains("1000 rows, 1000 valid, 0 rejected"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("1000 rows, 1000 valid, 0 rejected"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -57,9 +61,17 @@ fn malformed_rows_get_one_precise_reject_each_and_good_rows_are_kept() {
         .collect();
     let expected = [
         (3, "price", "\"abc\" is not a decimal number"),
-        (5, "event_type", "\"click\" is not one of view, cart, remove_from_cart, purchase"),
+        (
+            5,
+            "event_type",
+            "\"click\" is not one of view, cart, remove_from_cart, purchase",
+        ),
         (7, "", "has 6 fields, the header has 9"),
-        (9, "event_time", "\"1999-10-01 00:00:05 UTC\" is before 2000-01-01"),
+        (
+            9,
+            "event_time",
+            "\"1999-10-01 00:00:05 UTC\" is before 2000-01-01",
+        ),
         (11, "product_id", "\"x1\" is not an integer"),
         (12, "price", "\"-3.00\" is negative"),
         (13, "user_id", "is missing"),
@@ -71,7 +83,11 @@ fn malformed_rows_get_one_precise_reject_each_and_good_rows_are_kept() {
 
     // The text form shows the line and the reason.
     let o = shoplake(&["check", path.to_str().unwrap()]);
-    assert!(stdout(&o).contains("line 3: price: \"abc\" is not a decimal number"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("line 3: price: \"abc\" is not a decimal number"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -81,7 +97,11 @@ fn unreadable_inputs_are_reported_not_panicked_on() {
     std::fs::write(&no_header, "a,b,c\n1,2,3\n").unwrap();
     let o = shoplake(&["check", no_header.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stdout(&o).contains("missing column(s) event_time"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("missing column(s) event_time"),
+        "{}",
+        stdout(&o)
+    );
 
     let bad_gzip = dir.path().join("bad.csv.gz");
     std::fs::write(&bad_gzip, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3]).unwrap();
@@ -104,6 +124,14 @@ fn json_files_are_checked_too() {
     .unwrap();
     let o = shoplake(&["check", path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stdout(&o).contains("2 rows, 1 valid, 1 rejected"), "{}", stdout(&o));
-    assert!(stdout(&o).contains("line 2: event_time: is missing"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("2 rows, 1 valid, 1 rejected"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("line 2: event_time: is missing"),
+        "{}",
+        stdout(&o)
+    );
 }

@@ -8,13 +8,28 @@ fn same_seed_gives_identical_bytes_and_the_output_checks_clean() {
     let a = dir.path().join("a.csv");
     let b = dir.path().join("b.csv.gz");
     for out in [&a, &b] {
-        let o = shoplake(&["generate", "--events", "200000", "--seed", "7", "--out", out.to_str().unwrap()]);
+        let o = shoplake(&[
+            "generate",
+            "--events",
+            "200000",
+            "--seed",
+            "7",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let plain = std::fs::read(&a).unwrap();
     let mut unzipped = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(std::fs::File::open(&b).unwrap()), &mut unzipped).unwrap();
-    assert_eq!(plain, unzipped, "same seed, same bytes, whatever the compression");
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(&b).unwrap()),
+        &mut unzipped,
+    )
+    .unwrap();
+    assert_eq!(
+        plain, unzipped,
+        "same seed, same bytes, whatever the compression"
+    );
     assert_eq!(plain.iter().filter(|&&c| c == b'\n').count(), 200_001);
 
     let o = shoplake(&["check", b.to_str().unwrap()]);
@@ -28,8 +43,18 @@ fn truth_lists_every_injected_actor() {
     let out = dir.path().join("attacks.csv");
     let truth = dir.path().join("truth.jsonl");
     let o = shoplake(&[
-        "generate", "--events", "300000", "--days", "1", "--network-fields", "--attacks", "default",
-        "--truth", truth.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        "generate",
+        "--events",
+        "300000",
+        "--days",
+        "1",
+        "--network-fields",
+        "--attacks",
+        "default",
+        "--truth",
+        truth.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&truth)

@@ -1,5 +1,7 @@
 //! End-to-end tests of the `shoplake` binary, run as a user would run it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 mod check;
 mod generate;
 
@@ -19,7 +21,8 @@ pub fn stdout(o: &Output) -> String {
 }
 
 pub fn sample() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/rees46-2019-Oct-sample.csv")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/rees46-2019-Oct-sample.csv")
 }
 
 #[test]

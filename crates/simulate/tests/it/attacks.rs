@@ -47,14 +47,19 @@ fn default_mix_is_injected_with_its_ground_truth() {
     };
     let (events, truth) = run(&opts);
     assert_eq!(events.len(), 400_000);
-    assert!(events.windows(2).all(|w| w[0].event_time <= w[1].event_time));
+    assert!(
+        events
+            .windows(2)
+            .all(|w| w[0].event_time <= w[1].event_time)
+    );
 
     // Every injected actor is listed, with the kinds and counts of the mix.
     let mut kinds: BTreeMap<AttackKind, u32> = BTreeMap::new();
     for t in &truth {
         *kinds.entry(t.kind).or_default() += 1;
     }
-    let expected: BTreeMap<AttackKind, u32> = AttackSpec::default_mix().resolve(1).into_iter().collect();
+    let expected: BTreeMap<AttackKind, u32> =
+        AttackSpec::default_mix().resolve(1).into_iter().collect();
     assert_eq!(kinds, expected);
 
     let mut by_user: HashMap<i64, Vec<&Event>> = HashMap::new();
@@ -71,7 +76,9 @@ fn default_mix_is_injected_with_its_ground_truth() {
         if let Some(evs) = user_events {
             assert_eq!(evs.len() as u64, t.events, "{t:?}");
         }
-        let times: Vec<i64> = user_events.map(|e| e.iter().map(|e| e.event_time).collect()).unwrap_or_default();
+        let times: Vec<i64> = user_events
+            .map(|e| e.iter().map(|e| e.event_time).collect())
+            .unwrap_or_default();
         match t.kind {
             AttackKind::Burst => assert!(max_in_tumbling(&times, 10 * S) > 10, "{t:?}"),
             AttackKind::Sustained => assert!(max_in_sliding(&times, 60 * S) > 60, "{t:?}"),
@@ -89,7 +96,11 @@ fn default_mix_is_injected_with_its_ground_truth() {
                 assert!(best > 30, "{t:?}: {best}");
             }
             AttackKind::SessionFlood => {
-                let sessions: HashSet<_> = user_events.unwrap().iter().map(|e| e.user_session.clone()).collect();
+                let sessions: HashSet<_> = user_events
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.user_session.clone())
+                    .collect();
                 assert!(sessions.len() > 20, "{t:?}");
                 assert!(times.last().unwrap() - times[0] < 3600 * S);
             }
@@ -98,7 +109,10 @@ fn default_mix_is_injected_with_its_ground_truth() {
                 let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
                 let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64;
                 assert!(gaps.len() >= 20 && var.sqrt() / mean < 0.1, "{t:?}");
-                assert!(max_in_tumbling(&times, 10 * S) <= 5, "robotic bots stay slow: {t:?}");
+                assert!(
+                    max_in_tumbling(&times, 10 * S) <= 5,
+                    "robotic bots stay slow: {t:?}"
+                );
             }
             AttackKind::IpFlood => {
                 let ip = t.client_ip.as_ref().unwrap();
@@ -127,8 +141,15 @@ fn default_mix_is_injected_with_its_ground_truth() {
             continue;
         }
         let mut seen = HashSet::new();
-        let times: Vec<i64> = evs.iter().filter(|e| seen.insert(e.event_id())).map(|e| e.event_time).collect();
-        assert!(max_in_tumbling(&times, 10 * S) <= 10, "organic user {user} bursts");
+        let times: Vec<i64> = evs
+            .iter()
+            .filter(|e| seen.insert(e.event_id()))
+            .map(|e| e.event_time)
+            .collect();
+        assert!(
+            max_in_tumbling(&times, 10 * S) <= 10,
+            "organic user {user} bursts"
+        );
     }
 }
 

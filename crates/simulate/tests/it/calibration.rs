@@ -39,5 +39,9 @@ fn zero_removals_reproduce_the_multi_category_store() {
     };
     let facts = measure(&opts);
     assert_eq!(facts.remove_share, 0.0);
-    assert!((facts.view_share - 0.961).abs() < 0.015, "{}", facts.view_share);
+    assert!(
+        (facts.view_share - 0.961).abs() < 0.015,
+        "{}",
+        facts.view_share
+    );
 }
