@@ -56,6 +56,9 @@ pub struct Args {
 }
 
 fn create(path: &Path, gz: bool) -> Result<Box<dyn Write>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let buffered = BufWriter::with_capacity(1 << 20, file);
     Ok(if gz {

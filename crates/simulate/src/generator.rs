@@ -81,6 +81,16 @@ pub struct Generator {
     target: u64,
     emitted: u64,
     base_rate: f64,
+    /// The end of the requested range.
+    end: i64,
+    /// The hour the arrival rate was last paced for.
+    paced_hour: i64,
+    /// Events queued so far (emitted or waiting in buckets).
+    queued: u64,
+    /// Expected events of attacks not started yet.
+    attack_budget: f64,
+    /// The attack kinds' expected sizes, for the budget.
+    organic_rate: f64,
     next_arrival: i64,
     pending: BTreeMap<i64, Vec<Pending>>,
     ready: VecDeque<Pending>,
@@ -174,6 +184,11 @@ impl Generator {
             target,
             emitted: 0,
             base_rate,
+            end: start + i64::from(days) * MICROS_PER_DAY,
+            paced_hour: i64::MIN,
+            queued: 0,
+            attack_budget: attack_events,
+            organic_rate,
             next_arrival: start,
             pending: BTreeMap::new(),
             ready: VecDeque::new(),
@@ -218,7 +233,30 @@ impl Generator {
             .collect()
     }
 
+    /// Paces arrivals hour by hour so the run's events fill the requested range: the rate for
+    /// the coming hour is what is left to produce over what is left of the (weighted) range.
+    fn pace(&mut self) {
+        let hour = self.next_arrival.div_euclid(3600 * MICROS_PER_SECOND);
+        if hour == self.paced_hour || self.next_arrival >= self.end {
+            return;
+        }
+        self.paced_hour = hour;
+        let left = self.target as f64 - self.queued as f64 - self.attack_budget;
+        let mut weighted_seconds = 0.0;
+        let mut t = self.next_arrival;
+        while t < self.end {
+            let step = (self.end - t)
+                .min(3600 * MICROS_PER_SECOND - t.rem_euclid(3600 * MICROS_PER_SECOND));
+            weighted_seconds += traffic_weight(t) * (step / MICROS_PER_SECOND) as f64;
+            t += step;
+        }
+        if left > 0.0 && weighted_seconds > 0.0 {
+            self.base_rate = left / EVENTS_PER_SESSION / weighted_seconds;
+        }
+    }
+
     fn advance_arrival(&mut self) {
+        self.pace();
         let lambda = self.base_rate * traffic_weight(self.next_arrival);
         let gap_s = self.rng.exp1() / lambda.max(1e-9);
         self.next_arrival += ((gap_s * MICROS_PER_SECOND as f64) as i64).max(1);
@@ -226,6 +264,7 @@ impl Generator {
 
     fn push(&mut self, event: Event, actor: u32) {
         let second = event.event_time.div_euclid(MICROS_PER_SECOND);
+        self.queued += 1;
         self.pending
             .entry(second)
             .or_default()
@@ -263,6 +302,7 @@ impl Generator {
             }
             if attack_at <= self.next_arrival {
                 if let Some((at, kind)) = self.scheduled.pop_front() {
+                    self.attack_budget -= kind.expected_events(self.organic_rate);
                     self.attack(kind, at);
                 }
             } else {

@@ -45,3 +45,32 @@ fn zero_removals_reproduce_the_multi_category_store() {
         facts.view_share
     );
 }
+
+#[test]
+fn events_fill_the_requested_days() {
+    let opts = Options {
+        seed: 9,
+        events: Some(300_000),
+        days: Some(3),
+        ..Options::default()
+    };
+    let day = shoplake_events::time::MICROS_PER_DAY;
+    let mut per_day = [0u64; 4];
+    let mut n = 0;
+    for e in Generator::new(&opts).unwrap() {
+        let d = ((e.event_time - opts.start) / day) as usize;
+        per_day[d.min(3)] += 1;
+        n += 1;
+        assert!(e.event_time >= opts.start);
+        // Sessions still in flight at the end may run a little past it.
+        assert!(
+            e.event_time < opts.start + 3 * day + day / 12,
+            "{}",
+            e.event_time
+        );
+    }
+    assert_eq!(n, 300_000);
+    for d in &per_day[..3] {
+        assert!((80_000..120_000).contains(d), "{per_day:?}");
+    }
+}
