@@ -2,6 +2,7 @@
 
 mod check;
 mod generate;
+mod lake_cmd;
 mod progress;
 
 use std::process::ExitCode;
@@ -25,20 +26,37 @@ enum Command {
     Generate(generate::Args),
     /// Validate event files (CSV, CSV.gz, JSON, NDJSON) and report every rejected row.
     Check(check::Args),
+    /// Import event files into the lake: clean, deduplicate, quarantine bad rows, profile.
+    Import(lake_cmd::ImportArgs),
+    /// Show the lake's tables: schema, version, partitions, files, rows; or the import history.
+    Catalog(lake_cmd::CatalogArgs),
+    /// Bin-pack small data files (safe while readers run).
+    Compact(lake_cmd::CompactArgs),
+    /// Delete data files no version within the retention period uses.
+    Vacuum(lake_cmd::VacuumArgs),
 }
+
+/// Our crates log at info; dependencies only warn (the Delta kernel reports expected
+/// conditions, such as a table not created yet, as errors).
+const DEFAULT_LOG: &str =
+    "warn,shoplake=info,shoplake_lake=info,shoplake_simulate=info,buoyant_kernel=off";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Check(args) => check::run(args),
+        Command::Import(args) => lake_cmd::import(args),
+        Command::Catalog(args) => lake_cmd::catalog(args),
+        Command::Compact(args) => lake_cmd::compact(args),
+        Command::Vacuum(args) => lake_cmd::vacuum(args),
     };
     match result {
         Ok(code) => code,

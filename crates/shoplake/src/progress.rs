@@ -76,6 +76,41 @@ impl Progress {
         }
     }
 
+    /// Sets the count to `rows`, with `bytes` of `total_bytes` read (for inputs of known size
+    /// the bar follows bytes, so its ETA is right).
+    pub fn update(&mut self, rows: u64, bytes: u64, total_bytes: Option<u64>) {
+        self.done = rows;
+        match &self.bar {
+            Some(bar) => {
+                if let (Some(t), None) = (total_bytes, self.total) {
+                    self.total = Some(t);
+                    bar.set_length(t);
+                    if let Ok(style) = ProgressStyle::with_template(
+                        "{prefix} [{bar:30}] {bytes}/{total_bytes} {msg} eta {eta}",
+                    ) {
+                        bar.set_style(style.progress_chars("=> "));
+                    }
+                }
+                let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("{rows} rows, {:.0} rows/s", rows as f64 / secs));
+                bar.set_position(if self.total.is_some() { bytes } else { rows });
+            }
+            None if self.last_line.elapsed() >= LINE_EVERY => {
+                self.last_line = Instant::now();
+                let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+                let share = total_bytes.map_or(String::new(), |t| {
+                    format!(" ({:.0}%)", 100.0 * bytes as f64 / t.max(1) as f64)
+                });
+                eprintln!(
+                    "{}: {rows} rows{share}, {:.0} rows/s",
+                    self.label,
+                    rows as f64 / secs
+                );
+            }
+            None => {}
+        }
+    }
+
     /// Ends the report; returns the elapsed time.
     pub fn finish(self) -> Duration {
         if let Some(bar) = &self.bar {

@@ -1,0 +1,149 @@
+//! Exact-duplicate removal on `event_id`, against the lake and within an import.
+//!
+//! Ids are kept per UTC date (the partition), for a few dates at a time: monthly exports are
+//! sorted by time, so an import walks dates in order. A date's set is loaded from the ids
+//! already in the lake for that date (committed files) and in this import's staged files; a
+//! date evicted and met again is reloaded the same way, after the writer has flushed, so no
+//! row of this import is ever missed.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{Array, StringArray};
+use deltalake::ObjectStore;
+use shoplake_events::EventId;
+
+use crate::error::{Error, Result};
+use crate::read::read_columns;
+
+/// Ids are already uniform hashes: use their low bits as the hash.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64 ^ (v >> 64) as u64;
+    }
+}
+
+pub(crate) type IdSet = HashSet<u128, BuildHasherDefault<IdHasher>>;
+
+/// How many ids stay in memory (about 20 bytes each): beyond this, the least recently used
+/// dates are evicted until half the budget is free, after one flush of the writer.
+pub(crate) const RESIDENT_IDS: usize = 16 << 20;
+
+pub(crate) struct Dedupe {
+    store: Arc<dyn ObjectStore>,
+    /// Files per date: committed in the lake, then staged by this import.
+    files: HashMap<i32, Vec<String>>,
+    sets: HashMap<i32, IdSet>,
+    /// Dates in use order, most recent last.
+    order: Vec<i32>,
+    /// Ids held in `sets`.
+    resident: usize,
+    budget: usize,
+}
+
+impl Dedupe {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, committed: HashMap<i32, Vec<String>>) -> Dedupe {
+        Dedupe {
+            store,
+            files: committed,
+            sets: HashMap::new(),
+            order: Vec::new(),
+            resident: 0,
+            budget: RESIDENT_IDS,
+        }
+    }
+
+    /// Whether `date`'s set is loaded.
+    pub(crate) fn is_resident(&self, date: i32) -> bool {
+        self.sets.contains_key(&date)
+    }
+
+    /// Uses another id budget.
+    pub(crate) fn with_budget(mut self, ids: usize) -> Dedupe {
+        self.budget = ids.max(1);
+        self
+    }
+
+    /// Whether the ids in memory are over budget: the caller flushes the writer (so staged
+    /// rows are in files, where a reload finds them) and then calls [`Dedupe::evict`].
+    pub(crate) fn over_budget(&self) -> bool {
+        self.resident > self.budget
+    }
+
+    /// Drops the least recently used dates until half the budget is free.
+    pub(crate) fn evict(&mut self) {
+        while self.resident > self.budget / 2 && self.order.len() > 1 {
+            let oldest = self.order.remove(0);
+            if let Some(set) = self.sets.remove(&oldest) {
+                self.resident -= set.len();
+            }
+        }
+    }
+
+    /// Records files staged by this import.
+    pub(crate) fn staged(&mut self, date: i32, path: String) {
+        self.files.entry(date).or_default().push(path);
+    }
+
+    /// Makes `date` resident, loading the ids already written for it.
+    pub(crate) async fn load(&mut self, date: i32) -> Result<()> {
+        if self.is_resident(date) {
+            self.touch(date);
+            return Ok(());
+        }
+        let mut set = IdSet::default();
+        if let Some(paths) = self.files.get(&date) {
+            let batches = read_columns(self.store.clone(), paths.clone(), &["event_id"]).await?;
+            for b in batches {
+                let ids = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| Error::Internal("event_id is not a string column".into()))?;
+                for i in 0..ids.len() {
+                    if ids.is_valid(i)
+                        && let Some(id) = EventId::parse(ids.value(i))
+                    {
+                        set.insert(id.0);
+                    }
+                }
+            }
+        }
+        self.resident += set.len();
+        self.sets.insert(date, set);
+        self.order.push(date);
+        Ok(())
+    }
+
+    fn touch(&mut self, date: i32) {
+        if self.order.last() != Some(&date) {
+            self.order.retain(|d| *d != date);
+            self.order.push(date);
+        }
+    }
+
+    /// Records an id; `false` when it was already there (a duplicate). The date must be
+    /// resident.
+    pub(crate) fn insert(&mut self, date: i32, id: EventId) -> bool {
+        if self.order.last() != Some(&date) {
+            self.touch(date);
+        }
+        let fresh = self.sets.get_mut(&date).is_some_and(|s| s.insert(id.0));
+        self.resident += usize::from(fresh);
+        fresh
+    }
+}

@@ -1,0 +1,863 @@
+//! `shoplake import`: CSV/CSV.gz/NDJSON files into `events`, `quarantine` and `imports`.
+//!
+//! Two stages on two cores: a decoder thread reads, validates, deduplicates and profiles rows
+//! and builds Arrow batches; an async writer streams them into Parquet files staged under the
+//! tables. Nothing is visible until the end, when each table gets one commit carrying a Delta
+//! application transaction (`import:<fingerprint>`). A crash before the commits leaves the
+//! tables as they were (staged files are orphans for `vacuum`); a crash between commits is
+//! finished by running the import again, which skips the commits that landed.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::future::{Future, IntoFuture};
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use arrow::array::{
+    Array, ArrayRef, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::SchemaRef;
+use deltalake::DeltaTable;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::Serialize;
+use shoplake_events::io::maybe_gunzip;
+use shoplake_events::time::{Clock, MICROS_PER_DAY, SystemClock, parse_date};
+use shoplake_events::{CsvDecoder, Event, JsonDecoder, Reject, Row, Validator};
+use tokio::sync::{mpsc, oneshot};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::dedupe::Dedupe;
+use crate::error::{Error, Result};
+use crate::lake::{Lake, TableName};
+use crate::profile::{Profile, Profiler};
+use crate::read::{files, read_columns};
+use crate::schema::EVENT_DATE;
+
+/// Rows per Arrow batch handed from the decoder to the writer.
+const BATCH_ROWS: usize = 64 * 1024;
+/// Target size of a data file.
+pub const TARGET_FILE_SIZE: u64 = 128 * 1024 * 1024;
+
+/// Where an import reads from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportSource {
+    /// A file (`.csv`, `.csv.gz`, `.ndjson`, `.json`; gzip detected from the content).
+    Path(PathBuf),
+    /// Standard input.
+    Stdin,
+}
+
+impl ImportSource {
+    /// The name recorded in `imports` and `quarantine`.
+    pub fn name(&self) -> String {
+        match self {
+            ImportSource::Path(p) => p.display().to_string(),
+            ImportSource::Stdin => "-".into(),
+        }
+    }
+
+    fn is_json(&self) -> bool {
+        let name = self.name().to_ascii_lowercase();
+        let name = name.strip_suffix(".gz").unwrap_or(&name);
+        [".json", ".ndjson", ".jsonl"]
+            .iter()
+            .any(|s| name.ends_with(s))
+    }
+}
+
+/// Progress of an import, for a progress bar.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportProgress {
+    /// Rows read so far.
+    pub rows: u64,
+    /// Bytes of the source read so far (compressed bytes for gzip).
+    pub bytes: u64,
+    /// The source's size, when known.
+    pub total_bytes: Option<u64>,
+}
+
+type ProgressFn = Arc<dyn Fn(ImportProgress) + Send + Sync>;
+
+/// What an import did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportSummary {
+    /// The source.
+    pub source: String,
+    /// The import's id (in `imports` and `quarantine`).
+    pub import_id: String,
+    /// XXH3-128 of the source's bytes.
+    pub fingerprint: String,
+    /// True when the same content was imported before: nothing was done.
+    pub already_imported: bool,
+    /// Rows read.
+    pub rows_read: u64,
+    /// Rows added to `events`.
+    pub rows_accepted: u64,
+    /// Rows added to `quarantine`.
+    pub rows_rejected: u64,
+    /// Exact duplicates dropped.
+    pub duplicates: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// The `events` table version that holds the rows.
+    pub events_version: Option<u64>,
+    /// The data-quality profile.
+    pub profile: Profile,
+}
+
+/// Imports sources into the lake; `.await` it.
+#[must_use = "an import does nothing until awaited"]
+pub struct ImportBuilder {
+    lake: Lake,
+    sources: Vec<ImportSource>,
+    validator: Validator,
+    clock: Arc<dyn Clock>,
+    progress: Option<ProgressFn>,
+    target_file_size: u64,
+    dedupe_budget: usize,
+}
+
+impl std::fmt::Debug for ImportBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportBuilder")
+            .field("sources", &self.sources)
+            .finish()
+    }
+}
+
+impl Lake {
+    /// Starts an import of `sources`.
+    pub fn import(&self, sources: Vec<ImportSource>) -> ImportBuilder {
+        ImportBuilder {
+            lake: self.clone(),
+            sources,
+            validator: Validator::default(),
+            clock: Arc::new(SystemClock),
+            progress: None,
+            target_file_size: TARGET_FILE_SIZE,
+            dedupe_budget: crate::dedupe::RESIDENT_IDS,
+        }
+    }
+}
+
+impl ImportBuilder {
+    /// Validates with these rules (and their clock) instead of the defaults.
+    pub fn with_validator(mut self, validator: Validator) -> Self {
+        self.validator = validator;
+        self
+    }
+
+    /// Stamps imports with this clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Calls `f` as rows are read.
+    pub fn with_progress(mut self, f: impl Fn(ImportProgress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// Target size of data files (default 128 MiB).
+    pub fn with_target_file_size(mut self, bytes: u64) -> Self {
+        self.target_file_size = bytes.max(1024 * 1024);
+        self
+    }
+
+    /// How many event ids deduplication keeps in memory (about 20 bytes each; default 16 Mi,
+    /// enough for a few days of the busiest real month). Beyond it, dates are evicted and
+    /// reloaded from the files when met again: exact, but slower on unsorted input.
+    pub fn with_dedupe_budget(mut self, ids: usize) -> Self {
+        self.dedupe_budget = ids;
+        self
+    }
+
+    async fn run(self) -> Result<Vec<ImportSummary>> {
+        let mut out = Vec::new();
+        for source in &self.sources {
+            out.push(self.import_one(source).await?);
+        }
+        Ok(out)
+    }
+
+    async fn import_one(&self, source: &ImportSource) -> Result<ImportSummary> {
+        let started = Instant::now();
+        let started_at = self.clock.now_micros();
+        let name = source.name();
+        let (fingerprint, total_bytes) = match source {
+            ImportSource::Path(p) => {
+                let (fp, size) = fingerprint_file(p).map_err(|e| input_error(&name, e))?;
+                (Some(fp), Some(size))
+            }
+            ImportSource::Stdin => (None, None),
+        };
+        if let Some(fp) = &fingerprint
+            && let Some(previous) = self.find_import(fp).await?
+        {
+            return Ok(previous.already(name, started.elapsed().as_secs_f64()));
+        }
+
+        let mut events = self.lake.ensure(TableName::Events).await?;
+        let mut quarantine = self.lake.ensure(TableName::Quarantine).await?;
+        let start_files = files(&events, Some(EVENT_DATE))?;
+        let mut committed: HashMap<i32, Vec<String>> = HashMap::new();
+        for f in &start_files {
+            if let Some(d) = f.partition.as_deref().and_then(date_of_partition) {
+                committed.entry(d).or_default().push(f.path.clone());
+            }
+        }
+        let start_paths: HashSet<String> = start_files.into_iter().map(|f| f.path).collect();
+
+        let writer_props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(256 * 1024))
+            .build();
+        let mut event_writer = RecordBatchWriter::for_table(&events)
+            .map_err(Error::delta("preparing the events writer"))?
+            .with_target_file_size(self.target_file_size)
+            .with_writer_properties(writer_props.clone());
+        let mut reject_writer = RecordBatchWriter::for_table(&quarantine)
+            .map_err(Error::delta("preparing the quarantine writer"))?
+            .with_writer_properties(writer_props);
+        let events_schema = event_writer.arrow_schema();
+        let quarantine_schema = reject_writer.arrow_schema();
+
+        let import_id = format!("imp-{started_at:x}");
+        let (tx, mut rx) = mpsc::channel::<Msg>(4);
+        let bytes_read = Arc::new(AtomicU64::new(0));
+        let decoder = {
+            let input =
+                open_source(source, bytes_read.clone()).map_err(|e| input_error(&name, e))?;
+            let ctx = DecodeContext {
+                name: name.clone(),
+                json: source.is_json(),
+                validator: self.validator.clone(),
+                events_schema,
+                quarantine_schema,
+                import_id: import_id.clone(),
+                now: started_at,
+                dedupe: Dedupe::new(events.object_store(), committed)
+                    .with_budget(self.dedupe_budget),
+                progress: self.progress.clone(),
+                bytes_read,
+                total_bytes,
+                runtime: tokio::runtime::Handle::current(),
+            };
+            std::thread::Builder::new()
+                .name("shoplake-import".into())
+                .spawn(move || ctx.run(input, tx))
+                .map_err(|e| Error::Internal(format!("starting the decoder thread: {e}")))?
+        };
+
+        // The writer stage.
+        let mut event_adds: Vec<Add> = Vec::new();
+        let mut reject_adds: Vec<Add> = Vec::new();
+        let mut write_error = None;
+        while let Some(msg) = rx.recv().await {
+            let step = async {
+                match msg {
+                    Msg::Events(batch) => event_writer.write(batch).await,
+                    Msg::Rejects(batch) => reject_writer.write(batch).await,
+                    Msg::Flush(reply) => {
+                        let adds = event_writer.flush().await?;
+                        event_adds.extend(adds.iter().cloned());
+                        let _ = reply.send(adds);
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(e) = step.await {
+                write_error = Some(e);
+                break;
+            }
+        }
+        drop(rx);
+        let decoded = decoder
+            .join()
+            .map_err(|_| Error::Internal("the decoder thread panicked".into()))?;
+        if let Some(e) = write_error {
+            return Err(Error::Delta {
+                context: format!("writing {name}"),
+                source: e,
+            });
+        }
+        let decoded = decoded?;
+        event_adds.extend(
+            event_writer
+                .flush()
+                .await
+                .map_err(Error::delta("writing events"))?,
+        );
+        reject_adds.extend(
+            reject_writer
+                .flush()
+                .await
+                .map_err(Error::delta("writing quarantine"))?,
+        );
+
+        // A stdin import learns its fingerprint at the end.
+        let fingerprint = match fingerprint {
+            Some(fp) => fp,
+            None => {
+                let fp = decoded.fingerprint.clone().unwrap_or_default();
+                if let Some(previous) = self.find_import(&fp).await? {
+                    return Ok(previous.already(name, started.elapsed().as_secs_f64()));
+                }
+                fp
+            }
+        };
+        let app_id = format!("shoplake-import:{fingerprint}");
+
+        self.check_conflicts(&mut events, &start_paths, &event_adds, &decoded.touched)
+            .await?;
+        commit(&mut quarantine, reject_adds, &app_id, None).await?;
+        let events_version = commit(
+            &mut events,
+            event_adds,
+            &app_id,
+            Some(vec![EVENT_DATE.to_owned()]),
+        )
+        .await?;
+
+        let profile = decoded.profiler.finish();
+        let summary = ImportSummary {
+            source: name,
+            import_id,
+            fingerprint,
+            already_imported: false,
+            rows_read: profile.rows_read,
+            rows_accepted: profile.rows_accepted,
+            rows_rejected: profile.rows_rejected,
+            duplicates: profile.duplicates,
+            seconds: started.elapsed().as_secs_f64(),
+            events_version,
+            profile,
+        };
+        self.record(&summary, started_at, &app_id).await?;
+        Ok(summary)
+    }
+
+    /// Refuses to commit when another writer added, for the dates this import touched, a row
+    /// this import also staged (a concurrent import of overlapping data). Rewrites by
+    /// compaction hold no new ids and pass.
+    async fn check_conflicts(
+        &self,
+        events: &mut DeltaTable,
+        start_paths: &HashSet<String>,
+        staged: &[Add],
+        touched: &HashSet<i32>,
+    ) -> Result<()> {
+        events
+            .update_state()
+            .await
+            .map_err(Error::delta("refreshing events"))?;
+        let new_files: Vec<String> = files(events, Some(EVENT_DATE))?
+            .into_iter()
+            .filter(|f| !start_paths.contains(&f.path))
+            .filter(|f| {
+                f.partition
+                    .as_deref()
+                    .and_then(date_of_partition)
+                    .is_some_and(|d| touched.contains(&d))
+            })
+            .map(|f| f.path)
+            .collect();
+        if new_files.is_empty() {
+            return Ok(());
+        }
+        let store = events.object_store();
+        let ids = |batches: Vec<RecordBatch>| -> HashSet<String> {
+            batches
+                .iter()
+                .filter_map(|b| b.column(0).as_any().downcast_ref::<StringArray>().cloned())
+                .flat_map(|a| {
+                    (0..a.len())
+                        .map(move |i| a.value(i).to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let theirs = ids(read_columns(store.clone(), new_files, &["event_id"]).await?);
+        let ours = ids(read_columns(
+            store,
+            staged.iter().map(|a| a.path.clone()).collect(),
+            &["event_id"],
+        )
+        .await?);
+        if theirs.is_disjoint(&ours) {
+            Ok(())
+        } else {
+            Err(Error::Conflict(
+                "another writer added some of the same events while this import ran; nothing \
+                 was committed: run the import again (it skips what is already in the lake)"
+                    .into(),
+            ))
+        }
+    }
+
+    /// Looks an import up by fingerprint in `imports`.
+    async fn find_import(&self, fingerprint: &str) -> Result<Option<PreviousImport>> {
+        let Some(imports) = self.lake.table(TableName::Imports).await? else {
+            return Ok(None);
+        };
+        let batches = crate::read::read_all(
+            &imports,
+            &[
+                "import_id",
+                "fingerprint",
+                "rows_read",
+                "rows_accepted",
+                "rows_rejected",
+                "duplicates",
+                "profile",
+            ],
+        )
+        .await?;
+        for b in batches {
+            let s = |name: &str| {
+                b.column_by_name(name)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+            };
+            let n = |name: &str| {
+                b.column_by_name(name)
+                    .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned())
+            };
+            let (Some(ids), Some(fps), Some(profiles)) =
+                (s("import_id"), s("fingerprint"), s("profile"))
+            else {
+                continue;
+            };
+            for i in 0..b.num_rows() {
+                if fps.value(i) == fingerprint {
+                    let count = |name: &str| n(name).map_or(0, |a| a.value(i).max(0) as u64);
+                    return Ok(Some(PreviousImport {
+                        import_id: ids.value(i).to_owned(),
+                        fingerprint: fingerprint.to_owned(),
+                        rows_read: count("rows_read"),
+                        rows_accepted: count("rows_accepted"),
+                        rows_rejected: count("rows_rejected"),
+                        duplicates: count("duplicates"),
+                        profile: serde_json::from_str(profiles.value(i)).unwrap_or_default(),
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Appends the import's row to `imports` (the last commit: it makes a re-run a no-op).
+    async fn record(&self, s: &ImportSummary, started_at: i64, app_id: &str) -> Result<()> {
+        let mut imports = self.lake.ensure(TableName::Imports).await?;
+        let mut writer = RecordBatchWriter::for_table(&imports)
+            .map_err(Error::delta("preparing the imports writer"))?;
+        let profile =
+            serde_json::to_string(&s.profile).map_err(|e| Error::Internal(e.to_string()))?;
+        let finished = self.clock.now_micros();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![s.import_id.as_str()])),
+            Arc::new(StringArray::from(vec![s.source.as_str()])),
+            Arc::new(StringArray::from(vec![s.fingerprint.as_str()])),
+            Arc::new(TimestampMicrosecondArray::from(vec![started_at]).with_timezone("UTC")),
+            Arc::new(TimestampMicrosecondArray::from(vec![finished]).with_timezone("UTC")),
+            Arc::new(Int64Array::from(vec![s.rows_read as i64])),
+            Arc::new(Int64Array::from(vec![s.rows_accepted as i64])),
+            Arc::new(Int64Array::from(vec![s.rows_rejected as i64])),
+            Arc::new(Int64Array::from(vec![s.duplicates as i64])),
+            Arc::new(Float64Array::from(vec![s.seconds])),
+            Arc::new(StringArray::from(vec![profile.as_str()])),
+        ];
+        let batch = RecordBatch::try_new(writer.arrow_schema(), columns)?;
+        writer
+            .write(batch)
+            .await
+            .map_err(Error::delta("writing imports"))?;
+        let adds = writer
+            .flush()
+            .await
+            .map_err(Error::delta("writing imports"))?;
+        commit(&mut imports, adds, app_id, None).await?;
+        Ok(())
+    }
+}
+
+impl IntoFuture for ImportBuilder {
+    type Output = Result<Vec<ImportSummary>>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+struct PreviousImport {
+    import_id: String,
+    fingerprint: String,
+    rows_read: u64,
+    rows_accepted: u64,
+    rows_rejected: u64,
+    duplicates: u64,
+    profile: Profile,
+}
+
+impl PreviousImport {
+    fn already(self, source: String, seconds: f64) -> ImportSummary {
+        ImportSummary {
+            source,
+            import_id: self.import_id,
+            fingerprint: self.fingerprint,
+            already_imported: true,
+            rows_read: self.rows_read,
+            rows_accepted: self.rows_accepted,
+            rows_rejected: self.rows_rejected,
+            duplicates: self.duplicates,
+            seconds,
+            events_version: None,
+            profile: self.profile,
+        }
+    }
+}
+
+/// Commits staged files with the import's application transaction, unless a commit with that
+/// transaction already landed (a re-run after a crash between commits).
+async fn commit(
+    table: &mut DeltaTable,
+    adds: Vec<Add>,
+    app_id: &str,
+    partition_by: Option<Vec<String>>,
+) -> Result<Option<u64>> {
+    table
+        .update_state()
+        .await
+        .map_err(Error::delta("refreshing the table"))?;
+    let state = table
+        .snapshot()
+        .map_err(Error::delta("reading the table state"))?;
+    let done = state
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await
+        .map_err(Error::delta("reading application transactions"))?;
+    if done.is_some() {
+        return Ok(None);
+    }
+    let props = CommitProperties::default().with_application_transaction(
+        Transaction::new_with_last_update(app_id, 1, Some(chrono::Utc::now().timestamp_millis())),
+    );
+    let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by,
+        predicate: None,
+    };
+    let finalized = CommitBuilder::from(props)
+        .with_actions(actions)
+        .build(Some(state), table.log_store(), operation)
+        .await
+        .map_err(Error::delta("committing"))?;
+    let version = finalized.version();
+    table
+        .update_state()
+        .await
+        .map_err(Error::delta("refreshing the table"))?;
+    Ok(Some(version))
+}
+
+fn date_of_partition(value: &str) -> Option<i32> {
+    parse_date(value).map(|t| (t / MICROS_PER_DAY) as i32)
+}
+
+fn input_error(name: &str, e: impl Into<shoplake_events::Error>) -> Error {
+    Error::Input {
+        source_name: name.to_owned(),
+        source: e.into(),
+    }
+}
+
+/// XXH3-128 of a file's bytes, and its size.
+fn fingerprint_file(path: &std::path::Path) -> shoplake_events::Result<(String, u64)> {
+    let mut file = File::open(path).map_err(shoplake_events::Error::io(format!(
+        "opening {}",
+        path.display()
+    )))?;
+    let mut h = Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(shoplake_events::Error::io(format!(
+                "reading {}",
+                path.display()
+            )))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((format!("xxh3-{:032x}", h.digest128()), size))
+}
+
+/// Counts (and for stdin, hashes) the raw bytes read.
+struct Tap<R> {
+    inner: R,
+    bytes: Arc<AtomicU64>,
+    hash: Option<Arc<std::sync::Mutex<Xxh3>>>,
+}
+
+impl<R: Read> Read for Tap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(h) = &self.hash
+            && let Ok(mut h) = h.lock()
+        {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+struct Opened {
+    input: shoplake_events::io::Input,
+    hash: Option<Arc<std::sync::Mutex<Xxh3>>>,
+}
+
+fn open_source(source: &ImportSource, bytes: Arc<AtomicU64>) -> shoplake_events::Result<Opened> {
+    match source {
+        ImportSource::Path(p) => {
+            let file = File::open(p).map_err(shoplake_events::Error::io(format!(
+                "opening {}",
+                p.display()
+            )))?;
+            Ok(Opened {
+                input: maybe_gunzip(Tap {
+                    inner: file,
+                    bytes,
+                    hash: None,
+                })?,
+                hash: None,
+            })
+        }
+        ImportSource::Stdin => {
+            let hash = Arc::new(std::sync::Mutex::new(Xxh3::new()));
+            Ok(Opened {
+                input: maybe_gunzip(Tap {
+                    inner: io::stdin(),
+                    bytes,
+                    hash: Some(hash.clone()),
+                })?,
+                hash: Some(hash),
+            })
+        }
+    }
+}
+
+enum Msg {
+    Events(RecordBatch),
+    Rejects(RecordBatch),
+    Flush(oneshot::Sender<Vec<Add>>),
+}
+
+struct Decoded {
+    profiler: Profiler,
+    touched: HashSet<i32>,
+    fingerprint: Option<String>,
+}
+
+struct DecodeContext {
+    name: String,
+    json: bool,
+    validator: Validator,
+    events_schema: SchemaRef,
+    quarantine_schema: SchemaRef,
+    import_id: String,
+    now: i64,
+    dedupe: Dedupe,
+    progress: Option<ProgressFn>,
+    bytes_read: Arc<AtomicU64>,
+    total_bytes: Option<u64>,
+    runtime: tokio::runtime::Handle,
+}
+
+enum Rows {
+    Csv(Box<CsvDecoder<shoplake_events::io::Input>>),
+    Json(Box<JsonDecoder<io::BufReader<shoplake_events::io::Input>>>),
+}
+
+impl Rows {
+    fn next_row(&mut self) -> shoplake_events::Result<Option<Row>> {
+        match self {
+            Rows::Csv(d) => d.next_row(),
+            Rows::Json(d) => d.next_row(),
+        }
+    }
+}
+
+impl DecodeContext {
+    fn run(mut self, opened: Opened, tx: mpsc::Sender<Msg>) -> Result<Decoded> {
+        let mut rows = if self.json {
+            Rows::Json(Box::new(JsonDecoder::new(
+                io::BufReader::new(opened.input),
+                self.validator.clone(),
+            )))
+        } else {
+            Rows::Csv(Box::new(
+                CsvDecoder::new(opened.input, self.validator.clone())
+                    .map_err(|e| input_error(&self.name, e))?,
+            ))
+        };
+        let mut profiler = Profiler::new();
+        let mut touched = HashSet::new();
+        let mut keep: Vec<Event> = Vec::with_capacity(BATCH_ROWS);
+        let mut rejects: Vec<Reject> = Vec::new();
+        let mut read = 0u64;
+        loop {
+            let row = rows.next_row().map_err(|e| input_error(&self.name, e))?;
+            let Some(row) = row else { break };
+            read += 1;
+            match row {
+                Row::Reject(r) => {
+                    profiler.reject(&r);
+                    rejects.push(r);
+                }
+                Row::Event(e) => {
+                    let date = e.event_time.div_euclid(MICROS_PER_DAY) as i32;
+                    if self.dedupe.over_budget() {
+                        // Staged rows of the dates about to leave memory must be in files
+                        // before they can be reloaded from them.
+                        self.send_events(&mut keep, &tx)?;
+                        self.flush(&tx)?;
+                        self.dedupe.evict();
+                    }
+                    if !self.dedupe.is_resident(date) {
+                        self.runtime.block_on(self.dedupe.load(date))?;
+                        touched.insert(date);
+                    }
+                    if self.dedupe.insert(date, e.event_id()) {
+                        profiler.accept(&e);
+                        keep.push(e);
+                    } else {
+                        profiler.duplicate();
+                    }
+                }
+            }
+            if keep.len() >= BATCH_ROWS {
+                self.send_events(&mut keep, &tx)?;
+            }
+            if rejects.len() >= 4096 {
+                self.send_rejects(&mut rejects, &tx)?;
+            }
+            if read.is_multiple_of(16 * 1024)
+                && let Some(p) = &self.progress
+            {
+                p(ImportProgress {
+                    rows: read,
+                    bytes: self.bytes_read.load(Ordering::Relaxed),
+                    total_bytes: self.total_bytes,
+                });
+            }
+        }
+        self.send_events(&mut keep, &tx)?;
+        self.send_rejects(&mut rejects, &tx)?;
+        if let Some(p) = &self.progress {
+            p(ImportProgress {
+                rows: read,
+                bytes: self.bytes_read.load(Ordering::Relaxed),
+                total_bytes: self.total_bytes,
+            });
+        }
+        let fingerprint = opened.hash.and_then(|h| {
+            h.lock()
+                .ok()
+                .map(|h| format!("xxh3-{:032x}", h.digest128()))
+        });
+        Ok(Decoded {
+            profiler,
+            touched,
+            fingerprint,
+        })
+    }
+
+    fn send(&self, tx: &mpsc::Sender<Msg>, msg: Msg) -> Result<()> {
+        tx.blocking_send(msg)
+            .map_err(|_| Error::Internal("the writer stopped early".into()))
+    }
+
+    fn flush(&mut self, tx: &mpsc::Sender<Msg>) -> Result<()> {
+        let (reply, wait) = oneshot::channel();
+        self.send(tx, Msg::Flush(reply))?;
+        let adds = wait
+            .blocking_recv()
+            .map_err(|_| Error::Internal("the writer stopped early".into()))?;
+        for add in adds {
+            if let Some(d) = add
+                .partition_values
+                .get(EVENT_DATE)
+                .and_then(|v| v.as_deref())
+                .and_then(date_of_partition)
+            {
+                self.dedupe.staged(d, add.path.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn send_events(&self, keep: &mut Vec<Event>, tx: &mpsc::Sender<Msg>) -> Result<()> {
+        if keep.is_empty() {
+            return Ok(());
+        }
+        let batch = shoplake_events::arrow::to_record_batch(keep)
+            .map_err(|e| Error::Arrow(e.to_string()))?;
+        let dates: Date32Array = keep
+            .iter()
+            .map(|e| e.event_time.div_euclid(MICROS_PER_DAY) as i32)
+            .collect::<Vec<i32>>()
+            .into();
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(dates));
+        let batch = RecordBatch::try_new(self.events_schema.clone(), columns)?;
+        keep.clear();
+        self.send(tx, Msg::Events(batch))
+    }
+
+    fn send_rejects(&self, rejects: &mut Vec<Reject>, tx: &mpsc::Sender<Msg>) -> Result<()> {
+        if rejects.is_empty() {
+            return Ok(());
+        }
+        let n = rejects.len();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![self.import_id.as_str(); n])),
+            Arc::new(StringArray::from(vec![self.name.as_str(); n])),
+            Arc::new(Int64Array::from(
+                rejects.iter().map(|r| r.line as i64).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rejects.iter().map(|r| r.field).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rejects
+                    .iter()
+                    .map(|r| r.reason.as_str())
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rejects.iter().map(|r| r.raw.as_str()).collect::<Vec<_>>(),
+            )),
+            Arc::new(TimestampMicrosecondArray::from(vec![self.now; n]).with_timezone("UTC")),
+        ];
+        let batch = RecordBatch::try_new(self.quarantine_schema.clone(), columns)?;
+        rejects.clear();
+        self.send(tx, Msg::Rejects(batch))
+    }
+}

@@ -1,0 +1,233 @@
+//! The lake root and its tables.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use deltalake::DeltaTable;
+use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::protocol::SaveMode;
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::schema;
+
+/// The lake's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TableName {
+    /// Clean events.
+    Events,
+    /// Refused rows.
+    Quarantine,
+    /// Import history.
+    Imports,
+}
+
+impl TableName {
+    /// Every table.
+    pub const ALL: [TableName; 3] = [TableName::Events, TableName::Quarantine, TableName::Imports];
+
+    /// The table's name (and directory under the root).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableName::Events => "events",
+            TableName::Quarantine => "quarantine",
+            TableName::Imports => "imports",
+        }
+    }
+
+    /// Looks a table up by name.
+    pub fn parse(s: &str) -> Option<TableName> {
+        TableName::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Its Arrow schema.
+    pub fn schema(self) -> arrow::datatypes::SchemaRef {
+        match self {
+            TableName::Events => schema::events(),
+            TableName::Quarantine => schema::quarantine(),
+            TableName::Imports => schema::imports(),
+        }
+    }
+
+    fn partition_columns(self) -> Vec<String> {
+        match self {
+            TableName::Events => vec![schema::EVENT_DATE.to_owned()],
+            _ => Vec::new(),
+        }
+    }
+
+    fn comment(self) -> &'static str {
+        match self {
+            TableName::Events => "shoplake: clean clickstream events, partitioned by UTC date",
+            TableName::Quarantine => "shoplake: refused rows with their reasons",
+            TableName::Imports => "shoplake: one row per import, with its data-quality profile",
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the lake is and how to reach it.
+#[derive(Debug, Clone, Default)]
+pub struct LakeOptions {
+    /// A local directory (`./data/lake`) or a URL (`s3://bucket/prefix`, `file:///…`).
+    pub root: String,
+    /// Object-store options passed to delta-rs (for S3: `AWS_ENDPOINT_URL`, `AWS_REGION`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`, …). Values not given
+    /// here are read from the environment by the S3 client.
+    pub storage_options: HashMap<String, String>,
+}
+
+/// An opened lake root.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    root: Url,
+    storage_options: HashMap<String, String>,
+}
+
+impl Lake {
+    /// Opens a lake root, creating the directory for a local one. S3 roots use conditional
+    /// puts (`If-None-Match`) so that concurrent writers are safe without a lock service.
+    pub fn open(options: LakeOptions) -> Result<Lake> {
+        let LakeOptions {
+            root,
+            mut storage_options,
+        } = options;
+        let bad = |reason: String| Error::Location {
+            location: root.clone(),
+            reason,
+        };
+        let url = if root.contains("://") {
+            let mut url = Url::parse(&root).map_err(|e| bad(e.to_string()))?;
+            if !url.path().ends_with('/') {
+                url.set_path(&format!("{}/", url.path()));
+            }
+            url
+        } else {
+            let path = Path::new(&root);
+            std::fs::create_dir_all(path).map_err(|e| bad(format!("cannot create it: {e}")))?;
+            let path = path.canonicalize().map_err(|e| bad(e.to_string()))?;
+            Url::from_directory_path(&path).map_err(|()| bad("not an absolute path".into()))?
+        };
+        match url.scheme() {
+            "file" => {}
+            "s3" | "s3a" => {
+                // Safe concurrent commits on S3-compatible stores without DynamoDB.
+                storage_options
+                    .entry("conditional_put".into())
+                    .or_insert_with(|| "etag".into());
+                storage_options
+                    .entry("AWS_S3_ALLOW_UNSAFE_RENAME".into())
+                    .or_insert_with(|| "true".into());
+            }
+            "memory" => {}
+            other => {
+                return Err(bad(format!(
+                    "the scheme {other}:// is not supported; use a local path or s3://"
+                )));
+            }
+        }
+        Ok(Lake {
+            root: url,
+            storage_options,
+        })
+    }
+
+    /// The root URL.
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    /// The storage options in effect.
+    pub fn storage_options(&self) -> &HashMap<String, String> {
+        &self.storage_options
+    }
+
+    /// The URL of a table.
+    pub fn table_url(&self, table: TableName) -> Result<Url> {
+        self.root
+            .join(&format!("{}/", table.as_str()))
+            .map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    fn builder(&self, table: TableName) -> Result<deltalake::DeltaTableBuilder> {
+        let url = self.table_url(table)?;
+        Ok(deltalake::DeltaTableBuilder::from_url(url)
+            .map_err(Error::delta(format!("opening {table}")))?
+            .with_storage_options(self.storage_options.clone()))
+    }
+
+    /// Opens a table at its latest version, `None` when it does not exist yet.
+    pub async fn table(&self, table: TableName) -> Result<Option<DeltaTable>> {
+        let mut t = self
+            .builder(table)?
+            .build()
+            .map_err(Error::delta(format!("opening {table}")))?;
+        let exists = t
+            .verify_deltatable_existence()
+            .await
+            .map_err(Error::delta(format!("looking for {table}")))?;
+        if !exists {
+            return Ok(None);
+        }
+        t.load()
+            .await
+            .map_err(Error::delta(format!("loading {table}")))?;
+        Ok(Some(t))
+    }
+
+    /// Reads the given columns of every row of a table (for small tables, tests and tools; the
+    /// query engine reads large ones).
+    pub async fn read_table(
+        &self,
+        table: TableName,
+        columns: &[&'static str],
+    ) -> Result<Vec<arrow::array::RecordBatch>> {
+        match self.table(table).await? {
+            Some(t) => crate::read::read_all(&t, columns).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Opens a table, creating it (empty, with its schema and partitioning) when missing.
+    pub async fn ensure(&self, table: TableName) -> Result<DeltaTable> {
+        if let Some(t) = self.table(table).await? {
+            return Ok(t);
+        }
+        let empty = self
+            .builder(table)?
+            .build()
+            .map_err(Error::delta(format!("opening {table}")))?;
+        let schema: StructType = table
+            .schema()
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e| Error::Internal(format!("schema of {table}: {e}")))?;
+        let created = empty
+            .create()
+            .with_table_name(table.as_str())
+            .with_comment(table.comment())
+            .with_columns(schema.fields().cloned())
+            .with_partition_columns(table.partition_columns())
+            .with_save_mode(SaveMode::Ignore)
+            .await;
+        match created {
+            Ok(t) => Ok(t),
+            // Another writer created it first: use theirs.
+            Err(_) if self.table(table).await?.is_some() => self
+                .table(table)
+                .await?
+                .ok_or_else(|| Error::Internal("table vanished".into())),
+            Err(e) => Err(Error::Delta {
+                context: format!("creating {table}"),
+                source: e,
+            }),
+        }
+    }
+}

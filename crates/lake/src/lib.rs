@@ -1,0 +1,24 @@
+//! The shoplake lakehouse: Delta Lake tables under one root URL (a local directory or
+//! `s3://bucket/prefix`), the batch import that fills them, the data-quality profile, the
+//! catalog, and maintenance (compaction, vacuum).
+//!
+//! Tables (each at `<root>/<name>`):
+//! - `events`: clean events, partitioned by `event_date` (UTC), never an exact duplicate.
+//! - `quarantine`: every refused row with its source, line, field, reason and raw text.
+//! - `imports`: one row per import, with its counts and its data-quality profile.
+
+mod catalog;
+mod dedupe;
+mod error;
+mod import;
+mod lake;
+mod maintenance;
+pub mod profile;
+mod read;
+pub mod schema;
+
+pub use catalog::{ColumnInfo, CommitSummary, ImportRecord, PartitionInfo, TableInfo};
+pub use error::{Error, Result};
+pub use import::{ImportBuilder, ImportProgress, ImportSource, ImportSummary, TARGET_FILE_SIZE};
+pub use lake::{Lake, LakeOptions, TableName};
+pub use maintenance::{CompactBuilder, CompactSummary, VacuumBuilder, VacuumSummary};

@@ -1,0 +1,360 @@
+//! The data-quality profile of an import (DataBrew's profile job): counts, rejects by reason,
+//! duplicates, null rates, distinct counts, price distribution, event-type mix, time range and
+//! rows per day. Computed in one pass over the accepted rows.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use shoplake_events::time::{MICROS_PER_DAY, civil_from_days, format_timestamp};
+use shoplake_events::{Event, EventType, Reject};
+use xxhash_rust::xxh3::xxh3_64;
+
+/// A HyperLogLog sketch with 4096 registers (about 1.6 % standard error) for distinct counts
+/// in constant memory.
+#[derive(Clone)]
+struct Distinct {
+    registers: Box<[u8; 4096]>,
+}
+
+impl Distinct {
+    fn new() -> Distinct {
+        Distinct {
+            registers: Box::new([0; 4096]),
+        }
+    }
+
+    fn add_hash(&mut self, h: u64) {
+        let index = (h >> 52) as usize;
+        let rank = ((h << 12) | (1 << 11)).leading_zeros() as u8 + 1;
+        if rank > self.registers[index] {
+            self.registers[index] = rank;
+        }
+    }
+
+    fn add(&mut self, bytes: &[u8]) {
+        self.add_hash(xxh3_64(bytes));
+    }
+
+    fn estimate(&self) -> u64 {
+        let m = self.registers.len() as f64;
+        let alpha = 0.7213 / (1.0 + 1.079 / m);
+        let sum: f64 = self
+            .registers
+            .iter()
+            .map(|&r| 2f64.powi(-i32::from(r)))
+            .sum();
+        let raw = alpha * m * m / sum;
+        let zeros = self.registers.iter().filter(|&&r| r == 0).count();
+        let estimate = if raw <= 2.5 * m && zeros > 0 {
+            m * (m / zeros as f64).ln()
+        } else {
+            raw
+        };
+        estimate.round() as u64
+    }
+}
+
+/// Accumulates a profile.
+pub struct Profiler {
+    rows_read: u64,
+    duplicates: u64,
+    rejects: BTreeMap<String, u64>,
+    accepted: u64,
+    nulls: [u64; 5],
+    users: Distinct,
+    sessions: Distinct,
+    products: Distinct,
+    categories: Distinct,
+    brands: Distinct,
+    prices: BTreeMap<i64, u64>,
+    price_sum: i128,
+    types: [u64; 4],
+    first: i64,
+    last: i64,
+    days: BTreeMap<i64, u64>,
+}
+
+impl std::fmt::Debug for Profiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profiler")
+            .field("rows_read", &self.rows_read)
+            .finish()
+    }
+}
+
+impl Default for Profiler {
+    fn default() -> Self {
+        Profiler {
+            rows_read: 0,
+            duplicates: 0,
+            rejects: BTreeMap::new(),
+            accepted: 0,
+            nulls: [0; 5],
+            users: Distinct::new(),
+            sessions: Distinct::new(),
+            products: Distinct::new(),
+            categories: Distinct::new(),
+            brands: Distinct::new(),
+            prices: BTreeMap::new(),
+            price_sum: 0,
+            types: [0; 4],
+            first: i64::MAX,
+            last: i64::MIN,
+            days: BTreeMap::new(),
+        }
+    }
+}
+
+/// A reject's reason with the quoted value taken out, so reasons group:
+/// `price: "abc" is not a decimal number` → `price: … is not a decimal number`.
+pub fn reason_kind(r: &Reject) -> String {
+    let mut out = String::new();
+    if let Some(f) = r.field {
+        out.push_str(f);
+        out.push_str(": ");
+    }
+    let mut in_quote = false;
+    let mut escaped = false;
+    for c in r.reason.chars() {
+        if in_quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_quote = false;
+                out.push('…');
+            }
+        } else if c == '"' {
+            in_quote = true;
+        } else if c.is_ascii_digit()
+            && out.ends_with(|p: char| p.is_ascii_digit() || p == ' ')
+            && !out.ends_with(": ")
+        {
+            // Counts in reasons ("has 3 fields") vary; keep the words.
+            if !out.ends_with('#') {
+                out.push('#');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.replace("……", "…")
+}
+
+impl Profiler {
+    /// A new, empty profile.
+    pub fn new() -> Profiler {
+        Profiler::default()
+    }
+
+    /// Counts a refused row.
+    pub fn reject(&mut self, r: &Reject) {
+        self.rows_read += 1;
+        *self.rejects.entry(reason_kind(r)).or_default() += 1;
+    }
+
+    /// Counts an exact duplicate that was dropped.
+    pub fn duplicate(&mut self) {
+        self.rows_read += 1;
+        self.duplicates += 1;
+    }
+
+    /// Counts an accepted row.
+    pub fn accept(&mut self, e: &Event) {
+        self.rows_read += 1;
+        self.accepted += 1;
+        self.nulls[0] += u64::from(e.category_code.is_none());
+        self.nulls[1] += u64::from(e.brand.is_none());
+        self.nulls[2] += u64::from(e.user_session.is_none());
+        self.nulls[3] += u64::from(e.client_ip.is_none());
+        self.nulls[4] += u64::from(e.user_agent.is_none());
+        self.users.add(&e.user_id.to_le_bytes());
+        if let Some(s) = &e.user_session {
+            self.sessions.add(s.as_bytes());
+        }
+        self.products.add(&e.product_id.to_le_bytes());
+        self.categories.add(&e.category_id.to_le_bytes());
+        if let Some(b) = &e.brand {
+            self.brands.add(b.as_bytes());
+        }
+        *self.prices.entry(e.price.cents()).or_default() += 1;
+        self.price_sum += i128::from(e.price.cents());
+        self.types[EventType::ALL
+            .iter()
+            .position(|t| *t == e.event_type)
+            .unwrap_or(0)] += 1;
+        self.first = self.first.min(e.event_time);
+        self.last = self.last.max(e.event_time);
+        *self
+            .days
+            .entry(e.event_time.div_euclid(MICROS_PER_DAY))
+            .or_default() += 1;
+    }
+
+    fn price_quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.prices.values().sum();
+        if total == 0 {
+            return None;
+        }
+        let target = ((total - 1) as f64 * q).round() as u64;
+        let mut seen = 0;
+        for (&cents, &n) in &self.prices {
+            seen += n;
+            if seen > target {
+                return Some(cents as f64 / 100.0);
+            }
+        }
+        None
+    }
+
+    /// The finished profile.
+    pub fn finish(&self) -> Profile {
+        let rate = |n: u64| {
+            if self.accepted == 0 {
+                0.0
+            } else {
+                n as f64 / self.accepted as f64
+            }
+        };
+        let columns = [
+            "category_code",
+            "brand",
+            "user_session",
+            "client_ip",
+            "user_agent",
+        ];
+        Profile {
+            rows_read: self.rows_read,
+            rows_accepted: self.accepted,
+            rows_rejected: self.rejects.values().sum(),
+            duplicates: self.duplicates,
+            rejects_by_reason: self.rejects.clone(),
+            null_rate: columns
+                .iter()
+                .zip(self.nulls)
+                .map(|(c, n)| ((*c).to_owned(), rate(n)))
+                .collect(),
+            distinct: [
+                ("user_id", &self.users),
+                ("user_session", &self.sessions),
+                ("product_id", &self.products),
+                ("category_id", &self.categories),
+                ("brand", &self.brands),
+            ]
+            .into_iter()
+            .map(|(c, d)| (c.to_owned(), d.estimate()))
+            .collect(),
+            price: PriceProfile {
+                min: self.prices.keys().next().map(|&c| c as f64 / 100.0),
+                p25: self.price_quantile(0.25),
+                median: self.price_quantile(0.5),
+                p75: self.price_quantile(0.75),
+                p95: self.price_quantile(0.95),
+                max: self.prices.keys().next_back().map(|&c| c as f64 / 100.0),
+                mean: (self.accepted > 0)
+                    .then(|| self.price_sum as f64 / self.accepted as f64 / 100.0),
+            },
+            event_types: EventType::ALL
+                .iter()
+                .zip(self.types)
+                .map(|(t, n)| (t.as_str().to_owned(), n))
+                .collect(),
+            first_event: (self.accepted > 0).then(|| format_timestamp(self.first)),
+            last_event: (self.accepted > 0).then(|| format_timestamp(self.last)),
+            rows_per_day: self
+                .days
+                .iter()
+                .map(|(&d, &n)| {
+                    let (y, m, day) = civil_from_days(d);
+                    (format!("{y:04}-{m:02}-{day:02}"), n)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Distribution of prices over accepted rows, in currency units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[allow(missing_docs)]
+pub struct PriceProfile {
+    pub min: Option<f64>,
+    pub p25: Option<f64>,
+    pub median: Option<f64>,
+    pub p75: Option<f64>,
+    pub p95: Option<f64>,
+    pub max: Option<f64>,
+    pub mean: Option<f64>,
+}
+
+/// The data-quality profile of one import. Stored as JSON in `imports.profile`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Profile {
+    /// Rows read (accepted + rejected + duplicates).
+    pub rows_read: u64,
+    /// Rows written to `events`.
+    pub rows_accepted: u64,
+    /// Rows written to `quarantine`.
+    pub rows_rejected: u64,
+    /// Exact duplicates dropped (within the input or already in the lake).
+    pub duplicates: u64,
+    /// Rejected rows per reason (values taken out).
+    pub rejects_by_reason: BTreeMap<String, u64>,
+    /// Share of accepted rows with no value, per optional column.
+    pub null_rate: BTreeMap<String, f64>,
+    /// Approximate distinct values (HyperLogLog, ~1.6 % error), per column.
+    pub distinct: BTreeMap<String, u64>,
+    /// Price distribution.
+    pub price: PriceProfile,
+    /// Accepted rows per event type.
+    pub event_types: BTreeMap<String, u64>,
+    /// Earliest accepted event.
+    pub first_event: Option<String>,
+    /// Latest accepted event.
+    pub last_event: Option<String>,
+    /// Accepted rows per UTC day.
+    pub rows_per_day: BTreeMap<String, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_is_close() {
+        let mut d = Distinct::new();
+        for i in 0..200_000u64 {
+            d.add(&i.to_le_bytes());
+        }
+        let e = d.estimate() as f64;
+        assert!((e - 200_000.0).abs() / 200_000.0 < 0.05, "{e}");
+        let mut small = Distinct::new();
+        for i in 0..100u64 {
+            small.add(&i.to_le_bytes());
+            small.add(&i.to_le_bytes());
+        }
+        assert!((small.estimate() as i64 - 100).abs() <= 2);
+    }
+
+    #[test]
+    fn reasons_group_without_their_values() {
+        let r = |field, reason: &str| Reject {
+            line: 1,
+            field,
+            reason: reason.into(),
+            raw: String::new(),
+        };
+        assert_eq!(
+            reason_kind(&r(Some("price"), "\"abc\" is not a decimal number")),
+            "price: … is not a decimal number"
+        );
+        assert_eq!(
+            reason_kind(&r(Some("price"), "\"a\\\"b\" is not a decimal number")),
+            "price: … is not a decimal number"
+        );
+        assert_eq!(
+            reason_kind(&r(None, "has 3 fields, the header has 9")),
+            "has # fields, the header has #"
+        );
+    }
+}

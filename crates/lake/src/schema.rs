@@ -1,0 +1,62 @@
+//! The lake tables' Arrow schemas.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+fn timestamp() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// The partition column of `events`: the UTC date of `event_time`.
+pub const EVENT_DATE: &str = "event_date";
+
+static EVENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let base = shoplake_events::arrow::event_schema();
+    let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(EVENT_DATE, DataType::Date32, false));
+    Arc::new(Schema::new(fields))
+});
+
+static QUARANTINE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("import_id", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("line", DataType::Int64, false),
+        Field::new("field", DataType::Utf8, true),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("raw", DataType::Utf8, false),
+        Field::new("quarantined_at", timestamp(), false),
+    ]))
+});
+
+static IMPORTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("import_id", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("fingerprint", DataType::Utf8, false),
+        Field::new("started_at", timestamp(), false),
+        Field::new("finished_at", timestamp(), false),
+        Field::new("rows_read", DataType::Int64, false),
+        Field::new("rows_accepted", DataType::Int64, false),
+        Field::new("rows_rejected", DataType::Int64, false),
+        Field::new("duplicates", DataType::Int64, false),
+        Field::new("seconds", DataType::Float64, false),
+        Field::new("profile", DataType::Utf8, false),
+    ]))
+});
+
+/// `events`: the event schema plus `event_date`.
+pub fn events() -> SchemaRef {
+    EVENTS.clone()
+}
+
+/// `quarantine`: refused rows with where they came from and why.
+pub fn quarantine() -> SchemaRef {
+    QUARANTINE.clone()
+}
+
+/// `imports`: one row per import, with its profile as JSON.
+pub fn imports() -> SchemaRef {
+    IMPORTS.clone()
+}
