@@ -1,6 +1,5 @@
 //! `shoplake import`, `catalog`, `compact`, `vacuum`: the lake commands.
 
-use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,43 +8,34 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, bail};
 use shoplake_lake::{ImportSource, ImportSummary, Lake, LakeOptions, TableInfo, TableName};
 
+use crate::config::Config;
 use crate::progress::Progress;
 
 /// Where the lake is: shared by every lake command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LakeArgs {
-    /// The lake root: a directory, or `s3://bucket/prefix` (S3 settings come from the usual
-    /// AWS_* variables: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
-    /// AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP).
-    #[arg(
-        long,
-        env = "SHOPLAKE_LAKE",
-        default_value = "data/lake",
-        value_name = "ROOT"
-    )]
-    lake: String,
+    /// The lake root: a directory, or `s3://bucket/prefix` [default: `lake.root` of the
+    /// configuration, else data/lake]. S3 settings come from `[lake.s3]` or the usual AWS_*
+    /// variables (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_ALLOW_HTTP).
+    #[arg(long, env = "SHOPLAKE_LAKE", value_name = "ROOT")]
+    lake: Option<String>,
+    /// The configuration file [default: shoplake.toml, when present].
+    #[arg(long, env = "SHOPLAKE_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 }
-
-/// Object-store settings taken from the environment.
-const STORAGE_ENV: [&str; 7] = [
-    "AWS_ENDPOINT_URL",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_ALLOW_HTTP",
-];
 
 impl LakeArgs {
     fn open(&self) -> Result<Lake> {
-        let storage_options: HashMap<String, String> = STORAGE_ENV
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
-            .collect();
+        let config = Config::load(self.config.as_deref())?;
+        let root = self
+            .lake
+            .clone()
+            .or_else(|| config.lake.root.clone())
+            .unwrap_or_else(|| "data/lake".to_owned());
         Ok(Lake::open(LakeOptions {
-            root: self.lake.clone(),
-            storage_options,
+            root,
+            storage_options: config.storage_options(),
         })?)
     }
 }

@@ -1,6 +1,7 @@
 //! The `shoplake` binary: command-line parsing and glue. The work lives in the library crates.
 
 mod check;
+mod config;
 mod generate;
 mod lake_cmd;
 mod progress;
@@ -34,6 +35,8 @@ enum Command {
     Compact(lake_cmd::CompactArgs),
     /// Delete data files no version within the retention period uses.
     Vacuum(lake_cmd::VacuumArgs),
+    /// Check the configuration file (shoplake.toml).
+    Config(config::ConfigArgs),
 }
 
 /// Our crates log at info; dependencies only warn (the Delta kernel reports expected
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Catalog(args) => lake_cmd::catalog(args),
         Command::Compact(args) => lake_cmd::compact(args),
         Command::Vacuum(args) => lake_cmd::vacuum(args),
+        Command::Config(args) => config::run(args),
     };
     match result {
         Ok(code) => code,

@@ -295,3 +295,50 @@ fn s3_lake_on_seaweedfs_imports_reads_back_and_compacts() {
     assert_eq!(got["ids"], digest);
     assert_eq!(got["cents"].as_i64().unwrap(), cents);
 }
+
+#[test]
+fn the_lake_root_comes_from_the_config_file_and_bad_files_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("from-config");
+    let config = dir.path().join("shoplake.toml");
+    std::fs::write(
+        &config,
+        format!("[lake]\nroot = {:?}\n", root.display().to_string()),
+    )
+    .unwrap();
+    let s = sample();
+    let o = shoplake(&[
+        "import",
+        s.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(root.join("events").join("_delta_log").is_dir());
+    let o = shoplake(&["config", "check", config.to_str().unwrap()]);
+    assert!(o.status.success());
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[lake]\nroot = \"gs://b/p\"\n[lake.s3]\nendpoint = \"localhost\"\n",
+    )
+    .unwrap();
+    let o = shoplake(&["config", "check", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("gs:// is not supported")
+            && stdout(&o).contains("should start with http://"),
+        "{}",
+        stdout(&o)
+    );
+    std::fs::write(&bad, "[lake]\nroots = \"x\"\n").unwrap();
+    let o = shoplake(&["config", "check", bad.to_str().unwrap()]);
+    assert!(
+        stdout(&o).contains("unknown field `roots`"),
+        "{}",
+        stdout(&o)
+    );
+    let o = shoplake(&["catalog", "--config", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "a bad config stops the command");
+}
