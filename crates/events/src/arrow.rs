@@ -10,7 +10,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::error::{Error, Result};
-use crate::event::{Event, EventType, Price};
+use crate::event::{Event, EventId, EventType, Price};
 
 /// Precision of the `price` column: `Decimal(12, 2)`.
 pub const PRICE_PRECISION: u8 = 12;
@@ -51,6 +51,20 @@ pub fn event_schema() -> SchemaRef {
 
 /// Converts events to a `RecordBatch` with [`event_schema`].
 pub fn to_record_batch(events: &[Event]) -> Result<RecordBatch> {
+    let ids: Vec<EventId> = events.iter().map(Event::event_id).collect();
+    to_record_batch_with_ids(events, &ids)
+}
+
+/// Like [`to_record_batch`], with the events' ids already computed (`ids[i]` is
+/// `events[i].event_id()`).
+pub fn to_record_batch_with_ids(events: &[Event], ids: &[EventId]) -> Result<RecordBatch> {
+    if ids.len() != events.len() {
+        return Err(Error::Arrow(format!(
+            "{} ids for {} events",
+            ids.len(),
+            events.len()
+        )));
+    }
     let n = events.len();
     let mut time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut kind = StringBuilder::with_capacity(n, n * 5);
@@ -67,7 +81,7 @@ pub fn to_record_batch(events: &[Event]) -> Result<RecordBatch> {
     let mut ingest = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut id = StringBuilder::with_capacity(n, n * 32);
     let mut text = String::with_capacity(40);
-    for e in events {
+    for (e, event_id) in events.iter().zip(ids) {
         time.append_value(e.event_time);
         kind.append_value(e.event_type.as_str());
         product.append_value(e.product_id);
@@ -91,7 +105,7 @@ pub fn to_record_batch(events: &[Event]) -> Result<RecordBatch> {
         {
             use std::fmt::Write as _;
             text.clear();
-            let _ = write!(text, "{}", e.event_id());
+            let _ = write!(text, "{event_id}");
             id.append_value(&text);
         }
     }

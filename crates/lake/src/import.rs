@@ -32,7 +32,7 @@ use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 use shoplake_events::io::maybe_gunzip;
 use shoplake_events::time::{Clock, MICROS_PER_DAY, SystemClock, parse_date};
-use shoplake_events::{CsvDecoder, Event, JsonDecoder, Reject, Row, Validator};
+use shoplake_events::{CsvDecoder, Event, EventId, JsonDecoder, Reject, Row, Validator};
 use tokio::sync::{mpsc, oneshot};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -720,6 +720,7 @@ impl DecodeContext {
         let mut profiler = Profiler::new();
         let mut touched = HashSet::new();
         let mut keep: Vec<Event> = Vec::with_capacity(BATCH_ROWS);
+        let mut keep_ids: Vec<EventId> = Vec::with_capacity(BATCH_ROWS);
         let mut rejects: Vec<Reject> = Vec::new();
         let mut read = 0u64;
         loop {
@@ -736,7 +737,7 @@ impl DecodeContext {
                     if self.dedupe.over_budget() {
                         // Staged rows of the dates about to leave memory must be in files
                         // before they can be reloaded from them.
-                        self.send_events(&mut keep, &tx)?;
+                        self.send_events(&mut keep, &mut keep_ids, &tx)?;
                         self.flush(&tx)?;
                         self.dedupe.evict();
                     }
@@ -744,16 +745,18 @@ impl DecodeContext {
                         self.runtime.block_on(self.dedupe.load(date))?;
                         touched.insert(date);
                     }
-                    if self.dedupe.insert(date, e.event_id()) {
+                    let id = e.event_id();
+                    if self.dedupe.insert(date, id) {
                         profiler.accept(&e);
                         keep.push(e);
+                        keep_ids.push(id);
                     } else {
                         profiler.duplicate();
                     }
                 }
             }
             if keep.len() >= BATCH_ROWS {
-                self.send_events(&mut keep, &tx)?;
+                self.send_events(&mut keep, &mut keep_ids, &tx)?;
             }
             if rejects.len() >= 4096 {
                 self.send_rejects(&mut rejects, &tx)?;
@@ -768,7 +771,7 @@ impl DecodeContext {
                 });
             }
         }
-        self.send_events(&mut keep, &tx)?;
+        self.send_events(&mut keep, &mut keep_ids, &tx)?;
         self.send_rejects(&mut rejects, &tx)?;
         if let Some(p) = &self.progress {
             p(ImportProgress {
@@ -813,12 +816,18 @@ impl DecodeContext {
         Ok(())
     }
 
-    fn send_events(&self, keep: &mut Vec<Event>, tx: &mpsc::Sender<Msg>) -> Result<()> {
+    fn send_events(
+        &self,
+        keep: &mut Vec<Event>,
+        ids: &mut Vec<EventId>,
+        tx: &mpsc::Sender<Msg>,
+    ) -> Result<()> {
         if keep.is_empty() {
             return Ok(());
         }
-        let batch = shoplake_events::arrow::to_record_batch(keep)
+        let batch = shoplake_events::arrow::to_record_batch_with_ids(keep, ids)
             .map_err(|e| Error::Arrow(e.to_string()))?;
+        ids.clear();
         let dates: Date32Array = keep
             .iter()
             .map(|e| e.event_time.div_euclid(MICROS_PER_DAY) as i32)

@@ -2,7 +2,7 @@
 //! duplicates, null rates, distinct counts, price distribution, event-type mix, time range and
 //! rows per day. Computed in one pass over the accepted rows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use shoplake_events::time::{MICROS_PER_DAY, civil_from_days, format_timestamp};
@@ -66,7 +66,8 @@ pub struct Profiler {
     products: Distinct,
     categories: Distinct,
     brands: Distinct,
-    prices: BTreeMap<i64, u64>,
+    /// Rows per price in cents (a hash map on the hot path, sorted when finished).
+    prices: HashMap<i64, u64>,
     price_sum: i128,
     types: [u64; 4],
     first: i64,
@@ -95,7 +96,7 @@ impl Default for Profiler {
             products: Distinct::new(),
             categories: Distinct::new(),
             brands: Distinct::new(),
-            prices: BTreeMap::new(),
+            prices: HashMap::new(),
             price_sum: 0,
             types: [0; 4],
             first: i64::MAX,
@@ -192,14 +193,14 @@ impl Profiler {
             .or_default() += 1;
     }
 
-    fn price_quantile(&self, q: f64) -> Option<f64> {
-        let total: u64 = self.prices.values().sum();
+    fn price_quantile(sorted: &[(i64, u64)], q: f64) -> Option<f64> {
+        let total: u64 = sorted.iter().map(|(_, n)| n).sum();
         if total == 0 {
             return None;
         }
         let target = ((total - 1) as f64 * q).round() as u64;
         let mut seen = 0;
-        for (&cents, &n) in &self.prices {
+        for &(cents, n) in sorted {
             seen += n;
             if seen > target {
                 return Some(cents as f64 / 100.0);
@@ -217,6 +218,9 @@ impl Profiler {
                 n as f64 / self.accepted as f64
             }
         };
+        let mut prices: Vec<(i64, u64)> = self.prices.iter().map(|(&c, &n)| (c, n)).collect();
+        prices.sort_unstable();
+        let quantile = |q| Profiler::price_quantile(&prices, q);
         let columns = [
             "category_code",
             "brand",
@@ -246,12 +250,12 @@ impl Profiler {
             .map(|(c, d)| (c.to_owned(), d.estimate()))
             .collect(),
             price: PriceProfile {
-                min: self.prices.keys().next().map(|&c| c as f64 / 100.0),
-                p25: self.price_quantile(0.25),
-                median: self.price_quantile(0.5),
-                p75: self.price_quantile(0.75),
-                p95: self.price_quantile(0.95),
-                max: self.prices.keys().next_back().map(|&c| c as f64 / 100.0),
+                min: prices.first().map(|&(c, _)| c as f64 / 100.0),
+                p25: quantile(0.25),
+                median: quantile(0.5),
+                p75: quantile(0.75),
+                p95: quantile(0.95),
+                max: prices.last().map(|&(c, _)| c as f64 / 100.0),
                 mean: (self.accepted > 0)
                     .then(|| self.price_sum as f64 / self.accepted as f64 / 100.0),
             },
