@@ -105,6 +105,58 @@ fn percent(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
+/// Prints a data-quality profile, indented.
+fn print_profile(p: &shoplake_lake::profile::Profile, indent: &str) {
+    if let (Some(a), Some(b)) = (&p.first_event, &p.last_event) {
+        println!(
+            "{indent}events from {a} to {b} over {} day(s)",
+            p.rows_per_day.len()
+        );
+    }
+    let list = |items: Vec<String>| items.join(", ");
+    println!(
+        "{indent}event types: {}",
+        list(
+            p.event_types
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect()
+        )
+    );
+    println!(
+        "{indent}nulls: {}",
+        list(
+            p.null_rate
+                .iter()
+                .map(|(k, v)| format!("{k} {}", percent(*v)))
+                .collect()
+        )
+    );
+    println!(
+        "{indent}distinct: {}",
+        list(
+            p.distinct
+                .iter()
+                .map(|(k, v)| format!("{k} ~{v}"))
+                .collect()
+        )
+    );
+    let q = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+    println!(
+        "{indent}price: min {} p25 {} median {} p75 {} p95 {} max {} mean {}",
+        q(p.price.min),
+        q(p.price.p25),
+        q(p.price.median),
+        q(p.price.p75),
+        q(p.price.p95),
+        q(p.price.max),
+        q(p.price.mean)
+    );
+    for (reason, n) in &p.rejects_by_reason {
+        println!("{indent}rejected: {n} × {reason}");
+    }
+}
+
 fn print_summary(s: &ImportSummary) {
     if s.already_imported {
         println!(
@@ -118,45 +170,7 @@ fn print_summary(s: &ImportSummary) {
         "{}: {} rows read: {} accepted, {} rejected (quarantined), {} duplicates dropped; {:.2} s, {:.0} rows/s",
         s.source, s.rows_read, s.rows_accepted, s.rows_rejected, s.duplicates, s.seconds, rate
     );
-    let p = &s.profile;
-    if let (Some(a), Some(b)) = (&p.first_event, &p.last_event) {
-        println!(
-            "  events from {a} to {b} over {} day(s)",
-            p.rows_per_day.len()
-        );
-    }
-    let mix: Vec<String> = p
-        .event_types
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    println!("  event types: {}", mix.join(", "));
-    let nulls: Vec<String> = p
-        .null_rate
-        .iter()
-        .map(|(k, v)| format!("{k} {}", percent(*v)))
-        .collect();
-    println!("  nulls: {}", nulls.join(", "));
-    let distinct: Vec<String> = p
-        .distinct
-        .iter()
-        .map(|(k, v)| format!("{k} ~{v}"))
-        .collect();
-    println!("  distinct: {}", distinct.join(", "));
-    let q = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
-    println!(
-        "  price: min {} p25 {} median {} p75 {} p95 {} max {} mean {}",
-        q(p.price.min),
-        q(p.price.p25),
-        q(p.price.median),
-        q(p.price.p75),
-        q(p.price.p95),
-        q(p.price.max),
-        q(p.price.mean)
-    );
-    for (reason, n) in &p.rejects_by_reason {
-        println!("  rejected: {n} × {reason}");
-    }
+    print_profile(&s.profile, "  ");
 }
 
 /// Runs `shoplake import`.
@@ -285,22 +299,7 @@ pub fn catalog(args: CatalogArgs) -> Result<ExitCode> {
                             i.duplicates,
                             i.seconds
                         );
-                        let p = &i.profile;
-                        let nulls: Vec<String> = p
-                            .null_rate
-                            .iter()
-                            .map(|(k, v)| format!("{k} {}", percent(*v)))
-                            .collect();
-                        println!("    nulls: {}", nulls.join(", "));
-                        let distinct: Vec<String> = p
-                            .distinct
-                            .iter()
-                            .map(|(k, v)| format!("{k} ~{v}"))
-                            .collect();
-                        println!("    distinct: {}", distinct.join(", "));
-                        for (reason, n) in &p.rejects_by_reason {
-                            println!("    rejected: {n} × {reason}");
-                        }
+                        print_profile(&i.profile, "    ");
                     }
                 }
             }
