@@ -222,6 +222,10 @@ impl ImportBuilder {
         let writer_props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(256 * 1024))
+            // Hashes and session ids never repeat enough for a dictionary to pay.
+            .set_column_dictionary_enabled("event_id".into(), false)
+            .set_column_dictionary_enabled("user_session".into(), false)
+            .set_column_dictionary_enabled("event_time".into(), false)
             .build();
         let mut event_writer = RecordBatchWriter::for_table(&events)
             .map_err(Error::delta("preparing the events writer"))?
