@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::event::{Event, EventType, Price};
-use crate::time::{Clock, MICROS_PER_DAY, SystemClock, parse_date};
+use crate::time::{Clock, MICROS_PER_DAY, SystemClock};
 
 /// A field of an event, as named in files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -443,11 +443,6 @@ pub fn price(s: &str) -> Result<Price, FieldError> {
         cents = cents * 10 + frac.get(i).map_or(0, |&b| i64::from(b - b'0'));
     }
     Ok(Price(int * 100 + cents))
-}
-
-/// Parses a `YYYY-MM-DD` date for command-line options; `None` when malformed.
-pub fn date(s: &str) -> Option<i64> {
-    parse_date(s)
 }
 
 #[cfg(test)]

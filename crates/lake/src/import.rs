@@ -67,11 +67,7 @@ impl ImportSource {
     }
 
     fn is_json(&self) -> bool {
-        let name = self.name().to_ascii_lowercase();
-        let name = name.strip_suffix(".gz").unwrap_or(&name);
-        [".json", ".ndjson", ".jsonl"]
-            .iter()
-            .any(|s| name.ends_with(s))
+        shoplake_events::io::is_json_name(&self.name())
     }
 }
 

@@ -219,12 +219,8 @@ impl Lake {
             .await;
         match created {
             Ok(t) => Ok(t),
-            // Another writer created it first: use theirs.
-            Err(_) if self.table(table).await?.is_some() => self
-                .table(table)
-                .await?
-                .ok_or_else(|| Error::Internal("table vanished".into())),
-            Err(e) => Err(Error::Delta {
+            // Another writer may have created it first: use theirs.
+            Err(e) => self.table(table).await?.ok_or(Error::Delta {
                 context: format!("creating {table}"),
                 source: e,
             }),

@@ -45,13 +45,16 @@ pub(crate) fn files(table: &DeltaTable, partition_column: Option<&str>) -> Resul
             col("size_bytes").and_then(|c| c.as_any().downcast_ref::<arrow::array::Int64Array>());
         let rows =
             col("num_records").and_then(|c| c.as_any().downcast_ref::<arrow::array::Int64Array>());
-        let partition = partition_column.and_then(|p| col(&format!("partition.{p}")));
+        let partition = partition_column
+            .and_then(|p| col(&format!("partition.{p}")))
+            .and_then(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).ok());
+        let partition = partition
+            .as_ref()
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>());
         for i in 0..batch.num_rows() {
-            let partition = partition.and_then(|c| {
-                let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).ok()?;
-                let s = c.as_any().downcast_ref::<StringArray>()?;
-                s.is_valid(i).then(|| s.value(i).to_owned())
-            });
+            let partition = partition
+                .filter(|s| s.is_valid(i))
+                .map(|s| s.value(i).to_owned());
             out.push(DataFile {
                 path: paths.value(i).to_owned(),
                 size: sizes.map_or(0, |s| s.value(i).max(0) as u64),

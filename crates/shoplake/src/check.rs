@@ -75,13 +75,7 @@ fn is_json(path: &Path, format: InputFormat) -> bool {
     match format {
         InputFormat::Csv => false,
         InputFormat::Json => true,
-        InputFormat::Auto => {
-            let name = path.to_string_lossy().to_ascii_lowercase();
-            let name = name.strip_suffix(".gz").unwrap_or(&name);
-            [".json", ".ndjson", ".jsonl"]
-                .iter()
-                .any(|s| name.ends_with(s))
-        }
+        InputFormat::Auto => shoplake_events::io::is_json_name(&path.to_string_lossy()),
     }
 }
 
