@@ -102,12 +102,9 @@ pub fn to_record_batch_with_ids(events: &[Event], ids: &[EventId]) -> Result<Rec
         }
         agent.append_option(e.user_agent.as_deref());
         ingest.append_option(e.ingest_time);
-        {
-            use std::fmt::Write as _;
-            text.clear();
-            let _ = write!(text, "{event_id}");
-            id.append_value(&text);
-        }
+        let hex = event_id.to_hex();
+        // Hex digits are ASCII, so always UTF-8.
+        id.append_value(std::str::from_utf8(&hex).unwrap_or_default());
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(time.finish()),

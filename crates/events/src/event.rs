@@ -119,6 +119,17 @@ impl EventId {
         }
         u128::from_str_radix(s, 16).ok().map(EventId)
     }
+
+    /// The 32 lower-case hex digits, without going through `fmt`.
+    pub fn to_hex(self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, byte) in self.0.to_be_bytes().iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(byte >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        out
+    }
 }
 
 impl fmt::Display for EventId {
@@ -254,6 +265,9 @@ mod tests {
         );
         let id = sample().event_id();
         assert_eq!(EventId::parse(&id.to_string()), Some(id));
+        for id in [id, EventId(0), EventId(u128::MAX), EventId(0x0f << 64)] {
+            assert_eq!(id.to_hex().as_slice(), id.to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub struct ImportRecord {
     pub source: String,
     /// XXH3-128 of the source's bytes.
     pub fingerprint: String,
+    /// Size of the source in bytes.
+    pub bytes: u64,
     /// Start (RFC 3339).
     pub started_at: String,
     /// End (RFC 3339).
@@ -195,6 +197,7 @@ impl Lake {
             "import_id",
             "source",
             "fingerprint",
+            "bytes",
             "started_at",
             "finished_at",
             "rows_read",
@@ -230,7 +233,10 @@ impl Lake {
                 .column_by_name("seconds")
                 .and_then(|c| c.as_any().downcast_ref::<Float64Array>().cloned());
             for r in 0..b.num_rows() {
-                let int = |n: &str| i(n).map_or(0, |a| a.value(r).max(0) as u64);
+                let int = |n: &str| {
+                    i(n).filter(|a| a.is_valid(r))
+                        .map_or(0, |a| a.value(r).max(0) as u64)
+                };
                 let ts = |n: &str| {
                     t(n).filter(|a| a.is_valid(r))
                         .map_or_else(String::new, |a| format_rfc3339(a.value(r)))
@@ -239,6 +245,7 @@ impl Lake {
                     import_id: id.value(r).to_owned(),
                     source: source.value(r).to_owned(),
                     fingerprint: fp.value(r).to_owned(),
+                    bytes: int("bytes"),
                     started_at: ts("started_at"),
                     finished_at: ts("finished_at"),
                     rows_read: int("rows_read"),

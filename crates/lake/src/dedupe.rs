@@ -6,7 +6,7 @@
 //! date evicted and met again is reloaded the same way, after the writer has flushed, so no
 //! row of this import is ever missed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -47,7 +47,7 @@ pub(crate) struct Dedupe {
     store: Arc<dyn ObjectStore>,
     /// Files per date: committed in the lake, then staged by this import.
     files: HashMap<i32, Vec<String>>,
-    sets: HashMap<i32, IdSet>,
+    sets: BTreeMap<i32, IdSet>,
     /// Dates in use order, most recent last.
     order: Vec<i32>,
     /// Ids held in `sets`.
@@ -60,7 +60,7 @@ impl Dedupe {
         Dedupe {
             store,
             files: committed,
-            sets: HashMap::new(),
+            sets: BTreeMap::new(),
             order: Vec::new(),
             resident: 0,
             budget: RESIDENT_IDS,

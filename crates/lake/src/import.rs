@@ -1,11 +1,12 @@
 //! `shoplake import`: CSV/CSV.gz/NDJSON files into `events`, `quarantine` and `imports`.
 //!
-//! Two stages on two cores: a decoder thread reads, validates, deduplicates and profiles rows
-//! and builds Arrow batches; an async writer streams them into Parquet files staged under the
-//! tables. Nothing is visible until the end, when each table gets one commit carrying a Delta
-//! application transaction (`import:<fingerprint>`). A crash before the commits leaves the
-//! tables as they were (staged files are orphans for `vacuum`); a crash between commits is
-//! finished by running the import again, which skips the commits that landed.
+//! Three stages sharing two cores: a parser thread reads and validates rows and computes their
+//! ids; a decoder thread deduplicates and profiles them and builds Arrow batches; an async
+//! writer streams those into Parquet files staged under the tables. Nothing is visible until
+//! the end, when each table gets one commit carrying a Delta application transaction
+//! (`import:<fingerprint>`). A crash before the commits leaves the tables as they were (staged
+//! files are orphans for `vacuum`); a crash between commits is finished by running the import
+//! again, which skips the commits that landed.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -93,6 +94,8 @@ pub struct ImportSummary {
     pub import_id: String,
     /// XXH3-128 of the source's bytes.
     pub fingerprint: String,
+    /// Size of the source in bytes (as stored: compressed for `.gz`).
+    pub bytes: u64,
     /// True when the same content was imported before: nothing was done.
     pub already_imported: bool,
     /// Rows read.
@@ -191,10 +194,26 @@ impl ImportBuilder {
         let started = Instant::now();
         let started_at = self.clock.now_micros();
         let name = source.name();
+        // The fingerprint (XXH3-128 of the bytes) says whether this content was imported
+        // before. Hashing a month-scale file up front costs seconds of a core, so it is done
+        // first only when an earlier import had the same size; otherwise the bytes are hashed
+        // as they are read, and the check is made again at the end (as for stdin).
         let (fingerprint, total_bytes) = match source {
             ImportSource::Path(p) => {
-                let (fp, size) = fingerprint_file(p).map_err(|e| input_error(&name, e))?;
-                (Some(fp), Some(size))
+                let size = std::fs::metadata(p)
+                    .map_err(|e| {
+                        input_error(
+                            &name,
+                            shoplake_events::Error::io(format!("reading {}", p.display()))(e),
+                        )
+                    })?
+                    .len();
+                if self.size_seen(size).await? {
+                    let (fp, _) = fingerprint_file(p).map_err(|e| input_error(&name, e))?;
+                    (Some(fp), Some(size))
+                } else {
+                    (None, Some(size))
+                }
             }
             ImportSource::Stdin => (None, None),
         };
@@ -222,6 +241,10 @@ impl ImportBuilder {
             .set_column_dictionary_enabled("event_id".into(), false)
             .set_column_dictionary_enabled("user_session".into(), false)
             .set_column_dictionary_enabled("event_time".into(), false)
+            .set_column_dictionary_enabled("user_id".into(), false)
+            // Random hex and UUIDs hold no repeats for Snappy to find: skip the attempt.
+            .set_column_compression("event_id".into(), Compression::UNCOMPRESSED)
+            .set_column_compression("user_session".into(), Compression::UNCOMPRESSED)
             .build();
         let mut event_writer = RecordBatchWriter::for_table(&events)
             .map_err(Error::delta("preparing the events writer"))?
@@ -237,8 +260,8 @@ impl ImportBuilder {
         let (tx, mut rx) = mpsc::channel::<Msg>(4);
         let bytes_read = Arc::new(AtomicU64::new(0));
         let decoder = {
-            let input =
-                open_source(source, bytes_read.clone()).map_err(|e| input_error(&name, e))?;
+            let input = open_source(source, bytes_read.clone(), fingerprint.is_none())
+                .map_err(|e| input_error(&name, e))?;
             let ctx = DecodeContext {
                 name: name.clone(),
                 json: source.is_json(),
@@ -250,7 +273,7 @@ impl ImportBuilder {
                 dedupe: Dedupe::new(events.object_store(), committed)
                     .with_budget(self.dedupe_budget),
                 progress: self.progress.clone(),
-                bytes_read,
+                bytes_read: bytes_read.clone(),
                 total_bytes,
                 runtime: tokio::runtime::Handle::current(),
             };
@@ -306,7 +329,7 @@ impl ImportBuilder {
                 .map_err(Error::delta("writing quarantine"))?,
         );
 
-        // A stdin import learns its fingerprint at the end.
+        // An import hashing as it reads learns its fingerprint at the end.
         let fingerprint = match fingerprint {
             Some(fp) => fp,
             None => {
@@ -335,6 +358,7 @@ impl ImportBuilder {
             source: name,
             import_id,
             fingerprint,
+            bytes: total_bytes.unwrap_or_else(|| bytes_read.load(Ordering::Relaxed)),
             already_imported: false,
             rows_read: profile.rows_read,
             rows_accepted: profile.rows_accepted,
@@ -406,6 +430,25 @@ impl ImportBuilder {
         }
     }
 
+    /// Whether an earlier import had this size, or one not known (lakes written before sizes
+    /// were recorded): only then can a file be a re-import.
+    async fn size_seen(&self, size: u64) -> Result<bool> {
+        let Some(imports) = self.lake.table(TableName::Imports).await? else {
+            return Ok(false);
+        };
+        // A table without the column (or unreadable now) counts as "maybe": the full check by
+        // fingerprint follows and reports any real error.
+        let Ok(batches) = crate::read::read_all(&imports, &["bytes"]).await else {
+            return Ok(true);
+        };
+        Ok(batches.iter().any(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .is_none_or(|a| (0..a.len()).any(|i| a.is_null(i) || a.value(i) == size as i64))
+        }))
+    }
+
     /// Looks an import up by fingerprint in `imports`.
     async fn find_import(&self, fingerprint: &str) -> Result<Option<PreviousImport>> {
         let Some(imports) = self.lake.table(TableName::Imports).await? else {
@@ -416,6 +459,7 @@ impl ImportBuilder {
             &[
                 "import_id",
                 "fingerprint",
+                "bytes",
                 "rows_read",
                 "rows_accepted",
                 "rows_rejected",
@@ -444,6 +488,7 @@ impl ImportBuilder {
                     return Ok(Some(PreviousImport {
                         import_id: ids.value(i).to_owned(),
                         fingerprint: fingerprint.to_owned(),
+                        bytes: count("bytes"),
                         rows_read: count("rows_read"),
                         rows_accepted: count("rows_accepted"),
                         rows_rejected: count("rows_rejected"),
@@ -468,6 +513,7 @@ impl ImportBuilder {
             Arc::new(StringArray::from(vec![s.import_id.as_str()])),
             Arc::new(StringArray::from(vec![s.source.as_str()])),
             Arc::new(StringArray::from(vec![s.fingerprint.as_str()])),
+            Arc::new(Int64Array::from(vec![s.bytes as i64])),
             Arc::new(TimestampMicrosecondArray::from(vec![started_at]).with_timezone("UTC")),
             Arc::new(TimestampMicrosecondArray::from(vec![finished]).with_timezone("UTC")),
             Arc::new(Int64Array::from(vec![s.rows_read as i64])),
@@ -503,6 +549,7 @@ impl IntoFuture for ImportBuilder {
 struct PreviousImport {
     import_id: String,
     fingerprint: String,
+    bytes: u64,
     rows_read: u64,
     rows_accepted: u64,
     rows_rejected: u64,
@@ -516,6 +563,7 @@ impl PreviousImport {
             source,
             import_id: self.import_id,
             fingerprint: self.fingerprint,
+            bytes: self.bytes,
             already_imported: true,
             rows_read: self.rows_read,
             rows_accepted: self.rows_accepted,
@@ -633,34 +681,26 @@ struct Opened {
     hash: Option<Arc<std::sync::Mutex<Xxh3>>>,
 }
 
-fn open_source(source: &ImportSource, bytes: Arc<AtomicU64>) -> shoplake_events::Result<Opened> {
-    match source {
-        ImportSource::Path(p) => {
-            let file = File::open(p).map_err(shoplake_events::Error::io(format!(
-                "opening {}",
-                p.display()
-            )))?;
-            Ok(Opened {
-                input: maybe_gunzip(Tap {
-                    inner: file,
-                    bytes,
-                    hash: None,
-                })?,
-                hash: None,
-            })
-        }
-        ImportSource::Stdin => {
-            let hash = Arc::new(std::sync::Mutex::new(Xxh3::new()));
-            Ok(Opened {
-                input: maybe_gunzip(Tap {
-                    inner: io::stdin(),
-                    bytes,
-                    hash: Some(hash.clone()),
-                })?,
-                hash: Some(hash),
-            })
-        }
-    }
+fn open_source(
+    source: &ImportSource,
+    bytes: Arc<AtomicU64>,
+    hashing: bool,
+) -> shoplake_events::Result<Opened> {
+    let hash = hashing.then(|| Arc::new(std::sync::Mutex::new(Xxh3::new())));
+    let input: Box<dyn Read + Send> = match source {
+        ImportSource::Path(p) => Box::new(File::open(p).map_err(shoplake_events::Error::io(
+            format!("opening {}", p.display()),
+        ))?),
+        ImportSource::Stdin => Box::new(io::stdin()),
+    };
+    Ok(Opened {
+        input: maybe_gunzip(Tap {
+            inner: input,
+            bytes,
+            hash: hash.clone(),
+        })?,
+        hash,
+    })
 }
 
 enum Msg {
@@ -704,9 +744,48 @@ impl Rows {
     }
 }
 
+/// Rows per chunk handed from the parser thread to the decoder thread.
+const PARSE_CHUNK: usize = 4096;
+
+/// A parsed row: an event with its id, or a reject.
+enum Parsed {
+    Event(Event, EventId),
+    Reject(Reject),
+}
+
+/// The parser stage: decodes and validates rows and computes their ids, in chunks. Stops at
+/// the end of the input, at an input error (sent on), or when the receiver is gone.
+fn parse(mut rows: Rows, tx: std::sync::mpsc::SyncSender<shoplake_events::Result<Vec<Parsed>>>) {
+    loop {
+        let mut chunk = Vec::with_capacity(PARSE_CHUNK);
+        let mut end = false;
+        while chunk.len() < PARSE_CHUNK {
+            match rows.next_row() {
+                Ok(Some(Row::Event(e))) => {
+                    let id = e.event_id();
+                    chunk.push(Parsed::Event(e, id));
+                }
+                Ok(Some(Row::Reject(r))) => chunk.push(Parsed::Reject(r)),
+                Ok(None) => {
+                    end = true;
+                    break;
+                }
+                Err(e) => {
+                    let _ = tx.send(Ok(chunk));
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+        if tx.send(Ok(chunk)).is_err() || end {
+            return;
+        }
+    }
+}
+
 impl DecodeContext {
     fn run(mut self, opened: Opened, tx: mpsc::Sender<Msg>) -> Result<Decoded> {
-        let mut rows = if self.json {
+        let rows = if self.json {
             Rows::Json(Box::new(JsonDecoder::new(
                 io::BufReader::new(opened.input),
                 self.validator.clone(),
@@ -717,60 +796,71 @@ impl DecodeContext {
                     .map_err(|e| input_error(&self.name, e))?,
             ))
         };
+        // Parsing runs on its own thread, so that it and the rest of this stage (dedupe,
+        // profile, Arrow) and the writer share both cores. On an error here the parser is
+        // left to stop at its next send (it may be blocked reading stdin).
+        let (parsed_tx, parsed_rx) = std::sync::mpsc::sync_channel(4);
+        let parser = std::thread::Builder::new()
+            .name("shoplake-parse".into())
+            .spawn(move || parse(rows, parsed_tx))
+            .map_err(|e| Error::Internal(format!("starting the parser thread: {e}")))?;
         let mut profiler = Profiler::new();
         let mut touched = HashSet::new();
         let mut keep: Vec<Event> = Vec::with_capacity(BATCH_ROWS);
         let mut keep_ids: Vec<EventId> = Vec::with_capacity(BATCH_ROWS);
         let mut rejects: Vec<Reject> = Vec::new();
         let mut read = 0u64;
-        loop {
-            let row = rows.next_row().map_err(|e| input_error(&self.name, e))?;
-            let Some(row) = row else { break };
-            read += 1;
-            match row {
-                Row::Reject(r) => {
-                    profiler.reject(&r);
-                    rejects.push(r);
+        for chunk in parsed_rx {
+            let chunk = chunk.map_err(|e| input_error(&self.name, e))?;
+            for item in chunk {
+                read += 1;
+                match item {
+                    Parsed::Reject(r) => {
+                        profiler.reject(&r);
+                        rejects.push(r);
+                    }
+                    Parsed::Event(e, id) => {
+                        let date = e.event_time.div_euclid(MICROS_PER_DAY) as i32;
+                        if self.dedupe.over_budget() {
+                            // Staged rows of the dates about to leave memory must be in files
+                            // before they can be reloaded from them.
+                            self.send_events(&mut keep, &mut keep_ids, &tx)?;
+                            self.flush(&tx)?;
+                            self.dedupe.evict();
+                        }
+                        if !self.dedupe.is_resident(date) {
+                            self.runtime.block_on(self.dedupe.load(date))?;
+                            touched.insert(date);
+                        }
+                        if self.dedupe.insert(date, id) {
+                            profiler.accept(&e);
+                            keep.push(e);
+                            keep_ids.push(id);
+                        } else {
+                            profiler.duplicate();
+                        }
+                    }
                 }
-                Row::Event(e) => {
-                    let date = e.event_time.div_euclid(MICROS_PER_DAY) as i32;
-                    if self.dedupe.over_budget() {
-                        // Staged rows of the dates about to leave memory must be in files
-                        // before they can be reloaded from them.
-                        self.send_events(&mut keep, &mut keep_ids, &tx)?;
-                        self.flush(&tx)?;
-                        self.dedupe.evict();
-                    }
-                    if !self.dedupe.is_resident(date) {
-                        self.runtime.block_on(self.dedupe.load(date))?;
-                        touched.insert(date);
-                    }
-                    let id = e.event_id();
-                    if self.dedupe.insert(date, id) {
-                        profiler.accept(&e);
-                        keep.push(e);
-                        keep_ids.push(id);
-                    } else {
-                        profiler.duplicate();
-                    }
+                if keep.len() >= BATCH_ROWS {
+                    self.send_events(&mut keep, &mut keep_ids, &tx)?;
                 }
-            }
-            if keep.len() >= BATCH_ROWS {
-                self.send_events(&mut keep, &mut keep_ids, &tx)?;
-            }
-            if rejects.len() >= 4096 {
-                self.send_rejects(&mut rejects, &tx)?;
-            }
-            if read.is_multiple_of(16 * 1024)
-                && let Some(p) = &self.progress
-            {
-                p(ImportProgress {
-                    rows: read,
-                    bytes: self.bytes_read.load(Ordering::Relaxed),
-                    total_bytes: self.total_bytes,
-                });
+                if rejects.len() >= 4096 {
+                    self.send_rejects(&mut rejects, &tx)?;
+                }
+                if read.is_multiple_of(16 * 1024)
+                    && let Some(p) = &self.progress
+                {
+                    p(ImportProgress {
+                        rows: read,
+                        bytes: self.bytes_read.load(Ordering::Relaxed),
+                        total_bytes: self.total_bytes,
+                    });
+                }
             }
         }
+        parser
+            .join()
+            .map_err(|_| Error::Internal("the parser thread panicked".into()))?;
         self.send_events(&mut keep, &mut keep_ids, &tx)?;
         self.send_rejects(&mut rejects, &tx)?;
         if let Some(p) = &self.progress {

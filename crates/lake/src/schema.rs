@@ -35,6 +35,7 @@ static IMPORTS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("import_id", DataType::Utf8, false),
         Field::new("source", DataType::Utf8, false),
         Field::new("fingerprint", DataType::Utf8, false),
+        Field::new("bytes", DataType::Int64, true),
         Field::new("started_at", timestamp(), false),
         Field::new("finished_at", timestamp(), false),
         Field::new("rows_read", DataType::Int64, false),
