@@ -1,0 +1,204 @@
+//! The SQL engine: a DataFusion session over the lake's Delta tables, read-only, with a time
+//! limit and the report functions (`local_time`, `category_level`) registered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use deltalake::datafusion::datasource::MemTable;
+use deltalake::datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use deltalake::datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use deltalake::datafusion::sql::sqlparser::ast::Statement;
+use shoplake_lake::{Lake, TableName};
+
+use crate::error::{Error, Result};
+use crate::udf;
+
+/// The default time limit of a query.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A query's answer: its schema (also when there are no rows) and its batches.
+#[derive(Debug, Clone)]
+pub struct QueryOutput {
+    /// The columns.
+    pub schema: SchemaRef,
+    /// The rows.
+    pub batches: Vec<RecordBatch>,
+}
+
+impl QueryOutput {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// SQL over the lake. Every table of the lake is registered under its name (`events`,
+/// `quarantine`, `imports`); a table not created yet reads as empty.
+pub struct Engine {
+    ctx: SessionContext,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// A session over the lake's tables at their latest versions.
+    pub async fn open(lake: &Lake) -> Result<Engine> {
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(2);
+        let ctx = SessionContext::new_with_config(config);
+        for name in TableName::ALL {
+            match lake.table(name).await? {
+                Some(table) => {
+                    table.update_datafusion_session(&ctx.state())?;
+                    ctx.register_table(name.as_str(), table.table_provider().await?)?;
+                }
+                None => {
+                    let empty = MemTable::try_new(name.schema(), vec![vec![]])?;
+                    ctx.register_table(name.as_str(), Arc::new(empty))?;
+                }
+            }
+        }
+        for f in udf::functions() {
+            ctx.register_udf(f);
+        }
+        Ok(Engine {
+            ctx,
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// Uses another time limit per query.
+    pub fn with_timeout(mut self, timeout: Duration) -> Engine {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The DataFusion session (for registering more tables, e.g. marts).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Runs one read-only statement (a query, `EXPLAIN`, `SHOW TABLES`, `DESCRIBE`). DDL,
+    /// DML, `COPY` and `SET` are refused with a message saying so.
+    pub async fn query(&self, sql: &str) -> Result<QueryOutput> {
+        check_read_only(sql)?;
+        self.run(sql).await
+    }
+
+    /// Runs a statement the crate wrote itself (still read-only), within the time limit.
+    pub(crate) async fn run(&self, sql: &str) -> Result<QueryOutput> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let work = async {
+            let df = self.ctx.sql_with_options(sql, options).await?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await?;
+            Ok::<_, Error>(QueryOutput { schema, batches })
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(out) => out,
+            Err(_) => Err(Error::Timeout(self.timeout)),
+        }
+    }
+}
+
+/// Refuses anything but one read-only statement, naming what was refused.
+pub fn check_read_only(sql: &str) -> Result<()> {
+    let statements = DFParser::parse_sql(sql)?;
+    match statements.len() {
+        0 => return Err(Error::Argument("no SQL statement given".into())),
+        1 => {}
+        n => {
+            return Err(Error::ReadOnly(format!(
+                "one statement at a time, please ({n} given)"
+            )));
+        }
+    }
+    let keyword = sql
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    let refuse = |what: &str| {
+        Err(Error::ReadOnly(format!(
+            "shoplake SQL is read-only: {what} is refused. Tables change only through \
+             `shoplake import`, stream delivery and `shoplake compact`/`vacuum`."
+        )))
+    };
+    fn allowed(s: &Statement) -> bool {
+        match s {
+            Statement::Query(_)
+            | Statement::ExplainTable { .. }
+            | Statement::ShowTables { .. }
+            | Statement::ShowColumns { .. }
+            | Statement::ShowFunctions { .. } => true,
+            Statement::Explain { statement, .. } => allowed(statement),
+            _ => false,
+        }
+    }
+    match &statements[0] {
+        DfStatement::Statement(s) if allowed(s) => Ok(()),
+        DfStatement::Explain(e) => match e.statement.as_ref() {
+            DfStatement::Statement(s) if allowed(s) => Ok(()),
+            DfStatement::CopyTo(_) => refuse("COPY … TO (inside EXPLAIN)"),
+            _ => refuse(&format!("{keyword} (inside EXPLAIN)")),
+        },
+        DfStatement::CopyTo(_) => refuse("COPY … TO"),
+        DfStatement::CreateExternalTable(_) => refuse("CREATE EXTERNAL TABLE"),
+        _ => refuse(&keyword),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_queries_pass() {
+        for ok in [
+            "SELECT 1",
+            "select count(*) from events",
+            "WITH a AS (SELECT 1) SELECT * FROM a",
+            "EXPLAIN SELECT 1",
+            "SHOW TABLES",
+            "DESCRIBE events",
+        ] {
+            assert!(check_read_only(ok).is_ok(), "{ok}");
+        }
+        for (bad, says) in [
+            ("DROP TABLE events", "DROP is refused"),
+            (
+                "INSERT INTO events SELECT * FROM events",
+                "INSERT is refused",
+            ),
+            ("COPY events TO '/tmp/x.parquet'", "COPY … TO is refused"),
+            ("CREATE TABLE x AS SELECT 1", "CREATE is refused"),
+            (
+                "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/tmp/x'",
+                "CREATE EXTERNAL TABLE",
+            ),
+            ("DELETE FROM events", "DELETE is refused"),
+            ("SET datafusion.execution.batch_size = 1", "SET is refused"),
+            (
+                "EXPLAIN ANALYZE INSERT INTO events SELECT * FROM events",
+                "inside EXPLAIN",
+            ),
+            ("SELECT 1; DROP TABLE events", "one statement at a time"),
+        ] {
+            let e = check_read_only(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! SQL over the shoplake lake and the four reports (Athena's part).
+//!
+//! [`Engine`] is a DataFusion session with every lake table registered (`events`,
+//! `quarantine`, `imports`), the functions the report definitions need (`local_time`,
+//! `category_level`), read-only and time-limited. [`reports`] computes visitors, abandoned
+//! carts, top categories and brands exactly as DESIGN.md section 4 defines them; [`output`]
+//! writes results as a table, CSV, JSON or Parquet.
+
+mod engine;
+mod error;
+pub mod output;
+mod range;
+pub mod reports;
+pub mod udf;
+
+pub use engine::{DEFAULT_TIMEOUT, Engine, QueryOutput, check_read_only};
+pub use error::{Error, Result};
+pub use range::ReportRange;

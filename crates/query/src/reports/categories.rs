@@ -1,0 +1,281 @@
+//! Top categories per hour of day or weekday (DESIGN.md section 4.3): per bucket and category
+//! (at a level), views, carts, purchases, revenue (purchase prices) and distinct visitors; the
+//! top N by a metric, ranked (ties by category name), with the share of the bucket's total of
+//! that metric (the sum over all its categories, not only the top N).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Columns, ReportScope, count, money, ratio};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+
+/// Weekday names, Monday first.
+pub const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
+/// How events are bucketed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bucketing {
+    /// Local hour of day, `00` to `23`.
+    #[default]
+    Hour,
+    /// Local weekday, `Monday` to `Sunday`.
+    Weekday,
+}
+
+impl FromStr for Bucketing {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Bucketing> {
+        match s {
+            "hour" => Ok(Bucketing::Hour),
+            "weekday" => Ok(Bucketing::Weekday),
+            _ => Err(Error::Argument(format!(
+                "--by {s:?}: expected hour or weekday"
+            ))),
+        }
+    }
+}
+
+/// What ranks categories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Metric {
+    /// `view` events.
+    #[default]
+    Views,
+    /// `cart` events.
+    Carts,
+    /// `purchase` events.
+    Purchases,
+    /// Sum of purchase prices.
+    Revenue,
+    /// Distinct users.
+    Visitors,
+}
+
+impl FromStr for Metric {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Metric> {
+        Ok(match s {
+            "views" => Metric::Views,
+            "carts" => Metric::Carts,
+            "purchases" => Metric::Purchases,
+            "revenue" => Metric::Revenue,
+            "visitors" => Metric::Visitors,
+            _ => {
+                return Err(Error::Argument(format!(
+                    "--metric {s:?}: expected views, carts, purchases, revenue or visitors"
+                )));
+            }
+        })
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Metric::Views => "views",
+            Metric::Carts => "carts",
+            Metric::Purchases => "purchases",
+            Metric::Revenue => "revenue",
+            Metric::Visitors => "visitors",
+        })
+    }
+}
+
+/// Options of the categories report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CategoriesOptions {
+    /// Hour or weekday.
+    pub by: Bucketing,
+    /// Category level: 1, 2, 3, or 0 for the full code.
+    pub level: usize,
+    /// Categories per bucket.
+    pub top: usize,
+    /// The ranking metric.
+    pub metric: Metric,
+}
+
+impl Default for CategoriesOptions {
+    fn default() -> Self {
+        CategoriesOptions {
+            by: Bucketing::Hour,
+            level: 1,
+            top: 5,
+            metric: Metric::Views,
+        }
+    }
+}
+
+/// One category in one bucket. JSON: `bucket, category, views, carts, purchases, revenue,
+/// visitors, rank, share`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CategoryRow {
+    /// `00`–`23` or `Monday`–`Sunday`.
+    pub bucket: String,
+    /// The category at the level (`(unknown)` for an empty code).
+    pub category: String,
+    /// Views.
+    pub views: u64,
+    /// Carts.
+    pub carts: u64,
+    /// Purchases.
+    pub purchases: u64,
+    /// Sum of purchase prices.
+    pub revenue: f64,
+    /// Distinct users.
+    pub visitors: u64,
+    /// 1 for the top category of the bucket.
+    pub rank: u32,
+    /// The metric over the bucket's total of the metric (`null` when that is zero).
+    pub share: Option<f64>,
+}
+
+struct Cell {
+    bucket: i64,
+    category: String,
+    views: u64,
+    carts: u64,
+    purchases: u64,
+    revenue_cents: i64,
+    visitors: u64,
+}
+
+impl Cell {
+    fn metric(&self, m: Metric) -> i128 {
+        match m {
+            Metric::Views => i128::from(self.views),
+            Metric::Carts => i128::from(self.carts),
+            Metric::Purchases => i128::from(self.purchases),
+            Metric::Revenue => i128::from(self.revenue_cents),
+            Metric::Visitors => i128::from(self.visitors),
+        }
+    }
+}
+
+/// The categories report: buckets in order, each with its top categories by rank.
+pub async fn categories(
+    engine: &Engine,
+    scope: &ReportScope,
+    options: &CategoriesOptions,
+) -> Result<Vec<CategoryRow>> {
+    if options.level > 3 {
+        return Err(Error::Argument(format!(
+            "--level {}: expected 1, 2, 3 or full",
+            options.level
+        )));
+    }
+    let range = &scope.range;
+    let tz = range.zone_sql();
+    let bucket = match options.by {
+        Bucketing::Hour => {
+            format!("CAST(date_part('hour', local_time(event_time, {tz})) AS BIGINT)")
+        }
+        Bucketing::Weekday => {
+            format!("(CAST(date_part('dow', local_time(event_time, {tz})) AS BIGINT) + 6) % 7")
+        }
+    };
+    let sql = format!(
+        "WITH e AS (
+            SELECT event_type, price, user_id, {bucket} AS bucket,
+                   category_level(category_code, {level}) AS category
+            FROM events WHERE {range})
+         SELECT bucket, category,
+                SUM(CASE WHEN event_type = 'view' THEN 1 ELSE 0 END) AS views,
+                SUM(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS carts,
+                SUM(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS purchases,
+                SUM(CASE WHEN event_type = 'purchase' THEN CAST(price * 100 AS BIGINT) ELSE 0 END)
+                    AS revenue_cents,
+                COUNT(DISTINCT user_id) AS visitors
+         FROM e GROUP BY bucket, category",
+        level = options.level,
+        range = range.sql(),
+    );
+    let mut cells = Vec::new();
+    for b in &engine.run(&sql).await?.batches {
+        let c = Columns::new(b);
+        let (bucket, category, views, carts, purchases, revenue, visitors) = (
+            c.i64("bucket")?,
+            c.str("category")?,
+            c.i64("views")?,
+            c.i64("carts")?,
+            c.i64("purchases")?,
+            c.i64("revenue_cents")?,
+            c.i64("visitors")?,
+        );
+        for i in 0..b.num_rows() {
+            cells.push(Cell {
+                bucket: bucket[i].unwrap_or_default(),
+                category: category[i].clone().unwrap_or_default(),
+                views: count(views[i]),
+                carts: count(carts[i]),
+                purchases: count(purchases[i]),
+                revenue_cents: revenue[i].unwrap_or_default(),
+                visitors: count(visitors[i]),
+            });
+        }
+    }
+    Ok(rank(cells, options))
+}
+
+fn rank(mut cells: Vec<Cell>, options: &CategoriesOptions) -> Vec<CategoryRow> {
+    let metric = options.metric;
+    let mut totals: HashMap<i64, i128> = HashMap::new();
+    for c in &cells {
+        *totals.entry(c.bucket).or_default() += c.metric(metric);
+    }
+    cells.sort_by(|a, b| {
+        a.bucket
+            .cmp(&b.bucket)
+            .then(b.metric(metric).cmp(&a.metric(metric)))
+            .then(a.category.cmp(&b.category))
+    });
+    let mut out = Vec::new();
+    let mut current = None;
+    let mut rank = 0u32;
+    for c in cells {
+        if current != Some(c.bucket) {
+            current = Some(c.bucket);
+            rank = 0;
+        }
+        rank += 1;
+        if rank as usize > options.top {
+            continue;
+        }
+        let total = totals.get(&c.bucket).copied().unwrap_or(0);
+        out.push(CategoryRow {
+            bucket: bucket_label(options.by, c.bucket),
+            share: ratio(c.metric(metric) as f64, total as f64),
+            category: c.category,
+            views: c.views,
+            carts: c.carts,
+            purchases: c.purchases,
+            revenue: money(c.revenue_cents),
+            visitors: c.visitors,
+            rank,
+        });
+    }
+    out
+}
+
+/// The label of a bucket number.
+pub fn bucket_label(by: Bucketing, bucket: i64) -> String {
+    match by {
+        Bucketing::Hour => format!("{bucket:02}"),
+        Bucketing::Weekday => WEEKDAYS
+            .get(bucket.clamp(0, 6) as usize)
+            .copied()
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}

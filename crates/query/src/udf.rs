@@ -1,0 +1,279 @@
+//! The SQL functions the report definitions need (DESIGN.md section 4):
+//!
+//! - `local_time(ts, 'Area/City')`: the wall-clock time of a UTC timestamp in an IANA zone, as a
+//!   timestamp without zone, so that `CAST(.. AS DATE)`, `date_part('hour', ..)` and
+//!   `date_part('dow', ..)` give the local day, hour and weekday.
+//! - `category_level(category_code, level)`: the first `level` dotted segments of a category
+//!   code (`level` 0: the whole code); a missing or empty code is `(unknown)`.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, StringBuilder, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, TimeUnit};
+use chrono::{Offset, TimeZone};
+use chrono_tz::Tz;
+use deltalake::datafusion::common::{ScalarValue, exec_err, plan_err};
+use deltalake::datafusion::error::Result;
+use deltalake::datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+/// The label of a missing or empty category code.
+pub const UNKNOWN_CATEGORY: &str = "(unknown)";
+
+/// Both functions, for registration.
+pub fn functions() -> Vec<ScalarUDF> {
+    vec![
+        ScalarUDF::from(LocalTime::new()),
+        ScalarUDF::from(CategoryLevel::new()),
+    ]
+}
+
+/// Parses an IANA zone name, with a precise error.
+pub fn parse_zone(name: &str) -> Result<Tz, String> {
+    Tz::from_str(name).map_err(|_| {
+        format!(
+            "{name:?} is not an IANA time zone (examples: UTC, Europe/Berlin, America/New_York)"
+        )
+    })
+}
+
+/// The category at a level (see the module docs); `level` 0 is the whole code.
+pub fn category_at(code: Option<&str>, level: usize) -> &str {
+    let code = match code {
+        Some(c) if !c.trim().is_empty() => c,
+        _ => return UNKNOWN_CATEGORY,
+    };
+    if level == 0 {
+        return code;
+    }
+    match code.match_indices('.').nth(level - 1) {
+        Some((end, _)) => &code[..end],
+        None => code,
+    }
+}
+
+/// UTC offsets in microseconds, cached per UTC minute (zone transitions fall on minutes), so
+/// a column of nearby times costs one zone lookup per minute it spans.
+struct Offsets {
+    tz: Tz,
+    minute: i64,
+    offset: i64,
+}
+
+const MICROS_PER_MINUTE: i64 = 60_000_000;
+
+impl Offsets {
+    fn new(tz: Tz) -> Offsets {
+        Offsets {
+            tz,
+            minute: i64::MIN,
+            offset: 0,
+        }
+    }
+
+    fn local(&mut self, utc_micros: i64) -> i64 {
+        let minute = utc_micros.div_euclid(MICROS_PER_MINUTE);
+        if minute != self.minute {
+            let secs = minute.saturating_mul(60);
+            self.offset = match self.tz.timestamp_opt(secs, 0).single() {
+                Some(t) => i64::from(t.offset().fix().local_minus_utc()) * 1_000_000,
+                None => 0,
+            };
+            self.minute = minute;
+        }
+        utc_micros + self.offset
+    }
+
+    fn apply(&mut self, utc: &TimestampMicrosecondArray) -> TimestampMicrosecondArray {
+        let values: Vec<i64> = utc.values().iter().map(|&t| self.local(t)).collect();
+        TimestampMicrosecondArray::new(values.into(), utc.nulls().cloned())
+    }
+}
+
+/// Converts a UTC micros value to local wall-clock micros in `tz` (for tests and Rust-side
+/// computations that must agree with the SQL function).
+pub fn local_micros(tz: Tz, utc_micros: i64) -> i64 {
+    Offsets::new(tz).local(utc_micros)
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct LocalTime {
+    signature: Signature,
+}
+
+impl LocalTime {
+    fn new() -> LocalTime {
+        LocalTime {
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+fn zone_argument(value: &ColumnarValue, function: &str) -> Result<Tz> {
+    match value {
+        ColumnarValue::Scalar(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::Utf8View(Some(s))
+            | ScalarValue::LargeUtf8(Some(s)),
+        ) => parse_zone(s).or_else(|e| plan_err!("{function}: {e}")),
+        _ => plan_err!("{function}: the zone must be a constant string such as 'Europe/Berlin'"),
+    }
+}
+
+impl ScalarUDFImpl for LocalTime {
+    fn name(&self) -> &str {
+        "local_time"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        match args.first() {
+            Some(DataType::Timestamp(_, _)) => Ok(DataType::Timestamp(TimeUnit::Microsecond, None)),
+            other => plan_err!("local_time(timestamp, zone): got {other:?} for the timestamp"),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let tz = zone_argument(&args.args[1], "local_time")?;
+        let micros = |array: &ArrayRef| -> Result<TimestampMicrosecondArray> {
+            let target = DataType::Timestamp(TimeUnit::Microsecond, None);
+            let cast = arrow::compute::cast(array, &target)?;
+            Ok(cast
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .clone())
+        };
+        let mut offsets = Offsets::new(tz);
+        match &args.args[0] {
+            ColumnarValue::Array(array) => {
+                let utc = utc_micros(array, &micros)?;
+                Ok(ColumnarValue::Array(Arc::new(offsets.apply(&utc))))
+            }
+            ColumnarValue::Scalar(s) => {
+                let array = s.to_array()?;
+                let utc = utc_micros(&array, &micros)?;
+                let local = offsets.apply(&utc);
+                Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+                    &local, 0,
+                )?))
+            }
+        }
+    }
+}
+
+/// The UTC micros of a timestamp column of any unit and zone (the stored values are UTC).
+fn utc_micros(
+    array: &ArrayRef,
+    micros: &dyn Fn(&ArrayRef) -> Result<TimestampMicrosecondArray>,
+) -> Result<TimestampMicrosecondArray> {
+    match array.data_type() {
+        DataType::Timestamp(TimeUnit::Microsecond, _) => Ok(array
+            .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+            .clone()
+            .with_timezone_opt(None::<String>)),
+        DataType::Timestamp(unit, Some(_)) => {
+            // Drop the zone first: a zoned cast would shift to that zone's wall clock.
+            let naive = arrow::compute::cast(array, &DataType::Timestamp(*unit, None));
+            let naive = match naive {
+                Ok(n) => n,
+                Err(e) => return exec_err!("local_time: {e}"),
+            };
+            micros(&naive)
+        }
+        DataType::Timestamp(_, None) => micros(array),
+        other => exec_err!("local_time: expected a timestamp, got {other}"),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CategoryLevel {
+    signature: Signature,
+}
+
+impl CategoryLevel {
+    fn new() -> CategoryLevel {
+        CategoryLevel {
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for CategoryLevel {
+    fn name(&self) -> &str {
+        "category_level"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let level = match &args.args[1] {
+            ColumnarValue::Scalar(s) => match s.cast_to(&DataType::Int64)? {
+                ScalarValue::Int64(Some(l)) if (0..=64).contains(&l) => l as usize,
+                _ => {
+                    return plan_err!(
+                        "category_level(code, level): level must be a constant from 0 (the whole code) to 64"
+                    );
+                }
+            },
+            ColumnarValue::Array(_) => {
+                return plan_err!("category_level(code, level): level must be a constant");
+            }
+        };
+        let (array, scalar) = match &args.args[0] {
+            ColumnarValue::Array(a) => (a.clone(), false),
+            ColumnarValue::Scalar(s) => (s.to_array()?, true),
+        };
+        let strings = arrow::compute::cast(&array, &DataType::Utf8)?;
+        let strings = strings.as_string::<i32>();
+        let mut out = StringBuilder::with_capacity(strings.len(), strings.len() * 12);
+        for i in 0..strings.len() {
+            let code = strings.is_valid(i).then(|| strings.value(i));
+            out.append_value(category_at(code, level));
+        }
+        let out: ArrayRef = Arc::new(out.finish());
+        if scalar {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+        } else {
+            Ok(ColumnarValue::Array(out))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_at_levels() {
+        let code = Some("appliances.kitchen.washer");
+        assert_eq!(category_at(code, 1), "appliances");
+        assert_eq!(category_at(code, 2), "appliances.kitchen");
+        assert_eq!(category_at(code, 3), "appliances.kitchen.washer");
+        assert_eq!(category_at(code, 4), "appliances.kitchen.washer");
+        assert_eq!(category_at(code, 0), "appliances.kitchen.washer");
+        assert_eq!(category_at(Some("apparel"), 2), "apparel");
+        assert_eq!(category_at(None, 1), UNKNOWN_CATEGORY);
+        assert_eq!(category_at(Some(""), 0), UNKNOWN_CATEGORY);
+    }
+
+    #[test]
+    fn local_time_follows_daylight_saving() {
+        let berlin = parse_zone("Europe/Berlin").unwrap();
+        // 2019-10-27 00:30 UTC is 02:30 CEST; 01:30 UTC is 02:30 CET (the clock went back).
+        let a = 1_572_136_200_000_000;
+        assert_eq!(local_micros(berlin, a) - a, 2 * 3_600_000_000);
+        let b = a + 3_600_000_000;
+        assert_eq!(local_micros(berlin, b) - b, 3_600_000_000);
+        assert!(parse_zone("Mars/Olympus").is_err());
+    }
+}
