@@ -18,15 +18,15 @@ pub struct LakeArgs {
     /// configuration, else data/lake]. S3 settings come from `[lake.s3]` or the usual AWS_*
     /// variables (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
     /// AWS_ALLOW_HTTP).
-    #[arg(long, env = "SHOPLAKE_LAKE", value_name = "ROOT")]
+    #[arg(long, env = "SHOPLAKE_LAKE", value_name = "ROOT", global = true)]
     lake: Option<String>,
     /// The configuration file [default: shoplake.toml, when present].
-    #[arg(long, env = "SHOPLAKE_CONFIG", value_name = "FILE")]
+    #[arg(long, env = "SHOPLAKE_CONFIG", value_name = "FILE", global = true)]
     config: Option<std::path::PathBuf>,
 }
 
 impl LakeArgs {
-    fn open(&self) -> Result<Lake> {
+    pub(crate) fn open(&self) -> Result<Lake> {
         let config = Config::load(self.config.as_deref())?;
         let root = self
             .lake
@@ -46,7 +46,7 @@ pub enum Format {
     Json,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -5,6 +5,7 @@ mod config;
 mod generate;
 mod lake_cmd;
 mod progress;
+mod query_cmd;
 
 use std::process::ExitCode;
 
@@ -35,14 +36,19 @@ enum Command {
     Compact(lake_cmd::CompactArgs),
     /// Delete data files no version within the retention period uses.
     Vacuum(lake_cmd::VacuumArgs),
+    /// Run one read-only SQL statement over the lake (DataFusion).
+    Query(query_cmd::QueryArgs),
+    /// An interactive SQL shell over the lake, with history.
+    Sql(query_cmd::ShellArgs),
+    /// The four reports: visitors, abandonment, categories, brands.
+    Report(query_cmd::ReportArgs),
     /// Check the configuration file (shoplake.toml).
     Config(config::ConfigArgs),
 }
 
 /// Our crates log at info; dependencies only warn (the Delta kernel reports expected
 /// conditions, such as a table not created yet, as errors).
-const DEFAULT_LOG: &str =
-    "warn,shoplake=info,shoplake_lake=info,shoplake_simulate=info,buoyant_kernel=off";
+const DEFAULT_LOG: &str = "warn,shoplake=info,shoplake_lake=info,shoplake_query=info,shoplake_simulate=info,buoyant_kernel=off";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -60,6 +66,9 @@ fn main() -> ExitCode {
         Command::Catalog(args) => lake_cmd::catalog(args),
         Command::Compact(args) => lake_cmd::compact(args),
         Command::Vacuum(args) => lake_cmd::vacuum(args),
+        Command::Query(args) => query_cmd::query(args),
+        Command::Sql(args) => query_cmd::shell(args),
+        Command::Report(args) => query_cmd::report(args),
         Command::Config(args) => config::run(args),
     };
     match result {

@@ -6,6 +6,7 @@ mod check;
 mod crash;
 mod generate;
 mod lake;
+mod query;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -1,0 +1,150 @@
+//! `shoplake query`, `sql` and `report` on the real sample, as a user runs them.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::*;
+
+fn lake_with_sample(dir: &std::path::Path) -> String {
+    let lake = dir.join("lake").display().to_string();
+    let o = shoplake(&["import", sample().to_str().unwrap(), "--lake", &lake]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    lake
+}
+
+#[test]
+fn query_sql_and_reports_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = lake_with_sample(dir.path());
+
+    let o = shoplake(&[
+        "query",
+        "SELECT event_type, COUNT(*) AS n FROM events GROUP BY 1 ORDER BY 1",
+        "--lake",
+        &lake,
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let total: i64 = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["n"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 1000);
+
+    // CSV to a file.
+    let out = dir.path().join("types.csv");
+    let o = shoplake(&[
+        "query",
+        "SELECT COUNT(DISTINCT user_id) AS users FROM events",
+        "--lake",
+        &lake,
+        "--format",
+        "csv",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .starts_with("users\n")
+    );
+
+    // Changes are refused, with a reason and a failing exit code.
+    let o = shoplake(&["query", "DROP TABLE events", "--lake", &lake]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("read-only") && err.contains("DROP"), "{err}");
+
+    // The shell reads statements from a pipe.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args(["sql", "--lake", &lake])
+        .env("RUST_LOG", "warn")
+        .env("XDG_DATA_HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"\\d\nSELECT COUNT(*)\n  AS n FROM events;\nSELECT brand FROM events WHERE brand = 'no-such' ;\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = stdout(&o);
+    assert!(
+        text.contains("events") && text.contains("quarantine"),
+        "{text}"
+    );
+    assert!(text.contains("1000"), "{text}");
+    assert!(text.contains("0 rows"), "{text}");
+
+    // The reports, as JSON with the documented fields.
+    let o = shoplake(&["report", "visitors", "--lake", &lake, "--format", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let day = &v[0];
+    for f in ["day", "visitors", "sessions", "events", "new_visitors"] {
+        assert!(day.get(f).is_some(), "{f} in {day}");
+    }
+    assert_eq!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["events"].as_i64().unwrap())
+            .sum::<i64>(),
+        1000
+    );
+    let o = shoplake(&[
+        "report",
+        "categories",
+        "--lake",
+        &lake,
+        "--by",
+        "weekday",
+        "--level",
+        "full",
+        "--metric",
+        "revenue",
+        "--top",
+        "3",
+        "--tz",
+        "Asia/Tokyo",
+        "--format",
+        "csv",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout(&o)
+            .starts_with("bucket,category,views,carts,purchases,revenue,visitors,rank,share\n")
+    );
+    let o = shoplake(&["report", "abandonment", "--lake", &lake, "--format", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(a["items"].as_array().unwrap().len(), 3);
+    let o = shoplake(&["report", "brands", "--lake", &lake, "--min-views", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).contains("opportunity"));
+
+    // Bad arguments are explained.
+    let o = shoplake(&["report", "visitors", "--lake", &lake, "--tz", "Mars/Base"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("IANA"));
+    let o = shoplake(&[
+        "report",
+        "visitors",
+        "--lake",
+        &lake,
+        "--from",
+        "2019-13-01",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("YYYY-MM-DD"));
+}
