@@ -22,11 +22,22 @@ pub enum TableName {
     Quarantine,
     /// Import history.
     Imports,
+    /// Daily figures per report zone (visitors, sessions, cart sessions), kept by the query
+    /// engine.
+    MartDaily,
+    /// Brand figures per report zone, local day and level-1 category.
+    MartBrands,
 }
 
 impl TableName {
     /// Every table.
-    pub const ALL: [TableName; 3] = [TableName::Events, TableName::Quarantine, TableName::Imports];
+    pub const ALL: [TableName; 5] = [
+        TableName::Events,
+        TableName::Quarantine,
+        TableName::Imports,
+        TableName::MartDaily,
+        TableName::MartBrands,
+    ];
 
     /// The table's name (and directory under the root).
     pub fn as_str(self) -> &'static str {
@@ -34,6 +45,8 @@ impl TableName {
             TableName::Events => "events",
             TableName::Quarantine => "quarantine",
             TableName::Imports => "imports",
+            TableName::MartDaily => "mart_daily",
+            TableName::MartBrands => "mart_brands",
         }
     }
 
@@ -48,6 +61,8 @@ impl TableName {
             TableName::Events => schema::events(),
             TableName::Quarantine => schema::quarantine(),
             TableName::Imports => schema::imports(),
+            TableName::MartDaily => schema::mart_daily(),
+            TableName::MartBrands => schema::mart_brands(),
         }
     }
 
@@ -63,6 +78,8 @@ impl TableName {
             TableName::Events => "shoplake: clean clickstream events, partitioned by UTC date",
             TableName::Quarantine => "shoplake: refused rows with their reasons",
             TableName::Imports => "shoplake: one row per import, with its data-quality profile",
+            TableName::MartDaily => "shoplake mart: daily visitors and cart sessions per zone",
+            TableName::MartBrands => "shoplake mart: brand figures per zone, day and category",
         }
     }
 }

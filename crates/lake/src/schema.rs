@@ -47,6 +47,61 @@ static IMPORTS: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+fn counts(names: &[&str]) -> Vec<Field> {
+    names
+        .iter()
+        .map(|n| Field::new(*n, DataType::Int64, true))
+        .collect()
+}
+
+static MART_DAILY: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = vec![
+        Field::new("zone", DataType::Utf8, true),
+        Field::new("day", DataType::Date32, true),
+    ];
+    fields.extend(counts(&[
+        "events_version",
+        "visitors",
+        "sessions",
+        "events",
+        "new_visitors",
+        "session_starts",
+        "cart_sessions",
+        "abandoned_sessions",
+    ]));
+    Arc::new(Schema::new(fields))
+});
+
+static MART_BRANDS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = vec![
+        Field::new("zone", DataType::Utf8, true),
+        Field::new("day", DataType::Date32, true),
+        Field::new("brand", DataType::Utf8, true),
+        Field::new("category", DataType::Utf8, true),
+    ];
+    fields.extend(counts(&[
+        "events",
+        "views",
+        "carts",
+        "purchases",
+        "revenue_cents",
+        "view_price_cents",
+    ]));
+    Arc::new(Schema::new(fields))
+});
+
+/// `mart_daily`: per report zone and local day, the visitors report's figures and the cart
+/// sessions of the abandonment report, with the `events` version they reflect.
+pub fn mart_daily() -> SchemaRef {
+    MART_DAILY.clone()
+}
+
+/// `mart_brands`: per report zone, local day, brand and level-1 category, the brands report's
+/// sums.
+pub fn mart_brands() -> SchemaRef {
+    MART_BRANDS.clone()
+}
+
 /// `events`: the event schema plus `event_date`.
 pub fn events() -> SchemaRef {
     EVENTS.clone()

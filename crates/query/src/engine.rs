@@ -39,6 +39,7 @@ impl QueryOutput {
 pub struct Engine {
     ctx: SessionContext,
     timeout: Duration,
+    events_version: Option<i64>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -56,9 +57,13 @@ impl Engine {
             .with_information_schema(true)
             .with_target_partitions(2);
         let ctx = SessionContext::new_with_config(config);
+        let mut events_version = None;
         for name in TableName::ALL {
             match lake.table(name).await? {
                 Some(table) => {
+                    if name == TableName::Events {
+                        events_version = table.version().and_then(|v| i64::try_from(v).ok());
+                    }
                     table.update_datafusion_session(&ctx.state())?;
                     ctx.register_table(name.as_str(), table.table_provider().await?)?;
                 }
@@ -74,6 +79,7 @@ impl Engine {
         Ok(Engine {
             ctx,
             timeout: DEFAULT_TIMEOUT,
+            events_version,
         })
     }
 
@@ -81,6 +87,11 @@ impl Engine {
     pub fn with_timeout(mut self, timeout: Duration) -> Engine {
         self.timeout = timeout;
         self
+    }
+
+    /// The version of `events` this session reads (`None`: no table yet).
+    pub fn events_version(&self) -> Option<i64> {
+        self.events_version
     }
 
     /// The DataFusion session (for registering more tables, e.g. marts).

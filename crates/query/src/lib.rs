@@ -8,6 +8,7 @@
 
 mod engine;
 mod error;
+pub mod marts;
 pub mod output;
 mod range;
 pub mod reports;

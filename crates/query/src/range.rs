@@ -100,6 +100,18 @@ impl ReportRange {
         parts.join(" AND ")
     }
 
+    /// A SQL condition on a local `day` column (marts).
+    pub(crate) fn day_sql(&self) -> String {
+        let mut parts = vec!["TRUE".to_owned()];
+        if let Some(f) = self.from {
+            parts.push(format!("day >= DATE '{f}'"));
+        }
+        if let Some(t) = self.to {
+            parts.push(format!("day <= DATE '{t}'"));
+        }
+        parts.join(" AND ")
+    }
+
     /// The zone's name as a SQL string literal (names are `[A-Za-z0-9_/+-]`).
     pub(crate) fn zone_sql(&self) -> String {
         format!("'{}'", self.tz.name())

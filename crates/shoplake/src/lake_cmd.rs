@@ -202,6 +202,21 @@ pub fn import(args: ImportArgs) -> Result<ExitCode> {
             all.push(s);
         }
     }
+    if all.iter().any(|s| !s.already_imported) {
+        // Keep the marts in step with the data (reports fall back to `events` until then).
+        let started = std::time::Instant::now();
+        let done = rt
+            .block_on(shoplake_query::marts::refresh(&lake, &[]))
+            .context("refreshing the marts (the import itself is committed)")?;
+        if args.format == Format::Text {
+            let zones: Vec<&str> = done.iter().map(|m| m.zone.as_str()).collect();
+            println!(
+                "marts refreshed for {} in {:.1} s",
+                zones.join(", "),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
     if args.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&all)?);
     }

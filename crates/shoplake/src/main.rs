@@ -42,6 +42,8 @@ enum Command {
     Sql(query_cmd::ShellArgs),
     /// The four reports: visitors, abandonment, categories, brands.
     Report(query_cmd::ReportArgs),
+    /// Rebuild the marts (the small tables reports read) or show their state.
+    Marts(query_cmd::MartsArgs),
     /// Check the configuration file (shoplake.toml).
     Config(config::ConfigArgs),
 }
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Query(args) => query_cmd::query(args),
         Command::Sql(args) => query_cmd::shell(args),
         Command::Report(args) => query_cmd::report(args),
+        Command::Marts(args) => query_cmd::marts(args),
         Command::Config(args) => config::run(args),
     };
     match result {

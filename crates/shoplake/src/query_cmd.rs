@@ -229,6 +229,10 @@ pub struct ReportCommon {
     /// Output format.
     #[arg(long, global = true, default_value = "table", value_parser = ["table", "csv", "json"])]
     format: String,
+    /// Where figures come from: the marts when up to date (auto), always events, or only
+    /// the marts.
+    #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "events", "marts"])]
+    source: String,
 }
 
 /// Options of `shoplake report`.
@@ -290,6 +294,7 @@ pub fn report(args: ReportArgs) -> Result<ExitCode> {
     let scope = ReportScope {
         range: ReportRange::parse(c.from.as_deref(), c.to.as_deref(), Some(&c.tz))?,
         all_traffic: c.all_traffic,
+        source: c.source.parse()?,
     };
     let rt = runtime()?;
     let engine = engine(&c.sql_args, &rt)?;
@@ -555,4 +560,65 @@ fn print_rows<T: Serialize>(
         writeln!(out, "(no rows)")?;
     }
     Ok(())
+}
+
+/// Options of `shoplake marts`.
+#[derive(Debug, clap::Args)]
+pub struct MartsArgs {
+    #[command(subcommand)]
+    action: MartsAction,
+    #[command(flatten)]
+    sql_args: SqlArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum MartsAction {
+    /// Recompute every mart from `events` (for UTC, the zones already held, and --tz).
+    Rebuild {
+        /// Also hold marts for these IANA zones (repeatable).
+        #[arg(long)]
+        tz: Vec<String>,
+    },
+    /// Which zones the marts hold and whether they are up to date.
+    Status,
+}
+
+/// `shoplake marts`.
+pub fn marts(args: MartsArgs) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let lake = args.sql_args.lake.open()?;
+    match args.action {
+        MartsAction::Rebuild { tz } => {
+            let zones = tz
+                .iter()
+                .map(|z| shoplake_query::udf::parse_zone(z).map_err(anyhow::Error::msg))
+                .collect::<Result<Vec<_>>>()?;
+            let done = rt.block_on(shoplake_query::marts::refresh(&lake, &zones))?;
+            if done.is_empty() {
+                println!("no events yet: nothing to build");
+            }
+            for m in done {
+                println!(
+                    "{}: {} daily rows, {} brand rows, events version {} ({:.2} s)",
+                    m.zone, m.daily_rows, m.brand_rows, m.events_version, m.seconds
+                );
+            }
+        }
+        MartsAction::Status => {
+            let engine = engine(&args.sql_args, &rt)?;
+            for tz in rt.block_on(shoplake_query::marts::zones(&engine, &[]))? {
+                let fresh = rt.block_on(shoplake_query::marts::fresh(&engine, tz))?;
+                println!(
+                    "{}: {}",
+                    tz.name(),
+                    if fresh {
+                        "up to date"
+                    } else {
+                        "stale or missing (reports read events)"
+                    }
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

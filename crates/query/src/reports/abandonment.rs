@@ -157,8 +157,15 @@ pub async fn abandonment(
         }
         c.join(" AND ")
     };
-    let sessions_sql = format!(
-        "WITH s AS (
+    let sessions_sql = if super::use_marts(engine, scope).await? {
+        format!(
+            "SELECT CAST(day AS VARCHAR) AS day, cart_sessions, abandoned_sessions
+             FROM mart_daily WHERE zone = {tz} AND session_starts > 0 AND {days} ORDER BY day",
+            days = range.day_sql()
+        )
+    } else {
+        format!(
+            "WITH s AS (
             SELECT user_session, MIN(event_time) AS first,
                    MAX(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS has_cart,
                    MAX(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS has_purchase
@@ -168,7 +175,8 @@ pub async fn abandonment(
                 SUM(CASE WHEN has_cart = 1 AND has_purchase = 0 THEN 1 ELSE 0 END)
                     AS abandoned_sessions
          FROM s WHERE {first_in_range} GROUP BY 1 ORDER BY 1"
-    );
+        )
+    };
     let purchases_from = start.map_or("TRUE".to_owned(), |s| {
         format!("CAST(event_time AS BIGINT) >= {s}")
     });

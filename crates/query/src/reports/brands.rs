@@ -108,8 +108,18 @@ pub async fn brands(
     scope: &ReportScope,
     options: &BrandsOptions,
 ) -> Result<Vec<BrandRow>> {
-    let sql = format!(
-        "SELECT brand, category_level(category_code, 1) AS category, COUNT(*) AS events,
+    let sql = if super::use_marts(engine, scope).await? {
+        format!(
+            "SELECT brand, category, SUM(events) AS events, SUM(views) AS views,
+                    SUM(carts) AS carts, SUM(purchases) AS purchases,
+                    SUM(revenue_cents) AS revenue_cents, SUM(view_price_cents) AS view_price_cents
+             FROM mart_brands WHERE zone = {tz} AND {days} GROUP BY brand, category",
+            tz = scope.range.zone_sql(),
+            days = scope.range.day_sql()
+        )
+    } else {
+        format!(
+            "SELECT brand, category_level(category_code, 1) AS category, COUNT(*) AS events,
                 SUM(CASE WHEN event_type = 'view' THEN 1 ELSE 0 END) AS views,
                 SUM(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS carts,
                 SUM(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS purchases,
@@ -119,8 +129,9 @@ pub async fn brands(
                     AS view_price_cents
          FROM events WHERE brand IS NOT NULL AND {range}
          GROUP BY 1, 2",
-        range = scope.range.sql(),
-    );
+            range = scope.range.sql(),
+        )
+    };
     let mut cells: Vec<(String, String, Tally)> = Vec::new();
     for b in &engine.run(&sql).await?.batches {
         let c = Columns::new(b);

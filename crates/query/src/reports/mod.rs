@@ -24,9 +24,37 @@ use arrow::datatypes::{DataType, Int64Type};
 use crate::error::Result;
 use crate::range::ReportRange;
 
+/// Where a report's figures come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Source {
+    /// The marts when they are up to date for the zone, else `events`.
+    #[default]
+    Auto,
+    /// Always `events`.
+    Events,
+    /// The marts; an error when they are not up to date for the zone.
+    Marts,
+}
+
+impl std::str::FromStr for Source {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Source> {
+        match s {
+            "auto" => Ok(Source::Auto),
+            "events" => Ok(Source::Events),
+            "marts" => Ok(Source::Marts),
+            _ => Err(crate::Error::Argument(format!(
+                "--source {s:?}: expected auto, events or marts"
+            ))),
+        }
+    }
+}
+
 /// What every report takes: the range and zone, and whether to count bot traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ReportScope {
+    /// Marts or `events` (parts of a report the marts do not hold always come from `events`).
+    pub source: Source,
     /// Local days and zone.
     pub range: ReportRange,
     /// Count every event, also from users flagged as bots. Bot flags come with real-time
@@ -36,12 +64,13 @@ pub struct ReportScope {
 }
 
 /// Typed access to a result column by name, cast to one type.
-pub(crate) struct Columns<'a> {
+pub struct Columns<'a> {
     batch: &'a RecordBatch,
 }
 
 impl<'a> Columns<'a> {
-    pub(crate) fn new(batch: &'a RecordBatch) -> Columns<'a> {
+    /// Reads a batch's columns.
+    pub fn new(batch: &'a RecordBatch) -> Columns<'a> {
         Columns { batch }
     }
 
@@ -54,12 +83,14 @@ impl<'a> Columns<'a> {
         Ok(arrow::compute::cast(column, to)?)
     }
 
-    pub(crate) fn i64(&self, name: &str) -> Result<Vec<Option<i64>>> {
+    /// A column as `i64`s.
+    pub fn i64(&self, name: &str) -> Result<Vec<Option<i64>>> {
         let a = self.cast(name, &DataType::Int64)?;
         Ok(a.as_primitive::<Int64Type>().iter().collect())
     }
 
-    pub(crate) fn str(&self, name: &str) -> Result<Vec<Option<String>>> {
+    /// A column as strings.
+    pub fn str(&self, name: &str) -> Result<Vec<Option<String>>> {
         let a = self.cast(name, &DataType::Utf8)?;
         let a = a.as_string::<i32>();
         Ok((0..a.len())
@@ -81,4 +112,22 @@ pub(crate) fn money(cents: i64) -> f64 {
 /// `a / b`, or `None` when `b` is zero.
 pub(crate) fn ratio(a: f64, b: f64) -> Option<f64> {
     (b != 0.0).then(|| a / b)
+}
+
+/// Whether this report reads the marts.
+pub(crate) async fn use_marts(engine: &crate::Engine, scope: &ReportScope) -> Result<bool> {
+    match scope.source {
+        Source::Events => Ok(false),
+        Source::Auto => crate::marts::fresh(engine, scope.range.tz).await,
+        Source::Marts => {
+            if crate::marts::fresh(engine, scope.range.tz).await? {
+                Ok(true)
+            } else {
+                Err(crate::Error::Argument(format!(
+                    "the marts are not up to date for zone {0}: run `shoplake marts rebuild --tz {0}`",
+                    scope.range.zone()
+                )))
+            }
+        }
+    }
 }

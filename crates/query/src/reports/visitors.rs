@@ -30,8 +30,15 @@ pub async fn visitors(engine: &Engine, scope: &ReportScope) -> Result<Vec<Visito
     let before_end = end.map_or("TRUE".to_owned(), |e| {
         format!("CAST(event_time AS BIGINT) < {e}")
     });
-    let sql = format!(
-        "WITH e AS (
+    let sql = if super::use_marts(engine, scope).await? {
+        format!(
+            "SELECT CAST(day AS VARCHAR) AS day, visitors, sessions, events, new_visitors
+             FROM mart_daily WHERE zone = {tz} AND {days} ORDER BY day",
+            days = range.day_sql()
+        )
+    } else {
+        format!(
+            "WITH e AS (
             SELECT user_id, user_session, CAST(local_time(event_time, {tz}) AS DATE) AS day
             FROM events WHERE {range}),
          daily AS (
@@ -48,8 +55,9 @@ pub async fn visitors(engine: &Engine, scope: &ReportScope) -> Result<Vec<Visito
                 COALESCE(new_visitors, 0) AS new_visitors
          FROM daily LEFT JOIN fresh ON daily.day = fresh.first_day
          ORDER BY 1",
-        range = range.sql(),
-    );
+            range = range.sql(),
+        )
+    };
     let out = engine.run(&sql).await?;
     let mut rows = Vec::new();
     for b in &out.batches {

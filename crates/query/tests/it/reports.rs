@@ -9,7 +9,7 @@ use chrono::{NaiveDate, TimeZone, Timelike};
 use chrono_tz::Tz;
 use shoplake_query::reports::{
     AbandonmentOptions, BrandClass, BrandsOptions, Bucketing, CategoriesOptions, Metric,
-    ReportScope, abandonment, brands, categories, visitors,
+    ReportScope, Source, abandonment, brands, categories, visitors,
 };
 use shoplake_query::{Engine, ReportRange};
 
@@ -79,6 +79,7 @@ async fn reports_match_the_definitions() {
         let scope = ReportScope {
             range,
             all_traffic: false,
+            source: Source::Events,
         };
         check_visitors(&engine, &scope, &events).await;
         check_abandonment(&engine, &scope, &events).await;
@@ -97,6 +98,59 @@ async fn reports_match_the_definitions() {
         }
         check_brands(&engine, &scope, &events).await;
     }
+
+    // The same reports from the marts, for every zone they hold.
+    let zones: Vec<Tz> = ranges().iter().map(|r| r.tz).collect();
+    let done = shoplake_query::marts::refresh(&lake, &zones).await.unwrap();
+    assert_eq!(done.len(), 3, "UTC, Europe/Berlin, America/New_York");
+    let engine = Engine::open(&lake).await.unwrap();
+    for range in ranges() {
+        let scope = ReportScope {
+            range,
+            all_traffic: false,
+            source: Source::Marts,
+        };
+        check_visitors(&engine, &scope, &events).await;
+        check_abandonment(&engine, &scope, &events).await;
+        check_brands(&engine, &scope, &events).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marts_follow_imports_and_stale_marts_are_never_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = distinct(&dataset());
+    let (first, second) = all.split_at(all.len() / 2);
+    let lake = lake_with(dir.path(), first).await;
+    shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
+    let engine = Engine::open(&lake).await.unwrap();
+    let marts = ReportScope {
+        source: Source::Marts,
+        ..ReportScope::default()
+    };
+    check_visitors(&engine, &marts, first).await;
+
+    // More data lands: the marts are stale; Auto computes from events, Marts refuses.
+    let csv = dir.path().join("second.csv");
+    let mut enc = CsvEncoder::new(std::fs::File::create(&csv).unwrap(), false).unwrap();
+    for e in second {
+        enc.write(e).unwrap();
+    }
+    enc.finish().unwrap();
+    lake.import(vec![ImportSource::Path(csv)])
+        .with_validator(validator())
+        .await
+        .unwrap();
+    let engine = Engine::open(&lake).await.unwrap();
+    let err = visitors(&engine, &marts).await.unwrap_err().to_string();
+    assert!(err.contains("marts rebuild"), "{err}");
+    check_visitors(&engine, &ReportScope::default(), &all).await;
+
+    // Refreshed, they answer for all the data.
+    shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
+    let engine = Engine::open(&lake).await.unwrap();
+    check_visitors(&engine, &marts, &all).await;
+    check_abandonment(&engine, &marts, &all).await;
 }
 
 async fn check_visitors(engine: &Engine, scope: &ReportScope, events: &[Event]) {

@@ -133,6 +133,59 @@ fn query_sql_and_reports_from_the_command_line() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout(&o).contains("opportunity"));
 
+    // The import refreshed the marts: reports from them equal reports from events.
+    let o = shoplake(&["marts", "status", "--lake", &lake]);
+    assert!(stdout(&o).contains("UTC: up to date"), "{}", stdout(&o));
+    let brands = |source: &str| {
+        let o = shoplake(&[
+            "report",
+            "brands",
+            "--lake",
+            &lake,
+            "--format",
+            "json",
+            "--source",
+            source,
+            "--min-views",
+            "1",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        stdout(&o)
+    };
+    assert_eq!(brands("marts"), brands("events"));
+    let berlin = |report: &str, source: &str| {
+        let o = shoplake(&[
+            "report",
+            report,
+            "--lake",
+            &lake,
+            "--format",
+            "json",
+            "--source",
+            source,
+            "--tz",
+            "Europe/Berlin",
+        ]);
+        (
+            o.status.success(),
+            stdout(&o),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // No marts for Berlin yet: --source marts says how to get them.
+    let (ok, _, err) = berlin("visitors", "marts");
+    assert!(
+        !ok && err.contains("marts rebuild --tz Europe/Berlin"),
+        "{err}"
+    );
+    let o = shoplake(&["marts", "rebuild", "--lake", &lake, "--tz", "Europe/Berlin"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for report in ["visitors", "abandonment"] {
+        let (ok, marts, err) = berlin(report, "marts");
+        assert!(ok, "{err}");
+        assert_eq!(marts, berlin(report, "events").1, "{report}");
+    }
+
     // Bad arguments are explained.
     let o = shoplake(&["report", "visitors", "--lake", &lake, "--tz", "Mars/Base"]);
     assert!(!o.status.success());

@@ -1,0 +1,200 @@
+//! Marts: small aggregate tables in the lake that answer reports without scanning `events`.
+//!
+//! - `mart_daily`: per report zone and local day, the visitors report (visitors, sessions,
+//!   events, new visitors) and the cart sessions of the abandonment report (sessions started,
+//!   cart sessions, abandoned sessions), stamped with the `events` version they reflect.
+//! - `mart_brands`: per report zone, local day, brand and level-1 category, the sums the
+//!   brands report classifies (events, views, carts, purchases, revenue, viewed prices).
+//!
+//! Both are additive over days or per day, so a report over any range of local days in a mart
+//! zone equals the report computed from `events` (tested). They are refreshed after every
+//! import (`shoplake import` does it) and rebuilt by `shoplake marts rebuild`; a report uses
+//! them only when their stamp equals the current `events` version, and computes from `events`
+//! otherwise, so stale marts can make a report slower, never wrong. New visitors and session
+//! starts depend on all earlier data, so a refresh recomputes each zone whole (one pass of a
+//! few group-bys over `events`).
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use chrono_tz::Tz;
+use deltalake::protocol::SaveMode;
+use serde::Serialize;
+use shoplake_lake::{Lake, TableName};
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::udf::parse_zone;
+
+/// What a refresh did, per zone.
+#[derive(Debug, Clone, Serialize)]
+pub struct MartsSummary {
+    /// The zone.
+    pub zone: String,
+    /// The `events` version the marts now reflect.
+    pub events_version: i64,
+    /// Rows written to `mart_daily`.
+    pub daily_rows: usize,
+    /// Rows written to `mart_brands`.
+    pub brand_rows: usize,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+/// The zones the marts hold: UTC, plus every zone already in `mart_daily`, plus `extra`.
+pub async fn zones(engine: &Engine, extra: &[Tz]) -> Result<Vec<Tz>> {
+    let mut names: BTreeSet<String> = BTreeSet::from(["UTC".to_owned()]);
+    let out = engine.run("SELECT DISTINCT zone FROM mart_daily").await?;
+    for b in &out.batches {
+        for z in crate::reports::Columns::new(b)
+            .str("zone")?
+            .into_iter()
+            .flatten()
+        {
+            names.insert(z);
+        }
+    }
+    for z in extra {
+        names.insert(z.name().to_owned());
+    }
+    names
+        .iter()
+        .map(|n| parse_zone(n).map_err(Error::Argument))
+        .collect()
+}
+
+/// Recomputes the marts of each zone from `events` (at the version the engine sees) and
+/// replaces that zone's rows. Nothing to do without an `events` table.
+pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary>> {
+    let engine = Engine::open(lake).await?;
+    let Some(version) = engine.events_version() else {
+        return Ok(Vec::new());
+    };
+    let zones = zones(&engine, extra_zones).await?;
+    let mut out = Vec::new();
+    for tz in zones {
+        let started = Instant::now();
+        let zone = tz.name();
+        let z = format!("'{zone}'");
+        let daily = engine
+            .run(&format!(
+                "WITH e AS (
+                    SELECT user_id, user_session, CAST(local_time(event_time, {z}) AS DATE) AS day
+                    FROM events),
+                 daily AS (
+                    SELECT day, COUNT(DISTINCT user_id) AS visitors,
+                           COUNT(DISTINCT user_session) AS sessions, COUNT(*) AS events
+                    FROM e GROUP BY day),
+                 firsts AS (
+                    SELECT CAST(local_time(MIN(event_time), {z}) AS DATE) AS first_day
+                    FROM events GROUP BY user_id),
+                 fresh AS (SELECT first_day, COUNT(*) AS new_visitors FROM firsts GROUP BY 1),
+                 s AS (
+                    SELECT MIN(event_time) AS first,
+                           MAX(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS has_cart,
+                           MAX(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS has_purchase
+                    FROM events WHERE user_session IS NOT NULL GROUP BY user_session),
+                 sd AS (
+                    SELECT CAST(local_time(first, {z}) AS DATE) AS session_day,
+                           COUNT(*) AS session_starts, SUM(has_cart) AS cart_sessions,
+                           SUM(CASE WHEN has_cart = 1 AND has_purchase = 0 THEN 1 ELSE 0 END)
+                               AS abandoned_sessions
+                    FROM s GROUP BY 1)
+                 SELECT {z} AS zone, daily.day AS day, {version} AS events_version,
+                        visitors, sessions, events,
+                        COALESCE(new_visitors, 0) AS new_visitors,
+                        COALESCE(session_starts, 0) AS session_starts,
+                        COALESCE(cart_sessions, 0) AS cart_sessions,
+                        COALESCE(abandoned_sessions, 0) AS abandoned_sessions
+                 FROM daily LEFT JOIN fresh ON daily.day = fresh.first_day
+                 LEFT JOIN sd ON daily.day = sd.session_day"
+            ))
+            .await?;
+        let brands = engine
+            .run(&format!(
+                "SELECT {z} AS zone, CAST(local_time(event_time, {z}) AS DATE) AS day, brand,
+                        category_level(category_code, 1) AS category, COUNT(*) AS events,
+                        SUM(CASE WHEN event_type = 'view' THEN 1 ELSE 0 END) AS views,
+                        SUM(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS carts,
+                        SUM(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS purchases,
+                        SUM(CASE WHEN event_type = 'purchase'
+                                 THEN CAST(price * 100 AS BIGINT) ELSE 0 END) AS revenue_cents,
+                        SUM(CASE WHEN event_type = 'view'
+                                 THEN CAST(price * 100 AS BIGINT) ELSE 0 END) AS view_price_cents
+                 FROM events WHERE brand IS NOT NULL GROUP BY 1, 2, 3, 4"
+            ))
+            .await?;
+        // Brands first, the stamped daily table last: a crash in between leaves an old stamp,
+        // and reports then compute from `events`.
+        let brand_rows = replace(lake, TableName::MartBrands, zone, &brands.batches).await?;
+        let daily_rows = replace(lake, TableName::MartDaily, zone, &daily.batches).await?;
+        out.push(MartsSummary {
+            zone: zone.to_owned(),
+            events_version: version,
+            daily_rows,
+            brand_rows,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(out)
+}
+
+/// Casts a result to a mart's schema, column by column.
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let c = batch
+                .column_by_name(f.name())
+                .ok_or_else(|| Error::Argument(format!("mart query lacks column {}", f.name())))?;
+            Ok(arrow::compute::cast(c, f.data_type())?)
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// Replaces a zone's rows of a mart in one commit.
+async fn replace(
+    lake: &Lake,
+    mart: TableName,
+    zone: &str,
+    batches: &[RecordBatch],
+) -> Result<usize> {
+    let table = lake.ensure(mart).await?;
+    let schema = mart.schema();
+    let batches: Vec<RecordBatch> = batches
+        .iter()
+        .map(|b| conform(b, &schema))
+        .collect::<Result<_>>()?;
+    let rows = batches.iter().map(RecordBatch::num_rows).sum();
+    table
+        .write(batches)
+        .with_save_mode(SaveMode::Overwrite)
+        .with_replace_where(format!("zone = '{zone}'"))
+        .await?;
+    Ok(rows)
+}
+
+/// Whether the marts of a zone reflect the `events` version the engine sees.
+pub async fn fresh(engine: &Engine, tz: Tz) -> Result<bool> {
+    let Some(version) = engine.events_version() else {
+        return Ok(false);
+    };
+    let out = engine
+        .run(&format!(
+            "SELECT MIN(events_version) AS lo, MAX(events_version) AS hi FROM mart_daily
+             WHERE zone = '{}'",
+            tz.name()
+        ))
+        .await?;
+    let Some(b) = out.batches.first() else {
+        return Ok(false);
+    };
+    let c = crate::reports::Columns::new(b);
+    let (lo, hi) = (c.i64("lo")?, c.i64("hi")?);
+    Ok(lo.first().copied().flatten() == Some(version)
+        && hi.first().copied().flatten() == Some(version))
+}
