@@ -71,6 +71,10 @@ pub struct ImportArgs {
     /// Output: a readable summary, or JSON.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Leave the marts as they are (reports then read `events` until `shoplake marts
+    /// rebuild`).
+    #[arg(long)]
+    no_marts: bool,
 }
 
 fn expand(paths: &[String]) -> Result<Vec<ImportSource>> {
@@ -202,7 +206,7 @@ pub fn import(args: ImportArgs) -> Result<ExitCode> {
             all.push(s);
         }
     }
-    if all.iter().any(|s| !s.already_imported) {
+    if !args.no_marts && all.iter().any(|s| !s.already_imported) {
         // Keep the marts in step with the data (reports fall back to `events` until then).
         let started = std::time::Instant::now();
         let done = rt

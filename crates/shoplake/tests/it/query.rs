@@ -186,6 +186,25 @@ fn query_sql_and_reports_from_the_command_line() {
         assert_eq!(marts, berlin(report, "events").1, "{report}");
     }
 
+    // --no-marts leaves them alone: reports still answer, from events.
+    let other = dir.path().join("other").display().to_string();
+    let o = shoplake(&[
+        "import",
+        sample().to_str().unwrap(),
+        "--lake",
+        &other,
+        "--no-marts",
+    ]);
+    assert!(o.status.success());
+    let o = shoplake(&["marts", "status", "--lake", &other]);
+    assert!(
+        stdout(&o).contains("UTC: stale or missing"),
+        "{}",
+        stdout(&o)
+    );
+    let o = shoplake(&["report", "visitors", "--lake", &other, "--format", "json"]);
+    assert!(o.status.success());
+
     // Bad arguments are explained.
     let o = shoplake(&["report", "visitors", "--lake", &lake, "--tz", "Mars/Base"]);
     assert!(!o.status.success());
