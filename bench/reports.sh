@@ -92,7 +92,7 @@ duck_sql = {
            SUM(CASE WHEN event_type = 'view' THEN price ELSE 0 END) AS view_price
     FROM events WHERE brand IS NOT NULL GROUP BY ALL"""],
 }
-in_marts = {"visitors", "brands"}
+in_marts = {"visitors", "categories", "brands"}
 print(f"{'report':<12} {'shoplake marts':>15} {'shoplake events':>16} {'duckdb':>9} {'duckdb/events':>14}")
 for report in ["visitors", "abandonment", "categories", "brands"]:
     marts = f"{ours(report, 'marts') * 1000:>12.0f} ms" if report in in_marts else f"{'-':>15}"

@@ -27,16 +27,19 @@ pub enum TableName {
     MartDaily,
     /// Brand figures per report zone, local day and level-1 category.
     MartBrands,
+    /// Category figures and user sets per report zone, local day and hour.
+    MartCategories,
 }
 
 impl TableName {
     /// Every table.
-    pub const ALL: [TableName; 5] = [
+    pub const ALL: [TableName; 6] = [
         TableName::Events,
         TableName::Quarantine,
         TableName::Imports,
         TableName::MartDaily,
         TableName::MartBrands,
+        TableName::MartCategories,
     ];
 
     /// The table's name (and directory under the root).
@@ -47,6 +50,7 @@ impl TableName {
             TableName::Imports => "imports",
             TableName::MartDaily => "mart_daily",
             TableName::MartBrands => "mart_brands",
+            TableName::MartCategories => "mart_categories",
         }
     }
 
@@ -63,6 +67,7 @@ impl TableName {
             TableName::Imports => schema::imports(),
             TableName::MartDaily => schema::mart_daily(),
             TableName::MartBrands => schema::mart_brands(),
+            TableName::MartCategories => schema::mart_categories(),
         }
     }
 
@@ -80,6 +85,9 @@ impl TableName {
             TableName::Imports => "shoplake: one row per import, with its data-quality profile",
             TableName::MartDaily => "shoplake mart: daily visitors and cart sessions per zone",
             TableName::MartBrands => "shoplake mart: brand figures per zone, day and category",
+            TableName::MartCategories => {
+                "shoplake mart: category figures and user sets per zone, day and hour"
+            }
         }
     }
 }

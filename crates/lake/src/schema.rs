@@ -90,6 +90,25 @@ static MART_BRANDS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(fields))
 });
 
+static MART_CATEGORIES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = vec![
+        Field::new("zone", DataType::Utf8, true),
+        Field::new("day", DataType::Date32, true),
+        Field::new("hour", DataType::Int64, true),
+        Field::new("category", DataType::Utf8, true),
+    ];
+    fields.extend(counts(&["views", "carts", "purchases", "revenue_cents"]));
+    fields.push(Field::new("users", DataType::Binary, true));
+    Arc::new(Schema::new(fields))
+});
+
+/// `mart_categories`: per report zone, local day, local hour and full category code, the
+/// categories report's sums and the set of users (a serialized Roaring bitmap), so distinct
+/// visitors over any range and bucket are exact.
+pub fn mart_categories() -> SchemaRef {
+    MART_CATEGORIES.clone()
+}
+
 /// `mart_daily`: per report zone and local day, the visitors report's figures and the cart
 /// sessions of the abandonment report, with the `events` version they reflect.
 pub fn mart_daily() -> SchemaRef {

@@ -106,6 +106,19 @@ impl Engine {
         self.run(sql).await
     }
 
+    /// Streams the result of a statement the crate wrote itself (no time limit: for marts).
+    pub(crate) async fn stream(
+        &self,
+        sql: &str,
+    ) -> Result<deltalake::datafusion::execution::SendableRecordBatchStream> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = self.ctx.sql_with_options(sql, options).await?;
+        Ok(df.execute_stream().await?)
+    }
+
     /// Runs a statement the crate wrote itself (still read-only), within the time limit.
     pub(crate) async fn run(&self, sql: &str) -> Result<QueryOutput> {
         let options = SQLOptions::new()

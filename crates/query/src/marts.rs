@@ -5,6 +5,10 @@
 //!   cart sessions, abandoned sessions), stamped with the `events` version they reflect.
 //! - `mart_brands`: per report zone, local day, brand and level-1 category, the sums the
 //!   brands report classifies (events, views, carts, purchases, revenue, viewed prices).
+//! - `mart_categories`: per report zone, local day, local hour and full category code, views,
+//!   carts, purchases, revenue and the set of users as a serialized Roaring bitmap, so that
+//!   distinct visitors per bucket (hour or weekday) and category level over any range are
+//!   exact unions.
 //!
 //! Both are additive over days or per day, so a report over any range of local days in a mart
 //! zone equals the report computed from `events` (tested). They are refreshed after every
@@ -14,13 +18,18 @@
 //! starts depend on all earlier data, so a refresh recomputes each zone whole (one pass of a
 //! few group-bys over `events`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::SchemaRef;
+use arrow::array::{
+    ArrayRef, AsArray, BinaryBuilder, Date32Array, Int64Array, RecordBatch, StringArray,
+};
+use arrow::datatypes::{DataType, Int32Type, Int64Type, SchemaRef};
 use chrono_tz::Tz;
 use deltalake::protocol::SaveMode;
+use futures::StreamExt;
+use roaring::RoaringTreemap;
 use serde::Serialize;
 use shoplake_lake::{Lake, TableName};
 
@@ -39,6 +48,8 @@ pub struct MartsSummary {
     pub daily_rows: usize,
     /// Rows written to `mart_brands`.
     pub brand_rows: usize,
+    /// Rows written to `mart_categories`.
+    pub category_rows: usize,
     /// Seconds taken.
     pub seconds: f64,
 }
@@ -126,8 +137,10 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
                  FROM events WHERE brand IS NOT NULL GROUP BY 1, 2, 3, 4"
             ))
             .await?;
-        // Brands first, the stamped daily table last: a crash in between leaves an old stamp,
-        // and reports then compute from `events`.
+        let categories = category_cells(&engine, zone).await?;
+        // The stamped daily table last: a crash before it leaves an old stamp, and reports
+        // then compute from `events`.
+        let category_rows = replace(lake, TableName::MartCategories, zone, &categories).await?;
         let brand_rows = replace(lake, TableName::MartBrands, zone, &brands.batches).await?;
         let daily_rows = replace(lake, TableName::MartDaily, zone, &daily.batches).await?;
         out.push(MartsSummary {
@@ -135,10 +148,125 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
             events_version: version,
             daily_rows,
             brand_rows,
+            category_rows,
             seconds: started.elapsed().as_secs_f64(),
         });
     }
     Ok(out)
+}
+
+/// One cell of `mart_categories` being built.
+#[derive(Default)]
+struct CategoryCell {
+    views: i64,
+    carts: i64,
+    purchases: i64,
+    revenue_cents: i64,
+    users: RoaringTreemap,
+}
+
+/// Builds a zone's `mart_categories` rows in one streamed pass over `events` (the user sets
+/// are built here, not in SQL, so memory stays at the size of the bitmaps).
+async fn category_cells(engine: &Engine, zone: &str) -> Result<Vec<RecordBatch>> {
+    let z = format!("'{zone}'");
+    let mut stream = engine
+        .stream(&format!(
+            "SELECT CAST(local_time(event_time, {z}) AS DATE) AS day,
+                    CAST(date_part('hour', local_time(event_time, {z})) AS BIGINT) AS hour,
+                    category_level(category_code, 0) AS category, event_type,
+                    CAST(price * 100 AS BIGINT) AS cents, user_id
+             FROM events"
+        ))
+        .await?;
+    let mut names: HashMap<String, u32> = HashMap::new();
+    let mut cells: HashMap<(i32, i64, u32), CategoryCell> = HashMap::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let col = |name: &str, to: &DataType| -> Result<ArrayRef> {
+            let c = batch
+                .column_by_name(name)
+                .ok_or_else(|| Error::Argument(format!("mart query lacks column {name}")))?;
+            Ok(arrow::compute::cast(c, to)?)
+        };
+        let day = col("day", &DataType::Int32)?;
+        let day = day.as_primitive::<Int32Type>();
+        let hour = col("hour", &DataType::Int64)?;
+        let hour = hour.as_primitive::<Int64Type>();
+        let category = col("category", &DataType::Utf8)?;
+        let category = category.as_string::<i32>();
+        let kind = col("event_type", &DataType::Utf8)?;
+        let kind = kind.as_string::<i32>();
+        let cents = col("cents", &DataType::Int64)?;
+        let cents = cents.as_primitive::<Int64Type>();
+        let user = col("user_id", &DataType::Int64)?;
+        let user = user.as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            let name = category.value(i);
+            let id = match names.get(name) {
+                Some(id) => *id,
+                None => {
+                    let id = names.len() as u32;
+                    names.insert(name.to_owned(), id);
+                    id
+                }
+            };
+            let cell = cells.entry((day.value(i), hour.value(i), id)).or_default();
+            match kind.value(i) {
+                "view" => cell.views += 1,
+                "cart" => cell.carts += 1,
+                "purchase" => {
+                    cell.purchases += 1;
+                    cell.revenue_cents += cents.value(i);
+                }
+                _ => {}
+            }
+            cell.users.insert(user.value(i) as u64);
+        }
+    }
+    let mut by_id = vec![String::new(); names.len()];
+    for (name, id) in names {
+        by_id[id as usize] = name;
+    }
+    let mut keys: Vec<(i32, i64, u32)> = cells.keys().copied().collect();
+    keys.sort_unstable();
+    let n = keys.len();
+    let mut day = Vec::with_capacity(n);
+    let mut hour = Vec::with_capacity(n);
+    let mut category = Vec::with_capacity(n);
+    let (mut views, mut carts, mut purchases, mut revenue) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut users = BinaryBuilder::new();
+    let mut buf = Vec::new();
+    for k in keys {
+        let Some(c) = cells.remove(&k) else { continue };
+        day.push(k.0);
+        hour.push(k.1);
+        category.push(by_id[k.2 as usize].clone());
+        views.push(c.views);
+        carts.push(c.carts);
+        purchases.push(c.purchases);
+        revenue.push(c.revenue_cents);
+        buf.clear();
+        c.users
+            .serialize_into(&mut buf)
+            .map_err(|e| Error::Output(e.to_string()))?;
+        users.append_value(&buf);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![zone; n])),
+        Arc::new(Date32Array::from(day)),
+        Arc::new(Int64Array::from(hour)),
+        Arc::new(StringArray::from(category)),
+        Arc::new(Int64Array::from(views)),
+        Arc::new(Int64Array::from(carts)),
+        Arc::new(Int64Array::from(purchases)),
+        Arc::new(Int64Array::from(revenue)),
+        Arc::new(users.finish()),
+    ];
+    Ok(vec![RecordBatch::try_new(
+        TableName::MartCategories.schema(),
+        columns,
+    )?])
 }
 
 /// Casts a result to a mart's schema, column by column.

@@ -7,11 +7,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
+use arrow::array::AsArray;
+use roaring::RoaringTreemap;
 use serde::{Deserialize, Serialize};
 
 use super::{Columns, ReportScope, count, money, ratio};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::udf::category_at;
 
 /// Weekday names, Monday first.
 pub const WEEKDAYS: [&str; 7] = [
@@ -175,6 +178,9 @@ pub async fn categories(
             options.level
         )));
     }
+    if super::use_marts(engine, scope).await? {
+        return from_marts(engine, scope, options).await;
+    }
     let range = &scope.range;
     let tz = range.zone_sql();
     let bucket = match options.by {
@@ -225,6 +231,83 @@ pub async fn categories(
             });
         }
     }
+    Ok(rank(cells, options))
+}
+
+/// The same report from `mart_categories`: sums over the range's days and the level's
+/// categories, and exact distinct visitors as unions of the cells' user sets.
+async fn from_marts(
+    engine: &Engine,
+    scope: &ReportScope,
+    options: &CategoriesOptions,
+) -> Result<Vec<CategoryRow>> {
+    let sql = format!(
+        "SELECT CAST(day AS INT) AS day, hour, category, views, carts, purchases, revenue_cents,
+                users
+         FROM mart_categories WHERE zone = {tz} AND {days}",
+        tz = scope.range.zone_sql(),
+        days = scope.range.day_sql()
+    );
+    struct Acc {
+        views: u64,
+        carts: u64,
+        purchases: u64,
+        revenue_cents: i64,
+        users: RoaringTreemap,
+    }
+    let mut acc: HashMap<(i64, String), Acc> = HashMap::new();
+    for b in &engine.run(&sql).await?.batches {
+        let c = Columns::new(b);
+        let (day, hour, category, views, carts, purchases, revenue) = (
+            c.i64("day")?,
+            c.i64("hour")?,
+            c.str("category")?,
+            c.i64("views")?,
+            c.i64("carts")?,
+            c.i64("purchases")?,
+            c.i64("revenue_cents")?,
+        );
+        let users = b
+            .column_by_name("users")
+            .map(|a| arrow::compute::cast(a, &arrow::datatypes::DataType::Binary))
+            .transpose()?
+            .ok_or_else(|| Error::Argument("mart_categories lacks users".into()))?;
+        let users = users.as_binary::<i32>();
+        for i in 0..b.num_rows() {
+            let bucket = match options.by {
+                Bucketing::Hour => hour[i].unwrap_or_default(),
+                // Day 0 (1970-01-01) was a Thursday: Monday is 0.
+                Bucketing::Weekday => (day[i].unwrap_or_default() + 3).rem_euclid(7),
+            };
+            let name = category_at(category[i].as_deref(), options.level).to_owned();
+            let set = RoaringTreemap::deserialize_from(users.value(i))
+                .map_err(|e| Error::Argument(format!("mart_categories: a bad user set: {e}")))?;
+            let a = acc.entry((bucket, name)).or_insert_with(|| Acc {
+                views: 0,
+                carts: 0,
+                purchases: 0,
+                revenue_cents: 0,
+                users: RoaringTreemap::new(),
+            });
+            a.views += count(views[i]);
+            a.carts += count(carts[i]);
+            a.purchases += count(purchases[i]);
+            a.revenue_cents += revenue[i].unwrap_or_default();
+            a.users |= set;
+        }
+    }
+    let cells = acc
+        .into_iter()
+        .map(|((bucket, category), a)| Cell {
+            bucket,
+            category,
+            views: a.views,
+            carts: a.carts,
+            purchases: a.purchases,
+            revenue_cents: a.revenue_cents,
+            visitors: a.users.len(),
+        })
+        .collect();
     Ok(rank(cells, options))
 }
 

@@ -112,6 +112,19 @@ async fn reports_match_the_definitions() {
         };
         check_visitors(&engine, &scope, &events).await;
         check_abandonment(&engine, &scope, &events).await;
+        for (by, level, metric) in [
+            (Bucketing::Hour, 1, Metric::Visitors),
+            (Bucketing::Weekday, 0, Metric::Revenue),
+            (Bucketing::Weekday, 2, Metric::Views),
+        ] {
+            let options = CategoriesOptions {
+                by,
+                level,
+                top: 4,
+                metric,
+            };
+            check_categories(&engine, &scope, &options, &events).await;
+        }
         check_brands(&engine, &scope, &events).await;
     }
 }

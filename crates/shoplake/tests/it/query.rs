@@ -153,6 +153,27 @@ fn query_sql_and_reports_from_the_command_line() {
         stdout(&o)
     };
     assert_eq!(brands("marts"), brands("events"));
+    let categories = |source: &str| {
+        let o = shoplake(&[
+            "report",
+            "categories",
+            "--lake",
+            &lake,
+            "--format",
+            "json",
+            "--source",
+            source,
+            "--by",
+            "weekday",
+            "--metric",
+            "visitors",
+            "--level",
+            "2",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        stdout(&o)
+    };
+    assert_eq!(categories("marts"), categories("events"));
     let berlin = |report: &str, source: &str| {
         let o = shoplake(&[
             "report",
