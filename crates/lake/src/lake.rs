@@ -29,17 +29,20 @@ pub enum TableName {
     MartBrands,
     /// Category figures and user sets per report zone, local day and hour.
     MartCategories,
+    /// The cart and purchase events, for the abandoned-items report.
+    MartFunnel,
 }
 
 impl TableName {
     /// Every table.
-    pub const ALL: [TableName; 6] = [
+    pub const ALL: [TableName; 7] = [
         TableName::Events,
         TableName::Quarantine,
         TableName::Imports,
         TableName::MartDaily,
         TableName::MartBrands,
         TableName::MartCategories,
+        TableName::MartFunnel,
     ];
 
     /// The table's name (and directory under the root).
@@ -51,6 +54,7 @@ impl TableName {
             TableName::MartDaily => "mart_daily",
             TableName::MartBrands => "mart_brands",
             TableName::MartCategories => "mart_categories",
+            TableName::MartFunnel => "mart_funnel",
         }
     }
 
@@ -68,12 +72,13 @@ impl TableName {
             TableName::MartDaily => schema::mart_daily(),
             TableName::MartBrands => schema::mart_brands(),
             TableName::MartCategories => schema::mart_categories(),
+            TableName::MartFunnel => schema::mart_funnel(),
         }
     }
 
     fn partition_columns(self) -> Vec<String> {
         match self {
-            TableName::Events => vec![schema::EVENT_DATE.to_owned()],
+            TableName::Events | TableName::MartFunnel => vec![schema::EVENT_DATE.to_owned()],
             _ => Vec::new(),
         }
     }
@@ -88,6 +93,7 @@ impl TableName {
             TableName::MartCategories => {
                 "shoplake mart: category figures and user sets per zone, day and hour"
             }
+            TableName::MartFunnel => "shoplake mart: cart and purchase events",
         }
     }
 }

@@ -9,6 +9,8 @@
 //!   carts, purchases, revenue and the set of users as a serialized Roaring bitmap, so that
 //!   distinct visitors per bucket (hour or weekday) and category level over any range are
 //!   exact unions.
+//! - `mart_funnel`: the `cart` and `purchase` events (zone-free), which the abandoned-items
+//!   half of the abandonment report reads instead of all of `events`.
 //!
 //! Both are additive over days or per day, so a report over any range of local days in a mart
 //! zone equals the report computed from `events` (tested). They are refreshed after every
@@ -50,6 +52,8 @@ pub struct MartsSummary {
     pub brand_rows: usize,
     /// Rows written to `mart_categories`.
     pub category_rows: usize,
+    /// Rows written to `mart_funnel` (shared by all zones).
+    pub funnel_rows: usize,
     /// Seconds taken.
     pub seconds: f64,
 }
@@ -84,6 +88,15 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
         return Ok(Vec::new());
     };
     let zones = zones(&engine, extra_zones).await?;
+    // Zone-free: the cart and purchase events, whole (before any zone's stamp).
+    let funnel = engine
+        .run(
+            "SELECT event_time, event_type, product_id, category_code, brand, price, user_id,
+                    event_date
+             FROM events WHERE event_type IN ('cart', 'purchase')",
+        )
+        .await?;
+    let funnel_rows = overwrite(lake, TableName::MartFunnel, &funnel.batches).await?;
     let mut out = Vec::new();
     for tz in zones {
         let started = Instant::now();
@@ -118,7 +131,8 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
                         COALESCE(new_visitors, 0) AS new_visitors,
                         COALESCE(session_starts, 0) AS session_starts,
                         COALESCE(cart_sessions, 0) AS cart_sessions,
-                        COALESCE(abandoned_sessions, 0) AS abandoned_sessions
+                        COALESCE(abandoned_sessions, 0) AS abandoned_sessions,
+                        (SELECT MAX(CAST(event_time AS BIGINT)) FROM events) AS newest_event
                  FROM daily LEFT JOIN fresh ON daily.day = fresh.first_day
                  LEFT JOIN sd ON daily.day = sd.session_day"
             ))
@@ -149,6 +163,7 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
             daily_rows,
             brand_rows,
             category_rows,
+            funnel_rows,
             seconds: started.elapsed().as_secs_f64(),
         });
     }
@@ -302,6 +317,22 @@ async fn replace(
         .write(batches)
         .with_save_mode(SaveMode::Overwrite)
         .with_replace_where(format!("zone = '{zone}'"))
+        .await?;
+    Ok(rows)
+}
+
+/// Replaces a whole zone-free mart in one commit.
+async fn overwrite(lake: &Lake, mart: TableName, batches: &[RecordBatch]) -> Result<usize> {
+    let table = lake.ensure(mart).await?;
+    let schema = mart.schema();
+    let batches: Vec<RecordBatch> = batches
+        .iter()
+        .map(|b| conform(b, &schema))
+        .collect::<Result<_>>()?;
+    let rows = batches.iter().map(RecordBatch::num_rows).sum();
+    table
+        .write(batches)
+        .with_save_mode(SaveMode::Overwrite)
         .await?;
     Ok(rows)
 }

@@ -177,6 +177,20 @@ pub async fn abandonment(
          FROM s WHERE {first_in_range} GROUP BY 1 ORDER BY 1"
         )
     };
+    let marts = super::use_marts(engine, scope).await?;
+    // From the marts, the items read `mart_funnel` (carts and purchases only, same columns)
+    // and the newest event comes from the zone's stamp row.
+    let (funnel, newest_sql) = if marts {
+        (
+            "mart_funnel",
+            format!("SELECT MAX(newest_event) AS newest FROM mart_daily WHERE zone = {tz}"),
+        )
+    } else {
+        (
+            "events",
+            "SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM events".to_owned(),
+        )
+    };
     let purchases_from = start.map_or("TRUE".to_owned(), |s| {
         format!("CAST(event_time AS BIGINT) >= {s}")
     });
@@ -187,17 +201,17 @@ pub async fn abandonment(
                                ORDER BY event_time, price) AS price_cents,
                    first_value(brand ORDER BY event_time, price) AS brand,
                    first_value(category_code ORDER BY event_time, price) AS category_code
-            FROM events WHERE event_type = 'cart' AND {range}
+            FROM {funnel} WHERE event_type = 'cart' AND {range}
             GROUP BY user_id, product_id),
          p AS (
-            SELECT user_id, product_id, CAST(event_time AS BIGINT) AS t FROM events
+            SELECT user_id, product_id, CAST(event_time AS BIGINT) AS t FROM {funnel}
             WHERE event_type = 'purchase' AND {purchases_from}),
          r AS (
             SELECT c.user_id, c.product_id FROM c JOIN p
               ON c.user_id = p.user_id AND c.product_id = p.product_id
             WHERE p.t >= c.carted AND p.t <= c.carted + {window}
             GROUP BY c.user_id, c.product_id),
-         n AS (SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM events)
+         n AS ({newest_sql})
          SELECT c.user_id, c.product_id, c.carted, c.price_cents, c.brand, c.category_code,
                 CASE WHEN r.user_id IS NOT NULL THEN 'recovered'
                      WHEN c.carted + {window} > n.newest THEN 'pending'
@@ -206,7 +220,6 @@ pub async fn abandonment(
          CROSS JOIN n",
         range = range.sql(),
     );
-    let newest_sql = "SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM events";
 
     let sessions_out = engine.run(&sessions_sql).await?;
     let mut sessions = Vec::new();
@@ -256,7 +269,7 @@ pub async fn abandonment(
             });
         }
     }
-    let newest = engine.run(newest_sql).await?;
+    let newest = engine.run(&newest_sql).await?;
     let newest_event = newest
         .batches
         .first()
