@@ -50,7 +50,7 @@ enum Command {
 
 /// Our crates log at info; dependencies only warn (the Delta kernel reports expected
 /// conditions, such as a table not created yet, as errors).
-const DEFAULT_LOG: &str = "warn,shoplake=info,shoplake_lake=info,shoplake_query=info,shoplake_simulate=info,buoyant_kernel=off";
+const DEFAULT_LOG: &str = "warn,shoplake=info,shoplake_lake=info,shoplake_query=info,shoplake_simulate=info,buoyant_kernel=off,deltalake_core::writer::stats=error";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()

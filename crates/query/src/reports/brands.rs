@@ -119,15 +119,22 @@ pub async fn brands(
         )
     } else {
         format!(
-            "SELECT brand, category_level(category_code, 1) AS category, COUNT(*) AS events,
-                SUM(CASE WHEN event_type = 'view' THEN 1 ELSE 0 END) AS views,
-                SUM(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS carts,
-                SUM(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS purchases,
-                SUM(CASE WHEN event_type = 'purchase' THEN CAST(price * 100 AS BIGINT) ELSE 0 END)
-                    AS revenue_cents,
-                SUM(CASE WHEN event_type = 'view' THEN CAST(price * 100 AS BIGINT) ELSE 0 END)
-                    AS view_price_cents
-         FROM events WHERE brand IS NOT NULL AND {range}
+            // Sums first per raw code (a cheap group-by on the stored strings), then per
+            // level-1 category: the same totals with the category function run once per group.
+            "SELECT brand, category_level(category_code, 1) AS category, SUM(events) AS events,
+                SUM(views) AS views, SUM(carts) AS carts, SUM(purchases) AS purchases,
+                SUM(revenue_cents) AS revenue_cents, SUM(view_price_cents) AS view_price_cents
+         FROM (
+           SELECT brand, category_code, COUNT(*) AS events,
+                  SUM(CASE WHEN event_type = 'view' THEN 1 ELSE 0 END) AS views,
+                  SUM(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS carts,
+                  SUM(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS purchases,
+                  SUM(CASE WHEN event_type = 'purchase' THEN CAST(price * 100 AS BIGINT) ELSE 0 END)
+                      AS revenue_cents,
+                  SUM(CASE WHEN event_type = 'view' THEN CAST(price * 100 AS BIGINT) ELSE 0 END)
+                      AS view_price_cents
+           FROM events WHERE brand IS NOT NULL AND {range}
+           GROUP BY 1, 2)
          GROUP BY 1, 2",
             range = scope.range.sql(),
         )
