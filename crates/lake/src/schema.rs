@@ -122,6 +122,7 @@ static MART_CATEGORIES: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("zone", DataType::Utf8, true),
         Field::new("day", DataType::Date32, true),
         Field::new("hour", DataType::Int64, true),
+        Field::new("level", DataType::Int64, true),
         Field::new("category", DataType::Utf8, true),
     ];
     fields.extend(counts(&["views", "carts", "purchases", "revenue_cents"]));
@@ -129,7 +130,8 @@ static MART_CATEGORIES: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(fields))
 });
 
-/// `mart_categories`: per report zone, local day, local hour and full category code, the
+/// `mart_categories`: per report zone, local day, local hour, category level (1, 2, 3, or 0 for
+/// the full code) and category at that level, the
 /// categories report's sums and the set of users (a serialized Roaring bitmap), so distinct
 /// visitors over any range and bucket are exact.
 pub fn mart_categories() -> SchemaRef {

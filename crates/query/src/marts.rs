@@ -37,7 +37,7 @@ use shoplake_lake::{Lake, TableName};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::udf::parse_zone;
+use crate::udf::{category_at, parse_zone};
 
 /// What a refresh did, per zone.
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +88,7 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
         return Ok(Vec::new());
     };
     let zones = zones(&engine, extra_zones).await?;
+    reset_outdated(lake).await?;
     // Zone-free: the cart and purchase events, whole (before any zone's stamp).
     let funnel = engine
         .run(
@@ -193,7 +194,9 @@ async fn category_cells(engine: &Engine, zone: &str) -> Result<Vec<RecordBatch>>
              FROM events"
         ))
         .await?;
-    let mut names: HashMap<String, u32> = HashMap::new();
+    // Each (level, name) gets an id; a full code maps to its four (levels 0–3).
+    let mut names: HashMap<(i64, String), u32> = HashMap::new();
+    let mut levels: HashMap<String, [u32; 4]> = HashMap::new();
     let mut cells: HashMap<(i32, i64, u32), CategoryCell> = HashMap::new();
     while let Some(batch) = stream.next().await {
         let batch = batch?;
@@ -216,61 +219,72 @@ async fn category_cells(engine: &Engine, zone: &str) -> Result<Vec<RecordBatch>>
         let user = col("user_id", &DataType::Int64)?;
         let user = user.as_primitive::<Int64Type>();
         for i in 0..batch.num_rows() {
-            let name = category.value(i);
-            let id = match names.get(name) {
-                Some(id) => *id,
+            let full = category.value(i);
+            let ids = match levels.get(full) {
+                Some(ids) => *ids,
                 None => {
-                    let id = names.len() as u32;
-                    names.insert(name.to_owned(), id);
-                    id
+                    let mut ids = [0u32; 4];
+                    for (level, id) in ids.iter_mut().enumerate() {
+                        let name = category_at(Some(full), level);
+                        let next = names.len() as u32;
+                        *id = *names.entry((level as i64, name.to_owned())).or_insert(next);
+                    }
+                    levels.insert(full.to_owned(), ids);
+                    ids
                 }
             };
-            let cell = cells.entry((day.value(i), hour.value(i), id)).or_default();
-            match kind.value(i) {
-                "view" => cell.views += 1,
-                "cart" => cell.carts += 1,
-                "purchase" => {
-                    cell.purchases += 1;
-                    cell.revenue_cents += cents.value(i);
+            for id in ids {
+                let cell = cells.entry((day.value(i), hour.value(i), id)).or_default();
+                match kind.value(i) {
+                    "view" => cell.views += 1,
+                    "cart" => cell.carts += 1,
+                    "purchase" => {
+                        cell.purchases += 1;
+                        cell.revenue_cents += cents.value(i);
+                    }
+                    _ => {}
                 }
-                _ => {}
+                cell.users.insert(user.value(i) as u64);
             }
-            cell.users.insert(user.value(i) as u64);
         }
     }
-    let mut by_id = vec![String::new(); names.len()];
+    let mut by_id = vec![(0i64, String::new()); names.len()];
     for (name, id) in names {
         by_id[id as usize] = name;
     }
     let mut keys: Vec<(i32, i64, u32)> = cells.keys().copied().collect();
     keys.sort_unstable();
-    let n = keys.len();
-    let mut day = Vec::with_capacity(n);
-    let mut hour = Vec::with_capacity(n);
-    let mut category = Vec::with_capacity(n);
+    let mut day = Vec::new();
+    let mut hour = Vec::new();
+    let mut level = Vec::new();
+    let mut category = Vec::new();
     let (mut views, mut carts, mut purchases, mut revenue) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut users = BinaryBuilder::new();
     let mut buf = Vec::new();
     for k in keys {
         let Some(c) = cells.remove(&k) else { continue };
-        day.push(k.0);
-        hour.push(k.1);
-        category.push(by_id[k.2 as usize].clone());
-        views.push(c.views);
-        carts.push(c.carts);
-        purchases.push(c.purchases);
-        revenue.push(c.revenue_cents);
         buf.clear();
         c.users
             .serialize_into(&mut buf)
             .map_err(|e| Error::Output(e.to_string()))?;
+        let (l, name) = &by_id[k.2 as usize];
+        day.push(k.0);
+        hour.push(k.1);
+        level.push(*l);
+        category.push(name.clone());
+        views.push(c.views);
+        carts.push(c.carts);
+        purchases.push(c.purchases);
+        revenue.push(c.revenue_cents);
         users.append_value(&buf);
     }
+    let n = day.len();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![zone; n])),
         Arc::new(Date32Array::from(day)),
         Arc::new(Int64Array::from(hour)),
+        Arc::new(Int64Array::from(level)),
         Arc::new(StringArray::from(category)),
         Arc::new(Int64Array::from(views)),
         Arc::new(Int64Array::from(carts)),
@@ -319,6 +333,51 @@ async fn replace(
         .with_replace_where(format!("zone = '{zone}'"))
         .await?;
     Ok(rows)
+}
+
+/// The marts, stamped table first.
+const MARTS: [TableName; 4] = [
+    TableName::MartDaily,
+    TableName::MartBrands,
+    TableName::MartCategories,
+    TableName::MartFunnel,
+];
+
+/// Marts are derived data: when a mart was written by an older release with other columns,
+/// every mart is emptied under the current schemas (`mart_daily` first, so no stamp survives
+/// to vouch for the others) before the refresh recomputes them.
+async fn reset_outdated(lake: &Lake) -> Result<()> {
+    let mut outdated = false;
+    for mart in MARTS {
+        if let Some(t) = lake.table(mart).await? {
+            let have: Vec<String> = t
+                .snapshot()?
+                .schema()
+                .fields()
+                .map(|f| f.name().to_owned())
+                .collect();
+            let want: Vec<String> = mart
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().to_owned())
+                .collect();
+            outdated |= have != want;
+        }
+    }
+    if !outdated {
+        return Ok(());
+    }
+    tracing::info!("the marts were written with other columns: rebuilding them from scratch");
+    for mart in MARTS {
+        if let Some(t) = lake.table(mart).await? {
+            t.write(vec![RecordBatch::new_empty(mart.schema())])
+                .with_save_mode(SaveMode::Overwrite)
+                .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Replaces a whole zone-free mart in one commit.

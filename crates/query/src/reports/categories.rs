@@ -244,8 +244,9 @@ async fn from_marts(
     let sql = format!(
         "SELECT CAST(day AS INT) AS day, hour, category, views, carts, purchases, revenue_cents,
                 users
-         FROM mart_categories WHERE zone = {tz} AND {days}",
+         FROM mart_categories WHERE zone = {tz} AND level = {level} AND {days}",
         tz = scope.range.zone_sql(),
+        level = options.level,
         days = scope.range.day_sql()
     );
     struct Acc {
