@@ -142,9 +142,9 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
             .run(&format!(
                 "SELECT {z} AS zone, CAST(local_time(event_time, {z}) AS DATE) AS day, brand,
                         category_level(category_code, 1) AS category, COUNT(*) AS events,
-                        SUM(CASE WHEN event_type = 'view' THEN 1 ELSE 0 END) AS views,
-                        SUM(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS carts,
-                        SUM(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS purchases,
+                        COUNT(*) FILTER (WHERE event_type = 'view') AS views,
+                        COUNT(*) FILTER (WHERE event_type = 'cart') AS carts,
+                        COUNT(*) FILTER (WHERE event_type = 'purchase') AS purchases,
                         SUM(CASE WHEN event_type = 'purchase'
                                  THEN CAST(price * 100 AS BIGINT) ELSE 0 END) AS revenue_cents,
                         SUM(CASE WHEN event_type = 'view'

@@ -126,13 +126,13 @@ pub async fn brands(
                 SUM(revenue_cents) AS revenue_cents, SUM(view_price_cents) AS view_price_cents
          FROM (
            SELECT brand, category_code, COUNT(*) AS events,
-                  SUM(CASE WHEN event_type = 'view' THEN 1 ELSE 0 END) AS views,
-                  SUM(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS carts,
-                  SUM(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS purchases,
-                  SUM(CASE WHEN event_type = 'purchase' THEN CAST(price * 100 AS BIGINT) ELSE 0 END)
-                      AS revenue_cents,
-                  SUM(CASE WHEN event_type = 'view' THEN CAST(price * 100 AS BIGINT) ELSE 0 END)
-                      AS view_price_cents
+                  COUNT(*) FILTER (WHERE event_type = 'view') AS views,
+                  COUNT(*) FILTER (WHERE event_type = 'cart') AS carts,
+                  COUNT(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+                  COALESCE(CAST(SUM(price) FILTER (WHERE event_type = 'purchase') * 100
+                                AS BIGINT), 0) AS revenue_cents,
+                  COALESCE(CAST(SUM(price) FILTER (WHERE event_type = 'view') * 100
+                                AS BIGINT), 0) AS view_price_cents
            FROM events WHERE brand IS NOT NULL AND {range}
            GROUP BY 1, 2)
          GROUP BY 1, 2",
