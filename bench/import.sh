@@ -9,24 +9,9 @@
 # and prints rows/s for each, the ratio, and shoplake's peak RSS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rows="${1:-42448764}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shoplake/target-bench}"
-cache="$HOME/.cache/shoplake/bench"
-venv="$HOME/.cache/shoplake/venv"
-mkdir -p "$cache"
+source bench/month.sh "$@"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-
-cargo build --release --locked -p shoplake >/dev/null
-bin="$CARGO_TARGET_DIR/release/shoplake"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet 'duckdb==1.5.5' >/dev/null
-
-csv="$cache/events-$rows-seed7.csv"
-if [ ! -f "$csv" ]; then
-  echo "generating $rows rows (once) into $csv"
-  RUST_LOG=warn "$bin" generate --events "$rows" --seed 7 --out "$csv"
-fi
 size=$(stat -c %s "$csv")
 echo "input: $rows rows, $((size / 1000000)) MB, $(nproc) cores"
 

@@ -3,26 +3,12 @@
 #   bench/reports.sh [ROWS]      (default 42,448,764: the October 2019 file's size)
 # Generates the CSV and imports it once (both cached under ~/.cache/shoplake/bench; the import
 # builds the UTC marts), then times each `shoplake report ... --format json` end to end (process
-# start, opening the lake, the queries) from the marts (`--source marts`) and from `events` (`--source events`), and DuckDB running the equivalent SQL over
-# the same Parquet files (UTC days); prints each time and the ratio DuckDB / shoplake-events.
+# start, opening the lake, the queries) from the marts (`--source marts`) and from `events`
+# (`--source events`), and DuckDB running the equivalent SQL over the same Parquet files (UTC
+# days); prints each time and the ratio DuckDB / shoplake-events.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rows="${1:-42448764}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shoplake/target-bench}"
-cache="$HOME/.cache/shoplake/bench"
-venv="$HOME/.cache/shoplake/venv"
-mkdir -p "$cache"
-
-cargo build --release --locked -p shoplake >/dev/null
-bin="$CARGO_TARGET_DIR/release/shoplake"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet 'duckdb==1.5.5' >/dev/null
-
-csv="$cache/events-$rows-seed7.csv"
-if [ ! -f "$csv" ]; then
-  echo "generating $rows rows (once) into $csv"
-  RUST_LOG=warn "$bin" generate --events "$rows" --seed 7 --out "$csv"
-fi
+source bench/month.sh "$@"
 lake="$cache/lake-$rows-seed7"
 if [ ! -d "$lake/events" ]; then
   echo "importing (once) into $lake"

@@ -111,22 +111,14 @@ impl Engine {
         &self,
         sql: &str,
     ) -> Result<deltalake::datafusion::execution::SendableRecordBatchStream> {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let df = self.ctx.sql_with_options(sql, options).await?;
+        let df = self.ctx.sql_with_options(sql, read_only()).await?;
         Ok(df.execute_stream().await?)
     }
 
     /// Runs a statement the crate wrote itself (still read-only), within the time limit.
     pub(crate) async fn run(&self, sql: &str) -> Result<QueryOutput> {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
         let work = async {
-            let df = self.ctx.sql_with_options(sql, options).await?;
+            let df = self.ctx.sql_with_options(sql, read_only()).await?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let batches = df.collect().await?;
             Ok::<_, Error>(QueryOutput { schema, batches })
@@ -136,6 +128,14 @@ impl Engine {
             Err(_) => Err(Error::Timeout(self.timeout)),
         }
     }
+}
+
+/// DataFusion's own guard: no DDL, DML or `SET`, whoever wrote the SQL.
+fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
 }
 
 /// Refuses anything but one read-only statement, naming what was refused.

@@ -97,7 +97,7 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
              FROM events WHERE event_type IN ('cart', 'purchase')",
         )
         .await?;
-    let funnel_rows = overwrite(lake, TableName::MartFunnel, &funnel.batches).await?;
+    let funnel_rows = replace(lake, TableName::MartFunnel, None, &funnel.batches).await?;
     let mut out = Vec::new();
     for tz in zones {
         let started = Instant::now();
@@ -155,9 +155,10 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
         let categories = category_cells(&engine, zone).await?;
         // The stamped daily table last: a crash before it leaves an old stamp, and reports
         // then compute from `events`.
-        let category_rows = replace(lake, TableName::MartCategories, zone, &categories).await?;
-        let brand_rows = replace(lake, TableName::MartBrands, zone, &brands.batches).await?;
-        let daily_rows = replace(lake, TableName::MartDaily, zone, &daily.batches).await?;
+        let category_rows =
+            replace(lake, TableName::MartCategories, Some(zone), &categories).await?;
+        let brand_rows = replace(lake, TableName::MartBrands, Some(zone), &brands.batches).await?;
+        let daily_rows = replace(lake, TableName::MartDaily, Some(zone), &daily.batches).await?;
         out.push(MartsSummary {
             zone: zone.to_owned(),
             events_version: version,
@@ -313,11 +314,12 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
-/// Replaces a zone's rows of a mart in one commit.
+/// Replaces a mart's rows in one commit: one zone's (`replace_where zone = …`), or all of a
+/// zone-free mart's.
 async fn replace(
     lake: &Lake,
     mart: TableName,
-    zone: &str,
+    zone: Option<&str>,
     batches: &[RecordBatch],
 ) -> Result<usize> {
     let table = lake.ensure(mart).await?;
@@ -327,11 +329,11 @@ async fn replace(
         .map(|b| conform(b, &schema))
         .collect::<Result<_>>()?;
     let rows = batches.iter().map(RecordBatch::num_rows).sum();
-    table
-        .write(batches)
-        .with_save_mode(SaveMode::Overwrite)
-        .with_replace_where(format!("zone = '{zone}'"))
-        .await?;
+    let write = table.write(batches).with_save_mode(SaveMode::Overwrite);
+    match zone {
+        Some(z) => write.with_replace_where(format!("zone = '{z}'")).await?,
+        None => write.await?,
+    };
     Ok(rows)
 }
 
@@ -378,22 +380,6 @@ async fn reset_outdated(lake: &Lake) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Replaces a whole zone-free mart in one commit.
-async fn overwrite(lake: &Lake, mart: TableName, batches: &[RecordBatch]) -> Result<usize> {
-    let table = lake.ensure(mart).await?;
-    let schema = mart.schema();
-    let batches: Vec<RecordBatch> = batches
-        .iter()
-        .map(|b| conform(b, &schema))
-        .collect::<Result<_>>()?;
-    let rows = batches.iter().map(RecordBatch::num_rows).sum();
-    table
-        .write(batches)
-        .with_save_mode(SaveMode::Overwrite)
-        .await?;
-    Ok(rows)
 }
 
 /// Whether the marts of a zone reflect the `events` version the engine sees.

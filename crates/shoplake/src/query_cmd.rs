@@ -288,6 +288,18 @@ enum Report {
     },
 }
 
+/// The abandonment report's parts, as columns (the documented JSON field names).
+const SESSION_COLUMNS: &[&str] = &[
+    "day",
+    "cart_sessions",
+    "abandoned_sessions",
+    "abandonment_rate",
+];
+const ITEM_COLUMNS: &[&str] = &["status", "items", "value"];
+const PRODUCT_COLUMNS: &[&str] = &["product_id", "brand", "category", "items", "value"];
+const NAME_COLUMNS: &[&str] = &["name", "items", "value"];
+const RETARGET_COLUMNS: &[&str] = &["user_id", "product_id", "carted_at", "price"];
+
 /// `shoplake report`.
 pub fn report(args: ReportArgs) -> Result<ExitCode> {
     let c = &args.common;
@@ -325,78 +337,29 @@ pub fn report(args: ReportArgs) -> Result<ExitCode> {
             match format {
                 "json" => print_rows(&mut out, format, std::slice::from_ref(&r), &[])?,
                 "csv" => match section.as_str() {
-                    "items" => {
-                        print_rows(&mut out, format, &r.items, &["status", "items", "value"])?
-                    }
-                    "products" => print_rows(
-                        &mut out,
-                        format,
-                        &r.top_products,
-                        &["product_id", "brand", "category", "items", "value"],
-                    )?,
-                    "brands" => {
-                        print_rows(&mut out, format, &r.top_brands, &["name", "items", "value"])?
-                    }
-                    "categories" => print_rows(
-                        &mut out,
-                        format,
-                        &r.top_categories,
-                        &["name", "items", "value"],
-                    )?,
-                    "retarget" => print_rows(
-                        &mut out,
-                        format,
-                        &r.retarget,
-                        &["user_id", "product_id", "carted_at", "price"],
-                    )?,
-                    _ => print_rows(
-                        &mut out,
-                        format,
-                        &r.sessions,
-                        &[
-                            "day",
-                            "cart_sessions",
-                            "abandoned_sessions",
-                            "abandonment_rate",
-                        ],
-                    )?,
+                    "items" => print_rows(&mut out, format, &r.items, ITEM_COLUMNS)?,
+                    "products" => print_rows(&mut out, format, &r.top_products, PRODUCT_COLUMNS)?,
+                    "brands" => print_rows(&mut out, format, &r.top_brands, NAME_COLUMNS)?,
+                    "categories" => print_rows(&mut out, format, &r.top_categories, NAME_COLUMNS)?,
+                    "retarget" => print_rows(&mut out, format, &r.retarget, RETARGET_COLUMNS)?,
+                    _ => print_rows(&mut out, format, &r.sessions, SESSION_COLUMNS)?,
                 },
                 _ => {
                     writeln!(out, "Cart sessions by day of first event")?;
-                    print_rows(
-                        &mut out,
-                        format,
-                        &r.sessions,
-                        &[
-                            "day",
-                            "cart_sessions",
-                            "abandoned_sessions",
-                            "abandonment_rate",
-                        ],
-                    )?;
+                    print_rows(&mut out, format, &r.sessions, SESSION_COLUMNS)?;
                     writeln!(
                         out,
                         "\nItems (first cart in range; recovered = bought within {} h; newest event {})",
                         r.window_hours,
                         r.newest_event.as_deref().unwrap_or("-")
                     )?;
-                    print_rows(&mut out, format, &r.items, &["status", "items", "value"])?;
+                    print_rows(&mut out, format, &r.items, ITEM_COLUMNS)?;
                     writeln!(out, "\nTop abandoned products")?;
-                    print_rows(
-                        &mut out,
-                        format,
-                        &r.top_products,
-                        &["product_id", "brand", "category", "items", "value"],
-                    )?;
+                    print_rows(&mut out, format, &r.top_products, PRODUCT_COLUMNS)?;
                     writeln!(out, "\nTop abandoned brands")?;
-                    print_rows(&mut out, format, &r.top_brands, &["name", "items", "value"])?;
+                    print_rows(&mut out, format, &r.top_brands, NAME_COLUMNS)?;
                     writeln!(out, "\nTop abandoned categories")?;
-                    print_rows(
-                        &mut out,
-                        format,
-                        &r.top_categories,
-                        &["name", "items", "value"],
-                    )?;
+                    print_rows(&mut out, format, &r.top_categories, NAME_COLUMNS)?;
                     let total = r.retarget.len();
                     if list > 0 {
                         r.retarget.truncate(list);
@@ -406,12 +369,7 @@ pub fn report(args: ReportArgs) -> Result<ExitCode> {
                         "\nRetargeting list ({} of {total}; --list 0 or --format json for all)",
                         r.retarget.len()
                     )?;
-                    print_rows(
-                        &mut out,
-                        format,
-                        &r.retarget,
-                        &["user_id", "product_id", "carted_at", "price"],
-                    )?;
+                    print_rows(&mut out, format, &r.retarget, RETARGET_COLUMNS)?;
                 }
             }
         }

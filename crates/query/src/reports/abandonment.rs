@@ -157,7 +157,8 @@ pub async fn abandonment(
         }
         c.join(" AND ")
     };
-    let sessions_sql = if super::use_marts(engine, scope).await? {
+    let marts = super::use_marts(engine, scope).await?;
+    let sessions_sql = if marts {
         format!(
             "SELECT CAST(day AS VARCHAR) AS day, cart_sessions, abandoned_sessions
              FROM mart_daily WHERE zone = {tz} AND session_starts > 0 AND {days} ORDER BY day",
@@ -177,7 +178,6 @@ pub async fn abandonment(
          FROM s WHERE {first_in_range} GROUP BY 1 ORDER BY 1"
         )
     };
-    let marts = super::use_marts(engine, scope).await?;
     // From the marts, the items read `mart_funnel` (carts and purchases only, same columns)
     // and the newest event comes from the zone's stamp row.
     let (funnel, newest_sql) = if marts {

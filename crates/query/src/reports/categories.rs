@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use super::{Columns, ReportScope, count, money, ratio};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::udf::category_at;
 
 /// Weekday names, Monday first.
 pub const WEEKDAYS: [&str; 7] = [
@@ -280,7 +279,8 @@ async fn from_marts(
                 // Day 0 (1970-01-01) was a Thursday: Monday is 0.
                 Bucketing::Weekday => (day[i].unwrap_or_default() + 3).rem_euclid(7),
             };
-            let name = category_at(category[i].as_deref(), options.level).to_owned();
+            // Stored at the level already.
+            let name = category[i].clone().unwrap_or_default();
             let set = RoaringTreemap::deserialize_from(users.value(i))
                 .map_err(|e| Error::Argument(format!("mart_categories: a bad user set: {e}")))?;
             let a = acc.entry((bucket, name)).or_insert_with(|| Acc {

@@ -12,6 +12,14 @@ fn lake_with_sample(dir: &std::path::Path) -> String {
     lake
 }
 
+/// `shoplake report KIND ARGS... --source SOURCE --format json` on a lake.
+fn report_json(lake: &str, source: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["report"];
+    all.extend_from_slice(args);
+    all.extend(["--lake", lake, "--format", "json", "--source", source]);
+    shoplake(&all)
+}
+
 #[test]
 fn query_sql_and_reports_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,56 +145,28 @@ fn query_sql_and_reports_from_the_command_line() {
     let o = shoplake(&["marts", "status", "--lake", &lake]);
     assert!(stdout(&o).contains("UTC: up to date"), "{}", stdout(&o));
     let brands = |source: &str| {
-        let o = shoplake(&[
-            "report",
-            "brands",
-            "--lake",
-            &lake,
-            "--format",
-            "json",
-            "--source",
-            source,
-            "--min-views",
-            "1",
-        ]);
+        let o = report_json(&lake, source, &["brands", "--min-views", "1"]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         stdout(&o)
     };
     assert_eq!(brands("marts"), brands("events"));
     let categories = |source: &str| {
-        let o = shoplake(&[
-            "report",
+        let args = [
             "categories",
-            "--lake",
-            &lake,
-            "--format",
-            "json",
-            "--source",
-            source,
             "--by",
             "weekday",
             "--metric",
             "visitors",
             "--level",
             "2",
-        ]);
+        ];
+        let o = report_json(&lake, source, &args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         stdout(&o)
     };
     assert_eq!(categories("marts"), categories("events"));
     let berlin = |report: &str, source: &str| {
-        let o = shoplake(&[
-            "report",
-            report,
-            "--lake",
-            &lake,
-            "--format",
-            "json",
-            "--source",
-            source,
-            "--tz",
-            "Europe/Berlin",
-        ]);
+        let o = report_json(&lake, source, &[report, "--tz", "Europe/Berlin"]);
         (
             o.status.success(),
             stdout(&o),
