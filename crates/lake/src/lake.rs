@@ -27,22 +27,27 @@ pub enum TableName {
     MartDaily,
     /// Brand figures per report zone, local day and level-1 category.
     MartBrands,
-    /// Category figures and user sets per report zone, local day and hour.
+    /// Category figures per report zone, local day and hour.
     MartCategories,
-    /// The cart and purchase events, for the abandoned-items report.
-    MartFunnel,
+    /// Distinct visitors per report zone, category level, bucket, category and local day,
+    /// split by the previous day each visitor was seen in the same bucket and category.
+    MartCategoryVisitors,
+    /// Per report zone, local day, user and product: the day's first cart, the previous day
+    /// with a cart and the next purchase, for the abandoned-items report.
+    MartItems,
 }
 
 impl TableName {
     /// Every table.
-    pub const ALL: [TableName; 7] = [
+    pub const ALL: [TableName; 8] = [
         TableName::Events,
         TableName::Quarantine,
         TableName::Imports,
         TableName::MartDaily,
         TableName::MartBrands,
         TableName::MartCategories,
-        TableName::MartFunnel,
+        TableName::MartCategoryVisitors,
+        TableName::MartItems,
     ];
 
     /// The table's name (and directory under the root).
@@ -54,7 +59,8 @@ impl TableName {
             TableName::MartDaily => "mart_daily",
             TableName::MartBrands => "mart_brands",
             TableName::MartCategories => "mart_categories",
-            TableName::MartFunnel => "mart_funnel",
+            TableName::MartCategoryVisitors => "mart_category_visitors",
+            TableName::MartItems => "mart_items",
         }
     }
 
@@ -72,13 +78,21 @@ impl TableName {
             TableName::MartDaily => schema::mart_daily(),
             TableName::MartBrands => schema::mart_brands(),
             TableName::MartCategories => schema::mart_categories(),
-            TableName::MartFunnel => schema::mart_funnel(),
+            TableName::MartCategoryVisitors => schema::mart_category_visitors(),
+            TableName::MartItems => schema::mart_items(),
         }
     }
 
-    fn partition_columns(self) -> Vec<String> {
+    /// Its partition columns.
+    pub fn partition_columns(self) -> Vec<String> {
         match self {
-            TableName::Events | TableName::MartFunnel => vec![schema::EVENT_DATE.to_owned()],
+            TableName::Events => vec![schema::EVENT_DATE.to_owned()],
+            // A report reads one level: only that level's files.
+            TableName::MartCategories | TableName::MartCategoryVisitors => {
+                vec!["level".to_owned()]
+            }
+            // The largest mart: a report reads one zone's files and never decodes the zone.
+            TableName::MartItems => vec!["zone".to_owned()],
             _ => Vec::new(),
         }
     }
@@ -90,10 +104,11 @@ impl TableName {
             TableName::Imports => "shoplake: one row per import, with its data-quality profile",
             TableName::MartDaily => "shoplake mart: daily visitors and cart sessions per zone",
             TableName::MartBrands => "shoplake mart: brand figures per zone, day and category",
-            TableName::MartCategories => {
-                "shoplake mart: category figures and user sets per zone, day and hour"
+            TableName::MartCategories => "shoplake mart: category figures per zone, day and hour",
+            TableName::MartCategoryVisitors => {
+                "shoplake mart: distinct category visitors per zone, bucket and day"
             }
-            TableName::MartFunnel => "shoplake mart: cart and purchase events",
+            TableName::MartItems => "shoplake mart: first carts per zone, day, user and product",
         }
     }
 }
@@ -192,6 +207,27 @@ impl Lake {
         Ok(deltalake::DeltaTableBuilder::from_url(url)
             .map_err(Error::delta(format!("opening {table}")))?
             .with_storage_options(self.storage_options.clone()))
+    }
+
+    /// A table's latest version without loading it (one listing of its log), `None` when it
+    /// does not exist yet.
+    pub async fn latest_version(&self, table: TableName) -> Result<Option<i64>> {
+        let t = self
+            .builder(table)?
+            .build()
+            .map_err(Error::delta(format!("opening {table}")))?;
+        let exists = t
+            .verify_deltatable_existence()
+            .await
+            .map_err(Error::delta(format!("looking for {table}")))?;
+        if !exists {
+            return Ok(None);
+        }
+        let v = t
+            .get_latest_version()
+            .await
+            .map_err(Error::delta(format!("reading the log of {table}")))?;
+        Ok(i64::try_from(v).ok())
     }
 
     /// Opens a table at its latest version, `None` when it does not exist yet.

@@ -61,6 +61,7 @@ static MART_DAILY: LazyLock<SchemaRef> = LazyLock::new(|| {
     ];
     fields.extend(counts(&[
         "events_version",
+        "marts_format",
         "visitors",
         "sessions",
         "events",
@@ -73,30 +74,29 @@ static MART_DAILY: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(fields))
 });
 
-static MART_FUNNEL: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let keep = [
-        "event_time",
-        "event_type",
-        "product_id",
-        "category_code",
-        "brand",
-        "price",
-        "user_id",
-        EVENT_DATE,
-    ];
-    let events = EVENTS.clone();
-    Arc::new(Schema::new(
-        keep.iter()
-            .filter_map(|n| events.field_with_name(n).ok())
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect::<Vec<Field>>(),
-    ))
+static MART_ITEMS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("zone", DataType::Utf8, true),
+        Field::new("day", DataType::Date32, true),
+        Field::new("user_id", DataType::Int64, true),
+        Field::new("product_id", DataType::Int64, true),
+        Field::new("carted", DataType::Int64, true),
+        Field::new("price_cents", DataType::Int64, true),
+        Field::new("brand", DataType::Utf8, true),
+        Field::new("category_code", DataType::Utf8, true),
+        Field::new("prev_day", DataType::Date32, true),
+        Field::new("next_purchase", DataType::Int64, true),
+    ]))
 });
 
-/// `mart_funnel`: the `cart` and `purchase` events (about 4 % of all), with the columns the
-/// abandoned-items report reads, named and typed as in `events`.
-pub fn mart_funnel() -> SchemaRef {
-    MART_FUNNEL.clone()
+/// `mart_items`: per report zone, local day, user and product with a `cart` that day: the
+/// day's first cart (`carted` in micros since the epoch, its price in cents, brand and
+/// category code), the previous local day with a cart of the same pair (`prev_day`), and the
+/// first purchase of the pair at or after `carted` (`next_purchase`). The first cart of a
+/// pair in a range of days is the row whose `prev_day` lies before the range, and it is
+/// recovered within W exactly when `next_purchase <= carted + W`.
+pub fn mart_items() -> SchemaRef {
+    MART_ITEMS.clone()
 }
 
 static MART_BRANDS: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -126,14 +126,34 @@ static MART_CATEGORIES: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("category", DataType::Utf8, true),
     ];
     fields.extend(counts(&["views", "carts", "purchases", "revenue_cents"]));
-    fields.push(Field::new("users", DataType::Binary, true));
     Arc::new(Schema::new(fields))
 });
 
+static MART_CATEGORY_VISITORS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("zone", DataType::Utf8, true),
+        Field::new("level", DataType::Int64, true),
+        Field::new("by", DataType::Utf8, true),
+        Field::new("bucket", DataType::Int64, true),
+        Field::new("category", DataType::Utf8, true),
+        Field::new("day", DataType::Date32, true),
+        Field::new("prev_day", DataType::Date32, true),
+        Field::new("visitors", DataType::Int64, true),
+    ]))
+});
+
+/// `mart_category_visitors`: per report zone, category level, bucketing (`by`: `hour` of day
+/// 0–23 or `weekday` 0 = Monday … 6), bucket, category at that level and local day: how many
+/// distinct users were seen in that bucket and category that day whose previous such day was
+/// `prev_day` (null: never before). The distinct visitors of a bucket and category over days
+/// `[from, to]` are then a sum: the rows with `from <= day <= to` and `prev_day` null or
+/// before `from`.
+pub fn mart_category_visitors() -> SchemaRef {
+    MART_CATEGORY_VISITORS.clone()
+}
+
 /// `mart_categories`: per report zone, local day, local hour, category level (1, 2, 3, or 0 for
-/// the full code) and category at that level, the
-/// categories report's sums and the set of users (a serialized Roaring bitmap), so distinct
-/// visitors over any range and bucket are exact.
+/// the full code) and category at that level, the categories report's sums.
 pub fn mart_categories() -> SchemaRef {
     MART_CATEGORIES.clone()
 }

@@ -1,15 +1,20 @@
 //! The SQL engine: a DataFusion session over the lake's Delta tables, read-only, with a time
 //! limit and the report functions (`local_time`, `category_level`) registered.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use deltalake::datafusion::catalog::{SchemaProvider, TableProvider};
 use deltalake::datafusion::datasource::MemTable;
+use deltalake::datafusion::error::{DataFusionError, Result as DfResult};
 use deltalake::datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use deltalake::datafusion::execution::session_state::SessionState;
 use deltalake::datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use deltalake::datafusion::sql::sqlparser::ast::Statement;
+use futures::StreamExt;
 use shoplake_lake::{Lake, TableName};
 
 use crate::error::{Error, Result};
@@ -51,35 +56,30 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// A session over the lake's tables at their latest versions.
+    /// A session over the lake's tables. Each table is opened at its latest version when a
+    /// statement first names it (a report opens the two or three it reads, not all of them);
+    /// the `events` version is read at once.
     pub async fn open(lake: &Lake) -> Result<Engine> {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(2);
         let ctx = SessionContext::new_with_config(config);
-        let mut events_version = None;
-        for name in TableName::ALL {
-            match lake.table(name).await? {
-                Some(table) => {
-                    if name == TableName::Events {
-                        events_version = table.version().and_then(|v| i64::try_from(v).ok());
-                    }
-                    table.update_datafusion_session(&ctx.state())?;
-                    ctx.register_table(name.as_str(), table.table_provider().await?)?;
-                }
-                None => {
-                    let empty = MemTable::try_new(name.schema(), vec![vec![]])?;
-                    ctx.register_table(name.as_str(), Arc::new(empty))?;
-                }
-            }
-        }
+        let schema = Arc::new(LakeSchema {
+            lake: lake.clone(),
+            state: ctx.state(),
+            opened: tokio::sync::Mutex::new(HashMap::new()),
+        });
+        let catalog = ctx
+            .catalog("datafusion")
+            .ok_or_else(|| Error::Argument("the session lacks its default catalog".into()))?;
+        catalog.register_schema("public", schema)?;
         for f in udf::functions() {
             ctx.register_udf(f);
         }
         Ok(Engine {
             ctx,
             timeout: DEFAULT_TIMEOUT,
-            events_version,
+            events_version: lake.latest_version(TableName::Events).await?,
         })
     }
 
@@ -94,7 +94,7 @@ impl Engine {
         self.events_version
     }
 
-    /// The DataFusion session (for registering more tables, e.g. marts).
+    /// The DataFusion session.
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }
@@ -113,6 +113,40 @@ impl Engine {
     ) -> Result<deltalake::datafusion::execution::SendableRecordBatchStream> {
         let df = self.ctx.sql_with_options(sql, read_only()).await?;
         Ok(df.execute_stream().await?)
+    }
+
+    /// Runs a statement the crate wrote itself (still read-only) within the time limit,
+    /// folding each output partition's batches into its own state on its own task, so the
+    /// caller's per-batch work runs beside the scan on every core. Returns the states.
+    pub(crate) async fn fold_partitions<S: Send + 'static>(
+        &self,
+        sql: &str,
+        init: impl Fn() -> S,
+        each: impl Fn(&mut S, RecordBatch) -> Result<()> + Send + Sync + Copy + 'static,
+    ) -> Result<Vec<S>> {
+        let work = async {
+            let df = self.ctx.sql_with_options(sql, read_only()).await?;
+            let mut tasks = tokio::task::JoinSet::new();
+            for mut part in df.execute_stream_partitioned().await? {
+                let mut state = init();
+                tasks.spawn(async move {
+                    while let Some(b) = part.next().await {
+                        each(&mut state, b?)?;
+                    }
+                    Ok::<S, Error>(state)
+                });
+            }
+            let mut states = Vec::new();
+            while let Some(done) = tasks.join_next().await {
+                states
+                    .push(done.map_err(|e| Error::Argument(format!("a query task failed: {e}")))??);
+            }
+            Ok::<_, Error>(states)
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(out) => out,
+            Err(_) => Err(Error::Timeout(self.timeout)),
+        }
     }
 
     /// Runs a statement the crate wrote itself (still read-only), within the time limit.
@@ -182,6 +216,59 @@ pub fn check_read_only(sql: &str) -> Result<()> {
         DfStatement::CopyTo(_) => refuse("COPY … TO"),
         DfStatement::CreateExternalTable(_) => refuse("CREATE EXTERNAL TABLE"),
         _ => refuse(&keyword),
+    }
+}
+
+/// The lake's tables as a DataFusion schema, each opened on first use (a table not created
+/// yet reads as empty, with its schema).
+struct LakeSchema {
+    lake: Lake,
+    /// Shares the session's runtime, where each table registers its object store.
+    state: SessionState,
+    opened: tokio::sync::Mutex<HashMap<TableName, Arc<dyn TableProvider>>>,
+}
+
+impl std::fmt::Debug for LakeSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakeSchema").finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl SchemaProvider for LakeSchema {
+    fn table_names(&self) -> Vec<String> {
+        TableName::ALL
+            .iter()
+            .map(|t| t.as_str().to_owned())
+            .collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let Some(table) = TableName::parse(name) else {
+            return Ok(None);
+        };
+        let mut opened = self.opened.lock().await;
+        if let Some(p) = opened.get(&table) {
+            return Ok(Some(p.clone()));
+        }
+        let provider: Arc<dyn TableProvider> = match self
+            .lake
+            .table(table)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+        {
+            Some(t) => {
+                t.update_datafusion_session(&self.state)?;
+                t.table_provider().await?
+            }
+            None => Arc::new(MemTable::try_new(table.schema(), vec![vec![]])?),
+        };
+        opened.insert(table, provider.clone());
+        Ok(Some(provider))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        TableName::parse(name).is_some()
     }
 }
 

@@ -9,10 +9,12 @@
 //!   carts, purchases, revenue and the set of users as a serialized Roaring bitmap, so that
 //!   distinct visitors per bucket (hour or weekday) and category level over any range are
 //!   exact unions.
-//! - `mart_funnel`: the `cart` and `purchase` events (zone-free), which the abandoned-items
-//!   half of the abandonment report reads instead of all of `events`.
+//! - `mart_items`: per report zone, local day, user and product with a cart that day, the
+//!   day's first cart, the previous day with a cart and the next purchase: the abandoned items
+//!   of any range of days are a filter over it (the row whose previous cart day lies before
+//!   the range), and the status for any window W a comparison.
 //!
-//! Both are additive over days or per day, so a report over any range of local days in a mart
+//! Each is additive over days or per day, so a report over any range of local days in a mart
 //! zone equals the report computed from `events` (tested). They are refreshed after every
 //! import (`shoplake import` does it) and rebuilt by `shoplake marts rebuild`; a report uses
 //! them only when their stamp equals the current `events` version, and computes from `events`
@@ -24,20 +26,24 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{
-    ArrayRef, AsArray, BinaryBuilder, Date32Array, Int64Array, RecordBatch, StringArray,
-};
+use arrow::array::{ArrayRef, AsArray, Date32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Int32Type, Int64Type, SchemaRef};
 use chrono_tz::Tz;
+use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::SaveMode;
 use futures::StreamExt;
-use roaring::RoaringTreemap;
+use roaring::{MultiOps, RoaringTreemap};
 use serde::Serialize;
 use shoplake_lake::{Lake, TableName};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::udf::{category_at, parse_zone};
+
+/// The layout of the marts, stamped beside the `events` version: a release that changes what
+/// any mart holds raises it, so marts written by an older release are never read (and are
+/// rebuilt by the next refresh).
+pub const FORMAT: i64 = 2;
 
 /// What a refresh did, per zone.
 #[derive(Debug, Clone, Serialize)]
@@ -52,8 +58,10 @@ pub struct MartsSummary {
     pub brand_rows: usize,
     /// Rows written to `mart_categories`.
     pub category_rows: usize,
-    /// Rows written to `mart_funnel` (shared by all zones).
-    pub funnel_rows: usize,
+    /// Rows written to `mart_category_visitors`.
+    pub visitor_rows: usize,
+    /// Rows written to `mart_items`.
+    pub item_rows: usize,
     /// Seconds taken.
     pub seconds: f64,
 }
@@ -89,15 +97,6 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
     };
     let zones = zones(&engine, extra_zones).await?;
     reset_outdated(lake).await?;
-    // Zone-free: the cart and purchase events, whole (before any zone's stamp).
-    let funnel = engine
-        .run(
-            "SELECT event_time, event_type, product_id, category_code, brand, price, user_id,
-                    event_date
-             FROM events WHERE event_type IN ('cart', 'purchase')",
-        )
-        .await?;
-    let funnel_rows = replace(lake, TableName::MartFunnel, None, &funnel.batches).await?;
     let mut out = Vec::new();
     for tz in zones {
         let started = Instant::now();
@@ -128,6 +127,7 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
                                AS abandoned_sessions
                     FROM s GROUP BY 1)
                  SELECT {z} AS zone, daily.day AS day, {version} AS events_version,
+                        {FORMAT} AS marts_format,
                         visitors, sessions, events,
                         COALESCE(new_visitors, 0) AS new_visitors,
                         COALESCE(session_starts, 0) AS session_starts,
@@ -152,24 +152,59 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
                  FROM events WHERE brand IS NOT NULL GROUP BY 1, 2, 3, 4"
             ))
             .await?;
-        let categories = category_cells(&engine, zone).await?;
+        let items = engine.run(&items_sql(&z)).await?;
+        let (categories, visitors) = category_cells(&engine, zone).await?;
         // The stamped daily table last: a crash before it leaves an old stamp, and reports
         // then compute from `events`.
-        let category_rows =
-            replace(lake, TableName::MartCategories, Some(zone), &categories).await?;
-        let brand_rows = replace(lake, TableName::MartBrands, Some(zone), &brands.batches).await?;
-        let daily_rows = replace(lake, TableName::MartDaily, Some(zone), &daily.batches).await?;
+        let category_rows = replace(lake, TableName::MartCategories, zone, &categories).await?;
+        let visitor_rows = replace(lake, TableName::MartCategoryVisitors, zone, &visitors).await?;
+        let brand_rows = replace(lake, TableName::MartBrands, zone, &brands.batches).await?;
+        let item_rows = replace(lake, TableName::MartItems, zone, &items.batches).await?;
+        let daily_rows = replace(lake, TableName::MartDaily, zone, &daily.batches).await?;
         out.push(MartsSummary {
             zone: zone.to_owned(),
             events_version: version,
             daily_rows,
             brand_rows,
             category_rows,
-            funnel_rows,
+            visitor_rows,
+            item_rows,
             seconds: started.elapsed().as_secs_f64(),
         });
     }
     Ok(out)
+}
+
+/// A zone's `mart_items` rows: per local day, user and product with a cart, the day's first
+/// cart (ties on time go to the lower price, as in the report from `events`), the previous
+/// day with a cart of the pair and the pair's first purchase at or after that cart. Sorted by
+/// product, so a report sums runs of one product and mostly one brand and category.
+fn items_sql(z: &str) -> String {
+    format!(
+        "WITH c AS (
+            SELECT user_id, product_id, CAST(local_time(event_time, {z}) AS DATE) AS day,
+                   MIN(CAST(event_time AS BIGINT)) AS carted,
+                   first_value(CAST(price * 100 AS BIGINT) ORDER BY event_time, price)
+                       AS price_cents,
+                   first_value(brand ORDER BY event_time, price) AS brand,
+                   first_value(category_code ORDER BY event_time, price) AS category_code
+            FROM events WHERE event_type = 'cart' GROUP BY 1, 2, 3),
+         l AS (
+            SELECT *, LAG(day) OVER (PARTITION BY user_id, product_id ORDER BY day) AS prev_day
+            FROM c),
+         p AS (
+            SELECT user_id, product_id, CAST(event_time AS BIGINT) AS t FROM events
+            WHERE event_type = 'purchase'),
+         n AS (
+            SELECT l.user_id, l.product_id, l.day, MIN(p.t) AS next_purchase
+            FROM l JOIN p ON l.user_id = p.user_id AND l.product_id = p.product_id
+            WHERE p.t >= l.carted GROUP BY 1, 2, 3)
+         SELECT {z} AS zone, l.day, l.user_id, l.product_id, l.carted, l.price_cents, l.brand,
+                l.category_code, l.prev_day, n.next_purchase
+         FROM l LEFT JOIN n
+           ON l.user_id = n.user_id AND l.product_id = n.product_id AND l.day = n.day
+         ORDER BY l.product_id, l.user_id, l.day"
+    )
 }
 
 /// One cell of `mart_categories` being built.
@@ -184,7 +219,10 @@ struct CategoryCell {
 
 /// Builds a zone's `mart_categories` rows in one streamed pass over `events` (the user sets
 /// are built here, not in SQL, so memory stays at the size of the bitmaps).
-async fn category_cells(engine: &Engine, zone: &str) -> Result<Vec<RecordBatch>> {
+async fn category_cells(
+    engine: &Engine,
+    zone: &str,
+) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
     let z = format!("'{zone}'");
     let mut stream = engine
         .stream(&format!(
@@ -261,14 +299,11 @@ async fn category_cells(engine: &Engine, zone: &str) -> Result<Vec<RecordBatch>>
     let mut category = Vec::new();
     let (mut views, mut carts, mut purchases, mut revenue) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut users = BinaryBuilder::new();
-    let mut buf = Vec::new();
+    // The user sets by bucket: (hour, id) and (weekday, id), each a list of (day, users) in
+    // day order (the keys are sorted by day).
+    let mut by_hour: HashMap<(i64, u32), Vec<(i32, RoaringTreemap)>> = HashMap::new();
     for k in keys {
         let Some(c) = cells.remove(&k) else { continue };
-        buf.clear();
-        c.users
-            .serialize_into(&mut buf)
-            .map_err(|e| Error::Output(e.to_string()))?;
         let (l, name) = &by_id[k.2 as usize];
         day.push(k.0);
         hour.push(k.1);
@@ -278,7 +313,7 @@ async fn category_cells(engine: &Engine, zone: &str) -> Result<Vec<RecordBatch>>
         carts.push(c.carts);
         purchases.push(c.purchases);
         revenue.push(c.revenue_cents);
-        users.append_value(&buf);
+        by_hour.entry((k.1, k.2)).or_default().push((k.0, c.users));
     }
     let n = day.len();
     let columns: Vec<ArrayRef> = vec![
@@ -291,12 +326,96 @@ async fn category_cells(engine: &Engine, zone: &str) -> Result<Vec<RecordBatch>>
         Arc::new(Int64Array::from(carts)),
         Arc::new(Int64Array::from(purchases)),
         Arc::new(Int64Array::from(revenue)),
-        Arc::new(users.finish()),
     ];
-    Ok(vec![RecordBatch::try_new(
-        TableName::MartCategories.schema(),
-        columns,
-    )?])
+    let sums = RecordBatch::try_new(TableName::MartCategories.schema(), columns)?;
+
+    // Weekday buckets: a day's users of a category are the union over its hours.
+    let mut by_day: HashMap<(i32, u32), Vec<&RoaringTreemap>> = HashMap::new();
+    for ((_, id), sets) in &by_hour {
+        for (d, users) in sets {
+            by_day.entry((*d, *id)).or_default().push(users);
+        }
+    }
+    let mut by_weekday: HashMap<(i64, u32), Vec<(i32, RoaringTreemap)>> = HashMap::new();
+    let mut days: Vec<((i32, u32), Vec<&RoaringTreemap>)> = by_day.into_iter().collect();
+    days.sort_unstable_by_key(|(k, _)| *k);
+    for ((d, id), sets) in days {
+        // Day 0 (1970-01-01) was a Thursday: Monday is 0.
+        let weekday = i64::from((d + 3).rem_euclid(7));
+        by_weekday
+            .entry((weekday, id))
+            .or_default()
+            .push((d, sets.union()));
+    }
+    let mut visitors = VisitorRows::default();
+    for (by, groups) in [("hour", &by_hour), ("weekday", &by_weekday)] {
+        for (&(bucket, id), sets) in groups {
+            let (l, name) = &by_id[id as usize];
+            visitors.add(by, bucket, *l, name, sets);
+        }
+    }
+    Ok((vec![sums], vec![visitors.finish(zone)?]))
+}
+
+/// `mart_category_visitors` rows being built.
+#[derive(Default)]
+struct VisitorRows {
+    level: Vec<i64>,
+    by: Vec<&'static str>,
+    bucket: Vec<i64>,
+    category: Vec<String>,
+    day: Vec<i32>,
+    prev_day: Vec<Option<i32>>,
+    visitors: Vec<i64>,
+}
+
+impl VisitorRows {
+    /// Adds one bucket and category: its user sets per day, in day order. Each user seen on
+    /// a day counts once, under the previous day it was seen in this bucket and category.
+    fn add(
+        &mut self,
+        by: &'static str,
+        bucket: i64,
+        level: i64,
+        category: &str,
+        sets: &[(i32, RoaringTreemap)],
+    ) {
+        let mut last: foldhash::HashMap<u64, i32> = foldhash::HashMap::default();
+        let mut counts: std::collections::BTreeMap<Option<i32>, i64> = Default::default();
+        for (d, users) in sets {
+            counts.clear();
+            for u in users {
+                *counts.entry(last.insert(u, *d)).or_default() += 1;
+            }
+            for (prev, n) in &counts {
+                self.level.push(level);
+                self.by.push(by);
+                self.bucket.push(bucket);
+                self.category.push(category.to_owned());
+                self.day.push(*d);
+                self.prev_day.push(*prev);
+                self.visitors.push(*n);
+            }
+        }
+    }
+
+    fn finish(self, zone: &str) -> Result<RecordBatch> {
+        let n = self.day.len();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![zone; n])),
+            Arc::new(Int64Array::from(self.level)),
+            Arc::new(StringArray::from(self.by)),
+            Arc::new(Int64Array::from(self.bucket)),
+            Arc::new(StringArray::from(self.category)),
+            Arc::new(Date32Array::from(self.day)),
+            Arc::new(Date32Array::from(self.prev_day)),
+            Arc::new(Int64Array::from(self.visitors)),
+        ];
+        Ok(RecordBatch::try_new(
+            TableName::MartCategoryVisitors.schema(),
+            columns,
+        )?)
+    }
 }
 
 /// Casts a result to a mart's schema, column by column.
@@ -314,12 +433,11 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
-/// Replaces a mart's rows in one commit: one zone's (`replace_where zone = …`), or all of a
-/// zone-free mart's.
+/// Replaces one zone's rows of a mart in one commit (`replace_where zone = …`).
 async fn replace(
     lake: &Lake,
     mart: TableName,
-    zone: Option<&str>,
+    zone: &str,
     batches: &[RecordBatch],
 ) -> Result<usize> {
     let table = lake.ensure(mart).await?;
@@ -329,20 +447,26 @@ async fn replace(
         .map(|b| conform(b, &schema))
         .collect::<Result<_>>()?;
     let rows = batches.iter().map(RecordBatch::num_rows).sum();
-    let write = table.write(batches).with_save_mode(SaveMode::Overwrite);
-    match zone {
-        Some(z) => write.with_replace_where(format!("zone = '{z}'")).await?,
-        None => write.await?,
-    };
+    // Row groups of 64 Ki rows: a report scans a mart on both cores.
+    let properties = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(1 << 16))
+        .build();
+    table
+        .write(batches)
+        .with_writer_properties(properties)
+        .with_save_mode(SaveMode::Overwrite)
+        .with_replace_where(format!("zone = '{zone}'"))
+        .await?;
     Ok(rows)
 }
 
 /// The marts, stamped table first.
-const MARTS: [TableName; 4] = [
+const MARTS: [TableName; 5] = [
     TableName::MartDaily,
     TableName::MartBrands,
     TableName::MartCategories,
-    TableName::MartFunnel,
+    TableName::MartCategoryVisitors,
+    TableName::MartItems,
 ];
 
 /// Marts are derived data: when a mart was written by an older release with other columns,
@@ -364,7 +488,8 @@ async fn reset_outdated(lake: &Lake) -> Result<()> {
                 .iter()
                 .map(|f| f.name().to_owned())
                 .collect();
-            outdated |= have != want;
+            let parts = t.snapshot()?.metadata().partition_columns().to_vec();
+            outdated |= have != want || parts != mart.partition_columns();
         }
     }
     if !outdated {
@@ -376,21 +501,28 @@ async fn reset_outdated(lake: &Lake) -> Result<()> {
             t.write(vec![RecordBatch::new_empty(mart.schema())])
                 .with_save_mode(SaveMode::Overwrite)
                 .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
+                .with_partition_columns(mart.partition_columns())
                 .await?;
         }
     }
     Ok(())
 }
 
-/// Whether the marts of a zone reflect the `events` version the engine sees.
+/// Whether the marts of a zone reflect the `events` version the engine sees, in this release's
+/// layout.
 pub async fn fresh(engine: &Engine, tz: Tz) -> Result<bool> {
     let Some(version) = engine.events_version() else {
         return Ok(false);
     };
+    let daily = engine.context().table_provider("mart_daily").await?;
+    if daily.schema().field_with_name("marts_format").is_err() {
+        return Ok(false);
+    }
     let out = engine
         .run(&format!(
-            "SELECT MIN(events_version) AS lo, MAX(events_version) AS hi FROM mart_daily
-             WHERE zone = '{}'",
+            "SELECT MIN(events_version) AS lo, MAX(events_version) AS hi,
+                    MIN(marts_format) AS f_lo, MAX(marts_format) AS f_hi
+             FROM mart_daily WHERE zone = '{}'",
             tz.name()
         ))
         .await?;
@@ -398,7 +530,9 @@ pub async fn fresh(engine: &Engine, tz: Tz) -> Result<bool> {
         return Ok(false);
     };
     let c = crate::reports::Columns::new(b);
-    let (lo, hi) = (c.i64("lo")?, c.i64("hi")?);
-    Ok(lo.first().copied().flatten() == Some(version)
-        && hi.first().copied().flatten() == Some(version))
+    let first = |name: &str| -> Result<Option<i64>> { Ok(c.i64(name)?.first().copied().flatten()) };
+    Ok(first("lo")? == Some(version)
+        && first("hi")? == Some(version)
+        && first("f_lo")? == Some(FORMAT)
+        && first("f_hi")? == Some(FORMAT))
 }

@@ -256,7 +256,7 @@ enum Report {
         /// Entries in each top list.
         #[arg(long, default_value_t = 10)]
         top: usize,
-        /// Rows of the retargeting list in table output (0: all; JSON always has all).
+        /// Rows of the retargeting list, oldest first (0: all); the total is always given.
         #[arg(long, default_value_t = 20)]
         list: usize,
         /// For csv: which part to write.
@@ -331,9 +331,9 @@ pub fn report(args: ReportArgs) -> Result<ExitCode> {
             let options = AbandonmentOptions {
                 window,
                 top,
-                retarget_limit: None,
+                retarget_limit: (list > 0).then_some(list),
             };
-            let mut r = rt.block_on(reports::abandonment(&engine, &scope, &options))?;
+            let r = rt.block_on(reports::abandonment(&engine, &scope, &options))?;
             match format {
                 "json" => print_rows(&mut out, format, std::slice::from_ref(&r), &[])?,
                 "csv" => match section.as_str() {
@@ -360,14 +360,11 @@ pub fn report(args: ReportArgs) -> Result<ExitCode> {
                     print_rows(&mut out, format, &r.top_brands, NAME_COLUMNS)?;
                     writeln!(out, "\nTop abandoned categories")?;
                     print_rows(&mut out, format, &r.top_categories, NAME_COLUMNS)?;
-                    let total = r.retarget.len();
-                    if list > 0 {
-                        r.retarget.truncate(list);
-                    }
                     writeln!(
                         out,
-                        "\nRetargeting list ({} of {total}; --list 0 or --format json for all)",
-                        r.retarget.len()
+                        "\nRetargeting list ({} of {}, oldest first; --list 0 for all)",
+                        r.retarget.len(),
+                        r.retarget_total
                     )?;
                     print_rows(&mut out, format, &r.retarget, RETARGET_COLUMNS)?;
                 }

@@ -7,9 +7,10 @@
 //!   if the user buys the product within `[t, t + W]`; otherwise pending if `t + W` is after the
 //!   newest event in the lake; otherwise abandoned. Values are the price at that first cart.
 
-use std::collections::HashMap;
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
+use arrow::array::{Array, RecordBatch};
 use serde::{Deserialize, Serialize};
 use shoplake_events::time::format_rfc3339;
 
@@ -126,17 +127,6 @@ pub struct Abandonment {
     pub retarget_total: u64,
 }
 
-/// One (user, product) first carted in the range.
-struct Item {
-    user_id: i64,
-    product_id: i64,
-    carted: i64,
-    price_cents: i64,
-    brand: Option<String>,
-    category: Option<String>,
-    status: &'static str,
-}
-
 /// The abandonment report.
 pub async fn abandonment(
     engine: &Engine,
@@ -145,9 +135,9 @@ pub async fn abandonment(
 ) -> Result<Abandonment> {
     let range = &scope.range;
     let tz = range.zone_sql();
-    let (start, end) = range.utc_bounds();
-    let window = i64::try_from(options.window.as_micros()).unwrap_or(i64::MAX);
+    let (start, _) = range.utc_bounds();
     let first_in_range = {
+        let (start, end) = range.utc_bounds();
         let mut c = vec!["TRUE".to_owned()];
         if let Some(s) = start {
             c.push(format!("CAST(first AS BIGINT) >= {s}"));
@@ -178,50 +168,72 @@ pub async fn abandonment(
          FROM s WHERE {first_in_range} GROUP BY 1 ORDER BY 1"
         )
     };
-    // From the marts, the items read `mart_funnel` (carts and purchases only, same columns)
-    // and the newest event comes from the zone's stamp row.
-    let (funnel, newest_sql) = if marts {
+    // Each item once, with its first cart in the range and the pair's first purchase at or
+    // after it; the status follows from the window and the newest event.
+    let (items_sql, newest_sql) = if marts {
+        // The first cart of a pair in the range is on the day whose previous cart day lies
+        // before the range.
+        let first = match range.from {
+            Some(f) => format!("(prev_day IS NULL OR prev_day < DATE '{f}')"),
+            None => "prev_day IS NULL".to_owned(),
+        };
         (
-            "mart_funnel",
+            format!(
+                "SELECT user_id, product_id, carted, price_cents, brand, category_code,
+                        next_purchase
+                 FROM mart_items WHERE zone = {tz} AND {days} AND {first}",
+                days = range.day_sql()
+            ),
             format!("SELECT MAX(newest_event) AS newest FROM mart_daily WHERE zone = {tz}"),
         )
     } else {
+        let purchases_from = start.map_or("TRUE".to_owned(), |s| {
+            format!("CAST(event_time AS BIGINT) >= {s}")
+        });
         (
-            "events",
+            format!(
+                "WITH c AS (
+                    SELECT user_id, product_id, MIN(CAST(event_time AS BIGINT)) AS carted,
+                           first_value(CAST(price * 100 AS BIGINT)
+                                       ORDER BY event_time, price) AS price_cents,
+                           first_value(brand ORDER BY event_time, price) AS brand,
+                           first_value(category_code ORDER BY event_time, price)
+                               AS category_code
+                    FROM events WHERE event_type = 'cart' AND {range}
+                    GROUP BY user_id, product_id),
+                 p AS (
+                    SELECT user_id, product_id, CAST(event_time AS BIGINT) AS t FROM events
+                    WHERE event_type = 'purchase' AND {purchases_from}),
+                 n AS (
+                    SELECT c.user_id, c.product_id, MIN(p.t) AS next_purchase
+                    FROM c JOIN p ON c.user_id = p.user_id AND c.product_id = p.product_id
+                    WHERE p.t >= c.carted GROUP BY 1, 2)
+                 SELECT c.*, n.next_purchase
+                 FROM c LEFT JOIN n ON c.user_id = n.user_id AND c.product_id = n.product_id",
+                range = range.sql(),
+            ),
             "SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM events".to_owned(),
         )
     };
-    let purchases_from = start.map_or("TRUE".to_owned(), |s| {
-        format!("CAST(event_time AS BIGINT) >= {s}")
-    });
-    let items_sql = format!(
-        "WITH c AS (
-            SELECT user_id, product_id, MIN(CAST(event_time AS BIGINT)) AS carted,
-                   first_value(CAST(price * 100 AS BIGINT)
-                               ORDER BY event_time, price) AS price_cents,
-                   first_value(brand ORDER BY event_time, price) AS brand,
-                   first_value(category_code ORDER BY event_time, price) AS category_code
-            FROM {funnel} WHERE event_type = 'cart' AND {range}
-            GROUP BY user_id, product_id),
-         p AS (
-            SELECT user_id, product_id, CAST(event_time AS BIGINT) AS t FROM {funnel}
-            WHERE event_type = 'purchase' AND {purchases_from}),
-         r AS (
-            SELECT c.user_id, c.product_id FROM c JOIN p
-              ON c.user_id = p.user_id AND c.product_id = p.product_id
-            WHERE p.t >= c.carted AND p.t <= c.carted + {window}
-            GROUP BY c.user_id, c.product_id),
-         n AS ({newest_sql})
-         SELECT c.user_id, c.product_id, c.carted, c.price_cents, c.brand, c.category_code,
-                CASE WHEN r.user_id IS NOT NULL THEN 'recovered'
-                     WHEN c.carted + {window} > n.newest THEN 'pending'
-                     ELSE 'abandoned' END AS status
-         FROM c LEFT JOIN r ON c.user_id = r.user_id AND c.product_id = r.product_id
-         CROSS JOIN n",
-        range = range.sql(),
-    );
 
-    let sessions_out = engine.run(&sessions_sql).await?;
+    // The newest event decides what is pending: first; then the sessions beside the items.
+    let newest = engine.run(&newest_sql).await?;
+    let newest = newest
+        .batches
+        .first()
+        .and_then(|b| Columns::new(b).i64("newest").ok())
+        .and_then(|v| v.first().copied().flatten());
+    let window = i64::try_from(options.window.as_micros()).unwrap_or(i64::MAX);
+    let limit = options.retarget_limit;
+    // Each partition of the item scan is summed on its own task (both cores), then merged.
+    let (sessions_out, parts) = futures::try_join!(
+        engine.run(&sessions_sql),
+        engine.fold_partitions(
+            &items_sql,
+            move || Summary::new(window, newest, limit),
+            |s, b| s.add(&b),
+        )
+    )?;
     let mut sessions = Vec::new();
     for b in &sessions_out.batches {
         let c = Columns::new(b);
@@ -240,151 +252,307 @@ pub async fn abandonment(
             });
         }
     }
-
-    let mut items = Vec::new();
-    for b in &engine.run(&items_sql).await?.batches {
-        let c = Columns::new(b);
-        let (user, product, carted, price, brand, category, status) = (
-            c.i64("user_id")?,
-            c.i64("product_id")?,
-            c.i64("carted")?,
-            c.i64("price_cents")?,
-            c.str("brand")?,
-            c.str("category_code")?,
-            c.str("status")?,
-        );
-        for i in 0..b.num_rows() {
-            items.push(Item {
-                user_id: user[i].unwrap_or_default(),
-                product_id: product[i].unwrap_or_default(),
-                carted: carted[i].unwrap_or_default(),
-                price_cents: price[i].unwrap_or_default(),
-                brand: brand[i].clone(),
-                category: category[i].clone(),
-                status: match status[i].as_deref() {
-                    Some("recovered") => "recovered",
-                    Some("pending") => "pending",
-                    _ => "abandoned",
-                },
-            });
-        }
+    let mut summary = Summary::new(window, newest, limit);
+    for part in parts {
+        summary.merge(part);
     }
-    let newest = engine.run(&newest_sql).await?;
-    let newest_event = newest
-        .batches
-        .first()
-        .and_then(|b| Columns::new(b).i64("newest").ok())
-        .and_then(|v| v.first().copied().flatten())
-        .map(format_rfc3339);
-
-    Ok(summarize(items, sessions, newest_event, options))
+    summary.finish(sessions, options)
 }
 
-fn summarize(
-    mut items: Vec<Item>,
-    sessions: Vec<SessionDay>,
-    newest_event: Option<String>,
-    options: &AbandonmentOptions,
-) -> Abandonment {
-    let mut statuses: Vec<ItemStatus> = ["abandoned", "recovered", "pending"]
-        .iter()
-        .map(|s| ItemStatus {
-            status: (*s).to_owned(),
-            items: 0,
-            value: 0.0,
-        })
-        .collect();
-    let mut cents = [0i64; 3];
-    let mut products: HashMap<i64, (u64, i64, Option<String>, Option<String>)> = HashMap::new();
-    let mut brands: HashMap<String, (u64, i64)> = HashMap::new();
-    let mut categories: HashMap<String, (u64, i64)> = HashMap::new();
-    for it in &items {
-        let k = match it.status {
-            "abandoned" => 0,
-            "recovered" => 1,
-            _ => 2,
+/// Status indexes.
+const ABANDONED: usize = 0;
+const RECOVERED: usize = 1;
+const PENDING: usize = 2;
+const STATUSES: [&str; 3] = ["abandoned", "recovered", "pending"];
+
+/// A product's abandoned items, with the brand and category (ids in [`Names`]) of its
+/// earliest one.
+struct ProductAcc {
+    items: u64,
+    cents: i64,
+    first: (i64, i64),
+    brand: Option<u32>,
+    category: u32,
+}
+
+impl ProductAcc {
+    /// Adds another part of the product's items.
+    fn absorb(&mut self, o: ProductAcc) {
+        self.items += o.items;
+        self.cents += o.cents;
+        if o.first < self.first {
+            (self.first, self.brand, self.category) = (o.first, o.brand, o.category);
+        }
+    }
+}
+
+/// Abandoned items and value per name (brand or category), each name stored once.
+#[derive(Default)]
+struct Names {
+    ids: foldhash::HashMap<String, u32>,
+    sums: Vec<(String, u64, i64)>,
+    /// The id looked up last: rows come sorted by product, so the next name is mostly the
+    /// same.
+    last: Option<u32>,
+}
+
+impl Names {
+    /// A name's id, added with zero sums when new.
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.last
+            && self.sums[id as usize].0 == name
+        {
+            return id;
+        }
+        let id = match self.ids.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = self.sums.len() as u32;
+                self.ids.insert(name.to_owned(), id);
+                self.sums.push((name.to_owned(), 0, 0));
+                id
+            }
         };
-        statuses[k].items += 1;
-        cents[k] += it.price_cents;
-        if k != 0 {
-            continue;
-        }
-        let p = products
-            .entry(it.product_id)
-            .or_insert_with(|| (0, 0, it.brand.clone(), it.category.clone()));
-        p.0 += 1;
-        p.1 += it.price_cents;
-        if let Some(b) = &it.brand {
-            let e = brands.entry(b.clone()).or_default();
-            e.0 += 1;
-            e.1 += it.price_cents;
-        }
-        let e = categories
-            .entry(category_at(it.category.as_deref(), 0).to_owned())
-            .or_default();
-        e.0 += 1;
-        e.1 += it.price_cents;
+        self.last = Some(id);
+        id
     }
-    for (s, c) in statuses.iter_mut().zip(cents) {
-        s.value = money(c);
+
+    /// Adds `items` items worth `cents` to a name's sums; returns the name's id.
+    fn add(&mut self, name: &str, items: u64, cents: i64) -> u32 {
+        let id = self.id(name);
+        let s = &mut self.sums[id as usize];
+        s.1 += items;
+        s.2 += cents;
+        id
     }
-    let mut top_products: Vec<TopProduct> = products
-        .into_iter()
-        .map(|(id, (n, c, brand, category))| TopProduct {
-            product_id: id,
-            brand,
-            category: category_at(category.as_deref(), 0).to_owned(),
-            items: n,
-            value: money(c),
-        })
-        .collect();
-    top_products.sort_by(|a, b| {
-        b.items
-            .cmp(&a.items)
-            .then(b.value.total_cmp(&a.value))
-            .then(a.product_id.cmp(&b.product_id))
-    });
-    top_products.truncate(options.top);
-    let top = |m: HashMap<String, (u64, i64)>| {
-        let mut v: Vec<TopName> = m
+
+    /// Adds another set's sums; returns the new id of each of its ids.
+    fn merge(&mut self, other: Names) -> Vec<u32> {
+        other
+            .sums
             .into_iter()
-            .map(|(name, (n, c))| TopName {
-                name,
-                items: n,
-                value: money(c),
+            .map(|(name, items, cents)| self.add(&name, items, cents))
+            .collect()
+    }
+
+    /// The top names by items, then value, then name.
+    fn top(&self, n: usize) -> Vec<TopName> {
+        let mut v: Vec<&(String, u64, i64)> = self.sums.iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
+        v.into_iter()
+            .take(n)
+            .map(|(name, items, cents)| TopName {
+                name: name.clone(),
+                items: *items,
+                value: money(*cents),
+            })
+            .collect()
+    }
+}
+
+/// The items half, summed in one pass over the item rows (hundreds of thousands a month):
+/// no string is allocated per row, and only the listed part of the retargeting list is kept
+/// ordered.
+struct Summary {
+    window: i64,
+    newest: Option<i64>,
+    limit: Option<usize>,
+    items: [u64; 3],
+    cents: [i64; 3],
+    /// Per product, one entry per run of its rows (rows come sorted by product, so mostly one
+    /// per product); coalesced at the end.
+    products: Vec<(i64, ProductAcc)>,
+    /// The product of the rows being read, summed here until the product changes.
+    run: Option<(i64, ProductAcc)>,
+    brands: Names,
+    categories: Names,
+    /// Abandoned items `(carted, user, product, price in cents)`: all of them, or with a
+    /// limit the oldest ones in a max-heap.
+    abandoned: BinaryHeap<(i64, i64, i64, i64)>,
+    abandoned_total: u64,
+}
+
+impl Summary {
+    fn new(window: i64, newest: Option<i64>, limit: Option<usize>) -> Summary {
+        Summary {
+            window,
+            newest,
+            limit,
+            items: [0; 3],
+            cents: [0; 3],
+            products: Vec::new(),
+            run: None,
+            brands: Names::default(),
+            categories: Names::default(),
+            abandoned: BinaryHeap::new(),
+            abandoned_total: 0,
+        }
+    }
+
+    /// Keeps an abandoned item for the retargeting list (within the limit, the oldest).
+    fn keep(&mut self, item: (i64, i64, i64, i64)) {
+        match self.limit {
+            Some(n) if self.abandoned.len() >= n => {
+                if self.abandoned.peek().is_some_and(|top| item < *top) {
+                    self.abandoned.pop();
+                    self.abandoned.push(item);
+                }
+            }
+            _ => self.abandoned.push(item),
+        }
+    }
+
+    /// Moves the current product run to the list.
+    fn flush(&mut self) {
+        if let Some(run) = self.run.take() {
+            self.products.push(run);
+        }
+    }
+
+    /// Adds the sums of another part of the items.
+    fn merge(&mut self, mut other: Summary) {
+        other.flush();
+        self.flush();
+        for k in 0..3 {
+            self.items[k] += other.items[k];
+            self.cents[k] += other.cents[k];
+        }
+        let brands = self.brands.merge(other.brands);
+        let categories = self.categories.merge(other.categories);
+        self.products
+            .extend(other.products.into_iter().map(|(p, mut o)| {
+                o.brand = o.brand.map(|b| brands[b as usize]);
+                o.category = categories[o.category as usize];
+                (p, o)
+            }));
+        self.abandoned_total += other.abandoned_total;
+        for item in other.abandoned {
+            self.keep(item);
+        }
+    }
+
+    /// Adds a batch of item rows (`user_id, product_id, carted, price_cents, brand,
+    /// category_code, next_purchase`).
+    fn add(&mut self, b: &RecordBatch) -> Result<()> {
+        let c = Columns::new(b);
+        let user = c.int64_array("user_id")?;
+        let product = c.int64_array("product_id")?;
+        let carted = c.int64_array("carted")?;
+        let price = c.int64_array("price_cents")?;
+        let next = c.int64_array("next_purchase")?;
+        let brand = c.string_view_array("brand")?;
+        let category = c.string_view_array("category_code")?;
+        for i in 0..b.num_rows() {
+            let t = carted.value(i);
+            let cents = if price.is_valid(i) { price.value(i) } else { 0 };
+            let deadline = t.saturating_add(self.window);
+            let status = if next.is_valid(i) && next.value(i) <= deadline {
+                RECOVERED
+            } else if self.newest.is_none_or(|n| deadline > n) {
+                PENDING
+            } else {
+                ABANDONED
+            };
+            self.items[status] += 1;
+            self.cents[status] += cents;
+            if status != ABANDONED {
+                continue;
+            }
+            let (u, p) = (user.value(i), product.value(i));
+            self.abandoned_total += 1;
+            self.keep((t, u, p, cents));
+            let brand = brand
+                .is_valid(i)
+                .then(|| self.brands.add(brand.value(i), 1, cents));
+            let code = category.is_valid(i).then(|| category.value(i));
+            let category = self.categories.add(category_at(code, 0), 1, cents);
+            let item = ProductAcc {
+                items: 1,
+                cents,
+                first: (t, u),
+                brand,
+                category,
+            };
+            match &mut self.run {
+                Some((q, acc)) if *q == p => acc.absorb(item),
+                _ => {
+                    if let Some(run) = self.run.replace((p, item)) {
+                        self.products.push(run);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(
+        mut self,
+        sessions: Vec<SessionDay>,
+        options: &AbandonmentOptions,
+    ) -> Result<Abandonment> {
+        let items = STATUSES
+            .iter()
+            .enumerate()
+            .map(|(k, s)| ItemStatus {
+                status: (*s).to_owned(),
+                items: self.items[k],
+                value: money(self.cents[k]),
             })
             .collect();
-        v.sort_by(|a, b| {
-            b.items
-                .cmp(&a.items)
-                .then(b.value.total_cmp(&a.value))
-                .then(a.name.cmp(&b.name))
-        });
-        v.truncate(options.top);
-        v
-    };
-    items.retain(|it| it.status == "abandoned");
-    items.sort_by_key(|it| (it.carted, it.user_id, it.product_id));
-    let retarget_total = items.len() as u64;
-    let retarget = items
-        .iter()
-        .take(options.retarget_limit.unwrap_or(usize::MAX))
-        .map(|it| Retarget {
-            user_id: it.user_id,
-            product_id: it.product_id,
-            carted_at: format_rfc3339(it.carted),
-            price: money(it.price_cents),
+        self.flush();
+        let mut runs = std::mem::take(&mut self.products);
+        runs.sort_unstable_by_key(|(p, _)| *p);
+        let mut products: Vec<(i64, ProductAcc)> = Vec::with_capacity(runs.len());
+        for (p, acc) in runs {
+            match products.last_mut() {
+                Some((q, last)) if *q == p => last.absorb(acc),
+                _ => products.push((p, acc)),
+            }
+        }
+        let order = |a: &(i64, ProductAcc), b: &(i64, ProductAcc)| {
+            b.1.items
+                .cmp(&a.1.items)
+                .then(b.1.cents.cmp(&a.1.cents))
+                .then(a.0.cmp(&b.0))
+        };
+        if options.top < products.len() {
+            if options.top > 0 {
+                products.select_nth_unstable_by(options.top - 1, order);
+            }
+            products.truncate(options.top);
+        }
+        products.sort_unstable_by(order);
+        let mut top_products = Vec::with_capacity(products.len());
+        for (id, a) in products {
+            top_products.push(TopProduct {
+                product_id: id,
+                brand: a.brand.map(|b| self.brands.sums[b as usize].0.clone()),
+                category: self.categories.sums[a.category as usize].0.clone(),
+                items: a.items,
+                value: money(a.cents),
+            });
+        }
+        let retarget_total = self.abandoned_total;
+        let abandoned = self.abandoned.into_sorted_vec();
+        let retarget = abandoned
+            .iter()
+            .map(|&(t, user_id, product_id, cents)| Retarget {
+                user_id,
+                product_id,
+                carted_at: format_rfc3339(t),
+                price: money(cents),
+            })
+            .collect();
+        Ok(Abandonment {
+            window_hours: options.window.as_secs_f64() / 3600.0,
+            newest_event: self.newest.map(format_rfc3339),
+            sessions,
+            items,
+            top_products,
+            top_brands: self.brands.top(options.top),
+            top_categories: self.categories.top(options.top),
+            retarget,
+            retarget_total,
         })
-        .collect();
-    Abandonment {
-        window_hours: options.window.as_secs_f64() / 3600.0,
-        newest_event,
-        sessions,
-        items: statuses,
-        top_products,
-        top_brands: top(brands),
-        top_categories: top(categories),
-        retarget,
-        retarget_total,
     }
 }

@@ -7,8 +7,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
-use arrow::array::AsArray;
-use roaring::RoaringTreemap;
 use serde::{Deserialize, Serialize};
 
 use super::{Columns, ReportScope, count, money, ratio};
@@ -233,82 +231,79 @@ pub async fn categories(
     Ok(rank(cells, options))
 }
 
-/// The same report from `mart_categories`: sums over the range's days and the level's
-/// categories, and exact distinct visitors as unions of the cells' user sets.
+/// The same report from the marts: sums over the range's days from `mart_categories`, and
+/// exact distinct visitors from `mart_category_visitors` (each visitor counted on its first
+/// day in the range: the rows whose previous day lies before the range).
 async fn from_marts(
     engine: &Engine,
     scope: &ReportScope,
     options: &CategoriesOptions,
 ) -> Result<Vec<CategoryRow>> {
-    let sql = format!(
-        "SELECT CAST(day AS INT) AS day, hour, category, views, carts, purchases, revenue_cents,
-                users
-         FROM mart_categories WHERE zone = {tz} AND level = {level} AND {days}",
-        tz = scope.range.zone_sql(),
-        level = options.level,
-        days = scope.range.day_sql()
+    let range = &scope.range;
+    let (tz, level, days) = (range.zone_sql(), options.level, range.day_sql());
+    let bucket = match options.by {
+        Bucketing::Hour => "hour",
+        // Day 0 (1970-01-01) was a Thursday: Monday is 0.
+        Bucketing::Weekday => "((CAST(CAST(day AS INT) AS BIGINT) + 3) % 7 + 7) % 7",
+    };
+    let by = match options.by {
+        Bucketing::Hour => "hour",
+        Bucketing::Weekday => "weekday",
+    };
+    let first = match range.from {
+        Some(f) => format!("(prev_day IS NULL OR prev_day < DATE '{f}')"),
+        None => "prev_day IS NULL".to_owned(),
+    };
+    let sums = format!(
+        "SELECT {bucket} AS bucket, category, SUM(views) AS views, SUM(carts) AS carts,
+                SUM(purchases) AS purchases, SUM(revenue_cents) AS revenue_cents
+         FROM mart_categories WHERE zone = {tz} AND level = {level} AND {days}
+         GROUP BY 1, 2"
     );
-    struct Acc {
-        views: u64,
-        carts: u64,
-        purchases: u64,
-        revenue_cents: i64,
-        users: RoaringTreemap,
-    }
-    let mut acc: HashMap<(i64, String), Acc> = HashMap::new();
-    for b in &engine.run(&sql).await?.batches {
+    let visitors = format!(
+        "SELECT bucket, category, SUM(visitors) AS visitors FROM mart_category_visitors
+         WHERE zone = {tz} AND level = {level} AND by = '{by}' AND {days} AND {first}
+         GROUP BY 1, 2"
+    );
+    let (sums, visitors) = futures::try_join!(engine.run(&sums), engine.run(&visitors))?;
+    let mut seen: HashMap<(i64, String), u64> = HashMap::new();
+    for b in &visitors.batches {
         let c = Columns::new(b);
-        let (day, hour, category, views, carts, purchases, revenue) = (
-            c.i64("day")?,
-            c.i64("hour")?,
+        let (bucket, category, n) = (c.i64("bucket")?, c.str("category")?, c.i64("visitors")?);
+        for i in 0..b.num_rows() {
+            let key = (
+                bucket[i].unwrap_or_default(),
+                category[i].clone().unwrap_or_default(),
+            );
+            seen.insert(key, count(n[i]));
+        }
+    }
+    let mut cells = Vec::new();
+    for b in &sums.batches {
+        let c = Columns::new(b);
+        let (bucket, category, views, carts, purchases, revenue) = (
+            c.i64("bucket")?,
             c.str("category")?,
             c.i64("views")?,
             c.i64("carts")?,
             c.i64("purchases")?,
             c.i64("revenue_cents")?,
         );
-        let users = b
-            .column_by_name("users")
-            .map(|a| arrow::compute::cast(a, &arrow::datatypes::DataType::Binary))
-            .transpose()?
-            .ok_or_else(|| Error::Argument("mart_categories lacks users".into()))?;
-        let users = users.as_binary::<i32>();
         for i in 0..b.num_rows() {
-            let bucket = match options.by {
-                Bucketing::Hour => hour[i].unwrap_or_default(),
-                // Day 0 (1970-01-01) was a Thursday: Monday is 0.
-                Bucketing::Weekday => (day[i].unwrap_or_default() + 3).rem_euclid(7),
-            };
-            // Stored at the level already.
-            let name = category[i].clone().unwrap_or_default();
-            let set = RoaringTreemap::deserialize_from(users.value(i))
-                .map_err(|e| Error::Argument(format!("mart_categories: a bad user set: {e}")))?;
-            let a = acc.entry((bucket, name)).or_insert_with(|| Acc {
-                views: 0,
-                carts: 0,
-                purchases: 0,
-                revenue_cents: 0,
-                users: RoaringTreemap::new(),
+            let bucket = bucket[i].unwrap_or_default();
+            let category = category[i].clone().unwrap_or_default();
+            let visitors = seen.get(&(bucket, category.clone())).copied().unwrap_or(0);
+            cells.push(Cell {
+                bucket,
+                category,
+                views: count(views[i]),
+                carts: count(carts[i]),
+                purchases: count(purchases[i]),
+                revenue_cents: revenue[i].unwrap_or_default(),
+                visitors,
             });
-            a.views += count(views[i]);
-            a.carts += count(carts[i]);
-            a.purchases += count(purchases[i]);
-            a.revenue_cents += revenue[i].unwrap_or_default();
-            a.users |= set;
         }
     }
-    let cells = acc
-        .into_iter()
-        .map(|((bucket, category), a)| Cell {
-            bucket,
-            category,
-            views: a.views,
-            carts: a.carts,
-            purchases: a.purchases,
-            revenue_cents: a.revenue_cents,
-            visitors: a.users.len(),
-        })
-        .collect();
     Ok(rank(cells, options))
 }
 

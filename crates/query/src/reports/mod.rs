@@ -89,6 +89,22 @@ impl<'a> Columns<'a> {
         Ok(a.as_primitive::<Int64Type>().iter().collect())
     }
 
+    /// A column as an `Int64Array` (no copy when it is one already).
+    pub fn int64_array(&self, name: &str) -> Result<arrow::array::Int64Array> {
+        Ok(self
+            .cast(name, &DataType::Int64)?
+            .as_primitive::<Int64Type>()
+            .clone())
+    }
+
+    /// A column as a `StringViewArray` (no copy when it is one already).
+    pub fn string_view_array(&self, name: &str) -> Result<arrow::array::StringViewArray> {
+        Ok(self
+            .cast(name, &DataType::Utf8View)?
+            .as_string_view()
+            .clone())
+    }
+
     /// A column as strings.
     pub fn str(&self, name: &str) -> Result<Vec<Option<String>>> {
         let a = self.cast(name, &DataType::Utf8)?;

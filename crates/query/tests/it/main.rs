@@ -55,7 +55,8 @@ fn event(
 
 /// Generated traffic over three days plus the edge cases the definitions name: a brand with
 /// views and no purchases, a purchase without a cart, a cart pending at the end of the data,
-/// events without a category or brand (plenty in generated data).
+/// events without a category or brand (plenty in generated data), an item carted again on a
+/// later day.
 pub fn dataset() -> Vec<Event> {
     let mut events: Vec<Event> = Generator::new(&Options {
         seed: 11,
@@ -120,6 +121,22 @@ pub fn dataset() -> Vec<Event> {
         1_000,
         900_004_000,
     ));
+    // Carted on two days and bought 35 h after the first cart, 14 h after the second: abandoned
+    // over all data, recovered in a range starting on the second day.
+    for (t, kind) in [
+        (START + 5 * HOUR, EventType::Cart),
+        (START + 26 * HOUR, EventType::Cart),
+        (START + 40 * HOUR, EventType::Purchase),
+    ] {
+        events.push(event(
+            t,
+            kind,
+            99_000_006,
+            Some("apple"),
+            7_000,
+            900_005_000,
+        ));
+    }
     // Exact duplicates are dropped by the lake; the expected values dedupe the same way.
     let dup = events[10].clone();
     events.push(dup);
