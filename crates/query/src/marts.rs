@@ -22,7 +22,7 @@
 //! starts depend on all earlier data, so a refresh recomputes each zone whole (one pass of a
 //! few group-bys over `events`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -329,30 +329,34 @@ async fn category_cells(
     ];
     let sums = RecordBatch::try_new(TableName::MartCategories.schema(), columns)?;
 
-    // Weekday buckets: a day's users of a category are the union over its hours.
-    let mut by_day: HashMap<(i32, u32), Vec<&RoaringTreemap>> = HashMap::new();
+    // Weekday buckets: a day's users of a category are the union over its hours, made one
+    // (weekday, category) at a time so only a few unions are held at once.
+    let mut visitors = VisitorRows::default();
+    let mut by_weekday: HashMap<(i64, u32), BTreeMap<i32, Vec<&RoaringTreemap>>> = HashMap::new();
     for ((_, id), sets) in &by_hour {
         for (d, users) in sets {
-            by_day.entry((*d, *id)).or_default().push(users);
+            // Day 0 (1970-01-01) was a Thursday: Monday is 0.
+            let weekday = i64::from((d + 3).rem_euclid(7));
+            by_weekday
+                .entry((weekday, *id))
+                .or_default()
+                .entry(*d)
+                .or_default()
+                .push(users);
         }
     }
-    let mut by_weekday: HashMap<(i64, u32), Vec<(i32, RoaringTreemap)>> = HashMap::new();
-    let mut days: Vec<((i32, u32), Vec<&RoaringTreemap>)> = by_day.into_iter().collect();
-    days.sort_unstable_by_key(|(k, _)| *k);
-    for ((d, id), sets) in days {
-        // Day 0 (1970-01-01) was a Thursday: Monday is 0.
-        let weekday = i64::from((d + 3).rem_euclid(7));
-        by_weekday
-            .entry((weekday, id))
-            .or_default()
-            .push((d, sets.union()));
+    for ((weekday, id), days) in by_weekday {
+        let unions: Vec<(i32, RoaringTreemap)> = days
+            .into_iter()
+            .map(|(d, sets)| (d, sets.union()))
+            .collect();
+        let (l, name) = &by_id[id as usize];
+        visitors.add("weekday", weekday, *l, name, &unions);
     }
-    let mut visitors = VisitorRows::default();
-    for (by, groups) in [("hour", &by_hour), ("weekday", &by_weekday)] {
-        for (&(bucket, id), sets) in groups {
-            let (l, name) = &by_id[id as usize];
-            visitors.add(by, bucket, *l, name, sets);
-        }
+    // Hour buckets: each cell's sets are dropped once counted.
+    for ((hour, id), sets) in by_hour {
+        let (l, name) = &by_id[id as usize];
+        visitors.add("hour", hour, *l, name, &sets);
     }
     Ok((vec![sums], vec![visitors.finish(zone)?]))
 }

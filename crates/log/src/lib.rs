@@ -1,0 +1,129 @@
+//! The event log: the only hand-off between the collector and its consumers (lake delivery,
+//! detector). Records are appended under a key (the user id, so one user's events stay in
+//! order) to one of a fixed number of partitions, each an ordered sequence numbered by offset.
+//! An append returns only once its records are durable. Each consumer keeps its own position
+//! per partition, durably.
+//!
+//! One trait, [`EventLog`], with the embedded backend [`EmbeddedLog`] (segment files on local
+//! disk, a checksum per record, group commit with `fsync`, retention by size and age, recovery
+//! that drops a torn tail); the [`conformance`] suite states what every backend must do.
+
+pub mod conformance;
+mod embedded;
+mod segment;
+
+use std::collections::BTreeMap;
+
+pub use embedded::{EmbeddedLog, EmbeddedOptions};
+
+/// What went wrong in the log.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, and on which file.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The files are not a log this release can read, or are damaged before their tail.
+    #[error("{0}")]
+    Corrupt(String),
+    /// A bad argument (partition, consumer name, options).
+    #[error("{0}")]
+    Argument(String),
+    /// The log stopped after a failed write; reopening recovers it.
+    #[error("the log stopped after a failed write ({0}); reopen it to recover")]
+    Stopped(String),
+}
+
+/// The log's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A record to append: the key decides the partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The partitioning key (the user id's decimal digits for events).
+    pub key: Vec<u8>,
+    /// The payload.
+    pub value: Vec<u8>,
+}
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// The partition.
+    pub partition: u32,
+    /// The record's offset in it.
+    pub offset: u64,
+}
+
+/// A record read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Its offset in the partition.
+    pub offset: u64,
+    /// When it was appended (µs since the epoch, the log's clock).
+    pub appended_at: i64,
+    /// Its key.
+    pub key: Vec<u8>,
+    /// Its payload.
+    pub value: Vec<u8>,
+}
+
+/// A durable, partitioned, append-only log.
+#[async_trait::async_trait]
+pub trait EventLog: Send + Sync {
+    /// The number of partitions (fixed for the log's life).
+    fn partitions(&self) -> u32;
+
+    /// The partition a key goes to.
+    fn partition_for(&self, key: &[u8]) -> u32 {
+        partition_for(key, self.partitions())
+    }
+
+    /// Appends records, returning their positions (in the order given) once they are durable.
+    /// Records of one key keep their order.
+    async fn append(&self, records: Vec<Record>) -> Result<Vec<Position>>;
+
+    /// Up to `max` records of a partition from offset `from` on, in order. Records before the
+    /// partition's [`EventLog::start`] are gone (retention): reading from there starts at the
+    /// first one kept. Empty at the end.
+    async fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<Stored>>;
+
+    /// The first offset of a partition still kept.
+    async fn start(&self, partition: u32) -> Result<u64>;
+
+    /// The offset the next record of a partition will get (everything before it is durable).
+    async fn end(&self, partition: u32) -> Result<u64>;
+
+    /// A consumer's committed positions: per partition, the next offset it will read
+    /// (partitions it never committed are absent).
+    async fn committed(&self, consumer: &str) -> Result<BTreeMap<u32, u64>>;
+
+    /// Durably stores a consumer's positions (merged into those already committed).
+    async fn commit(&self, consumer: &str, positions: &BTreeMap<u32, u64>) -> Result<()>;
+}
+
+/// The partition of a key among `partitions` (XXH3 of the key, modulo).
+pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(key) % u64::from(partitions.max(1))) as u32
+}
+
+/// Checks a consumer name: 1–64 of `[A-Za-z0-9_.-]` (it names a file).
+pub fn check_consumer(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Argument(format!(
+            "consumer name {name:?}: expected 1-64 of A-Z a-z 0-9 _ - . (not starting with .)"
+        )))
+    }
+}

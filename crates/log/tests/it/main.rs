@@ -1,0 +1,213 @@
+//! The embedded log: the conformance suite, and what only files can show (torn tails, damage,
+//! segments, retention).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use shoplake_events::time::Clock;
+use shoplake_log::{EmbeddedLog, EmbeddedOptions, EventLog, Record, conformance};
+
+struct TestClock(AtomicI64);
+
+impl Clock for TestClock {
+    fn now_micros(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+fn options(dir: &Path) -> EmbeddedOptions {
+    EmbeddedOptions::new(dir)
+}
+
+fn open(options: &EmbeddedOptions) -> EmbeddedLog {
+    EmbeddedLog::open(options.clone()).unwrap()
+}
+
+fn rec(user: u64, n: u64) -> Record {
+    Record {
+        key: user.to_string().into_bytes(),
+        value: format!("event {n} of user {user} {}", "x".repeat(100)).into_bytes(),
+    }
+}
+
+async fn all(log: &EmbeddedLog, partition: u32) -> Vec<u64> {
+    let mut from = log.start(partition).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let b = log.read(partition, from, 64).await.unwrap();
+        let Some(last) = b.last() else { break };
+        from = last.offset + 1;
+        out.extend(b.iter().map(|r| r.offset));
+    }
+    out
+}
+
+#[tokio::test]
+async fn conformance_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = options(dir.path());
+    let log = open(&o);
+    conformance::appends_and_reads(&log).await.unwrap();
+    conformance::concurrent_appends(&log).await.unwrap();
+    conformance::consumer_positions(&log).await.unwrap();
+    drop(log);
+    let dir = tempfile::tempdir().unwrap();
+    let o = options(dir.path());
+    conformance::durable_across_reopen(Box::new(open(&o)), || {
+        Ok(Box::new(EmbeddedLog::open(o.clone())?) as Box<dyn EventLog>)
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_and_everything_before_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = EmbeddedOptions {
+        partitions: 1,
+        ..options(dir.path())
+    };
+    let log = open(&o);
+    log.append((0..100).map(|i| rec(7, i)).collect())
+        .await
+        .unwrap();
+    drop(log);
+    // A crash mid-write: half a record, then garbage, at the end of the segment.
+    let seg = dir.path().join("p-0").join("00000000000000000000.log");
+    let good = std::fs::metadata(&seg).unwrap().len();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+    drop(f);
+    let log = open(&o);
+    assert_eq!(all(&log, 0).await, (0..100).collect::<Vec<_>>());
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        good,
+        "the tail was cut"
+    );
+    let p = log.append(vec![rec(7, 100)]).await.unwrap();
+    assert_eq!(p[0].offset, 100);
+    drop(log);
+
+    // A flipped bit in the last record: that record goes, the ones before stay.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    std::fs::write(&seg, &bytes).unwrap();
+    let log = open(&o);
+    assert_eq!(all(&log, 0).await, (0..100).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn damage_before_the_tail_is_an_error_not_a_silent_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = EmbeddedOptions {
+        partitions: 1,
+        segment_bytes: 4096,
+        retention_bytes: None,
+        ..options(dir.path())
+    };
+    let log = open(&o);
+    log.append((0..200).map(|i| rec(1, i)).collect())
+        .await
+        .unwrap();
+    drop(log);
+    let seg = dir.path().join("p-0").join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = EmbeddedLog::open(o.clone()).unwrap_err().to_string();
+    assert!(err.contains("damaged record"), "{err}");
+}
+
+#[tokio::test]
+async fn segments_roll_and_reads_cross_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = EmbeddedOptions {
+        partitions: 2,
+        segment_bytes: 2048,
+        retention_bytes: None,
+        ..options(dir.path())
+    };
+    let log = open(&o);
+    let mut per_partition: BTreeMap<u32, u64> = BTreeMap::new();
+    for round in 0..20 {
+        for p in log
+            .append((0..25).map(|i| rec(i % 5, round * 25 + i)).collect())
+            .await
+            .unwrap()
+        {
+            *per_partition.entry(p.partition).or_default() += 1;
+        }
+    }
+    for (p, n) in &per_partition {
+        assert_eq!(all(&log, *p).await, (0..*n).collect::<Vec<_>>());
+        let segments = std::fs::read_dir(dir.path().join(format!("p-{p}")))
+            .unwrap()
+            .count();
+        assert!(segments > 3, "{segments} segments");
+    }
+    drop(log);
+    let log = open(&o);
+    for (p, n) in &per_partition {
+        assert_eq!(all(&log, *p).await, (0..*n).collect::<Vec<_>>());
+        assert_eq!(log.end(*p).await.unwrap(), *n);
+    }
+}
+
+#[tokio::test]
+async fn retention_by_size_and_age_keeps_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(TestClock(AtomicI64::new(1_000_000_000_000)));
+    let o = EmbeddedOptions {
+        partitions: 1,
+        segment_bytes: 2048,
+        retention_bytes: Some(8192),
+        retention_age: Some(Duration::from_secs(3600)),
+        clock: clock.clone(),
+        ..options(dir.path())
+    };
+    let log = open(&o);
+    for i in 0..200 {
+        log.append(vec![rec(3, i)]).await.unwrap();
+    }
+    let start = log.start(0).await.unwrap();
+    assert!(start > 0, "old segments deleted by size");
+    let kept = all(&log, 0).await;
+    assert_eq!(kept, (start..200).collect::<Vec<_>>());
+    let bytes: u64 = std::fs::read_dir(dir.path().join("p-0"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(bytes <= 8192 + 2048, "{bytes} bytes kept");
+    // Reading from before the start begins at the start.
+    assert_eq!(log.read(0, 0, 1).await.unwrap()[0].offset, start);
+
+    // Two hours later, one more record: every older segment is past its age.
+    clock.0.fetch_add(2 * 3_600_000_000, Ordering::SeqCst);
+    let p = log.append(vec![rec(3, 200)]).await.unwrap();
+    log.append(vec![rec(3, 201)]).await.unwrap();
+    let start = log.start(0).await.unwrap();
+    assert!(start > 150 && start <= p[0].offset, "start {start}");
+}
+
+#[tokio::test]
+async fn partitions_are_fixed_and_arguments_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&options(dir.path()));
+    assert!(log.read(99, 0, 1).await.is_err());
+    drop(log);
+    let err = EmbeddedLog::open(EmbeddedOptions {
+        partitions: 8,
+        ..options(dir.path())
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("4 partitions"), "{err}");
+}
