@@ -11,6 +11,8 @@ use deltalake::datafusion::catalog::{SchemaProvider, TableProvider};
 use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::error::{DataFusionError, Result as DfResult};
 use deltalake::datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use deltalake::datafusion::execution::memory_pool::FairSpillPool;
+use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use deltalake::datafusion::execution::session_state::SessionState;
 use deltalake::datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use deltalake::datafusion::sql::sqlparser::ast::Statement;
@@ -22,6 +24,9 @@ use crate::udf;
 
 /// The default time limit of a query.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Memory the query operators (hash tables, sorts) may hold before they spill to disk.
+pub const MEMORY_LIMIT: usize = 1 << 30;
 
 /// A query's answer: its schema (also when there are no rows) and its batches.
 #[derive(Debug, Clone)]
@@ -63,7 +68,12 @@ impl Engine {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(2);
-        let ctx = SessionContext::new_with_config(config);
+        // Operators share a memory budget and spill to disk (the system's temporary directory)
+        // past it, so month-scale group-bys stay within the import's memory bound.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(MEMORY_LIMIT)))
+            .build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         let schema = Arc::new(LakeSchema {
             lake: lake.clone(),
             state: ctx.state(),

@@ -38,6 +38,7 @@ use shoplake_lake::{Lake, TableName};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::reports::DAILY_CTES;
 use crate::udf::{category_at, parse_zone};
 
 /// The layout of the marts, stamped beside the `events` version: a release that changes what
@@ -107,10 +108,7 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
                 "WITH e AS (
                     SELECT user_id, user_session, CAST(local_time(event_time, {z}) AS DATE) AS day
                     FROM events),
-                 daily AS (
-                    SELECT day, COUNT(DISTINCT user_id) AS visitors,
-                           COUNT(DISTINCT user_session) AS sessions, COUNT(*) AS events
-                    FROM e GROUP BY day),
+                 {DAILY_CTES},
                  firsts AS (
                     SELECT CAST(local_time(MIN(event_time), {z}) AS DATE) AS first_day
                     FROM events GROUP BY user_id),

@@ -192,15 +192,21 @@ pub async fn categories(
         "WITH e AS (
             SELECT event_type, price, user_id, {bucket} AS bucket,
                    category_level(category_code, {level}) AS category
-            FROM events WHERE {range})
-         SELECT bucket, category,
-                COUNT(*) FILTER (WHERE event_type = 'view') AS views,
-                COUNT(*) FILTER (WHERE event_type = 'cart') AS carts,
-                COUNT(*) FILTER (WHERE event_type = 'purchase') AS purchases,
-                SUM(CASE WHEN event_type = 'purchase' THEN CAST(price * 100 AS BIGINT) ELSE 0 END)
-                    AS revenue_cents,
-                COUNT(DISTINCT user_id) AS visitors
-         FROM e GROUP BY bucket, category",
+            FROM events WHERE {range}),
+         -- Per user first, then per cell: distinct visitors as a group-by, which spills to
+         -- disk under the memory limit where COUNT(DISTINCT) sets cannot.
+         u AS (
+            SELECT bucket, category, user_id,
+                   COUNT(*) FILTER (WHERE event_type = 'view') AS views,
+                   COUNT(*) FILTER (WHERE event_type = 'cart') AS carts,
+                   COUNT(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+                   SUM(CASE WHEN event_type = 'purchase' THEN CAST(price * 100 AS BIGINT)
+                            ELSE 0 END) AS revenue_cents
+            FROM e GROUP BY bucket, category, user_id)
+         SELECT bucket, category, SUM(views) AS views, SUM(carts) AS carts,
+                SUM(purchases) AS purchases, SUM(revenue_cents) AS revenue_cents,
+                COUNT(*) AS visitors
+         FROM u GROUP BY bucket, category",
         level = options.level,
         range = range.sql(),
     );

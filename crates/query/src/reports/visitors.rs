@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Columns, ReportScope, count};
+use super::{Columns, DAILY_CTES, ReportScope, count};
 use crate::engine::Engine;
 use crate::error::Result;
 
@@ -41,10 +41,7 @@ pub async fn visitors(engine: &Engine, scope: &ReportScope) -> Result<Vec<Visito
             "WITH e AS (
             SELECT user_id, user_session, CAST(local_time(event_time, {tz}) AS DATE) AS day
             FROM events WHERE {range}),
-         daily AS (
-            SELECT day, COUNT(DISTINCT user_id) AS visitors,
-                   COUNT(DISTINCT user_session) AS sessions, COUNT(*) AS events
-            FROM e GROUP BY day),
+         {DAILY_CTES},
          firsts AS (
             SELECT user_id, MIN(event_time) AS first FROM events WHERE {before_end}
             GROUP BY user_id),
