@@ -65,13 +65,18 @@ impl Engine {
     /// statement first names it (a report opens the two or three it reads, not all of them);
     /// the `events` version is read at once.
     pub async fn open(lake: &Lake) -> Result<Engine> {
+        Engine::open_with_memory(lake, MEMORY_LIMIT).await
+    }
+
+    /// [`Engine::open`] with another memory budget for the query operators (bytes).
+    pub async fn open_with_memory(lake: &Lake, memory_limit: usize) -> Result<Engine> {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(2);
         // Operators share a memory budget and spill to disk (the system's temporary directory)
         // past it, so month-scale group-bys stay within the import's memory bound.
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(FairSpillPool::new(MEMORY_LIMIT)))
+            .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let schema = Arc::new(LakeSchema {
@@ -156,6 +161,20 @@ impl Engine {
         match tokio::time::timeout(self.timeout, work).await {
             Ok(out) => out,
             Err(_) => Err(Error::Timeout(self.timeout)),
+        }
+    }
+
+    /// Runs `fast`; when it runs out of memory (a plan whose operators cannot spill), runs
+    /// `spilling` instead, an equivalent plan that can.
+    pub(crate) async fn run_or_spill(&self, fast: &str, spilling: &str) -> Result<QueryOutput> {
+        match self.run(fast).await {
+            Err(Error::Sql(e))
+                if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) =>
+            {
+                tracing::debug!("out of memory, running the spilling plan: {e}");
+                self.run(spilling).await
+            }
+            other => other,
         }
     }
 
@@ -285,6 +304,32 @@ impl SchemaProvider for LakeSchema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn out_of_memory_runs_the_spilling_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(shoplake_lake::LakeOptions {
+            root: dir.path().display().to_string(),
+            ..shoplake_lake::LakeOptions::default()
+        })
+        .unwrap();
+        let engine = Engine::open_with_memory(&lake, 256 << 10).await.unwrap();
+        let fast = "SELECT COUNT(DISTINCT value) AS n FROM generate_series(1, 2000000)";
+        let err = engine.run(fast).await.unwrap_err().to_string();
+        assert!(err.contains("Resources exhausted"), "{err}");
+        let out = engine
+            .run_or_spill(fast, "SELECT CAST(2000000 AS BIGINT) AS n")
+            .await
+            .unwrap();
+        assert_eq!(out.rows(), 1);
+        // Other errors are not retried.
+        assert!(
+            engine
+                .run_or_spill("SELECT nope", "SELECT 1")
+                .await
+                .is_err()
+        );
+    }
 
     #[test]
     fn only_queries_pass() {

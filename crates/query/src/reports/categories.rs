@@ -188,13 +188,29 @@ pub async fn categories(
             format!("(CAST(date_part('dow', local_time(event_time, {tz})) AS BIGINT) + 6) % 7")
         }
     };
-    let sql = format!(
-        "WITH e AS (
+    let e = format!(
+        "e AS (
             SELECT event_type, price, user_id, {bucket} AS bucket,
                    category_level(category_code, {level}) AS category
-            FROM events WHERE {range}),
-         -- Per user first, then per cell: distinct visitors as a group-by, which spills to
-         -- disk under the memory limit where COUNT(DISTINCT) sets cannot.
+            FROM events WHERE {range})",
+        level = options.level,
+        range = range.sql(),
+    );
+    // One pass with distinct-user sets per cell, and when those outgrow the memory limit, per
+    // user first and then per cell (a group-by that spills to disk).
+    let fast = format!(
+        "WITH {e}
+         SELECT bucket, category,
+                COUNT(*) FILTER (WHERE event_type = 'view') AS views,
+                COUNT(*) FILTER (WHERE event_type = 'cart') AS carts,
+                COUNT(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+                SUM(CASE WHEN event_type = 'purchase' THEN CAST(price * 100 AS BIGINT) ELSE 0 END)
+                    AS revenue_cents,
+                COUNT(DISTINCT user_id) AS visitors
+         FROM e GROUP BY bucket, category"
+    );
+    let spilling = format!(
+        "WITH {e},
          u AS (
             SELECT bucket, category, user_id,
                    COUNT(*) FILTER (WHERE event_type = 'view') AS views,
@@ -206,12 +222,10 @@ pub async fn categories(
          SELECT bucket, category, SUM(views) AS views, SUM(carts) AS carts,
                 SUM(purchases) AS purchases, SUM(revenue_cents) AS revenue_cents,
                 COUNT(*) AS visitors
-         FROM u GROUP BY bucket, category",
-        level = options.level,
-        range = range.sql(),
+         FROM u GROUP BY bucket, category"
     );
     let mut cells = Vec::new();
-    for b in &engine.run(&sql).await?.batches {
+    for b in &engine.run_or_spill(&fast, &spilling).await?.batches {
         let c = Columns::new(b);
         let (bucket, category, views, carts, purchases, revenue, visitors) = (
             c.i64("bucket")?,

@@ -618,3 +618,26 @@ async fn check_brands(engine: &Engine, scope: &ReportScope, events: &[Event]) {
         assert_eq!(no_sales.conversion, 0.0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn categories_from_events_fall_back_to_spilling_under_a_small_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = distinct(&dataset());
+    let lake = lake_with(dir.path(), &events).await;
+    let plenty = Engine::open(&lake).await.unwrap();
+    let tight = Engine::open_with_memory(&lake, 2 << 20).await.unwrap();
+    let scope = ReportScope {
+        source: Source::Events,
+        ..ReportScope::default()
+    };
+    let options = CategoriesOptions {
+        by: Bucketing::Hour,
+        level: 0,
+        top: 50,
+        metric: Metric::Visitors,
+    };
+    assert_eq!(
+        categories(&tight, &scope, &options).await.unwrap(),
+        categories(&plenty, &scope, &options).await.unwrap()
+    );
+}
