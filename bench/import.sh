@@ -28,7 +28,10 @@ print(f"shoplake import: {rows/ours:,.0f} rows/s ({ours:.1f} s), peak RSS {rss:,
 t = time.perf_counter()
 subprocess.run([binary, "marts", "rebuild", "--lake", f"{work}/lake"], check=True,
                stdout=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
-print(f"then the marts (UTC), which `shoplake import` builds unless --no-marts: {time.perf_counter() - t:.1f} s")
+marts = time.perf_counter() - t
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(f"then the marts (UTC), which `shoplake import` builds unless --no-marts: {marts:.1f} s, "
+      f"peak RSS of import and marts {rss:,.0f} MiB")
 
 import duckdb
 con = duckdb.connect()
