@@ -23,6 +23,9 @@ pub enum Error {
     /// Writing the output failed.
     #[error("writing the output: {0}")]
     Output(String),
+    /// The reader of the output went away (a closed pipe).
+    #[error("the output was closed")]
+    Closed,
 }
 
 /// The query engine's result type.

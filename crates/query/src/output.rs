@@ -41,8 +41,48 @@ fn output_error(e: impl std::fmt::Display) -> Error {
     Error::Output(e.to_string())
 }
 
-/// Writes the result in a format.
-pub fn write<W: Write + Send>(result: &QueryOutput, format: Format, mut out: W) -> Result<()> {
+/// Writes the result in a format. When the reader goes away (a closed pipe), the error is
+/// [`Error::Closed`], whichever writer met it.
+pub fn write<W: Write + Send>(result: &QueryOutput, format: Format, out: W) -> Result<()> {
+    let mut out = Watch {
+        inner: out,
+        closed: false,
+    };
+    let written = write_to(result, format, &mut out);
+    if out.closed {
+        return Err(Error::Closed);
+    }
+    written
+}
+
+/// Notes a closed pipe on the way through.
+struct Watch<W> {
+    inner: W,
+    closed: bool,
+}
+
+impl<W: Write> Write for Watch<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.note(r)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.inner.flush();
+        self.note(r)
+    }
+}
+
+impl<W> Watch<W> {
+    fn note<T>(&mut self, r: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &r {
+            self.closed |= e.kind() == std::io::ErrorKind::BrokenPipe;
+        }
+        r
+    }
+}
+
+fn write_to<W: Write + Send>(result: &QueryOutput, format: Format, mut out: W) -> Result<()> {
     let batches: Vec<RecordBatch> = if result.batches.is_empty() {
         vec![RecordBatch::new_empty(result.schema.clone())]
     } else {

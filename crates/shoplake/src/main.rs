@@ -97,5 +97,9 @@ fn broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || matches!(
+                c.downcast_ref::<shoplake_query::Error>(),
+                Some(shoplake_query::Error::Closed)
+            )
     })
 }

@@ -221,3 +221,43 @@ fn query_sql_and_reports_from_the_command_line() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("YYYY-MM-DD"));
 }
+
+#[test]
+fn a_reader_that_goes_away_is_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = lake_with_sample(dir.path());
+    // Megabytes of output, more than a pipe holds (`… | head -c 100`): read a little, then
+    // the pipe closes.
+    for format in ["csv", "json", "table"] {
+        let args = [
+            "query",
+            "SELECT a.*, b.event_id AS other FROM events a \
+             CROSS JOIN (SELECT event_id FROM events LIMIT 20) b",
+            "--format",
+            format,
+        ];
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+            .args(args)
+            .args(["--lake", &lake])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut head = [0u8; 100];
+        std::io::Read::read_exact(&mut out, &mut head).unwrap();
+        drop(out);
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            o.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
