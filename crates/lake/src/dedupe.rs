@@ -94,6 +94,14 @@ impl Dedupe {
         }
     }
 
+    /// Drops a date's ids (files were added to it by another writer): the next use reloads.
+    pub(crate) fn forget(&mut self, date: i32) {
+        if let Some(set) = self.sets.remove(&date) {
+            self.resident -= set.len();
+        }
+        self.order.retain(|d| *d != date);
+    }
+
     /// Records files staged by this import.
     pub(crate) fn staged(&mut self, date: i32, path: String) {
         self.files.entry(date).or_default().push(path);

@@ -38,6 +38,9 @@ pub enum Error {
     /// A bug: should not happen.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A bad argument (a consumer name).
+    #[error("{0}")]
+    Argument(String),
 }
 
 /// The lake's result type.

@@ -620,7 +620,7 @@ async fn commit(
     Ok(Some(version))
 }
 
-fn date_of_partition(value: &str) -> Option<i32> {
+pub(crate) fn date_of_partition(value: &str) -> Option<i32> {
     parse_date(value).map(|t| (t / MICROS_PER_DAY) as i32)
 }
 

@@ -9,6 +9,7 @@
 
 mod catalog;
 mod dedupe;
+mod deliver;
 mod error;
 mod import;
 mod lake;
@@ -18,6 +19,7 @@ mod read;
 pub mod schema;
 
 pub use catalog::{ColumnInfo, CommitSummary, ImportRecord, PartitionInfo, TableInfo};
+pub use deliver::{Delivered, Delivery};
 pub use error::{Error, Result};
 pub use import::{ImportBuilder, ImportProgress, ImportSource, ImportSummary, TARGET_FILE_SIZE};
 pub use lake::{Lake, LakeOptions, TableName};

@@ -1,0 +1,235 @@
+//! Stream delivery into `events` (Firehose): micro-batches of events read from the event log,
+//! deduplicated on `event_id` like imports, committed together with the consumer's log
+//! positions. Each partition's position is a Delta application transaction
+//! (`shoplake-delivery/<consumer>/p<N>`, version = the next offset to read) in the same commit
+//! as the data, so after a crash the consumer resumes exactly where the lake says it got to:
+//! nothing lost, nothing twice.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Date32Array, RecordBatch};
+use deltalake::DeltaTable;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use serde::Serialize;
+use shoplake_events::Event;
+use shoplake_events::time::MICROS_PER_DAY;
+
+use crate::dedupe::Dedupe;
+use crate::error::{Error, Result};
+use crate::import::date_of_partition;
+use crate::lake::{Lake, TableName};
+use crate::read::files;
+use crate::schema::EVENT_DATE;
+
+/// What one delivery did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Delivered {
+    /// New events written.
+    pub written: usize,
+    /// Events already in the lake (or twice in the batch), dropped.
+    pub duplicates: usize,
+    /// The `events` version committed (`None`: the batch had been delivered before).
+    pub version: Option<u64>,
+}
+
+/// A consumer delivering the log into `events`. It keeps the ids of the dates it touches in
+/// memory between deliveries (reloading a date when another writer adds files to it).
+pub struct Delivery {
+    consumer: String,
+    table: DeltaTable,
+    dedupe: Dedupe,
+    known: HashSet<String>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lake {
+    /// Starts delivering for a consumer (a name of `[A-Za-z0-9_.-]`).
+    pub async fn delivery(&self, consumer: &str) -> Result<Delivery> {
+        let ok = !consumer.is_empty()
+            && consumer.len() <= 64
+            && consumer
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !ok {
+            return Err(Error::Argument(format!(
+                "consumer name {consumer:?}: expected 1-64 of A-Z a-z 0-9 _ - ."
+            )));
+        }
+        let table = self.ensure(TableName::Events).await?;
+        let dedupe = Dedupe::new(table.object_store(), HashMap::new());
+        Ok(Delivery {
+            consumer: consumer.to_owned(),
+            table,
+            dedupe,
+            known: HashSet::new(),
+        })
+    }
+}
+
+impl Delivery {
+    fn app_id(&self, partition: u32) -> String {
+        format!("shoplake-delivery/{}/p{partition}", self.consumer)
+    }
+
+    /// The log positions delivered so far for partitions `0..partitions` (the next offset to
+    /// read; partitions never delivered are absent).
+    pub async fn positions(&mut self, partitions: u32) -> Result<BTreeMap<u32, u64>> {
+        self.table
+            .update_state()
+            .await
+            .map_err(Error::delta("refreshing events"))?;
+        self.read_positions(partitions).await
+    }
+
+    async fn read_positions(&self, partitions: u32) -> Result<BTreeMap<u32, u64>> {
+        let state = self
+            .table
+            .snapshot()
+            .map_err(Error::delta("reading the events state"))?;
+        let mut out = BTreeMap::new();
+        for p in 0..partitions {
+            let v = state
+                .transaction_version(self.table.log_store().as_ref(), &self.app_id(p))
+                .await
+                .map_err(Error::delta("reading application transactions"))?;
+            if let Some(v) = v.and_then(|v| u64::try_from(v).ok()) {
+                out.insert(p, v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the events that are not in the lake yet and commits them with the consumer's new
+    /// positions (per log partition, the next offset after this batch), in one commit. A batch
+    /// whose positions the lake already holds was delivered before: nothing is written.
+    pub async fn deliver(
+        &mut self,
+        events: &[Event],
+        positions: &BTreeMap<u32, u64>,
+    ) -> Result<Delivered> {
+        self.table
+            .update_state()
+            .await
+            .map_err(Error::delta("refreshing events"))?;
+        let partitions = positions.keys().max().map_or(0, |p| p + 1);
+        let done = self.read_positions(partitions).await?;
+        if !positions.is_empty()
+            && positions
+                .iter()
+                .all(|(p, next)| done.get(p).is_some_and(|d| d >= next))
+        {
+            return Ok(Delivered::default());
+        }
+        // Files other writers (imports) added since: their dates' ids are reloaded.
+        for f in files(&self.table, Some(EVENT_DATE))? {
+            if self.known.insert(f.path.clone())
+                && let Some(d) = f.partition.as_deref().and_then(date_of_partition)
+            {
+                self.dedupe.forget(d);
+                self.dedupe.staged(d, f.path);
+            }
+        }
+        let mut keep: Vec<Event> = Vec::new();
+        let mut ids = Vec::new();
+        let mut duplicates = 0;
+        for e in events {
+            let date = e.event_time.div_euclid(MICROS_PER_DAY) as i32;
+            if !self.dedupe.is_resident(date) {
+                self.dedupe.load(date).await?;
+            }
+            let id = e.event_id();
+            if self.dedupe.insert(date, id) {
+                keep.push(e.clone());
+                ids.push(id);
+            } else {
+                duplicates += 1;
+            }
+        }
+        let mut adds = Vec::new();
+        if !keep.is_empty() {
+            let batch = shoplake_events::arrow::to_record_batch_with_ids(&keep, &ids)
+                .map_err(|e| Error::Arrow(e.to_string()))?;
+            let dates: Date32Array = keep
+                .iter()
+                .map(|e| e.event_time.div_euclid(MICROS_PER_DAY) as i32)
+                .collect::<Vec<i32>>()
+                .into();
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(dates));
+            let mut writer = RecordBatchWriter::for_table(&self.table)
+                .map_err(Error::delta("preparing the events writer"))?;
+            let batch = RecordBatch::try_new(writer.arrow_schema(), columns)?;
+            writer
+                .write(batch)
+                .await
+                .map_err(Error::delta("writing events"))?;
+            adds = writer
+                .flush()
+                .await
+                .map_err(Error::delta("writing events"))?;
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let txns: Vec<Transaction> = positions
+            .iter()
+            .map(|(p, next)| {
+                Transaction::new_with_last_update(
+                    self.app_id(*p),
+                    i64::try_from(*next).unwrap_or(i64::MAX),
+                    Some(now),
+                )
+            })
+            .collect();
+        let state = self
+            .table
+            .snapshot()
+            .map_err(Error::delta("reading the events state"))?;
+        let staged: Vec<(i32, String)> = adds
+            .iter()
+            .filter_map(|a| {
+                a.partition_values
+                    .get(EVENT_DATE)
+                    .and_then(|v| v.as_deref())
+                    .and_then(date_of_partition)
+                    .map(|d| (d, a.path.clone()))
+            })
+            .collect();
+        let written = keep.len();
+        let finalized =
+            CommitBuilder::from(CommitProperties::default().with_application_transactions(txns))
+                .with_actions(adds.into_iter().map(Action::Add).collect())
+                .build(
+                    Some(state),
+                    self.table.log_store(),
+                    DeltaOperation::Write {
+                        mode: SaveMode::Append,
+                        partition_by: Some(vec![EVENT_DATE.to_owned()]),
+                        predicate: None,
+                    },
+                )
+                .await
+                .map_err(Error::delta("committing a delivery"))?;
+        for (d, path) in staged {
+            self.known.insert(path.clone());
+            self.dedupe.staged(d, path);
+        }
+        if self.dedupe.over_budget() {
+            self.dedupe.evict();
+        }
+        Ok(Delivered {
+            written,
+            duplicates,
+            version: Some(finalized.version()),
+        })
+    }
+}
