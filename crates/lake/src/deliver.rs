@@ -15,8 +15,9 @@ use deltalake::kernel::{Action, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use serde::Serialize;
-use shoplake_events::Event;
 use shoplake_events::time::MICROS_PER_DAY;
+use shoplake_events::{Event, JsonDecoder, Row, Validator};
+use shoplake_log::EventLog;
 
 use crate::dedupe::Dedupe;
 use crate::error::{Error, Result};
@@ -34,6 +35,20 @@ pub struct Delivered {
     pub duplicates: usize,
     /// The `events` version committed (`None`: the batch had been delivered before).
     pub version: Option<u64>,
+}
+
+/// What one pass over the log delivered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Pumped {
+    /// Log records read.
+    pub records: usize,
+    /// Records that did not decode into a valid event (counted and logged; the collector
+    /// only appends valid events, so this stays zero unless the log was written otherwise).
+    pub rejected: usize,
+    /// What the delivery did.
+    pub delivered: Delivered,
+    /// The positions now committed (per log partition, the next offset to read).
+    pub positions: BTreeMap<u32, u64>,
 }
 
 /// A consumer delivering the log into `events`. It keeps the ids of the dates it touches in
@@ -108,6 +123,73 @@ impl Delivery {
             }
         }
         Ok(out)
+    }
+
+    /// One pass: reads what the log holds past the positions the lake has committed (up to
+    /// `max_per_partition` records each), delivers it, and records the positions in the log
+    /// too (for its retention and lag; the lake's are the ones that count). Each record is an
+    /// event as JSON; its append time becomes the event's ingest time when it has none.
+    pub async fn pump(
+        &mut self,
+        log: &dyn EventLog,
+        validator: &Validator,
+        max_per_partition: usize,
+    ) -> Result<Pumped> {
+        let partitions = log.partitions();
+        let done = self.positions(partitions).await?;
+        let mut events = Vec::new();
+        let mut next = BTreeMap::new();
+        let (mut records, mut rejected) = (0, 0);
+        for p in 0..partitions {
+            let from = done.get(&p).copied().unwrap_or(0);
+            let batch = log
+                .read(p, from, max_per_partition)
+                .await
+                .map_err(|e| Error::Internal(format!("reading log partition {p}: {e}")))?;
+            let Some(last) = batch.last() else { continue };
+            next.insert(p, last.offset + 1);
+            records += batch.len();
+            for r in batch {
+                for row in JsonDecoder::new(&r.value[..], validator.clone()) {
+                    match row {
+                        Ok(Row::Event(mut e)) => {
+                            e.ingest_time.get_or_insert(r.appended_at);
+                            events.push(e);
+                        }
+                        Ok(Row::Reject(j)) => {
+                            rejected += 1;
+                            tracing::warn!(
+                                "log partition {p} offset {}: not a valid event: {}",
+                                r.offset,
+                                j.reason
+                            );
+                        }
+                        Err(e) => {
+                            rejected += 1;
+                            tracing::warn!("log partition {p} offset {}: {e}", r.offset);
+                        }
+                    }
+                }
+            }
+        }
+        if next.is_empty() {
+            return Ok(Pumped {
+                positions: done,
+                ..Pumped::default()
+            });
+        }
+        let delivered = self.deliver(&events, &next).await?;
+        let mut positions = done;
+        positions.extend(next.iter().map(|(p, o)| (*p, *o)));
+        if let Err(e) = log.commit(&self.consumer, &next).await {
+            tracing::warn!("recording delivery positions in the log: {e}");
+        }
+        Ok(Pumped {
+            records,
+            rejected,
+            delivered,
+            positions,
+        })
     }
 
     /// Writes the events that are not in the lake yet and commits them with the consumer's new

@@ -72,3 +72,58 @@ async fn deliveries_land_once_resume_after_a_restart_and_skip_imported_events() 
 
     assert!(lake.delivery("../x").await.is_err());
 }
+
+fn record(e: &Event) -> shoplake_log::Record {
+    let mut value = Vec::new();
+    shoplake_events::json::encode_json(&mut value, e);
+    shoplake_log::Record {
+        key: e.user_id.to_string().into_bytes(),
+        value,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_pumped_into_the_lake_exactly_once() {
+    use shoplake_log::{EmbeddedLog, EmbeddedOptions, EventLog};
+    let dir = tempfile::tempdir().unwrap();
+    let lake = lake(dir.path());
+    let log = EmbeddedLog::open(EmbeddedOptions::new(dir.path().join("log"))).unwrap();
+    let events = generated(500, 9, Some(1));
+    log.append(events[..300].iter().map(record).collect())
+        .await
+        .unwrap();
+
+    let mut d = lake.delivery("lake").await.unwrap();
+    let first = d.pump(&log, &validator(), 1000).await.unwrap();
+    assert_eq!((first.records, first.rejected), (300, 0));
+    assert_eq!(first.delivered.written, 300);
+    assert_eq!(lake_ids(&lake).await, ids(&events[..300]));
+    // Nothing new: nothing read, nothing committed.
+    let idle = d.pump(&log, &validator(), 1000).await.unwrap();
+    assert_eq!((idle.records, idle.delivered.version), (0, None));
+
+    // More, with 20 events a producer sent twice; read in small steps.
+    log.append(events[280..500].iter().map(record).collect())
+        .await
+        .unwrap();
+    let mut d = lake.delivery("lake").await.unwrap();
+    let mut written = 0;
+    let mut duplicates = 0;
+    loop {
+        let p = d.pump(&log, &validator(), 40).await.unwrap();
+        if p.records == 0 {
+            break;
+        }
+        written += p.delivered.written;
+        duplicates += p.delivered.duplicates;
+    }
+    assert_eq!((written, duplicates), (200, 20));
+    assert_eq!(lake_ids(&lake).await, ids(&events));
+    let mut ends = BTreeMap::new();
+    for p in 0..log.partitions() {
+        ends.insert(p, log.end(p).await.unwrap());
+    }
+    ends.retain(|_, e| *e > 0);
+    assert_eq!(d.positions(log.partitions()).await.unwrap(), ends);
+    assert_eq!(log.committed("lake").await.unwrap(), ends);
+}
