@@ -115,23 +115,20 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// CTEs `daily (day, visitors, sessions, events)` over a CTE `e (day, user_id, user_session)`:
+/// CTEs `daily (day, visitors, sessions, events)` over a CTE `e (day, user_id, user_session)`
+/// (`user_id` is never null), two scans of `e`:
 /// distinct counts as nested group-bys, which spill to disk under the engine's memory limit
 /// where `COUNT(DISTINCT)` sets cannot (a month has millions of sessions).
 pub(crate) const DAILY_CTES: &str = "
-    counts AS (SELECT day, COUNT(*) AS events FROM e GROUP BY day),
-    users AS (
-        SELECT day, COUNT(*) AS visitors
-        FROM (SELECT day, user_id FROM e GROUP BY day, user_id) GROUP BY day),
+    by_user AS (SELECT day, user_id, COUNT(*) AS n FROM e GROUP BY day, user_id),
+    users AS (SELECT day, COUNT(*) AS visitors, SUM(n) AS events FROM by_user GROUP BY day),
     sessions AS (
         SELECT day, COUNT(*) AS sessions
         FROM (SELECT day, user_session FROM e WHERE user_session IS NOT NULL
               GROUP BY day, user_session) GROUP BY day),
     daily AS (
-        SELECT counts.day AS day, COALESCE(visitors, 0) AS visitors,
-               COALESCE(sessions, 0) AS sessions, events
-        FROM counts LEFT JOIN users ON counts.day = users.day
-        LEFT JOIN sessions ON counts.day = sessions.day)";
+        SELECT users.day AS day, visitors, COALESCE(sessions, 0) AS sessions, events
+        FROM users LEFT JOIN sessions ON users.day = sessions.day)";
 
 /// Counts are never negative; a missing one is zero.
 pub(crate) fn count(v: Option<i64>) -> u64 {
