@@ -36,7 +36,7 @@ use roaring::{MultiOps, RoaringTreemap};
 use serde::Serialize;
 use shoplake_lake::{Lake, TableName};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, QueryOutput};
 use crate::error::{Error, Result};
 use crate::reports::DAILY_CTES;
 use crate::udf::{category_at, parse_zone};
@@ -103,39 +103,7 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
         let started = Instant::now();
         let zone = tz.name();
         let z = format!("'{zone}'");
-        let daily = engine
-            .run(&format!(
-                "WITH e AS (
-                    SELECT user_id, user_session, CAST(local_time(event_time, {z}) AS DATE) AS day
-                    FROM events),
-                 {DAILY_CTES},
-                 firsts AS (
-                    SELECT CAST(local_time(MIN(event_time), {z}) AS DATE) AS first_day
-                    FROM events GROUP BY user_id),
-                 fresh AS (SELECT first_day, COUNT(*) AS new_visitors FROM firsts GROUP BY 1),
-                 s AS (
-                    SELECT MIN(event_time) AS first,
-                           MAX(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS has_cart,
-                           MAX(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS has_purchase
-                    FROM events WHERE user_session IS NOT NULL GROUP BY user_session),
-                 sd AS (
-                    SELECT CAST(local_time(first, {z}) AS DATE) AS session_day,
-                           COUNT(*) AS session_starts, SUM(has_cart) AS cart_sessions,
-                           SUM(CASE WHEN has_cart = 1 AND has_purchase = 0 THEN 1 ELSE 0 END)
-                               AS abandoned_sessions
-                    FROM s GROUP BY 1)
-                 SELECT {z} AS zone, daily.day AS day, {version} AS events_version,
-                        {FORMAT} AS marts_format,
-                        visitors, sessions, events,
-                        COALESCE(new_visitors, 0) AS new_visitors,
-                        COALESCE(session_starts, 0) AS session_starts,
-                        COALESCE(cart_sessions, 0) AS cart_sessions,
-                        COALESCE(abandoned_sessions, 0) AS abandoned_sessions,
-                        (SELECT MAX(CAST(event_time AS BIGINT)) FROM events) AS newest_event
-                 FROM daily LEFT JOIN fresh ON daily.day = fresh.first_day
-                 LEFT JOIN sd ON daily.day = sd.session_day"
-            ))
-            .await?;
+        let daily = daily_rows(&engine, &z, version).await?;
         let brands = engine
             .run(&format!(
                 "SELECT {z} AS zone, CAST(local_time(event_time, {z}) AS DATE) AS day, brand,
@@ -150,15 +118,32 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
                  FROM events WHERE brand IS NOT NULL GROUP BY 1, 2, 3, 4"
             ))
             .await?;
+        let t_daily_brands = started.elapsed();
         let items = engine.run(&items_sql(&z)).await?;
+        let t_items = started.elapsed();
         let (categories, visitors) = category_cells(&engine, zone).await?;
+        let t_categories = started.elapsed();
         // The stamped daily table last: a crash before it leaves an old stamp, and reports
         // then compute from `events`.
         let category_rows = replace(lake, TableName::MartCategories, zone, &categories).await?;
         let visitor_rows = replace(lake, TableName::MartCategoryVisitors, zone, &visitors).await?;
         let brand_rows = replace(lake, TableName::MartBrands, zone, &brands.batches).await?;
         let item_rows = replace(lake, TableName::MartItems, zone, &items.batches).await?;
-        let daily_rows = replace(lake, TableName::MartDaily, zone, &daily.batches).await?;
+        let daily_rows = replace(
+            lake,
+            TableName::MartDaily,
+            zone,
+            std::slice::from_ref(&daily),
+        )
+        .await?;
+        tracing::debug!(
+            "marts {zone}: daily and brands {:.1} s, items {:.1} s, categories {:.1} s, \
+             writing {:.1} s",
+            t_daily_brands.as_secs_f64(),
+            (t_items - t_daily_brands).as_secs_f64(),
+            (t_categories - t_items).as_secs_f64(),
+            (started.elapsed() - t_categories).as_secs_f64()
+        );
         out.push(MartsSummary {
             zone: zone.to_owned(),
             events_version: version,
@@ -171,6 +156,123 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
         });
     }
     Ok(out)
+}
+
+/// A zone's `mart_daily` rows. Three queries one after the other, each with the whole memory
+/// budget (as one statement, their six group-bys shared it and a month's sorts ran short),
+/// joined here by day.
+async fn daily_rows(engine: &Engine, z: &str, version: i64) -> Result<RecordBatch> {
+    let day = |c: &str| format!("CAST(CAST({c} AS INT) AS BIGINT)");
+    let daily = engine
+        .run(&format!(
+            "WITH e AS (
+                SELECT user_id, user_session, CAST(local_time(event_time, {z}) AS DATE) AS day
+                FROM events),
+             {DAILY_CTES}
+             SELECT {d} AS day, visitors, sessions, events FROM daily",
+            d = day("day")
+        ))
+        .await?;
+    let fresh = engine
+        .run(&format!(
+            "SELECT {d} AS day, COUNT(*) AS new_visitors
+             FROM (SELECT CAST(local_time(MIN(event_time), {z}) AS DATE) AS first_day
+                   FROM events GROUP BY user_id)
+             GROUP BY 1",
+            d = day("first_day")
+        ))
+        .await?;
+    let sessions = engine
+        .run(&format!(
+            "WITH s AS (
+                SELECT MIN(event_time) AS first,
+                       MAX(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS has_cart,
+                       MAX(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS has_purchase
+                FROM events WHERE user_session IS NOT NULL GROUP BY user_session)
+             SELECT {d} AS day, COUNT(*) AS session_starts, SUM(has_cart) AS cart_sessions,
+                    SUM(CASE WHEN has_cart = 1 AND has_purchase = 0 THEN 1 ELSE 0 END)
+                        AS abandoned_sessions
+             FROM s GROUP BY 1",
+            d = day(&format!("CAST(local_time(first, {z}) AS DATE)"))
+        ))
+        .await?;
+    let newest = engine
+        .run("SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM events")
+        .await?;
+    let newest = newest
+        .batches
+        .first()
+        .and_then(|b| crate::reports::Columns::new(b).i64("newest").ok())
+        .and_then(|v| v.first().copied().flatten());
+
+    // Per day: visitors, sessions, events, new visitors, session starts, cart sessions,
+    // abandoned sessions.
+    let mut by_day: BTreeMap<i64, [i64; 7]> = BTreeMap::new();
+    let mut fill = |out: &QueryOutput, columns: &[(&str, usize)], create: bool| -> Result<()> {
+        for b in &out.batches {
+            let c = crate::reports::Columns::new(b);
+            let day = c.i64("day")?;
+            let values = columns
+                .iter()
+                .map(|(name, _)| c.i64(name))
+                .collect::<Result<Vec<_>>>()?;
+            for i in 0..b.num_rows() {
+                let d = day[i].unwrap_or_default();
+                // Session and first days are days with events: `daily` made every row.
+                let row = match by_day.get_mut(&d) {
+                    Some(row) => row,
+                    None if create => by_day.entry(d).or_default(),
+                    None => continue,
+                };
+                for ((_, at), v) in columns.iter().zip(&values) {
+                    row[*at] = v[i].unwrap_or_default();
+                }
+            }
+        }
+        Ok(())
+    };
+    fill(
+        &daily,
+        &[("visitors", 0), ("sessions", 1), ("events", 2)],
+        true,
+    )?;
+    fill(&fresh, &[("new_visitors", 3)], false)?;
+    fill(
+        &sessions,
+        &[
+            ("session_starts", 4),
+            ("cart_sessions", 5),
+            ("abandoned_sessions", 6),
+        ],
+        false,
+    )?;
+    let n = by_day.len();
+    let zone = z.trim_matches('\'');
+    let column = |at: usize| -> ArrayRef {
+        Arc::new(Int64Array::from(
+            by_day.values().map(|r| r[at]).collect::<Vec<i64>>(),
+        ))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![zone; n])),
+        Arc::new(Date32Array::from(
+            by_day.keys().map(|d| *d as i32).collect::<Vec<i32>>(),
+        )),
+        Arc::new(Int64Array::from(vec![version; n])),
+        Arc::new(Int64Array::from(vec![FORMAT; n])),
+        column(0),
+        column(1),
+        column(2),
+        column(3),
+        column(4),
+        column(5),
+        column(6),
+        Arc::new(Int64Array::from(vec![newest; n])),
+    ];
+    Ok(RecordBatch::try_new(
+        TableName::MartDaily.schema(),
+        columns,
+    )?)
 }
 
 /// A zone's `mart_items` rows: per local day, user and product with a cart, the day's first
