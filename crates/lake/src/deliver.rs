@@ -69,18 +69,9 @@ impl std::fmt::Debug for Delivery {
 }
 
 impl Lake {
-    /// Starts delivering for a consumer (a name of `[A-Za-z0-9_.-]`).
+    /// Starts delivering for a consumer (a name of 1–64 of `[A-Za-z0-9_.-]`).
     pub async fn delivery(&self, consumer: &str) -> Result<Delivery> {
-        let ok = !consumer.is_empty()
-            && consumer.len() <= 64
-            && consumer
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if !ok {
-            return Err(Error::Argument(format!(
-                "consumer name {consumer:?}: expected 1-64 of A-Z a-z 0-9 _ - ."
-            )));
-        }
+        shoplake_log::check_consumer(consumer).map_err(|e| Error::Argument(e.to_string()))?;
         let table = self.ensure(TableName::Events).await?;
         let dedupe = Dedupe::new(table.object_store(), HashMap::new());
         Ok(Delivery {

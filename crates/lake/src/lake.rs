@@ -212,6 +212,18 @@ impl Lake {
     /// A table's latest version without loading it (one listing of its log), `None` when it
     /// does not exist yet.
     pub async fn latest_version(&self, table: TableName) -> Result<Option<i64>> {
+        let Some(t) = self.unloaded(table).await? else {
+            return Ok(None);
+        };
+        let v = t
+            .get_latest_version()
+            .await
+            .map_err(Error::delta(format!("reading the log of {table}")))?;
+        Ok(i64::try_from(v).ok())
+    }
+
+    /// A table handle, not loaded yet; `None` when the table does not exist.
+    async fn unloaded(&self, table: TableName) -> Result<Option<DeltaTable>> {
         let t = self
             .builder(table)?
             .build()
@@ -220,29 +232,14 @@ impl Lake {
             .verify_deltatable_existence()
             .await
             .map_err(Error::delta(format!("looking for {table}")))?;
-        if !exists {
-            return Ok(None);
-        }
-        let v = t
-            .get_latest_version()
-            .await
-            .map_err(Error::delta(format!("reading the log of {table}")))?;
-        Ok(i64::try_from(v).ok())
+        Ok(exists.then_some(t))
     }
 
     /// Opens a table at its latest version, `None` when it does not exist yet.
     pub async fn table(&self, table: TableName) -> Result<Option<DeltaTable>> {
-        let mut t = self
-            .builder(table)?
-            .build()
-            .map_err(Error::delta(format!("opening {table}")))?;
-        let exists = t
-            .verify_deltatable_existence()
-            .await
-            .map_err(Error::delta(format!("looking for {table}")))?;
-        if !exists {
+        let Some(mut t) = self.unloaded(table).await? else {
             return Ok(None);
-        }
+        };
         t.load()
             .await
             .map_err(Error::delta(format!("loading {table}")))?;

@@ -403,6 +403,19 @@ struct PartitionWriter {
     last_indexed: Option<u64>,
 }
 
+impl PartitionWriter {
+    /// Appends a buffer to the open segment and makes it durable; empties the buffer.
+    fn write_and_sync(&mut self, buf: &mut Vec<u8>) -> Result<()> {
+        self.file
+            .write_all(buf)
+            .and_then(|_| self.file.sync_data())
+            .map_err(io(format!("writing {}", self.dir.display())))?;
+        self.len += buf.len() as u64;
+        buf.clear();
+        Ok(())
+    }
+}
+
 struct Writer {
     shared: Arc<Shared>,
     options: EmbeddedOptions,
@@ -472,12 +485,7 @@ impl Writer {
                     && w.len + (buf.len() as u64) > 0
                 {
                     // Close this segment (written and synced now) and start the next.
-                    w.file
-                        .write_all(buf)
-                        .and_then(|_| w.file.sync_data())
-                        .map_err(io(format!("writing {}", w.dir.display())))?;
-                    w.len += buf.len() as u64;
-                    buf.clear();
+                    w.write_and_sync(buf)?;
                     rolled[p].push(Segment {
                         base: w.base,
                         len: w.len,
@@ -509,13 +517,7 @@ impl Writer {
             if !touched[p] {
                 continue;
             }
-            let buf = &mut self.buffers[p];
-            w.file
-                .write_all(buf)
-                .and_then(|_| w.file.sync_data())
-                .map_err(io(format!("writing {}", w.dir.display())))?;
-            w.len += buf.len() as u64;
-            buf.clear();
+            w.write_and_sync(&mut self.buffers[p])?;
         }
         // Durable: readers may see it.
         for (p, w) in self.partitions.iter().enumerate() {
