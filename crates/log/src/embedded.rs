@@ -234,7 +234,7 @@ impl EmbeddedLog {
         let mut from = from;
         while out.len() < max {
             // Where to look, under the lock; the file is read without it.
-            let (path, pos, limit, next) = {
+            let (path, pos, limit) = {
                 let state = self
                     .partition(partition)?
                     .read()
@@ -249,7 +249,7 @@ impl EmbeddedLog {
                 }
                 let i = seg.index.partition_point(|&(o, _)| o <= from);
                 let pos = if i == 0 { 0 } else { seg.index[i - 1].1 };
-                (segment::path(&state.dir, seg.base), pos, seg.len, seg.next)
+                (segment::path(&state.dir, seg.base), pos, seg.len)
             };
             let mut file = match File::open(&path) {
                 Ok(f) => f,
@@ -285,10 +285,7 @@ impl EmbeddedLog {
                     path.display()
                 )));
             }
-            if from >= next {
-                // This segment is read to its durable end: the next one, if any, follows.
-                continue;
-            }
+            // Past this segment's durable end, the next pass reads the following one, if any.
         }
         Ok(out)
     }

@@ -103,7 +103,7 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
         let started = Instant::now();
         let zone = tz.name();
         let z = format!("'{zone}'");
-        let daily = daily_rows(&engine, &z, version).await?;
+        let daily = daily_rows(&engine, zone, version).await?;
         let brands = engine
             .run(&format!(
                 "SELECT {z} AS zone, CAST(local_time(event_time, {z}) AS DATE) AS day, brand,
@@ -161,7 +161,8 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
 /// A zone's `mart_daily` rows. Three queries one after the other, each with the whole memory
 /// budget (as one statement, their six group-bys shared it and a month's sorts ran short),
 /// joined here by day.
-async fn daily_rows(engine: &Engine, z: &str, version: i64) -> Result<RecordBatch> {
+async fn daily_rows(engine: &Engine, zone: &str, version: i64) -> Result<RecordBatch> {
+    let z = format!("'{zone}'");
     let day = |c: &str| format!("CAST(CAST({c} AS INT) AS BIGINT)");
     let daily = engine
         .run(&format!(
@@ -247,7 +248,6 @@ async fn daily_rows(engine: &Engine, z: &str, version: i64) -> Result<RecordBatc
         false,
     )?;
     let n = by_day.len();
-    let zone = z.trim_matches('\'');
     let column = |at: usize| -> ArrayRef {
         Arc::new(Int64Array::from(
             by_day.values().map(|r| r[at]).collect::<Vec<i64>>(),

@@ -100,6 +100,16 @@ impl ReportRange {
         parts.join(" AND ")
     }
 
+    /// A SQL condition on a mart's `prev_day` column (the previous day its key was seen): the
+    /// row is its key's first in the range, as the previous day lies before the range or
+    /// there is none.
+    pub(crate) fn first_in_range_sql(&self) -> String {
+        match self.from {
+            Some(f) => format!("(prev_day IS NULL OR prev_day < DATE '{f}')"),
+            None => "prev_day IS NULL".to_owned(),
+        }
+    }
+
     /// A SQL condition on a local `day` column (marts).
     pub(crate) fn day_sql(&self) -> String {
         let mut parts = vec!["TRUE".to_owned()];

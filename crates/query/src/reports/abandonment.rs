@@ -171,18 +171,14 @@ pub async fn abandonment(
     // Each item once, with its first cart in the range and the pair's first purchase at or
     // after it; the status follows from the window and the newest event.
     let (items_sql, newest_sql) = if marts {
-        // The first cart of a pair in the range is on the day whose previous cart day lies
-        // before the range.
-        let first = match range.from {
-            Some(f) => format!("(prev_day IS NULL OR prev_day < DATE '{f}')"),
-            None => "prev_day IS NULL".to_owned(),
-        };
         (
             format!(
                 "SELECT user_id, product_id, carted, price_cents, brand, category_code,
                         next_purchase
                  FROM mart_items WHERE zone = {tz} AND {days} AND {first}",
-                days = range.day_sql()
+                days = range.day_sql(),
+                // The first cart of a pair in the range.
+                first = range.first_in_range_sql()
             ),
             format!("SELECT MAX(newest_event) AS newest FROM mart_daily WHERE zone = {tz}"),
         )

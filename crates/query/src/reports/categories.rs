@@ -10,7 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::{Columns, ReportScope, count, money, ratio};
-use crate::engine::Engine;
+use crate::engine::{Engine, QueryOutput};
 use crate::error::{Error, Result};
 
 /// Weekday names, Monday first.
@@ -224,8 +224,54 @@ pub async fn categories(
                 COUNT(*) AS visitors
          FROM u GROUP BY bucket, category"
     );
+    let out = engine.run_or_spill(&fast, &spilling).await?;
+    Ok(rank(cells(&out)?, options))
+}
+
+/// The same report from the marts: sums over the range's days from `mart_categories`, and
+/// exact distinct visitors from `mart_category_visitors` (each visitor counted on its first
+/// day in the range: the rows whose previous day lies before the range).
+async fn from_marts(
+    engine: &Engine,
+    scope: &ReportScope,
+    options: &CategoriesOptions,
+) -> Result<Vec<CategoryRow>> {
+    let range = &scope.range;
+    let (tz, level, days) = (range.zone_sql(), options.level, range.day_sql());
+    let bucket = match options.by {
+        Bucketing::Hour => "hour",
+        // Day 0 (1970-01-01) was a Thursday: Monday is 0.
+        Bucketing::Weekday => "((CAST(CAST(day AS INT) AS BIGINT) + 3) % 7 + 7) % 7",
+    };
+    let by = match options.by {
+        Bucketing::Hour => "hour",
+        Bucketing::Weekday => "weekday",
+    };
+    let first = range.first_in_range_sql();
+    let out = engine
+        .run(&format!(
+            "WITH s AS (
+                SELECT {bucket} AS bucket, category, SUM(views) AS views, SUM(carts) AS carts,
+                       SUM(purchases) AS purchases, SUM(revenue_cents) AS revenue_cents
+                FROM mart_categories WHERE zone = {tz} AND level = {level} AND {days}
+                GROUP BY 1, 2),
+             v AS (
+                SELECT bucket, category, SUM(visitors) AS visitors FROM mart_category_visitors
+                WHERE zone = {tz} AND level = {level} AND by = '{by}' AND {days} AND {first}
+                GROUP BY 1, 2)
+             SELECT s.bucket, s.category, views, carts, purchases, revenue_cents,
+                    COALESCE(v.visitors, 0) AS visitors
+             FROM s LEFT JOIN v ON s.bucket = v.bucket AND s.category = v.category"
+        ))
+        .await?;
+    Ok(rank(cells(&out)?, options))
+}
+
+/// The cells of a result with columns `bucket, category, views, carts, purchases,
+/// revenue_cents, visitors`.
+fn cells(out: &QueryOutput) -> Result<Vec<Cell>> {
     let mut cells = Vec::new();
-    for b in &engine.run_or_spill(&fast, &spilling).await?.batches {
+    for b in &out.batches {
         let c = Columns::new(b);
         let (bucket, category, views, carts, purchases, revenue, visitors) = (
             c.i64("bucket")?,
@@ -248,83 +294,7 @@ pub async fn categories(
             });
         }
     }
-    Ok(rank(cells, options))
-}
-
-/// The same report from the marts: sums over the range's days from `mart_categories`, and
-/// exact distinct visitors from `mart_category_visitors` (each visitor counted on its first
-/// day in the range: the rows whose previous day lies before the range).
-async fn from_marts(
-    engine: &Engine,
-    scope: &ReportScope,
-    options: &CategoriesOptions,
-) -> Result<Vec<CategoryRow>> {
-    let range = &scope.range;
-    let (tz, level, days) = (range.zone_sql(), options.level, range.day_sql());
-    let bucket = match options.by {
-        Bucketing::Hour => "hour",
-        // Day 0 (1970-01-01) was a Thursday: Monday is 0.
-        Bucketing::Weekday => "((CAST(CAST(day AS INT) AS BIGINT) + 3) % 7 + 7) % 7",
-    };
-    let by = match options.by {
-        Bucketing::Hour => "hour",
-        Bucketing::Weekday => "weekday",
-    };
-    let first = match range.from {
-        Some(f) => format!("(prev_day IS NULL OR prev_day < DATE '{f}')"),
-        None => "prev_day IS NULL".to_owned(),
-    };
-    let sums = format!(
-        "SELECT {bucket} AS bucket, category, SUM(views) AS views, SUM(carts) AS carts,
-                SUM(purchases) AS purchases, SUM(revenue_cents) AS revenue_cents
-         FROM mart_categories WHERE zone = {tz} AND level = {level} AND {days}
-         GROUP BY 1, 2"
-    );
-    let visitors = format!(
-        "SELECT bucket, category, SUM(visitors) AS visitors FROM mart_category_visitors
-         WHERE zone = {tz} AND level = {level} AND by = '{by}' AND {days} AND {first}
-         GROUP BY 1, 2"
-    );
-    let (sums, visitors) = futures::try_join!(engine.run(&sums), engine.run(&visitors))?;
-    let mut seen: HashMap<(i64, String), u64> = HashMap::new();
-    for b in &visitors.batches {
-        let c = Columns::new(b);
-        let (bucket, category, n) = (c.i64("bucket")?, c.str("category")?, c.i64("visitors")?);
-        for i in 0..b.num_rows() {
-            let key = (
-                bucket[i].unwrap_or_default(),
-                category[i].clone().unwrap_or_default(),
-            );
-            seen.insert(key, count(n[i]));
-        }
-    }
-    let mut cells = Vec::new();
-    for b in &sums.batches {
-        let c = Columns::new(b);
-        let (bucket, category, views, carts, purchases, revenue) = (
-            c.i64("bucket")?,
-            c.str("category")?,
-            c.i64("views")?,
-            c.i64("carts")?,
-            c.i64("purchases")?,
-            c.i64("revenue_cents")?,
-        );
-        for i in 0..b.num_rows() {
-            let bucket = bucket[i].unwrap_or_default();
-            let category = category[i].clone().unwrap_or_default();
-            let visitors = seen.get(&(bucket, category.clone())).copied().unwrap_or(0);
-            cells.push(Cell {
-                bucket,
-                category,
-                views: count(views[i]),
-                carts: count(carts[i]),
-                purchases: count(purchases[i]),
-                revenue_cents: revenue[i].unwrap_or_default(),
-                visitors,
-            });
-        }
-    }
-    Ok(rank(cells, options))
+    Ok(cells)
 }
 
 fn rank(mut cells: Vec<Cell>, options: &CategoriesOptions) -> Vec<CategoryRow> {
