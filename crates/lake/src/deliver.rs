@@ -4,20 +4,26 @@
 //! (`shoplake-delivery/<consumer>/p<N>`, version = the next offset to read) in the same commit
 //! as the data, so after a crash the consumer resumes exactly where the lake says it got to:
 //! nothing lost, nothing twice.
+//!
+//! Records under [`QUARANTINE_KEY`] are rows the collector refused ([`QuarantinedRow`]); they
+//! go to `quarantine`, committed first with the same kind of positions on that table, so they
+//! too land exactly once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Date32Array, RecordBatch};
+use arrow::array::{
+    ArrayRef, Date32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shoplake_events::time::MICROS_PER_DAY;
 use shoplake_events::{Event, JsonDecoder, Row, Validator};
-use shoplake_log::EventLog;
+use shoplake_log::{EventLog, QUARANTINE_KEY};
 
 use crate::dedupe::Dedupe;
 use crate::error::{Error, Result};
@@ -37,14 +43,36 @@ pub struct Delivered {
     pub version: Option<u64>,
 }
 
+/// A refused row in the log, on its way to `quarantine` (the collector appends these under
+/// [`QUARANTINE_KEY`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantinedRow {
+    /// Where it came from (`collector <client ip> token <name>`).
+    pub source: String,
+    /// Its line (CSV, NDJSON) or index (JSON array) in its request.
+    pub line: u64,
+    /// The field at fault, when one is.
+    pub field: Option<String>,
+    /// Why it was refused.
+    pub reason: String,
+    /// The row as sent.
+    pub raw: String,
+}
+
+/// The `import_id` of quarantined rows that came through the collector.
+pub const COLLECTOR_IMPORT_ID: &str = "collector";
+
 /// What one pass over the log delivered.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Pumped {
     /// Log records read.
     pub records: usize,
-    /// Records that did not decode into a valid event (counted and logged; the collector
-    /// only appends valid events, so this stays zero unless the log was written otherwise).
+    /// Records that did not decode into a valid event or refused row (counted and logged;
+    /// the collector only appends valid ones, so this stays zero unless the log was written
+    /// otherwise).
     pub rejected: usize,
+    /// Refused rows written to `quarantine`.
+    pub quarantined: usize,
     /// What the delivery did.
     pub delivered: Delivered,
     /// The positions now committed (per log partition, the next offset to read).
@@ -56,6 +84,7 @@ pub struct Pumped {
 pub struct Delivery {
     consumer: String,
     table: DeltaTable,
+    quarantine: DeltaTable,
     dedupe: Dedupe,
     known: HashSet<String>,
 }
@@ -73,10 +102,12 @@ impl Lake {
     pub async fn delivery(&self, consumer: &str) -> Result<Delivery> {
         shoplake_log::check_consumer(consumer).map_err(|e| Error::Argument(e.to_string()))?;
         let table = self.ensure(TableName::Events).await?;
+        let quarantine = self.ensure(TableName::Quarantine).await?;
         let dedupe = Dedupe::new(table.object_store(), HashMap::new());
         Ok(Delivery {
             consumer: consumer.to_owned(),
             table,
+            quarantine,
             dedupe,
             known: HashSet::new(),
         })
@@ -99,14 +130,21 @@ impl Delivery {
     }
 
     async fn read_positions(&self, partitions: u32) -> Result<BTreeMap<u32, u64>> {
-        let state = self
-            .table
+        self.positions_in(&self.table, partitions).await
+    }
+
+    async fn positions_in(
+        &self,
+        table: &DeltaTable,
+        partitions: u32,
+    ) -> Result<BTreeMap<u32, u64>> {
+        let state = table
             .snapshot()
-            .map_err(Error::delta("reading the events state"))?;
+            .map_err(Error::delta("reading the table state"))?;
         let mut out = BTreeMap::new();
         for p in 0..partitions {
             let v = state
-                .transaction_version(self.table.log_store().as_ref(), &self.app_id(p))
+                .transaction_version(table.log_store().as_ref(), &self.app_id(p))
                 .await
                 .map_err(Error::delta("reading application transactions"))?;
             if let Some(v) = v.and_then(|v| u64::try_from(v).ok()) {
@@ -129,6 +167,7 @@ impl Delivery {
         let partitions = log.partitions();
         let done = self.positions(partitions).await?;
         let mut events = Vec::new();
+        let mut refused = Vec::new();
         let mut next = BTreeMap::new();
         let (mut records, mut rejected) = (0, 0);
         for p in 0..partitions {
@@ -141,6 +180,19 @@ impl Delivery {
             next.insert(p, last.offset + 1);
             records += batch.len();
             for r in batch {
+                if r.key == QUARANTINE_KEY {
+                    match serde_json::from_slice::<QuarantinedRow>(&r.value) {
+                        Ok(row) => refused.push((p, r.offset, r.appended_at, row)),
+                        Err(e) => {
+                            rejected += 1;
+                            tracing::warn!(
+                                "log partition {p} offset {}: not a refused row: {e}",
+                                r.offset
+                            );
+                        }
+                    }
+                    continue;
+                }
                 for row in JsonDecoder::new(&r.value[..], validator.clone()) {
                     match row {
                         Ok(Row::Event(mut e)) => {
@@ -169,6 +221,7 @@ impl Delivery {
                 ..Pumped::default()
             });
         }
+        let quarantined = self.quarantine(refused, &next).await?;
         let delivered = self.deliver(&events, &next).await?;
         let mut positions = done;
         positions.extend(next.iter().map(|(p, o)| (*p, *o)));
@@ -178,9 +231,108 @@ impl Delivery {
         Ok(Pumped {
             records,
             rejected,
+            quarantined,
             delivered,
             positions,
         })
+    }
+
+    /// Writes refused rows read from the log to `quarantine`, with the positions they were
+    /// read up to (per partition that had any), skipping those an earlier pass wrote.
+    async fn quarantine(
+        &mut self,
+        rows: Vec<(u32, u64, i64, QuarantinedRow)>,
+        next: &BTreeMap<u32, u64>,
+    ) -> Result<usize> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        self.quarantine
+            .update_state()
+            .await
+            .map_err(Error::delta("refreshing quarantine"))?;
+        let partitions = next.keys().max().map_or(0, |p| p + 1);
+        let done = self.positions_in(&self.quarantine, partitions).await?;
+        let touched: BTreeMap<u32, u64> = rows
+            .iter()
+            .filter_map(|(p, _, _, _)| next.get(p).map(|n| (*p, *n)))
+            .collect();
+        let rows: Vec<_> = rows
+            .into_iter()
+            .filter(|(p, offset, _, _)| done.get(p).is_none_or(|d| offset >= d))
+            .collect();
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let n = rows.len();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![COLLECTOR_IMPORT_ID; n])),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.3.source.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| i64::try_from(r.3.line).unwrap_or(i64::MAX)),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.3.field.as_deref()).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.3.reason.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.3.raw.as_str()),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.2))
+                    .with_timezone("UTC"),
+            ),
+        ];
+        let mut writer = RecordBatchWriter::for_table(&self.quarantine)
+            .map_err(Error::delta("preparing the quarantine writer"))?;
+        let batch = RecordBatch::try_new(writer.arrow_schema(), columns)?;
+        writer
+            .write(batch)
+            .await
+            .map_err(Error::delta("writing quarantine"))?;
+        let adds = writer
+            .flush()
+            .await
+            .map_err(Error::delta("writing quarantine"))?;
+        let state = self
+            .quarantine
+            .snapshot()
+            .map_err(Error::delta("reading the quarantine state"))?;
+        CommitBuilder::from(
+            CommitProperties::default().with_application_transactions(self.transactions(&touched)),
+        )
+        .with_actions(adds.into_iter().map(Action::Add).collect())
+        .build(
+            Some(state),
+            self.quarantine.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+        )
+        .await
+        .map_err(Error::delta("committing quarantined rows"))?;
+        Ok(n)
+    }
+
+    /// The application transactions recording positions (the next offset per partition).
+    fn transactions(&self, positions: &BTreeMap<u32, u64>) -> Vec<Transaction> {
+        let now = chrono::Utc::now().timestamp_millis();
+        positions
+            .iter()
+            .map(|(p, next)| {
+                Transaction::new_with_last_update(
+                    self.app_id(*p),
+                    i64::try_from(*next).unwrap_or(i64::MAX),
+                    Some(now),
+                )
+            })
+            .collect()
     }
 
     /// Writes the events that are not in the lake yet and commits them with the consumer's new
@@ -252,17 +404,7 @@ impl Delivery {
                 .await
                 .map_err(Error::delta("writing events"))?;
         }
-        let now = chrono::Utc::now().timestamp_millis();
-        let txns: Vec<Transaction> = positions
-            .iter()
-            .map(|(p, next)| {
-                Transaction::new_with_last_update(
-                    self.app_id(*p),
-                    i64::try_from(*next).unwrap_or(i64::MAX),
-                    Some(now),
-                )
-            })
-            .collect();
+        let txns = self.transactions(positions);
         let state = self
             .table
             .snapshot()

@@ -19,7 +19,7 @@ mod read;
 pub mod schema;
 
 pub use catalog::{ColumnInfo, CommitSummary, ImportRecord, PartitionInfo, TableInfo};
-pub use deliver::{Delivered, Delivery, Pumped};
+pub use deliver::{COLLECTOR_IMPORT_ID, Delivered, Delivery, Pumped, QuarantinedRow};
 pub use error::{Error, Result};
 pub use import::{ImportBuilder, ImportProgress, ImportSource, ImportSummary, TARGET_FILE_SIZE};
 pub use lake::{Lake, LakeOptions, TableName};

@@ -106,6 +106,11 @@ pub trait EventLog: Send + Sync {
     async fn commit(&self, consumer: &str, positions: &BTreeMap<u32, u64>) -> Result<()>;
 }
 
+/// The key of records that are refused rows on their way to `quarantine` (a JSON object with
+/// `source`, `line`, `field`, `reason`, `raw`), not events. User ids are digits, so no event
+/// has it; consumers of events skip it.
+pub const QUARANTINE_KEY: &[u8] = b"!quarantine";
+
 /// The partition of a key among `partitions` (XXH3 of the key, modulo).
 pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     (xxhash_rust::xxh3::xxh3_64(key) % u64::from(partitions.max(1))) as u32

@@ -20,6 +20,92 @@ pub struct Config {
     /// Where the lake is and how to reach it.
     #[serde(default)]
     pub lake: LakeConfig,
+    /// The collector (`shoplake serve`).
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The event log between the collector and its consumers.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The delivery of the log into the lake.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The address to listen on (default `127.0.0.1:7070`).
+    pub listen: Option<String>,
+    /// Proxies (addresses or networks such as `10.0.0.0/8`) whose `X-Forwarded-For` is
+    /// believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// The largest request body in bytes, as sent and once decompressed (default 16 MiB).
+    pub max_body_bytes: Option<usize>,
+    /// The most rows in one request (default 50 000).
+    pub max_rows: Option<usize>,
+    /// Undelivered events in the log above which requests get 503 with `Retry-After`
+    /// (default 2 000 000).
+    pub backlog_high_water: Option<u64>,
+    /// `[[server.tokens]]`: `name`, `token`, `scopes` (`ingest`, `read`, `admin`) and
+    /// `forward` (events may carry their own `client_ip`/`user_agent`). With none, `serve`
+    /// creates an admin token in `DATA/admin.token`.
+    #[serde(default)]
+    pub tokens: Vec<shoplake_server::Token>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `embedded` (default: segment files under `DATA/log`) or `kafka`.
+    pub backend: Option<String>,
+    /// Partitions of a new embedded log (default 4).
+    pub partitions: Option<u32>,
+    /// Keep at most this many bytes per partition (default 1 GiB).
+    pub retention_bytes: Option<u64>,
+    /// Keep records at most this long (default `7d`).
+    pub retention: Option<String>,
+    /// `[log.kafka]`: the Kafka backend.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+}
+
+/// `[log.kafka]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers (`host:port,host:port`).
+    pub brokers: Option<String>,
+    /// The topic (default `shoplake-events`), keyed by `user_id`.
+    pub topic: Option<String>,
+}
+
+/// `[delivery]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Deliver at least this often (default `10s`).
+    pub interval: Option<String>,
+    /// Deliver early once this many bytes were appended (default 64 MiB).
+    pub max_bytes: Option<u64>,
+    /// Compact `events` this often (default `10m`; `off` to never).
+    pub compact_interval: Option<String>,
+    /// Bring the marts up to date after deliveries at most this often (default `60s`; `off`
+    /// to never).
+    pub marts_interval: Option<String>,
+}
+
+/// A duration setting: `10s`, `5m`, or `off` (`None`).
+pub fn duration_setting(name: &str, value: Option<&str>, default: &str) -> Result<Option<std::time::Duration>> {
+    let v = value.unwrap_or(default).trim();
+    if v.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    humantime::parse_duration(v)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{name} = {v:?}: {e} (expected e.g. 10s, 5m, or off)"))
 }
 
 /// `[lake]`
@@ -93,6 +179,57 @@ impl Config {
         if self.lake.s3.access_key_id.is_some() != self.lake.s3.secret_access_key.is_some() {
             errors
                 .push("lake.s3.access_key_id and lake.s3.secret_access_key go together".to_owned());
+        }
+        if let Some(l) = &self.server.listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            errors.push(format!(
+                "server.listen {l:?} is not an address such as 127.0.0.1:7070"
+            ));
+        }
+        for p in &self.server.trusted_proxies {
+            if let Err(e) = p.parse::<shoplake_server::Network>() {
+                errors.push(format!("server.trusted_proxies: {e}"));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in &self.server.tokens {
+            if t.token.len() < 16 {
+                errors.push(format!(
+                    "server.tokens {:?}: the token should be at least 16 characters",
+                    t.name
+                ));
+            }
+            if t.scopes.is_empty() {
+                errors.push(format!("server.tokens {:?}: no scopes", t.name));
+            }
+            if !names.insert(t.name.as_str()) {
+                errors.push(format!("server.tokens: the name {:?} is used twice", t.name));
+            }
+        }
+        match self.log.backend.as_deref() {
+            None | Some("embedded") => {}
+            Some("kafka") => {
+                if self.log.kafka.brokers.is_none() {
+                    errors.push("log.backend = \"kafka\" needs log.kafka.brokers".to_owned());
+                }
+            }
+            Some(other) => errors.push(format!(
+                "log.backend {other:?}: expected embedded or kafka"
+            )),
+        }
+        if self.log.partitions == Some(0) {
+            errors.push("log.partitions must be at least 1".to_owned());
+        }
+        for (name, value, default) in [
+            ("log.retention", &self.log.retention, "7d"),
+            ("delivery.interval", &self.delivery.interval, "10s"),
+            ("delivery.compact_interval", &self.delivery.compact_interval, "10m"),
+            ("delivery.marts_interval", &self.delivery.marts_interval, "60s"),
+        ] {
+            if let Err(e) = duration_setting(name, value.as_deref(), default) {
+                errors.push(e.to_string());
+            }
         }
         errors
     }

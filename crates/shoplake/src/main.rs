@@ -6,6 +6,8 @@ mod generate;
 mod lake_cmd;
 mod progress;
 mod query_cmd;
+mod replay_cmd;
+mod serve_cmd;
 
 use std::process::ExitCode;
 
@@ -50,17 +52,22 @@ enum Command {
     Report(query_cmd::ReportArgs),
     /// Rebuild the marts (the small tables reports read) or show their state.
     Marts(query_cmd::MartsArgs),
+    /// Run the collector, the event log and delivery into the lake (Kinesis + Firehose).
+    Serve(serve_cmd::ServeArgs),
+    /// Stream a REES46 file to a collector, paced by event time or rate.
+    Replay(replay_cmd::ReplayArgs),
     /// Check the configuration file (shoplake.toml).
     Config(config::ConfigArgs),
 }
 
 /// Our crates log at info; dependencies only warn (the Delta kernel reports expected
 /// conditions, such as a table not created yet, as errors).
-const DEFAULT_LOG: &str = "warn,shoplake=info,shoplake_lake=info,shoplake_query=info,shoplake_simulate=info,buoyant_kernel=off,deltalake_core::writer::stats=error";
+const DEFAULT_LOG: &str = "warn,shoplake=info,shoplake_lake=info,shoplake_query=info,shoplake_simulate=info,shoplake_server=info,shoplake_log=info,buoyant_kernel=off,deltalake_core::writer::stats=error";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
@@ -78,6 +85,8 @@ fn main() -> ExitCode {
         Command::Sql(args) => query_cmd::shell(args),
         Command::Report(args) => query_cmd::report(args),
         Command::Marts(args) => query_cmd::marts(args),
+        Command::Serve(args) => serve_cmd::serve(args),
+        Command::Replay(args) => replay_cmd::replay(args),
         Command::Config(args) => config::run(args),
     };
     match result {

@@ -1,0 +1,136 @@
+//! The server's Prometheus metrics (`GET /metrics`, OpenMetrics text).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A request's outcome, by HTTP status.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// The HTTP status code.
+    pub status: u16,
+}
+
+/// Every metric the server keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Ingest requests answered, by status.
+    pub requests: Family<StatusLabel, Counter>,
+    /// Events accepted (durable in the log).
+    pub accepted: Counter,
+    /// Rows refused (sent to quarantine).
+    pub rejected: Counter,
+    /// Time from a request's arrival to its answer.
+    pub latency: Histogram,
+    /// Events in the log not yet delivered to the lake.
+    pub backlog: Gauge,
+    /// Events written to `events` by delivery.
+    pub delivered: Counter,
+    /// Events delivery dropped as duplicates.
+    pub duplicates: Counter,
+    /// Deliveries committed.
+    pub deliveries: Counter,
+    /// Deliveries that failed (retried at the next interval).
+    pub delivery_failures: Counter,
+    /// Time one delivery took.
+    pub delivery_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set, registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("shoplake");
+        let requests = Family::<StatusLabel, Counter>::default();
+        let accepted = Counter::default();
+        let rejected = Counter::default();
+        let latency = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
+        let backlog = Gauge::default();
+        let delivered = Counter::default();
+        let duplicates = Counter::default();
+        let deliveries = Counter::default();
+        let delivery_failures = Counter::default();
+        let delivery_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "ingest_requests",
+            "Ingest requests answered, by HTTP status",
+            requests.clone(),
+        );
+        registry.register(
+            "ingest_events_accepted",
+            "Events accepted (durable in the log)",
+            accepted.clone(),
+        );
+        registry.register(
+            "ingest_rows_rejected",
+            "Rows refused and sent to quarantine",
+            rejected.clone(),
+        );
+        registry.register(
+            "ingest_request_seconds",
+            "Time from an ingest request's arrival to its answer",
+            latency.clone(),
+        );
+        registry.register(
+            "log_backlog_events",
+            "Events in the log not yet delivered to the lake",
+            backlog.clone(),
+        );
+        registry.register(
+            "delivery_events_written",
+            "Events written to the events table by delivery",
+            delivered.clone(),
+        );
+        registry.register(
+            "delivery_events_duplicate",
+            "Events delivery dropped as already in the lake",
+            duplicates.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Deliveries committed to the lake",
+            deliveries.clone(),
+        );
+        registry.register(
+            "delivery_failures",
+            "Deliveries that failed (retried)",
+            delivery_failures.clone(),
+        );
+        registry.register(
+            "delivery_seconds",
+            "Time one delivery took",
+            delivery_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            accepted,
+            rejected,
+            latency,
+            backlog,
+            delivered,
+            duplicates,
+            deliveries,
+            delivery_failures,
+            delivery_seconds,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

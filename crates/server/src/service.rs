@@ -1,0 +1,364 @@
+//! `shoplake serve`: the collector, the event log and the delivery of the log into the lake,
+//! run together until a shutdown signal, then drained: stop accepting, deliver what the log
+//! holds, exit.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use shoplake_events::Validator;
+use shoplake_lake::{Lake, Pumped, TableName};
+use shoplake_log::EventLog;
+use tokio::sync::watch;
+
+use crate::auth::{Network, Scope, Token, Tokens};
+use crate::collector::{Collector, Limits};
+use crate::metrics::Metrics;
+
+/// How the log is delivered into the lake (Firehose).
+#[derive(Debug, Clone)]
+pub struct DeliveryOptions {
+    /// The consumer's name (its positions are kept under it, in the lake and the log).
+    pub consumer: String,
+    /// Deliver at least this often.
+    pub interval: Duration,
+    /// Deliver early once this many bytes of events have been appended since the last one.
+    pub max_bytes: u64,
+    /// The most records read from one log partition for one delivery (one Delta commit).
+    pub max_per_partition: usize,
+    /// Bin-pack `events`' small files this often (`None`: never).
+    pub compact_interval: Option<Duration>,
+    /// Bring the marts up to date after deliveries, at most this often (`None`: never).
+    pub marts_interval: Option<Duration>,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        DeliveryOptions {
+            consumer: "lake".to_owned(),
+            interval: Duration::from_secs(10),
+            max_bytes: 64 << 20,
+            max_per_partition: 250_000,
+            compact_interval: Some(Duration::from_secs(600)),
+            marts_interval: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// Everything `serve` needs besides the lake and the log.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// The accepted tokens.
+    pub tokens: Vec<Token>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Network>,
+    /// The collector's limits.
+    pub limits: Limits,
+    /// Delivery into the lake.
+    pub delivery: DeliveryOptions,
+}
+
+/// The admin token kept in `DIR/admin.token` (created, mode 0600, on first use). Returns the
+/// token and whether it was just created.
+pub fn admin_token(data_dir: &Path) -> Result<(Token, bool)> {
+    let path = data_dir.join("admin.token");
+    let make = |secret: String| Token {
+        name: "admin".to_owned(),
+        token: secret,
+        scopes: vec![Scope::Admin],
+        forward: true,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok((make(s.trim().to_owned()), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut bytes = [0u8; 24];
+    getrandom(&mut bytes)?;
+    let secret: String = std::iter::once("sl_".to_owned())
+        .chain(bytes.iter().map(|b| format!("{b:02x}")))
+        .collect();
+    let tmp = data_dir.join("admin.token.tmp");
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        writeln!(f, "{secret}").with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+    Ok((make(secret), true))
+}
+
+/// Random bytes from the operating system.
+fn getrandom(out: &mut [u8]) -> Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(out))
+        .context("reading /dev/urandom for a new token")
+}
+
+/// Runs the collector and delivery until `shutdown` resolves, then drains: new requests get
+/// 503, in-flight ones finish, the log is delivered to the end, and it returns. `ready` is
+/// told the address listened on once requests can be sent.
+pub async fn serve(
+    lake: Lake,
+    log: Arc<dyn EventLog>,
+    options: ServeOptions,
+    ready: impl FnOnce(SocketAddr) + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let collector = Arc::new(Collector::new(
+        log.clone(),
+        Validator::default(),
+        Tokens::new(options.tokens.clone()),
+        options.trusted_proxies.clone(),
+        options.limits.clone(),
+        metrics.clone(),
+    ));
+    // Delivery first: it catches up with what an earlier run left in the log.
+    let mut delivery = lake
+        .delivery(&options.delivery.consumer)
+        .await
+        .context("opening the lake for delivery")?;
+    let positions = delivery.positions(log.partitions()).await?;
+    collector.set_backlog(backlog(log.as_ref(), &positions).await?);
+    if collector.backlog() > 0 {
+        tracing::info!(
+            "{} event(s) in the log not yet in the lake: delivering them",
+            collector.backlog()
+        );
+    }
+
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("listening on {}", options.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!("collector listening on http://{addr}");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let deliver_task = tokio::spawn(deliver_loop(
+        lake.clone(),
+        log.clone(),
+        collector.clone(),
+        delivery,
+        options.delivery.clone(),
+        stop_rx,
+    ));
+    let drain = collector.clone();
+    let app = collector
+        .clone()
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    ready(addr);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new requests; finishing those in flight");
+            drain.drain();
+        })
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("collector stopped; delivering what the log holds");
+    let _ = stop_tx.send(true);
+    deliver_task.await.context("the delivery task failed")??;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Records in the log past the delivered positions.
+async fn backlog(
+    log: &dyn EventLog,
+    positions: &std::collections::BTreeMap<u32, u64>,
+) -> Result<u64> {
+    let mut total = 0;
+    for p in 0..log.partitions() {
+        let end = log.end(p).await?;
+        let from = positions
+            .get(&p)
+            .copied()
+            .unwrap_or(log.start(p).await?);
+        total += end.saturating_sub(from);
+    }
+    Ok(total)
+}
+
+/// Delivers every interval (or early, once enough has been appended) until told to stop,
+/// then delivers to the end of the log once more.
+async fn deliver_loop(
+    lake: Lake,
+    log: Arc<dyn EventLog>,
+    collector: Arc<Collector>,
+    mut delivery: shoplake_lake::Delivery,
+    options: DeliveryOptions,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let validator = Validator::default();
+    let metrics = collector.metrics().clone();
+    let mut last_compact = Instant::now();
+    let mut last_marts: Option<Instant> = None;
+    let mut marts_due = false;
+    let mut marts_task: Option<tokio::task::JoinHandle<()>> = None;
+    let mut failures = 0u32;
+    loop {
+        let stopping = *stop.borrow();
+        if !stopping {
+            let deadline = tokio::time::Instant::now() + options.interval;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => break,
+                    () = collector.appended() => {
+                        if collector.pending_bytes() >= options.max_bytes {
+                            break;
+                        }
+                    }
+                    _ = stop.changed() => break,
+                }
+            }
+        }
+        let stopping = *stop.borrow();
+        match deliver_all(
+            &mut delivery,
+            log.as_ref(),
+            &validator,
+            &collector,
+            &options,
+            stopping,
+        )
+        .await {
+            Ok(n) => {
+                failures = 0;
+                marts_due |= n > 0;
+            }
+            Err(e) => {
+                failures += 1;
+                metrics.delivery_failures.inc();
+                tracing::error!("delivery failed (attempt {failures}): {e:#}");
+                if stopping {
+                    if failures >= 3 {
+                        return Err(e.context(
+                            "the last delivery before shutdown failed; the log keeps the events \
+                             and the next start delivers them",
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                continue;
+            }
+        }
+        if stopping {
+            if let Some(task) = marts_task.take() {
+                let _ = task.await;
+            }
+            return Ok(());
+        }
+        if let Some(every) = options.compact_interval
+            && last_compact.elapsed() >= every
+        {
+            last_compact = Instant::now();
+            match lake.compact(TableName::Events).await {
+                Ok(s) if s.version.is_some() => tracing::info!(
+                    "compacted events: {} small files into {} in {} partition(s)",
+                    s.files_removed,
+                    s.files_added,
+                    s.partitions
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("compacting events: {e}"),
+            }
+        }
+        if let Some(every) = options.marts_interval
+            && marts_due
+            && last_marts.is_none_or(|t| t.elapsed() >= every)
+            && marts_task.as_ref().is_none_or(|t| t.is_finished())
+        {
+            marts_due = false;
+            last_marts = Some(Instant::now());
+            let lake = lake.clone();
+            marts_task = Some(tokio::spawn(async move {
+                let started = Instant::now();
+                match shoplake_query::marts::refresh(&lake, &[]).await {
+                    Ok(_) => tracing::info!(
+                        "marts brought up to date in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    ),
+                    Err(e) => tracing::warn!("refreshing the marts: {e}"),
+                }
+            }));
+        }
+    }
+}
+
+/// Delivers what the log holds (to its very end when `drain`); returns the events written.
+async fn deliver_all(
+    delivery: &mut shoplake_lake::Delivery,
+    log: &dyn EventLog,
+    validator: &Validator,
+    collector: &Collector,
+    options: &DeliveryOptions,
+    drain: bool,
+) -> Result<usize> {
+    let metrics = collector.metrics();
+    let mut written = 0;
+    loop {
+        collector.take_pending_bytes();
+        let started = Instant::now();
+        let Pumped {
+            records,
+            rejected,
+            quarantined,
+            delivered,
+            positions,
+        } = delivery
+            .pump(log, validator, options.max_per_partition)
+            .await?;
+        if records == 0 {
+            return Ok(written);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        metrics.delivery_seconds.observe(secs);
+        metrics.deliveries.inc();
+        metrics.delivered.inc_by(delivered.written as u64);
+        metrics.duplicates.inc_by(delivered.duplicates as u64);
+        written += delivered.written;
+        collector.set_backlog(backlog(log, &positions).await?);
+        tracing::info!(
+            "delivered {} event(s) ({} duplicate(s) dropped, {} row(s) quarantined{}) in {secs:.2} s{}",
+            delivered.written,
+            delivered.duplicates,
+            quarantined,
+            if rejected > 0 {
+                format!(", {rejected} unreadable record(s) skipped")
+            } else {
+                String::new()
+            },
+            delivered
+                .version
+                .map(|v| format!(": events version {v}"))
+                .unwrap_or_default()
+        );
+        // Under load there is always more: return to let compaction and marts run, unless
+        // draining for shutdown or a full batch is already waiting.
+        if !drain && collector.backlog() < options.max_per_partition as u64 {
+            return Ok(written);
+        }
+    }
+}

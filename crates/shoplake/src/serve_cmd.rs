@@ -1,0 +1,182 @@
+//! `shoplake serve`: the collector, the event log and delivery into the lake, from
+//! `shoplake.toml` or the embedded defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use shoplake_lake::{Lake, LakeOptions};
+use shoplake_log::{EmbeddedLog, EmbeddedOptions, EventLog};
+use shoplake_server::{DeliveryOptions, Limits, Network, ServeOptions};
+
+use crate::config::{Config, duration_setting};
+use crate::lake_cmd::runtime;
+
+/// The address `serve` listens on and clients send to by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+
+/// Options of `shoplake serve`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  shoplake serve                                   # ./data: log in data/log, lake in data/lake
+  shoplake serve --data /var/lib/shoplake --listen 0.0.0.0:7070
+  shoplake replay oct.csv --speed 60               # in another terminal
+
+With no tokens in shoplake.toml, the first start creates an admin token in DATA/admin.token
+(mode 0600) and prints it; clients read it from there, or take --token / SHOPLAKE_TOKEN.")]
+pub struct ServeArgs {
+    /// The data directory: the event log in DATA/log, the lake in DATA/lake (unless
+    /// `lake.root` or --lake says otherwise), the admin token in DATA/admin.token.
+    #[arg(long, env = "SHOPLAKE_DATA", value_name = "DIR", default_value = "data")]
+    data: PathBuf,
+    /// The address to listen on [default: `server.listen`, else 127.0.0.1:7070].
+    #[arg(long, env = "SHOPLAKE_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// The lake root, overriding DATA/lake and `lake.root`.
+    #[arg(long, env = "SHOPLAKE_LAKE", value_name = "ROOT")]
+    lake: Option<String>,
+    /// The configuration file [default: shoplake.toml, when present].
+    #[arg(long, env = "SHOPLAKE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Runs `shoplake serve` until SIGINT or SIGTERM.
+pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let config = Config::load(args.config.as_deref())?;
+    let root = args
+        .lake
+        .clone()
+        .or_else(|| config.lake.root.clone())
+        .unwrap_or_else(|| args.data.join("lake").to_string_lossy().into_owned());
+    let lake = Lake::open(LakeOptions {
+        root,
+        storage_options: config.storage_options(),
+    })?;
+    let listen = match args.listen {
+        Some(a) => a,
+        None => config
+            .server
+            .listen
+            .as_deref()
+            .unwrap_or(DEFAULT_LISTEN)
+            .parse()
+            .context("server.listen")?,
+    };
+    let mut tokens = config.server.tokens.clone();
+    if tokens.is_empty() {
+        let (admin, created) = shoplake_server::admin_token(&args.data)?;
+        let path = args.data.join("admin.token");
+        if created {
+            eprintln!(
+                "created the admin token {} (kept in {}; clients read it from there or take \
+                 --token / SHOPLAKE_TOKEN)",
+                admin.token,
+                path.display()
+            );
+        } else {
+            tracing::info!("admin token in {}", path.display());
+        }
+        tokens.push(admin);
+    }
+    let trusted_proxies = config
+        .server
+        .trusted_proxies
+        .iter()
+        .map(|p| p.parse::<Network>().map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_body_bytes: config
+            .server
+            .max_body_bytes
+            .unwrap_or(defaults.max_body_bytes),
+        max_rows: config.server.max_rows.unwrap_or(defaults.max_rows),
+        backlog_high_water: config
+            .server
+            .backlog_high_water
+            .unwrap_or(defaults.backlog_high_water),
+        ..defaults
+    };
+    let d = &config.delivery;
+    let delivery = DeliveryOptions {
+        interval: duration_setting("delivery.interval", d.interval.as_deref(), "10s")?
+            .context("delivery.interval cannot be off")?,
+        max_bytes: d.max_bytes.unwrap_or(64 << 20),
+        compact_interval: duration_setting(
+            "delivery.compact_interval",
+            d.compact_interval.as_deref(),
+            "10m",
+        )?,
+        marts_interval: duration_setting(
+            "delivery.marts_interval",
+            d.marts_interval.as_deref(),
+            "60s",
+        )?,
+        ..DeliveryOptions::default()
+    };
+    let options = ServeOptions {
+        listen,
+        tokens,
+        trusted_proxies,
+        limits,
+        delivery,
+    };
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let log = open_log(&config, &args.data)?;
+        shoplake_server::serve(lake, log, options, |_| {}, shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the configured event log.
+fn open_log(config: &Config, data: &std::path::Path) -> Result<Arc<dyn EventLog>> {
+    match config.log.backend.as_deref() {
+        None | Some("embedded") => {
+            let mut options = EmbeddedOptions::new(data.join("log"));
+            if let Some(p) = config.log.partitions {
+                options.partitions = p;
+            }
+            if let Some(b) = config.log.retention_bytes {
+                options.retention_bytes = Some(b);
+            }
+            options.retention_age =
+                duration_setting("log.retention", config.log.retention.as_deref(), "7d")?;
+            let log = EmbeddedLog::open(options)
+                .with_context(|| format!("opening the event log in {}", data.join("log").display()))?;
+            Ok(Arc::new(log))
+        }
+        Some(other) => bail!("log.backend {other:?} is not available in this build"),
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("listening for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("listening for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
