@@ -69,7 +69,7 @@ fn kill_when(mut child: Child, cond: impl Fn() -> bool) -> &'static str {
     }
 }
 
-fn lake_ids(lake: &Path) -> (usize, HashSet<String>) {
+pub(crate) fn lake_ids(lake: &Path) -> (usize, HashSet<String>) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let lake = Lake::open(LakeOptions {
         root: lake.display().to_string(),
@@ -91,6 +91,18 @@ fn lake_ids(lake: &Path) -> (usize, HashSet<String>) {
     (rows, ids)
 }
 
+/// The distinct ids of a file's valid events.
+pub(crate) fn file_ids(file: &Path) -> HashSet<String> {
+    let input = shoplake_events::io::open(file).unwrap();
+    shoplake_events::CsvDecoder::new(input, shoplake_events::Validator::default())
+        .unwrap()
+        .filter_map(|r| match r.unwrap() {
+            shoplake_events::Row::Event(e) => Some(e.event_id().to_string()),
+            shoplake_events::Row::Reject(_) => None,
+        })
+        .collect()
+}
+
 #[test]
 fn kill_9_at_any_point_then_reimport_gives_exactly_the_right_rows() {
     let dir = tempfile::tempdir().unwrap();
@@ -108,16 +120,7 @@ fn kill_9_at_any_point_then_reimport_gives_exactly_the_right_rows() {
         file.to_str().unwrap(),
     ]);
     assert!(o.status.success());
-    let expected: HashSet<String> = {
-        let input = shoplake_events::io::open(&file).unwrap();
-        shoplake_events::CsvDecoder::new(input, shoplake_events::Validator::default())
-            .unwrap()
-            .filter_map(|r| match r.unwrap() {
-                shoplake_events::Row::Event(e) => Some(e.event_id().to_string()),
-                shoplake_events::Row::Reject(_) => None,
-            })
-            .collect()
-    };
+    let expected = file_ids(&file);
     let events = lake.join("events");
 
     let mut outcomes = Vec::new();

@@ -7,6 +7,7 @@ mod crash;
 mod generate;
 mod lake;
 mod query;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
