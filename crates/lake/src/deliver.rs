@@ -271,10 +271,13 @@ impl Delivery {
                 rows.iter().map(|r| r.3.source.as_str()),
             )),
             Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| i64::try_from(r.3.line).unwrap_or(i64::MAX)),
+                rows.iter()
+                    .map(|r| i64::try_from(r.3.line).unwrap_or(i64::MAX)),
             )),
             Arc::new(StringArray::from(
-                rows.iter().map(|r| r.3.field.as_deref()).collect::<Vec<_>>(),
+                rows.iter()
+                    .map(|r| r.3.field.as_deref())
+                    .collect::<Vec<_>>(),
             )),
             Arc::new(StringArray::from_iter_values(
                 rows.iter().map(|r| r.3.reason.as_str()),

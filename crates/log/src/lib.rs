@@ -6,15 +6,18 @@
 //!
 //! One trait, [`EventLog`], with the embedded backend [`EmbeddedLog`] (segment files on local
 //! disk, a checksum per record, group commit with `fsync`, retention by size and age, recovery
-//! that drops a torn tail); the [`conformance`] suite states what every backend must do.
+//! that drops a torn tail), and [`KafkaLog`] (a Kafka topic keyed by user id, for scale-out);
+//! the [`conformance`] suite states what every backend must do.
 
 pub mod conformance;
 mod embedded;
+mod kafka;
 mod segment;
 
 use std::collections::BTreeMap;
 
 pub use embedded::{EmbeddedLog, EmbeddedOptions};
+pub use kafka::{KafkaLog, KafkaOptions};
 
 /// What went wrong in the log.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,9 @@ pub enum Error {
     /// A bad argument (partition, consumer name, options).
     #[error("{0}")]
     Argument(String),
+    /// The Kafka backend failed (connection, broker, protocol).
+    #[error("kafka: {0}")]
+    Kafka(String),
     /// The log stopped after a failed write; reopening recovers it.
     #[error("the log stopped after a failed write ({0}); reopen it to recover")]
     Stopped(String),

@@ -44,7 +44,9 @@ impl FromStr for Scope {
             "ingest" => Ok(Scope::Ingest),
             "read" => Ok(Scope::Read),
             "admin" => Ok(Scope::Admin),
-            _ => Err(format!("unknown scope {s:?} (expected ingest, read or admin)")),
+            _ => Err(format!(
+                "unknown scope {s:?} (expected ingest, read or admin)"
+            )),
         }
     }
 }
@@ -79,7 +81,9 @@ impl fmt::Debug for Token {
 impl Token {
     /// Whether the token grants a scope (`admin` grants all).
     pub fn allows(&self, scope: Scope) -> bool {
-        self.scopes.iter().any(|s| *s == scope || *s == Scope::Admin)
+        self.scopes
+            .iter()
+            .any(|s| *s == scope || *s == Scope::Admin)
     }
 }
 
@@ -265,19 +269,29 @@ mod tests {
             Denied::Missing
         );
         assert_eq!(
-            tokens.check(Some("Bearer nope"), Scope::Ingest).unwrap_err(),
+            tokens
+                .check(Some("Bearer nope"), Scope::Ingest)
+                .unwrap_err(),
             Denied::Unknown
         );
         assert_eq!(
-            tokens.check(Some("Bearer reader"), Scope::Ingest).unwrap_err(),
+            tokens
+                .check(Some("Bearer reader"), Scope::Ingest)
+                .unwrap_err(),
             Denied::Scope(Scope::Ingest)
         );
         assert_eq!(
-            tokens.check(Some("bearer  reader "), Scope::Read).unwrap().name,
+            tokens
+                .check(Some("bearer  reader "), Scope::Read)
+                .unwrap()
+                .name,
             "reader"
         );
         assert_eq!(
-            tokens.check(Some("Bearer boss"), Scope::Ingest).unwrap().name,
+            tokens
+                .check(Some("Bearer boss"), Scope::Ingest)
+                .unwrap()
+                .name,
             "boss"
         );
     }
@@ -303,6 +317,11 @@ mod tests {
         );
         assert!("10.0.0.0/33".parse::<Network>().is_err());
         assert!("banana".parse::<Network>().is_err());
-        assert!("0.0.0.0/0".parse::<Network>().unwrap().contains(ip("8.8.8.8")));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Network>()
+                .unwrap()
+                .contains(ip("8.8.8.8"))
+        );
     }
 }

@@ -239,8 +239,11 @@ fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
     let ct = ct.to_str().unwrap_or_default();
     let mime = ct.split(';').next().unwrap_or_default().trim();
     match mime.to_ascii_lowercase().as_str() {
-        "application/json" | "application/x-ndjson" | "application/ndjson"
-        | "application/jsonl" | "application/x-jsonlines" => Ok(Format::Json),
+        "application/json"
+        | "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl"
+        | "application/x-jsonlines" => Ok(Format::Json),
         "text/csv" | "application/csv" => Ok(Format::Csv),
         _ => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -259,11 +262,7 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 /// Reads the body (at most the limit), gunzipping it when it says it is gzip.
-async fn body_bytes(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<Vec<u8>, ApiError> {
+async fn body_bytes(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -274,7 +273,13 @@ async fn body_bytes(
     }
     let gzip = match headers.get(header::CONTENT_ENCODING) {
         None => false,
-        Some(v) => match v.to_str().unwrap_or_default().trim().to_ascii_lowercase().as_str() {
+        Some(v) => match v
+            .to_str()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "gzip" | "x-gzip" => true,
             "identity" | "" => false,
             other => {
@@ -369,9 +374,7 @@ async fn ingest(
             status: response.status().as_u16(),
         })
         .inc();
-    c.metrics
-        .latency
-        .observe(started.elapsed().as_secs_f64());
+    c.metrics.latency.observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -386,7 +389,10 @@ async fn ingest_inner(c: &Collector, peer: IpAddr, request: Request) -> Result<R
         .check(auth, Scope::Ingest)
         .map_err(ApiError::denied)?;
     if c.draining.load(Ordering::SeqCst) {
-        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down");
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        );
         e.retry_after = Some(c.limits.retry_after_secs);
         return Err(e);
     }

@@ -192,10 +192,7 @@ async fn backlog(
     let mut total = 0;
     for p in 0..log.partitions() {
         let end = log.end(p).await?;
-        let from = positions
-            .get(&p)
-            .copied()
-            .unwrap_or(log.start(p).await?);
+        let from = positions.get(&p).copied().unwrap_or(log.start(p).await?);
         total += end.saturating_sub(from);
     }
     Ok(total)
@@ -243,7 +240,8 @@ async fn deliver_loop(
             &options,
             stopping,
         )
-        .await {
+        .await
+        {
             Ok(n) => {
                 failures = 0;
                 marts_due |= n > 0;

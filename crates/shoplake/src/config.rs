@@ -78,8 +78,15 @@ pub struct LogConfig {
 pub struct KafkaConfig {
     /// Bootstrap servers (`host:port,host:port`).
     pub brokers: Option<String>,
-    /// The topic (default `shoplake-events`), keyed by `user_id`.
+    /// The topic (default `shoplake-events`), keyed by `user_id`; created with
+    /// `log.partitions` partitions when missing.
     pub topic: Option<String>,
+    /// librdkafka properties for the producer (`batch.num.messages`, `security.protocol` …).
+    #[serde(default)]
+    pub producer: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties for the consumers.
+    #[serde(default)]
+    pub consumer: std::collections::BTreeMap<String, String>,
 }
 
 /// `[delivery]`
@@ -98,7 +105,11 @@ pub struct DeliveryConfig {
 }
 
 /// A duration setting: `10s`, `5m`, or `off` (`None`).
-pub fn duration_setting(name: &str, value: Option<&str>, default: &str) -> Result<Option<std::time::Duration>> {
+pub fn duration_setting(
+    name: &str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<Option<std::time::Duration>> {
     let v = value.unwrap_or(default).trim();
     if v.eq_ignore_ascii_case("off") {
         return Ok(None);
@@ -204,7 +215,10 @@ impl Config {
                 errors.push(format!("server.tokens {:?}: no scopes", t.name));
             }
             if !names.insert(t.name.as_str()) {
-                errors.push(format!("server.tokens: the name {:?} is used twice", t.name));
+                errors.push(format!(
+                    "server.tokens: the name {:?} is used twice",
+                    t.name
+                ));
             }
         }
         match self.log.backend.as_deref() {
@@ -214,9 +228,9 @@ impl Config {
                     errors.push("log.backend = \"kafka\" needs log.kafka.brokers".to_owned());
                 }
             }
-            Some(other) => errors.push(format!(
-                "log.backend {other:?}: expected embedded or kafka"
-            )),
+            Some(other) => {
+                errors.push(format!("log.backend {other:?}: expected embedded or kafka"))
+            }
         }
         if self.log.partitions == Some(0) {
             errors.push("log.partitions must be at least 1".to_owned());
@@ -224,8 +238,16 @@ impl Config {
         for (name, value, default) in [
             ("log.retention", &self.log.retention, "7d"),
             ("delivery.interval", &self.delivery.interval, "10s"),
-            ("delivery.compact_interval", &self.delivery.compact_interval, "10m"),
-            ("delivery.marts_interval", &self.delivery.marts_interval, "60s"),
+            (
+                "delivery.compact_interval",
+                &self.delivery.compact_interval,
+                "10m",
+            ),
+            (
+                "delivery.marts_interval",
+                &self.delivery.marts_interval,
+                "60s",
+            ),
         ] {
             if let Err(e) = duration_setting(name, value.as_deref(), default) {
                 errors.push(e.to_string());

@@ -38,7 +38,12 @@ pub struct ReplayArgs {
     #[arg(long, env = "SHOPLAKE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Where `serve` keeps its admin token (read when --token is not given).
-    #[arg(long, env = "SHOPLAKE_DATA", value_name = "DIR", default_value = "data")]
+    #[arg(
+        long,
+        env = "SHOPLAKE_DATA",
+        value_name = "DIR",
+        default_value = "data"
+    )]
     data: PathBuf,
     /// Replay at X times the pace of the events' own times (60 = an hour a minute).
     #[arg(long, value_name = "X", conflicts_with_all = ["rate", "max"])]
@@ -278,7 +283,7 @@ fn read_loop(
     let name = input.to_string_lossy();
     let reader = shoplake_events::io::open(input)?;
     let validator = Validator::default();
-    let mut rows: Box<dyn Iterator<Item = shoplake_events::Result<Row>>> =
+    let rows: Box<dyn Iterator<Item = shoplake_events::Result<Row>>> =
         if shoplake_events::io::is_json_name(&name) {
             Box::new(JsonDecoder::new(
                 std::io::BufReader::with_capacity(1 << 20, reader),
@@ -292,7 +297,7 @@ fn read_loop(
     let mut first_time: Option<i64> = None;
     let mut n: u64 = 0;
     let shards = senders.len() as u64;
-    while let Some(row) = rows.next() {
+    for row in rows {
         if counters.fatal.load(Ordering::Relaxed) {
             break;
         }
@@ -380,8 +385,7 @@ async fn send_loop(mut rx: mpsc::Receiver<Event>, s: Sender) -> Vec<f64> {
             shoplake_events::json::encode_json(&mut body, e);
         }
         if s.gzip {
-            let mut gz =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             if gz.write_all(&body).is_ok()
                 && let Ok(b) = gz.finish()
             {
@@ -505,9 +509,9 @@ async fn progress_loop(c: Arc<Counters>) {
             acked,
             rate,
             c.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0,
-            c.sent
-                .load(Ordering::Relaxed)
-                .saturating_sub(acked + c.rejected.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed)),
+            c.sent.load(Ordering::Relaxed).saturating_sub(
+                acked + c.rejected.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed)
+            ),
             c.retries.load(Ordering::Relaxed),
             started.elapsed().as_secs_f64()
         );

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use shoplake_lake::{Lake, LakeOptions};
-use shoplake_log::{EmbeddedLog, EmbeddedOptions, EventLog};
+use shoplake_log::{EmbeddedLog, EmbeddedOptions, EventLog, KafkaLog, KafkaOptions};
 use shoplake_server::{DeliveryOptions, Limits, Network, ServeOptions};
 
 use crate::config::{Config, duration_setting};
@@ -30,7 +30,12 @@ With no tokens in shoplake.toml, the first start creates an admin token in DATA/
 pub struct ServeArgs {
     /// The data directory: the event log in DATA/log, the lake in DATA/lake (unless
     /// `lake.root` or --lake says otherwise), the admin token in DATA/admin.token.
-    #[arg(long, env = "SHOPLAKE_DATA", value_name = "DIR", default_value = "data")]
+    #[arg(
+        long,
+        env = "SHOPLAKE_DATA",
+        value_name = "DIR",
+        default_value = "data"
+    )]
     data: PathBuf,
     /// The address to listen on [default: `server.listen`, else 127.0.0.1:7070].
     #[arg(long, env = "SHOPLAKE_LISTEN", value_name = "ADDR")]
@@ -126,14 +131,14 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     };
     let rt = runtime()?;
     rt.block_on(async move {
-        let log = open_log(&config, &args.data)?;
+        let log = open_log(&config, &args.data).await?;
         shoplake_server::serve(lake, log, options, |_| {}, shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Opens the configured event log.
-fn open_log(config: &Config, data: &std::path::Path) -> Result<Arc<dyn EventLog>> {
+async fn open_log(config: &Config, data: &std::path::Path) -> Result<Arc<dyn EventLog>> {
     match config.log.backend.as_deref() {
         None | Some("embedded") => {
             let mut options = EmbeddedOptions::new(data.join("log"));
@@ -145,11 +150,36 @@ fn open_log(config: &Config, data: &std::path::Path) -> Result<Arc<dyn EventLog>
             }
             options.retention_age =
                 duration_setting("log.retention", config.log.retention.as_deref(), "7d")?;
-            let log = EmbeddedLog::open(options)
-                .with_context(|| format!("opening the event log in {}", data.join("log").display()))?;
+            let log = EmbeddedLog::open(options).with_context(|| {
+                format!("opening the event log in {}", data.join("log").display())
+            })?;
             Ok(Arc::new(log))
         }
-        Some(other) => bail!("log.backend {other:?} is not available in this build"),
+        Some("kafka") => {
+            let k = &config.log.kafka;
+            let Some(brokers) = k.brokers.clone() else {
+                bail!("log.backend = \"kafka\" needs log.kafka.brokers");
+            };
+            let topic = k
+                .topic
+                .clone()
+                .unwrap_or_else(|| "shoplake-events".to_owned());
+            let mut options = KafkaOptions::new(brokers.clone(), topic.clone());
+            if let Some(p) = config.log.partitions {
+                options.partitions = p;
+            }
+            options.producer_properties = k.producer.clone().into_iter().collect();
+            options.consumer_properties = k.consumer.clone().into_iter().collect();
+            let log = KafkaLog::open(options)
+                .await
+                .with_context(|| format!("opening the Kafka topic {topic} on {brokers}"))?;
+            tracing::info!(
+                "event log: Kafka topic {topic} on {brokers}, {} partitions",
+                log.partitions()
+            );
+            Ok(Arc::new(log))
+        }
+        Some(other) => bail!("log.backend {other:?}: expected embedded or kafka"),
     }
 }
 

@@ -211,3 +211,48 @@ async fn partitions_are_fixed_and_arguments_checked() {
     .to_string();
     assert!(err.contains("4 partitions"), "{err}");
 }
+
+/// A Kafka topic of its own on the broker scripts/test.sh starts (tansu).
+async fn kafka_log(name: &str) -> shoplake_log::KafkaLog {
+    let brokers = std::env::var("SHOPLAKE_TEST_KAFKA").expect(
+        "SHOPLAKE_TEST_KAFKA is not set: run the tests through scripts/test.sh, which starts a Kafka-protocol broker (tansu)",
+    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let topic = format!("shoplake-test-{name}-{nanos}");
+    shoplake_log::KafkaLog::open(tansu_options(brokers, topic))
+        .await
+        .unwrap()
+}
+
+/// tansu (0.x) answers a partition's end offset as the last record batch's first offset + 1:
+/// against it the producer sends one record per batch, so that the end it reports is right.
+fn tansu_options(brokers: String, topic: String) -> shoplake_log::KafkaOptions {
+    let mut o = shoplake_log::KafkaOptions::new(brokers, topic);
+    o.producer_properties
+        .push(("batch.num.messages".to_owned(), "1".to_owned()));
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_kafka() {
+    let log = kafka_log("conformance").await;
+    assert_eq!(log.partitions(), 4);
+    conformance::appends_and_reads(&log).await.unwrap();
+    conformance::concurrent_appends(&log).await.unwrap();
+    conformance::consumer_positions(&log).await.unwrap();
+    let log = kafka_log("reopen").await;
+    let topic = log.topic().to_owned();
+    let brokers = std::env::var("SHOPLAKE_TEST_KAFKA").unwrap();
+    let handle = tokio::runtime::Handle::current();
+    conformance::durable_across_reopen(Box::new(log), move || {
+        let options = tansu_options(brokers.clone(), topic.clone());
+        let log =
+            tokio::task::block_in_place(|| handle.block_on(shoplake_log::KafkaLog::open(options)))?;
+        Ok(Box::new(log) as Box<dyn EventLog>)
+    })
+    .await
+    .unwrap();
+}

@@ -198,7 +198,10 @@ async fn lake_rows(lake: &Lake) -> Vec<(String, Option<String>, Option<String>)>
 async fn get_json(url: &str) -> (u16, Value) {
     let r = reqwest::get(url).await.unwrap();
     let status = r.status().as_u16();
-    (status, serde_json::from_str(&r.text().await.unwrap()).unwrap())
+    (
+        status,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+    )
 }
 
 fn ids(events: &[Event]) -> HashSet<String> {
@@ -213,9 +216,17 @@ async fn every_format_is_accepted_stamped_and_delivered_once() {
     let mut one = Vec::new();
     shoplake_events::json::encode_json(&mut one, &all[0]);
     let (status, body, _) = s
-        .post(Some(SHOP), "application/json", one, &[("user-agent", "shop-backend/1.0")])
+        .post(
+            Some(SHOP),
+            "application/json",
+            one,
+            &[("user-agent", "shop-backend/1.0")],
+        )
         .await;
-    assert_eq!((status, &body), (200, &json!({"accepted": 1, "rejected": []})));
+    assert_eq!(
+        (status, &body),
+        (200, &json!({"accepted": 1, "rejected": []}))
+    );
     // A JSON array.
     let array: Vec<Value> = all[1..100]
         .iter()
@@ -275,7 +286,12 @@ async fn client_fields_are_kept_only_for_forwarding_tokens_and_trusted_proxies()
     }
     // The tracker may forward: the events' own fields stay.
     let (status, _, _) = s
-        .post(Some(TRACKER), "application/x-ndjson", ndjson(&all[..10]), &[])
+        .post(
+            Some(TRACKER),
+            "application/x-ndjson",
+            ndjson(&all[..10]),
+            &[],
+        )
         .await;
     assert_eq!(status, 200);
     // The shop may not: the connection's (here a trusted proxy's X-Forwarded-For).
@@ -284,7 +300,10 @@ async fn client_fields_are_kept_only_for_forwarding_tokens_and_trusted_proxies()
             Some(SHOP),
             "application/x-ndjson",
             ndjson(&all[10..20]),
-            &[("x-forwarded-for", "203.0.113.5"), ("user-agent", "proxy-ua")],
+            &[
+                ("x-forwarded-for", "203.0.113.5"),
+                ("user-agent", "proxy-ua"),
+            ],
         )
         .await;
     assert_eq!(status, 200);
@@ -325,9 +344,7 @@ async fn bad_rows_are_listed_and_quarantined_and_the_good_ones_kept() {
     shoplake_events::json::encode_json(&mut body, &good[1]);
     body.extend_from_slice(b"{not json\n");
     shoplake_events::json::encode_json(&mut body, &good[2]);
-    let (status, answer, _) = s
-        .post(Some(SHOP), "application/x-ndjson", body, &[])
-        .await;
+    let (status, answer, _) = s.post(Some(SHOP), "application/x-ndjson", body, &[]).await;
     assert_eq!(status, 200);
     assert_eq!(answer["accepted"], 3);
     let rejected = answer["rejected"].as_array().unwrap();
@@ -359,11 +376,20 @@ async fn bad_rows_are_listed_and_quarantined_and_the_good_ones_kept() {
     assert_eq!(lake_rows(&lake).await.len(), 3);
     let mut reasons = Vec::new();
     for b in lake
-        .read_table(TableName::Quarantine, &["import_id", "source", "field", "raw"])
+        .read_table(
+            TableName::Quarantine,
+            &["import_id", "source", "field", "raw"],
+        )
         .await
         .unwrap()
     {
-        let col = |i: usize| b.column(i).as_any().downcast_ref::<StringArray>().unwrap().clone();
+        let col = |i: usize| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone()
+        };
         for i in 0..b.num_rows() {
             assert_eq!(col(0).value(i), "collector");
             assert_eq!(col(1).value(i), "collector 127.0.0.1 token shop");
@@ -390,25 +416,107 @@ async fn refusals_have_the_documented_status_and_message() {
     let s = Running::start(limits, Vec::new()).await;
     let some = ndjson(&events(10, 14));
     let nd = "application/x-ndjson";
-    let cases: Vec<(Option<&str>, &str, Vec<u8>, Vec<(&str, &str)>, u16, &str)> = vec![
+    // (token, content type, body, extra headers, status, part of the message)
+    type Case<'a> = (
+        Option<&'a str>,
+        &'a str,
+        Vec<u8>,
+        Vec<(&'a str, &'a str)>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (None, nd, some.clone(), vec![], 401, "missing bearer token"),
-        (Some("wrong-token"), nd, some.clone(), vec![], 401, "unknown token"),
-        (Some(READER), nd, some.clone(), vec![], 403, "lacks the ingest scope"),
-        (Some(SHOP), "text/plain", some.clone(), vec![], 415, "unsupported Content-Type"),
-        (Some(SHOP), nd, some.clone(), vec![("content-encoding", "br")], 415, "unsupported Content-Encoding"),
-        (Some(SHOP), nd, some.clone(), vec![("content-encoding", "gzip")], 400, "not valid gzip"),
-        (Some(SHOP), nd, vec![b' '; 70 * 1024], vec![], 413, "larger than the limit"),
-        (Some(SHOP), nd, gzip(&vec![b'\n'; 200 * 1024]), vec![("content-encoding", "gzip")], 413, "once decompressed"),
-        (Some(SHOP), nd, ndjson(&events(150, 15)), vec![], 413, "more than 100 rows"),
+        (
+            Some("wrong-token"),
+            nd,
+            some.clone(),
+            vec![],
+            401,
+            "unknown token",
+        ),
+        (
+            Some(READER),
+            nd,
+            some.clone(),
+            vec![],
+            403,
+            "lacks the ingest scope",
+        ),
+        (
+            Some(SHOP),
+            "text/plain",
+            some.clone(),
+            vec![],
+            415,
+            "unsupported Content-Type",
+        ),
+        (
+            Some(SHOP),
+            nd,
+            some.clone(),
+            vec![("content-encoding", "br")],
+            415,
+            "unsupported Content-Encoding",
+        ),
+        (
+            Some(SHOP),
+            nd,
+            some.clone(),
+            vec![("content-encoding", "gzip")],
+            400,
+            "not valid gzip",
+        ),
+        (
+            Some(SHOP),
+            nd,
+            vec![b' '; 70 * 1024],
+            vec![],
+            413,
+            "larger than the limit",
+        ),
+        (
+            Some(SHOP),
+            nd,
+            gzip(&vec![b'\n'; 200 * 1024]),
+            vec![("content-encoding", "gzip")],
+            413,
+            "once decompressed",
+        ),
+        (
+            Some(SHOP),
+            nd,
+            ndjson(&events(150, 15)),
+            vec![],
+            413,
+            "more than 100 rows",
+        ),
         (Some(SHOP), nd, Vec::new(), vec![], 400, "no events"),
-        (Some(SHOP), "text/csv", b"a,b,c\n1,2,3\n".to_vec(), vec![], 400, "header"),
-        (Some(SHOP), "application/json", b"[{\"a\": 1}, {".to_vec(), vec![], 400, "malformed"),
+        (
+            Some(SHOP),
+            "text/csv",
+            b"a,b,c\n1,2,3\n".to_vec(),
+            vec![],
+            400,
+            "header",
+        ),
+        (
+            Some(SHOP),
+            "application/json",
+            b"[{\"a\": 1}, {".to_vec(),
+            vec![],
+            400,
+            "malformed",
+        ),
     ];
     for (token, ct, body, extra, want, message) in cases {
         let (status, answer, headers) = s.post(token, ct, body, &extra).await;
         let error = answer["error"].as_str().unwrap_or_default();
         assert_eq!(status, want, "{ct} {extra:?}: {answer}");
-        assert!(error.contains(message), "{ct} {extra:?}: {error:?} lacks {message:?}");
+        assert!(
+            error.contains(message),
+            "{ct} {extra:?}: {error:?} lacks {message:?}"
+        );
         if want == 401 {
             assert!(headers.contains_key("www-authenticate"));
         }
@@ -471,7 +579,12 @@ async fn health_metrics_and_openapi() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["log_partitions"], 4);
     let (status, _, _) = s
-        .post(Some(SHOP), "application/x-ndjson", ndjson(&events(20, 17)), &[])
+        .post(
+            Some(SHOP),
+            "application/x-ndjson",
+            ndjson(&events(20, 17)),
+            &[],
+        )
         .await;
     assert_eq!(status, 200);
     let (status, _, _) = s.post(None, "application/x-ndjson", Vec::new(), &[]).await;
@@ -496,10 +609,22 @@ async fn health_metrics_and_openapi() {
         .text()
         .await
         .unwrap();
-    assert!(text.contains("shoplake_ingest_events_accepted_total 20"), "{text}");
-    assert!(text.contains("shoplake_ingest_requests_total{status=\"200\"} 1"), "{text}");
-    assert!(text.contains("shoplake_ingest_requests_total{status=\"401\"} 1"), "{text}");
-    assert!(text.contains("shoplake_ingest_request_seconds_count 2"), "{text}");
+    assert!(
+        text.contains("shoplake_ingest_events_accepted_total 20"),
+        "{text}"
+    );
+    assert!(
+        text.contains("shoplake_ingest_requests_total{status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("shoplake_ingest_requests_total{status=\"401\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("shoplake_ingest_request_seconds_count 2"),
+        "{text}"
+    );
     assert!(text.ends_with("# EOF\n"));
 
     let (_, api) = get_json(&s.url("/openapi.json")).await;

@@ -137,7 +137,10 @@ fn kill_9_during_replay_three_times_loses_and_duplicates_nothing() {
     assert_eq!(summary["failed"], 0);
     assert_eq!(summary["invalid"], 0);
     assert_eq!(summary["acknowledged"], 200_000, "{summary}");
-    assert!(summary["retries"].as_u64().unwrap() > 0, "no request met a kill: {summary}");
+    assert!(
+        summary["retries"].as_u64().unwrap() > 0,
+        "no request met a kill: {summary}"
+    );
 
     // SIGTERM: stop accepting, deliver what the log holds, exit 0.
     let status = terminate(&mut server);
@@ -146,7 +149,11 @@ fn kill_9_during_replay_three_times_loses_and_duplicates_nothing() {
     assert!(log.contains("stopped cleanly"), "{log}");
 
     let (rows, ids) = lake_ids(&data.join("lake"));
-    assert_eq!(rows, ids.len(), "events delivered twice (kills after {moments:?})");
+    assert_eq!(
+        rows,
+        ids.len(),
+        "events delivered twice (kills after {moments:?})"
+    );
     assert_eq!(
         ids.len(),
         expected.len(),
@@ -175,7 +182,11 @@ fn serve_creates_an_admin_token_and_replay_paces_by_event_time() {
         let mode = std::fs::metadata(&token).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    assert!(std::fs::read_to_string(&serve_log).unwrap().contains(secret.trim()));
+    assert!(
+        std::fs::read_to_string(&serve_log)
+            .unwrap()
+            .contains(secret.trim())
+    );
 
     // The sample spans 17 min 26 s of event time: at 120x, 8.7 s.
     let sample = crate::sample();
@@ -210,4 +221,56 @@ fn serve_creates_an_admin_token_and_replay_paces_by_event_time() {
     assert!(terminate(&mut server).success());
     let (rows, _) = lake_ids(&data.join("lake"));
     assert_eq!(rows, 1000);
+}
+
+#[test]
+fn serve_on_kafka_delivers_a_replay_into_the_lake() {
+    let brokers = std::env::var("SHOPLAKE_TEST_KAFKA").expect(
+        "SHOPLAKE_TEST_KAFKA is not set: run the tests through scripts/test.sh, which starts a Kafka-protocol broker (tansu)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("shoplake.toml");
+    let serve_log = dir.path().join("serve.log");
+    let topic = format!(
+        "shoplake-serve-{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    // tansu answers a partition's end as the last batch's first offset + 1: one record a
+    // batch against it (see the log crate's Kafka conformance test).
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\nbackend = \"kafka\"\npartitions = 3\n[log.kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n[log.kafka.producer]\n\"batch.num.messages\" = \"1\"\n[delivery]\ninterval = \"1s\"\nmarts_interval = \"off\"\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut server = spawn_serve(&data, &config, port, &serve_log);
+    let sample = crate::sample();
+    let o = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args([
+            "replay",
+            sample.to_str().unwrap(),
+            "--max",
+            "--format",
+            "json",
+        ])
+        .args(["--url", &format!("http://127.0.0.1:{port}")])
+        .args(["--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["acknowledged"], 1000);
+    let status = terminate(&mut server);
+    let log = std::fs::read_to_string(&serve_log).unwrap_or_default();
+    assert!(status.success(), "{log}");
+    assert!(log.contains(&format!("Kafka topic {topic}")), "{log}");
+    let (rows, ids) = lake_ids(&data.join("lake"));
+    assert_eq!((rows, ids.len()), (1000, 1000));
+    assert_eq!(ids, file_ids(&sample));
 }

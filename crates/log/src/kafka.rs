@@ -1,0 +1,372 @@
+//! The Kafka backend: one topic keyed by user id, for scale-out (several collectors, consumers
+//! on other machines). Records go to the partition [`partition_for`] names, so both backends
+//! place keys alike; positions are Kafka offsets; an append returns once every record is
+//! acknowledged by all in-sync replicas (`acks=all`, idempotent producer); consumer positions
+//! are the consumer group's committed offsets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::{Error, EventLog, Position, Record, Result, Stored, check_consumer, partition_for};
+
+/// Options of the Kafka backend.
+#[derive(Debug, Clone)]
+pub struct KafkaOptions {
+    /// Bootstrap servers (`host:port,host:port`).
+    pub brokers: String,
+    /// The topic.
+    pub topic: String,
+    /// Partitions when the topic has to be created (default 4).
+    pub partitions: u32,
+    /// Replication factor when the topic has to be created (default 1).
+    pub replication: i32,
+    /// How long a request to the brokers may take (default 30 s).
+    pub timeout: Duration,
+    /// librdkafka properties for the producer (security, batching: `security.protocol`,
+    /// `sasl.mechanisms`, `batch.num.messages` …).
+    pub producer_properties: Vec<(String, String)>,
+    /// librdkafka properties for the consumers.
+    pub consumer_properties: Vec<(String, String)>,
+}
+
+impl KafkaOptions {
+    /// The defaults for a topic on some brokers.
+    pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> KafkaOptions {
+        KafkaOptions {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            partitions: 4,
+            replication: 1,
+            timeout: Duration::from_secs(30),
+            producer_properties: Vec::new(),
+            consumer_properties: Vec::new(),
+        }
+    }
+}
+
+/// An event log on a Kafka topic.
+pub struct KafkaLog {
+    options: KafkaOptions,
+    partitions: u32,
+    producer: FutureProducer,
+    /// Reads (assign, seek, poll) and watermarks, one at a time.
+    reader: Arc<Mutex<BaseConsumer>>,
+    /// One consumer per group, for committed offsets.
+    groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+}
+
+impl std::fmt::Debug for KafkaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaLog")
+            .field("options", &self.options)
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+fn kafka(what: &str) -> impl FnOnce(KafkaError) -> Error + '_ {
+    move |e| Error::Kafka(format!("{what}: {e}"))
+}
+
+fn config(options: &KafkaOptions, properties: &[(String, String)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &options.brokers)
+        .set("socket.timeout.ms", options.timeout.as_millis().to_string());
+    for (k, v) in properties {
+        c.set(k, v);
+    }
+    c
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Kafka(format!("a Kafka call failed: {e}")))?
+}
+
+impl KafkaLog {
+    /// Connects, creating the topic when it does not exist.
+    pub async fn open(options: KafkaOptions) -> Result<KafkaLog> {
+        let admin: AdminClient<DefaultClientContext> =
+            config(&options, &options.consumer_properties)
+                .create()
+                .map_err(kafka("connecting to Kafka"))?;
+        let topic = NewTopic::new(
+            &options.topic,
+            i32::try_from(options.partitions.max(1)).unwrap_or(i32::MAX),
+            TopicReplication::Fixed(options.replication),
+        );
+        let created = admin
+            .create_topics(
+                [&topic],
+                &AdminOptions::new().operation_timeout(Some(options.timeout)),
+            )
+            .await
+            .map_err(kafka("creating the topic"))?;
+        for r in created {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(Error::Kafka(format!("creating the topic {t}: {code}")));
+                }
+            }
+        }
+        let mut producer = config(&options, &[]);
+        producer
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .set(
+                "message.timeout.ms",
+                options.timeout.as_millis().to_string(),
+            );
+        for (k, v) in &options.producer_properties {
+            producer.set(k, v);
+        }
+        let producer: FutureProducer = producer.create().map_err(kafka("creating the producer"))?;
+        let reader: BaseConsumer = config(&options, &options.consumer_properties)
+            .set("group.id", "shoplake-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(kafka("creating the reader"))?;
+        let reader = Arc::new(Mutex::new(reader));
+        let partitions = {
+            let reader = reader.clone();
+            let topic = options.topic.clone();
+            let timeout = options.timeout;
+            blocking(move || {
+                // A new topic's metadata can take a moment to show.
+                for _ in 0..50 {
+                    let r = reader.lock().map_err(|_| poisoned())?;
+                    let md = r
+                        .fetch_metadata(Some(&topic), timeout)
+                        .map_err(kafka("reading the topic's metadata"))?;
+                    if let Some(t) = md.topics().iter().find(|t| t.name() == topic)
+                        && !t.partitions().is_empty()
+                    {
+                        return Ok(t.partitions().len() as u32);
+                    }
+                    drop(r);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(Error::Kafka(format!("the topic {topic} has no partitions")))
+            })
+            .await?
+        };
+        Ok(KafkaLog {
+            options,
+            partitions,
+            producer,
+            reader,
+            groups: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.options.topic
+    }
+
+    fn check_partition(&self, partition: u32) -> Result<i32> {
+        if partition >= self.partitions {
+            return Err(Error::Argument(format!(
+                "partition {partition}: the topic has {}",
+                self.partitions
+            )));
+        }
+        Ok(partition as i32)
+    }
+
+    async fn watermarks(&self, partition: u32) -> Result<(u64, u64)> {
+        let p = self.check_partition(partition)?;
+        let reader = self.reader.clone();
+        let topic = self.options.topic.clone();
+        let timeout = self.options.timeout;
+        blocking(move || {
+            let r = reader.lock().map_err(|_| poisoned())?;
+            let (low, high) = r
+                .fetch_watermarks(&topic, p, timeout)
+                .map_err(kafka("reading watermarks"))?;
+            Ok((low.max(0) as u64, high.max(0) as u64))
+        })
+        .await
+    }
+
+    fn group(&self, consumer: &str) -> Result<Arc<BaseConsumer>> {
+        check_consumer(consumer)?;
+        let mut groups = self.groups.lock().map_err(|_| poisoned())?;
+        if let Some(c) = groups.get(consumer) {
+            return Ok(c.clone());
+        }
+        let c: BaseConsumer = config(&self.options, &self.options.consumer_properties)
+            .set("group.id", consumer)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(kafka("creating a group consumer"))?;
+        let c = Arc::new(c);
+        groups.insert(consumer.to_owned(), c.clone());
+        Ok(c)
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Kafka("a Kafka client lock was poisoned by a panic".to_owned())
+}
+
+#[async_trait::async_trait]
+impl EventLog for KafkaLog {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    async fn append(&self, records: Vec<Record>) -> Result<Vec<Position>> {
+        let now_ms = chrono_now_ms();
+        let sends = records.iter().map(|r| {
+            let partition = partition_for(&r.key, self.partitions) as i32;
+            self.producer.send(
+                FutureRecord::to(&self.options.topic)
+                    .partition(partition)
+                    .key(&r.key)
+                    .payload(&r.value)
+                    .timestamp(now_ms),
+                self.options.timeout,
+            )
+        });
+        let results = futures::future::join_all(sends).await;
+        results
+            .into_iter()
+            .map(|r| match r {
+                Ok(d) => Ok(Position {
+                    partition: d.partition as u32,
+                    offset: d.offset as u64,
+                }),
+                Err((e, _)) => Err(Error::Kafka(format!("appending: {e}"))),
+            })
+            .collect()
+    }
+
+    async fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<Stored>> {
+        let p = self.check_partition(partition)?;
+        let (low, high) = self.watermarks(partition).await?;
+        let from = from.max(low);
+        if from >= high || max == 0 {
+            return Ok(Vec::new());
+        }
+        let want = max.min((high - from) as usize);
+        let reader = self.reader.clone();
+        let topic = self.options.topic.clone();
+        let timeout = self.options.timeout;
+        blocking(move || {
+            let r = reader.lock().map_err(|_| poisoned())?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, p, Offset::Offset(from as i64))
+                .map_err(kafka("assigning"))?;
+            r.assign(&tpl).map_err(kafka("assigning"))?;
+            let mut out = Vec::with_capacity(want);
+            // Offsets can have gaps (control records): read until `want` records or the
+            // high watermark, whichever comes first.
+            let mut next = from;
+            let deadline = std::time::Instant::now() + timeout;
+            while out.len() < want && next < high {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(Error::Kafka(format!(
+                        "reading partition {p}: timed out after {} of {want} records",
+                        out.len()
+                    )));
+                }
+                match r.poll(left.min(Duration::from_millis(500))) {
+                    None => {}
+                    Some(Err(e)) => return Err(Error::Kafka(format!("reading: {e}"))),
+                    Some(Ok(m)) => {
+                        let offset = m.offset().max(0) as u64;
+                        // Messages still queued from an earlier assignment are not ours.
+                        if m.partition() != p || m.topic() != topic || offset < next {
+                            continue;
+                        }
+                        next = offset + 1;
+                        out.push(Stored {
+                            offset,
+                            appended_at: m.timestamp().to_millis().unwrap_or(0) * 1000,
+                            key: m.key().unwrap_or_default().to_vec(),
+                            value: m.payload().unwrap_or_default().to_vec(),
+                        });
+                    }
+                }
+            }
+            r.unassign().map_err(kafka("unassigning"))?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn start(&self, partition: u32) -> Result<u64> {
+        Ok(self.watermarks(partition).await?.0)
+    }
+
+    async fn end(&self, partition: u32) -> Result<u64> {
+        Ok(self.watermarks(partition).await?.1)
+    }
+
+    async fn committed(&self, consumer: &str) -> Result<BTreeMap<u32, u64>> {
+        let group = self.group(consumer)?;
+        let topic = self.options.topic.clone();
+        let partitions = self.partitions;
+        let timeout = self.options.timeout;
+        blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition(&topic, p as i32);
+            }
+            let got = group
+                .committed_offsets(tpl, timeout)
+                .map_err(kafka("reading committed offsets"))?;
+            Ok(got
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) if o >= 0 => Some((e.partition() as u32, o as u64)),
+                    _ => None,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn commit(&self, consumer: &str, positions: &BTreeMap<u32, u64>) -> Result<()> {
+        let group = self.group(consumer)?;
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in positions {
+            let p = self.check_partition(*p)?;
+            tpl.add_partition_offset(&self.options.topic, p, Offset::Offset(*o as i64))
+                .map_err(kafka("committing"))?;
+        }
+        blocking(move || {
+            group
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(kafka("committing offsets"))
+        })
+        .await
+    }
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
