@@ -49,6 +49,20 @@ struct Running {
 
 impl Running {
     async fn start(limits: Limits, trusted: Vec<Network>) -> Running {
+        let delivery = DeliveryOptions {
+            interval: Duration::from_millis(200),
+            compact_interval: None,
+            marts_interval: None,
+            ..DeliveryOptions::default()
+        };
+        Running::start_with(limits, trusted, delivery).await
+    }
+
+    async fn start_with(
+        limits: Limits,
+        trusted: Vec<Network>,
+        delivery: DeliveryOptions,
+    ) -> Running {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(
@@ -69,12 +83,7 @@ impl Running {
             tokens: tokens(),
             trusted_proxies: trusted,
             limits,
-            delivery: DeliveryOptions {
-                interval: Duration::from_millis(200),
-                compact_interval: None,
-                marts_interval: None,
-                ..DeliveryOptions::default()
-            },
+            delivery,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -631,4 +640,56 @@ async fn health_metrics_and_openapi() {
     assert_eq!(api["openapi"], "3.1.0");
     assert!(api["paths"]["/v1/events"]["post"]["responses"]["413"].is_object());
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_compacted_and_the_marts_kept_up_to_date() {
+    let s = Running::start_with(
+        Limits::default(),
+        Vec::new(),
+        DeliveryOptions {
+            interval: Duration::from_millis(100),
+            compact_interval: Some(Duration::ZERO),
+            marts_interval: Some(Duration::ZERO),
+            ..DeliveryOptions::default()
+        },
+    )
+    .await;
+    let all = events(3_000, 18);
+    // Three deliveries, each a small file per date.
+    for chunk in all.chunks(1_000) {
+        let (status, _, _) = s
+            .post(Some(SHOP), "application/x-ndjson", ndjson(chunk), &[])
+            .await;
+        assert_eq!(status, 200);
+        let version = s.lake.table_info(TableName::Events).await.unwrap().version;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if s.lake.table_info(TableName::Events).await.unwrap().version != version {
+                break;
+            }
+        }
+    }
+    // Compaction leaves one file per date; the marts catch up with the last delivery.
+    let mut compacted = false;
+    let mut fresh = false;
+    for _ in 0..200 {
+        let info = s.lake.table_info(TableName::Events).await.unwrap();
+        compacted = info.files == info.partitions.len() as u64;
+        let engine = shoplake_query::Engine::open(&s.lake).await.unwrap();
+        fresh = shoplake_query::marts::fresh(&engine, chrono_tz::Tz::UTC)
+            .await
+            .unwrap();
+        if compacted && fresh {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(compacted, "events was not compacted");
+    assert!(fresh, "the marts did not catch up");
+    let (lake, _dir) = s.stop().await;
+    let rows = lake_rows(&lake).await;
+    assert_eq!(rows.len(), ids(&all).len());
+    let got: HashSet<String> = rows.into_iter().map(|r| r.0).collect();
+    assert_eq!(got, ids(&all));
 }
