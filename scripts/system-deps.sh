@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# System packages the build needs, installed with apt when missing (CI and the test command
+# run this; on another system install cmake and the libcurl headers by hand).
+# rdkafka builds librdkafka with cmake; librdkafka 2.12 includes curl/curl.h even without
+# curl support. Debian's libcurl4-openssl-dev can lag the installed libcurl4 by a security
+# update: then the matching libcurl4 is installed alongside it.
+set -euo pipefail
+if ! command -v cmake >/dev/null || { [ ! -e /usr/include/x86_64-linux-gnu/curl/curl.h ] && [ ! -e /usr/include/curl/curl.h ]; }; then
+  echo "== apt: cmake libcurl4-openssl-dev"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || true
+  if ! apt-get install -y -qq --no-install-recommends cmake libcurl4-openssl-dev; then
+    want=$(apt-cache policy libcurl4-openssl-dev | awk '/Candidate:/ {print $2}')
+    apt-get install -y -qq --no-install-recommends --allow-downgrades \
+      cmake "libcurl4=$want" "libcurl4-openssl-dev=$want"
+  fi
+fi
