@@ -352,4 +352,89 @@ mod tests {
             Some("true")
         );
     }
+
+    #[test]
+    fn server_log_and_delivery_sections() {
+        let c: Config = toml::from_str(
+            r#"
+[server]
+listen = "0.0.0.0:7070"
+trusted_proxies = ["10.0.0.0/8", "::1"]
+[[server.tokens]]
+name = "shop"
+token = "0123456789abcdef0123"
+scopes = ["ingest"]
+[log]
+backend = "kafka"
+[log.kafka]
+brokers = "k:9092"
+[log.kafka.producer]
+"batch.num.messages" = "1"
+[delivery]
+interval = "5s"
+marts_interval = "off"
+"#,
+        )
+        .unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert_eq!(
+            duration_setting("d", c.delivery.marts_interval.as_deref(), "60s").unwrap(),
+            None
+        );
+        let bad: Config = toml::from_str(
+            r#"
+[server]
+listen = "nowhere"
+trusted_proxies = ["10.0.0.0/40"]
+[[server.tokens]]
+name = "a"
+token = "short"
+scopes = []
+[[server.tokens]]
+name = "a"
+token = "0123456789abcdef0123"
+scopes = ["read"]
+[log]
+backend = "kafka"
+partitions = 0
+[delivery]
+interval = "soon"
+"#,
+        )
+        .unwrap();
+        let errors = bad.validate();
+        for want in [
+            "server.listen",
+            "prefix length",
+            "at least 16",
+            "no scopes",
+            "used twice",
+            "needs log.kafka.brokers",
+            "log.partitions",
+            "delivery.interval",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(want)),
+                "{want} missing from {errors:?}"
+            );
+        }
+        assert!(
+            toml::from_str::<Config>(
+                "[server]
+colour = 1
+"
+            )
+            .is_err()
+        );
+        assert!(
+            toml::from_str::<Config>(
+                "[[server.tokens]]
+name = \"a\"
+token = \"0123456789abcdef0\"
+scopes = [\"write\"]
+"
+            )
+            .is_err()
+        );
+    }
 }
