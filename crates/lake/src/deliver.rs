@@ -17,7 +17,7 @@ use arrow::array::{
 };
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Transaction};
+use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use serde::{Deserialize, Serialize};
@@ -290,36 +290,15 @@ impl Delivery {
                     .with_timezone("UTC"),
             ),
         ];
-        let mut writer = RecordBatchWriter::for_table(&self.quarantine)
-            .map_err(Error::delta("preparing the quarantine writer"))?;
-        let batch = RecordBatch::try_new(writer.arrow_schema(), columns)?;
-        writer
-            .write(batch)
-            .await
-            .map_err(Error::delta("writing quarantine"))?;
-        let adds = writer
-            .flush()
-            .await
-            .map_err(Error::delta("writing quarantine"))?;
-        let state = self
-            .quarantine
-            .snapshot()
-            .map_err(Error::delta("reading the quarantine state"))?;
-        CommitBuilder::from(
-            CommitProperties::default().with_application_transactions(self.transactions(&touched)),
+        let adds = write_files(&self.quarantine, columns, "quarantine").await?;
+        append_commit(
+            &self.quarantine,
+            adds,
+            self.transactions(&touched),
+            None,
+            "committing quarantined rows",
         )
-        .with_actions(adds.into_iter().map(Action::Add).collect())
-        .build(
-            Some(state),
-            self.quarantine.log_store(),
-            DeltaOperation::Write {
-                mode: SaveMode::Append,
-                partition_by: None,
-                predicate: None,
-            },
-        )
-        .await
-        .map_err(Error::delta("committing quarantined rows"))?;
+        .await?;
         Ok(n)
     }
 
@@ -395,23 +374,8 @@ impl Delivery {
                 .into();
             let mut columns = batch.columns().to_vec();
             columns.push(Arc::new(dates));
-            let mut writer = RecordBatchWriter::for_table(&self.table)
-                .map_err(Error::delta("preparing the events writer"))?;
-            let batch = RecordBatch::try_new(writer.arrow_schema(), columns)?;
-            writer
-                .write(batch)
-                .await
-                .map_err(Error::delta("writing events"))?;
-            adds = writer
-                .flush()
-                .await
-                .map_err(Error::delta("writing events"))?;
+            adds = write_files(&self.table, columns, "events").await?;
         }
-        let txns = self.transactions(positions);
-        let state = self
-            .table
-            .snapshot()
-            .map_err(Error::delta("reading the events state"))?;
         let staged: Vec<(i32, String)> = adds
             .iter()
             .filter_map(|a| {
@@ -423,20 +387,14 @@ impl Delivery {
             })
             .collect();
         let written = keep.len();
-        let finalized =
-            CommitBuilder::from(CommitProperties::default().with_application_transactions(txns))
-                .with_actions(adds.into_iter().map(Action::Add).collect())
-                .build(
-                    Some(state),
-                    self.table.log_store(),
-                    DeltaOperation::Write {
-                        mode: SaveMode::Append,
-                        partition_by: Some(vec![EVENT_DATE.to_owned()]),
-                        predicate: None,
-                    },
-                )
-                .await
-                .map_err(Error::delta("committing a delivery"))?;
+        let version = append_commit(
+            &self.table,
+            adds,
+            self.transactions(positions),
+            Some(vec![EVENT_DATE.to_owned()]),
+            "committing a delivery",
+        )
+        .await?;
         for (d, path) in staged {
             self.known.insert(path.clone());
             self.dedupe.staged(d, path);
@@ -447,7 +405,52 @@ impl Delivery {
         Ok(Delivered {
             written,
             duplicates,
-            version: Some(finalized.version()),
+            version: Some(version),
         })
     }
+}
+
+/// Writes columns matching a table's schema as staged Parquet files.
+async fn write_files(table: &DeltaTable, columns: Vec<ArrayRef>, name: &str) -> Result<Vec<Add>> {
+    let mut writer = RecordBatchWriter::for_table(table)
+        .map_err(Error::delta(format!("preparing the {name} writer")))?;
+    let batch = RecordBatch::try_new(writer.arrow_schema(), columns)?;
+    writer
+        .write(batch)
+        .await
+        .map_err(Error::delta(format!("writing {name}")))?;
+    writer
+        .flush()
+        .await
+        .map_err(Error::delta(format!("writing {name}")))
+}
+
+/// Commits staged files as an append, with application transactions, on the table's current
+/// state; returns the version.
+async fn append_commit(
+    table: &DeltaTable,
+    adds: Vec<Add>,
+    transactions: Vec<Transaction>,
+    partition_by: Option<Vec<String>>,
+    what: &'static str,
+) -> Result<u64> {
+    let state = table
+        .snapshot()
+        .map_err(Error::delta("reading the table state"))?;
+    let finalized = CommitBuilder::from(
+        CommitProperties::default().with_application_transactions(transactions),
+    )
+    .with_actions(adds.into_iter().map(Action::Add).collect())
+    .build(
+        Some(state),
+        table.log_store(),
+        DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by,
+            predicate: None,
+        },
+    )
+    .await
+    .map_err(Error::delta(what))?;
+    Ok(finalized.version())
 }

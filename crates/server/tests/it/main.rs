@@ -180,6 +180,14 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
+fn strings(b: &arrow::array::RecordBatch, i: usize) -> StringArray {
+    b.column(i)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .clone()
+}
+
 /// Every row of `events`: (event_id, client_ip, user_agent).
 async fn lake_rows(lake: &Lake) -> Vec<(String, Option<String>, Option<String>)> {
     let mut out = Vec::new();
@@ -188,13 +196,7 @@ async fn lake_rows(lake: &Lake) -> Vec<(String, Option<String>, Option<String>)>
         .await
         .unwrap()
     {
-        let col = |i: usize| {
-            b.column(i)
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .unwrap()
-                .clone()
-        };
+        let col = |i: usize| strings(&b, i);
         let (ids, ips, uas) = (col(0), col(1), col(2));
         for i in 0..b.num_rows() {
             let opt = |a: &StringArray| (!a.is_null(i)).then(|| a.value(i).to_owned());
@@ -392,13 +394,7 @@ async fn bad_rows_are_listed_and_quarantined_and_the_good_ones_kept() {
         .await
         .unwrap()
     {
-        let col = |i: usize| {
-            b.column(i)
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .unwrap()
-                .clone()
-        };
+        let col = |i: usize| strings(&b, i);
         for i in 0..b.num_rows() {
             assert_eq!(col(0).value(i), "collector");
             assert_eq!(col(1).value(i), "collector 127.0.0.1 token shop");
