@@ -117,6 +117,16 @@ impl Tokens {
 
     /// The token an `Authorization` header names, if it grants `scope`.
     pub fn check(&self, header: Option<&str>, scope: Scope) -> Result<&Token, Denied> {
+        let token = self.authenticate(header)?;
+        if token.allows(scope) {
+            Ok(token)
+        } else {
+            Err(Denied::Scope(scope))
+        }
+    }
+
+    /// The token an `Authorization` header names, whatever its scopes.
+    pub fn authenticate(&self, header: Option<&str>) -> Result<&Token, Denied> {
         let secret = header
             .and_then(|h| {
                 let (kind, rest) = h.trim().split_once(' ')?;
@@ -131,12 +141,7 @@ impl Tokens {
                 found = Some(t);
             }
         }
-        let token = found.ok_or(Denied::Unknown)?;
-        if token.allows(scope) {
-            Ok(token)
-        } else {
-            Err(Denied::Scope(scope))
-        }
+        found.ok_or(Denied::Unknown)
     }
 }
 

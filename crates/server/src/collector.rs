@@ -96,7 +96,8 @@ impl Collector {
         }
     }
 
-    /// The routes: `POST /v1/events`, `GET /healthz`, `GET /metrics`, `GET /openapi.json`.
+    /// The routes: `POST /v1/events` (`ingest` scope), `GET /healthz` (open), `GET /metrics`
+    /// (`read`), `GET /openapi.json` (any token).
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/v1/events", post(ingest))
@@ -531,7 +532,13 @@ async fn metrics(State(c): State<Arc<Collector>>, headers: HeaderMap) -> Respons
 /// The API description.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-async fn openapi() -> Response {
+async fn openapi(State(c): State<Arc<Collector>>, headers: HeaderMap) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(d) = c.tokens.authenticate(auth) {
+        return ApiError::denied(d).into_response();
+    }
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 

@@ -1,4 +1,6 @@
-//! The server's Prometheus metrics (`GET /metrics`, OpenMetrics text).
+//! The server's Prometheus metrics (`GET /metrics`, OpenMetrics text), named
+//! `shoplake_<subsystem>_<name>_<unit>`, counters ending in `_total`; no label takes
+//! unbounded values (the only one is the HTTP status).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -77,7 +79,7 @@ impl Metrics {
             rejected.clone(),
         );
         registry.register(
-            "ingest_request_seconds",
+            "ingest_request_duration_seconds",
             "Time from an ingest request's arrival to its answer",
             latency.clone(),
         );
@@ -97,17 +99,17 @@ impl Metrics {
             duplicates.clone(),
         );
         registry.register(
-            "deliveries",
+            "delivery_commits",
             "Deliveries committed to the lake",
             deliveries.clone(),
         );
         registry.register(
             "delivery_failures",
-            "Deliveries that failed (retried)",
+            "Deliveries that failed (retried at the next interval)",
             delivery_failures.clone(),
         );
         registry.register(
-            "delivery_seconds",
+            "delivery_duration_seconds",
             "Time one delivery took",
             delivery_seconds.clone(),
         );

@@ -627,12 +627,23 @@ async fn health_metrics_and_openapi() {
         "{text}"
     );
     assert!(
-        text.contains("shoplake_ingest_request_seconds_count 2"),
+        text.contains("shoplake_ingest_request_duration_seconds_count 2"),
         "{text}"
     );
     assert!(text.ends_with("# EOF\n"));
 
-    let (_, api) = get_json(&s.url("/openapi.json")).await;
+    let (status, _) = get_json(&s.url("/openapi.json")).await;
+    assert_eq!(status, 401, "every endpoint but /healthz needs a token");
+    let text = client
+        .get(s.url("/openapi.json"))
+        .bearer_auth(SHOP)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let api: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(api["openapi"], "3.1.0");
     assert!(api["paths"]["/v1/events"]["post"]["responses"]["413"].is_object());
     s.stop().await;
