@@ -1,0 +1,214 @@
+//! Incidents: one per (rule, key), opened by its first firing, updated while the rule keeps
+//! firing (windows, peak, events, last seen), escalated when a firing is more severe, and
+//! resolved once the rule has been quiet for the cooldown.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize, Serializer};
+use shoplake_events::time::format_rfc3339;
+
+use crate::engine::{Fire, Key};
+use crate::rules::{KeyType, Rule, Severity};
+
+/// Where an incident stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Firing, or within its cooldown.
+    Open,
+    /// Seen by someone, still open.
+    Acknowledged,
+    /// Over.
+    Resolved,
+}
+
+impl Status {
+    /// The name in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Acknowledged => "acknowledged",
+            Status::Resolved => "resolved",
+        }
+    }
+}
+
+fn rfc3339<S: Serializer>(micros: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_rfc3339(*micros))
+}
+
+fn rfc3339_opt<S: Serializer>(micros: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match micros {
+        Some(m) => s.serialize_str(&format_rfc3339(*m)),
+        None => s.serialize_none(),
+    }
+}
+
+/// An incident, with the documented fields of `--format json` (times as RFC 3339).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Incident {
+    /// A stable id: 16 hex digits of a hash of rule, key and opening time.
+    pub id: String,
+    /// The rule.
+    pub rule: String,
+    /// What the key is.
+    pub key_type: KeyType,
+    /// The key (a user id, an address, a session, or `all`).
+    pub key: String,
+    /// The highest severity reached.
+    pub severity: Severity,
+    /// Where it stands.
+    pub status: Status,
+    /// The time of the event that opened it.
+    #[serde(serialize_with = "rfc3339")]
+    pub opened_at: i64,
+    /// The time of the event of its last firing.
+    #[serde(serialize_with = "rfc3339")]
+    pub updated_at: i64,
+    /// When it was resolved (its last firing plus the cooldown).
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub resolved_at: Option<i64>,
+    /// Windows that fired.
+    pub windows: u64,
+    /// The highest value measured (a count, a distinct count, or for `robotic_timing` the
+    /// lowest coefficient of variation).
+    pub peak: f64,
+    /// The key's events from the opening window on.
+    pub events: u64,
+    #[serde(skip)]
+    last_window_end: i64,
+}
+
+/// What happened to an incident.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "change", content = "incident", rename_all = "lowercase")]
+pub enum Change {
+    /// Newly opened (notified).
+    Opened(Incident),
+    /// Fired again at the same or a lower severity.
+    Updated(Incident),
+    /// Fired at a higher severity (notified).
+    Escalated(Incident),
+    /// Quiet for the cooldown.
+    Resolved(Incident),
+}
+
+impl Change {
+    /// The incident as it now is.
+    pub fn incident(&self) -> &Incident {
+        match self {
+            Change::Opened(i) | Change::Updated(i) | Change::Escalated(i) | Change::Resolved(i) => {
+                i
+            }
+        }
+    }
+}
+
+/// The open incidents.
+#[derive(Debug, Default)]
+pub(crate) struct Tracker {
+    cooldown: i64,
+    open: HashMap<(usize, u64), Incident, foldhash::fast::RandomState>,
+}
+
+impl Tracker {
+    pub(crate) fn new(cooldown: i64) -> Tracker {
+        Tracker {
+            cooldown,
+            open: HashMap::default(),
+        }
+    }
+
+    pub(crate) fn is_open(&self, rule: usize, key: u64) -> bool {
+        !self.open.is_empty() && self.open.contains_key(&(rule, key))
+    }
+
+    pub(crate) fn count_event(&mut self, rule: usize, key: u64) {
+        if let Some(i) = self.open.get_mut(&(rule, key)) {
+            i.events += 1;
+        }
+    }
+
+    pub(crate) fn fire(
+        &mut self,
+        index: usize,
+        rule: &Rule,
+        hash: u64,
+        key: &Key,
+        fire: &Fire,
+    ) -> Change {
+        let better = |rule: &Rule, new: f64, old: f64| {
+            if matches!(rule.measure, crate::rules::Measure::Robotic { .. }) {
+                new < old
+            } else {
+                new > old
+            }
+        };
+        if let Some(i) = self.open.get_mut(&(index, hash)) {
+            if fire.window_end != i.last_window_end {
+                i.windows += 1;
+                i.last_window_end = fire.window_end;
+            }
+            if better(rule, fire.value, i.peak) {
+                i.peak = fire.value;
+            }
+            i.updated_at = i.updated_at.max(fire.at);
+            if fire.severity > i.severity {
+                i.severity = fire.severity;
+                return Change::Escalated(i.clone());
+            }
+            return Change::Updated(i.clone());
+        }
+        let key_text = key.to_string();
+        let id = format!(
+            "{:016x}",
+            xxhash_rust::xxh3::xxh3_64(
+                format!("{}|{}|{key_text}|{}", rule.name, rule.key.as_str(), fire.at).as_bytes()
+            )
+        );
+        let incident = Incident {
+            id,
+            rule: rule.name.clone(),
+            key_type: rule.key,
+            key: key_text,
+            severity: fire.severity,
+            status: Status::Open,
+            opened_at: fire.at,
+            updated_at: fire.at,
+            resolved_at: None,
+            windows: 1,
+            peak: fire.value,
+            events: fire.events,
+            last_window_end: fire.window_end,
+        };
+        self.open.insert((index, hash), incident.clone());
+        Change::Opened(incident)
+    }
+
+    /// Resolves the incidents quiet for the cooldown by `now`, in the order they went quiet;
+    /// returns them with the keys they were open for.
+    pub(crate) fn resolve_quiet(&mut self, now: i64) -> Vec<((usize, u64), Incident)> {
+        if self.open.is_empty() {
+            return Vec::new();
+        }
+        let cooldown = self.cooldown;
+        let mut out: Vec<((usize, u64), Incident)> = self
+            .open
+            .extract_if(|_, i| i.updated_at.saturating_add(cooldown) <= now)
+            .map(|(k, mut i)| {
+                i.status = Status::Resolved;
+                i.resolved_at = Some(i.updated_at.saturating_add(cooldown));
+                (k, i)
+            })
+            .collect();
+        out.sort_by(|a, b| (a.1.resolved_at, &a.1.id).cmp(&(b.1.resolved_at, &b.1.id)));
+        out
+    }
+
+    /// The open incidents, oldest first.
+    pub(crate) fn open(&self) -> Vec<Incident> {
+        let mut v: Vec<Incident> = self.open.values().cloned().collect();
+        v.sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));
+        v
+    }
+}

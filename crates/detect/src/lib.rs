@@ -1,0 +1,16 @@
+//! Real-time detection (Flink + Lambda in the reference design): a small hand-written stream
+//! engine with event-time windows, the rules of DESIGN section 5, and incidents.
+//!
+//! - [`rules`]: the seven default rules, adjustable from `[detect]` in `shoplake.toml`.
+//! - [`Detector`]: events in (in order per user), [`Change`]s of incidents out; the same code
+//!   runs on the live stream (`serve`) and over history (`shoplake detect`).
+//! - [`Incident`]: one per (rule, key), opened, updated, escalated, resolved after a quiet
+//!   cooldown.
+
+mod engine;
+mod incident;
+pub mod rules;
+
+pub use engine::{Detector, Fire, Key, Stats};
+pub use incident::{Change, Incident, Status};
+pub use rules::{DetectConfig, KeyType, Rule, Settings, Severity, TimeMode};
