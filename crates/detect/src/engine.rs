@@ -79,23 +79,75 @@ pub struct Stats {
     pub allowed: u64,
 }
 
-#[derive(Debug)]
+/// A session's current block of events (running sums of its gaps: no allocation).
+#[derive(Debug, Default, Clone, Copy)]
 struct Robotic {
     first: i64,
     last: i64,
-    n: usize,
-    gaps: Vec<i64>,
+    n: u32,
+    sum: f64,
+    sum2: f64,
 }
 
+/// Distinct values of a key with the pane each was last seen in: a few inline, more in a map.
+#[derive(Debug, Default)]
+struct Distinct {
+    inline: [(u64, i64); INLINE],
+    len: u8,
+    map: Option<Box<Map<u64, i64>>>,
+}
+
+const INLINE: usize = 4;
+
+impl Distinct {
+    fn get(&self, v: u64) -> Option<i64> {
+        match &self.map {
+            Some(m) => m.get(&v).copied(),
+            None => self.inline[..self.len as usize]
+                .iter()
+                .find(|(x, _)| *x == v)
+                .map(|(_, p)| *p),
+        }
+    }
+
+    fn set(&mut self, v: u64, pane: i64) {
+        if let Some(m) = &mut self.map {
+            m.insert(v, pane);
+            return;
+        }
+        let n = self.len as usize;
+        if let Some(e) = self.inline[..n].iter_mut().find(|(x, _)| *x == v) {
+            e.1 = pane;
+        } else if n < INLINE {
+            self.inline[n] = (v, pane);
+            self.len += 1;
+        } else {
+            let mut m: Map<u64, i64> = self.inline.iter().copied().collect();
+            m.insert(v, pane);
+            self.map = Some(Box::new(m));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.map.as_ref().map_or(self.len as usize, |m| m.len())
+    }
+
+    /// Forgets values last seen at or before `lo`.
+    fn retain_after(&mut self, lo: i64) {
+        if let Some(m) = &mut self.map {
+            m.retain(|_, p| *p > lo);
+        }
+    }
+}
+
+/// One key's state in one rule, at the same index in the rule's slab as its ring of panes.
 #[derive(Debug)]
 struct KeyState {
-    key: Key,
-    ring: Box<[(i64, u32)]>,
     last_pane: i64,
-    distinct: Option<Map<u64, i64>>,
     fired_end: i64,
-    fired_level: usize,
-    robotic: Option<Robotic>,
+    fired_level: u32,
+    distinct: Distinct,
+    robotic: Robotic,
 }
 
 #[derive(Debug)]
@@ -107,12 +159,28 @@ struct Spike {
     baseline: VecDeque<u64>,
 }
 
+/// What a rule's measure needs per event, decided once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Count,
+    Distinct,
+    Spike,
+    Robotic,
+}
+
 #[derive(Debug)]
 struct RuleState {
     rule: Rule,
+    kind: Kind,
     max_keys: usize,
     panes: i64,
-    keys: Map<u64, KeyState>,
+    /// Key hash → index into `states` (and `rings`): the map's entries stay small, so its
+    /// rehashes under churn move little.
+    keys: Map<u64, u32>,
+    states: Vec<KeyState>,
+    /// Rings of `panes` (pane, count) per key, back to back.
+    rings: Vec<(i64, u32)>,
+    free: Vec<u32>,
     expiry: VecDeque<(i64, u64)>,
     spike: Spike,
 }
@@ -120,11 +188,21 @@ struct RuleState {
 impl RuleState {
     fn new(rule: Rule, max_keys: usize) -> RuleState {
         let panes = (rule.window / rule.slide.max(1)).max(1);
+        let kind = match rule.measure {
+            Measure::Count | Measure::Denied => Kind::Count,
+            Measure::DistinctProductsViewed | Measure::DistinctSessions => Kind::Distinct,
+            Measure::Spike { .. } => Kind::Spike,
+            Measure::Robotic { .. } => Kind::Robotic,
+        };
         RuleState {
             rule,
+            kind,
             max_keys,
             panes,
             keys: Map::default(),
+            states: Vec::new(),
+            rings: Vec::new(),
+            free: Vec::new(),
             expiry: VecDeque::new(),
             spike: Spike {
                 window: i64::MIN,
@@ -136,52 +214,58 @@ impl RuleState {
         }
     }
 
-    /// Counts one event of `key` at `t` (with the value a distinct measure counts); returns a
-    /// firing when a window crosses a level.
-    fn observe(
-        &mut self,
-        hash: u64,
-        key: impl FnOnce() -> Key,
-        t: i64,
-        distinct: u64,
-        stats: &mut Stats,
-    ) -> Option<Fire> {
-        if let Measure::Spike {
-            factor,
-            baseline,
-            floor,
-        } = self.rule.measure
-        {
+    /// A fresh state (and ring) for a new key; returns its index.
+    fn alloc(&mut self) -> u32 {
+        let panes = self.panes as usize;
+        let fresh = KeyState {
+            last_pane: i64::MIN,
+            fired_end: i64::MIN,
+            fired_level: 0,
+            distinct: Distinct::default(),
+            robotic: Robotic::default(),
+        };
+        if let Some(i) = self.free.pop() {
+            let at = i as usize * panes;
+            self.rings[at..at + panes].fill((i64::MIN, 0));
+            self.states[i as usize] = fresh;
+            return i;
+        }
+        let i = self.states.len() as u32;
+        self.states.push(fresh);
+        self.rings.extend(std::iter::repeat_n((i64::MIN, 0), panes));
+        i
+    }
+
+    /// Counts one event of a key (by hash) at `t` (with the value a distinct measure
+    /// counts); returns a firing when a window crosses a level.
+    fn observe(&mut self, hash: u64, t: i64, distinct: u64, stats: &mut Stats) -> Option<Fire> {
+        if self.kind == Kind::Spike {
+            let Measure::Spike {
+                factor,
+                baseline,
+                floor,
+            } = self.rule.measure
+            else {
+                return None;
+            };
             return self.spike(t, factor, baseline, floor);
         }
         let panes = self.panes;
         let slide = self.rule.slide.max(1);
         let pane = t.div_euclid(slide);
-        let robotic = matches!(self.rule.measure, Measure::Robotic { .. });
-        let keys_len = self.keys.len();
-        let st = match self.keys.entry(hash) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                if keys_len >= self.max_keys {
+        let index = match self.keys.get(&hash) {
+            Some(i) => *i as usize,
+            None => {
+                if self.keys.len() >= self.max_keys {
                     stats.keys_dropped += 1;
                     return None;
                 }
-                let distinct_map = matches!(
-                    self.rule.measure,
-                    Measure::DistinctProductsViewed | Measure::DistinctSessions
-                )
-                .then(Map::default);
-                v.insert(KeyState {
-                    key: key(),
-                    ring: vec![(i64::MIN, 0u32); panes as usize].into_boxed_slice(),
-                    last_pane: i64::MIN,
-                    distinct: distinct_map,
-                    fired_end: i64::MIN,
-                    fired_level: 0,
-                    robotic: None,
-                })
+                let i = self.alloc();
+                self.keys.insert(hash, i);
+                i as usize
             }
         };
+        let st = &mut self.states[index];
         if st.last_pane != i64::MIN && pane <= st.last_pane - panes {
             // Older than anything this key still holds.
             return None;
@@ -190,46 +274,45 @@ impl RuleState {
             st.last_pane = pane;
             self.expiry.push_back((pane + panes, hash));
         }
-        if robotic {
+        if self.kind == Kind::Robotic {
             let Measure::Robotic { events, max_cv } = self.rule.measure else {
                 return None;
             };
-            return robotic_step(st, t, events, max_cv);
+            return robotic_step(st, t, events, max_cv, self.rule.levels[0].severity);
         }
+        let at = index * panes as usize;
+        let ring = &mut self.rings[at..at + panes as usize];
         let slot = pane.rem_euclid(panes) as usize;
-        if st.ring[slot].0 != pane {
-            st.ring[slot] = (pane, 0);
+        if ring[slot].0 != pane {
+            ring[slot] = (pane, 0);
         }
-        match &mut st.distinct {
-            None => st.ring[slot].1 += 1,
-            Some(seen) => match seen.get(&distinct).copied() {
+        if self.kind == Kind::Distinct {
+            match st.distinct.get(distinct) {
                 Some(q) if q >= pane => {}
                 Some(q) => {
                     let old = q.rem_euclid(panes) as usize;
-                    if st.ring[old].0 == q {
-                        st.ring[old].1 = st.ring[old].1.saturating_sub(1);
+                    if ring[old].0 == q {
+                        ring[old].1 = ring[old].1.saturating_sub(1);
                     }
-                    st.ring[slot].1 += 1;
-                    seen.insert(distinct, pane);
+                    ring[slot].1 += 1;
+                    st.distinct.set(distinct, pane);
                 }
                 None => {
-                    st.ring[slot].1 += 1;
-                    seen.insert(distinct, pane);
+                    ring[slot].1 += 1;
+                    st.distinct.set(distinct, pane);
                 }
-            },
+            }
+        } else {
+            ring[slot].1 += 1;
         }
         let lo = pane - panes;
-        let value: u64 = st
-            .ring
+        let value: u64 = ring
             .iter()
             .filter(|(p, _)| *p > lo && *p <= pane)
             .map(|(_, c)| u64::from(*c))
             .sum();
-        if let Some(seen) = &mut st.distinct
-            && seen.len() > 64
-            && seen.len() as u64 > 4 * value
-        {
-            seen.retain(|_, q| *q > lo);
+        if st.distinct.len() > 64 && st.distinct.len() as u64 > 4 * value {
+            st.distinct.retain_after(lo);
         }
         let window_end = (pane + 1) * slide;
         if window_end != st.fired_end {
@@ -241,10 +324,10 @@ impl RuleState {
             .levels
             .iter()
             .take_while(|l| value as f64 > l.above)
-            .count();
+            .count() as u32;
         if level > st.fired_level {
             st.fired_level = level;
-            let severity = self.rule.levels[level - 1].severity;
+            let severity = self.rule.levels[level as usize - 1].severity;
             return Some(Fire {
                 window_start: window_end - self.rule.window,
                 window_end,
@@ -304,12 +387,12 @@ impl RuleState {
                 break;
             }
             self.expiry.pop_front();
-            if self
-                .keys
-                .get(&hash)
-                .is_some_and(|st| st.last_pane + self.panes <= wm_pane)
+            if let Some(&i) = self.keys.get(&hash)
+                && self.states[i as usize].last_pane + self.panes <= wm_pane
             {
                 self.keys.remove(&hash);
+                self.states[i as usize].distinct = Distinct::default();
+                self.free.push(i);
             }
         }
     }
@@ -329,49 +412,50 @@ fn median(values: &VecDeque<u64>) -> f64 {
     }
 }
 
-fn robotic_step(st: &mut KeyState, t: i64, events: usize, max_cv: f64) -> Option<Fire> {
-    let r = st.robotic.get_or_insert_with(|| Robotic {
-        first: t,
-        last: t,
-        n: 0,
-        gaps: Vec::with_capacity(events),
-    });
+fn robotic_step(
+    st: &mut KeyState,
+    t: i64,
+    events: usize,
+    max_cv: f64,
+    severity: Severity,
+) -> Option<Fire> {
+    let r = &mut st.robotic;
     if r.n > 0 {
-        r.gaps.push(t - r.last);
+        let gap = (t - r.last) as f64;
+        r.sum += gap;
+        r.sum2 += gap * gap;
     } else {
         r.first = t;
     }
     r.last = t;
     r.n += 1;
-    if r.n < events {
+    if (r.n as usize) < events {
         return None;
     }
-    let n = r.gaps.len() as f64;
-    let mean = r.gaps.iter().sum::<i64>() as f64 / n;
-    let var = r
-        .gaps
-        .iter()
-        .map(|g| (*g as f64 - mean).powi(2))
-        .sum::<f64>()
-        / n;
+    let n = f64::from(r.n - 1);
+    let mean = r.sum / n;
+    let var = (r.sum2 / n - mean * mean).max(0.0);
     let start = r.first;
-    let count = r.n as u64;
+    let count = u64::from(r.n);
     // The next block starts at this event.
-    r.gaps.clear();
-    r.first = t;
-    r.n = 1;
+    *r = Robotic {
+        first: t,
+        last: t,
+        n: 1,
+        sum: 0.0,
+        sum2: 0.0,
+    };
     if mean <= 0.0 {
         return None;
     }
     let cv = var.sqrt() / mean;
     if cv < max_cv {
-        let fired_end = t + 1;
-        st.fired_end = fired_end;
+        st.fired_end = t + 1;
         return Some(Fire {
             window_start: start,
-            window_end: fired_end,
+            window_end: t + 1,
             value: (cv * 1000.0).round() / 1000.0,
-            severity: crate::rules::Severity::Medium,
+            severity,
             at: t,
             events: count,
         });
@@ -399,7 +483,10 @@ pub struct Detector {
     tracker: Tracker,
     changes: Vec<Change>,
     stats: Stats,
+    next_sweep: i64,
 }
+
+const SWEEP_EVERY: i64 = 100_000;
 
 impl fmt::Debug for Detector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -434,6 +521,7 @@ impl Detector {
             seen_order: VecDeque::new(),
             changes: Vec::new(),
             stats: Stats::default(),
+            next_sweep: i64::MIN,
         }
     }
 
@@ -560,58 +648,67 @@ impl Detector {
             self.stats.allowed += 1;
         }
         let product = (e.product_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let session = e.user_session.as_deref().map(|s| hash_of(s.as_bytes()));
+        let user = (e.user_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let ip = e.client_ip.map(|ip| {
+            let h = match ip {
+                IpAddr::V4(v4) => u64::from(u32::from(v4)),
+                IpAddr::V6(v6) => hash_of(&v6.octets()),
+            };
+            h.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        });
         for index in 0..self.rules.len() {
-            let key_type = self.rules[index].rule.key;
-            let measure = self.rules[index].rule.measure.clone();
-            let (hash, distinct): (u64, u64) = match key_type {
+            let r = &self.rules[index];
+            let denied = r.rule.measure == Measure::Denied;
+            let (hash, distinct): (u64, u64) = match r.rule.key {
                 KeyType::UserId => {
-                    if user_allowed {
+                    if user_allowed || denied && !self.deny_users.contains(&e.user_id) {
                         continue;
                     }
-                    if measure == Measure::Denied && !self.deny_users.contains(&e.user_id) {
-                        continue;
-                    }
-                    let d = match measure {
+                    let d = match r.rule.measure {
                         Measure::DistinctProductsViewed => {
                             if e.event_type != EventType::View {
                                 continue;
                             }
                             product
                         }
-                        Measure::DistinctSessions => match &e.user_session {
-                            Some(s) => hash_of(s.as_bytes()),
+                        Measure::DistinctSessions => match session {
+                            Some(s) => s,
                             None => continue,
                         },
                         _ => 0,
                     };
-                    ((e.user_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), d)
+                    (user, d)
                 }
                 KeyType::ClientIp => {
-                    let Some(ip) = e.client_ip else { continue };
-                    if ip_allowed {
+                    let (Some(h), Some(addr)) = (ip, e.client_ip) else {
                         continue;
-                    }
-                    if measure == Measure::Denied && !self.deny_ips.contains(&ip) {
-                        continue;
-                    }
-                    let h = match ip {
-                        IpAddr::V4(v4) => u64::from(u32::from(v4)),
-                        IpAddr::V6(v6) => hash_of(&v6.octets()),
                     };
-                    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15), 0)
+                    if ip_allowed || denied && !self.deny_ips.contains(&addr) {
+                        continue;
+                    }
+                    (h, 0)
                 }
                 KeyType::UserSession => {
                     if user_allowed || ip_allowed {
                         continue;
                     }
-                    match &e.user_session {
-                        Some(s) => (hash_of(s.as_bytes()), 0),
+                    match session {
+                        Some(s) => (s, 0),
                         None => continue,
                     }
                 }
                 KeyType::Global => (0, 0),
             };
-            let key = || match key_type {
+            if self.tracker.is_open(index, hash) {
+                self.tracker.count_event(index, hash);
+            }
+            let Some(fire) = self.rules[index].observe(hash, t, distinct, &mut self.stats) else {
+                continue;
+            };
+            self.stats.windows_fired += 1;
+            let rule = &self.rules[index].rule;
+            let key = match rule.key {
                 KeyType::UserId => Key::User(e.user_id),
                 KeyType::ClientIp => e.client_ip.map_or(Key::Global, Key::Ip),
                 KeyType::UserSession => {
@@ -619,21 +716,8 @@ impl Detector {
                 }
                 KeyType::Global => Key::Global,
             };
-            if self.tracker.is_open(index, hash) {
-                self.tracker.count_event(index, hash);
-            }
-            let state = &mut self.rules[index];
-            let fire = state.observe(hash, key, t, distinct, &mut self.stats);
-            if let Some(fire) = fire {
-                self.stats.windows_fired += 1;
-                let state = &mut self.rules[index];
-                let key = state
-                    .keys
-                    .get(&hash)
-                    .map_or(Key::Global, |st| st.key.clone());
-                let change = self.tracker.fire(index, &state.rule, hash, &key, &fire);
-                self.changes.push(change);
-            }
+            let changes = self.tracker.fire(index, rule, hash, &key, &fire);
+            self.changes.extend(changes);
         }
     }
 
@@ -657,12 +741,20 @@ impl Detector {
     /// The end of a bounded input (history): everything up to the newest event is final.
     pub fn finish(&mut self) {
         if self.max_seen > self.watermark {
+            self.next_sweep = i64::MIN;
             self.advance(self.max_seen);
         }
     }
 
     fn advance(&mut self, watermark: i64) {
         self.watermark = watermark;
+        // Evicting and resolving are exact whenever they run (a resolution's time is the last
+        // firing plus the cooldown, and a firing after it opens a new incident), so they run
+        // at most every 100 ms of watermark.
+        if watermark < self.next_sweep {
+            return;
+        }
+        self.next_sweep = watermark.saturating_add(SWEEP_EVERY);
         let horizon = watermark.saturating_sub(self.settings.dedupe_horizon);
         while let Some(&(t, id)) = self.seen_order.front() {
             if t >= horizon {

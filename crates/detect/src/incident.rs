@@ -136,7 +136,7 @@ impl Tracker {
         hash: u64,
         key: &Key,
         fire: &Fire,
-    ) -> Change {
+    ) -> Vec<Change> {
         let better = |rule: &Rule, new: f64, old: f64| {
             if matches!(rule.measure, crate::rules::Measure::Robotic { .. }) {
                 new < old
@@ -144,6 +144,18 @@ impl Tracker {
                 new > old
             }
         };
+        let mut out = Vec::new();
+        // Quiet for the cooldown before this firing: that incident is over, a new one opens.
+        if self
+            .open
+            .get(&(index, hash))
+            .is_some_and(|i| i.updated_at.saturating_add(self.cooldown) <= fire.at)
+            && let Some(mut i) = self.open.remove(&(index, hash))
+        {
+            i.status = Status::Resolved;
+            i.resolved_at = Some(i.updated_at.saturating_add(self.cooldown));
+            out.push(Change::Resolved(i));
+        }
         if let Some(i) = self.open.get_mut(&(index, hash)) {
             if fire.window_end != i.last_window_end {
                 i.windows += 1;
@@ -155,9 +167,11 @@ impl Tracker {
             i.updated_at = i.updated_at.max(fire.at);
             if fire.severity > i.severity {
                 i.severity = fire.severity;
-                return Change::Escalated(i.clone());
+                out.push(Change::Escalated(i.clone()));
+            } else {
+                out.push(Change::Updated(i.clone()));
             }
-            return Change::Updated(i.clone());
+            return out;
         }
         let key_text = key.to_string();
         let id = format!(
@@ -182,7 +196,8 @@ impl Tracker {
             last_window_end: fire.window_end,
         };
         self.open.insert((index, hash), incident.clone());
-        Change::Opened(incident)
+        out.push(Change::Opened(incident));
+        out
     }
 
     /// Resolves the incidents quiet for the cooldown by `now`, in the order they went quiet;

@@ -176,6 +176,31 @@ impl Event {
     /// its UTF-8 bytes, a missing text as the length `u32::MAX`. Changing this changes every id
     /// in every lake: it is part of the storage format.
     pub fn event_id(&self) -> EventId {
+        // The encoding goes into a buffer on the stack and is hashed in one call (a streaming
+        // hasher's setup, copying its secret and buffer, cost more than the hashing); XXH3
+        // gives the same digest either way.
+        let mut buf = [0u8; 512];
+        let mut w = Writer {
+            buf: &mut buf,
+            len: 0,
+        };
+        w.put(&self.event_time.to_le_bytes());
+        w.put(&[self.event_type.code()]);
+        w.put(&self.product_id.to_le_bytes());
+        w.put(&self.category_id.to_le_bytes());
+        w.text(&self.category_code);
+        w.text(&self.brand);
+        w.put(&self.price.0.to_le_bytes());
+        w.put(&self.user_id.to_le_bytes());
+        w.text(&self.user_session);
+        match w.len {
+            usize::MAX => self.event_id_streaming(),
+            n => EventId(xxhash_rust::xxh3::xxh3_128(&buf[..n])),
+        }
+    }
+
+    /// The same id through the streaming hasher (for fields too long for the stack buffer).
+    fn event_id_streaming(&self) -> EventId {
         fn text(h: &mut Xxh3, s: &Option<String>) {
             match s {
                 Some(s) => {
@@ -234,6 +259,18 @@ mod tests {
     }
 
     #[test]
+    fn one_shot_and_streaming_ids_agree() {
+        let mut e = sample();
+        assert_eq!(e.event_id(), e.event_id_streaming());
+        e.brand = None;
+        e.user_session = Some("s".repeat(600));
+        assert_eq!(e.event_id(), e.event_id_streaming());
+        e.category_code = Some("x".repeat(490));
+        e.user_session = None;
+        assert_eq!(e.event_id(), e.event_id_streaming());
+    }
+
+    #[test]
     fn identity_ignores_network_fields() {
         let a = sample();
         let mut b = sample();
@@ -277,5 +314,37 @@ mod tests {
         assert_eq!(Price(257_407).to_string(), "2574.07");
         assert_eq!(Price(0).to_string(), "0.00");
         assert_eq!(Price(-5).to_string(), "-0.05");
+    }
+}
+
+/// Writes the identity encoding into a fixed buffer; `len` becomes `usize::MAX` when it does
+/// not fit.
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        if self.len == usize::MAX {
+            return;
+        }
+        match self.buf.get_mut(self.len..self.len + bytes.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                self.len += bytes.len();
+            }
+            None => self.len = usize::MAX,
+        }
+    }
+
+    fn text(&mut self, s: &Option<String>) {
+        match s {
+            Some(s) => {
+                self.put(&(s.len() as u32).to_le_bytes());
+                self.put(s.as_bytes());
+            }
+            None => self.put(&u32::MAX.to_le_bytes()),
+        }
     }
 }
