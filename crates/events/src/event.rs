@@ -237,6 +237,38 @@ impl Event {
     }
 }
 
+/// Writes the identity encoding into a fixed buffer; `len` becomes `usize::MAX` when it does
+/// not fit.
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        if self.len == usize::MAX {
+            return;
+        }
+        match self.buf.get_mut(self.len..self.len + bytes.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                self.len += bytes.len();
+            }
+            None => self.len = usize::MAX,
+        }
+    }
+
+    fn text(&mut self, s: &Option<String>) {
+        match s {
+            Some(s) => {
+                self.put(&(s.len() as u32).to_le_bytes());
+                self.put(s.as_bytes());
+            }
+            None => self.put(&u32::MAX.to_le_bytes()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,37 +346,5 @@ mod tests {
         assert_eq!(Price(257_407).to_string(), "2574.07");
         assert_eq!(Price(0).to_string(), "0.00");
         assert_eq!(Price(-5).to_string(), "-0.05");
-    }
-}
-
-/// Writes the identity encoding into a fixed buffer; `len` becomes `usize::MAX` when it does
-/// not fit.
-struct Writer<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-}
-
-impl Writer<'_> {
-    fn put(&mut self, bytes: &[u8]) {
-        if self.len == usize::MAX {
-            return;
-        }
-        match self.buf.get_mut(self.len..self.len + bytes.len()) {
-            Some(dst) => {
-                dst.copy_from_slice(bytes);
-                self.len += bytes.len();
-            }
-            None => self.len = usize::MAX,
-        }
-    }
-
-    fn text(&mut self, s: &Option<String>) {
-        match s {
-            Some(s) => {
-                self.put(&(s.len() as u32).to_le_bytes());
-                self.put(s.as_bytes());
-            }
-            None => self.put(&u32::MAX.to_le_bytes()),
-        }
     }
 }
