@@ -183,6 +183,9 @@ struct RuleState {
     free: Vec<u32>,
     expiry: VecDeque<(i64, u64)>,
     spike: Spike,
+    /// The value of the window the last event counted in, when that window has fired (so an
+    /// open incident's peak follows the window past its threshold).
+    fired_value: Option<f64>,
 }
 
 impl RuleState {
@@ -211,6 +214,7 @@ impl RuleState {
                 fired: false,
                 baseline: VecDeque::new(),
             },
+            fired_value: None,
         }
     }
 
@@ -239,6 +243,7 @@ impl RuleState {
     /// Counts one event of a key (by hash) at `t` (with the value a distinct measure
     /// counts); returns a firing when a window crosses a level.
     fn observe(&mut self, hash: u64, t: i64, distinct: u64, stats: &mut Stats) -> Option<Fire> {
+        self.fired_value = None;
         if self.kind == Kind::Spike {
             let Measure::Spike {
                 factor,
@@ -325,6 +330,9 @@ impl RuleState {
             .iter()
             .take_while(|l| value as f64 > l.above)
             .count() as u32;
+        if st.fired_level > 0 {
+            self.fired_value = Some(value as f64);
+        }
         if level > st.fired_level {
             st.fired_level = level;
             let severity = self.rule.levels[level as usize - 1].severity;
@@ -365,6 +373,9 @@ impl RuleState {
             s.threshold = (factor * median).max(floor as f64);
         }
         s.count += 1;
+        if s.fired {
+            self.fired_value = Some(s.count as f64);
+        }
         if !s.fired && s.count as f64 > s.threshold {
             s.fired = true;
             return Some(Fire {
@@ -704,6 +715,9 @@ impl Detector {
                 self.tracker.count_event(index, hash);
             }
             let Some(fire) = self.rules[index].observe(hash, t, distinct, &mut self.stats) else {
+                if let Some(v) = self.rules[index].fired_value {
+                    self.tracker.raise_peak(index, hash, v);
+                }
                 continue;
             };
             self.stats.windows_fired += 1;

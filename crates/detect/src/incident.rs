@@ -129,6 +129,15 @@ impl Tracker {
         }
     }
 
+    /// A fired window grew past its firing value: the open incident's peak follows it.
+    pub(crate) fn raise_peak(&mut self, rule: usize, key: u64, value: f64) {
+        if let Some(i) = self.open.get_mut(&(rule, key))
+            && value > i.peak
+        {
+            i.peak = value;
+        }
+    }
+
     pub(crate) fn fire(
         &mut self,
         index: usize,

@@ -29,6 +29,12 @@ pub struct Config {
     /// The delivery of the log into the lake.
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// Detection: time, lateness, cooldown, allow- and deny-lists, and adjustments to the
+    /// seven default rules (`[detect.rules.user_burst]` … with `window`, `slide`,
+    /// `threshold`, `notify`, `severity`, `factor`, `baseline`, `floor`, `events`, `max_cv`,
+    /// `enabled`).
+    #[serde(default)]
+    pub detect: shoplake_detect::DetectConfig,
 }
 
 /// `[server]`
@@ -234,6 +240,9 @@ impl Config {
         }
         if self.log.partitions == Some(0) {
             errors.push("log.partitions must be at least 1".to_owned());
+        }
+        if let Err(e) = self.detect.settings() {
+            errors.extend(e);
         }
         for (name, value, default) in [
             ("log.retention", &self.log.retention, "7d"),

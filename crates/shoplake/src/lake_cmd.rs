@@ -26,6 +26,11 @@ pub struct LakeArgs {
 }
 
 impl LakeArgs {
+    /// The configuration file named, if any.
+    pub(crate) fn config_path(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
+
     pub(crate) fn open(&self) -> Result<Lake> {
         let config = Config::load(self.config.as_deref())?;
         let root = self

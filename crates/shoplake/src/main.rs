@@ -2,6 +2,7 @@
 
 mod check;
 mod config;
+mod detect_cmd;
 mod generate;
 mod lake_cmd;
 mod progress;
@@ -56,6 +57,8 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// Stream a REES46 file to a collector, paced by event time or rate.
     Replay(replay_cmd::ReplayArgs),
+    /// Run the detection rules over history in the lake and list the incidents.
+    Detect(detect_cmd::DetectArgs),
     /// Check the configuration file (shoplake.toml).
     Config(config::ConfigArgs),
 }
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Marts(args) => query_cmd::marts(args),
         Command::Serve(args) => serve_cmd::serve(args),
         Command::Replay(args) => replay_cmd::replay(args),
+        Command::Detect(args) => detect_cmd::detect(args),
         Command::Config(args) => config::run(args),
     };
     match result {

@@ -1,0 +1,187 @@
+//! `shoplake detect`: the detection rules over history in the lake, day by day in event-time
+//! order, with the same engine the live stream uses.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use arrow::array::{Array, Date32Array};
+use shoplake_detect::{Change, DetectConfig, Detector, Incident};
+use shoplake_events::time::{MICROS_PER_DAY, format_timestamp, parse_date};
+use shoplake_events::{SystemClock, time};
+use shoplake_query::Engine;
+
+use crate::config::Config;
+use crate::lake_cmd::{Format, LakeArgs, runtime};
+
+/// Options of `shoplake detect`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  shoplake detect                                  # every day in the lake, default rules
+  shoplake detect --from 2019-10-01 --to 2019-10-07 --format json
+  shoplake detect --rules strict.toml              # rules from a file ([detect] keys at its top)")]
+pub struct DetectArgs {
+    #[command(flatten)]
+    lake: LakeArgs,
+    /// The first UTC day [default: the lake's first].
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    from: Option<String>,
+    /// The last UTC day, included [default: the lake's last].
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    to: Option<String>,
+    /// Rules and settings from this file (the keys of `[detect]`) instead of shoplake.toml's.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+fn day_arg(name: &str, value: &Option<String>) -> Result<Option<i64>> {
+    value
+        .as_deref()
+        .map(|v| {
+            parse_date(v)
+                .map(|m| m / MICROS_PER_DAY)
+                .with_context(|| format!("--{name} {v:?}: expected YYYY-MM-DD"))
+        })
+        .transpose()
+}
+
+/// Runs `shoplake detect`.
+pub fn detect(args: DetectArgs) -> Result<ExitCode> {
+    let config = match &args.rules {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<DetectConfig>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => Config::load(args.lake.config_path())?.detect,
+    };
+    let settings = config
+        .settings()
+        .map_err(|errors| anyhow::anyhow!("the detection settings:\n  {}", errors.join("\n  ")))?;
+    let from = day_arg("from", &args.from)?;
+    let to = day_arg("to", &args.to)?;
+    if let (Some(f), Some(t)) = (from, to)
+        && f > t
+    {
+        bail!("--from is after --to");
+    }
+    let lake = args.lake.open()?;
+    let rt = runtime()?;
+    let (incidents, stats) = rt.block_on(async {
+        let engine = Engine::open(&lake).await?;
+        let Some((first, last)) = day_range(&engine).await? else {
+            return Ok::<_, anyhow::Error>((Vec::new(), Default::default()));
+        };
+        let (from, to) = (from.unwrap_or(first), to.unwrap_or(last));
+        let mut detector = Detector::new(settings, Arc::new(SystemClock));
+        let mut incidents: std::collections::BTreeMap<String, Incident> = Default::default();
+        for day in from..=to {
+            let events = day_events(&engine, day).await?;
+            detector.process_all(&events);
+            record(&mut incidents, detector.take_changes());
+        }
+        detector.finish();
+        record(&mut incidents, detector.take_changes());
+        let mut incidents: Vec<Incident> = incidents.into_values().collect();
+        incidents.sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));
+        Ok((incidents, detector.stats().clone()))
+    })?;
+    eprintln!(
+        "{} events, {} late, {} duplicates, {} windows fired: {} incidents",
+        stats.events,
+        stats.late,
+        stats.duplicates,
+        stats.windows_fired,
+        incidents.len()
+    );
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&incidents)?),
+        Format::Text => print_incidents(&incidents),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn record(into: &mut std::collections::BTreeMap<String, Incident>, changes: Vec<Change>) {
+    for c in changes {
+        let i = c.incident();
+        into.insert(i.id.clone(), i.clone());
+    }
+}
+
+/// Prints incidents as a table.
+pub fn print_incidents(incidents: &[Incident]) {
+    println!(
+        "{:<16} {:<19} {:<15} {:<12} {:<38} {:<7} {:<12} {:>7} {:>8} {:>8}",
+        "id", "opened", "rule", "key type", "key", "sev.", "status", "windows", "peak", "events"
+    );
+    for i in incidents {
+        println!(
+            "{:<16} {:<19} {:<15} {:<12} {:<38} {:<7} {:<12} {:>7} {:>8} {:>8}",
+            i.id,
+            &format_timestamp(i.opened_at)[..19],
+            i.rule,
+            i.key_type.as_str(),
+            i.key,
+            i.severity.as_str(),
+            i.status.as_str(),
+            i.windows,
+            i.peak,
+            i.events
+        );
+    }
+}
+
+/// The first and last `event_date` in the lake (days since the epoch).
+async fn day_range(engine: &Engine) -> Result<Option<(i64, i64)>> {
+    let out = engine
+        .query("SELECT MIN(event_date) AS lo, MAX(event_date) AS hi FROM events")
+        .await?;
+    let Some(b) = out.batches.first() else {
+        return Ok(None);
+    };
+    let col = |i: usize| {
+        b.column(i)
+            .as_any()
+            .downcast_ref::<Date32Array>()
+            .filter(|a| !a.is_empty() && !a.is_null(0))
+            .map(|a| i64::from(a.value(0)))
+    };
+    Ok(col(0).zip(col(1)))
+}
+
+/// One UTC day's events in event-time order.
+async fn day_events(engine: &Engine, day: i64) -> Result<Vec<shoplake_events::Event>> {
+    let date = time::format_timestamp(day * MICROS_PER_DAY);
+    let out = engine
+        .query(&format!(
+            "SELECT event_time, event_type, product_id, category_id, category_code, brand, \
+             price, user_id, user_session, client_ip, user_agent, ingest_time, event_id FROM events \
+             WHERE event_date = DATE '{}' ORDER BY event_time",
+            &date[..10]
+        ))
+        .await?;
+    let mut events = Vec::with_capacity(out.rows());
+    let schema = shoplake_events::arrow::event_schema();
+    for b in &out.batches {
+        // The engine reads strings as views: cast back to the event schema's types.
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let c = b
+                    .column_by_name(f.name())
+                    .with_context(|| format!("no column {}", f.name()))?;
+                Ok(arrow::compute::cast(c, f.data_type())?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let batch = arrow::array::RecordBatch::try_new(schema.clone(), columns)?;
+        events.extend(shoplake_events::arrow::from_record_batch(&batch)?);
+    }
+    Ok(events)
+}
