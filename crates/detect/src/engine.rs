@@ -150,13 +150,16 @@ struct KeyState {
     robotic: Robotic,
 }
 
+/// The global count per window: recent windows' counts (the baseline) and, per window, the
+/// threshold fixed when its first event came and whether it fired. Events may arrive a little
+/// out of order across log partitions: each counts in its own window, so the counts, and the
+/// baselines drawn from them, do not depend on arrival order.
 #[derive(Debug)]
 struct Spike {
-    window: i64,
-    count: u64,
-    threshold: f64,
-    fired: bool,
-    baseline: VecDeque<u64>,
+    /// The window of `windows[0]`.
+    first: i64,
+    /// (count, threshold, fired) per window from `first` on.
+    windows: VecDeque<(u64, f64, bool)>,
 }
 
 /// What a rule's measure needs per event, decided once.
@@ -208,11 +211,8 @@ impl RuleState {
             free: Vec::new(),
             expiry: VecDeque::new(),
             spike: Spike {
-                window: i64::MIN,
-                count: 0,
-                threshold: f64::INFINITY,
-                fired: false,
-                baseline: VecDeque::new(),
+                first: i64::MIN,
+                windows: VecDeque::new(),
             },
             fired_value: None,
         }
@@ -352,39 +352,52 @@ impl RuleState {
         let size = self.rule.window.max(1);
         let w = t.div_euclid(size);
         let s = &mut self.spike;
-        if w < s.window {
+        if s.first == i64::MIN {
+            s.first = w;
+        }
+        if w < s.first {
+            // Older than every window still kept.
             return None;
         }
-        if w > s.window {
-            if s.window != i64::MIN {
-                s.baseline.push_back(s.count);
-                let empty = (w - s.window - 1).min(baseline as i64);
-                for _ in 0..empty {
-                    s.baseline.push_back(0);
-                }
-                while s.baseline.len() > baseline {
-                    s.baseline.pop_front();
-                }
+        // A long silence: the baseline is that many empty windows.
+        let kept = baseline as i64 + 1;
+        if w - (s.first + s.windows.len() as i64) > kept {
+            s.windows.clear();
+            s.first = w - kept;
+            s.windows.extend(std::iter::repeat_n((0, floor as f64, true), kept as usize));
+        }
+        // New windows get their threshold from the `baseline` windows before them.
+        while s.first + (s.windows.len() as i64) <= w {
+            let n = s.first + s.windows.len() as i64;
+            let lo = (n - baseline as i64).max(s.first);
+            let counts: VecDeque<u64> = (lo..n)
+                .map(|i| s.windows[(i - s.first) as usize].0)
+                .collect();
+            let threshold = (factor * median(&counts)).max(floor as f64);
+            s.windows.push_back((0, threshold, false));
+            while s.windows.len() > baseline + 2 {
+                s.windows.pop_front();
+                s.first += 1;
             }
-            s.window = w;
-            s.count = 0;
-            s.fired = false;
-            let median = median(&s.baseline);
-            s.threshold = (factor * median).max(floor as f64);
         }
-        s.count += 1;
-        if s.fired {
-            self.fired_value = Some(s.count as f64);
+        if w < s.first {
+            return None;
         }
-        if !s.fired && s.count as f64 > s.threshold {
-            s.fired = true;
+        let slot = &mut s.windows[(w - s.first) as usize];
+        slot.0 += 1;
+        if slot.2 {
+            self.fired_value = Some(slot.0 as f64);
+            return None;
+        }
+        if slot.0 as f64 > slot.1 {
+            slot.2 = true;
             return Some(Fire {
                 window_start: w * size,
                 window_end: (w + 1) * size,
-                value: s.count as f64,
+                value: slot.0 as f64,
                 severity: self.rule.levels[0].severity,
                 at: t,
-                events: s.count,
+                events: slot.0,
             });
         }
         None

@@ -164,6 +164,8 @@ pub struct KeyList {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetectConfig {
+    /// `false` turns detection off in `serve` (default on).
+    pub enabled: Option<bool>,
     /// `event` (default: the events' own times, with a watermark) or `processing` (the
     /// clock at arrival, as the reference design stamped events on send).
     pub time: Option<String>,
