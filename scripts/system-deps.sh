@@ -15,3 +15,11 @@ if ! command -v cmake >/dev/null || { [ ! -e /usr/include/x86_64-linux-gnu/curl/
       cmake "libcurl4=$want" "libcurl4-openssl-dev=$want"
   fi
 fi
+
+# PostgreSQL (the alert store's second backend; its tests start a server of their own).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "== apt: postgresql"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || true
+  apt-get install -y -qq --no-install-recommends postgresql
+fi

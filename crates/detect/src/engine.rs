@@ -364,7 +364,8 @@ impl RuleState {
         if w - (s.first + s.windows.len() as i64) > kept {
             s.windows.clear();
             s.first = w - kept;
-            s.windows.extend(std::iter::repeat_n((0, floor as f64, true), kept as usize));
+            s.windows
+                .extend(std::iter::repeat_n((0, floor as f64, true), kept as usize));
         }
         // New windows get their threshold from the `baseline` windows before them.
         while s.first + (s.windows.len() as i64) <= w {

@@ -62,6 +62,7 @@ pub struct Collector {
     pending_bytes: AtomicU64,
     draining: AtomicBool,
     appended: Notify,
+    store: Option<Arc<dyn shoplake_alerts::AlertStore>>,
 }
 
 impl std::fmt::Debug for Collector {
@@ -93,7 +94,22 @@ impl Collector {
             pending_bytes: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             appended: Notify::new(),
+            store: None,
         }
+    }
+
+    /// Serves the alerts API from this store.
+    pub fn with_store(mut self, store: Arc<dyn shoplake_alerts::AlertStore>) -> Collector {
+        self.store = Some(store);
+        self
+    }
+
+    pub(crate) fn store(&self) -> Option<&Arc<dyn shoplake_alerts::AlertStore>> {
+        self.store.as_ref()
+    }
+
+    pub(crate) fn tokens(&self) -> &Tokens {
+        &self.tokens
     }
 
     /// The routes: `POST /v1/events` (`ingest` scope), `GET /healthz` (open), `GET /metrics`
@@ -104,6 +120,14 @@ impl Collector {
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .route("/openapi.json", get(openapi))
+            .route("/v1/alerts", get(crate::api::list_alerts))
+            .route("/v1/alerts/{id}", get(crate::api::get_alert))
+            .route("/v1/alerts/{id}/{action}", post(crate::api::act_on_alert))
+            .route("/v1/lists", get(crate::api::get_lists))
+            .route(
+                "/v1/lists/{list}",
+                post(crate::api::change_list).delete(crate::api::change_list),
+            )
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .with_state(self)
@@ -157,7 +181,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -166,7 +190,7 @@ impl ApiError {
         }
     }
 
-    fn denied(denied: Denied) -> ApiError {
+    pub(crate) fn denied(denied: Denied) -> ApiError {
         match denied {
             Denied::Missing => ApiError::new(
                 StatusCode::UNAUTHORIZED,

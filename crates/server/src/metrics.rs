@@ -17,6 +17,15 @@ pub struct StatusLabel {
     pub status: u16,
 }
 
+/// An incident's rule and severity (both from small fixed sets).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IncidentLabel {
+    /// The rule.
+    pub rule: String,
+    /// The severity.
+    pub severity: String,
+}
+
 /// Every metric the server keeps.
 #[derive(Debug)]
 pub struct Metrics {
@@ -41,6 +50,22 @@ pub struct Metrics {
     pub delivery_failures: Counter,
     /// Time one delivery took.
     pub delivery_seconds: Histogram,
+    /// Events the detector processed.
+    pub detector_events: Counter,
+    /// Events behind the detector's watermark (not windowed).
+    pub detector_late: Counter,
+    /// Windows that fired.
+    pub detector_windows: Counter,
+    /// From the newest event's arrival to its processing by the detector.
+    pub detector_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Incidents opened, by rule and severity.
+    pub incidents_opened: Family<IncidentLabel, Counter>,
+    /// Incidents escalated, by rule and (new) severity.
+    pub incidents_escalated: Family<IncidentLabel, Counter>,
+    /// Incidents resolved, by rule and severity.
+    pub incidents_resolved: Family<IncidentLabel, Counter>,
+    /// Batches of incident changes the alert store could not take.
+    pub store_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -63,6 +88,54 @@ impl Metrics {
         let deliveries = Counter::default();
         let delivery_failures = Counter::default();
         let delivery_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let detector_events = Counter::default();
+        let detector_late = Counter::default();
+        let detector_windows = Counter::default();
+        let detector_lag = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let incidents_opened = Family::<IncidentLabel, Counter>::default();
+        let incidents_escalated = Family::<IncidentLabel, Counter>::default();
+        let incidents_resolved = Family::<IncidentLabel, Counter>::default();
+        let store_failures = Counter::default();
+        registry.register(
+            "detector_events",
+            "Events the detector processed",
+            detector_events.clone(),
+        );
+        registry.register(
+            "detector_late_events",
+            "Events behind the detector's watermark, not windowed",
+            detector_late.clone(),
+        );
+        registry.register(
+            "detector_windows_fired",
+            "Windows that crossed a rule's threshold",
+            detector_windows.clone(),
+        );
+        registry.register(
+            "detector_lag_seconds",
+            "From the newest processed event's arrival to its processing",
+            detector_lag.clone(),
+        );
+        registry.register(
+            "incidents_opened",
+            "Incidents opened, by rule and severity",
+            incidents_opened.clone(),
+        );
+        registry.register(
+            "incidents_escalated",
+            "Incidents escalated, by rule and new severity",
+            incidents_escalated.clone(),
+        );
+        registry.register(
+            "incidents_resolved",
+            "Incidents resolved after their cooldown, by rule and severity",
+            incidents_resolved.clone(),
+        );
+        registry.register(
+            "alert_store_failures",
+            "Batches of incident changes the alert store could not take",
+            store_failures.clone(),
+        );
         registry.register(
             "ingest_requests",
             "Ingest requests answered, by HTTP status",
@@ -125,6 +198,14 @@ impl Metrics {
             deliveries,
             delivery_failures,
             delivery_seconds,
+            detector_events,
+            detector_late,
+            detector_windows,
+            detector_lag,
+            incidents_opened,
+            incidents_escalated,
+            incidents_resolved,
+            store_failures,
         }
     }
 

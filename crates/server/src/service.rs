@@ -62,6 +62,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Delivery into the lake.
     pub delivery: DeliveryOptions,
+    /// Detection on the stream (`None`: off).
+    pub detection: Option<crate::detection::DetectionOptions>,
 }
 
 /// The admin token kept in `DIR/admin.token` (created, mode 0600, on first use). Returns the
@@ -127,14 +129,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let collector = Arc::new(Collector::new(
+    let mut collector = Collector::new(
         log.clone(),
         Validator::default(),
         Tokens::new(options.tokens.clone()),
         options.trusted_proxies.clone(),
         options.limits.clone(),
         metrics.clone(),
-    ));
+    );
+    if let Some(d) = &options.detection {
+        collector = collector.with_store(d.store.clone());
+    }
+    let collector = Arc::new(collector);
     // Delivery first: it catches up with what an earlier run left in the log.
     let mut delivery = lake
         .delivery(&options.delivery.consumer)
@@ -156,6 +162,7 @@ pub async fn serve(
     tracing::info!("collector listening on http://{addr}");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx_detect = stop_rx.clone();
     let deliver_task = tokio::spawn(deliver_loop(
         lake.clone(),
         log.clone(),
@@ -164,6 +171,14 @@ pub async fn serve(
         options.delivery.clone(),
         stop_rx,
     ));
+    let detect_task = options.detection.clone().map(|d| {
+        tokio::spawn(crate::detection::detect_loop(
+            log.clone(),
+            d,
+            metrics.clone(),
+            stop_rx_detect.clone(),
+        ))
+    });
     let drain = collector.clone();
     let app = collector
         .clone()
@@ -181,6 +196,9 @@ pub async fn serve(
     tracing::info!("collector stopped; delivering what the log holds");
     let _ = stop_tx.send(true);
     deliver_task.await.context("the delivery task failed")??;
+    if let Some(task) = detect_task {
+        task.await.context("the detector failed")??;
+    }
     tracing::info!("stopped cleanly");
     Ok(())
 }

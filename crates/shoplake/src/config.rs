@@ -35,6 +35,27 @@ pub struct Config {
     /// `enabled`).
     #[serde(default)]
     pub detect: shoplake_detect::DetectConfig,
+    /// Where incidents are kept.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// `[alerts]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// The alert store: `sqlite://PATH` (default `sqlite://DATA/alerts.db`) or
+    /// `postgres://user@host:port/db`.
+    pub store: Option<String>,
+}
+
+impl AlertsConfig {
+    /// The store's URL, with the default under the data directory.
+    pub fn url(&self, data: &Path) -> String {
+        self.store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", data.join("alerts.db").display()))
+    }
 }
 
 /// `[server]`
@@ -243,6 +264,15 @@ impl Config {
         }
         if let Err(e) = self.detect.settings() {
             errors.extend(e);
+        }
+        if let Some(url) = &self.alerts.store
+            && !(url.starts_with("sqlite://")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            errors.push(format!(
+                "alerts.store {url:?}: expected sqlite://PATH or postgres://…"
+            ));
         }
         for (name, value, default) in [
             ("log.retention", &self.log.retention, "7d"),

@@ -1,5 +1,6 @@
 //! The `shoplake` binary: command-line parsing and glue. The work lives in the library crates.
 
+mod alerts_cmd;
 mod check;
 mod config;
 mod detect_cmd;
@@ -57,6 +58,8 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// Stream a REES46 file to a collector, paced by event time or rate.
     Replay(replay_cmd::ReplayArgs),
+    /// Incidents in the alert store, and the allow- and deny-lists.
+    Alerts(alerts_cmd::AlertsArgs),
     /// Run the detection rules over history in the lake and list the incidents.
     Detect(detect_cmd::DetectArgs),
     /// Check the configuration file (shoplake.toml).
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve_cmd::serve(args),
         Command::Replay(args) => replay_cmd::replay(args),
         Command::Detect(args) => detect_cmd::detect(args),
+        Command::Alerts(args) => alerts_cmd::alerts(args),
         Command::Config(args) => config::run(args),
     };
     match result {

@@ -122,15 +122,40 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         )?,
         ..DeliveryOptions::default()
     };
-    let options = ServeOptions {
-        listen,
-        tokens,
-        trusted_proxies,
-        limits,
-        delivery,
-    };
+    let settings = config
+        .detect
+        .settings()
+        .map_err(|errors| anyhow::anyhow!("the detection settings:\n  {}", errors.join("\n  ")))?;
+    let detect = config.detect.enabled != Some(false);
+    let store_url = config.alerts.url(&args.data);
     let rt = runtime()?;
     rt.block_on(async move {
+        let detection = if detect {
+            std::fs::create_dir_all(&args.data)
+                .with_context(|| format!("creating {}", args.data.display()))?;
+            let store = shoplake_alerts::SqlStore::open(&store_url)
+                .await
+                .with_context(|| format!("opening the alert store {store_url}"))?;
+            tracing::info!(
+                "detection on: {} rules, incidents in {store_url}",
+                settings.rules.len()
+            );
+            Some(shoplake_server::DetectionOptions {
+                settings,
+                store: Arc::new(store),
+                max_per_partition: 100_000,
+            })
+        } else {
+            None
+        };
+        let options = ServeOptions {
+            listen,
+            tokens,
+            trusted_proxies,
+            limits,
+            delivery,
+            detection,
+        };
         let log = open_log(&config, &args.data).await?;
         shoplake_server::serve(lake, log, options, |_| {}, shutdown_signal()).await
     })?;

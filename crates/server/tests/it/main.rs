@@ -78,12 +78,23 @@ impl Running {
         .unwrap();
         let log: Arc<dyn EventLog> =
             Arc::new(EmbeddedLog::open(EmbeddedOptions::new(dir.path().join("log"))).unwrap());
+        let store = shoplake_alerts::SqlStore::open(&format!(
+            "sqlite://{}",
+            dir.path().join("alerts.db").display()
+        ))
+        .await
+        .unwrap();
         let options = ServeOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
             tokens: tokens(),
             trusted_proxies: trusted,
             limits,
             delivery,
+            detection: Some(shoplake_server::DetectionOptions {
+                settings: shoplake_detect::Settings::default(),
+                store: std::sync::Arc::new(store),
+                max_per_partition: 100_000,
+            }),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -699,4 +710,98 @@ async fn deliveries_are_compacted_and_the_marts_kept_up_to_date() {
     assert_eq!(rows.len(), ids(&all).len());
     let got: HashSet<String> = rows.into_iter().map(|r| r.0).collect();
     assert_eq!(got, ids(&all));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_are_detected_stored_and_served() {
+    let s = Running::start(Limits::default(), Vec::new()).await;
+    // A burst: 12 events of one user within 6 seconds.
+    let mut burst = events(12, 19);
+    for (i, e) in burst.iter_mut().enumerate() {
+        e.user_id = 777;
+        e.event_time = 1_569_888_000_000_000 + i as i64 * 500_000;
+        e.product_id = 1000 + i as i64;
+    }
+    let (status, _, _) = s
+        .post(Some(SHOP), "application/x-ndjson", ndjson(&burst), &[])
+        .await;
+    assert_eq!(status, 200);
+    let client = reqwest::Client::new();
+    let get = |path: &str, token: &str| client.get(s.url(path)).bearer_auth(token).send();
+    let mut found = Value::Null;
+    for _ in 0..200 {
+        let r = get("/v1/alerts", READER).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        found = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        if found.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let incident = &found[0];
+    assert_eq!(incident["rule"], "user_burst");
+    assert_eq!(incident["key"], "777");
+    assert_eq!(incident["severity"], "high");
+    let id = incident["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        get("/v1/alerts", SHOP).await.unwrap().status().as_u16(),
+        403,
+        "ingest tokens do not read alerts"
+    );
+    let one = get(&format!("/v1/alerts/{id}"), READER).await.unwrap();
+    assert_eq!(one.status().as_u16(), 200);
+    let r = client
+        .post(s.url(&format!("/v1/alerts/{id}/ack")))
+        .bearer_auth(READER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "acknowledging needs admin");
+    let r = client
+        .post(s.url(&format!("/v1/alerts/{id}/ack")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let acked: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(acked["status"], "acknowledged");
+    assert_eq!(acked["acknowledged_by"], "admin");
+    let r = client
+        .post(s.url("/v1/alerts/nope/ack"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    // Lists.
+    let r = client
+        .post(s.url("/v1/lists/allow"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body(json!({"key_type": "user_id", "key": "777"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = client
+        .post(s.url("/v1/lists/allow"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body(json!({"key_type": "user_id", "key": "not-a-number"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let lists: Value = serde_json::from_str(
+        &get("/v1/lists", READER)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(lists[0]["key"], "777");
+    s.stop().await;
 }

@@ -274,3 +274,126 @@ fn serve_on_kafka_delivers_a_replay_into_the_lake() {
     assert_eq!((rows, ids.len()), (1000, 1000));
     assert_eq!(ids, file_ids(&sample));
 }
+
+/// The incidents of a JSON array of incident objects, by identity.
+fn identities(json: &[u8]) -> Vec<(String, String, String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+    let mut out: Vec<(String, String, String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let s = |k: &str| i[k].as_str().unwrap_or_default().to_owned();
+            (s("rule"), s("key_type"), s("key"), s("severity"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn stream_detection_agrees_with_history_and_incidents_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("day.csv");
+    let data = dir.path().join("data");
+    let config = dir.path().join("shoplake.toml");
+    let rules = dir.path().join("rules.toml");
+    let serve_log = dir.path().join("serve.log");
+    // Replay sends batches on four connections at once: a lateness of 15 minutes of event
+    // time covers their skew, so the stream sees every event the history does.
+    std::fs::write(&rules, "lateness = \"15m\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[delivery]\ninterval = \"1s\"\nmarts_interval = \"off\"\n[detect]\nlateness = \"15m\"\n",
+    )
+    .unwrap();
+    let o = shoplake(&[
+        "generate",
+        "--events",
+        "300000",
+        "--days",
+        "1",
+        "--seed",
+        "29",
+        "--network-fields",
+        "--attacks",
+        "default",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let port = free_port();
+    let mut server = spawn_serve(&data, &config, port, &serve_log);
+    let url = format!("http://127.0.0.1:{port}");
+    let o = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args([
+            "replay",
+            file.to_str().unwrap(),
+            "--max",
+            "--format",
+            "json",
+        ])
+        .args(["--url", &url, "--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(terminate(&mut server).success());
+
+    let stream = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args(["alerts", "list", "--status", "all", "--format", "json"])
+        .args(["--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        stream.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stream.stderr)
+    );
+    let history = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args([
+            "detect",
+            "--format",
+            "json",
+            "--rules",
+            rules.to_str().unwrap(),
+        ])
+        .args(["--lake", data.join("lake").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        history.status.success(),
+        "{}",
+        String::from_utf8_lossy(&history.stderr)
+    );
+    let (stream, history) = (identities(&stream.stdout), identities(&history.stdout));
+    assert!(
+        history.iter().any(|i| i.0 == "traffic_spike") && history.len() >= 7,
+        "{history:?}"
+    );
+    assert_eq!(stream, history);
+
+    // The CLI acknowledges; the list shows it.
+    let v: serde_json::Value = serde_json::from_slice(
+        &Command::new(env!("CARGO_BIN_EXE_shoplake"))
+            .args(["alerts", "list", "--status", "all", "--format", "json"])
+            .args(["--data", data.to_str().unwrap()])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let id = v[0]["id"].as_str().unwrap().to_owned();
+    let o = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args(["alerts", "ack", &id, "--by", "alice"])
+        .args(["--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args(["alerts", "show", &id, "--format", "json"])
+        .args(["--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["acknowledged_by"], "alice");
+}

@@ -1,0 +1,162 @@
+//! What every [`AlertStore`] must do, run by each backend's tests against an empty store.
+//! The changes come from a real detector run over synthetic bursts.
+
+// A test suite: a failed expectation is a failed test.
+#![allow(clippy::expect_used)]
+
+use std::sync::Arc;
+
+use shoplake_detect::{Change, Detector, KeyType, Settings, Severity};
+use shoplake_events::{Event, EventType, FixedClock, Price};
+
+use crate::{AlertStore, List, Result};
+
+const SEC: i64 = 1_000_000;
+const T0: i64 = 1_569_888_000 * SEC;
+
+fn event(t: i64, user: i64, product: i64) -> Event {
+    Event {
+        event_time: t,
+        event_type: EventType::View,
+        product_id: product,
+        category_id: 1,
+        category_code: None,
+        brand: None,
+        price: Price::from_cents(100),
+        user_id: user,
+        user_session: Some(format!("s{user}")),
+        client_ip: None,
+        user_agent: None,
+        ingest_time: None,
+    }
+}
+
+/// Two bursts: user 1 at T0 (escalates, then resolves after the cooldown), user 2 ten
+/// minutes later (still open at the end).
+fn changes() -> Vec<Change> {
+    let mut d = Detector::new(Settings::default(), Arc::new(FixedClock(0)));
+    for i in 0..12 {
+        d.process(&event(T0 + i * SEC / 2, 1, 100 + i));
+    }
+    for i in 0..8 {
+        d.process(&event(T0 + 600 * SEC + i * SEC / 2, 2, 200 + i));
+    }
+    d.finish();
+    d.take_changes()
+}
+
+/// Incidents land, update in place, are found by id, key, time and severity; hand
+/// acknowledgements and resolutions stick; lists add and remove.
+pub async fn incidents_and_lists(store: &dyn AlertStore) -> Result<()> {
+    let changes = changes();
+    assert!(
+        changes.iter().any(|c| matches!(c, Change::Escalated(_)))
+            && changes.iter().any(|c| matches!(c, Change::Resolved(_))),
+        "{changes:?}"
+    );
+    // Applied one by one and again as a whole: the same end state.
+    for c in &changes {
+        store.apply(std::slice::from_ref(c)).await?;
+    }
+    store.apply(&changes).await?;
+    let first = changes[0].incident();
+    let last_of_first = changes
+        .iter()
+        .rev()
+        .find(|c| c.incident().id == first.id)
+        .map(|c| c.incident().clone())
+        .unwrap_or_else(|| first.clone());
+    let got = store.get(&first.id).await?.expect("stored");
+    assert_eq!(got.rule, "user_burst");
+    assert_eq!((got.key_type.as_str(), got.key.as_str()), ("user_id", "1"));
+    assert_eq!(got.severity, "high");
+    assert_eq!(got.status, "resolved");
+    assert_eq!(got.resolved_at, last_of_first.resolved_at);
+    assert_eq!(got.peak, last_of_first.peak);
+    assert_eq!(got.events as u64, last_of_first.events);
+    assert_eq!(got.windows as u64, last_of_first.windows);
+    assert!(store.get("no-such-id").await?.is_none());
+
+    let by_key = store.by_key(KeyType::UserId, "2").await?;
+    assert_eq!(by_key.len(), 1);
+    let second = by_key[0].clone();
+    assert_eq!(second.status, "open");
+    assert_eq!(store.between(T0, T0 + 10 * SEC).await?.len(), 1);
+    assert_eq!(store.between(T0, T0 + 3600 * SEC).await?.len(), 2);
+    assert!(
+        store
+            .between(T0 + 3600 * SEC, T0 + 7200 * SEC)
+            .await?
+            .is_empty()
+    );
+    let open = store.open(Severity::Low).await?;
+    assert_eq!(
+        open.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        [second.id.as_str()]
+    );
+    assert!(store.open(Severity::High).await?.is_empty());
+
+    // An acknowledgement survives the detector's next update of the incident.
+    assert!(
+        store
+            .acknowledge(&second.id, "ops@shop", T0 + 700 * SEC)
+            .await?
+    );
+    assert!(!store.acknowledge("no-such-id", "ops@shop", 0).await?);
+    let update: Vec<Change> = changes
+        .iter()
+        .filter(|c| c.incident().id == second.id)
+        .cloned()
+        .collect();
+    store.apply(&update).await?;
+    let acked = store.get(&second.id).await?.expect("stored");
+    assert_eq!(acked.status, "acknowledged");
+    assert_eq!(acked.acknowledged_by.as_deref(), Some("ops@shop"));
+    assert_eq!(acked.acknowledged_at, Some(T0 + 700 * SEC));
+    assert_eq!(store.open(Severity::Low).await?.len(), 1);
+    // Resolved by hand: it stays resolved.
+    assert!(
+        store
+            .resolve(&second.id, "ops@shop", T0 + 800 * SEC)
+            .await?
+    );
+    store.apply(&update).await?;
+    let done = store.get(&second.id).await?.expect("stored");
+    assert_eq!(done.status, "resolved");
+    assert_eq!(done.resolved_by.as_deref(), Some("ops@shop"));
+    assert_eq!(done.resolved_at, Some(T0 + 800 * SEC));
+    assert!(store.open(Severity::Low).await?.is_empty());
+
+    // Lists.
+    store
+        .set_listed(List::Allow, KeyType::UserId, "42", true, "ops", T0)
+        .await?;
+    store
+        .set_listed(
+            List::Deny,
+            KeyType::ClientIp,
+            "203.0.113.9",
+            true,
+            "ops",
+            T0,
+        )
+        .await?;
+    store
+        .set_listed(List::Allow, KeyType::UserId, "42", true, "again", T0)
+        .await?;
+    let listed = store.listed().await?;
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].list, List::Allow);
+    assert_eq!(listed[0].added_by, "ops");
+    store
+        .set_listed(List::Allow, KeyType::UserId, "42", false, "ops", T0)
+        .await?;
+    assert_eq!(store.listed().await?.len(), 1);
+    assert!(
+        store
+            .set_listed(List::Allow, KeyType::Global, "all", true, "ops", T0)
+            .await
+            .is_err()
+    );
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! The alerts API: `GET /v1/alerts` (`read`), `GET /v1/alerts/{id}` (`read`),
+//! `POST /v1/alerts/{id}/ack` and `/resolve` (`admin`), `GET /v1/lists` (`read`), and
+//! `POST` / `DELETE /v1/lists/{allow|deny}` with `{"key_type", "key"}` (`admin`; the detector
+//! applies lists within seconds).
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use shoplake_alerts::{AlertStore, List};
+use shoplake_detect::{KeyType, Severity};
+use shoplake_events::time::parse_timestamp;
+
+use crate::auth::{Scope, Token};
+use crate::collector::{ApiError, Collector};
+
+fn authorize<'a>(
+    c: &'a Collector,
+    headers: &HeaderMap,
+    scope: Scope,
+) -> Result<&'a Token, ApiError> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    c.tokens().check(auth, scope).map_err(ApiError::denied)
+}
+
+fn store(c: &Collector) -> Result<&Arc<dyn AlertStore>, ApiError> {
+    c.store().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "detection is off on this server: no alert store",
+        )
+    })
+}
+
+fn failed(e: shoplake_alerts::Error) -> ApiError {
+    tracing::error!("alert store: {e}");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the alert store failed: {e}"),
+    )
+}
+
+/// Filters of `GET /v1/alerts`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AlertQuery {
+    /// `open` (default: not resolved) or `all`.
+    status: Option<String>,
+    /// The least severity (`low`, `medium`, `high`).
+    severity: Option<String>,
+    /// With `key`: one key's incidents.
+    key_type: Option<String>,
+    key: Option<String>,
+    /// Opened at or after (RFC 3339 or `YYYY-MM-DD HH:MM:SS UTC`), with `status=all`.
+    from: Option<String>,
+    /// Opened before.
+    to: Option<String>,
+}
+
+fn key_type(s: &str) -> Result<KeyType, ApiError> {
+    match s {
+        "user_id" => Ok(KeyType::UserId),
+        "client_ip" => Ok(KeyType::ClientIp),
+        "user_session" => Ok(KeyType::UserSession),
+        "global" => Ok(KeyType::Global),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("key_type {s:?}: expected user_id, client_ip, user_session or global"),
+        )),
+    }
+}
+
+fn bad(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+pub(crate) async fn list_alerts(
+    State(c): State<Arc<Collector>>,
+    headers: HeaderMap,
+    query: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let run = async {
+        authorize(&c, &headers, Scope::Read)?;
+        let Query(q) = query.map_err(|e| bad(e.body_text()))?;
+        let store = store(&c)?;
+        let min = match q.severity.as_deref() {
+            None => Severity::Low,
+            Some("low") => Severity::Low,
+            Some("medium") => Severity::Medium,
+            Some("high") => Severity::High,
+            Some(s) => return Err(bad(format!("severity {s:?}: expected low, medium or high"))),
+        };
+        let rank = |s: &str| match s {
+            "high" => 3,
+            "medium" => 2,
+            _ => 1,
+        };
+        let min_rank = rank(min.as_str());
+        let mut out = match (q.key_type.as_deref(), q.key.as_deref()) {
+            (Some(t), Some(k)) => store.by_key(key_type(t)?, k).await.map_err(failed)?,
+            (None, None) => match q.status.as_deref() {
+                None | Some("open") => store.open(min).await.map_err(failed)?,
+                Some("all") => {
+                    let time = |name: &str, v: &Option<String>, default: i64| match v {
+                        None => Ok(default),
+                        Some(s) => parse_timestamp(s)
+                            .ok_or_else(|| bad(format!("{name} {s:?}: not a timestamp"))),
+                    };
+                    let from = time("from", &q.from, i64::MIN)?;
+                    let to = time("to", &q.to, i64::MAX)?;
+                    store.between(from, to).await.map_err(failed)?
+                }
+                Some(s) => return Err(bad(format!("status {s:?}: expected open or all"))),
+            },
+            _ => return Err(bad("key_type and key go together".to_owned())),
+        };
+        out.retain(|i| rank(&i.severity) >= min_rank);
+        Ok::<_, ApiError>(Json(out).into_response())
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(crate) async fn get_alert(
+    State(c): State<Arc<Collector>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let run = async {
+        authorize(&c, &headers, Scope::Read)?;
+        match store(&c)?.get(&id).await.map_err(failed)? {
+            Some(i) => Ok::<_, ApiError>(Json(i).into_response()),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no incident {id}"),
+            )),
+        }
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(crate) async fn act_on_alert(
+    State(c): State<Arc<Collector>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+) -> Response {
+    let run = async {
+        let token = authorize(&c, &headers, Scope::Admin)?;
+        let store = store(&c)?;
+        let now = chrono::Utc::now().timestamp_micros();
+        let done = match action.as_str() {
+            "ack" => store.acknowledge(&id, &token.name, now).await,
+            "resolve" => store.resolve(&id, &token.name, now).await,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no action {action:?}: ack or resolve"),
+                ));
+            }
+        }
+        .map_err(failed)?;
+        if !done {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no incident {id}"),
+            ));
+        }
+        let i = store.get(&id).await.map_err(failed)?;
+        Ok::<_, ApiError>(Json(i).into_response())
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The body of `POST`/`DELETE /v1/lists/{list}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListEntry {
+    key_type: String,
+    key: String,
+}
+
+pub(crate) async fn get_lists(State(c): State<Arc<Collector>>, headers: HeaderMap) -> Response {
+    let run = async {
+        authorize(&c, &headers, Scope::Read)?;
+        let listed = store(&c)?.listed().await.map_err(failed)?;
+        Ok::<_, ApiError>(Json(listed).into_response())
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(crate) async fn change_list(
+    State(c): State<Arc<Collector>>,
+    headers: HeaderMap,
+    method: axum::http::Method,
+    Path(list): Path<String>,
+    body: Result<Json<ListEntry>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let run = async {
+        let token = authorize(&c, &headers, Scope::Admin)?;
+        let list = List::from_str(&list).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e))?;
+        let Json(entry) = body.map_err(|e| bad(e.body_text()))?;
+        let kt = key_type(&entry.key_type)?;
+        let valid = match kt {
+            KeyType::UserId => entry.key.parse::<i64>().is_ok_and(|u| u > 0),
+            KeyType::ClientIp => entry.key.parse::<std::net::IpAddr>().is_ok(),
+            _ => false,
+        };
+        if !valid {
+            return Err(bad(format!(
+                "{} {:?}: lists hold positive user ids and IP addresses",
+                entry.key_type, entry.key
+            )));
+        }
+        let on = method == axum::http::Method::POST;
+        let now = chrono::Utc::now().timestamp_micros();
+        store(&c)?
+            .set_listed(list, kt, &entry.key, on, &token.name, now)
+            .await
+            .map_err(failed)?;
+        Ok::<_, ApiError>(StatusCode::NO_CONTENT.into_response())
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}

@@ -1,0 +1,241 @@
+//! The detector inside `serve`: a consumer of the event log with its own durable position
+//! (`detector`), feeding the rules and recording incident changes in the alert store. The
+//! allow- and deny-lists are read from the store every few seconds and applied live.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use shoplake_alerts::{AlertStore, List};
+use shoplake_detect::{Change, Detector, Settings};
+use shoplake_events::{Event, JsonDecoder, Row, SystemClock, Validator};
+use shoplake_log::{EventLog, QUARANTINE_KEY};
+use tokio::sync::watch;
+
+use crate::metrics::{IncidentLabel, Metrics};
+
+/// The detector's consumer name in the log.
+pub const CONSUMER: &str = "detector";
+
+/// How the detector runs in `serve`.
+#[derive(Clone)]
+pub struct DetectionOptions {
+    /// The rules and time settings.
+    pub settings: Settings,
+    /// Where incidents go.
+    pub store: Arc<dyn AlertStore>,
+    /// The most records read from one partition per round.
+    pub max_per_partition: usize,
+}
+
+impl std::fmt::Debug for DetectionOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DetectionOptions")
+            .field("rules", &self.settings.rules.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often the lists are re-read from the store.
+const LISTS_EVERY: Duration = Duration::from_secs(2);
+/// How long to wait when the log has nothing new.
+const IDLE: Duration = Duration::from_millis(20);
+
+/// Reads the log from the detector's committed positions until `stop`, then once more to its
+/// end.
+pub(crate) async fn detect_loop(
+    log: Arc<dyn EventLog>,
+    options: DetectionOptions,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut detector = Detector::new(options.settings.clone(), Arc::new(SystemClock));
+    let validator = Validator::default();
+    let mut positions: BTreeMap<u32, u64> = log.committed(CONSUMER).await?;
+    for p in 0..log.partitions() {
+        // A detector that never ran starts with what the log holds now.
+        let start = log.start(p).await?;
+        positions.entry(p).or_insert(start);
+    }
+    let mut lists = Lists::default();
+    let mut lists_read = Instant::now() - LISTS_EVERY;
+    loop {
+        let stopping = *stop.borrow();
+        if lists_read.elapsed() >= LISTS_EVERY {
+            lists_read = Instant::now();
+            match options.store.listed().await {
+                Ok(entries) => lists.apply(&mut detector, entries),
+                Err(e) => tracing::warn!("reading the allow- and deny-lists: {e}"),
+            }
+        }
+        // Every partition up to what it holds now, merged by event time (partitions run
+        // side by side, so a round of one must not push the watermark past the others).
+        let mut round: Vec<(i64, u32, usize, Event)> = Vec::new();
+        let mut next = positions.clone();
+        for p in 0..log.partitions() {
+            let from = positions.get(&p).copied().unwrap_or(0);
+            let records = log.read(p, from, options.max_per_partition).await?;
+            let Some(last) = records.last() else { continue };
+            next.insert(p, last.offset + 1);
+            for r in records {
+                if r.key == QUARANTINE_KEY {
+                    continue;
+                }
+                for row in JsonDecoder::new(&r.value[..], validator.clone()) {
+                    if let Ok(Row::Event(mut e)) = row {
+                        e.ingest_time.get_or_insert(r.appended_at);
+                        let seq = round.len();
+                        round.push((e.event_time, p, seq, e));
+                    }
+                }
+            }
+        }
+        if round.is_empty() && next == positions {
+            if stopping {
+                return Ok(());
+            }
+            detector.tick(None);
+            record(&options, &metrics, detector.take_changes()).await;
+            tokio::select! {
+                () = tokio::time::sleep(IDLE) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        round.sort_by_key(|(t, p, seq, _)| (*t, *p, *seq));
+        let before = detector.stats().clone();
+        for (_, _, _, e) in &round {
+            detector.process(e);
+        }
+        let after = detector.stats();
+        metrics
+            .detector_events
+            .inc_by(after.events.saturating_sub(before.events));
+        metrics
+            .detector_late
+            .inc_by(after.late.saturating_sub(before.late));
+        metrics
+            .detector_windows
+            .inc_by(after.windows_fired.saturating_sub(before.windows_fired));
+        if let Some(newest) = round.last().map(|r| r.3.ingest_time.unwrap_or(r.0)) {
+            let lag = (chrono::Utc::now().timestamp_micros() - newest).max(0);
+            metrics.detector_lag.set(lag as f64 / 1e6);
+        }
+        record(&options, &metrics, detector.take_changes()).await;
+        if let Err(e) = log.commit(CONSUMER, &next).await {
+            tracing::warn!("recording the detector's log positions: {e}");
+        }
+        positions = next;
+    }
+}
+
+/// Stores changes (retrying briefly: a store outage must not lose them) and counts them.
+async fn record(options: &DetectionOptions, metrics: &Metrics, changes: Vec<Change>) {
+    if changes.is_empty() {
+        return;
+    }
+    for c in &changes {
+        let i = c.incident();
+        let label = IncidentLabel {
+            rule: i.rule.clone(),
+            severity: i.severity.as_str().to_owned(),
+        };
+        match c {
+            Change::Opened(_) => {
+                metrics.incidents_opened.get_or_create(&label).inc();
+                tracing::info!(
+                    "incident {} opened: {} {}={} ({}), peak {}",
+                    i.id,
+                    i.rule,
+                    i.key_type.as_str(),
+                    i.key,
+                    i.severity,
+                    i.peak
+                );
+            }
+            Change::Escalated(_) => {
+                metrics.incidents_escalated.get_or_create(&label).inc();
+                tracing::info!("incident {} escalated to {}", i.id, i.severity);
+            }
+            Change::Resolved(_) => {
+                metrics.incidents_resolved.get_or_create(&label).inc();
+            }
+            Change::Updated(_) => {}
+        }
+    }
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1..=5 {
+        match options.store.apply(&changes).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(
+                    "storing {} incident change(s) (attempt {attempt}): {e}",
+                    changes.len()
+                );
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    metrics.store_failures.inc();
+    tracing::error!("gave up storing {} incident change(s)", changes.len());
+}
+
+/// The lists as last applied to the detector.
+#[derive(Default)]
+struct Lists {
+    allow_users: HashSet<i64>,
+    allow_ips: HashSet<IpAddr>,
+    deny_users: HashSet<i64>,
+    deny_ips: HashSet<IpAddr>,
+}
+
+impl Lists {
+    fn apply(&mut self, detector: &mut Detector, entries: Vec<shoplake_alerts::Listed>) {
+        let mut now = Lists::default();
+        for e in entries {
+            match (e.list, e.key_type.as_str()) {
+                (List::Allow, "user_id") => {
+                    now.allow_users.extend(e.key.parse::<i64>());
+                }
+                (List::Allow, "client_ip") => {
+                    now.allow_ips.extend(e.key.parse::<IpAddr>());
+                }
+                (List::Deny, "user_id") => {
+                    now.deny_users.extend(e.key.parse::<i64>());
+                }
+                (List::Deny, "client_ip") => {
+                    now.deny_ips.extend(e.key.parse::<IpAddr>());
+                }
+                _ => {}
+            }
+        }
+        for u in now.allow_users.difference(&self.allow_users) {
+            detector.set_allowed_user(*u, true);
+        }
+        for u in self.allow_users.difference(&now.allow_users) {
+            detector.set_allowed_user(*u, false);
+        }
+        for ip in now.allow_ips.difference(&self.allow_ips) {
+            detector.set_allowed_ip(*ip, true);
+        }
+        for ip in self.allow_ips.difference(&now.allow_ips) {
+            detector.set_allowed_ip(*ip, false);
+        }
+        for u in now.deny_users.difference(&self.deny_users) {
+            detector.set_denied_user(*u, true);
+        }
+        for u in self.deny_users.difference(&now.deny_users) {
+            detector.set_denied_user(*u, false);
+        }
+        for ip in now.deny_ips.difference(&self.deny_ips) {
+            detector.set_denied_ip(*ip, true);
+        }
+        for ip in self.deny_ips.difference(&now.deny_ips) {
+            detector.set_denied_ip(*ip, false);
+        }
+        *self = now;
+    }
+}
