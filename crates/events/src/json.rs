@@ -351,6 +351,13 @@ impl<R: BufRead> Iterator for JsonDecoder<R> {
     }
 }
 
+/// Decodes and validates one JSON object (an event as `encode_json` writes it, such as a log
+/// record), without a decoder's buffering.
+pub fn decode_event(bytes: &[u8], validator: &Validator) -> Result<Event, FieldError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| FieldError::row("is not UTF-8"))?;
+    decode_value(text.trim_ascii(), validator)
+}
+
 /// Appends one event as a JSON object and a newline (NDJSON).
 pub fn encode_json(buf: &mut Vec<u8>, e: &Event) {
     fn string(buf: &mut Vec<u8>, s: &str) {
@@ -383,8 +390,24 @@ pub fn encode_json(buf: &mut Vec<u8>, e: &Event) {
     buf.extend_from_slice(b",\"user_session\":");
     opt(buf, e.user_session.as_deref());
     if let Some(ip) = e.client_ip {
-        buf.extend_from_slice(b",\"client_ip\":");
-        string(buf, &ip.to_string());
+        buf.extend_from_slice(b",\"client_ip\":\"");
+        match ip {
+            // Digits by hand: formatting through `Display` was a visible share of the
+            // collector's time.
+            std::net::IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().iter().enumerate() {
+                    if i > 0 {
+                        buf.push(b'.');
+                    }
+                    buf.extend_from_slice(ints.format(*octet).as_bytes());
+                }
+            }
+            std::net::IpAddr::V6(v6) => {
+                use std::io::Write as _;
+                let _ = write!(buf, "{v6}");
+            }
+        }
+        buf.push(b'"');
     }
     if let Some(ua) = &e.user_agent {
         buf.extend_from_slice(b",\"user_agent\":");

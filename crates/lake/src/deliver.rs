@@ -22,7 +22,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use serde::{Deserialize, Serialize};
 use shoplake_events::time::MICROS_PER_DAY;
-use shoplake_events::{Event, JsonDecoder, Row, Validator};
+use shoplake_events::{Event, Validator};
 use shoplake_log::{EventLog, QUARANTINE_KEY};
 
 use crate::dedupe::Dedupe;
@@ -193,24 +193,18 @@ impl Delivery {
                     }
                     continue;
                 }
-                for row in JsonDecoder::new(&r.value[..], validator.clone()) {
-                    match row {
-                        Ok(Row::Event(mut e)) => {
-                            e.ingest_time.get_or_insert(r.appended_at);
-                            events.push(e);
-                        }
-                        Ok(Row::Reject(j)) => {
-                            rejected += 1;
-                            tracing::warn!(
-                                "log partition {p} offset {}: not a valid event: {}",
-                                r.offset,
-                                j.reason
-                            );
-                        }
-                        Err(e) => {
-                            rejected += 1;
-                            tracing::warn!("log partition {p} offset {}: {e}", r.offset);
-                        }
+                match shoplake_events::json::decode_event(&r.value, validator) {
+                    Ok(mut e) => {
+                        e.ingest_time.get_or_insert(r.appended_at);
+                        events.push(e);
+                    }
+                    Err(e) => {
+                        rejected += 1;
+                        tracing::warn!(
+                            "log partition {p} offset {}: not a valid event: {}",
+                            r.offset,
+                            e.reason
+                        );
                     }
                 }
             }

@@ -287,7 +287,11 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 /// Reads the body (at most the limit), gunzipping it when it says it is gzip.
-async fn body_bytes(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+async fn body_bytes(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -325,7 +329,7 @@ async fn body_bytes(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec
         }
     })?;
     if !gzip {
-        return Ok(bytes.to_vec());
+        return Ok(bytes);
     }
     let mut out = Vec::with_capacity(bytes.len() * 4);
     let mut decoder = flate2::read::MultiGzDecoder::new(&bytes[..]).take(limit as u64 + 1);
@@ -341,7 +345,7 @@ async fn body_bytes(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec
             format!("the body is larger than the limit of {limit} bytes once decompressed"),
         ));
     }
-    Ok(out)
+    Ok(out.into())
 }
 
 /// Decodes and validates every row of a body.
@@ -462,7 +466,8 @@ async fn ingest_inner(c: &Collector, peer: IpAddr, request: Request) -> Result<R
             e.user_agent.clone_from(&agent);
         }
         e.ingest_time = None;
-        let mut value = Vec::with_capacity(256);
+        // Room for an event with a long user agent: no regrowth per event.
+        let mut value = Vec::with_capacity(512);
         shoplake_events::json::encode_json(&mut value, e);
         value.pop();
         records.push(Record {

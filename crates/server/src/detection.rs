@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use shoplake_alerts::{AlertStore, List};
 use shoplake_detect::{Change, Detector, Settings};
-use shoplake_events::{Event, JsonDecoder, Row, SystemClock, Validator};
+use shoplake_events::{Event, SystemClock, Validator};
 use shoplake_log::{EventLog, QUARANTINE_KEY};
 use tokio::sync::watch;
 
@@ -83,12 +83,10 @@ pub(crate) async fn detect_loop(
                 if r.key == QUARANTINE_KEY {
                     continue;
                 }
-                for row in JsonDecoder::new(&r.value[..], validator.clone()) {
-                    if let Ok(Row::Event(mut e)) = row {
-                        e.ingest_time.get_or_insert(r.appended_at);
-                        let seq = round.len();
-                        round.push((e.event_time, p, seq, e));
-                    }
+                if let Ok(mut e) = shoplake_events::json::decode_event(&r.value, &validator) {
+                    e.ingest_time.get_or_insert(r.appended_at);
+                    let seq = round.len();
+                    round.push((e.event_time, p, seq, e));
                 }
             }
         }
