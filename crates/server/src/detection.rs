@@ -60,6 +60,7 @@ pub(crate) async fn detect_loop(
         positions.entry(p).or_insert(start);
     }
     let mut lists = Lists::default();
+    let mut held: Vec<(i64, u32, usize, Event)> = Vec::new();
     let mut lists_read = Instant::now() - LISTS_EVERY;
     loop {
         let stopping = *stop.borrow();
@@ -70,10 +71,14 @@ pub(crate) async fn detect_loop(
                 Err(e) => tracing::warn!("reading the allow- and deny-lists: {e}"),
             }
         }
-        // Every partition up to what it holds now, merged by event time (partitions run
-        // side by side, so a round of one must not push the watermark past the others).
-        let mut round: Vec<(i64, u32, usize, Event)> = Vec::new();
+        // Every partition up to what it holds now, merged by event time. Partitions fill side
+        // by side but not in step (an append lands in each in turn), so a partition that grew
+        // while the round read the others (or holds more than a round takes) bounds the round:
+        // events newer than what was read of it wait in `held` for the next round, and the
+        // watermark does not run ahead of a partition.
+        let mut round: Vec<(i64, u32, usize, Event)> = std::mem::take(&mut held);
         let mut next = positions.clone();
+        let mut newest: BTreeMap<u32, i64> = BTreeMap::new();
         for p in 0..log.partitions() {
             let from = positions.get(&p).copied().unwrap_or(0);
             let records = log.read(p, from, options.max_per_partition).await?;
@@ -85,17 +90,45 @@ pub(crate) async fn detect_loop(
                 }
                 if let Ok(mut e) = shoplake_events::json::decode_event(&r.value, &validator) {
                     e.ingest_time.get_or_insert(r.appended_at);
+                    let n = newest.entry(p).or_insert(i64::MIN);
+                    *n = (*n).max(e.event_time);
                     let seq = round.len();
                     round.push((e.event_time, p, seq, e));
                 }
             }
         }
+        let mut bound = i64::MAX;
+        if !stopping {
+            for p in 0..log.partitions() {
+                let read_to = next.get(&p).copied().unwrap_or(0);
+                if log.end(p).await? > read_to {
+                    bound = bound.min(newest.get(&p).copied().unwrap_or(i64::MIN));
+                }
+            }
+        }
+        if bound != i64::MAX {
+            let (now, later): (Vec<_>, Vec<_>) = round.into_iter().partition(|r| r.0 <= bound);
+            round = now;
+            held = later;
+        }
         if round.is_empty() && next == positions {
-            if stopping {
+            if stopping && held.is_empty() {
+                let st = detector.stats();
+                tracing::info!(
+                    "detector stopped: {} events, {} late, {} duplicates, {} windows fired",
+                    st.events,
+                    st.late,
+                    st.duplicates,
+                    st.windows_fired
+                );
                 return Ok(());
             }
             detector.tick(None);
             record(&options, &metrics, detector.take_changes()).await;
+            if stopping {
+                // What is held is all there is: take it in the next round.
+                continue;
+            }
             tokio::select! {
                 () = tokio::time::sleep(IDLE) => {}
                 _ = stop.changed() => {}

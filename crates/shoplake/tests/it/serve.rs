@@ -299,12 +299,13 @@ fn stream_detection_agrees_with_history_and_incidents_are_served() {
     let config = dir.path().join("shoplake.toml");
     let rules = dir.path().join("rules.toml");
     let serve_log = dir.path().join("serve.log");
-    // Replay sends batches on four connections at once: a lateness of 15 minutes of event
-    // time covers their skew, so the stream sees every event the history does.
-    std::fs::write(&rules, "lateness = \"15m\"\n").unwrap();
+    // One connection: the day arrives in its own time order, as live traffic does (at full
+    // speed, several connections would be minutes of event time apart, and the default
+    // lateness of 5 s would rightly count the stragglers as late).
+    std::fs::write(&rules, "time = \"event\"\n").unwrap();
     std::fs::write(
         &config,
-        "[delivery]\ninterval = \"1s\"\nmarts_interval = \"off\"\n[detect]\nlateness = \"15m\"\n",
+        "[delivery]\ninterval = \"1s\"\nmarts_interval = \"off\"\n",
     )
     .unwrap();
     let o = shoplake(&[
@@ -332,6 +333,8 @@ fn stream_detection_agrees_with_history_and_incidents_are_served() {
             "--max",
             "--format",
             "json",
+            "--connections",
+            "1",
         ])
         .args(["--url", &url, "--data", data.to_str().unwrap()])
         .output()
@@ -366,6 +369,18 @@ fn stream_detection_agrees_with_history_and_incidents_are_served() {
         String::from_utf8_lossy(&history.stderr)
     );
     let (stream, history) = (identities(&stream.stdout), identities(&history.stdout));
+    let log = std::fs::read_to_string(&serve_log).unwrap_or_default();
+    let opened = log.lines().filter(|l| l.contains("opened:")).count();
+    eprintln!(
+        "serve logged {opened} incidents opened; the store holds {}",
+        stream.len()
+    );
+    for l in log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("stopped"))
+    {
+        eprintln!("{l}");
+    }
     assert!(
         history.iter().any(|i| i.0 == "traffic_spike") && history.len() >= 7,
         "{history:?}"
