@@ -7,9 +7,8 @@ pub mod conformance;
 
 use std::str::FromStr;
 
-use serde::{Serialize, Serializer};
-use shoplake_detect::{Change, KeyType, Severity, Status};
-use shoplake_events::time::format_rfc3339;
+use serde::Serialize;
+use shoplake_detect::{Change, KeyType, Severity, rfc3339, rfc3339_opt};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
@@ -26,17 +25,6 @@ pub enum Error {
 
 /// The store's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-fn rfc3339<S: Serializer>(micros: &i64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_rfc3339(*micros))
-}
-
-fn rfc3339_opt<S: Serializer>(micros: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-    match micros {
-        Some(m) => s.serialize_str(&format_rfc3339(*m)),
-        None => s.serialize_none(),
-    }
-}
 
 /// An incident as stored: the detector's fields (the documented `--format json` objects) and
 /// who acknowledged or resolved it.
@@ -436,9 +424,4 @@ impl FromStr for List {
             _ => Err(format!("unknown list {s:?}: allow or deny")),
         }
     }
-}
-
-/// The status name of a detector status (for comparisons in callers).
-pub fn status_name(s: Status) -> &'static str {
-    s.as_str()
 }

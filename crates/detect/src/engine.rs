@@ -794,7 +794,7 @@ impl Detector {
         for r in &mut self.rules {
             r.evict(watermark);
         }
-        for (_, incident) in self.tracker.resolve_quiet(watermark) {
+        for incident in self.tracker.resolve_quiet(watermark) {
             self.changes.push(Change::Resolved(incident));
         }
     }

@@ -33,11 +33,13 @@ impl Status {
     }
 }
 
-fn rfc3339<S: Serializer>(micros: &i64, s: S) -> Result<S::Ok, S::Error> {
+/// Serializes µs since the epoch as RFC 3339 (for `#[serde(serialize_with)]`).
+pub fn rfc3339<S: Serializer>(micros: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_rfc3339(*micros))
 }
 
-fn rfc3339_opt<S: Serializer>(micros: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+/// [`rfc3339`] for an optional time (`null` when absent).
+pub fn rfc3339_opt<S: Serializer>(micros: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
     match micros {
         Some(m) => s.serialize_str(&format_rfc3339(*m)),
         None => s.serialize_none(),
@@ -209,23 +211,22 @@ impl Tracker {
         out
     }
 
-    /// Resolves the incidents quiet for the cooldown by `now`, in the order they went quiet;
-    /// returns them with the keys they were open for.
-    pub(crate) fn resolve_quiet(&mut self, now: i64) -> Vec<((usize, u64), Incident)> {
+    /// Resolves the incidents quiet for the cooldown by `now`, in the order they went quiet.
+    pub(crate) fn resolve_quiet(&mut self, now: i64) -> Vec<Incident> {
         if self.open.is_empty() {
             return Vec::new();
         }
         let cooldown = self.cooldown;
-        let mut out: Vec<((usize, u64), Incident)> = self
+        let mut out: Vec<Incident> = self
             .open
             .extract_if(|_, i| i.updated_at.saturating_add(cooldown) <= now)
-            .map(|(k, mut i)| {
+            .map(|(_, mut i)| {
                 i.status = Status::Resolved;
                 i.resolved_at = Some(i.updated_at.saturating_add(cooldown));
-                (k, i)
+                i
             })
             .collect();
-        out.sort_by(|a, b| (a.1.resolved_at, &a.1.id).cmp(&(b.1.resolved_at, &b.1.id)));
+        out.sort_by(|a, b| (a.resolved_at, &a.id).cmp(&(b.resolved_at, &b.id)));
         out
     }
 

@@ -12,5 +12,5 @@ mod incident;
 pub mod rules;
 
 pub use engine::{Detector, Fire, Key, Stats};
-pub use incident::{Change, Incident, Status};
+pub use incident::{Change, Incident, Status, rfc3339, rfc3339_opt};
 pub use rules::{DetectConfig, KeyType, Rule, Settings, Severity, TimeMode};

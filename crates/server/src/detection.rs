@@ -112,7 +112,8 @@ pub(crate) async fn detect_loop(
             held = later;
         }
         if round.is_empty() && next == positions {
-            if stopping && held.is_empty() {
+            // Stopping, every round takes all that is held: nothing is left when nothing is read.
+            if stopping {
                 let st = detector.stats();
                 tracing::info!(
                     "detector stopped: {} events, {} late, {} duplicates, {} windows fired",
@@ -125,10 +126,6 @@ pub(crate) async fn detect_loop(
             }
             detector.tick(None);
             record(&options, &metrics, detector.take_changes()).await;
-            if stopping {
-                // What is held is all there is: take it in the next round.
-                continue;
-            }
             tokio::select! {
                 () = tokio::time::sleep(IDLE) => {}
                 _ = stop.changed() => {}

@@ -261,36 +261,7 @@ async fn change(store: &SqlStore, list: List, l: ListArgs, now: i64) -> Result<(
 fn print(incidents: &[StoredIncident], format: Format) -> Result<()> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(incidents)?),
-        Format::Text => {
-            println!(
-                "{:<16} {:<19} {:<15} {:<12} {:<38} {:<7} {:<12} {:>7} {:>8} {:>8}",
-                "id",
-                "opened",
-                "rule",
-                "key type",
-                "key",
-                "sev.",
-                "status",
-                "windows",
-                "peak",
-                "events"
-            );
-            for i in incidents {
-                println!(
-                    "{:<16} {:<19} {:<15} {:<12} {:<38} {:<7} {:<12} {:>7} {:>8} {:>8}",
-                    i.id,
-                    &format_timestamp(i.opened_at)[..19],
-                    i.rule,
-                    i.key_type,
-                    i.key,
-                    i.severity,
-                    i.status,
-                    i.windows,
-                    i.peak,
-                    i.events
-                );
-            }
-        }
+        Format::Text => crate::detect_cmd::print_incidents(incidents)?,
     }
     Ok(())
 }

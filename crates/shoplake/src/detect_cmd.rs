@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use arrow::array::{Array, Date32Array};
 use shoplake_detect::{Change, DetectConfig, Detector, Incident};
-use shoplake_events::time::{MICROS_PER_DAY, format_timestamp, parse_date};
+use shoplake_events::time::{MICROS_PER_DAY, parse_date};
 use shoplake_events::{SystemClock, time};
 use shoplake_query::Engine;
 
@@ -102,7 +102,7 @@ pub fn detect(args: DetectArgs) -> Result<ExitCode> {
     );
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&incidents)?),
-        Format::Text => print_incidents(&incidents),
+        Format::Text => print_incidents(&incidents)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -114,27 +114,35 @@ fn record(into: &mut std::collections::BTreeMap<String, Incident>, changes: Vec<
     }
 }
 
-/// Prints incidents as a table.
-pub fn print_incidents(incidents: &[Incident]) {
+/// Prints incidents (the detector's or the store's: the same field names) as a table.
+pub fn print_incidents<T: serde::Serialize>(incidents: &[T]) -> Result<()> {
     println!(
         "{:<16} {:<19} {:<15} {:<12} {:<38} {:<7} {:<12} {:>7} {:>8} {:>8}",
         "id", "opened", "rule", "key type", "key", "sev.", "status", "windows", "peak", "events"
     );
     for i in incidents {
+        let v = serde_json::to_value(i)?;
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        let opened: String = text("opened_at")
+            .replace('T', " ")
+            .chars()
+            .take(19)
+            .collect();
         println!(
             "{:<16} {:<19} {:<15} {:<12} {:<38} {:<7} {:<12} {:>7} {:>8} {:>8}",
-            i.id,
-            &format_timestamp(i.opened_at)[..19],
-            i.rule,
-            i.key_type.as_str(),
-            i.key,
-            i.severity.as_str(),
-            i.status.as_str(),
-            i.windows,
-            i.peak,
-            i.events
+            text("id"),
+            opened,
+            text("rule"),
+            text("key_type"),
+            text("key"),
+            text("severity"),
+            text("status"),
+            v["windows"],
+            v["peak"],
+            v["events"]
         );
     }
+    Ok(())
 }
 
 /// The first and last `event_date` in the lake (days since the epoch).

@@ -97,15 +97,7 @@ fn default_rules_find_every_attack_kind_and_few_organic_users() {
         "organic keys flagged: {organic} of {}; precision {precision:.3}",
         keyed.len()
     );
-    for rule in [
-        "user_burst",
-        "user_sustained",
-        "scraper",
-        "session_flood",
-        "ip_flood",
-        "traffic_spike",
-        "robotic_timing",
-    ] {
+    for rule in shoplake_detect::rules::DEFAULT_RULES {
         let n = incidents.iter().filter(|i| i.rule == rule).count();
         let organic = incidents
             .iter()
