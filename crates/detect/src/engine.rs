@@ -744,7 +744,11 @@ impl Detector {
                 }
                 KeyType::Global => Key::Global,
             };
-            let changes = self.tracker.fire(index, rule, hash, &key, &fire);
+            let user = match rule.key {
+                KeyType::UserId | KeyType::UserSession => Some(e.user_id),
+                KeyType::ClientIp | KeyType::Global => None,
+            };
+            let changes = self.tracker.fire(index, rule, hash, &key, user, &fire);
             self.changes.extend(changes);
         }
     }

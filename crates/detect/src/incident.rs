@@ -77,8 +77,24 @@ pub struct Incident {
     pub peak: f64,
     /// The key's events from the opening window on.
     pub events: u64,
+    /// The user behind the key: the key itself for `user_id`, the user of the opening event
+    /// for `user_session`, none for addresses and the global key. Not part of the documented
+    /// fields: it tells the bot verdicts (`bot_flags`) whom to flag.
+    #[serde(skip)]
+    pub user_id: Option<i64>,
     #[serde(skip)]
     last_window_end: i64,
+}
+
+impl Incident {
+    /// The user this incident judges a bot, when its key names a user and it reached
+    /// `min` severity.
+    pub fn bot_user(&self, min: Severity) -> Option<i64> {
+        match self.key_type {
+            KeyType::UserId | KeyType::UserSession if self.severity >= min => self.user_id,
+            _ => None,
+        }
+    }
 }
 
 /// What happened to an incident.
@@ -146,6 +162,7 @@ impl Tracker {
         rule: &Rule,
         hash: u64,
         key: &Key,
+        user: Option<i64>,
         fire: &Fire,
     ) -> Vec<Change> {
         let better = |rule: &Rule, new: f64, old: f64| {
@@ -204,6 +221,7 @@ impl Tracker {
             windows: 1,
             peak: fire.value,
             events: fire.events,
+            user_id: user,
             last_window_end: fire.window_end,
         };
         self.open.insert((index, hash), incident.clone());

@@ -178,6 +178,10 @@ pub struct DetectConfig {
     /// The most keys a rule tracks at once (default 1 000 000); past it new keys are not
     /// tracked and a metric counts them.
     pub max_keys: Option<usize>,
+    /// The least severity at which an incident on a user (a `user_id` or `user_session`
+    /// key) makes it a bot for the day in `bot_flags` (default `medium`: a low `user_burst`
+    /// is worth a look, not a verdict).
+    pub flag_severity: Option<Severity>,
     /// Never flagged.
     #[serde(default)]
     pub allow: KeyList,
@@ -213,6 +217,8 @@ pub struct Settings {
     pub max_keys: usize,
     /// The rules in force.
     pub rules: Vec<Rule>,
+    /// The least severity of a bot verdict.
+    pub flag_severity: Severity,
     /// Allow-list.
     pub allow: KeyList,
     /// Deny-list.
@@ -491,6 +497,7 @@ impl DetectConfig {
                 dedupe_horizon,
                 max_keys,
                 rules,
+                flag_severity: self.flag_severity.unwrap_or(Severity::Medium),
                 allow: self.allow.clone(),
                 deny: self.deny.clone(),
             })
@@ -512,6 +519,7 @@ impl Default for Settings {
                 dedupe_horizon: 600 * SEC,
                 max_keys: 1_000_000,
                 rules: Vec::new(),
+                flag_severity: Severity::Medium,
                 allow: KeyList::default(),
                 deny: KeyList::default(),
             })

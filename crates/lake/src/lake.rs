@@ -35,11 +35,14 @@ pub enum TableName {
     /// Per report zone, local day, user and product: the day's first cart, the previous day
     /// with a cart and the next purchase, for the abandoned-items report.
     MartItems,
+    /// Bot verdicts of real-time detection: one row per flagged user, UTC day and incident;
+    /// "humans only" reports leave out the flagged user-days.
+    BotFlags,
 }
 
 impl TableName {
     /// Every table.
-    pub const ALL: [TableName; 8] = [
+    pub const ALL: [TableName; 9] = [
         TableName::Events,
         TableName::Quarantine,
         TableName::Imports,
@@ -48,6 +51,7 @@ impl TableName {
         TableName::MartCategories,
         TableName::MartCategoryVisitors,
         TableName::MartItems,
+        TableName::BotFlags,
     ];
 
     /// The table's name (and directory under the root).
@@ -61,6 +65,7 @@ impl TableName {
             TableName::MartCategories => "mart_categories",
             TableName::MartCategoryVisitors => "mart_category_visitors",
             TableName::MartItems => "mart_items",
+            TableName::BotFlags => "bot_flags",
         }
     }
 
@@ -80,6 +85,7 @@ impl TableName {
             TableName::MartCategories => schema::mart_categories(),
             TableName::MartCategoryVisitors => schema::mart_category_visitors(),
             TableName::MartItems => schema::mart_items(),
+            TableName::BotFlags => schema::bot_flags(),
         }
     }
 
@@ -109,6 +115,7 @@ impl TableName {
                 "shoplake mart: distinct category visitors per zone, bucket and day"
             }
             TableName::MartItems => "shoplake mart: first carts per zone, day, user and product",
+            TableName::BotFlags => "shoplake: users flagged as bots, per UTC day and incident",
         }
     }
 }

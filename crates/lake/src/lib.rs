@@ -6,11 +6,13 @@
 //! - `events`: clean events, partitioned by `event_date` (UTC), never an exact duplicate.
 //! - `quarantine`: every refused row with its source, line, field, reason and raw text.
 //! - `imports`: one row per import, with its counts and its data-quality profile.
+//! - `bot_flags`: users that real-time detection judged bots, per UTC day and incident.
 
 mod catalog;
 mod dedupe;
 mod deliver;
 mod error;
+mod flags;
 mod import;
 mod lake;
 mod maintenance;
@@ -21,6 +23,7 @@ pub mod schema;
 pub use catalog::{ColumnInfo, CommitSummary, ImportRecord, PartitionInfo, TableInfo};
 pub use deliver::{COLLECTOR_IMPORT_ID, Delivered, Delivery, Pumped, QuarantinedRow};
 pub use error::{Error, Result};
+pub use flags::BotFlag;
 pub use import::{ImportBuilder, ImportProgress, ImportSource, ImportSummary, TARGET_FILE_SIZE};
 pub use lake::{Lake, LakeOptions, TableName};
 pub use maintenance::{CompactBuilder, CompactSummary, VacuumBuilder, VacuumSummary};

@@ -180,6 +180,21 @@ pub fn quarantine() -> SchemaRef {
     QUARANTINE.clone()
 }
 
+static BOT_FLAGS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("day", DataType::Date32, false),
+        Field::new("rule", DataType::Utf8, false),
+        Field::new("incident_id", DataType::Utf8, false),
+        Field::new("flagged_at", timestamp(), false),
+    ]))
+});
+
+/// `bot_flags`: a user flagged as a bot on a UTC day by an incident of a rule, and when.
+pub fn bot_flags() -> SchemaRef {
+    BOT_FLAGS.clone()
+}
+
 /// `imports`: one row per import, with its profile as JSON.
 pub fn imports() -> SchemaRef {
     IMPORTS.clone()

@@ -50,6 +50,7 @@ pub struct Engine {
     ctx: SessionContext,
     timeout: Duration,
     events_version: Option<i64>,
+    has_bot_flags_table: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -95,6 +96,7 @@ impl Engine {
             ctx,
             timeout: DEFAULT_TIMEOUT,
             events_version: lake.latest_version(TableName::Events).await?,
+            has_bot_flags_table: lake.latest_version(TableName::BotFlags).await?.is_some(),
         })
     }
 
@@ -107,6 +109,22 @@ impl Engine {
     /// The version of `events` this session reads (`None`: no table yet).
     pub fn events_version(&self) -> Option<i64> {
         self.events_version
+    }
+
+    /// Whether `bot_flags` holds any row (its row count comes from the Delta log's file
+    /// statistics).
+    pub async fn has_bot_flags(&self) -> Result<bool> {
+        if !self.has_bot_flags_table {
+            return Ok(false);
+        }
+        let out = self.run("SELECT COUNT(*) AS n FROM bot_flags").await?;
+        let n = out
+            .batches
+            .first()
+            .and_then(|b| crate::reports::Columns::new(b).i64("n").ok())
+            .and_then(|v| v.first().copied().flatten())
+            .unwrap_or(0);
+        Ok(n > 0)
     }
 
     /// The DataFusion session.

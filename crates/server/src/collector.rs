@@ -63,6 +63,8 @@ pub struct Collector {
     draining: AtomicBool,
     appended: Notify,
     store: Option<Arc<dyn shoplake_alerts::AlertStore>>,
+    lake: Option<shoplake_lake::Lake>,
+    live: crate::lake_api::LiveSender,
 }
 
 impl std::fmt::Debug for Collector {
@@ -95,7 +97,24 @@ impl Collector {
             draining: AtomicBool::new(false),
             appended: Notify::new(),
             store: None,
+            lake: None,
+            live: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// Serves the lake API (reports, SQL, catalog, imports, quarantine) from this lake.
+    pub fn with_lake(mut self, lake: shoplake_lake::Lake) -> Collector {
+        self.lake = Some(lake);
+        self
+    }
+
+    pub(crate) fn lake(&self) -> Option<&shoplake_lake::Lake> {
+        self.lake.as_ref()
+    }
+
+    /// The live feed of `GET /v1/events/stream`.
+    pub fn live(&self) -> &crate::lake_api::LiveSender {
+        &self.live
     }
 
     /// Serves the alerts API from this store.
@@ -124,6 +143,12 @@ impl Collector {
             .route("/v1/alerts/{id}", get(crate::api::get_alert))
             .route("/v1/alerts/{id}/{action}", post(crate::api::act_on_alert))
             .route("/v1/lists", get(crate::api::get_lists))
+            .route("/v1/reports/{kind}", get(crate::lake_api::report))
+            .route("/v1/query", post(crate::lake_api::query))
+            .route("/v1/catalog", get(crate::lake_api::catalog))
+            .route("/v1/imports", get(crate::lake_api::imports))
+            .route("/v1/quarantine", get(crate::lake_api::quarantine))
+            .route("/v1/events/stream", get(crate::lake_api::stream))
             .route(
                 "/v1/lists/{list}",
                 post(crate::api::change_list).delete(crate::api::change_list),

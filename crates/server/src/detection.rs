@@ -1,6 +1,8 @@
 //! The detector inside `serve`: a consumer of the event log with its own durable position
 //! (`detector`), feeding the rules and recording incident changes in the alert store. The
-//! allow- and deny-lists are read from the store every few seconds and applied live.
+//! allow- and deny-lists are read from the store every few seconds and applied live. Openings
+//! and escalations go to the notification channels; incidents on users at the bot severity
+//! become rows of `bot_flags`, and allow-listing a user removes its rows.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -9,12 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use shoplake_alerts::{AlertStore, List};
-use shoplake_detect::{Change, Detector, Settings};
+use shoplake_detect::{Change, Detector, Incident, Settings, Severity};
 use shoplake_events::{Event, SystemClock, Validator};
+use shoplake_lake::{BotFlag, Lake};
 use shoplake_log::{EventLog, QUARANTINE_KEY};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{IncidentLabel, Metrics};
+use crate::notify::{Notifier, NotifySettings};
 
 /// The detector's consumer name in the log.
 pub const CONSUMER: &str = "detector";
@@ -28,6 +32,8 @@ pub struct DetectionOptions {
     pub store: Arc<dyn AlertStore>,
     /// The most records read from one partition per round.
     pub max_per_partition: usize,
+    /// Where openings and escalations are sent.
+    pub notify: NotifySettings,
 }
 
 impl std::fmt::Debug for DetectionOptions {
@@ -40,15 +46,157 @@ impl std::fmt::Debug for DetectionOptions {
 
 /// How often the lists are re-read from the store.
 const LISTS_EVERY: Duration = Duration::from_secs(2);
+/// How often new bot flags are written to the lake.
+const FLAGS_EVERY: Duration = Duration::from_secs(2);
+/// How long queued notifications may take at shutdown.
+const NOTIFY_GRACE: Duration = Duration::from_secs(10);
+
+/// The bot flags of an incident: its user (when it has one at `min` severity or above) on
+/// every UTC day from its opening to its last firing.
+pub fn bot_flags_of(incident: &Incident, min: Severity, now: i64) -> Vec<BotFlag> {
+    let Some(user_id) = incident.bot_user(min) else {
+        return Vec::new();
+    };
+    let first = BotFlag::day_of(incident.opened_at);
+    let last = BotFlag::day_of(incident.updated_at).clamp(first, first + 31);
+    (first..=last)
+        .map(|day| BotFlag {
+            user_id,
+            day,
+            rule: incident.rule.clone(),
+            incident_id: incident.id.clone(),
+            flagged_at: now,
+        })
+        .collect()
+}
+
+/// Work for the task that keeps `bot_flags`.
+enum FlagWork {
+    Add(Vec<BotFlag>),
+    Remove(Vec<i64>),
+}
+
+/// Writes bot flags (and removes those of allow-listed users) every [`FLAGS_EVERY`], so that
+/// the lake sees one commit per interval however many incidents open; retries what failed at
+/// the next interval. Returns when the detector is done and everything is written.
+async fn flag_loop(lake: Lake, mut rx: mpsc::UnboundedReceiver<FlagWork>, metrics: Arc<Metrics>) {
+    let mut written: HashSet<(String, i32)> = HashSet::new();
+    let mut add: Vec<BotFlag> = Vec::new();
+    let mut remove: Vec<i64> = Vec::new();
+    let mut open = true;
+    while open || !add.is_empty() || !remove.is_empty() {
+        let deadline = tokio::time::Instant::now() + FLAGS_EVERY;
+        while open {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(FlagWork::Add(flags))) => {
+                    for f in flags {
+                        if written.insert((f.incident_id.clone(), f.day)) {
+                            add.push(f);
+                        }
+                    }
+                }
+                Ok(Some(FlagWork::Remove(users))) => {
+                    // A user allow-listed now: its pending flags go too.
+                    add.retain(|f| !users.contains(&f.user_id));
+                    remove.extend(users);
+                }
+                Ok(None) => open = false,
+                Err(_) => break,
+            }
+        }
+        let mut failed = false;
+        if !add.is_empty() {
+            match lake.add_bot_flags(&add).await {
+                Ok(n) => {
+                    metrics.bot_flags.inc_by(n as u64);
+                    add.clear();
+                }
+                Err(e) => {
+                    failed = true;
+                    metrics.bot_flag_failures.inc();
+                    tracing::warn!("writing {} bot flag(s): {e}", add.len());
+                }
+            }
+        }
+        if !remove.is_empty() {
+            remove.sort_unstable();
+            remove.dedup();
+            match lake.remove_bot_flags(&remove).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!("removed {n} bot flag(s) of allow-listed users");
+                    }
+                    remove.clear();
+                }
+                Err(e) => {
+                    failed = true;
+                    metrics.bot_flag_failures.inc();
+                    tracing::warn!("removing the bot flags of allow-listed users: {e}");
+                }
+            }
+        }
+        if failed && !open {
+            // Shutting down with the lake refusing: give up rather than hang the stop.
+            tracing::error!(
+                "gave up {} bot flag(s) and {} removal(s) at shutdown",
+                add.len(),
+                remove.len()
+            );
+            return;
+        }
+        if failed {
+            tokio::time::sleep(FLAGS_EVERY).await;
+        }
+    }
+}
+
 /// How long to wait when the log has nothing new.
 const IDLE: Duration = Duration::from_millis(20);
 
 /// Reads the log from the detector's committed positions until `stop`, then once more to its
 /// end.
 pub(crate) async fn detect_loop(
+    lake: Lake,
     log: Arc<dyn EventLog>,
     options: DetectionOptions,
     metrics: Arc<Metrics>,
+    live: crate::lake_api::LiveSender,
+    stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let notifier = Notifier::start(&options.notify, metrics.clone())?;
+    let (flags_tx, flags_rx) = mpsc::unbounded_channel();
+    let flags_task = tokio::spawn(flag_loop(lake, flags_rx, metrics.clone()));
+    let out = Outputs {
+        notifier,
+        live,
+        flags: flags_tx,
+        flag_severity: options.settings.flag_severity,
+    };
+    let result = run(log, &options, &metrics, &out, stop).await;
+    let Outputs {
+        notifier, flags, ..
+    } = out;
+    drop(flags);
+    notifier.close(NOTIFY_GRACE).await;
+    if let Err(e) = flags_task.await {
+        tracing::error!("the bot flag writer failed: {e}");
+    }
+    result
+}
+
+/// Where incident changes go besides the store.
+struct Outputs {
+    notifier: Notifier,
+    live: crate::lake_api::LiveSender,
+    flags: mpsc::UnboundedSender<FlagWork>,
+    flag_severity: Severity,
+}
+
+async fn run(
+    log: Arc<dyn EventLog>,
+    options: &DetectionOptions,
+    metrics: &Metrics,
+    out: &Outputs,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let mut detector = Detector::new(options.settings.clone(), Arc::new(SystemClock));
@@ -67,7 +215,12 @@ pub(crate) async fn detect_loop(
         if lists_read.elapsed() >= LISTS_EVERY {
             lists_read = Instant::now();
             match options.store.listed().await {
-                Ok(entries) => lists.apply(&mut detector, entries),
+                Ok(entries) => {
+                    let allowed = lists.apply(&mut detector, entries);
+                    if !allowed.is_empty() {
+                        let _ = out.flags.send(FlagWork::Remove(allowed));
+                    }
+                }
                 Err(e) => tracing::warn!("reading the allow- and deny-lists: {e}"),
             }
         }
@@ -125,7 +278,7 @@ pub(crate) async fn detect_loop(
                 return Ok(());
             }
             detector.tick(None);
-            record(&options, &metrics, detector.take_changes()).await;
+            record(options, metrics, out, detector.take_changes()).await;
             tokio::select! {
                 () = tokio::time::sleep(IDLE) => {}
                 _ = stop.changed() => {}
@@ -151,7 +304,7 @@ pub(crate) async fn detect_loop(
             let lag = (chrono::Utc::now().timestamp_micros() - newest).max(0);
             metrics.detector_lag.set(lag as f64 / 1e6);
         }
-        record(&options, &metrics, detector.take_changes()).await;
+        record(options, metrics, out, detector.take_changes()).await;
         if let Err(e) = log.commit(CONSUMER, &next).await {
             tracing::warn!("recording the detector's log positions: {e}");
         }
@@ -159,10 +312,38 @@ pub(crate) async fn detect_loop(
     }
 }
 
-/// Stores changes (retrying briefly: a store outage must not lose them) and counts them.
-async fn record(options: &DetectionOptions, metrics: &Metrics, changes: Vec<Change>) {
+/// Stores changes (retrying briefly: a store outage must not lose them), counts them, and
+/// hands them to the notifications and the bot flags.
+async fn record(
+    options: &DetectionOptions,
+    metrics: &Metrics,
+    out: &Outputs,
+    changes: Vec<Change>,
+) {
     if changes.is_empty() {
         return;
+    }
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut flags = Vec::new();
+    for c in &changes {
+        out.notifier.notify(c);
+        let change = match c {
+            Change::Opened(_) => "opened",
+            Change::Updated(_) => "updated",
+            Change::Escalated(_) => "escalated",
+            Change::Resolved(_) => "resolved",
+        };
+        // Nobody watching the live feed is not an error.
+        let _ = out.live.send(crate::lake_api::Live::Incident {
+            change,
+            incident: c.incident().clone(),
+        });
+        if !matches!(c, Change::Resolved(_)) {
+            flags.extend(bot_flags_of(c.incident(), out.flag_severity, now));
+        }
+    }
+    if !flags.is_empty() {
+        let _ = out.flags.send(FlagWork::Add(flags));
     }
     for c in &changes {
         let i = c.incident();
@@ -221,7 +402,12 @@ struct Lists {
 }
 
 impl Lists {
-    fn apply(&mut self, detector: &mut Detector, entries: Vec<shoplake_alerts::Listed>) {
+    /// Applies the lists as they now are; returns the users newly allowed.
+    fn apply(
+        &mut self,
+        detector: &mut Detector,
+        entries: Vec<shoplake_alerts::Listed>,
+    ) -> Vec<i64> {
         let mut now = Lists::default();
         for e in entries {
             match (e.list, e.key_type.as_str()) {
@@ -240,8 +426,10 @@ impl Lists {
                 _ => {}
             }
         }
+        let mut allowed = Vec::new();
         for u in now.allow_users.difference(&self.allow_users) {
             detector.set_allowed_user(*u, true);
+            allowed.push(*u);
         }
         for u in self.allow_users.difference(&now.allow_users) {
             detector.set_allowed_user(*u, false);
@@ -265,5 +453,6 @@ impl Lists {
             detector.set_denied_ip(*ip, false);
         }
         *self = now;
+        allowed
     }
 }

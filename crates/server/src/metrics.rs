@@ -1,6 +1,6 @@
 //! The server's Prometheus metrics (`GET /metrics`, OpenMetrics text), named
 //! `shoplake_<subsystem>_<name>_<unit>`, counters ending in `_total`; no label takes
-//! unbounded values (the only one is the HTTP status).
+//! unbounded values (the HTTP status, a rule and severity, a configured channel).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -24,6 +24,13 @@ pub struct IncidentLabel {
     pub rule: String,
     /// The severity.
     pub severity: String,
+}
+
+/// A notification channel, by its configured name (a bounded set).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    /// The channel's name.
+    pub channel: String,
 }
 
 /// Every metric the server keeps.
@@ -66,6 +73,18 @@ pub struct Metrics {
     pub incidents_resolved: Family<IncidentLabel, Counter>,
     /// Batches of incident changes the alert store could not take.
     pub store_failures: Counter,
+    /// Notices a channel took, by channel.
+    pub notifications_sent: Family<ChannelLabel, Counter>,
+    /// Notices given up after their attempts, by channel.
+    pub notifications_failed: Family<ChannelLabel, Counter>,
+    /// Failed attempts followed by another, by channel.
+    pub notifications_retried: Family<ChannelLabel, Counter>,
+    /// Notices dropped on a full queue, by channel.
+    pub notifications_dropped: Family<ChannelLabel, Counter>,
+    /// User-days written to `bot_flags`.
+    pub bot_flags: Counter,
+    /// Batches of bot flags the lake could not take.
+    pub bot_flag_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -96,6 +115,42 @@ impl Metrics {
         let incidents_escalated = Family::<IncidentLabel, Counter>::default();
         let incidents_resolved = Family::<IncidentLabel, Counter>::default();
         let store_failures = Counter::default();
+        let notifications_sent = Family::<ChannelLabel, Counter>::default();
+        let notifications_failed = Family::<ChannelLabel, Counter>::default();
+        let notifications_retried = Family::<ChannelLabel, Counter>::default();
+        let notifications_dropped = Family::<ChannelLabel, Counter>::default();
+        let bot_flags = Counter::default();
+        let bot_flag_failures = Counter::default();
+        registry.register(
+            "notifications_sent",
+            "Notices a channel took, by channel",
+            notifications_sent.clone(),
+        );
+        registry.register(
+            "notifications_failed",
+            "Notices given up after their attempts, by channel",
+            notifications_failed.clone(),
+        );
+        registry.register(
+            "notifications_retried",
+            "Failed notice attempts followed by another, by channel",
+            notifications_retried.clone(),
+        );
+        registry.register(
+            "notifications_dropped",
+            "Notices dropped because the channel's queue was full, by channel",
+            notifications_dropped.clone(),
+        );
+        registry.register(
+            "detector_bot_flags",
+            "User-days written to bot_flags",
+            bot_flags.clone(),
+        );
+        registry.register(
+            "detector_bot_flag_failures",
+            "Batches of bot flags the lake could not take",
+            bot_flag_failures.clone(),
+        );
         registry.register(
             "detector_events",
             "Events the detector processed",
@@ -206,6 +261,12 @@ impl Metrics {
             incidents_escalated,
             incidents_resolved,
             store_failures,
+            notifications_sent,
+            notifications_failed,
+            notifications_retried,
+            notifications_dropped,
+            bot_flags,
+            bot_flag_failures,
         }
     }
 

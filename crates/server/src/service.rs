@@ -137,6 +137,7 @@ pub async fn serve(
         options.limits.clone(),
         metrics.clone(),
     );
+    collector = collector.with_lake(lake.clone());
     if let Some(d) = &options.detection {
         collector = collector.with_store(d.store.clone());
     }
@@ -173,12 +174,18 @@ pub async fn serve(
     ));
     let detect_task = options.detection.clone().map(|d| {
         tokio::spawn(crate::detection::detect_loop(
+            lake.clone(),
             log.clone(),
             d,
             metrics.clone(),
+            collector.live().clone(),
             stop_rx_detect.clone(),
         ))
     });
+    let rate_task = tokio::spawn(crate::lake_api::rate_loop(
+        collector.clone(),
+        stop_rx_detect.clone(),
+    ));
     let drain = collector.clone();
     let app = collector
         .clone()
@@ -195,6 +202,7 @@ pub async fn serve(
         .context("serving HTTP")?;
     tracing::info!("collector stopped; delivering what the log holds");
     let _ = stop_tx.send(true);
+    let _ = rate_task.await;
     deliver_task.await.context("the delivery task failed")??;
     if let Some(task) = detect_task {
         task.await.context("the detector failed")??;

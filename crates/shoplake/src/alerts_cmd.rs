@@ -40,6 +40,10 @@ pub struct AlertsArgs {
     /// The configuration file [default: shoplake.toml, when present].
     #[arg(long, env = "SHOPLAKE_CONFIG", value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+    /// The lake, whose `bot_flags` lose an allow-listed user's rows [default: `lake.root`,
+    /// else data/lake].
+    #[arg(long, env = "SHOPLAKE_LAKE", value_name = "ROOT", global = true)]
+    lake: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text, global = true)]
     format: Format,
@@ -206,7 +210,15 @@ pub fn alerts(args: AlertsArgs) -> Result<ExitCode> {
                 }
                 println!("{id} resolved by {by}");
             }
-            AlertsCommand::Allow(l) => change(&store, List::Allow, l, now).await?,
+            AlertsCommand::Allow(l) => {
+                let user = (l.key_type == "user_id" && !l.remove)
+                    .then(|| l.key.parse::<i64>().ok())
+                    .flatten();
+                change(&store, List::Allow, l, now).await?;
+                if let Some(user) = user {
+                    unflag(&config, args.lake.clone(), user).await?;
+                }
+            }
             AlertsCommand::Deny(l) => change(&store, List::Deny, l, now).await?,
             AlertsCommand::Lists => {
                 let listed = store.listed().await?;
@@ -230,6 +242,23 @@ pub fn alerts(args: AlertsArgs) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Removes an allow-listed user's bot flags from the lake, when there is one (a running
+/// `serve` does the same within seconds).
+async fn unflag(config: &Config, root: Option<String>, user: i64) -> Result<()> {
+    let root = root
+        .or_else(|| config.lake.root.clone())
+        .unwrap_or_else(|| "data/lake".to_owned());
+    if !root.contains("://") && !std::path::Path::new(&root).exists() {
+        return Ok(());
+    }
+    let lake = crate::lake_cmd::open_lake(Some(root), config)?;
+    let removed = lake.remove_bot_flags(&[user]).await?;
+    if removed > 0 {
+        println!("removed {removed} bot flag(s) of user {user} from bot_flags");
+    }
+    Ok(())
 }
 
 async fn change(store: &SqlStore, list: List, l: ListArgs, now: i64) -> Result<()> {

@@ -38,6 +38,12 @@ pub struct Config {
     /// Where incidents are kept.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// Where openings and escalations are sent: `[notify]` with `attempts`, `backoff`,
+    /// `timeout`, `queue`, and `[[notify.channels]]` (`kind` = `webhook` with `url` and
+    /// `secret`, `slack` with `url`, or `email` with `smtp`, `from`, `to`; each with
+    /// `min_severity`, default `high`).
+    #[serde(default)]
+    pub notify: shoplake_server::notify::NotifyConfig,
 }
 
 /// `[alerts]`
@@ -263,6 +269,9 @@ impl Config {
             errors.push("log.partitions must be at least 1".to_owned());
         }
         if let Err(e) = self.detect.settings() {
+            errors.extend(e);
+        }
+        if let Err(e) = self.notify.settings() {
             errors.extend(e);
         }
         if let Some(url) = &self.alerts.store

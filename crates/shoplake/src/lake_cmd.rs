@@ -25,6 +25,17 @@ pub struct LakeArgs {
     config: Option<std::path::PathBuf>,
 }
 
+/// Opens the lake at `root`, else the configuration's `lake.root`, else data/lake.
+pub(crate) fn open_lake(root: Option<String>, config: &Config) -> Result<Lake> {
+    let root = root
+        .or_else(|| config.lake.root.clone())
+        .unwrap_or_else(|| "data/lake".to_owned());
+    Ok(Lake::open(LakeOptions {
+        root,
+        storage_options: config.storage_options(),
+    })?)
+}
+
 impl LakeArgs {
     /// The configuration file named, if any.
     pub(crate) fn config_path(&self) -> Option<&std::path::Path> {
@@ -33,15 +44,7 @@ impl LakeArgs {
 
     pub(crate) fn open(&self) -> Result<Lake> {
         let config = Config::load(self.config.as_deref())?;
-        let root = self
-            .lake
-            .clone()
-            .or_else(|| config.lake.root.clone())
-            .unwrap_or_else(|| "data/lake".to_owned());
-        Ok(Lake::open(LakeOptions {
-            root,
-            storage_options: config.storage_options(),
-        })?)
+        open_lake(self.lake.clone(), &config)
     }
 }
 

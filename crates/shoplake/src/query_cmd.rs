@@ -219,8 +219,8 @@ pub struct ReportCommon {
     /// IANA time zone for days, hours and weekdays.
     #[arg(long, global = true, default_value = "UTC")]
     tz: String,
-    /// Count every event, also from users flagged as bots (flags come with detection; until
-    /// the lake has them, every event counts as human).
+    /// Count every event, also from users flagged as bots (by default a user's events on a
+    /// UTC day `bot_flags` flags it for are left out).
     #[arg(long, global = true, conflicts_with = "humans_only")]
     all_traffic: bool,
     /// Only humans (the default).

@@ -126,6 +126,9 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         .detect
         .settings()
         .map_err(|errors| anyhow::anyhow!("the detection settings:\n  {}", errors.join("\n  ")))?;
+    let notify = config.notify.settings().map_err(|errors| {
+        anyhow::anyhow!("the notification settings:\n  {}", errors.join("\n  "))
+    })?;
     let detect = config.detect.enabled != Some(false);
     let store_url = config.alerts.url(&args.data);
     let rt = runtime()?;
@@ -144,6 +147,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
                 settings,
                 store: Arc::new(store),
                 max_per_partition: 100_000,
+                notify,
             })
         } else {
             None

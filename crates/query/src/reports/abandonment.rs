@@ -147,6 +147,7 @@ pub async fn abandonment(
         }
         c.join(" AND ")
     };
+    let events = super::events_relation(engine, scope).await?;
     let marts = super::use_marts(engine, scope).await?;
     let sessions_sql = if marts {
         format!(
@@ -160,7 +161,7 @@ pub async fn abandonment(
             SELECT user_session, MIN(event_time) AS first,
                    MAX(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS has_cart,
                    MAX(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS has_purchase
-            FROM events WHERE user_session IS NOT NULL GROUP BY user_session)
+            FROM {events} WHERE user_session IS NOT NULL GROUP BY user_session)
          SELECT CAST(CAST(local_time(first, {tz}) AS DATE) AS VARCHAR) AS day,
                 SUM(has_cart) AS cart_sessions,
                 SUM(CASE WHEN has_cart = 1 AND has_purchase = 0 THEN 1 ELSE 0 END)
@@ -195,10 +196,10 @@ pub async fn abandonment(
                            first_value(brand ORDER BY event_time, price) AS brand,
                            first_value(category_code ORDER BY event_time, price)
                                AS category_code
-                    FROM events WHERE event_type = 'cart' AND {range}
+                    FROM {events} WHERE event_type = 'cart' AND {range}
                     GROUP BY user_id, product_id),
                  p AS (
-                    SELECT user_id, product_id, CAST(event_time AS BIGINT) AS t FROM events
+                    SELECT user_id, product_id, CAST(event_time AS BIGINT) AS t FROM {events}
                     WHERE event_type = 'purchase' AND {purchases_from}),
                  n AS (
                     SELECT c.user_id, c.product_id, MIN(p.t) AS next_purchase
@@ -208,7 +209,7 @@ pub async fn abandonment(
                  FROM c LEFT JOIN n ON c.user_id = n.user_id AND c.product_id = n.product_id",
                 range = range.sql(),
             ),
-            "SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM events".to_owned(),
+            format!("SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM {events}"),
         )
     };
 

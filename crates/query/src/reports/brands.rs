@@ -108,6 +108,7 @@ pub async fn brands(
     scope: &ReportScope,
     options: &BrandsOptions,
 ) -> Result<Vec<BrandRow>> {
+    let events = super::events_relation(engine, scope).await?;
     let sql = if super::use_marts(engine, scope).await? {
         format!(
             "SELECT brand, category, SUM(events) AS events, SUM(views) AS views,
@@ -133,7 +134,7 @@ pub async fn brands(
                                 AS BIGINT), 0) AS revenue_cents,
                   COALESCE(CAST(SUM(price) FILTER (WHERE event_type = 'view') * 100
                                 AS BIGINT), 0) AS view_price_cents
-           FROM events WHERE brand IS NOT NULL AND {range}
+           FROM {events} WHERE brand IS NOT NULL AND {range}
            GROUP BY 1, 2)
          GROUP BY 1, 2",
             range = scope.range.sql(),

@@ -175,6 +175,7 @@ pub async fn categories(
             options.level
         )));
     }
+    let events = super::events_relation(engine, scope).await?;
     if super::use_marts(engine, scope).await? {
         return from_marts(engine, scope, options).await;
     }
@@ -192,7 +193,7 @@ pub async fn categories(
         "e AS (
             SELECT event_type, price, user_id, {bucket} AS bucket,
                    category_level(category_code, {level}) AS category
-            FROM events WHERE {range})",
+            FROM {events} WHERE {range})",
         level = options.level,
         range = range.sql(),
     );

@@ -57,9 +57,10 @@ pub struct ReportScope {
     pub source: Source,
     /// Local days and zone.
     pub range: ReportRange,
-    /// Count every event, also from users flagged as bots. Bot flags come with real-time
-    /// detection (the `bot_flags` table); until a lake has them, every event counts as human
-    /// and both settings give the same numbers.
+    /// Count every event, also from users flagged as bots. By default (humans only) a report
+    /// leaves out every event of a user on a UTC day `bot_flags` flags it for (real-time
+    /// detection writes them, and `shoplake detect --flag` over history); a lake without
+    /// flags gives the same numbers either way.
     pub all_traffic: bool,
 }
 
@@ -145,8 +146,45 @@ pub(crate) fn ratio(a: f64, b: f64) -> Option<f64> {
     (b != 0.0).then(|| a / b)
 }
 
-/// Whether this report reads the marts.
+/// `events` without the flagged user-days: the relation "humans only" reports read.
+const HUMAN_EVENTS: &str = "(SELECT * FROM events WHERE NOT EXISTS (
+    SELECT 1 FROM bot_flags WHERE bot_flags.user_id = events.user_id
+                              AND bot_flags.day = events.event_date)) AS events";
+
+/// Whether this report leaves out flagged user-days: humans only, and flags in the lake.
+async fn leaves_out_bots(engine: &crate::Engine, scope: &ReportScope) -> Result<bool> {
+    if scope.all_traffic {
+        return Ok(false);
+    }
+    engine.has_bot_flags().await
+}
+
+/// The relation a report reads events from: `events`, or for humans only, `events` without
+/// the user-days flagged in `bot_flags`.
+pub(crate) async fn events_relation(
+    engine: &crate::Engine,
+    scope: &ReportScope,
+) -> Result<&'static str> {
+    Ok(if leaves_out_bots(engine, scope).await? {
+        HUMAN_EVENTS
+    } else {
+        "events"
+    })
+}
+
+/// Whether this report reads the marts. The marts count all traffic: a humans-only report
+/// over a lake with bot flags reads `events`.
 pub(crate) async fn use_marts(engine: &crate::Engine, scope: &ReportScope) -> Result<bool> {
+    if scope.source != Source::Events && leaves_out_bots(engine, scope).await? {
+        if scope.source == Source::Marts {
+            return Err(crate::Error::Argument(
+                "the marts count all traffic and this lake has bot flags: a humans-only report \
+                 reads events (use --source auto or events, or --all-traffic)"
+                    .to_owned(),
+            ));
+        }
+        return Ok(false);
+    }
     match scope.source {
         Source::Events => Ok(false),
         Source::Auto => crate::marts::fresh(engine, scope.range.tz).await,

@@ -30,6 +30,7 @@ pub async fn visitors(engine: &Engine, scope: &ReportScope) -> Result<Vec<Visito
     let before_end = end.map_or("TRUE".to_owned(), |e| {
         format!("CAST(event_time AS BIGINT) < {e}")
     });
+    let events = super::events_relation(engine, scope).await?;
     let sql = if super::use_marts(engine, scope).await? {
         format!(
             "SELECT CAST(day AS VARCHAR) AS day, visitors, sessions, events, new_visitors
@@ -40,10 +41,10 @@ pub async fn visitors(engine: &Engine, scope: &ReportScope) -> Result<Vec<Visito
         format!(
             "WITH e AS (
             SELECT user_id, user_session, CAST(local_time(event_time, {tz}) AS DATE) AS day
-            FROM events WHERE {range}),
+            FROM {events} WHERE {range}),
          {DAILY_CTES},
          firsts AS (
-            SELECT user_id, MIN(event_time) AS first FROM events WHERE {before_end}
+            SELECT user_id, MIN(event_time) AS first FROM {events} WHERE {before_end}
             GROUP BY user_id),
          fresh AS (
             SELECT CAST(local_time(first, {tz}) AS DATE) AS first_day, COUNT(*) AS new_visitors

@@ -18,6 +18,8 @@ use shoplake_server::{DeliveryOptions, Limits, Network, Scope, ServeOptions, Tok
 use shoplake_simulate::{Generator, Options};
 use tokio::sync::oneshot;
 
+mod notify;
+
 const ADMIN: &str = "admin-secret-0123456789";
 const SHOP: &str = "shop-secret-0123456789";
 const TRACKER: &str = "tracker-secret-0123456789";
@@ -63,6 +65,15 @@ impl Running {
         trusted: Vec<Network>,
         delivery: DeliveryOptions,
     ) -> Running {
+        Running::start_notifying(limits, trusted, delivery, Default::default()).await
+    }
+
+    async fn start_notifying(
+        limits: Limits,
+        trusted: Vec<Network>,
+        delivery: DeliveryOptions,
+        notify: shoplake_server::notify::NotifySettings,
+    ) -> Running {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(
@@ -94,6 +105,7 @@ impl Running {
                 settings: shoplake_detect::Settings::default(),
                 store: std::sync::Arc::new(store),
                 max_per_partition: 100_000,
+                notify,
             }),
         };
         let (stop, stopped) = oneshot::channel::<()>();

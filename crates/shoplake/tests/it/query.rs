@@ -261,3 +261,114 @@ fn a_reader_that_goes_away_is_not_an_error() {
         );
     }
 }
+
+/// `query --format json` rows.
+fn rows(lake: &str, sql: &str) -> Vec<serde_json::Value> {
+    let o = shoplake(&["query", sql, "--lake", lake, "--format", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_str::<serde_json::Value>(&stdout(&o))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn bot_verdicts_from_history_leave_bots_out_of_humans_only_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("day.csv");
+    let lake = dir.path().join("lake").display().to_string();
+    let o = shoplake(&[
+        "generate",
+        "--events",
+        "120000",
+        "--days",
+        "1",
+        "--seed",
+        "31",
+        "--network-fields",
+        "--attacks",
+        "default",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = shoplake(&["import", file.to_str().unwrap(), "--lake", &lake]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let visitors = |extra: &[&str]| -> u64 {
+        let mut args = vec!["visitors"];
+        args.extend_from_slice(extra);
+        let o = report_json(&lake, "auto", &args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["visitors"].as_u64().unwrap())
+            .sum()
+    };
+    let before = visitors(&[]);
+    assert_eq!(before, visitors(&["--all-traffic"]), "no flags: one answer");
+
+    let o = shoplake(&["detect", "--flag", "--lake", &lake]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(err.contains("bot_flags: "), "{err}");
+    let flagged = rows(
+        &lake,
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT user_id) AS users FROM bot_flags",
+    );
+    let (n, users) = (
+        flagged[0]["n"].as_u64().unwrap(),
+        flagged[0]["users"].as_u64().unwrap(),
+    );
+    assert!(users >= 5, "the default attack mix has bot users: {users}");
+    // One day: every flagged user is one visitor less for humans only, none for all traffic.
+    assert_eq!(visitors(&["--all-traffic"]), before);
+    assert_eq!(visitors(&[]), before - users);
+    // The marts count all traffic: asking for them for humans only says so.
+    let o = report_json(&lake, "marts", &["visitors"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("the marts count all traffic"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // A second run writes nothing new.
+    let o = shoplake(&["detect", "--flag", "--lake", &lake]);
+    assert!(o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bot_flags: 0 user-day verdict(s) written"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        rows(&lake, "SELECT COUNT(*) AS n FROM bot_flags")[0]["n"],
+        n
+    );
+
+    // Allow-listing a flagged user removes its flags; it counts as human again.
+    let user = rows(&lake, "SELECT MIN(user_id) AS u FROM bot_flags")[0]["u"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let store = format!("sqlite://{}", data.join("alerts.db").display());
+    // The store exists once a server or a test made it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(shoplake_alerts::SqlStore::open(&store))
+        .unwrap();
+    let o = shoplake(&[
+        "alerts", "allow", "user_id", &user, "--store", &store, "--lake", &lake,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).contains("bot flag(s) of user"), "{}", stdout(&o));
+    let left = rows(
+        &lake,
+        &format!("SELECT COUNT(*) AS n FROM bot_flags WHERE user_id = {user}"),
+    );
+    assert_eq!(left[0]["n"], 0);
+    assert_eq!(visitors(&[]), before - users + 1);
+}

@@ -1,0 +1,630 @@
+//! Notifications (SNS in the reference design): a webhook (JSON, signed with HMAC-SHA256), a
+//! Slack-compatible webhook and SMTP e-mail, sent when an incident opens or escalates, never
+//! per window. Each channel has its own queue and task: a slow or failing channel never holds
+//! up detection or the other channels. A delivery is retried with exponential backoff and
+//! given up after a number of attempts, counted in the metrics.
+//!
+//! The webhook's signature header, `X-Shoplake-Signature: t=<unix seconds>,v1=<hex>`, carries
+//! the HMAC-SHA256, keyed with the channel's secret, of `<t>.<body>`: a receiver recomputes it
+//! and compares, and refuses old timestamps to stop replays.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use hmac::{Hmac, Mac};
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, Message};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use shoplake_detect::{Change, Incident, Severity};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::metrics::{ChannelLabel, Metrics};
+
+/// The webhook signature header.
+pub const SIGNATURE_HEADER: &str = "x-shoplake-signature";
+/// The webhook header naming the notice's type (`incident.opened`, `incident.escalated`).
+pub const EVENT_HEADER: &str = "x-shoplake-event";
+
+/// `[notify]`: how notifications are delivered, and the channels.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Attempts per notice before it is given up (default 5).
+    pub attempts: Option<u32>,
+    /// The wait before the first retry, doubled at each next one, at most a minute
+    /// (default `1s`).
+    pub backoff: Option<String>,
+    /// The time limit of one attempt (default `10s`).
+    pub timeout: Option<String>,
+    /// Notices waiting per channel; past it new ones are dropped and counted (default 1000).
+    pub queue: Option<usize>,
+    /// `[[notify.channels]]`.
+    #[serde(default)]
+    pub channels: Vec<ChannelConfig>,
+}
+
+/// `[[notify.channels]]`: one destination.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// A name for logs and metrics (default: the kind and its position).
+    pub name: Option<String>,
+    /// `webhook`, `slack` or `email`.
+    pub kind: String,
+    /// The least severity notified (default `high`: the level meant to wake someone).
+    pub min_severity: Option<Severity>,
+    /// `webhook` and `slack`: where to POST.
+    pub url: Option<String>,
+    /// `webhook`: the HMAC key of the signature header (none: unsigned).
+    pub secret: Option<String>,
+    /// `email`: the SMTP server as a URL: `smtp://host:port` (plain), `smtp://host:587?tls=required`
+    /// (STARTTLS), `smtps://host:465` (TLS), with `user:password@` when it needs a login.
+    pub smtp: Option<String>,
+    /// `email`: the sender.
+    pub from: Option<String>,
+    /// `email`: the recipients.
+    #[serde(default)]
+    pub to: Vec<String>,
+}
+
+/// Delivery settings, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Delivery {
+    attempts: u32,
+    backoff: Duration,
+    timeout: Duration,
+    queue: usize,
+}
+
+/// Where notices go.
+#[derive(Debug, Clone)]
+enum Target {
+    Webhook {
+        url: reqwest::Url,
+        secret: Option<String>,
+    },
+    Slack {
+        url: reqwest::Url,
+    },
+    Email {
+        smtp: String,
+        from: Mailbox,
+        to: Vec<Mailbox>,
+    },
+}
+
+/// A channel, checked.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    name: String,
+    min_severity: Severity,
+    target: Target,
+}
+
+/// The notification settings, checked: every channel ready to start.
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    delivery: Delivery,
+    channels: Vec<Channel>,
+}
+
+impl Default for NotifySettings {
+    /// No channels.
+    fn default() -> Self {
+        NotifySettings {
+            delivery: Delivery {
+                attempts: 5,
+                backoff: Duration::from_secs(1),
+                timeout: Duration::from_secs(10),
+                queue: 1000,
+            },
+            channels: Vec::new(),
+        }
+    }
+}
+
+impl NotifySettings {
+    /// Whether any channel is configured.
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+}
+
+fn duration(key: &str, value: Option<&str>, default: &str, errors: &mut Vec<String>) -> Duration {
+    let text = value.unwrap_or(default);
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => d,
+        _ => {
+            errors.push(format!(
+                "{key} = {text:?}: expected a duration such as 1s or 500ms"
+            ));
+            Duration::from_secs(1)
+        }
+    }
+}
+
+impl NotifyConfig {
+    /// Checks the configuration, or lists every problem.
+    pub fn settings(&self) -> Result<NotifySettings, Vec<String>> {
+        let mut errors = Vec::new();
+        let attempts = self.attempts.unwrap_or(5);
+        if attempts == 0 {
+            errors.push("notify.attempts must be at least 1".to_owned());
+        }
+        let delivery = Delivery {
+            attempts,
+            backoff: duration("notify.backoff", self.backoff.as_deref(), "1s", &mut errors),
+            timeout: duration(
+                "notify.timeout",
+                self.timeout.as_deref(),
+                "10s",
+                &mut errors,
+            ),
+            queue: self.queue.unwrap_or(1000).max(1),
+        };
+        let mut channels = Vec::new();
+        for (i, c) in self.channels.iter().enumerate() {
+            let p = format!("notify.channels[{i}]");
+            let mut refuse = |field: &str, set: bool| {
+                if set {
+                    errors.push(format!(
+                        "{p}.{field}: not a setting of a {} channel",
+                        c.kind
+                    ));
+                }
+            };
+            let is_email = c.kind == "email";
+            refuse("url", c.url.is_some() && is_email);
+            refuse("secret", c.secret.is_some() && c.kind != "webhook");
+            refuse("smtp", c.smtp.is_some() && !is_email);
+            refuse("from", c.from.is_some() && !is_email);
+            refuse("to", !c.to.is_empty() && !is_email);
+            let url = |errors: &mut Vec<String>| match c.url.as_deref() {
+                None => {
+                    errors.push(format!("{p}.url: required for a {} channel", c.kind));
+                    None
+                }
+                Some(u) => match reqwest::Url::parse(u) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+                    _ => {
+                        errors.push(format!("{p}.url = {u:?}: expected an http(s) URL"));
+                        None
+                    }
+                },
+            };
+            let target = match c.kind.as_str() {
+                "webhook" => url(&mut errors).map(|url| Target::Webhook {
+                    url,
+                    secret: c.secret.clone(),
+                }),
+                "slack" => url(&mut errors).map(|url| Target::Slack { url }),
+                "email" => email_target(&p, c, &mut errors),
+                other => {
+                    errors.push(format!(
+                        "{p}.kind = {other:?}: expected webhook, slack or email"
+                    ));
+                    None
+                }
+            };
+            let name = c.name.clone().unwrap_or_else(|| format!("{}-{i}", c.kind));
+            if channels.iter().any(|ch: &Channel| ch.name == name) {
+                errors.push(format!("{p}.name = {name:?}: two channels have this name"));
+            }
+            if let Some(target) = target {
+                channels.push(Channel {
+                    name,
+                    min_severity: c.min_severity.unwrap_or(Severity::High),
+                    target,
+                });
+            }
+        }
+        if errors.is_empty() {
+            Ok(NotifySettings { delivery, channels })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+fn email_target(p: &str, c: &ChannelConfig, errors: &mut Vec<String>) -> Option<Target> {
+    let smtp = match c.smtp.as_deref() {
+        None => {
+            errors.push(format!("{p}.smtp: required for an email channel"));
+            None
+        }
+        Some(s) => match AsyncSmtpTransport::<Tokio1Executor>::from_url(s) {
+            Ok(_) => Some(s.to_owned()),
+            Err(e) => {
+                errors.push(format!("{p}.smtp = {s:?}: {e}"));
+                None
+            }
+        },
+    };
+    let mailbox = |field: &str, text: &str, errors: &mut Vec<String>| match text.parse::<Mailbox>()
+    {
+        Ok(m) => Some(m),
+        Err(e) => {
+            errors.push(format!("{p}.{field} = {text:?}: {e}"));
+            None
+        }
+    };
+    let from = match c.from.as_deref() {
+        None => {
+            errors.push(format!("{p}.from: required for an email channel"));
+            None
+        }
+        Some(f) => mailbox("from", f, errors),
+    };
+    if c.to.is_empty() {
+        errors.push(format!("{p}.to: at least one recipient"));
+    }
+    let to: Vec<Mailbox> =
+        c.to.iter()
+            .filter_map(|t| mailbox("to", t, errors))
+            .collect();
+    Some(Target::Email {
+        smtp: smtp?,
+        from: from?,
+        to: (to.len() == c.to.len() && !to.is_empty()).then_some(to)?,
+    })
+}
+
+/// What is sent: the change and the incident with its documented fields.
+#[derive(Debug, Clone, Serialize)]
+pub struct Notice {
+    /// `incident.opened` or `incident.escalated`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The incident as it now is.
+    pub incident: Incident,
+}
+
+impl Notice {
+    /// The notice for a change, when it is one that notifies (an opening or an escalation).
+    pub fn of(change: &Change) -> Option<Notice> {
+        match change {
+            Change::Opened(i) => Some(Notice {
+                kind: "incident.opened",
+                incident: i.clone(),
+            }),
+            Change::Escalated(i) => Some(Notice {
+                kind: "incident.escalated",
+                incident: i.clone(),
+            }),
+            Change::Updated(_) | Change::Resolved(_) => None,
+        }
+    }
+
+    fn verb(&self) -> &'static str {
+        if self.kind == "incident.opened" {
+            "opened"
+        } else {
+            "escalated"
+        }
+    }
+
+    /// One line for people: severity, what and who, the figures.
+    pub fn summary(&self) -> String {
+        let i = &self.incident;
+        format!(
+            "{} incident {}: {} on {} {} (peak {}, {} events, {} window(s)), id {}",
+            i.severity,
+            self.verb(),
+            i.rule,
+            i.key_type.as_str(),
+            i.key,
+            i.peak,
+            i.events,
+            i.windows,
+            i.id
+        )
+    }
+}
+
+/// Signs a webhook body: the header value for `X-Shoplake-Signature`.
+pub fn signature(secret: &str, unix_seconds: i64, body: &[u8]) -> String {
+    // HMAC takes a key of any length.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
+    mac.update(unix_seconds.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!(
+        "t={unix_seconds},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+/// The running channels.
+#[derive(Debug)]
+pub struct Notifier {
+    senders: Vec<(Severity, String, mpsc::Sender<Arc<Notice>>)>,
+    tasks: Vec<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Why an attempt failed.
+enum Failure {
+    /// Worth another attempt.
+    Transient(String),
+    /// Another attempt would fail the same way (a 4xx, a refused recipient).
+    Permanent(String),
+}
+
+impl Notifier {
+    /// Starts a task per channel.
+    pub fn start(settings: &NotifySettings, metrics: Arc<Metrics>) -> Result<Notifier> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.delivery.timeout)
+            .user_agent(concat!("shoplake/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("starting the HTTP client for notifications")?;
+        let mut senders = Vec::new();
+        let mut tasks = Vec::new();
+        for channel in &settings.channels {
+            let (tx, rx) = mpsc::channel(settings.delivery.queue);
+            let mailer = match &channel.target {
+                Target::Email { smtp, .. } => Some(
+                    AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp)
+                        .map_err(|e| anyhow!("notify channel {}: {e}", channel.name))?
+                        .timeout(Some(settings.delivery.timeout))
+                        .build(),
+                ),
+                _ => None,
+            };
+            let worker = Worker {
+                channel: channel.clone(),
+                delivery: settings.delivery,
+                http: http.clone(),
+                mailer,
+                metrics: metrics.clone(),
+            };
+            tasks.push(tokio::spawn(worker.run(rx)));
+            senders.push((channel.min_severity, channel.name.clone(), tx));
+        }
+        Ok(Notifier {
+            senders,
+            tasks,
+            metrics,
+        })
+    }
+
+    /// Queues the notice of a change (an opening or an escalation) on every channel it is
+    /// severe enough for; never waits.
+    pub fn notify(&self, change: &Change) {
+        let Some(notice) = Notice::of(change) else {
+            return;
+        };
+        let notice = Arc::new(notice);
+        for (min, name, tx) in &self.senders {
+            if notice.incident.severity < *min {
+                continue;
+            }
+            if tx.try_send(notice.clone()).is_err() {
+                self.metrics
+                    .notifications_dropped
+                    .get_or_create(&ChannelLabel {
+                        channel: name.clone(),
+                    })
+                    .inc();
+                tracing::warn!(
+                    "notify channel {name}: queue full, dropped the notice of incident {}",
+                    notice.incident.id
+                );
+            }
+        }
+    }
+
+    /// Stops taking notices and gives the queued ones until `grace` to go out.
+    pub async fn close(self, grace: Duration) {
+        drop(self.senders);
+        let all = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("notifications still queued at shutdown were not sent");
+        }
+    }
+}
+
+struct Worker {
+    channel: Channel,
+    delivery: Delivery,
+    http: reqwest::Client,
+    mailer: Option<AsyncSmtpTransport<Tokio1Executor>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    async fn run(self, mut rx: mpsc::Receiver<Arc<Notice>>) {
+        let label = ChannelLabel {
+            channel: self.channel.name.clone(),
+        };
+        while let Some(notice) = rx.recv().await {
+            let mut delay = self.delivery.backoff;
+            let mut attempt = 1;
+            loop {
+                match self.send(&notice).await {
+                    Ok(()) => {
+                        self.metrics.notifications_sent.get_or_create(&label).inc();
+                        break;
+                    }
+                    Err(Failure::Transient(why)) if attempt < self.delivery.attempts => {
+                        tracing::warn!(
+                            "notify channel {} (attempt {attempt}): {why}; retrying in {:?}",
+                            self.channel.name,
+                            delay
+                        );
+                        self.metrics
+                            .notifications_retried
+                            .get_or_create(&label)
+                            .inc();
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(60));
+                        attempt += 1;
+                    }
+                    Err(Failure::Transient(why) | Failure::Permanent(why)) => {
+                        tracing::error!(
+                            "notify channel {}: gave up the notice of incident {} after {attempt} attempt(s): {why}",
+                            self.channel.name,
+                            notice.incident.id
+                        );
+                        self.metrics
+                            .notifications_failed
+                            .get_or_create(&label)
+                            .inc();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, notice: &Notice) -> Result<(), Failure> {
+        match &self.channel.target {
+            Target::Webhook { url, secret } => {
+                let body = serde_json::to_vec(notice)
+                    .map_err(|e| Failure::Permanent(format!("encoding the notice: {e}")))?;
+                let mut request = self
+                    .http
+                    .post(url.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .header(EVENT_HEADER, notice.kind);
+                if let Some(secret) = secret {
+                    let now = chrono::Utc::now().timestamp();
+                    request = request.header(SIGNATURE_HEADER, signature(secret, now, &body));
+                }
+                http_outcome(request.body(body).send().await)
+            }
+            Target::Slack { url } => {
+                let body = serde_json::json!({
+                    "text": format!(":rotating_light: shoplake: {}", notice.summary()),
+                });
+                http_outcome(
+                    self.http
+                        .post(url.clone())
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body.to_string())
+                        .send()
+                        .await,
+                )
+            }
+            Target::Email { from, to, .. } => {
+                let Some(mailer) = &self.mailer else {
+                    return Err(Failure::Permanent("no SMTP transport".into()));
+                };
+                let i = &notice.incident;
+                let mut builder = Message::builder().from(from.clone()).subject(format!(
+                    "[shoplake] {} incident {}: {} {}={}",
+                    i.severity,
+                    notice.verb(),
+                    i.rule,
+                    i.key_type.as_str(),
+                    i.key
+                ));
+                for t in to {
+                    builder = builder.to(t.clone());
+                }
+                let fields = serde_json::to_string_pretty(i)
+                    .map_err(|e| Failure::Permanent(format!("encoding the notice: {e}")))?;
+                let message = builder
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(format!("{}\n\n{fields}\n", notice.summary()))
+                    .map_err(|e| Failure::Permanent(format!("building the message: {e}")))?;
+                match mailer.send(message).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.is_permanent() => Err(Failure::Permanent(e.to_string())),
+                    Err(e) => Err(Failure::Transient(e.to_string())),
+                }
+            }
+        }
+    }
+}
+
+fn http_outcome(r: reqwest::Result<reqwest::Response>) -> Result<(), Failure> {
+    match r {
+        Ok(resp) if resp.status().is_success() => Ok(()),
+        Ok(resp) => {
+            let status = resp.status();
+            let why = format!("the receiver answered {status}");
+            // A receiver's refusal stays a refusal, except "too many" and "timeout".
+            if status.is_client_error()
+                && status != reqwest::StatusCode::TOO_MANY_REQUESTS
+                && status != reqwest::StatusCode::REQUEST_TIMEOUT
+            {
+                Err(Failure::Permanent(why))
+            } else {
+                Err(Failure::Transient(why))
+            }
+        }
+        Err(e) => Err(Failure::Transient(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_sha256_of_time_and_body() {
+        // RFC 4231 test case 2 shape: key "Jefe"; here over "1.{}".
+        let s = signature("Jefe", 1, b"{}");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"1.{}");
+        assert_eq!(
+            s,
+            format!("t=1,v1={}", hex::encode(mac.finalize().into_bytes()))
+        );
+        assert_eq!(s.len(), "t=1,v1=".len() + 64);
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let c: NotifyConfig = toml::from_str(
+            r#"
+attempts = 0
+backoff = "soon"
+[[channels]]
+kind = "pager"
+[[channels]]
+kind = "webhook"
+url = "ftp://x"
+[[channels]]
+kind = "email"
+smtp = "smtp://127.0.0.1:2525"
+to = ["not an address"]
+[[channels]]
+kind = "slack"
+secret = "s"
+"#,
+        )
+        .unwrap();
+        let errors = c.settings().unwrap_err();
+        let text = errors.join("\n");
+        for needle in [
+            "notify.attempts must be at least 1",
+            "notify.backoff",
+            "notify.channels[0].kind = \"pager\"",
+            "notify.channels[1].url = \"ftp://x\"",
+            "notify.channels[2].from: required",
+            "notify.channels[2].to = \"not an address\"",
+            "notify.channels[3].secret: not a setting of a slack channel",
+            "notify.channels[3].url: required",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn defaults_notify_high_only() {
+        let c: NotifyConfig =
+            toml::from_str("[[channels]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/h\"\n")
+                .unwrap();
+        let s = c.settings().unwrap();
+        assert_eq!(s.channels[0].min_severity, Severity::High);
+        assert_eq!(s.channels[0].name, "webhook-0");
+        assert_eq!(s.delivery.attempts, 5);
+    }
+}
