@@ -23,3 +23,12 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   apt-get update -qq || true
   apt-get install -y -qq --no-install-recommends postgresql
 fi
+
+# Chromium for the dashboard's browser test (driven by playwright-core from npm; never a
+# downloaded browser).
+if ! command -v chromium >/dev/null; then
+  echo "== apt: chromium"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || true
+  apt-get install -y -qq --no-install-recommends chromium
+fi

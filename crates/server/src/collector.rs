@@ -149,6 +149,8 @@ impl Collector {
             .route("/v1/imports", get(crate::lake_api::imports))
             .route("/v1/quarantine", get(crate::lake_api::quarantine))
             .route("/v1/events/stream", get(crate::lake_api::stream))
+            .route("/", get(crate::dashboard::index))
+            .route("/assets/{name}", get(crate::dashboard::asset))
             .route(
                 "/v1/lists/{list}",
                 post(crate::api::change_list).delete(crate::api::change_list),

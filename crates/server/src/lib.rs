@@ -5,6 +5,7 @@
 mod api;
 pub mod auth;
 mod collector;
+mod dashboard;
 mod detection;
 pub mod lake_api;
 mod metrics;

@@ -3,6 +3,7 @@
 //! the CLI, the HTTP API and the dashboard share them.
 
 mod abandonment;
+mod activity;
 mod brands;
 mod categories;
 mod visitors;
@@ -10,6 +11,7 @@ mod visitors;
 pub use abandonment::{
     Abandonment, AbandonmentOptions, ItemStatus, Retarget, SessionDay, TopName, TopProduct,
 };
+pub use activity::{ActivityCell, activity};
 pub use brands::{BrandClass, BrandRow, BrandsOptions, brands};
 pub use categories::{
     Bucketing, CategoriesOptions, CategoryRow, Metric, WEEKDAYS, bucket_label, categories,

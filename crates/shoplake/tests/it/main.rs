@@ -4,6 +4,7 @@
 
 mod check;
 mod crash;
+mod dashboard;
 mod generate;
 mod lake;
 mod query;

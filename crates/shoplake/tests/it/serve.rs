@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::crash::{file_ids, lake_ids};
 use crate::shoplake;
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -18,7 +18,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_serve(data: &Path, config: &Path, port: u16, log: &Path) -> Child {
+pub(crate) fn spawn_serve(data: &Path, config: &Path, port: u16, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -28,7 +28,7 @@ fn spawn_serve(data: &Path, config: &Path, port: u16, log: &Path) -> Child {
         .args(["serve", "--data", data.to_str().unwrap()])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info,buoyant_kernel=warn")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -41,7 +41,7 @@ fn spawn_serve(data: &Path, config: &Path, port: u16, log: &Path) -> Child {
     child
 }
 
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
+pub(crate) fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
