@@ -3,6 +3,7 @@
 mod alerts_cmd;
 mod check;
 mod config;
+mod demo_cmd;
 mod detect_cmd;
 mod generate;
 mod lake_cmd;
@@ -34,6 +35,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Everything at once: generated history, serve, live traffic with attacks, the dashboard.
+    Demo(demo_cmd::DemoArgs),
     /// Generate realistic shop traffic (REES46 CSV), optionally with attacks and their ground truth.
     Generate(generate::Args),
     /// Validate event files (CSV, CSV.gz, JSON, NDJSON) and report every rejected row.
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo_cmd::demo(args),
         Command::Generate(args) => generate::run(args),
         Command::Check(args) => check::run(args),
         Command::Import(args) => lake_cmd::import(args),

@@ -669,6 +669,131 @@ async fn health_metrics_and_openapi() {
     let api: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(api["openapi"], "3.1.0");
     assert!(api["paths"]["/v1/events"]["post"]["responses"]["413"].is_object());
+    for path in [
+        "/v1/alerts",
+        "/v1/alerts/{id}",
+        "/v1/alerts/{id}/{action}",
+        "/v1/lists",
+        "/v1/lists/{list}",
+        "/v1/reports/{kind}",
+        "/v1/query",
+        "/v1/catalog",
+        "/v1/imports",
+        "/v1/quarantine",
+        "/v1/events/stream",
+    ] {
+        assert!(api["paths"][path].is_object(), "{path} is not documented");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lake_api_answers_reports_sql_catalog_and_the_live_stream() {
+    let s = Running::start(Limits::default(), Vec::new()).await;
+    let sent = events(2_000, 41);
+    let (status, _, _) = s
+        .post(Some(SHOP), "application/x-ndjson", ndjson(&sent), &[])
+        .await;
+    assert_eq!(status, 200);
+    // The generator's exact duplicates are dropped on the way into the lake.
+    let distinct = ids(&sent).len() as u64;
+    let client = reqwest::Client::new();
+    let get = |path: &str, token: &str| client.get(s.url(path)).bearer_auth(token).send();
+    // Delivered within a few intervals.
+    let mut total = 0;
+    for _ in 0..100 {
+        let r = get("/v1/reports/visitors?all_traffic=true", READER)
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let days: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        total = days
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["events"].as_u64().unwrap())
+            .sum::<u64>();
+        if total == distinct {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(total, distinct);
+    for kind in [
+        "abandonment",
+        "categories?by=weekday&level=2",
+        "brands?min_views=1",
+        "activity",
+    ] {
+        let r = get(&format!("/v1/reports/{kind}"), READER).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{kind}");
+    }
+    let r = get("/v1/reports/nope", READER).await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let r = get("/v1/reports/categories?level=9", READER).await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = get("/v1/reports/visitors?colour=red", READER)
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400, "unknown parameters are refused");
+    let r = get("/v1/reports/visitors", SHOP).await.unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "ingest tokens do not read reports"
+    );
+
+    let query = |body: Value| {
+        client
+            .post(s.url("/v1/query"))
+            .bearer_auth(READER)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let r = query(json!({"sql": "SELECT event_id FROM events", "limit": 5}))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let out: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(out["rows"].as_array().unwrap().len(), 5);
+    assert_eq!(out["truncated"], true);
+    assert_eq!(out["total_rows"], distinct);
+    assert_eq!(out["columns"][0]["name"], "event_id");
+    let r = query(json!({"sql": "DROP TABLE events"})).await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let err: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert!(err["error"].as_str().unwrap().contains("DROP"), "{err}");
+
+    let r = get("/v1/catalog", READER).await.unwrap();
+    let tables: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert!(
+        tables
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "events" && t["rows"] == distinct)
+    );
+    let r = get("/v1/imports", READER).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = get("/v1/quarantine?limit=10", READER).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    // The live stream: a rate message within a few seconds.
+    let mut r = get("/v1/events/stream", READER).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !text.contains("event: rate") {
+        let chunk = tokio::time::timeout_at(deadline, r.chunk())
+            .await
+            .expect("a rate message within 5 s")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("\"events_per_second\""), "{text}");
+    drop(r);
     s.stop().await;
 }
 

@@ -5,6 +5,7 @@
 mod check;
 mod crash;
 mod dashboard;
+mod demo;
 mod generate;
 mod lake;
 mod query;
