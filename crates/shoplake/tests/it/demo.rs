@@ -38,9 +38,11 @@ fn start(data: &std::path::Path, port: u16) -> (Child, String, Vec<String>) {
     let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no banner from the demo; it said:\n{}", seen.join("\n")));
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no banner from the demo; it said:\n{}", seen.join("\n"));
+        };
         if let Some(t) = line.trim().strip_prefix("token:") {
             return (child, t.trim().to_owned(), seen);
         }
