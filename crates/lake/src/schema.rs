@@ -70,6 +70,7 @@ static MART_DAILY: LazyLock<SchemaRef> = LazyLock::new(|| {
         "cart_sessions",
         "abandoned_sessions",
         "newest_event",
+        "flags_version",
     ]));
     Arc::new(Schema::new(fields))
 });

@@ -50,7 +50,7 @@ pub struct Engine {
     ctx: SessionContext,
     timeout: Duration,
     events_version: Option<i64>,
-    has_bot_flags_table: bool,
+    bot_flags_version: Option<i64>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -96,7 +96,7 @@ impl Engine {
             ctx,
             timeout: DEFAULT_TIMEOUT,
             events_version: lake.latest_version(TableName::Events).await?,
-            has_bot_flags_table: lake.latest_version(TableName::BotFlags).await?.is_some(),
+            bot_flags_version: lake.latest_version(TableName::BotFlags).await?,
         })
     }
 
@@ -111,10 +111,15 @@ impl Engine {
         self.events_version
     }
 
+    /// The version of `bot_flags` this session reads (`None`: no table yet).
+    pub fn bot_flags_version(&self) -> Option<i64> {
+        self.bot_flags_version
+    }
+
     /// Whether `bot_flags` holds any row (its row count comes from the Delta log's file
     /// statistics).
     pub async fn has_bot_flags(&self) -> Result<bool> {
-        if !self.has_bot_flags_table {
+        if self.bot_flags_version.is_none() {
             return Ok(false);
         }
         let out = self.run("SELECT COUNT(*) AS n FROM bot_flags").await?;

@@ -43,8 +43,9 @@ use crate::udf::{category_at, parse_zone};
 
 /// The layout of the marts, stamped beside the `events` version: a release that changes what
 /// any mart holds raises it, so marts written by an older release are never read (and are
-/// rebuilt by the next refresh).
-pub const FORMAT: i64 = 2;
+/// rebuilt by the next refresh). 3: humans only (flagged user-days left out), stamped with the
+/// `bot_flags` version too.
+pub const FORMAT: i64 = 3;
 
 /// What a refresh did, per zone.
 #[derive(Debug, Clone, Serialize)]
@@ -96,6 +97,14 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
     let Some(version) = engine.events_version() else {
         return Ok(Vec::new());
     };
+    let flags = engine.bot_flags_version();
+    // Humans only, as the dashboard and the reports show by default: every mart leaves out
+    // the user-days `bot_flags` flags (all-traffic reports read `events` while flags exist).
+    let events = if engine.has_bot_flags().await? {
+        crate::reports::HUMAN_EVENTS
+    } else {
+        "events"
+    };
     let zones = zones(&engine, extra_zones).await?;
     reset_outdated(lake).await?;
     let mut out = Vec::new();
@@ -103,7 +112,7 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
         let started = Instant::now();
         let zone = tz.name();
         let z = format!("'{zone}'");
-        let daily = daily_rows(&engine, zone, version).await?;
+        let daily = daily_rows(&engine, zone, version, flags, events).await?;
         let brands = engine
             .run(&format!(
                 "SELECT {z} AS zone, CAST(local_time(event_time, {z}) AS DATE) AS day, brand,
@@ -115,13 +124,13 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
                                  THEN CAST(price * 100 AS BIGINT) ELSE 0 END) AS revenue_cents,
                         SUM(CASE WHEN event_type = 'view'
                                  THEN CAST(price * 100 AS BIGINT) ELSE 0 END) AS view_price_cents
-                 FROM events WHERE brand IS NOT NULL GROUP BY 1, 2, 3, 4"
+                 FROM {events} WHERE brand IS NOT NULL GROUP BY 1, 2, 3, 4"
             ))
             .await?;
         let t_daily_brands = started.elapsed();
-        let items = engine.run(&items_sql(&z)).await?;
+        let items = engine.run(&items_sql(&z, events)).await?;
         let t_items = started.elapsed();
-        let (categories, visitors) = category_cells(&engine, zone).await?;
+        let (categories, visitors) = category_cells(&engine, zone, events).await?;
         let t_categories = started.elapsed();
         // The stamped daily table last: a crash before it leaves an old stamp, and reports
         // then compute from `events`.
@@ -161,14 +170,20 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
 /// A zone's `mart_daily` rows. Three queries one after the other, each with the whole memory
 /// budget (as one statement, their six group-bys shared it and a month's sorts ran short),
 /// joined here by day.
-async fn daily_rows(engine: &Engine, zone: &str, version: i64) -> Result<RecordBatch> {
+async fn daily_rows(
+    engine: &Engine,
+    zone: &str,
+    version: i64,
+    flags: Option<i64>,
+    events: &str,
+) -> Result<RecordBatch> {
     let z = format!("'{zone}'");
     let day = |c: &str| format!("CAST(CAST({c} AS INT) AS BIGINT)");
     let daily = engine
         .run(&format!(
             "WITH e AS (
                 SELECT user_id, user_session, CAST(local_time(event_time, {z}) AS DATE) AS day
-                FROM events),
+                FROM {events}),
              {DAILY_CTES}
              SELECT {d} AS day, visitors, sessions, events FROM daily",
             d = day("day")
@@ -178,7 +193,7 @@ async fn daily_rows(engine: &Engine, zone: &str, version: i64) -> Result<RecordB
         .run(&format!(
             "SELECT {d} AS day, COUNT(*) AS new_visitors
              FROM (SELECT CAST(local_time(MIN(event_time), {z}) AS DATE) AS first_day
-                   FROM events GROUP BY user_id)
+                   FROM {events} GROUP BY user_id)
              GROUP BY 1",
             d = day("first_day")
         ))
@@ -189,7 +204,7 @@ async fn daily_rows(engine: &Engine, zone: &str, version: i64) -> Result<RecordB
                 SELECT MIN(event_time) AS first,
                        MAX(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS has_cart,
                        MAX(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS has_purchase
-                FROM events WHERE user_session IS NOT NULL GROUP BY user_session)
+                FROM {events} WHERE user_session IS NOT NULL GROUP BY user_session)
              SELECT {d} AS day, COUNT(*) AS session_starts, SUM(has_cart) AS cart_sessions,
                     SUM(CASE WHEN has_cart = 1 AND has_purchase = 0 THEN 1 ELSE 0 END)
                         AS abandoned_sessions
@@ -198,7 +213,9 @@ async fn daily_rows(engine: &Engine, zone: &str, version: i64) -> Result<RecordB
         ))
         .await?;
     let newest = engine
-        .run("SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM events")
+        .run(&format!(
+            "SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM {events}"
+        ))
         .await?;
     let newest = newest
         .batches
@@ -268,6 +285,7 @@ async fn daily_rows(engine: &Engine, zone: &str, version: i64) -> Result<RecordB
         column(5),
         column(6),
         Arc::new(Int64Array::from(vec![newest; n])),
+        Arc::new(Int64Array::from(vec![flags.unwrap_or(-1); n])),
     ];
     Ok(RecordBatch::try_new(
         TableName::MartDaily.schema(),
@@ -279,7 +297,7 @@ async fn daily_rows(engine: &Engine, zone: &str, version: i64) -> Result<RecordB
 /// cart (ties on time go to the lower price, as in the report from `events`), the previous
 /// day with a cart of the pair and the pair's first purchase at or after that cart. Sorted by
 /// product, so a report sums runs of one product and mostly one brand and category.
-fn items_sql(z: &str) -> String {
+fn items_sql(z: &str, events: &str) -> String {
     format!(
         "WITH c AS (
             SELECT user_id, product_id, CAST(local_time(event_time, {z}) AS DATE) AS day,
@@ -288,12 +306,12 @@ fn items_sql(z: &str) -> String {
                        AS price_cents,
                    first_value(brand ORDER BY event_time, price) AS brand,
                    first_value(category_code ORDER BY event_time, price) AS category_code
-            FROM events WHERE event_type = 'cart' GROUP BY 1, 2, 3),
+            FROM {events} WHERE event_type = 'cart' GROUP BY 1, 2, 3),
          l AS (
             SELECT *, LAG(day) OVER (PARTITION BY user_id, product_id ORDER BY day) AS prev_day
             FROM c),
          p AS (
-            SELECT user_id, product_id, CAST(event_time AS BIGINT) AS t FROM events
+            SELECT user_id, product_id, CAST(event_time AS BIGINT) AS t FROM {events}
             WHERE event_type = 'purchase'),
          n AS (
             SELECT l.user_id, l.product_id, l.day, MIN(p.t) AS next_purchase
@@ -322,6 +340,7 @@ struct CategoryCell {
 async fn category_cells(
     engine: &Engine,
     zone: &str,
+    events: &str,
 ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
     let z = format!("'{zone}'");
     let mut stream = engine
@@ -330,7 +349,7 @@ async fn category_cells(
                     CAST(date_part('hour', local_time(event_time, {z})) AS BIGINT) AS hour,
                     category_level(category_code, 0) AS category, event_type,
                     CAST(price * 100 AS BIGINT) AS cents, user_id
-             FROM events"
+             FROM {events}"
         ))
         .await?;
     // Each (level, name) gets an id; a full code maps to its four (levels 0–3).
@@ -612,20 +631,21 @@ async fn reset_outdated(lake: &Lake) -> Result<()> {
     Ok(())
 }
 
-/// Whether the marts of a zone reflect the `events` version the engine sees, in this release's
-/// layout.
+/// Whether the marts of a zone reflect the `events` and `bot_flags` versions the engine sees,
+/// in this release's layout.
 pub async fn fresh(engine: &Engine, tz: Tz) -> Result<bool> {
     let Some(version) = engine.events_version() else {
         return Ok(false);
     };
     let daily = engine.context().table_provider("mart_daily").await?;
-    if daily.schema().field_with_name("marts_format").is_err() {
+    if daily.schema().field_with_name("flags_version").is_err() {
         return Ok(false);
     }
     let out = engine
         .run(&format!(
             "SELECT MIN(events_version) AS lo, MAX(events_version) AS hi,
-                    MIN(marts_format) AS f_lo, MAX(marts_format) AS f_hi
+                    MIN(marts_format) AS f_lo, MAX(marts_format) AS f_hi,
+                    MIN(flags_version) AS b_lo, MAX(flags_version) AS b_hi
              FROM mart_daily WHERE zone = '{}'",
             tz.name()
         ))
@@ -635,8 +655,11 @@ pub async fn fresh(engine: &Engine, tz: Tz) -> Result<bool> {
     };
     let c = crate::reports::Columns::new(b);
     let first = |name: &str| -> Result<Option<i64>> { Ok(c.i64(name)?.first().copied().flatten()) };
+    let flags = Some(engine.bot_flags_version().unwrap_or(-1));
     Ok(first("lo")? == Some(version)
         && first("hi")? == Some(version)
         && first("f_lo")? == Some(FORMAT)
-        && first("f_hi")? == Some(FORMAT))
+        && first("f_hi")? == Some(FORMAT)
+        && first("b_lo")? == flags
+        && first("b_hi")? == flags)
 }

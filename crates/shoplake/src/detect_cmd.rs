@@ -128,6 +128,16 @@ pub fn detect(args: DetectArgs) -> Result<ExitCode> {
             "bot_flags: {added} user-day verdict(s) written ({} already there)",
             flags.len() - added
         );
+        // The marts count humans only: bring them up to date with the new verdicts, as an
+        // import does with new events.
+        if added > 0
+            && rt
+                .block_on(lake.latest_version(shoplake_lake::TableName::MartDaily))?
+                .is_some()
+        {
+            let summaries = rt.block_on(shoplake_query::marts::refresh(&lake, &[]))?;
+            eprintln!("marts refreshed for {} zone(s)", summaries.len());
+        }
     }
     print(&incidents, args.format)
 }

@@ -148,8 +148,9 @@ pub(crate) fn ratio(a: f64, b: f64) -> Option<f64> {
     (b != 0.0).then(|| a / b)
 }
 
-/// `events` without the flagged user-days: the relation "humans only" reports read.
-const HUMAN_EVENTS: &str = "(SELECT * FROM events WHERE NOT EXISTS (
+/// `events` without the flagged user-days: the relation "humans only" reports and the marts
+/// read.
+pub(crate) const HUMAN_EVENTS: &str = "(SELECT * FROM events WHERE NOT EXISTS (
     SELECT 1 FROM bot_flags WHERE bot_flags.user_id = events.user_id
                               AND bot_flags.day = events.event_date)) AS events";
 
@@ -174,14 +175,14 @@ pub(crate) async fn events_relation(
     })
 }
 
-/// Whether this report reads the marts. The marts count all traffic: a humans-only report
+/// Whether this report reads the marts. The marts count humans only: an all-traffic report
 /// over a lake with bot flags reads `events`.
 pub(crate) async fn use_marts(engine: &crate::Engine, scope: &ReportScope) -> Result<bool> {
-    if scope.source != Source::Events && leaves_out_bots(engine, scope).await? {
+    if scope.source != Source::Events && scope.all_traffic && engine.has_bot_flags().await? {
         if scope.source == Source::Marts {
             return Err(crate::Error::Argument(
-                "the marts count all traffic and this lake has bot flags: a humans-only report \
-                 reads events (use --source auto or events, or --all-traffic)"
+                "the marts count humans only and this lake has bot flags: an all-traffic report \
+                 reads events (use --source auto or events, or leave out --all-traffic)"
                     .to_owned(),
             ));
         }

@@ -183,6 +183,7 @@ async fn marts_follow_imports_and_stale_marts_are_never_used() {
         "cart_sessions",
         "abandoned_sessions",
         "newest_event",
+        "flags_version",
     ];
     let daily = lake
         .read_table(TableName::MartDaily, &columns)

@@ -326,11 +326,27 @@ fn bot_verdicts_from_history_leave_bots_out_of_humans_only_reports() {
     // One day: every flagged user is one visitor less for humans only, none for all traffic.
     assert_eq!(visitors(&["--all-traffic"]), before);
     assert_eq!(visitors(&[]), before - users);
-    // The marts count all traffic: asking for them for humans only says so.
-    let o = report_json(&lake, "marts", &["visitors"]);
+    // `detect --flag` refreshed the marts, which count humans only: the same answer from
+    // them as from `events`; all traffic comes from `events` only.
+    for kind in [
+        &["visitors"][..],
+        &["abandonment"],
+        &["categories", "--by", "weekday"],
+        &["brands", "--min-views", "10"],
+    ] {
+        let marts = report_json(&lake, "marts", kind);
+        let events = report_json(&lake, "events", kind);
+        assert!(
+            marts.status.success(),
+            "{}",
+            String::from_utf8_lossy(&marts.stderr)
+        );
+        assert_eq!(stdout(&marts), stdout(&events), "{kind:?}");
+    }
+    let o = report_json(&lake, "marts", &["visitors", "--all-traffic"]);
     assert!(!o.status.success());
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("the marts count all traffic"),
+        String::from_utf8_lossy(&o.stderr).contains("the marts count humans only"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
