@@ -1,5 +1,5 @@
 //! The lake over HTTP, for the dashboard and any client (all `read` scope):
-//! - `GET /v1/reports/{visitors,abandonment,categories,brands,activity}` with the CLI's options as
+//! - `GET /v1/reports/{visitors,abandonment,categories,brands,activity,bots}` with the CLI's options as
 //!   query parameters (`from`, `to`, `tz`, `all_traffic`, `source`; abandonment `window`,
 //!   `top`, `list`; categories `by`, `level`, `top`, `metric`; brands `min_views`), answering
 //!   the reports' documented JSON;
@@ -194,6 +194,7 @@ pub(crate) async fn report(
                 .await
                 .map_err(query_failed)?
         ),
+        "bots" => json!(reports::bots(&engine, &scope).await.map_err(query_failed)?),
         "abandonment" => {
             let defaults = AbandonmentOptions::default();
             let window = match p.window.as_deref() {
@@ -259,7 +260,7 @@ pub(crate) async fn report(
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no report {other:?}: visitors, abandonment, categories, brands or activity"
+                    "no report {other:?}: visitors, abandonment, categories, brands, activity or bots"
                 ),
             ));
         }

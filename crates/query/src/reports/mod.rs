@@ -4,6 +4,7 @@
 
 mod abandonment;
 mod activity;
+mod bots;
 mod brands;
 mod categories;
 mod visitors;
@@ -12,6 +13,7 @@ pub use abandonment::{
     Abandonment, AbandonmentOptions, ItemStatus, Retarget, SessionDay, TopName, TopProduct,
 };
 pub use activity::{ActivityCell, activity};
+pub use bots::{BotDay, bots};
 pub use brands::{BrandClass, BrandRow, BrandsOptions, brands};
 pub use categories::{
     Bucketing, CategoriesOptions, CategoryRow, Metric, WEEKDAYS, bucket_label, categories,

@@ -724,6 +724,7 @@ async fn the_lake_api_answers_reports_sql_catalog_and_the_live_stream() {
         "categories?by=weekday&level=2",
         "brands?min_views=1",
         "activity",
+        "bots",
     ] {
         let r = get(&format!("/v1/reports/{kind}"), READER).await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{kind}");
