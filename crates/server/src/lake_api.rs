@@ -298,9 +298,7 @@ pub(crate) async fn query(
             (take > 0).then(|| b.slice(0, take))
         })
         .collect();
-    let mut json_rows = Vec::new();
-    write(&out, Format::Json, &mut json_rows).map_err(query_failed)?;
-    let rows: Value = serde_json::from_slice(&json_rows).unwrap_or(Value::Array(Vec::new()));
+    let rows = json_rows(&out)?;
     let columns: Vec<Value> = out
         .schema
         .fields()
@@ -315,6 +313,22 @@ pub(crate) async fn query(
         "seconds": started.elapsed().as_secs_f64(),
     }))
     .into_response())
+}
+
+/// A result's rows as JSON objects (the query crate's JSON writer: the CLI's `--format json`).
+fn json_rows(out: &shoplake_query::QueryOutput) -> Result<Value, ApiError> {
+    let mut bytes = Vec::new();
+    write(out, Format::Json, &mut bytes).map_err(query_failed)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        // No rows: the writer writes nothing.
+        return Ok(Value::Array(Vec::new()));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the rows: {e}"),
+        )
+    })
 }
 
 fn lake_failed(e: shoplake_lake::Error) -> ApiError {
@@ -363,9 +377,7 @@ pub(crate) async fn quarantine(
         ))
         .await
         .map_err(query_failed)?;
-    let mut json_rows = Vec::new();
-    write(&out, Format::Json, &mut json_rows).map_err(query_failed)?;
-    let rows: Value = serde_json::from_slice(&json_rows).unwrap_or(Value::Array(Vec::new()));
+    let rows = json_rows(&out)?;
     Ok(Json(rows).into_response())
 }
 

@@ -156,21 +156,10 @@ fn detect_file(
     input: &std::path::Path,
     settings: shoplake_detect::Settings,
 ) -> Result<Vec<Incident>> {
-    use shoplake_events::{CsvDecoder, JsonDecoder, Row, Validator};
+    use shoplake_events::Row;
     let name = input.to_string_lossy();
     let started = std::time::Instant::now();
-    let reader = shoplake_events::io::open(input)?;
-    let validator = Validator::default();
-    let rows: Box<dyn Iterator<Item = shoplake_events::Result<Row>>> =
-        if shoplake_events::io::is_json_name(&name) {
-            Box::new(JsonDecoder::new(
-                std::io::BufReader::with_capacity(1 << 20, reader),
-                validator,
-            ))
-        } else {
-            let mut csv = CsvDecoder::new(reader, validator)?;
-            Box::new(std::iter::from_fn(move || csv.next_row().transpose()))
-        };
+    let rows = crate::replay_cmd::file_rows(input)?;
     let mut events = Vec::new();
     let mut invalid = 0u64;
     for row in rows {

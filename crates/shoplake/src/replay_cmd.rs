@@ -272,6 +272,26 @@ enum Pace {
     Speed(f64),
 }
 
+/// The rows of a REES46 file: NDJSON or a JSON array by a `.json`/`.ndjson` name, CSV
+/// otherwise, optionally gzipped; each an event or a refused row.
+pub(crate) fn file_rows(
+    input: &std::path::Path,
+) -> Result<Box<dyn Iterator<Item = shoplake_events::Result<Row>>>> {
+    let reader = shoplake_events::io::open(input)?;
+    let validator = Validator::default();
+    Ok(
+        if shoplake_events::io::is_json_name(&input.to_string_lossy()) {
+            Box::new(JsonDecoder::new(
+                std::io::BufReader::with_capacity(1 << 20, reader),
+                validator,
+            ))
+        } else {
+            let mut csv = CsvDecoder::new(reader, validator)?;
+            Box::new(std::iter::from_fn(move || csv.next_row().transpose()))
+        },
+    )
+}
+
 fn read_loop(
     input: &std::path::Path,
     pace: Pace,
@@ -281,18 +301,7 @@ fn read_loop(
     counters: &Counters,
 ) -> Result<()> {
     let name = input.to_string_lossy();
-    let reader = shoplake_events::io::open(input)?;
-    let validator = Validator::default();
-    let rows: Box<dyn Iterator<Item = shoplake_events::Result<Row>>> =
-        if shoplake_events::io::is_json_name(&name) {
-            Box::new(JsonDecoder::new(
-                std::io::BufReader::with_capacity(1 << 20, reader),
-                validator,
-            ))
-        } else {
-            let mut csv = CsvDecoder::new(reader, validator)?;
-            Box::new(std::iter::from_fn(move || csv.next_row().transpose()))
-        };
+    let rows = file_rows(input)?;
     let started = Instant::now();
     let mut first_time: Option<i64> = None;
     let mut n: u64 = 0;

@@ -84,28 +84,17 @@ fn demo_serves_the_dashboard_fires_an_incident_within_a_minute_and_stops_on_ctrl
                 .unwrap()
                 .contains("<title>shoplake</title>")
         );
-        let days: serde_json::Value = client
-            .get(format!("{base}/v1/reports/visitors"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .map(|t| serde_json::from_str(&t).unwrap())
-            .unwrap();
+        let get = |path: &str| {
+            let request = client.get(format!("{base}{path}")).bearer_auth(&token);
+            async move {
+                let text = request.send().await.unwrap().text().await.unwrap();
+                serde_json::from_str::<serde_json::Value>(&text).unwrap()
+            }
+        };
+        let days = get("/v1/reports/visitors").await;
         assert!(days.as_array().unwrap().len() >= 2, "{days}");
         loop {
-            let found: serde_json::Value = client
-                .get(format!("{base}/v1/alerts?status=all"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .map(|t| serde_json::from_str(&t).unwrap())
-                .unwrap();
+            let found = get("/v1/alerts?status=all").await;
             if found
                 .as_array()
                 .unwrap()
