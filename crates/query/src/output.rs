@@ -55,6 +55,24 @@ pub fn write<W: Write + Send>(result: &QueryOutput, format: Format, out: W) -> R
     written
 }
 
+/// Counts the bytes written through it.
+struct Counted<W> {
+    inner: W,
+    bytes: usize,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Notes a closed pipe on the way through.
 struct Watch<W> {
     inner: W,
@@ -105,14 +123,19 @@ fn write_to<W: Write + Send>(result: &QueryOutput, format: Format, mut out: W) -
             }
         }
         Format::Json => {
-            let mut w = arrow::json::ArrayWriter::new(&mut out);
-            for b in &batches {
+            // Whether the writer prints anything for no rows has changed between arrow
+            // releases: count what it writes, and answer an empty array when it wrote nothing.
+            let mut counted = Counted {
+                inner: &mut out,
+                bytes: 0,
+            };
+            let mut w = arrow::json::ArrayWriter::new(&mut counted);
+            for b in batches.iter().filter(|b| b.num_rows() > 0) {
                 w.write(b).map_err(output_error)?;
             }
             w.finish().map_err(output_error)?;
             drop(w);
-            if result.rows() == 0 {
-                // The writer prints nothing for no rows: an empty array is the answer.
+            if counted.bytes == 0 {
                 write!(out, "[]").map_err(output_error)?;
             }
             writeln!(out).map_err(output_error)?;

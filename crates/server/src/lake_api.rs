@@ -319,10 +319,6 @@ pub(crate) async fn query(
 fn json_rows(out: &shoplake_query::QueryOutput) -> Result<Value, ApiError> {
     let mut bytes = Vec::new();
     write(out, Format::Json, &mut bytes).map_err(query_failed)?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        // No rows: the writer writes nothing.
-        return Ok(Value::Array(Vec::new()));
-    }
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -778,7 +778,7 @@ async fn the_lake_api_answers_reports_sql_catalog_and_the_live_stream() {
     let r = get("/v1/imports", READER).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let r = get("/v1/quarantine?limit=10", READER).await.unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
 
     // The live stream: a rate message within a few seconds.
     let mut r = get("/v1/events/stream", READER).await.unwrap();

@@ -63,6 +63,17 @@ fn query_sql_and_reports_from_the_command_line() {
     );
 
     // Changes are refused, with a reason and a failing exit code.
+    // No rows: an empty JSON array, whatever batches the plan produced.
+    let o = shoplake(&[
+        "query",
+        "SELECT event_type FROM events WHERE user_id < 0",
+        "--lake",
+        &lake,
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(stdout(&o), "[]\n");
     let o = shoplake(&["query", "DROP TABLE events", "--lake", &lake]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
