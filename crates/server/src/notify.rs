@@ -248,7 +248,10 @@ fn email_target(p: &str, c: &ChannelConfig, errors: &mut Vec<String>) -> Option<
     {
         Ok(m) => Some(m),
         Err(e) => {
-            errors.push(format!("{p}.{field} = {text:?}: {e}"));
+            errors.push(format!(
+                "{p}.{field} = {text:?}: not an e-mail address (`name@host` or \
+                 `Name <name@host>`: {e})"
+            ));
             None
         }
     };
