@@ -247,9 +247,7 @@ pub fn alerts(args: AlertsArgs) -> Result<ExitCode> {
 /// Removes an allow-listed user's bot flags from the lake, when there is one (a running
 /// `serve` does the same within seconds).
 async fn unflag(config: &Config, root: Option<String>, user: i64) -> Result<()> {
-    let root = root
-        .or_else(|| config.lake.root.clone())
-        .unwrap_or_else(|| "data/lake".to_owned());
+    let root = crate::lake_cmd::lake_root(root, config);
     if !root.contains("://") && !std::path::Path::new(&root).exists() {
         return Ok(());
     }

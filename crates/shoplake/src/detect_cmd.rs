@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use arrow::array::{Array, Date32Array};
-use shoplake_detect::{Change, DetectConfig, Detector, Incident};
+use shoplake_detect::{DetectConfig, Detector, Incident};
 use shoplake_events::time::{MICROS_PER_DAY, parse_date};
 use shoplake_events::{SystemClock, time};
 use shoplake_query::Engine;
@@ -97,16 +97,13 @@ pub fn detect(args: DetectArgs) -> Result<ExitCode> {
         };
         let (from, to) = (from.unwrap_or(first), to.unwrap_or(last));
         let mut detector = Detector::new(settings, Arc::new(SystemClock));
-        let mut incidents: std::collections::BTreeMap<String, Incident> = Default::default();
+        let mut incidents = Collected::default();
         for day in from..=to {
             let events = day_events(&engine, day).await?;
             detector.process_all(&events);
-            record(&mut incidents, detector.take_changes());
+            incidents.take(&mut detector);
         }
-        detector.finish();
-        record(&mut incidents, detector.take_changes());
-        let mut incidents: Vec<Incident> = incidents.into_values().collect();
-        incidents.sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));
+        let incidents = incidents.finish(&mut detector);
         Ok((incidents, detector.stats().clone()))
     })?;
     eprintln!(
@@ -176,13 +173,12 @@ fn detect_file(
     let decoded = started.elapsed();
     let started = std::time::Instant::now();
     let mut detector = Detector::new(settings, Arc::new(SystemClock));
-    let mut incidents: std::collections::BTreeMap<String, Incident> = Default::default();
+    let mut incidents = Collected::default();
     for chunk in events.chunks(65_536) {
         detector.process_all(chunk);
-        record(&mut incidents, detector.take_changes());
+        incidents.take(&mut detector);
     }
-    detector.finish();
-    record(&mut incidents, detector.take_changes());
+    let incidents = incidents.finish(&mut detector);
     let detected = started.elapsed();
     let stats = detector.stats();
     let rate = |d: std::time::Duration| events.len() as f64 / d.as_secs_f64().max(1e-9);
@@ -199,15 +195,29 @@ fn detect_file(
         stats.windows_fired,
         incidents.len()
     );
-    let mut incidents: Vec<Incident> = incidents.into_values().collect();
-    incidents.sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));
     Ok(incidents)
 }
 
-fn record(into: &mut std::collections::BTreeMap<String, Incident>, changes: Vec<Change>) {
-    for c in changes {
-        let i = c.incident();
-        into.insert(i.id.clone(), i.clone());
+/// A run's incidents by id, each as its last change left it.
+#[derive(Default)]
+struct Collected(std::collections::BTreeMap<String, Incident>);
+
+impl Collected {
+    /// Takes the detector's changes so far.
+    fn take(&mut self, detector: &mut Detector) {
+        for c in detector.take_changes() {
+            let i = c.incident();
+            self.0.insert(i.id.clone(), i.clone());
+        }
+    }
+
+    /// Ends the bounded input and returns every incident, oldest first.
+    fn finish(mut self, detector: &mut Detector) -> Vec<Incident> {
+        detector.finish();
+        self.take(detector);
+        let mut incidents: Vec<Incident> = self.0.into_values().collect();
+        incidents.sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));
+        incidents
     }
 }
 

@@ -27,13 +27,16 @@ pub struct LakeArgs {
 
 /// Opens the lake at `root`, else the configuration's `lake.root`, else data/lake.
 pub(crate) fn open_lake(root: Option<String>, config: &Config) -> Result<Lake> {
-    let root = root
-        .or_else(|| config.lake.root.clone())
-        .unwrap_or_else(|| "data/lake".to_owned());
     Ok(Lake::open(LakeOptions {
-        root,
+        root: lake_root(root, config),
         storage_options: config.storage_options(),
     })?)
+}
+
+/// The lake root: `root`, else the configuration's `lake.root`, else data/lake.
+pub(crate) fn lake_root(root: Option<String>, config: &Config) -> String {
+    root.or_else(|| config.lake.root.clone())
+        .unwrap_or_else(|| "data/lake".to_owned())
 }
 
 impl LakeArgs {
