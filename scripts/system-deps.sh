@@ -24,6 +24,15 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends postgresql
 fi
 
+# Node.js and npm: the build installs the dashboard's charting library with npm (build.rs),
+# and the browser test runs under node.
+if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+  echo "== apt: nodejs npm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || true
+  apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+
 # Chromium for the dashboard's browser test (driven by playwright-core from npm; never a
 # downloaded browser).
 if ! command -v chromium >/dev/null; then
