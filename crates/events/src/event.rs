@@ -48,7 +48,8 @@ impl EventType {
         }
     }
 
-    fn code(self) -> u8 {
+    /// Its code in the identity hash and in binary log records (0 view … 3 purchase).
+    pub fn code(self) -> u8 {
         self as u8
     }
 }

@@ -6,6 +6,7 @@
 //!   [`JsonDecoder`]/[`JsonEncoder`] for JSON objects, arrays and NDJSON.
 //! - [`Validator`]: the cleaning and validation rules; every refused row becomes a [`Reject`]
 //!   with its line, field, reason and raw text.
+//! - [`record`]: the event as a record of the event log (compact binary, or JSON).
 //! - [`arrow`]: the Arrow schema and `RecordBatch` conversion.
 
 pub mod arrow;
@@ -14,6 +15,7 @@ mod error;
 pub mod event;
 pub mod io;
 pub mod json;
+pub mod record;
 pub mod time;
 pub mod validate;
 

@@ -157,7 +157,8 @@ impl Delivery {
     /// One pass: reads what the log holds past the positions the lake has committed (up to
     /// `max_per_partition` records each), delivers it, and records the positions in the log
     /// too (for its retention and lag; the lake's are the ones that count). Each record is an
-    /// event as JSON; its append time becomes the event's ingest time when it has none.
+    /// event in either record format (`shoplake_events::record`); its append time becomes the
+    /// event's ingest time when it has none.
     pub async fn pump(
         &mut self,
         log: &dyn EventLog,
@@ -193,7 +194,7 @@ impl Delivery {
                     }
                     continue;
                 }
-                match shoplake_events::json::decode_event(&r.value, validator) {
+                match shoplake_events::record::decode(&r.value, validator) {
                     Ok(mut e) => {
                         e.ingest_time.get_or_insert(r.appended_at);
                         events.push(e);

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::json;
+use shoplake_events::record::RecordFormat;
 use shoplake_events::{CsvDecoder, Event, JsonDecoder, Reject, Row, Validator};
 use shoplake_lake::QuarantinedRow;
 use shoplake_log::{EventLog, QUARANTINE_KEY, Record};
@@ -65,6 +66,7 @@ pub struct Collector {
     store: Option<Arc<dyn shoplake_alerts::AlertStore>>,
     lake: Option<shoplake_lake::Lake>,
     live: crate::lake_api::LiveSender,
+    record_format: RecordFormat,
 }
 
 impl std::fmt::Debug for Collector {
@@ -99,7 +101,14 @@ impl Collector {
             store: None,
             lake: None,
             live: tokio::sync::broadcast::channel(1024).0,
+            record_format: RecordFormat::default(),
         }
+    }
+
+    /// Writes events into the log in `format` (default: binary).
+    pub fn with_record_format(mut self, format: RecordFormat) -> Collector {
+        self.record_format = format;
+        self
     }
 
     /// Serves the lake API (reports, SQL, catalog, imports, quarantine) from this lake.
@@ -495,8 +504,7 @@ async fn ingest_inner(c: &Collector, peer: IpAddr, request: Request) -> Result<R
         e.ingest_time = None;
         // Room for an event with a long user agent: no regrowth per event.
         let mut value = Vec::with_capacity(512);
-        shoplake_events::json::encode_json(&mut value, e);
-        value.pop();
+        shoplake_events::record::encode(&mut value, e, c.record_format);
         records.push(Record {
             key: key.format(e.user_id).as_bytes().to_vec(),
             value,

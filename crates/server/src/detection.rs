@@ -241,7 +241,7 @@ async fn run(
                 if r.key == QUARANTINE_KEY {
                     continue;
                 }
-                if let Ok(mut e) = shoplake_events::json::decode_event(&r.value, &validator) {
+                if let Ok(mut e) = shoplake_events::record::decode(&r.value, &validator) {
                     e.ingest_time.get_or_insert(r.appended_at);
                     let n = newest.entry(p).or_insert(i64::MIN);
                     *n = (*n).max(e.event_time);

@@ -64,6 +64,8 @@ pub struct ServeOptions {
     pub delivery: DeliveryOptions,
     /// Detection on the stream (`None`: off).
     pub detection: Option<crate::detection::DetectionOptions>,
+    /// How the collector writes events into the log (consumers read either format).
+    pub record_format: shoplake_events::record::RecordFormat,
 }
 
 /// The admin token kept in `DIR/admin.token` (created, mode 0600, on first use). Returns the
@@ -137,7 +139,9 @@ pub async fn serve(
         options.limits.clone(),
         metrics.clone(),
     );
-    collector = collector.with_lake(lake.clone());
+    collector = collector
+        .with_lake(lake.clone())
+        .with_record_format(options.record_format);
     if let Some(d) = &options.detection {
         collector = collector.with_store(d.store.clone());
     }

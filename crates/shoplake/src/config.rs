@@ -100,9 +100,26 @@ pub struct LogConfig {
     pub retention_bytes: Option<u64>,
     /// Keep records at most this long (default `7d`).
     pub retention: Option<String>,
+    /// How events are written into the log: `binary` (compact, read by shoplake only; the
+    /// embedded log's default) or `json` (one JSON object per record, readable by any Kafka
+    /// consumer; the Kafka default). Consumers read both, so it may change at any time.
+    pub record_format: Option<String>,
     /// `[log.kafka]`: the Kafka backend.
     #[serde(default)]
     pub kafka: KafkaConfig,
+}
+
+impl LogConfig {
+    /// The record format: as configured, or the backend's default.
+    pub fn record_format(&self) -> anyhow::Result<shoplake_events::record::RecordFormat> {
+        use shoplake_events::record::RecordFormat;
+        match self.record_format.as_deref() {
+            None if self.backend.as_deref() == Some("kafka") => Ok(RecordFormat::Json),
+            None => Ok(RecordFormat::Binary),
+            Some(s) => RecordFormat::parse(s)
+                .ok_or_else(|| anyhow::anyhow!("log.record_format {s:?}: expected binary or json")),
+        }
+    }
 }
 
 /// `[log.kafka]`
@@ -264,6 +281,9 @@ impl Config {
             Some(other) => {
                 errors.push(format!("log.backend {other:?}: expected embedded or kafka"))
             }
+        }
+        if let Err(e) = self.log.record_format() {
+            errors.push(e.to_string());
         }
         if self.log.partitions == Some(0) {
             errors.push("log.partitions must be at least 1".to_owned());

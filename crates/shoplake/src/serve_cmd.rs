@@ -130,6 +130,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         anyhow::anyhow!("the notification settings:\n  {}", errors.join("\n  "))
     })?;
     let detect = config.detect.enabled != Some(false);
+    let record_format = config.log.record_format()?;
     let store_url = config.alerts.url(&args.data);
     let rt = runtime()?;
     rt.block_on(async move {
@@ -159,6 +160,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             limits,
             delivery,
             detection,
+            record_format,
         };
         let log = open_log(&config, &args.data).await?;
         shoplake_server::serve(lake, log, options, |_| {}, shutdown_signal()).await

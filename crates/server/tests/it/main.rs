@@ -107,6 +107,7 @@ impl Running {
                 max_per_partition: 100_000,
                 notify,
             }),
+            record_format: shoplake_events::record::RecordFormat::Binary,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel();
