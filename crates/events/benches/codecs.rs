@@ -120,3 +120,35 @@ fn to_arrow(bencher: Bencher) {
             .num_rows()
     });
 }
+
+/// The events as log records, one buffer each, in `format`.
+fn records(format: shoplake_events::record::RecordFormat) -> Vec<Vec<u8>> {
+    sample_events()
+        .iter()
+        .map(|e| {
+            let mut buf = Vec::with_capacity(256);
+            shoplake_events::record::encode(&mut buf, e, format);
+            buf
+        })
+        .collect()
+}
+
+/// Decoding log records as delivery and the detector do, in each record format.
+#[divan::bench(sample_count = 20, args = ["binary", "json"])]
+fn log_record_decode(bencher: Bencher, format: &str) {
+    let format = shoplake_events::record::RecordFormat::parse(format).expect("format");
+    let data = records(format);
+    let v = validator();
+    bencher
+        .counter(ItemsCount::new(ROWS))
+        .counter(BytesCount::new(data.iter().map(Vec::len).sum::<usize>()))
+        .bench(|| {
+            let mut n = 0usize;
+            for r in black_box(&data) {
+                if let Ok(e) = shoplake_events::record::decode(r, &v) {
+                    n += e.price.cents() as usize & 1;
+                }
+            }
+            n
+        });
+}

@@ -449,6 +449,12 @@ marts_interval = "off"
             duration_setting("d", c.delivery.marts_interval.as_deref(), "60s").unwrap(),
             None
         );
+        use shoplake_events::record::RecordFormat;
+        assert_eq!(c.log.record_format().unwrap(), RecordFormat::Json);
+        assert_eq!(
+            Config::default().log.record_format().unwrap(),
+            RecordFormat::Binary
+        );
         let bad: Config = toml::from_str(
             r#"
 [server]
@@ -465,6 +471,7 @@ scopes = ["read"]
 [log]
 backend = "kafka"
 partitions = 0
+record_format = "avro"
 [delivery]
 interval = "soon"
 "#,
@@ -479,6 +486,7 @@ interval = "soon"
             "used twice",
             "needs log.kafka.brokers",
             "log.partitions",
+            "log.record_format \"avro\": expected binary or json",
             "delivery.interval",
         ] {
             assert!(

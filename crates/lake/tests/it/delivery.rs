@@ -73,9 +73,17 @@ async fn deliveries_land_once_resume_after_a_restart_and_skip_imported_events() 
     assert!(lake.delivery("../x").await.is_err());
 }
 
+/// A log record of an event, in either record format (by the parity of its second, so a log
+/// holds both, as after a change of `log.record_format`).
 fn record(e: &Event) -> shoplake_log::Record {
+    use shoplake_events::record::{RecordFormat, encode};
     let mut value = Vec::new();
-    shoplake_events::json::encode_json(&mut value, e);
+    let format = if (e.event_time / 1_000_000) % 2 == 0 {
+        RecordFormat::Binary
+    } else {
+        RecordFormat::Json
+    };
+    encode(&mut value, e, format);
     shoplake_log::Record {
         key: e.user_id.to_string().into_bytes(),
         value,
