@@ -115,7 +115,7 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
         let daily = daily_rows(&engine, zone, version, flags, events).await?;
         let brands = engine
             .run(&format!(
-                "SELECT {z} AS zone, CAST(local_time(event_time, {z}) AS DATE) AS day, brand,
+                "SELECT {z} AS zone, local_day(event_time, {z}) AS day, brand,
                         category_level(category_code, 1) AS category, COUNT(*) AS events,
                         COUNT(*) FILTER (WHERE event_type = 'view') AS views,
                         COUNT(*) FILTER (WHERE event_type = 'cart') AS carts,
@@ -182,7 +182,7 @@ async fn daily_rows(
     let daily = engine
         .run(&format!(
             "WITH e AS (
-                SELECT user_id, user_session, CAST(local_time(event_time, {z}) AS DATE) AS day
+                SELECT user_id, user_session, local_day(event_time, {z}) AS day
                 FROM {events}),
              {DAILY_CTES}
              SELECT {d} AS day, visitors, sessions, events FROM daily",
@@ -192,7 +192,7 @@ async fn daily_rows(
     let fresh = engine
         .run(&format!(
             "SELECT {d} AS day, COUNT(*) AS new_visitors
-             FROM (SELECT CAST(local_time(MIN(event_time), {z}) AS DATE) AS first_day
+             FROM (SELECT local_day(MIN(event_time), {z}) AS first_day
                    FROM {events} GROUP BY user_id)
              GROUP BY 1",
             d = day("first_day")
@@ -209,7 +209,7 @@ async fn daily_rows(
                     SUM(CASE WHEN has_cart = 1 AND has_purchase = 0 THEN 1 ELSE 0 END)
                         AS abandoned_sessions
              FROM s GROUP BY 1",
-            d = day(&format!("CAST(local_time(first, {z}) AS DATE)"))
+            d = day(&format!("local_day(first, {z})"))
         ))
         .await?;
     let newest = engine
@@ -300,7 +300,7 @@ async fn daily_rows(
 fn items_sql(z: &str, events: &str) -> String {
     format!(
         "WITH c AS (
-            SELECT user_id, product_id, CAST(local_time(event_time, {z}) AS DATE) AS day,
+            SELECT user_id, product_id, local_day(event_time, {z}) AS day,
                    MIN(CAST(event_time AS BIGINT)) AS carted,
                    first_value(CAST(price * 100 AS BIGINT) ORDER BY event_time, price)
                        AS price_cents,
@@ -345,7 +345,7 @@ async fn category_cells(
     let z = format!("'{zone}'");
     let mut stream = engine
         .stream(&format!(
-            "SELECT CAST(local_time(event_time, {z}) AS DATE) AS day,
+            "SELECT local_day(event_time, {z}) AS day,
                     CAST(date_part('hour', local_time(event_time, {z})) AS BIGINT) AS hour,
                     category_level(category_code, 0) AS category, event_type,
                     CAST(price * 100 AS BIGINT) AS cents, user_id

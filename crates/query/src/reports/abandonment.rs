@@ -162,7 +162,7 @@ pub async fn abandonment(
                    MAX(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS has_cart,
                    MAX(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS has_purchase
             FROM {events} WHERE user_session IS NOT NULL GROUP BY user_session)
-         SELECT CAST(CAST(local_time(first, {tz}) AS DATE) AS VARCHAR) AS day,
+         SELECT CAST(local_day(first, {tz}) AS VARCHAR) AS day,
                 SUM(has_cart) AS cart_sessions,
                 SUM(CASE WHEN has_cart = 1 AND has_purchase = 0 THEN 1 ELSE 0 END)
                     AS abandoned_sessions

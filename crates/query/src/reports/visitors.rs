@@ -40,14 +40,14 @@ pub async fn visitors(engine: &Engine, scope: &ReportScope) -> Result<Vec<Visito
     } else {
         format!(
             "WITH e AS (
-            SELECT user_id, user_session, CAST(local_time(event_time, {tz}) AS DATE) AS day
+            SELECT user_id, user_session, local_day(event_time, {tz}) AS day
             FROM {events} WHERE {range}),
          {DAILY_CTES},
          firsts AS (
             SELECT user_id, MIN(event_time) AS first FROM {events} WHERE {before_end}
             GROUP BY user_id),
          fresh AS (
-            SELECT CAST(local_time(first, {tz}) AS DATE) AS first_day, COUNT(*) AS new_visitors
+            SELECT local_day(first, {tz}) AS first_day, COUNT(*) AS new_visitors
             FROM firsts GROUP BY 1)
          SELECT CAST(daily.day AS VARCHAR) AS day, visitors, sessions, events,
                 COALESCE(new_visitors, 0) AS new_visitors
