@@ -120,6 +120,26 @@ pub fn local_micros(tz: Tz, utc_micros: i64) -> i64 {
     Offsets::new(tz).local(utc_micros)
 }
 
+/// Local dates of UTC times, as `local_day` computes them, for Rust-side computations over
+/// many times (the zone's offset is looked up once per minute the times span).
+pub(crate) struct LocalDays(Offsets);
+
+impl LocalDays {
+    pub(crate) fn new(tz: Tz) -> LocalDays {
+        LocalDays(Offsets::new(tz))
+    }
+
+    /// The local date of a UTC time, in days since 1970-01-01.
+    pub(crate) fn day(&mut self, utc_micros: i64) -> i32 {
+        let local = if self.0.tz == Tz::UTC {
+            utc_micros
+        } else {
+            self.0.local(utc_micros)
+        };
+        local.div_euclid(MICROS_PER_DAY) as i32
+    }
+}
+
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct LocalTime {
     signature: Signature,

@@ -3,9 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Columns, DAILY_CTES, ReportScope, count};
+use arrow::array::{Array, RecordBatch};
+
+use super::{Columns, ReportScope, count};
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::udf::LocalDays;
 
 /// One local day. JSON fields: `day, visitors, sessions, events, new_visitors`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,38 +27,16 @@ pub struct VisitorsDay {
 
 /// The visitors report, one row per local day with events, in day order.
 pub async fn visitors(engine: &Engine, scope: &ReportScope) -> Result<Vec<VisitorsDay>> {
+    if !super::use_marts(engine, scope).await? {
+        return from_events(engine, scope).await;
+    }
     let range = &scope.range;
-    let tz = range.zone_sql();
-    let (_, end) = range.utc_bounds();
-    let before_end = end.map_or("TRUE".to_owned(), |e| {
-        format!("CAST(event_time AS BIGINT) < {e}")
-    });
-    let events = super::events_relation(engine, scope).await?;
-    let sql = if super::use_marts(engine, scope).await? {
-        format!(
-            "SELECT CAST(day AS VARCHAR) AS day, visitors, sessions, events, new_visitors
-             FROM mart_daily WHERE zone = {tz} AND {days} ORDER BY day",
-            days = range.day_sql()
-        )
-    } else {
-        format!(
-            "WITH e AS (
-            SELECT user_id, user_session, local_day(event_time, {tz}) AS day
-            FROM {events} WHERE {range}),
-         {DAILY_CTES},
-         firsts AS (
-            SELECT user_id, MIN(event_time) AS first FROM {events} WHERE {before_end}
-            GROUP BY user_id),
-         fresh AS (
-            SELECT local_day(first, {tz}) AS first_day, COUNT(*) AS new_visitors
-            FROM firsts GROUP BY 1)
-         SELECT CAST(daily.day AS VARCHAR) AS day, visitors, sessions, events,
-                COALESCE(new_visitors, 0) AS new_visitors
-         FROM daily LEFT JOIN fresh ON daily.day = fresh.first_day
-         ORDER BY 1",
-            range = range.sql(),
-        )
-    };
+    let sql = format!(
+        "SELECT CAST(day AS VARCHAR) AS day, visitors, sessions, events, new_visitors
+         FROM mart_daily WHERE zone = {tz} AND {days} ORDER BY day",
+        tz = range.zone_sql(),
+        days = range.day_sql()
+    );
     let out = engine.run(&sql).await?;
     let mut rows = Vec::new();
     for b in &out.batches {
@@ -78,4 +59,201 @@ pub async fn visitors(engine: &Engine, scope: &ReportScope) -> Result<Vec<Visito
         }
     }
     Ok(rows)
+}
+
+/// The report from `events` in one scan: each scan partition keeps, per local day, the set of
+/// users and of sessions and the event count, and each user's first event time (over
+/// everything before the range's end: a new visitor is new to the whole lake); the partitions'
+/// sets are then united. Three group-bys over the same rows in SQL (users and sessions per
+/// day, first event per user) scanned the table three times and hashed every session string
+/// twice.
+async fn from_events(engine: &Engine, scope: &ReportScope) -> Result<Vec<VisitorsDay>> {
+    let range = scope.range;
+    let (start, end) = range.utc_bounds();
+    let before_end = end.map_or("TRUE".to_owned(), |e| {
+        format!(
+            "event_date <= DATE '{}' AND CAST(event_time AS BIGINT) < {e}",
+            utc_date(e)
+        )
+    });
+    let events = super::events_relation(engine, scope).await?;
+    let sql = format!(
+        "SELECT user_id, user_session, CAST(event_time AS BIGINT) AS t
+         FROM {events} WHERE {before_end}"
+    );
+    let from = start.unwrap_or(i64::MIN);
+    let parts = engine
+        .fold_partitions(&sql, move || Visits::new(range.tz, from), |v, b| v.add(&b))
+        .await?;
+    let mut all = Visits::new(range.tz, from);
+    for part in parts {
+        all.merge(part);
+    }
+    Ok(all.finish())
+}
+
+/// The UTC date of a time, `YYYY-MM-DD`.
+fn utc_date(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.date_naive().to_string())
+        .unwrap_or_default()
+}
+
+/// A session's identity, exact and compact: a canonical lower-case UUID (every REES46 session
+/// is one) as its 128 bits; any other text as itself.
+fn uuid_bits(s: &[u8]) -> Option<u128> {
+    if s.len() != 36 {
+        return None;
+    }
+    let mut bits = 0u128;
+    for (i, &b) in s.iter().enumerate() {
+        let digit = match (i, b) {
+            (8 | 13 | 18 | 23, b'-') => continue,
+            (8 | 13 | 18 | 23, _) => return None,
+            (_, b'0'..=b'9') => b - b'0',
+            (_, b'a'..=b'f') => b - b'a' + 10,
+            _ => return None,
+        };
+        bits = (bits << 4) | u128::from(digit);
+    }
+    Some(bits)
+}
+
+/// One local day's distinct users and sessions, and its events.
+#[derive(Default)]
+struct Day {
+    users: foldhash::HashSet<i64>,
+    sessions: foldhash::HashSet<u128>,
+    other_sessions: foldhash::HashSet<String>,
+    events: u64,
+}
+
+/// What one scan partition (or all, once merged) saw.
+struct Visits {
+    local: LocalDays,
+    /// Events from here on count for the days (the range's start, UTC micros).
+    from: i64,
+    days: Vec<(i32, Day)>,
+    /// The index in `days` of the day of the last event (rows of a file share their day).
+    last: usize,
+    firsts: foldhash::HashMap<i64, i64>,
+}
+
+impl Visits {
+    fn new(tz: chrono_tz::Tz, from: i64) -> Visits {
+        Visits {
+            local: LocalDays::new(tz),
+            from,
+            days: Vec::new(),
+            last: 0,
+            firsts: foldhash::HashMap::default(),
+        }
+    }
+
+    fn day(&mut self, day: i32) -> &mut Day {
+        if self.days.get(self.last).is_none_or(|d| d.0 != day) {
+            self.last = match self.days.iter().position(|d| d.0 == day) {
+                Some(i) => i,
+                None => {
+                    self.days.push((day, Day::default()));
+                    self.days.len() - 1
+                }
+            };
+        }
+        &mut self.days[self.last].1
+    }
+
+    fn add(&mut self, b: &RecordBatch) -> Result<()> {
+        let c = Columns::new(b);
+        let user = c.int64_array("user_id")?;
+        let session = c.string_view_array("user_session")?;
+        let time = c.int64_array("t")?;
+        for i in 0..b.num_rows() {
+            let (u, t) = (user.value(i), time.value(i));
+            self.firsts
+                .entry(u)
+                .and_modify(|f| *f = (*f).min(t))
+                .or_insert(t);
+            if t < self.from {
+                continue;
+            }
+            let day = self.local.day(t);
+            let d = self.day(day);
+            d.events += 1;
+            d.users.insert(u);
+            if session.is_valid(i) {
+                let s = session.value(i);
+                match uuid_bits(s.as_bytes()) {
+                    Some(bits) => {
+                        d.sessions.insert(bits);
+                    }
+                    None => {
+                        if !d.other_sessions.contains(s) {
+                            d.other_sessions.insert(s.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, other: Visits) {
+        for (day, o) in other.days {
+            let d = self.day(day);
+            d.events += o.events;
+            d.users.extend(o.users);
+            d.sessions.extend(o.sessions);
+            d.other_sessions.extend(o.other_sessions);
+        }
+        for (u, t) in other.firsts {
+            self.firsts
+                .entry(u)
+                .and_modify(|f| *f = (*f).min(t))
+                .or_insert(t);
+        }
+    }
+
+    fn finish(mut self) -> Vec<VisitorsDay> {
+        let mut fresh: foldhash::HashMap<i32, u64> = foldhash::HashMap::default();
+        for &first in self.firsts.values() {
+            *fresh.entry(self.local.day(first)).or_default() += 1;
+        }
+        self.days.sort_unstable_by_key(|d| d.0);
+        self.days
+            .into_iter()
+            .map(|(day, d)| VisitorsDay {
+                day: chrono::NaiveDate::from_num_days_from_ce_opt(day + DAYS_BEFORE_EPOCH)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
+                visitors: d.users.len() as u64,
+                sessions: (d.sessions.len() + d.other_sessions.len()) as u64,
+                events: d.events,
+                new_visitors: fresh.get(&day).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+}
+
+/// Days from 0001-01-01 (chrono's day 1) to 1970-01-01.
+const DAYS_BEFORE_EPOCH: i32 = 719_163;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_told_apart_exactly() {
+        let a = b"72d76fde-8bb3-4e00-8c23-a032dfed738c";
+        assert_eq!(uuid_bits(a), Some(0x72d76fde_8bb3_4e00_8c23_a032dfed738c));
+        // Upper case, a missing dash, another length: kept as text, never folded together
+        // with the lower-case UUID.
+        assert_eq!(uuid_bits(b"72D76FDE-8BB3-4E00-8C23-A032DFED738C"), None);
+        assert_eq!(uuid_bits(b"72d76fde08bb3-4e00-8c23-a032dfed738c"), None);
+        assert_eq!(uuid_bits(b"session-1"), None);
+        assert_eq!(
+            chrono::NaiveDate::from_num_days_from_ce_opt(DAYS_BEFORE_EPOCH).map(|d| d.to_string()),
+            Some("1970-01-01".to_owned())
+        );
+    }
 }
