@@ -14,10 +14,10 @@ use arrow::array::{Array, RecordBatch};
 use serde::{Deserialize, Serialize};
 use shoplake_events::time::format_rfc3339;
 
-use super::{Columns, ReportScope, count, money, ratio};
+use super::{Columns, ReportScope, count, day_string, money, ratio, uuid_bits};
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::udf::category_at;
+use crate::udf::{LocalDays, category_at};
 
 /// Options of the abandonment report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,17 @@ pub struct SessionDay {
     pub abandoned_sessions: u64,
     /// `abandoned_sessions / cart_sessions` (`null` without cart sessions).
     pub abandonment_rate: Option<f64>,
+}
+
+impl SessionDay {
+    fn new(day: String, cart_sessions: u64, abandoned_sessions: u64) -> SessionDay {
+        SessionDay {
+            day,
+            cart_sessions,
+            abandoned_sessions,
+            abandonment_rate: ratio(abandoned_sessions as f64, cart_sessions as f64),
+        }
+    }
 }
 
 /// Items by status. JSON: `status (abandoned|recovered|pending), items, value`.
@@ -136,38 +147,34 @@ pub async fn abandonment(
     let range = &scope.range;
     let tz = range.zone_sql();
     let (start, _) = range.utc_bounds();
-    let first_in_range = {
-        let (start, end) = range.utc_bounds();
-        let mut c = vec!["TRUE".to_owned()];
-        if let Some(s) = start {
-            c.push(format!("CAST(first AS BIGINT) >= {s}"));
-        }
-        if let Some(e) = end {
-            c.push(format!("CAST(first AS BIGINT) < {e}"));
-        }
-        c.join(" AND ")
-    };
     let events = super::events_relation(engine, scope).await?;
     let marts = super::use_marts(engine, scope).await?;
-    let sessions_sql = if marts {
-        format!(
+    let sessions = async {
+        if !marts {
+            return sessions_from_events(engine, scope, events).await;
+        }
+        let sql = format!(
             "SELECT CAST(day AS VARCHAR) AS day, cart_sessions, abandoned_sessions
              FROM mart_daily WHERE zone = {tz} AND session_starts > 0 AND {days} ORDER BY day",
             days = range.day_sql()
-        )
-    } else {
-        format!(
-            "WITH s AS (
-            SELECT user_session, MIN(event_time) AS first,
-                   MAX(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS has_cart,
-                   MAX(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS has_purchase
-            FROM {events} WHERE user_session IS NOT NULL GROUP BY user_session)
-         SELECT CAST(local_day(first, {tz}) AS VARCHAR) AS day,
-                SUM(has_cart) AS cart_sessions,
-                SUM(CASE WHEN has_cart = 1 AND has_purchase = 0 THEN 1 ELSE 0 END)
-                    AS abandoned_sessions
-         FROM s WHERE {first_in_range} GROUP BY 1 ORDER BY 1"
-        )
+        );
+        let mut sessions = Vec::new();
+        for b in &engine.run(&sql).await?.batches {
+            let c = Columns::new(b);
+            let (day, carts, abandoned) = (
+                c.str("day")?,
+                c.i64("cart_sessions")?,
+                c.i64("abandoned_sessions")?,
+            );
+            for i in 0..b.num_rows() {
+                sessions.push(SessionDay::new(
+                    day[i].clone().unwrap_or_default(),
+                    count(carts[i]),
+                    count(abandoned[i]),
+                ));
+            }
+        }
+        Ok(sessions)
     };
     // Each item once, with its first cart in the range and the pair's first purchase at or
     // after it; the status follows from the window and the newest event.
@@ -223,37 +230,120 @@ pub async fn abandonment(
     let window = i64::try_from(options.window.as_micros()).unwrap_or(i64::MAX);
     let limit = options.retarget_limit;
     // Each partition of the item scan is summed on its own task (both cores), then merged.
-    let (sessions_out, parts) = futures::try_join!(
-        engine.run(&sessions_sql),
+    let (sessions, parts) = futures::try_join!(
+        sessions,
         engine.fold_partitions(
             &items_sql,
             move || Summary::new(window, newest, limit),
             |s, b| s.add(&b),
         )
     )?;
-    let mut sessions = Vec::new();
-    for b in &sessions_out.batches {
-        let c = Columns::new(b);
-        let (day, carts, abandoned) = (
-            c.str("day")?,
-            c.i64("cart_sessions")?,
-            c.i64("abandoned_sessions")?,
-        );
-        for i in 0..b.num_rows() {
-            let (carts, abandoned) = (count(carts[i]), count(abandoned[i]));
-            sessions.push(SessionDay {
-                day: day[i].clone().unwrap_or_default(),
-                cart_sessions: carts,
-                abandoned_sessions: abandoned,
-                abandonment_rate: ratio(abandoned as f64, carts as f64),
-            });
-        }
-    }
     let mut summary = Summary::new(window, newest, limit);
     for part in parts {
         summary.merge(part);
     }
     summary.finish(sessions, options)
+}
+
+/// The sessions view from `events` in one scan: each scan partition keeps every session's
+/// first event time and whether it has a cart and a purchase (sessions as in the visitors
+/// report: UUIDs as their 128 bits, other text as itself); the partitions are united, then
+/// each session starting in the range counts on its local day. (A SQL group-by on the session
+/// text hashed and compared 42 M strings twice, once per aggregation phase.)
+async fn sessions_from_events(
+    engine: &Engine,
+    scope: &ReportScope,
+    events: &str,
+) -> Result<Vec<SessionDay>> {
+    let sql = format!(
+        "SELECT user_session, event_type, CAST(event_time AS BIGINT) AS t
+         FROM {events} WHERE user_session IS NOT NULL"
+    );
+    let parts = engine
+        .fold_partitions(&sql, Sessions::default, |s, b| s.add(&b))
+        .await?;
+    let mut all = Sessions::default();
+    for part in parts {
+        all.merge(part);
+    }
+    Ok(all.days(&scope.range))
+}
+
+/// A session's first event time and what it holds ([`HAS_CART`], [`HAS_PURCHASE`]).
+type SessionAcc = (i64, u8);
+const HAS_CART: u8 = 1;
+const HAS_PURCHASE: u8 = 2;
+
+fn absorb(acc: &mut SessionAcc, first: i64, flags: u8) {
+    acc.0 = acc.0.min(first);
+    acc.1 |= flags;
+}
+
+/// Every session seen.
+#[derive(Default)]
+struct Sessions {
+    uuids: foldhash::HashMap<u128, SessionAcc>,
+    other: foldhash::HashMap<String, SessionAcc>,
+}
+
+impl Sessions {
+    fn add(&mut self, b: &RecordBatch) -> Result<()> {
+        let c = Columns::new(b);
+        let session = c.string_view_array("user_session")?;
+        let kind = c.string_view_array("event_type")?;
+        let time = c.int64_array("t")?;
+        for i in 0..b.num_rows() {
+            let t = time.value(i);
+            let flags = match kind.value(i) {
+                "cart" => HAS_CART,
+                "purchase" => HAS_PURCHASE,
+                _ => 0,
+            };
+            let s = session.value(i);
+            match uuid_bits(s.as_bytes()) {
+                Some(bits) => absorb(self.uuids.entry(bits).or_insert((t, 0)), t, flags),
+                None => match self.other.get_mut(s) {
+                    Some(acc) => absorb(acc, t, flags),
+                    None => {
+                        self.other.insert(s.to_owned(), (t, flags));
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, other: Sessions) {
+        for (k, (t, f)) in other.uuids {
+            absorb(self.uuids.entry(k).or_insert((t, 0)), t, f);
+        }
+        for (k, (t, f)) in other.other {
+            absorb(self.other.entry(k).or_insert((t, 0)), t, f);
+        }
+    }
+
+    /// Per local day of the range with a session starting: cart and abandoned sessions.
+    fn days(&self, range: &crate::range::ReportRange) -> Vec<SessionDay> {
+        let (start, end) = range.utc_bounds();
+        let (start, end) = (start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX));
+        let mut local = LocalDays::new(range.tz);
+        let mut days: std::collections::BTreeMap<i32, (u64, u64)> = Default::default();
+        for &(first, flags) in self.uuids.values().chain(self.other.values()) {
+            if first < start || first >= end {
+                continue;
+            }
+            let d = days.entry(local.day(first)).or_default();
+            if flags & HAS_CART != 0 {
+                d.0 += 1;
+                if flags & HAS_PURCHASE == 0 {
+                    d.1 += 1;
+                }
+            }
+        }
+        days.into_iter()
+            .map(|(day, (carts, abandoned))| SessionDay::new(day_string(day), carts, abandoned))
+            .collect()
+    }
 }
 
 /// Status indexes.

@@ -135,6 +135,34 @@ pub(crate) const DAILY_CTES: &str = "
         SELECT users.day AS day, visitors, COALESCE(sessions, 0) AS sessions, events
         FROM users LEFT JOIN sessions ON users.day = sessions.day)";
 
+/// A session's identity, exact and compact: a canonical lower-case UUID (every REES46 session
+/// is one) as its 128 bits; any other text as itself.
+pub(crate) fn uuid_bits(s: &[u8]) -> Option<u128> {
+    if s.len() != 36 {
+        return None;
+    }
+    let mut bits = 0u128;
+    for (i, &b) in s.iter().enumerate() {
+        let digit = match (i, b) {
+            (8 | 13 | 18 | 23, b'-') => continue,
+            (8 | 13 | 18 | 23, _) => return None,
+            (_, b'0'..=b'9') => b - b'0',
+            (_, b'a'..=b'f') => b - b'a' + 10,
+            _ => return None,
+        };
+        bits = (bits << 4) | u128::from(digit);
+    }
+    Some(bits)
+}
+
+/// A date in days since 1970-01-01 as `YYYY-MM-DD` (as SQL casts a date to text).
+pub(crate) fn day_string(days: i32) -> String {
+    // chrono counts days from 0001-01-01 as day 1.
+    chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163)
+        .map(|d| d.to_string())
+        .unwrap_or_default()
+}
+
 /// Counts are never negative; a missing one is zero.
 pub(crate) fn count(v: Option<i64>) -> u64 {
     v.unwrap_or(0).max(0) as u64
@@ -203,5 +231,24 @@ pub(crate) async fn use_marts(engine: &crate::Engine, scope: &ReportScope) -> Re
                 )))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_told_apart_exactly() {
+        let a = b"72d76fde-8bb3-4e00-8c23-a032dfed738c";
+        assert_eq!(uuid_bits(a), Some(0x72d76fde_8bb3_4e00_8c23_a032dfed738c));
+        // Upper case, a missing dash, another length: kept as text, never folded together
+        // with the lower-case UUID.
+        assert_eq!(uuid_bits(b"72D76FDE-8BB3-4E00-8C23-A032DFED738C"), None);
+        assert_eq!(uuid_bits(b"72d76fde08bb3-4e00-8c23-a032dfed738c"), None);
+        assert_eq!(uuid_bits(b"session-1"), None);
+        assert_eq!(day_string(0), "1970-01-01");
+        assert_eq!(day_string(18_170), "2019-10-01");
+        assert_eq!(day_string(-1), "1969-12-31");
     }
 }

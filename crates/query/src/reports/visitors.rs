@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use arrow::array::{Array, RecordBatch};
 
-use super::{Columns, ReportScope, count};
+use super::{Columns, ReportScope, count, day_string, uuid_bits};
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::udf::LocalDays;
@@ -97,26 +97,6 @@ fn utc_date(micros: i64) -> String {
     chrono::DateTime::from_timestamp_micros(micros)
         .map(|t| t.date_naive().to_string())
         .unwrap_or_default()
-}
-
-/// A session's identity, exact and compact: a canonical lower-case UUID (every REES46 session
-/// is one) as its 128 bits; any other text as itself.
-fn uuid_bits(s: &[u8]) -> Option<u128> {
-    if s.len() != 36 {
-        return None;
-    }
-    let mut bits = 0u128;
-    for (i, &b) in s.iter().enumerate() {
-        let digit = match (i, b) {
-            (8 | 13 | 18 | 23, b'-') => continue,
-            (8 | 13 | 18 | 23, _) => return None,
-            (_, b'0'..=b'9') => b - b'0',
-            (_, b'a'..=b'f') => b - b'a' + 10,
-            _ => return None,
-        };
-        bits = (bits << 4) | u128::from(digit);
-    }
-    Some(bits)
 }
 
 /// One local day's distinct users and sessions, and its events.
@@ -223,37 +203,12 @@ impl Visits {
         self.days
             .into_iter()
             .map(|(day, d)| VisitorsDay {
-                day: chrono::NaiveDate::from_num_days_from_ce_opt(day + DAYS_BEFORE_EPOCH)
-                    .map(|d| d.to_string())
-                    .unwrap_or_default(),
+                day: day_string(day),
                 visitors: d.users.len() as u64,
                 sessions: (d.sessions.len() + d.other_sessions.len()) as u64,
                 events: d.events,
                 new_visitors: fresh.get(&day).copied().unwrap_or(0),
             })
             .collect()
-    }
-}
-
-/// Days from 0001-01-01 (chrono's day 1) to 1970-01-01.
-const DAYS_BEFORE_EPOCH: i32 = 719_163;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sessions_are_told_apart_exactly() {
-        let a = b"72d76fde-8bb3-4e00-8c23-a032dfed738c";
-        assert_eq!(uuid_bits(a), Some(0x72d76fde_8bb3_4e00_8c23_a032dfed738c));
-        // Upper case, a missing dash, another length: kept as text, never folded together
-        // with the lower-case UUID.
-        assert_eq!(uuid_bits(b"72D76FDE-8BB3-4E00-8C23-A032DFED738C"), None);
-        assert_eq!(uuid_bits(b"72d76fde08bb3-4e00-8c23-a032dfed738c"), None);
-        assert_eq!(uuid_bits(b"session-1"), None);
-        assert_eq!(
-            chrono::NaiveDate::from_num_days_from_ce_opt(DAYS_BEFORE_EPOCH).map(|d| d.to_string()),
-            Some("1970-01-01".to_owned())
-        );
     }
 }
