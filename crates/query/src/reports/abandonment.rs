@@ -14,7 +14,7 @@ use arrow::array::{Array, RecordBatch};
 use serde::{Deserialize, Serialize};
 use shoplake_events::time::format_rfc3339;
 
-use super::{Columns, ReportScope, count, day_string, money, ratio, uuid_bits};
+use super::{Columns, FrontCache, ReportScope, count, day_string, mix, money, ratio, uuid_bits};
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::udf::{LocalDays, category_at};
@@ -260,12 +260,13 @@ async fn sessions_from_events(
          FROM {events} WHERE user_session IS NOT NULL"
     );
     let parts = engine
-        .fold_partitions(&sql, Sessions::default, |s, b| s.add(&b))
+        .fold_partitions(&sql, Sessions::new, |s, b| s.add(&b))
         .await?;
-    let mut all = Sessions::default();
+    let mut all = Sessions::new();
     for part in parts {
         all.merge(part);
     }
+    all.flush();
     Ok(all.days(&scope.range))
 }
 
@@ -280,13 +281,29 @@ fn absorb(acc: &mut SessionAcc, first: i64, flags: u8) {
 }
 
 /// Every session seen.
-#[derive(Default)]
 struct Sessions {
     uuids: foldhash::HashMap<u128, SessionAcc>,
     other: foldhash::HashMap<String, SessionAcc>,
+    /// Recent UUID sessions, before `uuids`.
+    recent: FrontCache<u128, SessionAcc>,
 }
 
 impl Sessions {
+    fn new() -> Sessions {
+        Sessions {
+            uuids: Default::default(),
+            other: Default::default(),
+            recent: FrontCache::new(),
+        }
+    }
+
+    /// Moves the recent sessions into `uuids`.
+    fn flush(&mut self) {
+        let uuids = &mut self.uuids;
+        self.recent
+            .drain(|k, (t, f)| absorb(uuids.entry(k).or_insert((t, 0)), t, f));
+    }
+
     fn add(&mut self, b: &RecordBatch) -> Result<()> {
         let c = Columns::new(b);
         let session = c.string_view_array("user_session")?;
@@ -301,7 +318,16 @@ impl Sessions {
             };
             let s = session.value(i);
             match uuid_bits(s.as_bytes()) {
-                Some(bits) => absorb(self.uuids.entry(bits).or_insert((t, 0)), t, flags),
+                Some(bits) => {
+                    let uuids = &mut self.uuids;
+                    self.recent.fold(
+                        mix(bits),
+                        bits,
+                        (t, flags),
+                        |acc, (t, f)| absorb(acc, t, f),
+                        |k, (t, f)| absorb(uuids.entry(k).or_insert((t, 0)), t, f),
+                    );
+                }
                 None => match self.other.get_mut(s) {
                     Some(acc) => absorb(acc, t, flags),
                     None => {
@@ -313,7 +339,9 @@ impl Sessions {
         Ok(())
     }
 
-    fn merge(&mut self, other: Sessions) {
+    fn merge(&mut self, mut other: Sessions) {
+        other.flush();
+        self.flush();
         for (k, (t, f)) in other.uuids {
             absorb(self.uuids.entry(k).or_insert((t, 0)), t, f);
         }

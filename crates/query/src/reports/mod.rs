@@ -155,6 +155,60 @@ pub(crate) fn uuid_bits(s: &[u8]) -> Option<u128> {
     Some(bits)
 }
 
+/// A small direct-mapped table in front of a large aggregation: rows of one key come close
+/// together in `events` (a session's or a user's events lie minutes apart in files written
+/// in time order), so most rows fold into an entry here, in the processor's cache, and the
+/// large table (hundreds of megabytes, a cache miss per access) sees each key about once,
+/// when its entry is evicted. Exact whatever the order: an evicted entry is merged, not lost.
+pub(crate) struct FrontCache<K, V> {
+    slots: Vec<Option<(K, V)>>,
+}
+
+/// Entries of a [`FrontCache`]: 16 Ki, a few hundred kilobytes.
+const FRONT_SLOTS: usize = 1 << 14;
+
+impl<K: PartialEq + Copy, V> FrontCache<K, V> {
+    pub(crate) fn new() -> FrontCache<K, V> {
+        FrontCache {
+            slots: (0..FRONT_SLOTS).map(|_| None).collect(),
+        }
+    }
+
+    /// Folds `value` into the entry of `key` (`hash` picks its slot): `fold` when the key is
+    /// there; otherwise the slot's entry is handed to `evict` and `key` takes the slot with
+    /// `value`.
+    pub(crate) fn fold(
+        &mut self,
+        hash: u64,
+        key: K,
+        value: V,
+        fold: impl FnOnce(&mut V, V),
+        evict: impl FnOnce(K, V),
+    ) {
+        let slot = &mut self.slots[(hash >> 50) as usize & (FRONT_SLOTS - 1)];
+        match slot {
+            Some((k, v)) if *k == key => fold(v, value),
+            _ => {
+                if let Some((k, v)) = slot.replace((key, value)) {
+                    evict(k, v);
+                }
+            }
+        }
+    }
+
+    /// Hands every entry to `evict`, leaving the cache empty.
+    pub(crate) fn drain(&mut self, mut evict: impl FnMut(K, V)) {
+        for (k, v) in self.slots.iter_mut().filter_map(Option::take) {
+            evict(k, v);
+        }
+    }
+}
+
+/// A well-mixed 64-bit hash of a 128-bit key (for [`FrontCache`] slots).
+pub(crate) fn mix(key: u128) -> u64 {
+    ((key as u64) ^ ((key >> 64) as u64).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// A date in days since 1970-01-01 as `YYYY-MM-DD` (as SQL casts a date to text).
 pub(crate) fn day_string(days: i32) -> String {
     // chrono counts days from 0001-01-01 as day 1.

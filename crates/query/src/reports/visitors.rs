@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use arrow::array::{Array, RecordBatch};
 
-use super::{Columns, ReportScope, count, day_string, uuid_bits};
+use super::{Columns, FrontCache, ReportScope, count, day_string, mix, uuid_bits};
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::udf::LocalDays;
@@ -113,24 +113,25 @@ struct Visits {
     local: LocalDays,
     /// Events from here on count for the days (the range's start, UTC micros).
     from: i64,
-    days: Vec<(i32, Day)>,
-    /// The index in `days` of the day of the last event (rows of a file share their day).
-    last: usize,
+    days: Days,
     firsts: foldhash::HashMap<i64, i64>,
+    /// Recent (user, local day or [`NO_DAY`], UUID session) with their earliest time, before
+    /// `days` and `firsts`.
+    recent: FrontCache<(i64, i32, Option<u128>), i64>,
 }
 
-impl Visits {
-    fn new(tz: chrono_tz::Tz, from: i64) -> Visits {
-        Visits {
-            local: LocalDays::new(tz),
-            from,
-            days: Vec::new(),
-            last: 0,
-            firsts: foldhash::HashMap::default(),
-        }
-    }
+/// The day of events before the range (they count for first events only).
+const NO_DAY: i32 = i32::MIN;
 
-    fn day(&mut self, day: i32) -> &mut Day {
+/// The days seen, with the one looked up last at hand (rows of a file share their day).
+#[derive(Default)]
+struct Days {
+    days: Vec<(i32, Day)>,
+    last: usize,
+}
+
+impl Days {
+    fn get(&mut self, day: i32) -> &mut Day {
         if self.days.get(self.last).is_none_or(|d| d.0 != day) {
             self.last = match self.days.iter().position(|d| d.0 == day) {
                 Some(i) => i,
@@ -142,6 +143,38 @@ impl Visits {
         }
         &mut self.days[self.last].1
     }
+}
+
+/// Records a (user, day, session) seen first at `t`.
+fn settle(
+    days: &mut Days,
+    firsts: &mut foldhash::HashMap<i64, i64>,
+    (user, day, session): (i64, i32, Option<u128>),
+    t: i64,
+) {
+    firsts
+        .entry(user)
+        .and_modify(|f| *f = (*f).min(t))
+        .or_insert(t);
+    if day != NO_DAY {
+        let d = days.get(day);
+        d.users.insert(user);
+        if let Some(s) = session {
+            d.sessions.insert(s);
+        }
+    }
+}
+
+impl Visits {
+    fn new(tz: chrono_tz::Tz, from: i64) -> Visits {
+        Visits {
+            local: LocalDays::new(tz),
+            from,
+            days: Days::default(),
+            firsts: foldhash::HashMap::default(),
+            recent: FrontCache::new(),
+        }
+    }
 
     fn add(&mut self, b: &RecordBatch) -> Result<()> {
         let c = Columns::new(b);
@@ -150,37 +183,42 @@ impl Visits {
         let time = c.int64_array("t")?;
         for i in 0..b.num_rows() {
             let (u, t) = (user.value(i), time.value(i));
-            self.firsts
-                .entry(u)
-                .and_modify(|f| *f = (*f).min(t))
-                .or_insert(t);
-            if t < self.from {
-                continue;
-            }
-            let day = self.local.day(t);
-            let d = self.day(day);
-            d.events += 1;
-            d.users.insert(u);
-            if session.is_valid(i) {
-                let s = session.value(i);
-                match uuid_bits(s.as_bytes()) {
-                    Some(bits) => {
-                        d.sessions.insert(bits);
-                    }
-                    None => {
-                        if !d.other_sessions.contains(s) {
-                            d.other_sessions.insert(s.to_owned());
-                        }
+            let mut key = (u, NO_DAY, None);
+            if t >= self.from {
+                key.1 = self.local.day(t);
+                let d = self.days.get(key.1);
+                d.events += 1;
+                if session.is_valid(i) {
+                    let s = session.value(i);
+                    key.2 = uuid_bits(s.as_bytes());
+                    if key.2.is_none() && !d.other_sessions.contains(s) {
+                        d.other_sessions.insert(s.to_owned());
                     }
                 }
             }
+            let (days, firsts) = (&mut self.days, &mut self.firsts);
+            self.recent.fold(
+                mix(u as u128),
+                key,
+                t,
+                |first, t| *first = (*first).min(t),
+                |key, t| settle(days, firsts, key, t),
+            );
         }
         Ok(())
     }
 
-    fn merge(&mut self, other: Visits) {
-        for (day, o) in other.days {
-            let d = self.day(day);
+    /// Moves the recent entries into the days and first times.
+    fn flush(&mut self) {
+        let (days, firsts) = (&mut self.days, &mut self.firsts);
+        self.recent.drain(|key, t| settle(days, firsts, key, t));
+    }
+
+    fn merge(&mut self, mut other: Visits) {
+        other.flush();
+        self.flush();
+        for (day, o) in other.days.days {
+            let d = self.days.get(day);
             d.events += o.events;
             d.users.extend(o.users);
             d.sessions.extend(o.sessions);
@@ -195,12 +233,14 @@ impl Visits {
     }
 
     fn finish(mut self) -> Vec<VisitorsDay> {
+        self.flush();
         let mut fresh: foldhash::HashMap<i32, u64> = foldhash::HashMap::default();
         for &first in self.firsts.values() {
             *fresh.entry(self.local.day(first)).or_default() += 1;
         }
-        self.days.sort_unstable_by_key(|d| d.0);
+        self.days.days.sort_unstable_by_key(|d| d.0);
         self.days
+            .days
             .into_iter()
             .map(|(day, d)| VisitorsDay {
                 day: day_string(day),
