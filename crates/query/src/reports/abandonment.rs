@@ -266,7 +266,6 @@ async fn sessions_from_events(
     for part in parts {
         all.merge(part);
     }
-    all.flush();
     Ok(all.days(&scope.range))
 }
 
@@ -280,28 +279,33 @@ fn absorb(acc: &mut SessionAcc, first: i64, flags: u8) {
     acc.1 |= flags;
 }
 
-/// Every session seen.
+/// Every session seen. Hash-aggregating 9 M sessions in one table costs a cache miss per
+/// new session (the table is hundreds of megabytes), so sessions go through a small cache
+/// (folding a session's nearby rows) into radix partitions by hash (appends, in order), and
+/// each partition is aggregated on its own at the end, in a table that fits the cache.
 struct Sessions {
-    uuids: foldhash::HashMap<u128, SessionAcc>,
-    other: foldhash::HashMap<String, SessionAcc>,
-    /// Recent UUID sessions, before `uuids`.
     recent: FrontCache<u128, SessionAcc>,
+    parts: Vec<Vec<(u128, SessionAcc)>>,
+    other: foldhash::HashMap<String, SessionAcc>,
 }
+
+/// Radix partitions of [`Sessions`] (by the top bits of the hash).
+const PARTS: usize = 256;
 
 impl Sessions {
     fn new() -> Sessions {
         Sessions {
-            uuids: Default::default(),
-            other: Default::default(),
             recent: FrontCache::new(),
+            parts: (0..PARTS).map(|_| Vec::new()).collect(),
+            other: Default::default(),
         }
     }
 
-    /// Moves the recent sessions into `uuids`.
+    /// Moves the recent sessions into the partitions.
     fn flush(&mut self) {
-        let uuids = &mut self.uuids;
+        let parts = &mut self.parts;
         self.recent
-            .drain(|k, (t, f)| absorb(uuids.entry(k).or_insert((t, 0)), t, f));
+            .drain(|k, acc| parts[(mix(k) >> 56) as usize].push((k, acc)));
     }
 
     fn add(&mut self, b: &RecordBatch) -> Result<()> {
@@ -319,13 +323,14 @@ impl Sessions {
             let s = session.value(i);
             match uuid_bits(s.as_bytes()) {
                 Some(bits) => {
-                    let uuids = &mut self.uuids;
+                    let parts = &mut self.parts;
+                    let hash = mix(bits);
                     self.recent.fold(
-                        mix(bits),
+                        hash,
                         bits,
                         (t, flags),
                         |acc, (t, f)| absorb(acc, t, f),
-                        |k, (t, f)| absorb(uuids.entry(k).or_insert((t, 0)), t, f),
+                        |k, acc| parts[(mix(k) >> 56) as usize].push((k, acc)),
                     );
                 }
                 None => match self.other.get_mut(s) {
@@ -342,8 +347,8 @@ impl Sessions {
     fn merge(&mut self, mut other: Sessions) {
         other.flush();
         self.flush();
-        for (k, (t, f)) in other.uuids {
-            absorb(self.uuids.entry(k).or_insert((t, 0)), t, f);
+        for (mine, theirs) in self.parts.iter_mut().zip(other.parts) {
+            mine.extend(theirs);
         }
         for (k, (t, f)) in other.other {
             absorb(self.other.entry(k).or_insert((t, 0)), t, f);
@@ -351,14 +356,15 @@ impl Sessions {
     }
 
     /// Per local day of the range with a session starting: cart and abandoned sessions.
-    fn days(&self, range: &crate::range::ReportRange) -> Vec<SessionDay> {
+    fn days(mut self, range: &crate::range::ReportRange) -> Vec<SessionDay> {
+        self.flush();
         let (start, end) = range.utc_bounds();
         let (start, end) = (start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX));
         let mut local = LocalDays::new(range.tz);
         let mut days: std::collections::BTreeMap<i32, (u64, u64)> = Default::default();
-        for &(first, flags) in self.uuids.values().chain(self.other.values()) {
+        let mut count = |(first, flags): SessionAcc| {
             if first < start || first >= end {
-                continue;
+                return;
             }
             let d = days.entry(local.day(first)).or_default();
             if flags & HAS_CART != 0 {
@@ -367,7 +373,16 @@ impl Sessions {
                     d.1 += 1;
                 }
             }
+        };
+        let mut sessions: foldhash::HashMap<u128, SessionAcc> = Default::default();
+        for part in std::mem::take(&mut self.parts) {
+            sessions.clear();
+            for (k, (t, f)) in part {
+                absorb(sessions.entry(k).or_insert((t, 0)), t, f);
+            }
+            sessions.values().for_each(|&acc| count(acc));
         }
+        self.other.into_values().for_each(&mut count);
         days.into_iter()
             .map(|(day, (carts, abandoned))| SessionDay::new(day_string(day), carts, abandoned))
             .collect()
