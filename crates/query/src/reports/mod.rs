@@ -138,22 +138,43 @@ pub(crate) const DAILY_CTES: &str = "
 /// A session's identity, exact and compact: a canonical lower-case UUID (every REES46 session
 /// is one) as its 128 bits; any other text as itself.
 pub(crate) fn uuid_bits(s: &[u8]) -> Option<u128> {
-    if s.len() != 36 {
+    let s: &[u8; 36] = s.try_into().ok()?;
+    if s[8] != b'-' || s[13] != b'-' || s[18] != b'-' || s[23] != b'-' {
         return None;
     }
-    let mut bits = 0u128;
-    for (i, &b) in s.iter().enumerate() {
-        let digit = match (i, b) {
-            (8 | 13 | 18 | 23, b'-') => continue,
-            (8 | 13 | 18 | 23, _) => return None,
-            (_, b'0'..=b'9') => b - b'0',
-            (_, b'a'..=b'f') => b - b'a' + 10,
-            _ => return None,
-        };
-        bits = (bits << 4) | u128::from(digit);
-    }
-    Some(bits)
+    // Table lookups at fixed places, no branch per character (this runs for every row).
+    let mut bad = 0u8;
+    let mut half = |places: &[usize; 16]| {
+        let mut v = 0u64;
+        for &i in places {
+            let d = HEX[usize::from(s[i])];
+            bad |= d;
+            v = (v << 4) | u64::from(d & 0xf);
+        }
+        v
+    };
+    let hi = half(&[0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17]);
+    let lo = half(&[
+        19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35,
+    ]);
+    (bad & 0xf0 == 0).then_some((u128::from(hi) << 64) | u128::from(lo))
 }
+
+/// The value of each lower-case hex digit; `0xff` for every other byte.
+const HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// A small direct-mapped table in front of a large aggregation: rows of one key come close
 /// together in `events` (a session's or a user's events lie minutes apart in files written
@@ -301,6 +322,13 @@ mod tests {
         assert_eq!(uuid_bits(b"72D76FDE-8BB3-4E00-8C23-A032DFED738C"), None);
         assert_eq!(uuid_bits(b"72d76fde08bb3-4e00-8c23-a032dfed738c"), None);
         assert_eq!(uuid_bits(b"session-1"), None);
+        assert_eq!(uuid_bits(b"72d76fde-8bb3-4e00-8c23-a032dfed738g"), None);
+        assert_eq!(uuid_bits(b"g2d76fde-8bb3-4e00-8c23-a032dfed738c"), None);
+        assert_eq!(uuid_bits(b"00000000-0000-0000-0000-000000000000"), Some(0));
+        assert_eq!(
+            uuid_bits(b"ffffffff-ffff-ffff-ffff-ffffffffffff"),
+            Some(u128::MAX)
+        );
         assert_eq!(day_string(0), "1970-01-01");
         assert_eq!(day_string(18_170), "2019-10-01");
         assert_eq!(day_string(-1), "1969-12-31");
