@@ -194,26 +194,15 @@ pub async fn abandonment(
         let purchases_from = start.map_or("TRUE".to_owned(), |s| {
             format!("CAST(event_time AS BIGINT) >= {s}")
         });
+        // Carts in the range and purchases from its start, in one scan; each (user,
+        // product) gets its first cart and its purchases in `Pairs`.
         (
             format!(
-                "WITH c AS (
-                    SELECT user_id, product_id, MIN(CAST(event_time AS BIGINT)) AS carted,
-                           first_value(CAST(price * 100 AS BIGINT)
-                                       ORDER BY event_time, price) AS price_cents,
-                           first_value(brand ORDER BY event_time, price) AS brand,
-                           first_value(category_code ORDER BY event_time, price)
-                               AS category_code
-                    FROM {events} WHERE event_type = 'cart' AND {range}
-                    GROUP BY user_id, product_id),
-                 p AS (
-                    SELECT user_id, product_id, CAST(event_time AS BIGINT) AS t FROM {events}
-                    WHERE event_type = 'purchase' AND {purchases_from}),
-                 n AS (
-                    SELECT c.user_id, c.product_id, MIN(p.t) AS next_purchase
-                    FROM c JOIN p ON c.user_id = p.user_id AND c.product_id = p.product_id
-                    WHERE p.t >= c.carted GROUP BY 1, 2)
-                 SELECT c.*, n.next_purchase
-                 FROM c LEFT JOIN n ON c.user_id = n.user_id AND c.product_id = n.product_id",
+                "SELECT user_id, product_id, event_type, CAST(event_time AS BIGINT) AS t,
+                        CAST(price * 100 AS BIGINT) AS price_cents, brand, category_code
+                 FROM {events}
+                 WHERE (event_type = 'cart' AND {range})
+                    OR (event_type = 'purchase' AND {purchases_from})",
                 range = range.sql(),
             ),
             format!("SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM {events}"),
@@ -229,19 +218,31 @@ pub async fn abandonment(
         .and_then(|v| v.first().copied().flatten());
     let window = i64::try_from(options.window.as_micros()).unwrap_or(i64::MAX);
     let limit = options.retarget_limit;
-    // Each partition of the item scan is summed on its own task (both cores), then merged.
+    let mut summary = Summary::new(window, newest, limit);
+    if marts {
+        // Each partition of the item scan is summed on its own task (both cores), then merged.
+        let (sessions, parts) = futures::try_join!(
+            sessions,
+            engine.fold_partitions(
+                &items_sql,
+                move || Summary::new(window, newest, limit),
+                |s, b| s.add(&b),
+            )
+        )?;
+        for part in parts {
+            summary.merge(part);
+        }
+        return summary.finish(sessions, options);
+    }
     let (sessions, parts) = futures::try_join!(
         sessions,
-        engine.fold_partitions(
-            &items_sql,
-            move || Summary::new(window, newest, limit),
-            |s, b| s.add(&b),
-        )
+        engine.fold_partitions(&items_sql, Pairs::default, |s, b| s.add(&b))
     )?;
-    let mut summary = Summary::new(window, newest, limit);
+    let mut pairs = Pairs::default();
     for part in parts {
-        summary.merge(part);
+        pairs.merge(part);
     }
+    summary.add(&pairs.items()?)?;
     summary.finish(sessions, options)
 }
 
@@ -267,6 +268,127 @@ async fn sessions_from_events(
         all.merge(part);
     }
     Ok(all.days(&scope.range))
+}
+
+/// A text cell, `None` when null.
+fn text(a: &arrow::array::StringViewArray, i: usize) -> Option<&str> {
+    a.is_valid(i).then(|| a.value(i))
+}
+
+/// A (user, product)'s first cart in the range: time, price, brand, category code.
+type Cart = (i64, i64, Option<String>, Option<String>);
+
+/// Per (user, product): the first cart in the range and every purchase from the range's start
+/// on, as one scan of `events` reads them (one SQL group-by for the carts, computed twice,
+/// once to join with the purchases and once to list the items, cost twice as much).
+#[derive(Default)]
+struct Pairs {
+    pairs: foldhash::HashMap<(i64, i64), (Option<Cart>, Vec<i64>)>,
+}
+
+impl Pairs {
+    fn add(&mut self, b: &RecordBatch) -> Result<()> {
+        let c = Columns::new(b);
+        let user = c.int64_array("user_id")?;
+        let product = c.int64_array("product_id")?;
+        let kind = c.string_view_array("event_type")?;
+        let time = c.int64_array("t")?;
+        let price = c.int64_array("price_cents")?;
+        let brand = c.string_view_array("brand")?;
+        let category = c.string_view_array("category_code")?;
+        for i in 0..b.num_rows() {
+            let pair = self
+                .pairs
+                .entry((user.value(i), product.value(i)))
+                .or_default();
+            let t = time.value(i);
+            if kind.value(i) == "purchase" {
+                pair.1.push(t);
+                continue;
+            }
+            let cents = if price.is_valid(i) { price.value(i) } else { 0 };
+            // The first cart by time, then price (then the names, so ties are decided alike
+            // whatever the scan order).
+            let (b, k) = (text(&brand, i), text(&category, i));
+            let earlier = match &pair.0 {
+                None => true,
+                Some((t0, c0, b0, k0)) => {
+                    (t, cents, b, k) < (*t0, *c0, b0.as_deref(), k0.as_deref())
+                }
+            };
+            if earlier {
+                pair.0 = Some((t, cents, b.map(str::to_owned), k.map(str::to_owned)));
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, other: Pairs) {
+        for (key, (cart, purchases)) in other.pairs {
+            let pair = self.pairs.entry(key).or_default();
+            pair.1.extend(purchases);
+            if let Some(c) = cart {
+                let earlier = pair.0.as_ref().is_none_or(|c0| {
+                    (c.0, c.1, c.2.as_deref(), c.3.as_deref())
+                        < (c0.0, c0.1, c0.2.as_deref(), c0.3.as_deref())
+                });
+                if earlier {
+                    pair.0 = Some(c);
+                }
+            }
+        }
+    }
+
+    /// The items as the marts list them (`user_id, product_id, carted, price_cents, brand,
+    /// category_code, next_purchase`), sorted by product.
+    fn items(self) -> Result<RecordBatch> {
+        use arrow::array::{Int64Array, StringViewArray};
+        let mut rows: Vec<((i64, i64), Cart, Option<i64>)> = self
+            .pairs
+            .into_iter()
+            .filter_map(|(key, (cart, purchases))| {
+                let cart = cart?;
+                let next = purchases.into_iter().filter(|&p| p >= cart.0).min();
+                Some((key, cart, next))
+            })
+            .collect();
+        rows.sort_unstable_by_key(|(key, cart, _)| (key.1, key.0, cart.0));
+        let int = |f: &dyn Fn(&((i64, i64), Cart, Option<i64>)) -> Option<i64>| {
+            std::sync::Arc::new(rows.iter().map(f).collect::<Int64Array>())
+                as arrow::array::ArrayRef
+        };
+        let columns = vec![
+            int(&|r| Some(r.0.0)),
+            int(&|r| Some(r.0.1)),
+            int(&|r| Some(r.1.0)),
+            int(&|r| Some(r.1.1)),
+            std::sync::Arc::new(
+                rows.iter()
+                    .map(|r| r.1.2.as_deref())
+                    .collect::<StringViewArray>(),
+            ) as arrow::array::ArrayRef,
+            std::sync::Arc::new(
+                rows.iter()
+                    .map(|r| r.1.3.as_deref())
+                    .collect::<StringViewArray>(),
+            ),
+            int(&|r| r.2),
+        ];
+        let schema = arrow::datatypes::Schema::new(
+            [
+                ("user_id", arrow::datatypes::DataType::Int64),
+                ("product_id", arrow::datatypes::DataType::Int64),
+                ("carted", arrow::datatypes::DataType::Int64),
+                ("price_cents", arrow::datatypes::DataType::Int64),
+                ("brand", arrow::datatypes::DataType::Utf8View),
+                ("category_code", arrow::datatypes::DataType::Utf8View),
+                ("next_purchase", arrow::datatypes::DataType::Int64),
+            ]
+            .map(|(name, t)| arrow::datatypes::Field::new(name, t, true))
+            .to_vec(),
+        );
+        Ok(RecordBatch::try_new(std::sync::Arc::new(schema), columns)?)
+    }
 }
 
 /// A session's first event time and what it holds ([`HAS_CART`], [`HAS_PURCHASE`]).
