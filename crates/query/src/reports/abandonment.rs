@@ -278,6 +278,9 @@ fn text(a: &arrow::array::StringViewArray, i: usize) -> Option<&str> {
 /// A (user, product)'s first cart in the range: time, price, brand, category code.
 type Cart = (i64, i64, Option<String>, Option<String>);
 
+/// An item: (user, product), its first cart, its first purchase from that cart on.
+type Item = ((i64, i64), Cart, Option<i64>);
+
 /// Per (user, product): the first cart in the range and every purchase from the range's start
 /// on, as one scan of `events` reads them (one SQL group-by for the carts, computed twice,
 /// once to join with the purchases and once to list the items, cost twice as much).
@@ -343,7 +346,7 @@ impl Pairs {
     /// category_code, next_purchase`), sorted by product.
     fn items(self) -> Result<RecordBatch> {
         use arrow::array::{Int64Array, StringViewArray};
-        let mut rows: Vec<((i64, i64), Cart, Option<i64>)> = self
+        let mut rows: Vec<Item> = self
             .pairs
             .into_iter()
             .filter_map(|(key, (cart, purchases))| {
@@ -353,7 +356,7 @@ impl Pairs {
             })
             .collect();
         rows.sort_unstable_by_key(|(key, cart, _)| (key.1, key.0, cart.0));
-        let int = |f: &dyn Fn(&((i64, i64), Cart, Option<i64>)) -> Option<i64>| {
+        let int = |f: &dyn Fn(&Item) -> Option<i64>| {
             std::sync::Arc::new(rows.iter().map(f).collect::<Int64Array>())
                 as arrow::array::ArrayRef
         };
