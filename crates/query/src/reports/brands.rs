@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{Columns, ReportScope, count, money};
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::udf::category_at;
 
 /// Options of the brands report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,37 +110,29 @@ pub async fn brands(
     options: &BrandsOptions,
 ) -> Result<Vec<BrandRow>> {
     let events = super::events_relation(engine, scope).await?;
-    let sql = if super::use_marts(engine, scope).await? {
-        format!(
-            "SELECT brand, category, SUM(events) AS events, SUM(views) AS views,
-                    SUM(carts) AS carts, SUM(purchases) AS purchases,
-                    SUM(revenue_cents) AS revenue_cents, SUM(view_price_cents) AS view_price_cents
-             FROM mart_brands WHERE zone = {tz} AND {days} GROUP BY brand, category",
-            tz = scope.range.zone_sql(),
-            days = scope.range.day_sql()
-        )
-    } else {
-        format!(
-            // Sums first per raw code (a cheap group-by on the stored strings), then per
-            // level-1 category: the same totals with the category function run once per group.
-            "SELECT brand, category_level(category_code, 1) AS category, SUM(events) AS events,
-                SUM(views) AS views, SUM(carts) AS carts, SUM(purchases) AS purchases,
-                SUM(revenue_cents) AS revenue_cents, SUM(view_price_cents) AS view_price_cents
-         FROM (
-           SELECT brand, category_code, COUNT(*) AS events,
-                  COUNT(*) FILTER (WHERE event_type = 'view') AS views,
-                  COUNT(*) FILTER (WHERE event_type = 'cart') AS carts,
-                  COUNT(*) FILTER (WHERE event_type = 'purchase') AS purchases,
-                  COALESCE(CAST(SUM(price) FILTER (WHERE event_type = 'purchase') * 100
-                                AS BIGINT), 0) AS revenue_cents,
-                  COALESCE(CAST(SUM(price) FILTER (WHERE event_type = 'view') * 100
-                                AS BIGINT), 0) AS view_price_cents
-           FROM {events} WHERE brand IS NOT NULL AND {range}
-           GROUP BY 1, 2)
-         GROUP BY 1, 2",
+    if !super::use_marts(engine, scope).await? {
+        let sql = format!(
+            "SELECT brand, category_code, event_type, CAST(price * 100 AS BIGINT) AS cents
+             FROM {events} WHERE brand IS NOT NULL AND {range}",
             range = scope.range.sql(),
-        )
-    };
+        );
+        let parts = engine
+            .fold_partitions(&sql, BrandCells::default, |s, b| s.add(&b))
+            .await?;
+        let mut all = BrandCells::default();
+        for part in parts {
+            all.merge(part);
+        }
+        return Ok(classify(all.cells(), options));
+    }
+    let sql = format!(
+        "SELECT brand, category, SUM(events) AS events, SUM(views) AS views,
+                SUM(carts) AS carts, SUM(purchases) AS purchases,
+                SUM(revenue_cents) AS revenue_cents, SUM(view_price_cents) AS view_price_cents
+         FROM mart_brands WHERE zone = {tz} AND {days} GROUP BY brand, category",
+        tz = scope.range.zone_sql(),
+        days = scope.range.day_sql()
+    );
     let mut cells: Vec<(String, String, Tally)> = Vec::new();
     for b in &engine.run(&sql).await?.batches {
         let c = Columns::new(b);
@@ -169,6 +162,118 @@ pub async fn brands(
         }
     }
     Ok(classify(cells, options))
+}
+
+/// Tallies per (brand, category code) from a scan of `events`. Brands and codes are few (a
+/// few thousand) and repeat on every row, so each text is looked up once per distinct value of
+/// a batch: equal string views within one array are equal texts (a short text is inside its
+/// view; a long one is the same bytes of the same buffer, as the Parquet reader's dictionary
+/// pages give them), so a small table of the batch's views answers most rows without hashing
+/// the text. (A SQL group-by on the two texts compared and hashed them on every row.)
+#[derive(Default)]
+struct BrandCells {
+    names: foldhash::HashMap<String, u32>,
+    list: Vec<String>,
+    /// Per (brand id, code id or [`NO_CODE`]).
+    cells: foldhash::HashMap<(u32, u32), Tally>,
+}
+
+/// The code id of a missing category code.
+const NO_CODE: u32 = u32::MAX;
+
+/// Slots of the per-batch view tables.
+const VIEW_SLOTS: usize = 1 << 10;
+
+impl BrandCells {
+    fn intern(&mut self, text: &str) -> u32 {
+        if let Some(&id) = self.names.get(text) {
+            return id;
+        }
+        let id = self.list.len() as u32;
+        self.names.insert(text.to_owned(), id);
+        self.list.push(text.to_owned());
+        id
+    }
+
+    /// The id of row `i`'s text, through the batch's view table.
+    fn id(
+        &mut self,
+        array: &arrow::array::StringViewArray,
+        i: usize,
+        seen: &mut [Option<(u128, u32)>],
+    ) -> u32 {
+        let view = array.views()[i];
+        let slot = &mut seen[(super::mix(view) >> 54) as usize & (VIEW_SLOTS - 1)];
+        match *slot {
+            Some((v, id)) if v == view => id,
+            _ => {
+                let id = self.intern(array.value(i));
+                *slot = Some((view, id));
+                id
+            }
+        }
+    }
+
+    fn add(&mut self, b: &arrow::array::RecordBatch) -> Result<()> {
+        use arrow::array::Array;
+        let c = Columns::new(b);
+        let brand = c.string_view_array("brand")?;
+        let code = c.string_view_array("category_code")?;
+        let kind = c.string_view_array("event_type")?;
+        let cents = c.int64_array("cents")?;
+        let mut brands = vec![None; VIEW_SLOTS];
+        let mut codes = vec![None; VIEW_SLOTS];
+        for i in 0..b.num_rows() {
+            let brand_id = self.id(&brand, i, &mut brands);
+            let code_id = if code.is_valid(i) {
+                self.id(&code, i, &mut codes)
+            } else {
+                NO_CODE
+            };
+            let price = if cents.is_valid(i) { cents.value(i) } else { 0 };
+            let t = self.cells.entry((brand_id, code_id)).or_default();
+            t.events += 1;
+            match kind.value(i) {
+                "view" => {
+                    t.views += 1;
+                    t.view_price_cents += price;
+                }
+                "cart" => t.carts += 1,
+                "purchase" => {
+                    t.purchases += 1;
+                    t.revenue_cents += price;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, other: BrandCells) {
+        let ids: Vec<u32> = other.list.iter().map(|n| self.intern(n)).collect();
+        for ((b, c), t) in other.cells {
+            let c = if c == NO_CODE {
+                NO_CODE
+            } else {
+                ids[c as usize]
+            };
+            self.cells.entry((ids[b as usize], c)).or_default().add(&t);
+        }
+    }
+
+    /// Per (brand, level-1 category).
+    fn cells(self) -> Vec<(String, String, Tally)> {
+        let mut sums: BTreeMap<(&str, &str), Tally> = BTreeMap::new();
+        for ((b, c), t) in &self.cells {
+            let code = (*c != NO_CODE).then(|| self.list[*c as usize].as_str());
+            sums.entry((&self.list[*b as usize], category_at(code, 1)))
+                .or_default()
+                .add(t);
+        }
+        sums.into_iter()
+            .map(|((b, c), t)| (b.to_owned(), c.to_owned(), t))
+            .collect()
+    }
 }
 
 /// The median (the mean of the two middle values for an even count).
