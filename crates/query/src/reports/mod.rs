@@ -102,6 +102,17 @@ impl<'a> Columns<'a> {
             .clone())
     }
 
+    /// A money column (decimal with two places, as `events.price` is stored) as integer cents:
+    /// the decimal's own integer, without arithmetic per value.
+    pub fn cents(&self, name: &str) -> Result<arrow::array::Int64Array> {
+        let a = match self.batch.column_by_name(name) {
+            Some(c) if matches!(c.data_type(), DataType::Decimal128(_, 2)) => c.clone(),
+            _ => self.cast(name, &DataType::Decimal128(38, 2))?,
+        };
+        let d = a.as_primitive::<arrow::datatypes::Decimal128Type>();
+        Ok(d.unary(|v| v as i64))
+    }
+
     /// A column as a `StringViewArray` (no copy when it is one already).
     pub fn string_view_array(&self, name: &str) -> Result<arrow::array::StringViewArray> {
         Ok(self
