@@ -48,6 +48,9 @@ impl QueryOutput {
 /// `quarantine`, `imports`); a table not created yet reads as empty.
 pub struct Engine {
     ctx: SessionContext,
+    /// The same tables, functions and memory pool, with filters pushed into the Parquet
+    /// reader, for the scans reports fold in Rust ([`Engine::fold_partitions`]).
+    scan_ctx: SessionContext,
     timeout: Duration,
     events_version: Option<i64>,
     bot_flags_version: Option<i64>,
@@ -71,34 +74,40 @@ impl Engine {
 
     /// [`Engine::open`] with another memory budget for the query operators (bytes).
     pub async fn open_with_memory(lake: &Lake, memory_limit: usize) -> Result<Engine> {
-        let mut config = SessionConfig::new()
+        let config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(2);
-        // Filters run inside the Parquet reader: columns of rows a filter refuses are never
-        // decoded (the abandoned-items scans keep one row in twenty and read the brand and
-        // category texts of those only).
-        config.options_mut().execution.parquet.pushdown_filters = true;
-        config.options_mut().execution.parquet.reorder_filters = true;
+        // Filters run inside the Parquet reader for the folded scans: columns of rows a filter
+        // refuses are never decoded (the abandoned-items scan keeps one row in twenty and
+        // reads the brand and category texts of those only). Plans with operators that hold
+        // memory keep DataFusion's default.
+        let mut scan_config = config.clone();
+        scan_config.options_mut().execution.parquet.pushdown_filters = true;
+        scan_config.options_mut().execution.parquet.reorder_filters = true;
         // Operators share a memory budget and spill to disk (the system's temporary directory)
         // past it, so month-scale group-bys stay within the import's memory bound.
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
             .build_arc()?;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let ctx = SessionContext::new_with_config_rt(config, runtime.clone());
+        let scan_ctx = SessionContext::new_with_config_rt(scan_config, runtime);
         let schema = Arc::new(LakeSchema {
             lake: lake.clone(),
             state: ctx.state(),
             opened: tokio::sync::Mutex::new(HashMap::new()),
         });
-        let catalog = ctx
-            .catalog("datafusion")
-            .ok_or_else(|| Error::Argument("the session lacks its default catalog".into()))?;
-        catalog.register_schema("public", schema)?;
-        for f in udf::functions() {
-            ctx.register_udf(f);
+        for c in [&ctx, &scan_ctx] {
+            let catalog = c
+                .catalog("datafusion")
+                .ok_or_else(|| Error::Argument("the session lacks its default catalog".into()))?;
+            catalog.register_schema("public", schema.clone())?;
+            for f in udf::functions() {
+                c.register_udf(f);
+            }
         }
         Ok(Engine {
             ctx,
+            scan_ctx,
             timeout: DEFAULT_TIMEOUT,
             events_version: lake.latest_version(TableName::Events).await?,
             bot_flags_version: lake.latest_version(TableName::BotFlags).await?,
@@ -168,7 +177,7 @@ impl Engine {
         each: impl Fn(&mut S, RecordBatch) -> Result<()> + Send + Sync + Copy + 'static,
     ) -> Result<Vec<S>> {
         let work = async {
-            let df = self.ctx.sql_with_options(sql, read_only()).await?;
+            let df = self.scan_ctx.sql_with_options(sql, read_only()).await?;
             let mut tasks = tokio::task::JoinSet::new();
             for mut part in df.execute_stream_partitioned().await? {
                 let mut state = init();
