@@ -201,6 +201,23 @@ impl Engine {
         }
     }
 
+    /// [`Engine::fold_partitions`], then the partitions' states merged into one (`init()`
+    /// with each merged in).
+    pub(crate) async fn fold_merged<S: Send + 'static>(
+        &self,
+        sql: &str,
+        init: impl Fn() -> S,
+        each: impl Fn(&mut S, RecordBatch) -> Result<()> + Send + Sync + Copy + 'static,
+        merge: impl Fn(&mut S, S),
+    ) -> Result<S> {
+        let parts = self.fold_partitions(sql, &init, each).await?;
+        let mut all = init();
+        for part in parts {
+            merge(&mut all, part);
+        }
+        Ok(all)
+    }
+
     /// Runs `fast`; when it runs out of memory (a plan whose operators cannot spill), runs
     /// `spilling` instead, an equivalent plan that can.
     pub(crate) async fn run_or_spill(&self, fast: &str, spilling: &str) -> Result<QueryOutput> {

@@ -218,30 +218,24 @@ pub async fn abandonment(
         .and_then(|v| v.first().copied().flatten());
     let window = i64::try_from(options.window.as_micros()).unwrap_or(i64::MAX);
     let limit = options.retarget_limit;
-    let mut summary = Summary::new(window, newest, limit);
     if marts {
         // Each partition of the item scan is summed on its own task (both cores), then merged.
-        let (sessions, parts) = futures::try_join!(
+        let (sessions, summary) = futures::try_join!(
             sessions,
-            engine.fold_partitions(
+            engine.fold_merged(
                 &items_sql,
                 move || Summary::new(window, newest, limit),
                 |s, b| s.add(&b),
+                Summary::merge,
             )
         )?;
-        for part in parts {
-            summary.merge(part);
-        }
         return summary.finish(sessions, options);
     }
-    let (sessions, parts) = futures::try_join!(
+    let (sessions, pairs) = futures::try_join!(
         sessions,
-        engine.fold_partitions(&items_sql, Pairs::default, |s, b| s.add(&b))
+        engine.fold_merged(&items_sql, Pairs::default, |s, b| s.add(&b), Pairs::merge)
     )?;
-    let mut pairs = Pairs::default();
-    for part in parts {
-        pairs.merge(part);
-    }
+    let mut summary = Summary::new(window, newest, limit);
     summary.add(&pairs.items()?)?;
     summary.finish(sessions, options)
 }
@@ -260,13 +254,9 @@ async fn sessions_from_events(
         "SELECT user_session, event_type, CAST(event_time AS BIGINT) AS t
          FROM {events} WHERE user_session IS NOT NULL"
     );
-    let parts = engine
-        .fold_partitions(&sql, Sessions::new, |s, b| s.add(&b))
+    let all = engine
+        .fold_merged(&sql, Sessions::new, |s, b| s.add(&b), Sessions::merge)
         .await?;
-    let mut all = Sessions::new();
-    for part in parts {
-        all.merge(part);
-    }
     Ok(all.days(&scope.range))
 }
 

@@ -117,13 +117,14 @@ pub async fn brands(
             "SELECT brand, category_code, event_type, price FROM {events} WHERE {range}",
             range = scope.range.sql(),
         );
-        let parts = engine
-            .fold_partitions(&sql, BrandCells::default, |s, b| s.add(&b))
+        let all = engine
+            .fold_merged(
+                &sql,
+                BrandCells::default,
+                |s, b| s.add(&b),
+                BrandCells::merge,
+            )
             .await?;
-        let mut all = BrandCells::default();
-        for part in parts {
-            all.merge(part);
-        }
         return Ok(classify(all.cells(), options));
     }
     let sql = format!(

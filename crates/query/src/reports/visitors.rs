@@ -82,13 +82,14 @@ async fn from_events(engine: &Engine, scope: &ReportScope) -> Result<Vec<Visitor
          FROM {events} WHERE {before_end}"
     );
     let from = start.unwrap_or(i64::MIN);
-    let parts = engine
-        .fold_partitions(&sql, move || Visits::new(range.tz, from), |v, b| v.add(&b))
+    let all = engine
+        .fold_merged(
+            &sql,
+            move || Visits::new(range.tz, from),
+            |v, b| v.add(&b),
+            Visits::merge,
+        )
         .await?;
-    let mut all = Visits::new(range.tz, from);
-    for part in parts {
-        all.merge(part);
-    }
     Ok(all.finish())
 }
 
