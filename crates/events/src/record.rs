@@ -8,9 +8,10 @@
 //!   Kafka by default.
 //! - [`RecordFormat::Binary`]: a compact layout for the embedded log, where only shoplake reads
 //!   the records: about half the bytes, and decoding it costs a few allocations instead of a
-//!   JSON parse and the validation of every field. The collector validated the event before
-//!   writing it, and the log checks every record's checksum, so decoding checks only the
-//!   layout (lengths, UTF-8, the event type, the price's range).
+//!   JSON parse and the validation of every text field. Decoding checks the layout (lengths,
+//!   UTF-8, the event type, flags, nothing past the end), then the event against the
+//!   validator's rules ([`Validator::check`]: a well-formed record with a bad value, from
+//!   another producer, is refused like a bad JSON one).
 //!
 //! The binary layout, integers little-endian:
 //!
@@ -132,10 +133,14 @@ fn encode_binary(buf: &mut Vec<u8>, e: &Event) {
 }
 
 /// Decodes a record in either format: JSON is decoded and validated like a request's row,
-/// a binary record is checked for its layout only (see the module documentation).
+/// a binary record is checked for its layout and then against the validator's rules.
 pub fn decode(bytes: &[u8], validator: &Validator) -> Result<Event, FieldError> {
     match bytes.first() {
-        Some(&BINARY_V1) => decode_binary(bytes),
+        Some(&BINARY_V1) => {
+            let e = decode_binary(bytes)?;
+            validator.check(&e)?;
+            Ok(e)
+        }
         _ => crate::json::decode_event(bytes, validator),
     }
 }
@@ -272,9 +277,7 @@ mod tests {
         let mut v6 = full.clone();
         v6.client_ip = Some("2001:db8::1".parse().unwrap());
         v6.event_type = EventType::RemoveFromCart;
-        let mut empty_text = full.clone();
-        empty_text.brand = Some(String::new());
-        vec![full, bare, v6, empty_text]
+        vec![full, bare, v6]
     }
 
     #[test]
@@ -291,14 +294,9 @@ mod tests {
             assert_eq!(json[0], b'{');
             assert!(buf.len() < json.len(), "binary is the smaller");
             let mut back = decode(&json, &validator).unwrap();
-            // JSON records carry no ingest time (the log's append time stands in), and the
-            // validator turns an empty text into none.
+            // JSON records carry no ingest time (the log's append time stands in).
             back.ingest_time = e.ingest_time;
-            let mut expected = e.clone();
-            if expected.brand.as_deref() == Some("") {
-                expected.brand = None;
-            }
-            assert_eq!(back, expected);
+            assert_eq!(back, e);
         }
     }
 
@@ -328,6 +326,39 @@ mod tests {
                 bad[i] ^= 1 << bit;
                 let _ = decode(&bad, &validator);
             }
+        }
+    }
+
+    #[test]
+    fn a_well_formed_record_with_a_bad_value_is_refused_like_json() {
+        let validator = Validator::default();
+        let cases: [(fn(&mut Event), &str); 7] = [
+            (|e| e.brand = Some(String::new()), "brand: is empty"),
+            (|e| e.brand = Some("Samsung".into()), "not lower-case"),
+            (
+                |e| e.user_session = Some(" s ".into()),
+                "surrounding whitespace",
+            ),
+            (|e| e.user_id = 0, "user_id: 0 is not a positive id"),
+            (|e| e.product_id = -5, "product_id: -5 is not a positive id"),
+            (|e| e.event_time = 0, "before 2000-01-01"),
+            (
+                |e| e.user_agent = Some("x".repeat(5000)),
+                "user_agent: is longer than",
+            ),
+        ];
+        for (spoil, want) in cases {
+            let mut e = event();
+            spoil(&mut e);
+            let mut buf = Vec::new();
+            encode(&mut buf, &e, RecordFormat::Binary);
+            let err = decode(&buf, &validator).unwrap_err();
+            let err = format!(
+                "{}: {}",
+                err.field.map_or("row", crate::validate::Field::name),
+                err.reason
+            );
+            assert!(err.contains(want), "{err} lacks {want}");
         }
     }
 

@@ -335,10 +335,15 @@ impl Validator {
                 ),
             )
         })?;
+        self.check_time(t, || quote(s))
+    }
+
+    /// Whether a time is within the bounds; `shown` is how the error shows it.
+    fn check_time(&self, t: i64, shown: impl Fn() -> String) -> Result<i64, FieldError> {
         if t < self.min_time {
             return Err(FieldError::new(
                 Field::EventTime,
-                format!("{} is before 2000-01-01", quote(s)),
+                format!("{} is before 2000-01-01", shown()),
             ));
         }
         if t > self.horizon.load(Ordering::Relaxed) {
@@ -349,10 +354,57 @@ impl Validator {
             }
             return Err(FieldError::new(
                 Field::EventTime,
-                format!("{} is more than a day in the future", quote(s)),
+                format!("{} is more than a day in the future", shown()),
             ));
         }
         Ok(t)
+    }
+
+    /// Checks an event built without [`Validator::validate`] (such as a binary log record)
+    /// against the same rules: the time's bounds, positive ids, a price in range, texts
+    /// present only when non-empty, trimmed and within their length, brands lower-case.
+    pub fn check(&self, e: &Event) -> Result<(), FieldError> {
+        self.check_time(e.event_time, || format!("{} µs since 1970", e.event_time))?;
+        for (field, v) in [
+            (Field::ProductId, e.product_id),
+            (Field::CategoryId, e.category_id),
+            (Field::UserId, e.user_id),
+        ] {
+            if v <= 0 {
+                return Err(FieldError::new(field, format!("{v} is not a positive id")));
+            }
+        }
+        if !(0..=Price::MAX.cents()).contains(&e.price.cents()) {
+            return Err(FieldError::new(
+                Field::Price,
+                format!("{} cents is out of range", e.price.cents()),
+            ));
+        }
+        for (field, v) in [
+            (Field::CategoryCode, &e.category_code),
+            (Field::Brand, &e.brand),
+            (Field::UserSession, &e.user_session),
+            (Field::UserAgent, &e.user_agent),
+        ] {
+            let Some(s) = v else { continue };
+            let reason = if s.is_empty() {
+                "is empty (a missing value is null)".to_owned()
+            } else if s.trim() != s {
+                format!("{} has surrounding whitespace", quote(s))
+            } else if s.len() > field.max_len() {
+                format!(
+                    "is longer than {} bytes ({} bytes)",
+                    field.max_len(),
+                    s.len()
+                )
+            } else if field == Field::Brand && s.bytes().any(|c| c.is_ascii_uppercase()) {
+                format!("{} is not lower-case", quote(s))
+            } else {
+                continue;
+            };
+            return Err(FieldError::new(field, reason));
+        }
+        Ok(())
     }
 }
 
