@@ -332,7 +332,8 @@ mod tests {
     #[test]
     fn a_well_formed_record_with_a_bad_value_is_refused_like_json() {
         let validator = Validator::default();
-        let cases: [(fn(&mut Event), &str); 7] = [
+        type Spoil = fn(&mut Event);
+        let cases: [(Spoil, &str); 7] = [
             (|e| e.brand = Some(String::new()), "brand: is empty"),
             (|e| e.brand = Some("Samsung".into()), "not lower-case"),
             (
