@@ -11,11 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/month.sh "$@"
-lake="$cache/lake-$rows-seed7"
-if [ ! -d "$lake/events" ]; then
-  echo "importing (once) into $lake"
-  RUST_LOG=warn "$bin" import "$csv" --lake "$lake" >/dev/null
-fi
+month_lake
 # Marts written by an older release (another layout) are not read: rebuild them first.
 if ! "$bin" report visitors --source marts --lake "$lake" --format json >/dev/null 2>&1; then
   echo "rebuilding the marts (written by another release)"

@@ -1,6 +1,6 @@
-# Shared by bench/import.sh and bench/reports.sh (sourced, not run): builds the release binary,
-# installs DuckDB into the cached venv, and generates the month-scale CSV once.
-# Sets: rows, cache, venv, bin, csv.
+# Shared by bench/import.sh, bench/reports.sh and bench/dashboard.sh (sourced, not run): builds
+# the release binary, installs DuckDB into the cached venv, and generates the month-scale CSV
+# once. Sets: rows, cache, venv, bin, csv; `month_lake` sets lake.
 rows="${1:-42448764}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shoplake/target-bench}"
 cache="$HOME/.cache/shoplake/bench"
@@ -17,3 +17,12 @@ if [ ! -f "$csv" ]; then
   echo "generating $rows rows (once) into $csv"
   RUST_LOG=warn "$bin" generate --events "$rows" --seed 7 --out "$csv"
 fi
+
+# The month imported once (cached; the import builds the UTC marts) into $lake.
+month_lake() {
+  lake="$cache/lake-$rows-seed7"
+  if [ ! -d "$lake/events" ]; then
+    echo "importing (once) into $lake"
+    RUST_LOG=warn "$bin" import "$csv" --lake "$lake" >/dev/null
+  fi
+}

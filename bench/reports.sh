@@ -9,11 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/month.sh "$@"
-lake="$cache/lake-$rows-seed7"
-if [ ! -d "$lake/events" ]; then
-  echo "importing (once) into $lake"
-  RUST_LOG=warn "$bin" import "$csv" --lake "$lake" >/dev/null
-fi
+month_lake
 echo "lake: $rows rows generated, $(nproc) cores"
 
 "$venv/bin/python" - "$bin" "$lake" <<'PY'

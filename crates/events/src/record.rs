@@ -69,14 +69,6 @@ impl RecordFormat {
             _ => None,
         }
     }
-
-    /// The name as written in configuration.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecordFormat::Binary => "binary",
-            RecordFormat::Json => "json",
-        }
-    }
 }
 
 /// Appends an event as one record in `format`.

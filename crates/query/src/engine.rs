@@ -49,7 +49,7 @@ impl QueryOutput {
 pub struct Engine {
     ctx: SessionContext,
     /// The same tables, functions and memory pool, with filters pushed into the Parquet
-    /// reader, for the scans reports fold in Rust ([`Engine::fold_partitions`]).
+    /// reader, for the scans reports fold in Rust ([`Engine::fold_merged`]).
     scan_ctx: SessionContext,
     timeout: Duration,
     events_version: Option<i64>,

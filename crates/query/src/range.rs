@@ -82,22 +82,25 @@ impl ReportRange {
     /// A SQL condition on `events` selecting the range (partition pruning on `event_date`,
     /// then exact on `event_time`).
     pub(crate) fn sql(&self) -> String {
-        let (start, end) = self.utc_bounds();
         let mut parts = vec!["TRUE".to_owned()];
-        let utc_date = |micros: i64| {
-            chrono::DateTime::from_timestamp_micros(micros)
-                .map(|t| t.date_naive().to_string())
-                .unwrap_or_default()
-        };
-        if let Some(s) = start {
+        if let (Some(s), _) = self.utc_bounds() {
             parts.push(format!("event_date >= DATE '{}'", utc_date(s)));
             parts.push(format!("CAST(event_time AS BIGINT) >= {s}"));
         }
-        if let Some(e) = end {
-            parts.push(format!("event_date <= DATE '{}'", utc_date(e)));
-            parts.push(format!("CAST(event_time AS BIGINT) < {e}"));
-        }
+        parts.push(self.before_end_sql());
         parts.join(" AND ")
+    }
+
+    /// A SQL condition on `events` selecting everything before the range's end (all of it
+    /// without an end), pruned on `event_date` like [`ReportRange::sql`].
+    pub(crate) fn before_end_sql(&self) -> String {
+        match self.utc_bounds() {
+            (_, Some(e)) => format!(
+                "event_date <= DATE '{}' AND CAST(event_time AS BIGINT) < {e}",
+                utc_date(e)
+            ),
+            (_, None) => "TRUE".to_owned(),
+        }
     }
 
     /// A SQL condition on a mart's `prev_day` column (the previous day its key was seen): the
@@ -131,6 +134,13 @@ impl ReportRange {
     pub fn zone(&self) -> &'static str {
         self.tz.name()
     }
+}
+
+/// The UTC date of a time, `YYYY-MM-DD`.
+fn utc_date(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.date_naive().to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -174,39 +174,60 @@ pub async fn brands(
 /// the text. (A SQL group-by on the two texts compared and hashed them on every row.)
 #[derive(Default)]
 struct BrandCells {
-    names: foldhash::HashMap<String, u32>,
-    list: Vec<String>,
+    texts: Texts,
     /// Per (brand id, code id or [`NO_CODE`]).
     cells: foldhash::HashMap<(u32, u32), Tally>,
-    /// Recent views of brands and of codes: (view, id, batch). A short text's view holds the
-    /// text itself and stands for it in any batch; a long one's only in its own batch.
-    brand_views: Vec<Option<(u128, u32, u64)>>,
-    code_views: Vec<Option<(u128, u32, u64)>>,
+    brand_views: ViewTable,
+    code_views: ViewTable,
+    /// The number of the batch being read.
     batch: u64,
 }
 
 /// The code id of a missing category code.
 const NO_CODE: u32 = u32::MAX;
 
-/// Slots of the view tables.
-const VIEW_SLOTS: usize = 1 << 12;
+/// Brands and codes, each stored once, by id.
+#[derive(Default)]
+struct Texts {
+    ids: foldhash::HashMap<String, u32>,
+    list: Vec<String>,
+}
 
-impl BrandCells {
+impl Texts {
     fn intern(&mut self, text: &str) -> u32 {
-        if let Some(&id) = self.names.get(text) {
+        if let Some(&id) = self.ids.get(text) {
             return id;
         }
         let id = self.list.len() as u32;
-        self.names.insert(text.to_owned(), id);
+        self.ids.insert(text.to_owned(), id);
         self.list.push(text.to_owned());
         id
     }
+}
 
-    /// The id of row `i`'s text, through a view table.
+/// Recent string views with the id of their text, and the batch they were seen in. A short
+/// text's view holds the text itself and stands for it in any batch; a long one's only in its
+/// own batch.
+struct ViewTable {
+    slots: Vec<Option<(u128, u32, u64)>>,
+}
+
+/// Slots of a [`ViewTable`].
+const VIEW_SLOTS: usize = 1 << 12;
+
+impl Default for ViewTable {
+    fn default() -> Self {
+        ViewTable {
+            slots: vec![None; VIEW_SLOTS],
+        }
+    }
+}
+
+impl ViewTable {
+    /// The id of row `i`'s text, read from `array` in batch `batch`.
     fn id(
-        names: &mut foldhash::HashMap<String, u32>,
-        list: &mut Vec<String>,
-        seen: &mut [Option<(u128, u32, u64)>],
+        &mut self,
+        texts: &mut Texts,
         batch: u64,
         array: &arrow::array::StringViewArray,
         i: usize,
@@ -214,26 +235,19 @@ impl BrandCells {
         let view = array.views()[i];
         // The low 32 bits of a view are the text's length; up to 12 bytes it is inline.
         let inline = (view as u32) <= 12;
-        let slot = &mut seen[(super::mix(view) >> 52) as usize & (VIEW_SLOTS - 1)];
+        let slot = &mut self.slots[(super::mix(view) >> 52) as usize & (VIEW_SLOTS - 1)];
         match *slot {
             Some((v, id, b)) if v == view && (inline || b == batch) => id,
             _ => {
-                let text = array.value(i);
-                let id = match names.get(text) {
-                    Some(&id) => id,
-                    None => {
-                        let id = list.len() as u32;
-                        names.insert(text.to_owned(), id);
-                        list.push(text.to_owned());
-                        id
-                    }
-                };
+                let id = texts.intern(array.value(i));
                 *slot = Some((view, id, batch));
                 id
             }
         }
     }
+}
 
+impl BrandCells {
     fn add(&mut self, b: &arrow::array::RecordBatch) -> Result<()> {
         use arrow::array::Array;
         let c = Columns::new(b);
@@ -241,20 +255,16 @@ impl BrandCells {
         let code = c.string_view_array("category_code")?;
         let kind = c.string_view_array("event_type")?;
         let cents = c.cents("price")?;
-        if self.brand_views.is_empty() {
-            self.brand_views = vec![None; VIEW_SLOTS];
-            self.code_views = vec![None; VIEW_SLOTS];
-        }
         self.batch += 1;
         let batch = self.batch;
         for i in 0..b.num_rows() {
             if brand.is_null(i) {
                 continue;
             }
-            let (names, list) = (&mut self.names, &mut self.list);
-            let brand_id = Self::id(names, list, &mut self.brand_views, batch, &brand, i);
+            let texts = &mut self.texts;
+            let brand_id = self.brand_views.id(texts, batch, &brand, i);
             let code_id = if code.is_valid(i) {
-                Self::id(names, list, &mut self.code_views, batch, &code, i)
+                self.code_views.id(texts, batch, &code, i)
             } else {
                 NO_CODE
             };
@@ -278,7 +288,12 @@ impl BrandCells {
     }
 
     fn merge(&mut self, other: BrandCells) {
-        let ids: Vec<u32> = other.list.iter().map(|n| self.intern(n)).collect();
+        let ids: Vec<u32> = other
+            .texts
+            .list
+            .iter()
+            .map(|n| self.texts.intern(n))
+            .collect();
         for ((b, c), t) in other.cells {
             let c = if c == NO_CODE {
                 NO_CODE
@@ -292,9 +307,10 @@ impl BrandCells {
     /// Per (brand, level-1 category).
     fn cells(self) -> Vec<(String, String, Tally)> {
         let mut sums: BTreeMap<(&str, &str), Tally> = BTreeMap::new();
+        let list = &self.texts.list;
         for ((b, c), t) in &self.cells {
-            let code = (*c != NO_CODE).then(|| self.list[*c as usize].as_str());
-            sums.entry((&self.list[*b as usize], category_at(code, 1)))
+            let code = (*c != NO_CODE).then(|| list[*c as usize].as_str());
+            sums.entry((&list[*b as usize], category_at(code, 1)))
                 .or_default()
                 .add(t);
         }

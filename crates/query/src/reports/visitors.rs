@@ -69,19 +69,13 @@ pub async fn visitors(engine: &Engine, scope: &ReportScope) -> Result<Vec<Visito
 /// twice.
 async fn from_events(engine: &Engine, scope: &ReportScope) -> Result<Vec<VisitorsDay>> {
     let range = scope.range;
-    let (start, end) = range.utc_bounds();
-    let before_end = end.map_or("TRUE".to_owned(), |e| {
-        format!(
-            "event_date <= DATE '{}' AND CAST(event_time AS BIGINT) < {e}",
-            utc_date(e)
-        )
-    });
     let events = super::events_relation(engine, scope).await?;
     let sql = format!(
         "SELECT user_id, user_session, CAST(event_time AS BIGINT) AS t
-         FROM {events} WHERE {before_end}"
+         FROM {events} WHERE {before_end}",
+        before_end = range.before_end_sql()
     );
-    let from = start.unwrap_or(i64::MIN);
+    let from = range.utc_bounds().0.unwrap_or(i64::MIN);
     let all = engine
         .fold_merged(
             &sql,
@@ -91,13 +85,6 @@ async fn from_events(engine: &Engine, scope: &ReportScope) -> Result<Vec<Visitor
         )
         .await?;
     Ok(all.finish())
-}
-
-/// The UTC date of a time, `YYYY-MM-DD`.
-fn utc_date(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .map(|t| t.date_naive().to_string())
-        .unwrap_or_default()
 }
 
 /// One local day's distinct users and sessions, and its events.
