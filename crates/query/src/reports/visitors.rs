@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use arrow::array::{Array, RecordBatch};
 
-use super::{Columns, FrontCache, ReportScope, count, day_string, mix, uuid_bits};
+use super::{Columns, ReportScope, count, day_string, uuid_bits};
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::udf::LocalDays;
@@ -103,13 +103,7 @@ struct Visits {
     from: i64,
     days: Days,
     firsts: foldhash::HashMap<i64, i64>,
-    /// Recent (user, local day or [`NO_DAY`], UUID session) with their earliest time, before
-    /// `days` and `firsts`.
-    recent: FrontCache<(i64, i32, Option<u128>), i64>,
 }
-
-/// The day of events before the range (they count for first events only).
-const NO_DAY: i32 = i32::MIN;
 
 /// The days seen, with the one looked up last at hand (rows of a file share their day).
 #[derive(Default)]
@@ -133,26 +127,6 @@ impl Days {
     }
 }
 
-/// Records a (user, day, session) seen first at `t`.
-fn settle(
-    days: &mut Days,
-    firsts: &mut foldhash::HashMap<i64, i64>,
-    (user, day, session): (i64, i32, Option<u128>),
-    t: i64,
-) {
-    firsts
-        .entry(user)
-        .and_modify(|f| *f = (*f).min(t))
-        .or_insert(t);
-    if day != NO_DAY {
-        let d = days.get(day);
-        d.users.insert(user);
-        if let Some(s) = session {
-            d.sessions.insert(s);
-        }
-    }
-}
-
 impl Visits {
     fn new(tz: chrono_tz::Tz, from: i64) -> Visits {
         Visits {
@@ -160,8 +134,15 @@ impl Visits {
             from,
             days: Days::default(),
             firsts: foldhash::HashMap::default(),
-            recent: FrontCache::new(),
         }
+    }
+
+    /// Records that `user` was seen at `t`.
+    fn seen(&mut self, user: i64, t: i64) {
+        self.firsts
+            .entry(user)
+            .and_modify(|f| *f = (*f).min(t))
+            .or_insert(t);
     }
 
     fn add(&mut self, b: &RecordBatch) -> Result<()> {
@@ -171,40 +152,31 @@ impl Visits {
         let time = c.int64_array("t")?;
         for i in 0..b.num_rows() {
             let (u, t) = (user.value(i), time.value(i));
-            let mut key = (u, NO_DAY, None);
-            if t >= self.from {
-                key.1 = self.local.day(t);
-                let d = self.days.get(key.1);
-                d.events += 1;
-                if session.is_valid(i) {
-                    let s = session.value(i);
-                    key.2 = uuid_bits(s.as_bytes());
-                    if key.2.is_none() && !d.other_sessions.contains(s) {
-                        d.other_sessions.insert(s.to_owned());
+            self.seen(u, t);
+            if t < self.from {
+                continue;
+            }
+            let d = self.days.get(self.local.day(t));
+            d.events += 1;
+            d.users.insert(u);
+            if session.is_valid(i) {
+                let s = session.value(i);
+                match uuid_bits(s.as_bytes()) {
+                    Some(bits) => {
+                        d.sessions.insert(bits);
+                    }
+                    None => {
+                        if !d.other_sessions.contains(s) {
+                            d.other_sessions.insert(s.to_owned());
+                        }
                     }
                 }
             }
-            let (days, firsts) = (&mut self.days, &mut self.firsts);
-            self.recent.fold(
-                mix(u as u128),
-                key,
-                t,
-                |first, t| *first = (*first).min(t),
-                |key, t| settle(days, firsts, key, t),
-            );
         }
         Ok(())
     }
 
-    /// Moves the recent entries into the days and first times.
-    fn flush(&mut self) {
-        let (days, firsts) = (&mut self.days, &mut self.firsts);
-        self.recent.drain(|key, t| settle(days, firsts, key, t));
-    }
-
-    fn merge(&mut self, mut other: Visits) {
-        other.flush();
-        self.flush();
+    fn merge(&mut self, other: Visits) {
         for (day, o) in other.days.days {
             let d = self.days.get(day);
             d.events += o.events;
@@ -213,15 +185,11 @@ impl Visits {
             d.other_sessions.extend(o.other_sessions);
         }
         for (u, t) in other.firsts {
-            self.firsts
-                .entry(u)
-                .and_modify(|f| *f = (*f).min(t))
-                .or_insert(t);
+            self.seen(u, t);
         }
     }
 
     fn finish(mut self) -> Vec<VisitorsDay> {
-        self.flush();
         let mut fresh: foldhash::HashMap<i32, u64> = foldhash::HashMap::default();
         for &first in self.firsts.values() {
             *fresh.entry(self.local.day(first)).or_default() += 1;
