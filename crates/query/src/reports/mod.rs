@@ -188,8 +188,8 @@ const HEX: [u8; 256] = {
 };
 
 /// A small direct-mapped table in front of a large aggregation: rows of one key come close
-/// together in `events` (a session's or a user's events lie minutes apart in files written
-/// in time order), so most rows fold into an entry here, in the processor's cache, and the
+/// together in `events` (a session's events lie minutes apart in files written in time
+/// order), so most rows fold into an entry here, in the processor's cache, and the
 /// large table (hundreds of megabytes, a cache miss per access) sees each key about once,
 /// when its entry is evicted. Exact whatever the order: an evicted entry is merged, not lost.
 pub(crate) struct FrontCache<K, V> {
