@@ -4,13 +4,13 @@ use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayRef, Decimal128Array, Decimal128Builder, Int64Array, Int64Builder, RecordBatch,
-    StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::error::{Error, Result};
-use crate::event::{Event, EventId, EventType, Price};
+use crate::event::{Event, EventId, EventRef, EventType, Price};
 
 /// Precision of the `price` column: `Decimal(12, 2)`.
 pub const PRICE_PRECISION: u8 = 12;
@@ -65,63 +65,164 @@ pub fn to_record_batch_with_ids(events: &[Event], ids: &[EventId]) -> Result<Rec
             events.len()
         )));
     }
-    let n = events.len();
-    let mut time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut kind = StringBuilder::with_capacity(n, n * 5);
-    let mut product = Int64Builder::with_capacity(n);
-    let mut category = Int64Builder::with_capacity(n);
-    let mut code = StringBuilder::with_capacity(n, n * 20);
-    let mut brand = StringBuilder::with_capacity(n, n * 8);
-    let mut price = Decimal128Builder::with_capacity(n)
-        .with_precision_and_scale(PRICE_PRECISION, PRICE_SCALE)?;
-    let mut user = Int64Builder::with_capacity(n);
-    let mut session = StringBuilder::with_capacity(n, n * 36);
-    let mut ip = StringBuilder::new();
-    let mut agent = StringBuilder::new();
-    let mut ingest = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut id = StringBuilder::with_capacity(n, n * 32);
-    let mut text = String::with_capacity(40);
-    for (e, event_id) in events.iter().zip(ids) {
-        time.append_value(e.event_time);
-        kind.append_value(e.event_type.as_str());
-        product.append_value(e.product_id);
-        category.append_value(e.category_id);
-        code.append_option(e.category_code.as_deref());
-        brand.append_option(e.brand.as_deref());
-        price.append_value(i128::from(e.price.cents()));
-        user.append_value(e.user_id);
-        session.append_option(e.user_session.as_deref());
-        match e.client_ip {
+    let mut columns = EventColumns::with_capacity(events.len());
+    for (e, id) in events.iter().zip(ids) {
+        columns.push_event(e, *id);
+    }
+    columns.finish()
+}
+
+/// Events gathered column by column with their ids, for a `RecordBatch` of [`event_schema`]:
+/// a decoded row goes in (as an [`EventRef`] borrowing the decoder's buffer) without an
+/// [`Event`] being allocated.
+pub struct EventColumns {
+    time: Vec<i64>,
+    kind: Vec<EventType>,
+    product: Vec<i64>,
+    category: Vec<i64>,
+    code: StringBuilder,
+    brand: StringBuilder,
+    price: Vec<i64>,
+    user: Vec<i64>,
+    session: StringBuilder,
+    ip: StringBuilder,
+    agent: StringBuilder,
+    ingest: TimestampMicrosecondBuilder,
+    ids: Vec<EventId>,
+    text: String,
+}
+
+impl std::fmt::Debug for EventColumns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventColumns")
+            .field("rows", &self.len())
+            .finish()
+    }
+}
+
+impl EventColumns {
+    /// Empty columns with room for `n` rows.
+    pub fn with_capacity(n: usize) -> EventColumns {
+        EventColumns {
+            time: Vec::with_capacity(n),
+            kind: Vec::with_capacity(n),
+            product: Vec::with_capacity(n),
+            category: Vec::with_capacity(n),
+            code: StringBuilder::with_capacity(n, n * 24),
+            brand: StringBuilder::with_capacity(n, n * 8),
+            price: Vec::with_capacity(n),
+            user: Vec::with_capacity(n),
+            session: StringBuilder::with_capacity(n, n * 36),
+            ip: StringBuilder::new(),
+            agent: StringBuilder::new(),
+            ingest: TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC"),
+            ids: Vec::with_capacity(n),
+            text: String::new(),
+        }
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.time.len()
+    }
+
+    /// Whether no row is held.
+    pub fn is_empty(&self) -> bool {
+        self.time.is_empty()
+    }
+
+    /// The rows' event times (µs), in order.
+    pub fn times(&self) -> &[i64] {
+        &self.time
+    }
+
+    /// The rows' ids, in order.
+    pub fn ids(&self) -> &[EventId] {
+        &self.ids
+    }
+
+    /// Adds a row; `id` is `e.event_id()`.
+    pub fn push(&mut self, e: &EventRef<'_>, id: EventId) {
+        self.push_parts(e.event_time, e.event_type, e.product_id, e.category_id);
+        self.code.append_option(e.category_code);
+        self.brand.append_option(e.brand.as_deref());
+        self.price.push(e.price.cents());
+        self.user.push(e.user_id);
+        self.session.append_option(e.user_session);
+        self.push_network(e.client_ip, e.user_agent, None, id);
+    }
+
+    /// Adds an event; `id` is `e.event_id()`.
+    pub fn push_event(&mut self, e: &Event, id: EventId) {
+        self.push_parts(e.event_time, e.event_type, e.product_id, e.category_id);
+        self.code.append_option(e.category_code.as_deref());
+        self.brand.append_option(e.brand.as_deref());
+        self.price.push(e.price.cents());
+        self.user.push(e.user_id);
+        self.session.append_option(e.user_session.as_deref());
+        self.push_network(e.client_ip, e.user_agent.as_deref(), e.ingest_time, id);
+    }
+
+    fn push_parts(&mut self, time: i64, kind: EventType, product: i64, category: i64) {
+        self.time.push(time);
+        self.kind.push(kind);
+        self.product.push(product);
+        self.category.push(category);
+    }
+
+    fn push_network(
+        &mut self,
+        ip: Option<IpAddr>,
+        agent: Option<&str>,
+        ingest: Option<i64>,
+        id: EventId,
+    ) {
+        match ip {
             Some(a) => {
                 use std::fmt::Write as _;
-                text.clear();
-                let _ = write!(text, "{a}");
-                ip.append_value(&text);
+                self.text.clear();
+                let _ = write!(self.text, "{a}");
+                self.ip.append_value(&self.text);
             }
-            None => ip.append_null(),
+            None => self.ip.append_null(),
         }
-        agent.append_option(e.user_agent.as_deref());
-        ingest.append_option(e.ingest_time);
-        let hex = event_id.to_hex();
-        // Hex digits are ASCII, so always UTF-8.
-        id.append_value(std::str::from_utf8(&hex).unwrap_or_default());
+        self.agent.append_option(agent);
+        self.ingest.append_option(ingest);
+        self.ids.push(id);
     }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(time.finish()),
-        Arc::new(kind.finish()),
-        Arc::new(product.finish()),
-        Arc::new(category.finish()),
-        Arc::new(code.finish()),
-        Arc::new(brand.finish()),
-        Arc::new(price.finish()),
-        Arc::new(user.finish()),
-        Arc::new(session.finish()),
-        Arc::new(ip.finish()),
-        Arc::new(agent.finish()),
-        Arc::new(ingest.finish()),
-        Arc::new(id.finish()),
-    ];
-    Ok(RecordBatch::try_new(event_schema(), columns)?)
+
+    /// The rows as a `RecordBatch` of [`event_schema`].
+    pub fn finish(mut self) -> Result<RecordBatch> {
+        let n = self.len();
+        let mut kind = StringBuilder::with_capacity(n, n * 5);
+        for k in &self.kind {
+            kind.append_value(k.as_str());
+        }
+        let price = Decimal128Array::from_iter_values(self.price.iter().map(|&c| i128::from(c)))
+            .with_precision_and_scale(PRICE_PRECISION, PRICE_SCALE)?;
+        let mut id = StringBuilder::with_capacity(n, n * 32);
+        for event_id in &self.ids {
+            let hex = event_id.to_hex();
+            // Hex digits are ASCII, so always UTF-8.
+            id.append_value(std::str::from_utf8(&hex).unwrap_or_default());
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMicrosecondArray::from(self.time).with_timezone("UTC")),
+            Arc::new(kind.finish()),
+            Arc::new(Int64Array::from(self.product)),
+            Arc::new(Int64Array::from(self.category)),
+            Arc::new(self.code.finish()),
+            Arc::new(self.brand.finish()),
+            Arc::new(price),
+            Arc::new(Int64Array::from(self.user)),
+            Arc::new(self.session.finish()),
+            Arc::new(self.ip.finish()),
+            Arc::new(self.agent.finish()),
+            Arc::new(self.ingest.finish()),
+            Arc::new(id.finish()),
+        ];
+        Ok(RecordBatch::try_new(event_schema(), columns)?)
+    }
 }
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<Option<&'a T>> {

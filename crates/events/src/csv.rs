@@ -5,20 +5,28 @@
 //! `client_ip` and `user_agent` are read when present. Quoted fields, CRLF line ends and a
 //! UTF-8 byte-order mark are handled; `.csv.gz` is read through [`crate::io::open`].
 
-use std::borrow::Cow;
 use std::io::{Read, Write};
 
 use csv::{ByteRecord, ReaderBuilder};
 
 use crate::error::{Error, Result};
-use crate::event::Event;
-use crate::validate::{Field, FieldError, RawEvent, Reject, Validator};
+use crate::event::{Event, EventRef};
+use crate::validate::{Field, FieldError, Reject, Validator};
 
 /// One decoded row: an event, or the reason it was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Row {
     /// A valid event.
     Event(Event),
+    /// A refused row.
+    Reject(Reject),
+}
+
+/// One decoded row with its texts borrowed from the decoder: an event, or why it was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowRef<'a> {
+    /// A valid event.
+    Event(EventRef<'a>),
     /// A refused row.
     Reject(Reject),
 }
@@ -111,6 +119,15 @@ impl<R: Read> CsvDecoder<R> {
     /// The next row, `None` at the end of the input. An `Err` is a failure of the input itself
     /// (I/O, corrupt gzip): the rows before it are good, the rest cannot be read.
     pub fn next_row(&mut self) -> Result<Option<Row>> {
+        Ok(self.next_ref()?.map(|row| match row {
+            RowRef::Event(e) => Row::Event(e.to_event()),
+            RowRef::Reject(r) => Row::Reject(r),
+        }))
+    }
+
+    /// Like [`CsvDecoder::next_row`], with the event's texts borrowed from the decoder's
+    /// buffer (valid until the next call): nothing is allocated for a good row.
+    pub fn next_ref(&mut self) -> Result<Option<RowRef<'_>>> {
         loop {
             if !self
                 .reader
@@ -123,16 +140,19 @@ impl<R: Read> CsvDecoder<R> {
             if self.record.len() == 1 && self.record[0].iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            self.rows += 1;
-            let line = self.record.position().map_or(0, |p| p.line());
-            return Ok(Some(match self.decode_record() {
-                Ok(event) => Row::Event(event),
-                Err(e) => Row::Reject(Reject::new(line, e, raw_line(&self.record))),
-            }));
+            break;
         }
+        self.rows += 1;
+        Ok(Some(match self.decode_record() {
+            Ok(event) => RowRef::Event(event),
+            Err(e) => {
+                let line = self.record.position().map_or(0, |p| p.line());
+                RowRef::Reject(Reject::new(line, e, raw_line(&self.record)))
+            }
+        }))
     }
 
-    fn decode_record(&self) -> Result<Event, FieldError> {
+    fn decode_record(&self) -> Result<EventRef<'_>, FieldError> {
         let record = &self.record;
         if record.len() != self.width {
             return Err(FieldError::row(format!(
@@ -141,16 +161,15 @@ impl<R: Read> CsvDecoder<R> {
                 self.width
             )));
         }
-        let mut raw = RawEvent::default();
+        let mut raw: [Option<&str>; 11] = [None; 11];
         for field in Field::ALL {
             if let Some(i) = self.columns[field as usize] {
-                let bytes = &record[i];
-                let text = std::str::from_utf8(bytes)
+                let text = std::str::from_utf8(&record[i])
                     .map_err(|_| FieldError::new(field, "is not valid UTF-8"))?;
-                raw.set(field, Cow::Borrowed(text));
+                raw[field as usize] = Some(text);
             }
         }
-        self.validator.validate(&raw)
+        self.validator.validate_fields(&raw)
     }
 
     /// Reads up to `max` rows into `events` and `rejects`; returns how many rows were read

@@ -1,5 +1,6 @@
 //! The event: one row of the REES46 clickstream, plus the network fields the collector adds.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -177,51 +178,22 @@ impl Event {
     /// its UTF-8 bytes, a missing text as the length `u32::MAX`. Changing this changes every id
     /// in every lake: it is part of the storage format.
     pub fn event_id(&self) -> EventId {
-        // The encoding goes into a buffer on the stack and is hashed in one call (a streaming
-        // hasher's setup, copying its secret and buffer, cost more than the hashing); XXH3
-        // gives the same digest either way.
-        let mut buf = [0u8; 512];
-        let mut w = Writer {
-            buf: &mut buf,
-            len: 0,
-        };
-        w.put(&self.event_time.to_le_bytes());
-        w.put(&[self.event_type.code()]);
-        w.put(&self.product_id.to_le_bytes());
-        w.put(&self.category_id.to_le_bytes());
-        w.text(&self.category_code);
-        w.text(&self.brand);
-        w.put(&self.price.0.to_le_bytes());
-        w.put(&self.user_id.to_le_bytes());
-        w.text(&self.user_session);
-        match w.len {
-            usize::MAX => self.event_id_streaming(),
-            n => EventId(xxhash_rust::xxh3::xxh3_128(&buf[..n])),
-        }
+        self.identity().event_id()
     }
 
-    /// The same id through the streaming hasher (for fields too long for the stack buffer).
-    fn event_id_streaming(&self) -> EventId {
-        fn text(h: &mut Xxh3, s: &Option<String>) {
-            match s {
-                Some(s) => {
-                    h.update(&(s.len() as u32).to_le_bytes());
-                    h.update(s.as_bytes());
-                }
-                None => h.update(&u32::MAX.to_le_bytes()),
-            }
+    /// The nine fields the id is computed from, borrowed.
+    fn identity(&self) -> Identity<'_> {
+        Identity {
+            event_time: self.event_time,
+            event_type: self.event_type,
+            product_id: self.product_id,
+            category_id: self.category_id,
+            category_code: self.category_code.as_deref(),
+            brand: self.brand.as_deref(),
+            price: self.price,
+            user_id: self.user_id,
+            user_session: self.user_session.as_deref(),
         }
-        let mut h = Xxh3::new();
-        h.update(&self.event_time.to_le_bytes());
-        h.update(&[self.event_type.code()]);
-        h.update(&self.product_id.to_le_bytes());
-        h.update(&self.category_id.to_le_bytes());
-        text(&mut h, &self.category_code);
-        text(&mut h, &self.brand);
-        h.update(&self.price.0.to_le_bytes());
-        h.update(&self.user_id.to_le_bytes());
-        text(&mut h, &self.user_session);
-        EventId(h.digest128())
     }
 
     /// Whether two events are exact duplicates (same nine REES46 fields).
@@ -238,35 +210,146 @@ impl Event {
     }
 }
 
-/// Writes the identity encoding into a fixed buffer; `len` becomes `usize::MAX` when it does
-/// not fit.
-struct Writer<'a> {
-    buf: &'a mut [u8],
-    len: usize,
+/// An event whose texts borrow from the row it was read from: what a decoder yields before (or
+/// instead of) allocating an [`Event`]. Brands are lower-cased, so a brand with upper-case
+/// letters is owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// When it happened, in microseconds since the Unix epoch (UTC).
+    pub event_time: i64,
+    /// What happened.
+    pub event_type: EventType,
+    /// The product.
+    pub product_id: i64,
+    /// The product's category.
+    pub category_id: i64,
+    /// The dotted category taxonomy, when known.
+    pub category_code: Option<&'a str>,
+    /// The brand, lower-case, when known.
+    pub brand: Option<Cow<'a, str>>,
+    /// The product's price at the time of the event.
+    pub price: Price,
+    /// The shopper.
+    pub user_id: i64,
+    /// The shopper's session, when known.
+    pub user_session: Option<&'a str>,
+    /// The address the event came from.
+    pub client_ip: Option<IpAddr>,
+    /// The sender's user agent.
+    pub user_agent: Option<&'a str>,
 }
 
-impl Writer<'_> {
-    fn put(&mut self, bytes: &[u8]) {
-        if self.len == usize::MAX {
-            return;
+impl EventRef<'_> {
+    /// The event's id: the same as [`Event::event_id`] of [`EventRef::to_event`].
+    pub fn event_id(&self) -> EventId {
+        Identity {
+            event_time: self.event_time,
+            event_type: self.event_type,
+            product_id: self.product_id,
+            category_id: self.category_id,
+            category_code: self.category_code,
+            brand: self.brand.as_deref(),
+            price: self.price,
+            user_id: self.user_id,
+            user_session: self.user_session,
         }
-        match self.buf.get_mut(self.len..self.len + bytes.len()) {
-            Some(dst) => {
-                dst.copy_from_slice(bytes);
-                self.len += bytes.len();
-            }
-            None => self.len = usize::MAX,
-        }
+        .event_id()
     }
 
-    fn text(&mut self, s: &Option<String>) {
-        match s {
-            Some(s) => {
-                self.put(&(s.len() as u32).to_le_bytes());
-                self.put(s.as_bytes());
-            }
-            None => self.put(&u32::MAX.to_le_bytes()),
+    /// The event, owning its texts (no ingest time).
+    pub fn to_event(&self) -> Event {
+        Event {
+            event_time: self.event_time,
+            event_type: self.event_type,
+            product_id: self.product_id,
+            category_id: self.category_id,
+            category_code: self.category_code.map(str::to_owned),
+            brand: self.brand.as_deref().map(str::to_owned),
+            price: self.price,
+            user_id: self.user_id,
+            user_session: self.user_session.map(str::to_owned),
+            client_ip: self.client_ip,
+            user_agent: self.user_agent.map(str::to_owned),
+            ingest_time: None,
         }
+    }
+}
+
+/// The nine REES46 fields of an event, borrowed: what its [`EventId`] is a hash of (see
+/// [`Event::event_id`] for the canonical encoding).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Identity<'a> {
+    pub(crate) event_time: i64,
+    pub(crate) event_type: EventType,
+    pub(crate) product_id: i64,
+    pub(crate) category_id: i64,
+    pub(crate) category_code: Option<&'a str>,
+    pub(crate) brand: Option<&'a str>,
+    pub(crate) price: Price,
+    pub(crate) user_id: i64,
+    pub(crate) user_session: Option<&'a str>,
+}
+
+impl Identity<'_> {
+    pub(crate) fn event_id(&self) -> EventId {
+        // The encoding goes into a reused buffer and is hashed in one call (a streaming
+        // hasher's setup, copying its secret and buffer, cost more than the hashing); XXH3
+        // gives the same digest either way.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
+        }
+        BUF.with(|buf| {
+            let Ok(mut buf) = buf.try_borrow_mut() else {
+                return self.event_id_streaming();
+            };
+            buf.clear();
+            buf.extend_from_slice(&self.event_time.to_le_bytes());
+            buf.push(self.event_type.code());
+            buf.extend_from_slice(&self.product_id.to_le_bytes());
+            buf.extend_from_slice(&self.category_id.to_le_bytes());
+            text(&mut buf, self.category_code);
+            text(&mut buf, self.brand);
+            buf.extend_from_slice(&self.price.0.to_le_bytes());
+            buf.extend_from_slice(&self.user_id.to_le_bytes());
+            text(&mut buf, self.user_session);
+            EventId(xxhash_rust::xxh3::xxh3_128(&buf))
+        })
+    }
+
+    /// The same id through the streaming hasher (for fields too long for the stack buffer).
+    fn event_id_streaming(&self) -> EventId {
+        fn text(h: &mut Xxh3, s: Option<&str>) {
+            match s {
+                Some(s) => {
+                    h.update(&(s.len() as u32).to_le_bytes());
+                    h.update(s.as_bytes());
+                }
+                None => h.update(&u32::MAX.to_le_bytes()),
+            }
+        }
+        let mut h = Xxh3::new();
+        h.update(&self.event_time.to_le_bytes());
+        h.update(&[self.event_type.code()]);
+        h.update(&self.product_id.to_le_bytes());
+        h.update(&self.category_id.to_le_bytes());
+        text(&mut h, self.category_code);
+        text(&mut h, self.brand);
+        h.update(&self.price.0.to_le_bytes());
+        h.update(&self.user_id.to_le_bytes());
+        text(&mut h, self.user_session);
+        EventId(h.digest128())
+    }
+}
+
+/// Appends a text of the identity encoding: its length as a u32, then its bytes; a missing
+/// text as the length `u32::MAX`.
+fn text(buf: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            buf.extend_from_slice(s.as_bytes());
+        }
+        None => buf.extend_from_slice(&u32::MAX.to_le_bytes()),
     }
 }
 
@@ -294,13 +377,13 @@ mod tests {
     #[test]
     fn one_shot_and_streaming_ids_agree() {
         let mut e = sample();
-        assert_eq!(e.event_id(), e.event_id_streaming());
+        assert_eq!(e.event_id(), e.identity().event_id_streaming());
         e.brand = None;
         e.user_session = Some("s".repeat(600));
-        assert_eq!(e.event_id(), e.event_id_streaming());
+        assert_eq!(e.event_id(), e.identity().event_id_streaming());
         e.category_code = Some("x".repeat(490));
         e.user_session = None;
-        assert_eq!(e.event_id(), e.event_id_streaming());
+        assert_eq!(e.event_id(), e.identity().event_id_streaming());
     }
 
     #[test]

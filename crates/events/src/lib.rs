@@ -19,9 +19,9 @@ pub mod record;
 pub mod time;
 pub mod validate;
 
-pub use crate::csv::{CsvDecoder, CsvEncoder, Row};
+pub use crate::csv::{CsvDecoder, CsvEncoder, Row, RowRef};
 pub use crate::error::{Error, Result};
-pub use crate::event::{Event, EventId, EventType, Price};
+pub use crate::event::{Event, EventId, EventRef, EventType, Price};
 pub use crate::json::{JsonDecoder, JsonEncoder};
 pub use crate::time::{Clock, FixedClock, SystemClock};
 pub use crate::validate::{Field, FieldError, RawEvent, Reject, Validator};

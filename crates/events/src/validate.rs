@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use serde::Serialize;
 
-use crate::event::{Event, EventType, Price};
+use crate::event::{Event, EventRef, EventType, Price};
 use crate::time::{Clock, MICROS_PER_DAY, SystemClock};
 
 /// A field of an event, as named in files.
@@ -130,6 +130,11 @@ impl<'a> RawEvent<'a> {
     /// A field's text, as given.
     pub fn get(&self, field: Field) -> Option<&str> {
         self.values[field.index()].as_deref()
+    }
+
+    /// Every field's text, indexed by [`Field`].
+    pub fn fields(&self) -> [Option<&str>; 11] {
+        self.values.each_ref().map(|v| v.as_deref())
     }
 
     /// Clears every field, keeping the allocation.
@@ -272,6 +277,15 @@ impl Validator {
 
     /// Turns a raw row into an event, or says which field is wrong and why.
     pub fn validate(&self, raw: &RawEvent<'_>) -> Result<Event, FieldError> {
+        self.validate_fields(&raw.fields()).map(|e| e.to_event())
+    }
+
+    /// Like [`Validator::validate`], for a row given as each field's text (indexed by
+    /// [`Field`], `None` when the row lacks the field), without copying the texts.
+    pub fn validate_fields<'a>(
+        &self,
+        raw: &[Option<&'a str>; 11],
+    ) -> Result<EventRef<'a>, FieldError> {
         let event_time = self.event_time(raw)?;
         let event_type = {
             let s = required(raw, Field::EventType)?;
@@ -287,17 +301,17 @@ impl Validator {
         };
         let product_id = id(raw, Field::ProductId)?;
         let category_id = id(raw, Field::CategoryId)?;
-        let category_code = text(raw, Field::CategoryCode)?.map(str::to_owned);
+        let category_code = text(raw, Field::CategoryCode)?;
         let brand = text(raw, Field::Brand)?.map(|b| {
             if b.bytes().any(|c| c.is_ascii_uppercase()) {
-                b.to_lowercase()
+                Cow::Owned(b.to_lowercase())
             } else {
-                b.to_owned()
+                Cow::Borrowed(b)
             }
         });
         let price = price(required(raw, Field::Price)?)?;
         let user_id = id(raw, Field::UserId)?;
-        let user_session = text(raw, Field::UserSession)?.map(str::to_owned);
+        let user_session = text(raw, Field::UserSession)?;
         let client_ip = match text(raw, Field::ClientIp)? {
             None => None,
             Some(s) => Some(s.parse::<IpAddr>().map_err(|_| {
@@ -307,8 +321,8 @@ impl Validator {
                 )
             })?),
         };
-        let user_agent = text(raw, Field::UserAgent)?.map(str::to_owned);
-        Ok(Event {
+        let user_agent = text(raw, Field::UserAgent)?;
+        Ok(EventRef {
             event_time,
             event_type,
             product_id,
@@ -320,11 +334,10 @@ impl Validator {
             user_session,
             client_ip,
             user_agent,
-            ingest_time: None,
         })
     }
 
-    fn event_time(&self, raw: &RawEvent<'_>) -> Result<i64, FieldError> {
+    fn event_time(&self, raw: &[Option<&str>; 11]) -> Result<i64, FieldError> {
         let s = required(raw, Field::EventTime)?;
         let t = crate::time::parse_timestamp(s).ok_or_else(|| {
             FieldError::new(
@@ -409,8 +422,8 @@ impl Validator {
 }
 
 /// A field's trimmed text, `None` when missing or empty; errors when too long.
-fn text<'r>(raw: &'r RawEvent<'_>, field: Field) -> Result<Option<&'r str>, FieldError> {
-    match raw.get(field).map(str::trim) {
+fn text<'a>(raw: &[Option<&'a str>; 11], field: Field) -> Result<Option<&'a str>, FieldError> {
+    match raw[field.index()].map(str::trim) {
         None | Some("") => Ok(None),
         Some(s) if s.len() > field.max_len() => Err(FieldError::new(
             field,
@@ -424,11 +437,11 @@ fn text<'r>(raw: &'r RawEvent<'_>, field: Field) -> Result<Option<&'r str>, Fiel
     }
 }
 
-fn required<'r>(raw: &'r RawEvent<'_>, field: Field) -> Result<&'r str, FieldError> {
+fn required<'a>(raw: &[Option<&'a str>; 11], field: Field) -> Result<&'a str, FieldError> {
     text(raw, field)?.ok_or_else(|| FieldError::new(field, "is missing"))
 }
 
-fn id(raw: &RawEvent<'_>, field: Field) -> Result<i64, FieldError> {
+fn id(raw: &[Option<&str>; 11], field: Field) -> Result<i64, FieldError> {
     let s = required(raw, field)?;
     let bytes = s.as_bytes();
     let (negative, digits) = match bytes.strip_prefix(b"-") {

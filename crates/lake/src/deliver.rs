@@ -351,7 +351,7 @@ impl Delivery {
                 self.dedupe.load(date).await?;
             }
             let id = e.event_id();
-            if self.dedupe.insert(date, id) {
+            if self.dedupe.insert(date, e.event_time, id) {
                 keep.push(e.clone());
                 ids.push(id);
             } else {

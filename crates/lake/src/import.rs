@@ -19,21 +19,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use arrow::array::{
-    Array, ArrayRef, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt32Array,
 };
+use arrow::compute::{filter_record_batch, take_record_batch};
 use arrow::datatypes::SchemaRef;
+use delta_kernel::expressions::Scalar;
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
+use indexmap::IndexMap;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
+use shoplake_events::arrow::EventColumns;
 use shoplake_events::io::maybe_gunzip;
 use shoplake_events::time::{Clock, MICROS_PER_DAY, SystemClock, parse_date};
-use shoplake_events::{CsvDecoder, Event, EventId, JsonDecoder, Reject, Row, Validator};
+use shoplake_events::{CsvDecoder, JsonDecoder, Reject, Row, RowRef, Validator};
 use tokio::sync::{mpsc, oneshot};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -44,8 +48,6 @@ use crate::profile::{Profile, Profiler};
 use crate::read::{files, read_columns};
 use crate::schema::EVENT_DATE;
 
-/// Rows per Arrow batch handed from the decoder to the writer.
-const BATCH_ROWS: usize = 64 * 1024;
 /// Target size of a data file.
 pub const TARGET_FILE_SIZE: u64 = 128 * 1024 * 1024;
 
@@ -290,7 +292,14 @@ impl ImportBuilder {
         while let Some(msg) = rx.recv().await {
             let step = async {
                 match msg {
-                    Msg::Events(batch) => event_writer.write(batch).await,
+                    Msg::Events { date, batch } => {
+                        let partition =
+                            IndexMap::from([(EVENT_DATE.to_owned(), Scalar::Date(date))]);
+                        event_writer
+                            .write_partition(batch, &partition, WriteMode::Default)
+                            .await
+                            .map(|_| ())
+                    }
                     Msg::Rejects(batch) => reject_writer.write(batch).await,
                     Msg::Flush(reply) => {
                         let adds = event_writer.flush().await?;
@@ -704,7 +713,11 @@ fn open_source(
 }
 
 enum Msg {
-    Events(RecordBatch),
+    /// New rows, all of one UTC date.
+    Events {
+        date: i32,
+        batch: RecordBatch,
+    },
     Rejects(RecordBatch),
     Flush(oneshot::Sender<Vec<Add>>),
 }
@@ -735,38 +748,53 @@ enum Rows {
     Json(Box<JsonDecoder<io::BufReader<shoplake_events::io::Input>>>),
 }
 
-impl Rows {
-    fn next_row(&mut self) -> shoplake_events::Result<Option<Row>> {
-        match self {
-            Rows::Csv(d) => d.next_row(),
-            Rows::Json(d) => d.next_row(),
-        }
-    }
-}
-
 /// Rows per chunk handed from the parser thread to the decoder thread.
-const PARSE_CHUNK: usize = 4096;
+const PARSE_CHUNK: usize = 32 * 1024;
 
-/// A parsed row: an event with its id, or a reject.
-enum Parsed {
-    Event(Event, EventId),
-    Reject(Reject),
+/// A chunk of parsed rows: the events, column by column with their ids, and the rejects.
+struct Chunk {
+    events: EventColumns,
+    rejects: Vec<Reject>,
 }
 
 /// The parser stage: decodes and validates rows and computes their ids, in chunks. Stops at
 /// the end of the input, at an input error (sent on), or when the receiver is gone.
-fn parse(mut rows: Rows, tx: std::sync::mpsc::SyncSender<shoplake_events::Result<Vec<Parsed>>>) {
+fn parse(mut rows: Rows, tx: std::sync::mpsc::SyncSender<shoplake_events::Result<Chunk>>) {
     loop {
-        let mut chunk = Vec::with_capacity(PARSE_CHUNK);
+        let mut chunk = Chunk {
+            events: EventColumns::with_capacity(PARSE_CHUNK),
+            rejects: Vec::new(),
+        };
+        let mut n = 0;
         let mut end = false;
-        while chunk.len() < PARSE_CHUNK {
-            match rows.next_row() {
-                Ok(Some(Row::Event(e))) => {
-                    let id = e.event_id();
-                    chunk.push(Parsed::Event(e, id));
-                }
-                Ok(Some(Row::Reject(r))) => chunk.push(Parsed::Reject(r)),
-                Ok(None) => {
+        while n < PARSE_CHUNK {
+            let row = match &mut rows {
+                Rows::Csv(d) => d.next_ref().map(|row| match row {
+                    Some(RowRef::Event(e)) => {
+                        chunk.events.push(&e, e.event_id());
+                        true
+                    }
+                    Some(RowRef::Reject(r)) => {
+                        chunk.rejects.push(r);
+                        true
+                    }
+                    None => false,
+                }),
+                Rows::Json(d) => d.next_row().map(|row| match row {
+                    Some(Row::Event(e)) => {
+                        chunk.events.push_event(&e, e.event_id());
+                        true
+                    }
+                    Some(Row::Reject(r)) => {
+                        chunk.rejects.push(r);
+                        true
+                    }
+                    None => false,
+                }),
+            };
+            match row {
+                Ok(true) => n += 1,
+                Ok(false) => {
                     end = true;
                     break;
                 }
@@ -799,69 +827,63 @@ impl DecodeContext {
         // Parsing runs on its own thread, so that it and the rest of this stage (dedupe,
         // profile, Arrow) and the writer share both cores. On an error here the parser is
         // left to stop at its next send (it may be blocked reading stdin).
-        let (parsed_tx, parsed_rx) = std::sync::mpsc::sync_channel(4);
+        let (parsed_tx, parsed_rx) = std::sync::mpsc::sync_channel(2);
         let parser = std::thread::Builder::new()
             .name("shoplake-parse".into())
             .spawn(move || parse(rows, parsed_tx))
             .map_err(|e| Error::Internal(format!("starting the parser thread: {e}")))?;
         let mut profiler = Profiler::new();
         let mut touched = HashSet::new();
-        let mut keep: Vec<Event> = Vec::with_capacity(BATCH_ROWS);
-        let mut keep_ids: Vec<EventId> = Vec::with_capacity(BATCH_ROWS);
         let mut rejects: Vec<Reject> = Vec::new();
         let mut read = 0u64;
         for chunk in parsed_rx {
             let chunk = chunk.map_err(|e| input_error(&self.name, e))?;
-            for item in chunk {
-                read += 1;
-                match item {
-                    Parsed::Reject(r) => {
-                        profiler.reject(&r);
-                        rejects.push(r);
-                    }
-                    Parsed::Event(e, id) => {
-                        let date = e.event_time.div_euclid(MICROS_PER_DAY) as i32;
-                        if self.dedupe.over_budget() {
-                            // Staged rows of the dates about to leave memory must be in files
-                            // before they can be reloaded from them.
-                            self.send_events(&mut keep, &mut keep_ids, &tx)?;
-                            self.flush(&tx)?;
-                            self.dedupe.evict();
-                        }
-                        if !self.dedupe.is_resident(date) {
-                            self.runtime.block_on(self.dedupe.load(date))?;
-                            touched.insert(date);
-                        }
-                        if self.dedupe.insert(date, id) {
-                            profiler.accept(&e);
-                            keep.push(e);
-                            keep_ids.push(id);
-                        } else {
-                            profiler.duplicate();
-                        }
-                    }
+            read += (chunk.events.len() + chunk.rejects.len()) as u64;
+            for r in chunk.rejects {
+                profiler.reject(&r);
+                rejects.push(r);
+            }
+            if rejects.len() >= 4096 {
+                self.send_rejects(&mut rejects, &tx)?;
+            }
+            if self.dedupe.over_budget() {
+                // Staged rows of the dates about to leave memory must be in files before
+                // they can be reloaded from them (every row before this chunk was sent).
+                self.flush(&tx)?;
+                self.dedupe.evict();
+            }
+            let events = chunk.events;
+            let mut keep = Vec::with_capacity(events.len());
+            let mut dates = Vec::with_capacity(events.len());
+            for (&time, &id) in events.times().iter().zip(events.ids()) {
+                let date = time.div_euclid(MICROS_PER_DAY) as i32;
+                if !self.dedupe.is_resident(date) {
+                    self.runtime.block_on(self.dedupe.load(date))?;
+                    touched.insert(date);
                 }
-                if keep.len() >= BATCH_ROWS {
-                    self.send_events(&mut keep, &mut keep_ids, &tx)?;
+                let fresh = self.dedupe.insert(date, time, id);
+                if !fresh {
+                    profiler.duplicate();
                 }
-                if rejects.len() >= 4096 {
-                    self.send_rejects(&mut rejects, &tx)?;
-                }
-                if read.is_multiple_of(16 * 1024)
-                    && let Some(p) = &self.progress
-                {
-                    p(ImportProgress {
-                        rows: read,
-                        bytes: self.bytes_read.load(Ordering::Relaxed),
-                        total_bytes: self.total_bytes,
-                    });
-                }
+                keep.push(fresh);
+                dates.push(date);
+            }
+            if !events.is_empty() {
+                let batch = events.finish().map_err(|e| Error::Arrow(e.to_string()))?;
+                profiler.accept_batch(&batch, &keep)?;
+                self.send_events(batch, dates, &keep, &tx)?;
+            }
+            if let Some(p) = &self.progress {
+                p(ImportProgress {
+                    rows: read,
+                    bytes: self.bytes_read.load(Ordering::Relaxed),
+                    total_bytes: self.total_bytes,
+                });
             }
         }
         parser
             .join()
             .map_err(|_| Error::Internal("the parser thread panicked".into()))?;
-        self.send_events(&mut keep, &mut keep_ids, &tx)?;
         self.send_rejects(&mut rejects, &tx)?;
         if let Some(p) = &self.progress {
             p(ImportProgress {
@@ -906,28 +928,54 @@ impl DecodeContext {
         Ok(())
     }
 
+    /// Sends a chunk's new rows (`keep`) to the writer, one batch per date, so that the
+    /// writer need not split them (rows come sorted by time in exports, so a chunk mostly
+    /// holds one date: its batch is the chunk's columns as they are).
     fn send_events(
         &self,
-        keep: &mut Vec<Event>,
-        ids: &mut Vec<EventId>,
+        batch: RecordBatch,
+        mut dates: Vec<i32>,
+        keep: &[bool],
         tx: &mpsc::Sender<Msg>,
     ) -> Result<()> {
-        if keep.is_empty() {
-            return Ok(());
+        let mut batch = batch;
+        if keep.iter().any(|k| !k) {
+            let mask = BooleanArray::from(keep.to_vec());
+            batch = filter_record_batch(&batch, &mask)?;
+            dates = dates
+                .into_iter()
+                .zip(keep)
+                .filter_map(|(d, &k)| k.then_some(d))
+                .collect();
         }
-        let batch = shoplake_events::arrow::to_record_batch_with_ids(keep, ids)
-            .map_err(|e| Error::Arrow(e.to_string()))?;
-        ids.clear();
-        let dates: Date32Array = keep
-            .iter()
-            .map(|e| e.event_time.div_euclid(MICROS_PER_DAY) as i32)
-            .collect::<Vec<i32>>()
-            .into();
+        if !dates.is_sorted() {
+            let mut order: Vec<u32> = (0..dates.len() as u32).collect();
+            order.sort_by_key(|&i| dates[i as usize]);
+            let indices = UInt32Array::from(order);
+            batch = take_record_batch(&batch, &indices)?;
+            dates = indices
+                .values()
+                .iter()
+                .map(|&i| dates[i as usize])
+                .collect();
+        }
         let mut columns = batch.columns().to_vec();
-        columns.push(Arc::new(dates));
+        columns.push(Arc::new(Date32Array::from(dates.clone())));
         let batch = RecordBatch::try_new(self.events_schema.clone(), columns)?;
-        keep.clear();
-        self.send(tx, Msg::Events(batch))
+        let mut start = 0;
+        while start < dates.len() {
+            let date = dates[start];
+            let end = start + dates[start..].partition_point(|&d| d == date);
+            self.send(
+                tx,
+                Msg::Events {
+                    date,
+                    batch: batch.slice(start, end - start),
+                },
+            )?;
+            start = end;
+        }
+        Ok(())
     }
 
     fn send_rejects(&self, rejects: &mut Vec<Reject>, tx: &mpsc::Sender<Msg>) -> Result<()> {

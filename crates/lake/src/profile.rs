@@ -5,10 +5,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 
+use arrow::array::{
+    Array, Decimal128Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use serde::{Deserialize, Serialize};
 use shoplake_events::time::{MICROS_PER_DAY, civil_from_days, format_timestamp};
-use shoplake_events::{Event, EventType, Reject};
+use shoplake_events::{EventType, Reject};
 use xxhash_rust::xxh3::xxh3_64;
+
+use crate::error::{Error, Result};
 
 /// SplitMix64's finalizer: a full-avalanche hash of an integer, much cheaper than hashing its
 /// bytes.
@@ -196,41 +201,88 @@ impl Profiler {
         self.duplicates += 1;
     }
 
-    /// Counts an accepted row.
-    pub fn accept(&mut self, e: &Event) {
-        self.rows_read += 1;
-        self.accepted += 1;
-        self.nulls[0] += u64::from(e.category_code.is_none());
-        self.nulls[1] += u64::from(e.brand.is_none());
-        self.nulls[2] += u64::from(e.user_session.is_none());
-        self.nulls[3] += u64::from(e.client_ip.is_none());
-        self.nulls[4] += u64::from(e.user_agent.is_none());
-        self.users.add_i64(e.user_id);
-        if let Some(s) = &e.user_session {
-            self.sessions.add(s.as_bytes());
+    /// Counts the accepted rows of a batch of events: those whose `keep` is true.
+    pub fn accept_batch(&mut self, batch: &RecordBatch, keep: &[bool]) -> Result<()> {
+        fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<T>())
+                .ok_or_else(|| Error::Internal(format!("profiling: no {name} column")))
         }
-        self.products.add_i64(e.product_id);
-        self.categories.add_i64(e.category_id);
-        if let Some(b) = &e.brand {
-            self.brands.add(b.as_bytes());
+        if keep.len() != batch.num_rows() {
+            return Err(Error::Internal(format!(
+                "profiling: {} flags for {} rows",
+                keep.len(),
+                batch.num_rows()
+            )));
         }
-        *self.prices.entry(e.price.cents()).or_default() += 1;
-        self.price_sum += i128::from(e.price.cents());
-        self.types[EventType::ALL
-            .iter()
-            .position(|t| *t == e.event_type)
-            .unwrap_or(0)] += 1;
-        self.first = self.first.min(e.event_time);
-        self.last = self.last.max(e.event_time);
-        let day = e.event_time.div_euclid(MICROS_PER_DAY);
-        match &mut self.day {
-            Some((d, n)) if *d == day => *n += 1,
-            current => {
-                if let Some((d, n)) = current.replace((day, 1)) {
-                    *self.days.entry(d).or_default() += n;
+        let time = column::<TimestampMicrosecondArray>(batch, "event_time")?;
+        let kind = column::<StringArray>(batch, "event_type")?;
+        let product = column::<Int64Array>(batch, "product_id")?;
+        let category = column::<Int64Array>(batch, "category_id")?;
+        let brand = column::<StringArray>(batch, "brand")?;
+        let price = column::<Decimal128Array>(batch, "price")?;
+        let user = column::<Int64Array>(batch, "user_id")?;
+        let session = column::<StringArray>(batch, "user_session")?;
+        let rows = || (0..batch.num_rows()).filter(|&i| keep[i]);
+        let kept = rows().count() as u64;
+        self.rows_read += kept;
+        self.accepted += kept;
+        for (slot, name) in [
+            "category_code",
+            "brand",
+            "user_session",
+            "client_ip",
+            "user_agent",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let a = column::<StringArray>(batch, name)?;
+            if a.null_count() > 0 {
+                self.nulls[slot] += rows().filter(|&i| a.is_null(i)).count() as u64;
+            }
+        }
+        for i in rows() {
+            self.users.add_i64(user.value(i));
+            self.products.add_i64(product.value(i));
+            self.categories.add_i64(category.value(i));
+        }
+        for i in rows() {
+            if session.is_valid(i) {
+                self.sessions.add(session.value(i).as_bytes());
+            }
+            if brand.is_valid(i) {
+                self.brands.add(brand.value(i).as_bytes());
+            }
+        }
+        for i in rows() {
+            let cents = price.value(i) as i64;
+            *self.prices.entry(cents).or_default() += 1;
+            self.price_sum += i128::from(cents);
+            let slot = match kind.value(i) {
+                "cart" => 1,
+                "remove_from_cart" => 2,
+                "purchase" => 3,
+                _ => 0,
+            };
+            self.types[slot] += 1;
+        }
+        for i in rows() {
+            let t = time.value(i);
+            self.first = self.first.min(t);
+            self.last = self.last.max(t);
+            let day = t.div_euclid(MICROS_PER_DAY);
+            match &mut self.day {
+                Some((d, n)) if *d == day => *n += 1,
+                current => {
+                    if let Some((d, n)) = current.replace((day, 1)) {
+                        *self.days.entry(d).or_default() += n;
+                    }
                 }
             }
         }
+        Ok(())
     }
 
     fn price_quantile(sorted: &[(i64, u64)], q: f64) -> Option<f64> {
