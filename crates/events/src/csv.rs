@@ -67,39 +67,11 @@ impl<R: Read> CsvDecoder<R> {
                 "the input is empty: expected a header line".into(),
             ));
         }
-        let mut columns = [None; 11];
-        let mut names = Vec::new();
-        for (i, raw) in header.iter().enumerate() {
-            let raw = if i == 0 {
-                raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw)
-            } else {
-                raw
-            };
-            let name = String::from_utf8_lossy(raw).trim().to_ascii_lowercase();
-            if let Some(field) = Field::from_name(&name) {
-                if columns[field as usize].is_some() {
-                    return Err(Error::Header(format!("column {name} appears twice")));
-                }
-                columns[field as usize] = Some(i);
-            }
-            names.push(name);
-        }
-        let missing: Vec<&str> = Field::REQUIRED_COLUMNS
-            .iter()
-            .filter(|f| columns[**f as usize].is_none())
-            .map(|f| f.name())
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::Header(format!(
-                "missing column(s) {}; the header has: {}",
-                missing.join(", "),
-                names.join(",")
-            )));
-        }
+        let layout = CsvLayout::of_header(header.iter())?;
         Ok(CsvDecoder {
             reader,
-            columns,
-            width: header.len(),
+            columns: layout.columns,
+            width: layout.width,
             validator,
             record: ByteRecord::new(),
             rows: 0,
@@ -191,6 +163,354 @@ impl<R: Read> CsvDecoder<R> {
         }
         Ok(n)
     }
+}
+
+/// Where the REES46 columns are in a file, from its header.
+#[derive(Debug, Clone)]
+pub struct CsvLayout {
+    columns: [Option<usize>; 11],
+    width: usize,
+}
+
+impl CsvLayout {
+    /// From the header's fields: columns by name, in any order; a UTF-8 byte-order mark
+    /// before the first is skipped.
+    fn of_header<'a>(header: impl Iterator<Item = &'a [u8]>) -> Result<CsvLayout> {
+        let mut columns = [None; 11];
+        let mut names = Vec::new();
+        for (i, raw) in header.enumerate() {
+            let raw = if i == 0 {
+                raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw)
+            } else {
+                raw
+            };
+            let name = String::from_utf8_lossy(raw).trim().to_ascii_lowercase();
+            if let Some(field) = Field::from_name(&name) {
+                if columns[field as usize].is_some() {
+                    return Err(Error::Header(format!("column {name} appears twice")));
+                }
+                columns[field as usize] = Some(i);
+            }
+            names.push(name);
+        }
+        let missing: Vec<&str> = Field::REQUIRED_COLUMNS
+            .iter()
+            .filter(|f| columns[**f as usize].is_none())
+            .map(|f| f.name())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Header(format!(
+                "missing column(s) {}; the header has: {}",
+                missing.join(", "),
+                names.join(",")
+            )));
+        }
+        Ok(CsvLayout {
+            columns,
+            width: names.len(),
+        })
+    }
+
+    /// Decodes a block's rows in order, handing each (an event borrowing the block, or a
+    /// reject) to `f`; returns how many rows there were. The same rows, reasons and lines as
+    /// [`CsvDecoder`]: lines without quotes or carriage returns (nearly all) are split on
+    /// commas directly; any other line goes through the CSV state machine.
+    pub fn decode_block(
+        &self,
+        validator: &Validator,
+        block: &CsvBlock,
+        mut f: impl FnMut(RowRef<'_>),
+    ) -> u64 {
+        let bytes = block.bytes.as_slice();
+        let mut core = csv_core::Reader::new();
+        let (mut out, mut ends) = (Vec::new(), Vec::new());
+        let mut fields: Vec<&[u8]> = Vec::with_capacity(self.width + 1);
+        let mut pos = 0;
+        let mut line = block.first_line;
+        let mut rows = 0;
+        while pos < bytes.len() {
+            let rest = &bytes[pos..];
+            let len = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+            let text = &rest[..len];
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            if memchr::memchr2(b'"', b'\r', text).is_none() {
+                pos += len + 1;
+                line += 1;
+                if text.is_empty() || text.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                fields.clear();
+                fields.extend(text.split(|&b| b == b','));
+                rows += 1;
+                f(self.row(validator, &fields, line - 1, || {
+                    String::from_utf8_lossy(text).into_owned()
+                }));
+                continue;
+            }
+            // Quotes or a carriage return: the record (possibly over several lines) as the
+            // CSV reader sees it, from the start of its first line.
+            let start_line = line
+                + rest
+                    .iter()
+                    .take_while(|&&b| b == b'\r' || b == b'\n')
+                    .filter(|&&b| b == b'\n')
+                    .count() as u64;
+            let Some(n) = core_record(&mut core, rest, &mut out, &mut ends) else {
+                break;
+            };
+            line += memchr::memchr_iter(b'\n', &rest[..n]).count() as u64;
+            pos += n;
+            let mut from = 0;
+            let record: Vec<&[u8]> = ends
+                .iter()
+                .map(|&end| {
+                    let field = &out[from..end];
+                    from = end;
+                    field
+                })
+                .collect();
+            if record.len() == 1 && record[0].iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            rows += 1;
+            f(self.row(validator, &record, start_line, || raw_fields(&record)));
+        }
+        rows
+    }
+
+    fn row<'a>(
+        &self,
+        validator: &Validator,
+        fields: &[&'a [u8]],
+        line: u64,
+        raw: impl FnOnce() -> String,
+    ) -> RowRef<'a> {
+        match self
+            .fields(fields)
+            .and_then(|raw| validator.validate_fields(&raw))
+        {
+            Ok(e) => RowRef::Event(e),
+            Err(e) => RowRef::Reject(Reject::new(line, e, raw())),
+        }
+    }
+
+    /// Each field's text, indexed by [`Field`].
+    fn fields<'a>(&self, record: &[&'a [u8]]) -> Result<[Option<&'a str>; 11], FieldError> {
+        if record.len() != self.width {
+            return Err(FieldError::row(format!(
+                "has {} fields, the header has {}",
+                record.len(),
+                self.width
+            )));
+        }
+        let mut raw: [Option<&str>; 11] = [None; 11];
+        for field in Field::ALL {
+            if let Some(i) = self.columns[field as usize] {
+                let text = std::str::from_utf8(record[i])
+                    .map_err(|_| FieldError::new(field, "is not valid UTF-8"))?;
+                raw[field as usize] = Some(text);
+            }
+        }
+        Ok(raw)
+    }
+}
+
+/// Reads one record with the CSV state machine from `input`, which holds whole records (the
+/// last may lack its line end at the end of the input): its fields go to `out` (ending at
+/// `ends`). Returns the bytes consumed, `None` when no record is left.
+fn core_record(
+    core: &mut csv_core::Reader,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    ends: &mut Vec<usize>,
+) -> Option<usize> {
+    use csv_core::ReadRecordResult;
+    out.resize(out.len().max(1024), 0);
+    ends.resize(ends.len().max(32), 0);
+    let (mut nin, mut nout, mut nend) = (0, 0, 0);
+    loop {
+        let (res, i, o, e) = core.read_record(&input[nin..], &mut out[nout..], &mut ends[nend..]);
+        nin += i;
+        nout += o;
+        nend += e;
+        match res {
+            // Nothing follows the input: this ends the record.
+            ReadRecordResult::InputEmpty => continue,
+            ReadRecordResult::OutputFull => out.resize(out.len() * 2, 0),
+            ReadRecordResult::OutputEndsFull => ends.resize(ends.len() * 2, 0),
+            ReadRecordResult::Record => {
+                out.truncate(nout);
+                ends.truncate(nend);
+                return Some(nin);
+            }
+            ReadRecordResult::End => return None,
+        }
+    }
+}
+
+/// A record's fields written back as a CSV line, for quarantine.
+fn raw_fields(fields: &[&[u8]]) -> String {
+    let mut out = Vec::new();
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_field(&mut out, f);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whole records of a CSV input, with the line the first starts on.
+#[derive(Debug, Clone, Default)]
+pub struct CsvBlock {
+    bytes: Vec<u8>,
+    first_line: u64,
+}
+
+/// Cuts CSV input into blocks of whole records (about 4 MiB each), so that several threads
+/// can decode them ([`CsvLayout::decode_block`]).
+pub struct CsvBlockReader<R: Read> {
+    input: R,
+    /// Bytes read and not yet handed out; they start at a record's start.
+    carry: Vec<u8>,
+    eof: bool,
+    /// The line `carry` starts on.
+    line: u64,
+    /// The size a block is cut at (the record that crosses it is left for the next).
+    block: usize,
+}
+
+impl<R: Read> std::fmt::Debug for CsvBlockReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CsvBlockReader")
+            .field("line", &self.line)
+            .finish()
+    }
+}
+
+impl<R: Read> CsvBlockReader<R> {
+    /// Reads and checks the header, like [`CsvDecoder::new`].
+    pub fn new(input: R) -> Result<(CsvBlockReader<R>, CsvLayout)> {
+        let mut reader = CsvBlockReader {
+            input,
+            carry: Vec::new(),
+            eof: false,
+            line: 1,
+            block: 4 << 20,
+        };
+        let mut core = csv_core::Reader::new();
+        let (mut out, mut ends) = (Vec::new(), Vec::new());
+        let mut want = 64 * 1024;
+        let header_len = loop {
+            reader.fill(want)?;
+            let end = if reader.eof {
+                Some(reader.carry.len())
+            } else {
+                record_boundary(&reader.carry, 1)
+            };
+            if let Some(end) = end {
+                core.reset();
+                match core_record(&mut core, &reader.carry[..end], &mut out, &mut ends) {
+                    Some(n) => break n,
+                    None => {
+                        return Err(Error::Header(
+                            "the input is empty: expected a header line".into(),
+                        ));
+                    }
+                }
+            }
+            want *= 2;
+        };
+        let mut from = 0;
+        let header = ends.iter().map(|&end| {
+            let field = &out[from..end];
+            from = end;
+            field
+        });
+        let layout = CsvLayout::of_header(header)?;
+        reader.line += memchr::memchr_iter(b'\n', &reader.carry[..header_len]).count() as u64;
+        reader.carry.drain(..header_len);
+        Ok((reader, layout))
+    }
+
+    /// Cuts blocks at about `bytes` (default 4 MiB) instead.
+    pub fn with_block_size(mut self, bytes: usize) -> Self {
+        self.block = bytes.max(1);
+        self
+    }
+
+    /// Reads until `carry` holds `want` bytes or the input ends.
+    fn fill(&mut self, want: usize) -> Result<()> {
+        let mut buf = vec![0u8; 256 * 1024];
+        while self.carry.len() < want && !self.eof {
+            match self.input.read(&mut buf) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.carry.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("reading the input")(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next block, `None` at the end of the input.
+    pub fn next_block(&mut self) -> Result<Option<CsvBlock>> {
+        let mut want = self.block;
+        loop {
+            self.fill(want)?;
+            if self.carry.is_empty() {
+                return Ok(None);
+            }
+            let end = if self.eof {
+                Some(self.carry.len())
+            } else {
+                record_boundary(&self.carry, usize::MAX)
+            };
+            if let Some(end) = end.filter(|&e| e > 0) {
+                let rest = self.carry.split_off(end);
+                let bytes = std::mem::replace(&mut self.carry, rest);
+                let block = CsvBlock {
+                    first_line: self.line,
+                    bytes,
+                };
+                self.line += memchr::memchr_iter(b'\n', &block.bytes).count() as u64;
+                self.carry.reserve(self.block);
+                return Ok(Some(block));
+            }
+            // One record longer than a block: read on.
+            want = self.carry.len() * 2;
+        }
+    }
+}
+
+/// Where the last whole record of `buf` (which starts at a record's start) ends, looking at
+/// no more than `records` records; `None` when no record ends in it.
+fn record_boundary(buf: &[u8], records: usize) -> Option<usize> {
+    if records == usize::MAX && memchr::memchr(b'"', buf).is_none() {
+        // Without quotes, every line end ends a record.
+        return memchr::memrchr2(b'\n', b'\r', buf).map(|i| i + 1);
+    }
+    let mut core = csv_core::Reader::new();
+    let (mut out, mut ends) = (vec![0u8; 64 * 1024], vec![0usize; 64]);
+    let (mut pos, mut last, mut seen) = (0, None, 0);
+    while seen < records {
+        let (res, nin, _, _) = core.read_record(&buf[pos..], &mut out, &mut ends);
+        pos += nin;
+        match res {
+            csv_core::ReadRecordResult::Record => {
+                last = Some(pos);
+                seen += 1;
+            }
+            csv_core::ReadRecordResult::OutputFull => out.resize(out.len() * 2, 0),
+            csv_core::ReadRecordResult::OutputEndsFull => ends.resize(ends.len() * 2, 0),
+            // The rest is an unfinished record (or nothing).
+            csv_core::ReadRecordResult::InputEmpty | csv_core::ReadRecordResult::End => break,
+        }
+        if pos >= buf.len() {
+            break;
+        }
+    }
+    last
 }
 
 impl<R: Read> Iterator for CsvDecoder<R> {

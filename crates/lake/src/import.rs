@@ -32,12 +32,13 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use indexmap::IndexMap;
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde::Serialize;
 use shoplake_events::arrow::EventColumns;
+use shoplake_events::csv::{CsvBlock, CsvBlockReader, CsvLayout};
 use shoplake_events::io::maybe_gunzip;
 use shoplake_events::time::{Clock, MICROS_PER_DAY, SystemClock, parse_date};
-use shoplake_events::{CsvDecoder, JsonDecoder, Reject, Row, RowRef, Validator};
+use shoplake_events::{JsonDecoder, Reject, Row, RowRef, Validator};
 use tokio::sync::{mpsc, oneshot};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -244,6 +245,9 @@ impl ImportBuilder {
             .set_column_dictionary_enabled("user_session".into(), false)
             .set_column_dictionary_enabled("event_time".into(), false)
             .set_column_dictionary_enabled("user_id".into(), false)
+            // Nothing prunes files by these: their min/max (a compare per value) are not kept.
+            .set_column_statistics_enabled("event_id".into(), EnabledStatistics::None)
+            .set_column_statistics_enabled("user_session".into(), EnabledStatistics::None)
             // Random hex and UUIDs hold no repeats for Snappy to find: skip the attempt.
             .set_column_compression("event_id".into(), Compression::UNCOMPRESSED)
             .set_column_compression("user_session".into(), Compression::UNCOMPRESSED)
@@ -743,11 +747,6 @@ struct DecodeContext {
     runtime: tokio::runtime::Handle,
 }
 
-enum Rows {
-    Csv(Box<CsvDecoder<shoplake_events::io::Input>>),
-    Json(Box<JsonDecoder<io::BufReader<shoplake_events::io::Input>>>),
-}
-
 /// Rows per chunk handed from the parser thread to the decoder thread.
 const PARSE_CHUNK: usize = 32 * 1024;
 
@@ -757,44 +756,39 @@ struct Chunk {
     rejects: Vec<Reject>,
 }
 
-/// The parser stage: decodes and validates rows and computes their ids, in chunks. Stops at
-/// the end of the input, at an input error (sent on), or when the receiver is gone.
-fn parse(mut rows: Rows, tx: std::sync::mpsc::SyncSender<shoplake_events::Result<Chunk>>) {
-    loop {
-        let mut chunk = Chunk {
+impl Chunk {
+    fn new() -> Chunk {
+        Chunk {
             events: EventColumns::with_capacity(PARSE_CHUNK),
             rejects: Vec::new(),
-        };
+        }
+    }
+
+    fn push(&mut self, row: RowRef<'_>) {
+        match row {
+            RowRef::Event(e) => self.events.push(&e, e.event_id()),
+            RowRef::Reject(r) => self.rejects.push(r),
+        }
+    }
+}
+
+type ChunkResult = shoplake_events::Result<Chunk>;
+
+/// The parser stage for JSON: decodes and validates rows and computes their ids, in chunks.
+/// Stops at the end of the input, at an input error (sent on), or when the receiver is gone.
+fn parse_json(
+    mut rows: JsonDecoder<io::BufReader<shoplake_events::io::Input>>,
+    tx: std::sync::mpsc::SyncSender<ChunkResult>,
+) {
+    loop {
+        let mut chunk = Chunk::new();
         let mut n = 0;
         let mut end = false;
         while n < PARSE_CHUNK {
-            let row = match &mut rows {
-                Rows::Csv(d) => d.next_ref().map(|row| match row {
-                    Some(RowRef::Event(e)) => {
-                        chunk.events.push(&e, e.event_id());
-                        true
-                    }
-                    Some(RowRef::Reject(r)) => {
-                        chunk.rejects.push(r);
-                        true
-                    }
-                    None => false,
-                }),
-                Rows::Json(d) => d.next_row().map(|row| match row {
-                    Some(Row::Event(e)) => {
-                        chunk.events.push_event(&e, e.event_id());
-                        true
-                    }
-                    Some(Row::Reject(r)) => {
-                        chunk.rejects.push(r);
-                        true
-                    }
-                    None => false,
-                }),
-            };
-            match row {
-                Ok(true) => n += 1,
-                Ok(false) => {
+            match rows.next_row() {
+                Ok(Some(Row::Event(e))) => chunk.events.push_event(&e, e.event_id()),
+                Ok(Some(Row::Reject(r))) => chunk.rejects.push(r),
+                Ok(None) => {
                     end = true;
                     break;
                 }
@@ -804,6 +798,7 @@ fn parse(mut rows: Rows, tx: std::sync::mpsc::SyncSender<shoplake_events::Result
                     return;
                 }
             }
+            n += 1;
         }
         if tx.send(Ok(chunk)).is_err() || end {
             return;
@@ -811,32 +806,120 @@ fn parse(mut rows: Rows, tx: std::sync::mpsc::SyncSender<shoplake_events::Result
     }
 }
 
+/// Threads decoding CSV: one reads and cuts the input into blocks of whole records, handed
+/// in turn to [`CSV_PARSERS`] parsers; their chunks are taken in the same turn, so they come
+/// out in the input's order.
+const CSV_PARSERS: usize = 2;
+
+fn parse_csv(
+    mut blocks: CsvBlockReader<shoplake_events::io::Input>,
+    layout: CsvLayout,
+    validator: &Validator,
+) -> Result<(Chunks, Vec<std::thread::JoinHandle<()>>)> {
+    let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(f)
+            .map_err(|e| Error::Internal(format!("starting a parser thread: {e}")))
+    };
+    let mut threads = Vec::new();
+    let mut to_parsers = Vec::new();
+    let mut from_parsers = Vec::new();
+    for k in 0..CSV_PARSERS {
+        let (block_tx, block_rx) =
+            std::sync::mpsc::sync_channel::<shoplake_events::Result<CsvBlock>>(1);
+        let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<ChunkResult>(2);
+        let (layout, validator) = (layout.clone(), validator.clone());
+        threads.push(spawn(
+            format!("shoplake-parse-{k}"),
+            Box::new(move || {
+                for block in block_rx {
+                    let chunk = block.map(|block| {
+                        let mut chunk = Chunk::new();
+                        layout.decode_block(&validator, &block, |row| chunk.push(row));
+                        chunk
+                    });
+                    let failed = chunk.is_err();
+                    if chunk_tx.send(chunk).is_err() || failed {
+                        return;
+                    }
+                }
+            }),
+        )?);
+        to_parsers.push(block_tx);
+        from_parsers.push(chunk_rx);
+    }
+    threads.push(spawn(
+        "shoplake-read".into(),
+        Box::new(move || {
+            for turn in 0.. {
+                let tx = &to_parsers[turn % CSV_PARSERS];
+                match blocks.next_block().transpose() {
+                    None => return,
+                    Some(block) => {
+                        let failed = block.is_err();
+                        if tx.send(block).is_err() || failed {
+                            return;
+                        }
+                    }
+                }
+            }
+        }),
+    )?);
+    Ok((
+        Chunks {
+            from: from_parsers,
+            turn: 0,
+        },
+        threads,
+    ))
+}
+
+/// Parsed chunks in the input's order, from one parser or several taking turns.
+struct Chunks {
+    from: Vec<std::sync::mpsc::Receiver<ChunkResult>>,
+    turn: usize,
+}
+
+impl Iterator for Chunks {
+    type Item = ChunkResult;
+
+    fn next(&mut self) -> Option<ChunkResult> {
+        let chunk = self.from[self.turn % self.from.len()].recv().ok()?;
+        self.turn += 1;
+        Some(chunk)
+    }
+}
+
 impl DecodeContext {
     fn run(mut self, opened: Opened, tx: mpsc::Sender<Msg>) -> Result<Decoded> {
-        let rows = if self.json {
-            Rows::Json(Box::new(JsonDecoder::new(
-                io::BufReader::new(opened.input),
-                self.validator.clone(),
-            )))
+        // Parsing runs on threads of its own, so that it and the rest of this stage (dedupe,
+        // profile, Arrow) and the writer share both cores. On an error here the parsers are
+        // left to stop at their next send (the reader may be blocked reading stdin).
+        let (chunks, parsers) = if self.json {
+            let rows = JsonDecoder::new(io::BufReader::new(opened.input), self.validator.clone());
+            let (tx, rx) = std::sync::mpsc::sync_channel(2);
+            let parser = std::thread::Builder::new()
+                .name("shoplake-parse".into())
+                .spawn(move || parse_json(rows, tx))
+                .map_err(|e| Error::Internal(format!("starting the parser thread: {e}")))?;
+            (
+                Chunks {
+                    from: vec![rx],
+                    turn: 0,
+                },
+                vec![parser],
+            )
         } else {
-            Rows::Csv(Box::new(
-                CsvDecoder::new(opened.input, self.validator.clone())
-                    .map_err(|e| input_error(&self.name, e))?,
-            ))
+            let (blocks, layout) =
+                CsvBlockReader::new(opened.input).map_err(|e| input_error(&self.name, e))?;
+            parse_csv(blocks, layout, &self.validator)?
         };
-        // Parsing runs on its own thread, so that it and the rest of this stage (dedupe,
-        // profile, Arrow) and the writer share both cores. On an error here the parser is
-        // left to stop at its next send (it may be blocked reading stdin).
-        let (parsed_tx, parsed_rx) = std::sync::mpsc::sync_channel(2);
-        let parser = std::thread::Builder::new()
-            .name("shoplake-parse".into())
-            .spawn(move || parse(rows, parsed_tx))
-            .map_err(|e| Error::Internal(format!("starting the parser thread: {e}")))?;
         let mut profiler = Profiler::new();
         let mut touched = HashSet::new();
         let mut rejects: Vec<Reject> = Vec::new();
         let mut read = 0u64;
-        for chunk in parsed_rx {
+        for chunk in chunks {
             let chunk = chunk.map_err(|e| input_error(&self.name, e))?;
             read += (chunk.events.len() + chunk.rejects.len()) as u64;
             for r in chunk.rejects {
@@ -881,9 +964,11 @@ impl DecodeContext {
                 });
             }
         }
-        parser
-            .join()
-            .map_err(|_| Error::Internal("the parser thread panicked".into()))?;
+        for parser in parsers {
+            parser
+                .join()
+                .map_err(|_| Error::Internal("a parser thread panicked".into()))?;
+        }
         self.send_rejects(&mut rejects, &tx)?;
         if let Some(p) = &self.progress {
             p(ImportProgress {
@@ -929,24 +1014,27 @@ impl DecodeContext {
     }
 
     /// Sends a chunk's new rows (`keep`) to the writer, one batch per date, so that the
-    /// writer need not split them (rows come sorted by time in exports, so a chunk mostly
-    /// holds one date: its batch is the chunk's columns as they are).
+    /// writer need not split them. Exports come sorted by time with few duplicates, so a chunk
+    /// mostly holds one date and a handful of duplicates: the rows between them go as slices
+    /// of the chunk, copied nowhere. Otherwise the rows are filtered and grouped by date.
     fn send_events(
         &self,
-        batch: RecordBatch,
+        mut batch: RecordBatch,
         mut dates: Vec<i32>,
         keep: &[bool],
         tx: &mpsc::Sender<Msg>,
     ) -> Result<()> {
-        let mut batch = batch;
-        if keep.iter().any(|k| !k) {
-            let mask = BooleanArray::from(keep.to_vec());
+        let mut keep = keep.to_vec();
+        let duplicates = keep.iter().filter(|k| !**k).count();
+        if duplicates > 64 || (duplicates > 0 && !dates.is_sorted()) {
+            let mask = BooleanArray::from(std::mem::take(&mut keep));
             batch = filter_record_batch(&batch, &mask)?;
             dates = dates
                 .into_iter()
-                .zip(keep)
-                .filter_map(|(d, &k)| k.then_some(d))
+                .zip(mask.values())
+                .filter_map(|(d, k)| k.then_some(d))
                 .collect();
+            keep = vec![true; dates.len()];
         }
         if !dates.is_sorted() {
             let mut order: Vec<u32> = (0..dates.len() as u32).collect();
@@ -964,8 +1052,17 @@ impl DecodeContext {
         let batch = RecordBatch::try_new(self.events_schema.clone(), columns)?;
         let mut start = 0;
         while start < dates.len() {
+            if !keep[start] {
+                start += 1;
+                continue;
+            }
             let date = dates[start];
-            let end = start + dates[start..].partition_point(|&d| d == date);
+            let end = start
+                + dates[start..]
+                    .iter()
+                    .zip(&keep[start..])
+                    .take_while(|&(&d, &k)| k && d == date)
+                    .count();
             self.send(
                 tx,
                 Msg::Events {

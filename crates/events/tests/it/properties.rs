@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use shoplake_events::arrow::{from_record_batch, to_record_batch};
+use shoplake_events::csv::CsvBlockReader;
 use shoplake_events::{
     CsvDecoder, CsvEncoder, Event, EventType, FixedClock, JsonDecoder, JsonEncoder, Price, Row,
-    Validator,
+    RowRef, Validator,
 };
 
 fn validator() -> Validator {
@@ -19,6 +20,25 @@ fn decode_csv(bytes: &[u8]) -> Vec<Row> {
         Ok(dec) => dec.map_while(Result::ok).collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// The rows as the block decoder (used by imports) sees them, cut into blocks of `block` bytes.
+fn decode_csv_blocks(bytes: &[u8], block: usize) -> Vec<Row> {
+    let Ok((reader, layout)) = CsvBlockReader::new(bytes) else {
+        return Vec::new();
+    };
+    let mut reader = reader.with_block_size(block);
+    let mut rows = Vec::new();
+    let v = validator();
+    while let Ok(Some(b)) = reader.next_block() {
+        layout.decode_block(&v, &b, |row| {
+            rows.push(match row {
+                RowRef::Event(e) => Row::Event(e.to_event()),
+                RowRef::Reject(r) => Row::Reject(r),
+            })
+        });
+    }
+    rows
 }
 
 fn decode_json(bytes: &[u8]) -> Vec<Row> {
@@ -141,6 +161,86 @@ proptest! {
         prop_assert_eq!(a.event_id(), copy.event_id());
         if !a.same_identity(&b) {
             prop_assert_ne!(a.event_id(), b.event_id());
+        }
+    }
+}
+
+/// A CSV field as files hold it: plain, quoted (with commas, quotes, line ends), empty,
+/// padded, or with a carriage return or an invalid byte.
+fn csv_piece() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        6 => Just(b"2019-10-01 00:00:04 UTC,view,44600062,2103807459595387724,,shiseido,35.79,541312140,72d76fde".to_vec()),
+        2 => Just(b"2019-10-01 00:00:05 UTC,cart,1,2,\"a,b\",\"Br\"\"and\",1.00,3,s".to_vec()),
+        1 => Just(b"2019-10-01 00:00:05 UTC,cart,1,2,\"line\nbreak\",x,1.00,3,s".to_vec()),
+        1 => Just(b"2019-10-01 00:00:05 UTC,cart,1,2,\"cr\r\nlf\",x,1.00,3,s".to_vec()),
+        1 => Just(b"2019-10-01 00:00:06 UTC,view,1,2,,b,abc,3,s".to_vec()),
+        1 => Just(b"1,2,3".to_vec()),
+        1 => Just(b"   ".to_vec()),
+        1 => Just(b"".to_vec()),
+        1 => Just(b"2019-10-01 00:00:07 UTC,view,1,2,,\xff,1,3,s".to_vec()),
+        1 => Just(b"2019-10-01 00:00:07 UTC,view,1,2,,a\rb,1,3,s".to_vec()),
+        1 => Just(b"2019-10-01 00:00:08 UTC,view,1,2,,ab\"c,1,3,s".to_vec()),
+        1 => Just(b"\"unterminated,1,2".to_vec()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The block decoder finds the same rows, reasons, lines and raw texts as the row decoder,
+    /// wherever the blocks are cut.
+    #[test]
+    fn block_decoding_matches_row_decoding(
+        pieces in proptest::collection::vec((csv_piece(), prop_oneof![Just(&b"\n"[..]), Just(&b"\r\n"[..]), Just(&b"\r"[..])]), 0..24),
+        last_end in any::<bool>(),
+        block in 1usize..200,
+    ) {
+        let mut input = b"event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n".to_vec();
+        let n = pieces.len();
+        for (i, (piece, end)) in pieces.into_iter().enumerate() {
+            input.extend_from_slice(&piece);
+            if i + 1 < n || last_end {
+                input.extend_from_slice(end);
+            }
+        }
+        // The row decoder (the csv crate) numbers a record after blank lines or a CR LF line
+        // end from the line before; the block decoder counts line feeds (lines are checked
+        // in `block_decoding_numbers_lines_exactly`).
+        let normal = |rows: Vec<Row>| -> Vec<Row> {
+            rows.into_iter()
+                .map(|r| match r {
+                    Row::Reject(mut r) => {
+                        r.line = 0;
+                        Row::Reject(r)
+                    }
+                    r => r,
+                })
+                .collect()
+        };
+        let rows = normal(decode_csv(&input));
+        prop_assert_eq!(normal(decode_csv_blocks(&input, block)), rows.clone(), "{:?}", String::from_utf8_lossy(&input));
+        prop_assert_eq!(normal(decode_csv_blocks(&input, 4 << 20)), rows);
+    }
+}
+
+#[test]
+fn block_decoding_numbers_lines_exactly() {
+    let bad = "2019-10-01 00:00:06 UTC,view,1,2,,b,abc,3,s";
+    let quoted = "2019-10-01 00:00:05 UTC,cart,1,2,\"line\nbreak\",x,1.00,3,s";
+    let header = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session";
+    for end in ["\n", "\r\n"] {
+        let input = [header, "", bad, quoted, bad, "", "", "1,2", bad]
+            .join(end)
+            .into_bytes();
+        for block in [1, 7, 64, 4 << 20] {
+            let lines: Vec<u64> = decode_csv_blocks(&input, block)
+                .into_iter()
+                .filter_map(|r| match r {
+                    Row::Reject(r) => Some(r.line),
+                    Row::Event(_) => None,
+                })
+                .collect();
+            assert_eq!(lines, [3, 6, 9, 10], "{end:?} {block}");
         }
     }
 }
