@@ -224,7 +224,8 @@ impl CsvLayout {
         let bytes = block.bytes.as_slice();
         let mut core = csv_core::Reader::new();
         let (mut out, mut ends) = (Vec::new(), Vec::new());
-        let mut fields: Vec<&[u8]> = Vec::with_capacity(self.width + 1);
+        let mut texts: Vec<&str> = Vec::with_capacity(self.width + 1);
+        let mut bytes_fields: Vec<&[u8]> = Vec::new();
         let mut pos = 0;
         let mut line = block.first_line;
         let mut rows = 0;
@@ -239,12 +240,22 @@ impl CsvLayout {
                 if text.is_empty() || text.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                fields.clear();
-                fields.extend(text.split(|&b| b == b','));
                 rows += 1;
-                f(self.row(validator, &fields, line - 1, || {
-                    String::from_utf8_lossy(text).into_owned()
-                }));
+                let raw = || String::from_utf8_lossy(text).into_owned();
+                let fields = match std::str::from_utf8(text) {
+                    Ok(text) => {
+                        texts.clear();
+                        texts.extend(text.split(','));
+                        self.text_fields(&texts)
+                    }
+                    // Which field is at fault, in column order.
+                    Err(_) => {
+                        bytes_fields.clear();
+                        bytes_fields.extend(text.split(|&b| b == b','));
+                        self.fields(&bytes_fields)
+                    }
+                };
+                f(self.validate(validator, fields, line - 1, raw));
                 continue;
             }
             // Quotes or a carriage return: the record (possibly over several lines) as the
@@ -273,36 +284,48 @@ impl CsvLayout {
                 continue;
             }
             rows += 1;
-            f(self.row(validator, &record, start_line, || raw_fields(&record)));
+            f(
+                self.validate(validator, self.fields(&record), start_line, || {
+                    raw_fields(&record)
+                }),
+            );
         }
         rows
     }
 
-    fn row<'a>(
+    fn validate<'a>(
         &self,
         validator: &Validator,
-        fields: &[&'a [u8]],
+        fields: Result<[Option<&'a str>; 11], FieldError>,
         line: u64,
         raw: impl FnOnce() -> String,
     ) -> RowRef<'a> {
-        match self
-            .fields(fields)
-            .and_then(|raw| validator.validate_fields(&raw))
-        {
+        match fields.and_then(|fields| validator.validate_fields(&fields)) {
             Ok(e) => RowRef::Event(e),
             Err(e) => RowRef::Reject(Reject::new(line, e, raw())),
         }
     }
 
+    fn check_width(&self, n: usize) -> Result<(), FieldError> {
+        if n == self.width {
+            Ok(())
+        } else {
+            Err(FieldError::row(format!(
+                "has {n} fields, the header has {}",
+                self.width
+            )))
+        }
+    }
+
+    /// Each field's text, indexed by [`Field`], from a record known to be UTF-8.
+    fn text_fields<'a>(&self, record: &[&'a str]) -> Result<[Option<&'a str>; 11], FieldError> {
+        self.check_width(record.len())?;
+        Ok(self.columns.map(|c| c.map(|i| record[i])))
+    }
+
     /// Each field's text, indexed by [`Field`].
     fn fields<'a>(&self, record: &[&'a [u8]]) -> Result<[Option<&'a str>; 11], FieldError> {
-        if record.len() != self.width {
-            return Err(FieldError::row(format!(
-                "has {} fields, the header has {}",
-                record.len(),
-                self.width
-            )));
-        }
+        self.check_width(record.len())?;
         let mut raw: [Option<&str>; 11] = [None; 11];
         for field in Field::ALL {
             if let Some(i) = self.columns[field as usize] {
@@ -441,14 +464,14 @@ impl<R: Read> CsvBlockReader<R> {
 
     /// Reads until `carry` holds `want` bytes or the input ends.
     fn fill(&mut self, want: usize) -> Result<()> {
-        let mut buf = vec![0u8; 256 * 1024];
-        while self.carry.len() < want && !self.eof {
-            match self.input.read(&mut buf) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.carry.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("reading the input")(e)),
-            }
+        if self.carry.len() < want && !self.eof {
+            let more = (want - self.carry.len()) as u64;
+            // Straight into `carry` (no zeroing, no second copy).
+            let n = (&mut self.input)
+                .take(more)
+                .read_to_end(&mut self.carry)
+                .map_err(Error::io("reading the input"))?;
+            self.eof = (n as u64) < more;
         }
         Ok(())
     }

@@ -448,6 +448,26 @@ fn id(raw: &[Option<&str>; 11], field: Field) -> Result<i64, FieldError> {
         Some(rest) => (true, rest),
         None => (false, bytes),
     };
+    // Up to 18 digits cannot overflow: one unchecked pass (ids are the bulk of every row).
+    if !digits.is_empty() && digits.len() <= 18 {
+        let mut v = 0i64;
+        let mut ok = true;
+        for &b in digits {
+            let d = b.wrapping_sub(b'0');
+            ok &= d <= 9;
+            v = v.wrapping_mul(10).wrapping_add(i64::from(d));
+        }
+        if ok {
+            let v = if negative { -v } else { v };
+            if v <= 0 {
+                return Err(FieldError::new(
+                    field,
+                    format!("{} is not a positive id", quote(s)),
+                ));
+            }
+            return Ok(v);
+        }
+    }
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Err(FieldError::new(
             field,
