@@ -245,7 +245,12 @@ impl CsvLayout {
                 let fields = match std::str::from_utf8(text) {
                     Ok(text) => {
                         texts.clear();
-                        texts.extend(text.split(','));
+                        let mut from = 0;
+                        for comma in memchr::memchr_iter(b',', text.as_bytes()) {
+                            texts.push(text.get(from..comma).unwrap_or_default());
+                            from = comma + 1;
+                        }
+                        texts.push(text.get(from..).unwrap_or_default());
                         self.text_fields(&texts)
                     }
                     // Which field is at fault, in column order.

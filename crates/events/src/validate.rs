@@ -448,16 +448,16 @@ fn id(raw: &[Option<&str>; 11], field: Field) -> Result<i64, FieldError> {
         Some(rest) => (true, rest),
         None => (false, bytes),
     };
-    // Up to 18 digits cannot overflow: one unchecked pass (ids are the bulk of every row).
-    if !digits.is_empty() && digits.len() <= 18 {
-        let mut v = 0i64;
+    // Up to 19 digits fit a u64: one unchecked pass (ids are the bulk of every row).
+    if !digits.is_empty() && digits.len() <= 19 {
+        let mut v = 0u64;
         let mut ok = true;
         for &b in digits {
             let d = b.wrapping_sub(b'0');
             ok &= d <= 9;
-            v = v.wrapping_mul(10).wrapping_add(i64::from(d));
+            v = v.wrapping_mul(10).wrapping_add(u64::from(d));
         }
-        if ok {
+        if let Some(v) = i64::try_from(v).ok().filter(|_| ok) {
             let v = if negative { -v } else { v };
             if v <= 0 {
                 return Err(FieldError::new(
