@@ -4,10 +4,14 @@
 //! The header is required: columns are found by name, in any order; extra columns are ignored;
 //! `client_ip` and `user_agent` are read when present. Quoted fields, CRLF line ends and a
 //! UTF-8 byte-order mark are handled; `.csv.gz` is read through [`crate::io::open`].
+//!
+//! Input is cut into blocks of whole records ([`CsvBlockReader`]); a line without quotes or
+//! carriage returns (nearly all) is split on commas directly, any other record goes through
+//! `csv-core`'s state machine. [`CsvDecoder`] reads blocks as they arrive (a pipe's rows come
+//! out as soon as their line is complete); an import hands blocks to several threads
+//! ([`CsvLayout::decode_block`]). Lines are numbered by counting line feeds.
 
 use std::io::{Read, Write};
-
-use csv::{ByteRecord, ReaderBuilder};
 
 use crate::error::{Error, Result};
 use crate::event::{Event, EventRef};
@@ -33,11 +37,13 @@ pub enum RowRef<'a> {
 
 /// Reads REES46 CSV, validating each row.
 pub struct CsvDecoder<R: Read> {
-    reader: csv::Reader<R>,
-    columns: [Option<usize>; 11],
-    width: usize,
+    blocks: CsvBlockReader<R>,
+    layout: CsvLayout,
     validator: Validator,
-    record: ByteRecord,
+    block: CsvBlock,
+    cursor: Cursor,
+    /// Bytes of the blocks before the current one (and the header).
+    before: u64,
     rows: u64,
 }
 
@@ -53,27 +59,16 @@ impl<R: Read> CsvDecoder<R> {
     /// Reads and checks the header. Fails when the input is empty or the header lacks a
     /// REES46 column.
     pub fn new(input: R, validator: Validator) -> Result<Self> {
-        let mut reader = ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .buffer_capacity(256 * 1024)
-            .from_reader(input);
-        let mut header = ByteRecord::new();
-        if !reader
-            .read_byte_record(&mut header)
-            .map_err(Error::from_csv)?
-        {
-            return Err(Error::Header(
-                "the input is empty: expected a header line".into(),
-            ));
-        }
-        let layout = CsvLayout::of_header(header.iter())?;
+        let (blocks, layout) = CsvBlockReader::new(input)?;
+        let blocks = blocks.streaming();
+        let before = blocks.consumed;
         Ok(CsvDecoder {
-            reader,
-            columns: layout.columns,
-            width: layout.width,
+            blocks,
+            layout,
             validator,
-            record: ByteRecord::new(),
+            block: CsvBlock::default(),
+            cursor: Cursor::new(0),
+            before,
             rows: 0,
         })
     }
@@ -85,7 +80,7 @@ impl<R: Read> CsvDecoder<R> {
 
     /// Bytes of (decompressed) input consumed so far.
     pub fn bytes(&self) -> u64 {
-        self.reader.position().byte()
+        self.before + self.cursor.pos as u64
     }
 
     /// The next row, `None` at the end of the input. An `Err` is a failure of the input itself
@@ -100,48 +95,24 @@ impl<R: Read> CsvDecoder<R> {
     /// Like [`CsvDecoder::next_row`], with the event's texts borrowed from the decoder's
     /// buffer (valid until the next call): nothing is allocated for a good row.
     pub fn next_ref(&mut self) -> Result<Option<RowRef<'_>>> {
-        loop {
-            if !self
-                .reader
-                .read_byte_record(&mut self.record)
-                .map_err(Error::from_csv)?
-            {
+        let record = loop {
+            if let Some(record) = self.cursor.advance(&self.block.bytes) {
+                break record;
+            }
+            let Some(block) = self.blocks.next_block()? else {
                 return Ok(None);
-            }
-            // A blank line (common at the end of hand-edited files) is not a row.
-            if self.record.len() == 1 && self.record[0].iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            break;
-        }
+            };
+            self.before += self.block.bytes.len() as u64;
+            self.cursor = Cursor::new(block.first_line);
+            self.block = block;
+        };
         self.rows += 1;
-        Ok(Some(match self.decode_record() {
-            Ok(event) => RowRef::Event(event),
-            Err(e) => {
-                let line = self.record.position().map_or(0, |p| p.line());
-                RowRef::Reject(Reject::new(line, e, raw_line(&self.record)))
-            }
-        }))
-    }
-
-    fn decode_record(&self) -> Result<EventRef<'_>, FieldError> {
-        let record = &self.record;
-        if record.len() != self.width {
-            return Err(FieldError::row(format!(
-                "has {} fields, the header has {}",
-                record.len(),
-                self.width
-            )));
-        }
-        let mut raw: [Option<&str>; 11] = [None; 11];
-        for field in Field::ALL {
-            if let Some(i) = self.columns[field as usize] {
-                let text = std::str::from_utf8(&record[i])
-                    .map_err(|_| FieldError::new(field, "is not valid UTF-8"))?;
-                raw[field as usize] = Some(text);
-            }
-        }
-        self.validator.validate_fields(&raw)
+        Ok(Some(self.layout.row(
+            &self.validator,
+            &self.block.bytes,
+            &self.cursor,
+            record,
+        )))
     }
 
     /// Reads up to `max` rows into `events` and `rejects`; returns how many rows were read
@@ -165,10 +136,20 @@ impl<R: Read> CsvDecoder<R> {
     }
 }
 
+impl<R: Read> Iterator for CsvDecoder<R> {
+    type Item = Result<Row>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_row().transpose()
+    }
+}
+
 /// Where the REES46 columns are in a file, from its header.
 #[derive(Debug, Clone)]
 pub struct CsvLayout {
     columns: [Option<usize>; 11],
+    /// Per column of the file, the field it holds.
+    fields: Vec<Option<Field>>,
     width: usize,
 }
 
@@ -178,6 +159,7 @@ impl CsvLayout {
     fn of_header<'a>(header: impl Iterator<Item = &'a [u8]>) -> Result<CsvLayout> {
         let mut columns = [None; 11];
         let mut names = Vec::new();
+        let mut fields = Vec::new();
         for (i, raw) in header.enumerate() {
             let raw = if i == 0 {
                 raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw)
@@ -185,12 +167,14 @@ impl CsvLayout {
                 raw
             };
             let name = String::from_utf8_lossy(raw).trim().to_ascii_lowercase();
-            if let Some(field) = Field::from_name(&name) {
+            let field = Field::from_name(&name);
+            if let Some(field) = field {
                 if columns[field as usize].is_some() {
                     return Err(Error::Header(format!("column {name} appears twice")));
                 }
                 columns[field as usize] = Some(i);
             }
+            fields.push(field);
             names.push(name);
         }
         let missing: Vec<&str> = Field::REQUIRED_COLUMNS
@@ -207,107 +191,51 @@ impl CsvLayout {
         }
         Ok(CsvLayout {
             columns,
+            fields,
             width: names.len(),
         })
     }
 
     /// Decodes a block's rows in order, handing each (an event borrowing the block, or a
-    /// reject) to `f`; returns how many rows there were. The same rows, reasons and lines as
-    /// [`CsvDecoder`]: lines without quotes or carriage returns (nearly all) are split on
-    /// commas directly; any other line goes through the CSV state machine.
+    /// reject) to `f`; returns how many rows there were.
     pub fn decode_block(
         &self,
         validator: &Validator,
         block: &CsvBlock,
         mut f: impl FnMut(RowRef<'_>),
     ) -> u64 {
-        let bytes = block.bytes.as_slice();
-        let mut core = csv_core::Reader::new();
-        let (mut out, mut ends) = (Vec::new(), Vec::new());
-        let mut texts: Vec<&str> = Vec::with_capacity(self.width + 1);
-        let mut bytes_fields: Vec<&[u8]> = Vec::new();
-        let mut pos = 0;
-        let mut line = block.first_line;
+        let mut cursor = Cursor::new(block.first_line);
         let mut rows = 0;
-        while pos < bytes.len() {
-            let rest = &bytes[pos..];
-            let len = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
-            let text = &rest[..len];
-            let text = text.strip_suffix(b"\r").unwrap_or(text);
-            if memchr::memchr2(b'"', b'\r', text).is_none() {
-                pos += len + 1;
-                line += 1;
-                if text.is_empty() || text.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                rows += 1;
-                let raw = || String::from_utf8_lossy(text).into_owned();
-                let fields = match std::str::from_utf8(text) {
-                    Ok(text) => {
-                        texts.clear();
-                        let mut from = 0;
-                        for comma in memchr::memchr_iter(b',', text.as_bytes()) {
-                            texts.push(text.get(from..comma).unwrap_or_default());
-                            from = comma + 1;
-                        }
-                        texts.push(text.get(from..).unwrap_or_default());
-                        self.text_fields(&texts)
-                    }
-                    // Which field is at fault, in column order.
-                    Err(_) => {
-                        bytes_fields.clear();
-                        bytes_fields.extend(text.split(|&b| b == b','));
-                        self.fields(&bytes_fields)
-                    }
-                };
-                f(self.validate(validator, fields, line - 1, raw));
-                continue;
-            }
-            // Quotes or a carriage return: the record (possibly over several lines) as the
-            // CSV reader sees it, from the start of its first line.
-            let start_line = line
-                + rest
-                    .iter()
-                    .take_while(|&&b| b == b'\r' || b == b'\n')
-                    .filter(|&&b| b == b'\n')
-                    .count() as u64;
-            let Some(n) = core_record(&mut core, rest, &mut out, &mut ends) else {
-                break;
-            };
-            line += memchr::memchr_iter(b'\n', &rest[..n]).count() as u64;
-            pos += n;
-            let mut from = 0;
-            let record: Vec<&[u8]> = ends
-                .iter()
-                .map(|&end| {
-                    let field = &out[from..end];
-                    from = end;
-                    field
-                })
-                .collect();
-            if record.len() == 1 && record[0].iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
+        while let Some(record) = cursor.advance(&block.bytes) {
             rows += 1;
-            f(
-                self.validate(validator, self.fields(&record), start_line, || {
-                    raw_fields(&record)
-                }),
-            );
+            f(self.row(validator, &block.bytes, &cursor, record));
         }
         rows
     }
 
-    fn validate<'a>(
+    /// The row of a record `cursor` found in `bytes`.
+    fn row<'a>(
         &self,
         validator: &Validator,
-        fields: Result<[Option<&'a str>; 11], FieldError>,
-        line: u64,
-        raw: impl FnOnce() -> String,
+        bytes: &'a [u8],
+        cursor: &'a Cursor,
+        record: Record,
     ) -> RowRef<'a> {
+        let fields = match record.span {
+            Span::Line { start, end } => self.line_fields(&bytes[start..end]),
+            Span::Parsed => self.fields(&cursor.parsed()),
+        };
         match fields.and_then(|fields| validator.validate_fields(&fields)) {
             Ok(e) => RowRef::Event(e),
-            Err(e) => RowRef::Reject(Reject::new(line, e, raw())),
+            Err(e) => {
+                let raw = match record.span {
+                    Span::Line { start, end } => {
+                        String::from_utf8_lossy(&bytes[start..end]).into_owned()
+                    }
+                    Span::Parsed => raw_fields(&cursor.parsed()),
+                };
+                RowRef::Reject(Reject::new(record.line, e, raw))
+            }
         }
     }
 
@@ -322,10 +250,25 @@ impl CsvLayout {
         }
     }
 
-    /// Each field's text, indexed by [`Field`], from a record known to be UTF-8.
-    fn text_fields<'a>(&self, record: &[&'a str]) -> Result<[Option<&'a str>; 11], FieldError> {
-        self.check_width(record.len())?;
-        Ok(self.columns.map(|c| c.map(|i| record[i])))
+    /// Each field's text, indexed by [`Field`], from a line without quotes: split on commas.
+    fn line_fields<'a>(&self, line: &'a [u8]) -> Result<[Option<&'a str>; 11], FieldError> {
+        let Ok(text) = std::str::from_utf8(line) else {
+            // Which field is at fault, in column order.
+            let record: Vec<&[u8]> = line.split(|&b| b == b',').collect();
+            return self.fields(&record);
+        };
+        let mut raw: [Option<&str>; 11] = [None; 11];
+        let mut n = 0;
+        let mut from = 0;
+        for end in memchr::memchr_iter(b',', line).chain([line.len()]) {
+            if let Some(Some(field)) = self.fields.get(n) {
+                raw[*field as usize] = text.get(from..end);
+            }
+            n += 1;
+            from = end + 1;
+        }
+        self.check_width(n)?;
+        Ok(raw)
     }
 
     /// Each field's text, indexed by [`Field`].
@@ -340,6 +283,103 @@ impl CsvLayout {
             }
         }
         Ok(raw)
+    }
+}
+
+/// A record found by a [`Cursor`]: plain positions, so that finding the next record and
+/// borrowing its text are separate steps.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    span: Span,
+    /// The line it starts on.
+    line: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Span {
+    /// A line without quotes or carriage returns, `bytes[start..end]`.
+    Line { start: usize, end: usize },
+    /// Parsed by the CSV state machine into the cursor's buffers.
+    Parsed,
+}
+
+/// Walks a block's records.
+struct Cursor {
+    pos: usize,
+    line: u64,
+    core: csv_core::Reader,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Cursor {
+    fn new(line: u64) -> Cursor {
+        Cursor {
+            pos: 0,
+            line,
+            core: csv_core::Reader::new(),
+            out: Vec::new(),
+            ends: Vec::new(),
+        }
+    }
+
+    /// The fields of the last record parsed by the state machine.
+    fn parsed(&self) -> Vec<&[u8]> {
+        let mut from = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let field = &self.out[from..end];
+                from = end;
+                field
+            })
+            .collect()
+    }
+
+    /// The next record of `bytes` (which hold whole records), skipping blank lines; `None`
+    /// at the end.
+    fn advance(&mut self, bytes: &[u8]) -> Option<Record> {
+        while self.pos < bytes.len() {
+            let rest = &bytes[self.pos..];
+            let len = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+            let text = &rest[..len];
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            if memchr::memchr2(b'"', b'\r', text).is_none() {
+                let start = self.pos;
+                self.pos += len + 1;
+                self.line += 1;
+                // A blank line (common at the end of hand-edited files) is not a row.
+                if text.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Some(Record {
+                    span: Span::Line {
+                        start,
+                        end: start + text.len(),
+                    },
+                    line: self.line - 1,
+                });
+            }
+            // Quotes or a carriage return: the record (possibly over several lines) as the
+            // CSV state machine sees it, from the start of its first line.
+            let line = self.line
+                + rest
+                    .iter()
+                    .take_while(|&&b| b == b'\r' || b == b'\n')
+                    .filter(|&&b| b == b'\n')
+                    .count() as u64;
+            let n = core_record(&mut self.core, rest, &mut self.out, &mut self.ends)?;
+            self.line += memchr::memchr_iter(b'\n', &rest[..n]).count() as u64;
+            self.pos += n;
+            if self.ends.len() == 1 && self.out.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Some(Record {
+                span: Span::Parsed,
+                line,
+            });
+        }
+        None
     }
 }
 
@@ -406,6 +446,13 @@ pub struct CsvBlockReader<R: Read> {
     line: u64,
     /// The size a block is cut at (the record that crosses it is left for the next).
     block: usize,
+    /// Whether a block is cut from what one read returns (rows of a pipe come out as soon as
+    /// their line is complete), rather than from a block's worth of input.
+    streaming: bool,
+    /// The buffer of a streaming reader's reads.
+    buf: Vec<u8>,
+    /// The header's bytes.
+    consumed: u64,
 }
 
 impl<R: Read> std::fmt::Debug for CsvBlockReader<R> {
@@ -425,12 +472,14 @@ impl<R: Read> CsvBlockReader<R> {
             eof: false,
             line: 1,
             block: 4 << 20,
+            streaming: false,
+            buf: Vec::new(),
+            consumed: 0,
         };
         let mut core = csv_core::Reader::new();
         let (mut out, mut ends) = (Vec::new(), Vec::new());
-        let mut want = 64 * 1024;
         let header_len = loop {
-            reader.fill(want)?;
+            reader.read_some()?;
             let end = if reader.eof {
                 Some(reader.carry.len())
             } else {
@@ -447,7 +496,6 @@ impl<R: Read> CsvBlockReader<R> {
                     }
                 }
             }
-            want *= 2;
         };
         let mut from = 0;
         let header = ends.iter().map(|&end| {
@@ -458,6 +506,7 @@ impl<R: Read> CsvBlockReader<R> {
         let layout = CsvLayout::of_header(header)?;
         reader.line += memchr::memchr_iter(b'\n', &reader.carry[..header_len]).count() as u64;
         reader.carry.drain(..header_len);
+        reader.consumed = header_len as u64;
         Ok((reader, layout))
     }
 
@@ -465,6 +514,33 @@ impl<R: Read> CsvBlockReader<R> {
     pub fn with_block_size(mut self, bytes: usize) -> Self {
         self.block = bytes.max(1);
         self
+    }
+
+    /// Cuts each block from what one read returns (at least one whole record).
+    pub fn streaming(mut self) -> Self {
+        self.streaming = true;
+        self
+    }
+
+    /// One read (of up to 64 KiB) onto `carry`.
+    fn read_some(&mut self) -> Result<()> {
+        if self.eof {
+            return Ok(());
+        }
+        self.buf.resize(64 * 1024, 0);
+        loop {
+            match self.input.read(&mut self.buf) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.carry.extend_from_slice(&self.buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Error::io(format!("reading input near line {}", self.line))(
+                        e,
+                    ));
+                }
+            }
+            return Ok(());
+        }
     }
 
     /// Reads until `carry` holds `want` bytes or the input ends.
@@ -475,7 +551,7 @@ impl<R: Read> CsvBlockReader<R> {
             let n = (&mut self.input)
                 .take(more)
                 .read_to_end(&mut self.carry)
-                .map_err(Error::io("reading the input"))?;
+                .map_err(Error::io(format!("reading input near line {}", self.line)))?;
             self.eof = (n as u64) < more;
         }
         Ok(())
@@ -485,8 +561,10 @@ impl<R: Read> CsvBlockReader<R> {
     pub fn next_block(&mut self) -> Result<Option<CsvBlock>> {
         let mut want = self.block;
         loop {
-            self.fill(want)?;
-            if self.carry.is_empty() {
+            if !self.streaming {
+                self.fill(want)?;
+            }
+            if self.carry.is_empty() && self.eof {
                 return Ok(None);
             }
             let end = if self.eof {
@@ -502,10 +580,15 @@ impl<R: Read> CsvBlockReader<R> {
                     bytes,
                 };
                 self.line += memchr::memchr_iter(b'\n', &block.bytes).count() as u64;
-                self.carry.reserve(self.block);
+                if !self.streaming {
+                    self.carry.reserve(self.block);
+                }
                 return Ok(Some(block));
             }
-            // One record longer than a block: read on.
+            // No whole record yet (or one longer than a block): read on.
+            if self.streaming {
+                self.read_some()?;
+            }
             want = self.carry.len() * 2;
         }
     }
@@ -539,25 +622,6 @@ fn record_boundary(buf: &[u8], records: usize) -> Option<usize> {
         }
     }
     last
-}
-
-impl<R: Read> Iterator for CsvDecoder<R> {
-    type Item = Result<Row>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.next_row().transpose()
-    }
-}
-
-fn raw_line(record: &ByteRecord) -> String {
-    let mut out = Vec::new();
-    for (i, f) in record.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_field(&mut out, f);
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn write_field(out: &mut Vec<u8>, value: &[u8]) {
@@ -690,6 +754,27 @@ mod tests {
         assert_eq!(events[0].category_code.as_deref(), Some("a,b"));
         assert_eq!(events[0].brand.as_deref(), Some("shi\"seido"));
         assert_eq!(events[0].user_id, 541_312_140);
+    }
+
+    #[test]
+    fn rows_come_out_as_soon_as_their_line_is_read() {
+        // A pipe whose writer has sent the header and one row so far (the next read fails
+        // here instead of waiting).
+        struct Pipe(Vec<&'static [u8]>);
+        impl Read for Pipe {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(std::io::Error::other("would wait for the writer"));
+                }
+                let part = self.0.remove(0);
+                buf[..part.len()].copy_from_slice(part);
+                Ok(part.len())
+            }
+        }
+        let first = format!("{HEADER}\n{ROW}\n{}", &ROW[..10]).leak().as_bytes();
+        let mut dec = CsvDecoder::new(Pipe(vec![first]), validator()).unwrap();
+        assert!(matches!(dec.next_row(), Ok(Some(Row::Event(_)))));
+        assert!(dec.next_row().is_err());
     }
 
     #[test]

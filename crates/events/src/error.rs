@@ -32,23 +32,6 @@ impl Error {
         let context = context.into();
         move |source| Error::Io { context, source }
     }
-
-    pub(crate) fn from_csv(e: csv::Error) -> Error {
-        let line = e.position().map(|p| p.line());
-        match e.into_kind() {
-            csv::ErrorKind::Io(source) => Error::Io {
-                context: match line {
-                    Some(l) => format!("reading input near line {l}"),
-                    None => "reading input".into(),
-                },
-                source,
-            },
-            other => Error::Io {
-                context: "reading CSV".into(),
-                source: std::io::Error::other(format!("{other:?}")),
-            },
-        }
-    }
 }
 
 impl From<arrow::error::ArrowError> for Error {

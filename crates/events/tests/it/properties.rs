@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use shoplake_events::arrow::{from_record_batch, to_record_batch};
 use shoplake_events::csv::CsvBlockReader;
 use shoplake_events::{
-    CsvDecoder, CsvEncoder, Event, EventType, FixedClock, JsonDecoder, JsonEncoder, Price, Row,
-    RowRef, Validator,
+    CsvDecoder, CsvEncoder, Event, EventType, Field, FieldError, FixedClock, JsonDecoder,
+    JsonEncoder, Price, RawEvent, Reject, Row, RowRef, Validator,
 };
 
 fn validator() -> Validator {
@@ -20,6 +20,80 @@ fn decode_csv(bytes: &[u8]) -> Vec<Row> {
         Ok(dec) => dec.map_while(Result::ok).collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// The rows as a straightforward decoder on the `csv` crate sees them: the reference.
+fn decode_csv_reference(bytes: &[u8]) -> Vec<Row> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(bytes);
+    let mut header = csv::ByteRecord::new();
+    if !reader.read_byte_record(&mut header).unwrap_or(false) {
+        return Vec::new();
+    }
+    let columns: Vec<Option<Field>> = header
+        .iter()
+        .map(|name| Field::from_name(&String::from_utf8_lossy(name).trim().to_ascii_lowercase()))
+        .collect();
+    let v = validator();
+    let mut rows = Vec::new();
+    let mut record = csv::ByteRecord::new();
+    while reader.read_byte_record(&mut record).unwrap_or(false) {
+        if record.len() == 1 && record[0].iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let line = record.position().map_or(0, |p| p.line());
+        let mut raw_text = Vec::new();
+        for (i, f) in record.iter().enumerate() {
+            if i > 0 {
+                raw_text.push(b',');
+            }
+            if f.iter().any(|&b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+                raw_text.push(b'"');
+                for &b in f {
+                    if b == b'"' {
+                        raw_text.push(b'"');
+                    }
+                    raw_text.push(b);
+                }
+                raw_text.push(b'"');
+            } else {
+                raw_text.extend_from_slice(f);
+            }
+        }
+        let raw_text = String::from_utf8_lossy(&raw_text).into_owned();
+        let checked = if record.len() != columns.len() {
+            Err(FieldError::row(format!(
+                "has {} fields, the header has {}",
+                record.len(),
+                columns.len()
+            )))
+        } else {
+            let mut raw = RawEvent::default();
+            let mut bad = None;
+            for field in Field::ALL {
+                if let Some(i) = columns.iter().position(|c| *c == Some(field)) {
+                    match std::str::from_utf8(&record[i]) {
+                        Ok(text) => raw.set(field, text.to_owned()),
+                        Err(_) => {
+                            bad = Some(FieldError::new(field, "is not valid UTF-8"));
+                            break;
+                        }
+                    }
+                }
+            }
+            match bad {
+                Some(e) => Err(e),
+                None => v.validate(&raw),
+            }
+        };
+        rows.push(match checked {
+            Ok(e) => Row::Event(e),
+            Err(e) => Row::Reject(Reject::new(line, e, raw_text)),
+        });
+    }
+    rows
 }
 
 /// The rows as the block decoder (used by imports) sees them, cut into blocks of `block` bytes.
@@ -187,8 +261,8 @@ fn csv_piece() -> impl Strategy<Value = Vec<u8>> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// The block decoder finds the same rows, reasons, lines and raw texts as the row decoder,
-    /// wherever the blocks are cut.
+    /// The block decoder (imports) and the row decoder find the same rows, reasons and raw
+    /// texts as the `csv` crate's reader, wherever the blocks are cut.
     #[test]
     fn block_decoding_matches_row_decoding(
         pieces in proptest::collection::vec((csv_piece(), prop_oneof![Just(&b"\n"[..]), Just(&b"\r\n"[..]), Just(&b"\r"[..])]), 0..24),
@@ -203,9 +277,9 @@ proptest! {
                 input.extend_from_slice(end);
             }
         }
-        // The row decoder (the csv crate) numbers a record after blank lines or a CR LF line
-        // end from the line before; the block decoder counts line feeds (lines are checked
-        // in `block_decoding_numbers_lines_exactly`).
+        // The csv crate numbers a record after blank lines or a CR LF line end from the line
+        // before; ours count line feeds (lines are checked in
+        // `block_decoding_numbers_lines_exactly`).
         let normal = |rows: Vec<Row>| -> Vec<Row> {
             rows.into_iter()
                 .map(|r| match r {
@@ -217,9 +291,10 @@ proptest! {
                 })
                 .collect()
         };
-        let rows = normal(decode_csv(&input));
+        let rows = normal(decode_csv_reference(&input));
         prop_assert_eq!(normal(decode_csv_blocks(&input, block)), rows.clone(), "{:?}", String::from_utf8_lossy(&input));
-        prop_assert_eq!(normal(decode_csv_blocks(&input, 4 << 20)), rows);
+        prop_assert_eq!(normal(decode_csv_blocks(&input, 4 << 20)), rows.clone());
+        prop_assert_eq!(normal(decode_csv(&input)), rows);
     }
 }
 
@@ -242,5 +317,13 @@ fn block_decoding_numbers_lines_exactly() {
                 .collect();
             assert_eq!(lines, [3, 6, 9, 10], "{end:?} {block}");
         }
+        let lines: Vec<u64> = decode_csv(&input)
+            .into_iter()
+            .filter_map(|r| match r {
+                Row::Reject(r) => Some(r.line),
+                Row::Event(_) => None,
+            })
+            .collect();
+        assert_eq!(lines, [3, 6, 9, 10], "{end:?} row decoder");
     }
 }
