@@ -90,15 +90,10 @@ pub async fn zones(engine: &Engine, extra: &[Tz]) -> Result<Vec<Tz>> {
         .collect()
 }
 
-/// Memory the refresh's operators may hold before they spill. Besides it the process holds
-/// Parquet pages, batches in flight and the allocator's slack: with the queries' 1 GiB, a
-/// month's refresh peaked at 1.34–1.77 GB RSS over runs, over the import's 1.5 GiB.
-pub const MARTS_MEMORY_LIMIT: usize = 640 << 20;
-
 /// Recomputes the marts of each zone from `events` (at the version the engine sees) and
 /// replaces that zone's rows. Nothing to do without an `events` table.
 pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary>> {
-    let engine = Engine::open_with_memory(lake, MARTS_MEMORY_LIMIT).await?;
+    let engine = Engine::open(lake).await?;
     let Some(version) = engine.events_version() else {
         return Ok(Vec::new());
     };
