@@ -479,6 +479,11 @@ impl<R: Read> CsvBlockReader<R> {
         let mut core = csv_core::Reader::new();
         let (mut out, mut ends) = (Vec::new(), Vec::new());
         let header_len = loop {
+            if reader.carry.len() >= 1 << 20 {
+                return Err(Error::Header(
+                    "no line end in the first MiB: expected a CSV header line".into(),
+                ));
+            }
             reader.read_some()?;
             let end = if reader.eof {
                 Some(reader.carry.len())
@@ -585,11 +590,14 @@ impl<R: Read> CsvBlockReader<R> {
                 }
                 return Ok(Some(block));
             }
-            // No whole record yet (or one longer than a block): read on.
-            if self.streaming {
-                self.read_some()?;
-            }
+            // No whole record yet (or one longer than a block): read on, doubling what is held
+            // once it is past one read's worth (each look scans all of it).
             want = self.carry.len() * 2;
+            if self.streaming && self.carry.len() < 64 * 1024 {
+                self.read_some()?;
+            } else if self.streaming {
+                self.fill(want)?;
+            }
         }
     }
 }
@@ -775,6 +783,21 @@ mod tests {
         let mut dec = CsvDecoder::new(Pipe(vec![first]), validator()).unwrap();
         assert!(matches!(dec.next_row(), Ok(Some(Row::Event(_)))));
         assert!(dec.next_row().is_err());
+    }
+
+    #[test]
+    fn long_lines_are_read_whole_and_a_header_must_end_within_a_mib() {
+        let input = format!("{HEADER}\n{}\n{ROW}", "x".repeat(300_000));
+        let (events, rejects) = decode(&input);
+        assert_eq!(events.len(), 1);
+        assert_eq!(rejects.len(), 1);
+        assert_eq!(rejects[0].line, 2);
+        assert_eq!(rejects[0].raw.len(), 300_000);
+        let err = CsvDecoder::new("y".repeat(3 << 20).as_bytes(), validator()).unwrap_err();
+        assert!(
+            err.to_string().contains("no line end in the first MiB"),
+            "{err}"
+        );
     }
 
     #[test]
