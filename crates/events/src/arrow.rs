@@ -143,41 +143,25 @@ impl EventColumns {
 
     /// Adds a row; `id` is `e.event_id()`.
     pub fn push(&mut self, e: &EventRef<'_>, id: EventId) {
-        self.push_parts(e.event_time, e.event_type, e.product_id, e.category_id);
+        self.push_with_ingest(e, None, id);
+    }
+
+    /// Adds an event (with its ingest time); `id` is `e.event_id()`.
+    pub fn push_event(&mut self, e: &Event, id: EventId) {
+        self.push_with_ingest(&e.as_event_ref(), e.ingest_time, id);
+    }
+
+    fn push_with_ingest(&mut self, e: &EventRef<'_>, ingest: Option<i64>, id: EventId) {
+        self.time.push(e.event_time);
+        self.kind.push(e.event_type);
+        self.product.push(e.product_id);
+        self.category.push(e.category_id);
         self.code.append_option(e.category_code);
         self.brand.append_option(e.brand.as_deref());
         self.price.push(e.price.cents());
         self.user.push(e.user_id);
         self.session.append_option(e.user_session);
-        self.push_network(e.client_ip, e.user_agent, None, id);
-    }
-
-    /// Adds an event; `id` is `e.event_id()`.
-    pub fn push_event(&mut self, e: &Event, id: EventId) {
-        self.push_parts(e.event_time, e.event_type, e.product_id, e.category_id);
-        self.code.append_option(e.category_code.as_deref());
-        self.brand.append_option(e.brand.as_deref());
-        self.price.push(e.price.cents());
-        self.user.push(e.user_id);
-        self.session.append_option(e.user_session.as_deref());
-        self.push_network(e.client_ip, e.user_agent.as_deref(), e.ingest_time, id);
-    }
-
-    fn push_parts(&mut self, time: i64, kind: EventType, product: i64, category: i64) {
-        self.time.push(time);
-        self.kind.push(kind);
-        self.product.push(product);
-        self.category.push(category);
-    }
-
-    fn push_network(
-        &mut self,
-        ip: Option<IpAddr>,
-        agent: Option<&str>,
-        ingest: Option<i64>,
-        id: EventId,
-    ) {
-        match ip {
+        match e.client_ip {
             Some(a) => {
                 use std::fmt::Write as _;
                 self.text.clear();
@@ -186,7 +170,7 @@ impl EventColumns {
             }
             None => self.ip.append_null(),
         }
-        self.agent.append_option(agent);
+        self.agent.append_option(e.user_agent);
         self.ingest.append_option(ingest);
         self.ids.push(id);
     }
@@ -236,7 +220,9 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<Option<&
     }
 }
 
-fn required<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
+/// A column of `batch` by name, as the array type `T`; an error when it is missing or of
+/// another type.
+pub fn required_column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
     column(batch, name)?.ok_or_else(|| Error::Arrow(format!("column {name} is missing")))
 }
 
@@ -247,20 +233,20 @@ fn string(a: Option<&StringArray>, i: usize) -> Option<String> {
 /// Converts a `RecordBatch` back to events. Columns are found by name; extra columns (such as
 /// a partition column) are ignored, and the network fields may be absent.
 pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Event>> {
-    let time = required::<TimestampMicrosecondArray>(batch, "event_time")?;
-    let kind = required::<StringArray>(batch, "event_type")?;
-    let product = required::<Int64Array>(batch, "product_id")?;
-    let category = required::<Int64Array>(batch, "category_id")?;
+    let time = required_column::<TimestampMicrosecondArray>(batch, "event_time")?;
+    let kind = required_column::<StringArray>(batch, "event_type")?;
+    let product = required_column::<Int64Array>(batch, "product_id")?;
+    let category = required_column::<Int64Array>(batch, "category_id")?;
     let code = column::<StringArray>(batch, "category_code")?;
     let brand = column::<StringArray>(batch, "brand")?;
-    let price = required::<Decimal128Array>(batch, "price")?;
+    let price = required_column::<Decimal128Array>(batch, "price")?;
     if price.scale() != PRICE_SCALE {
         return Err(Error::Arrow(format!(
             "price has scale {}, expected 2",
             price.scale()
         )));
     }
-    let user = required::<Int64Array>(batch, "user_id")?;
+    let user = required_column::<Int64Array>(batch, "user_id")?;
     let session = column::<StringArray>(batch, "user_session")?;
     let ip = column::<StringArray>(batch, "client_ip")?;
     let agent = column::<StringArray>(batch, "user_agent")?;

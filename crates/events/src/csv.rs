@@ -61,7 +61,7 @@ impl<R: Read> CsvDecoder<R> {
     pub fn new(input: R, validator: Validator) -> Result<Self> {
         let (blocks, layout) = CsvBlockReader::new(input)?;
         let blocks = blocks.streaming();
-        let before = blocks.consumed;
+        let before = blocks.header_bytes;
         Ok(CsvDecoder {
             blocks,
             layout,
@@ -197,20 +197,17 @@ impl CsvLayout {
     }
 
     /// Decodes a block's rows in order, handing each (an event borrowing the block, or a
-    /// reject) to `f`; returns how many rows there were.
+    /// reject) to `f`.
     pub fn decode_block(
         &self,
         validator: &Validator,
         block: &CsvBlock,
         mut f: impl FnMut(RowRef<'_>),
-    ) -> u64 {
+    ) {
         let mut cursor = Cursor::new(block.first_line);
-        let mut rows = 0;
         while let Some(record) = cursor.advance(&block.bytes) {
-            rows += 1;
             f(self.row(validator, &block.bytes, &cursor, record));
         }
-        rows
     }
 
     /// The row of a record `cursor` found in `bytes`.
@@ -325,15 +322,7 @@ impl Cursor {
 
     /// The fields of the last record parsed by the state machine.
     fn parsed(&self) -> Vec<&[u8]> {
-        let mut from = 0;
-        self.ends
-            .iter()
-            .map(|&end| {
-                let field = &self.out[from..end];
-                from = end;
-                field
-            })
-            .collect()
+        split_fields(&self.out, &self.ends)
     }
 
     /// The next record of `bytes` (which hold whole records), skipping blank lines; `None`
@@ -416,6 +405,18 @@ fn core_record(
     }
 }
 
+/// The fields `csv-core` wrote to `out`, ending at `ends`.
+fn split_fields<'a>(out: &'a [u8], ends: &[usize]) -> Vec<&'a [u8]> {
+    let mut from = 0;
+    ends.iter()
+        .map(|&end| {
+            let field = &out[from..end];
+            from = end;
+            field
+        })
+        .collect()
+}
+
 /// A record's fields written back as a CSV line, for quarantine.
 fn raw_fields(fields: &[&[u8]]) -> String {
     let mut out = Vec::new();
@@ -451,8 +452,8 @@ pub struct CsvBlockReader<R: Read> {
     streaming: bool,
     /// The buffer of a streaming reader's reads.
     buf: Vec<u8>,
-    /// The header's bytes.
-    consumed: u64,
+    /// The header's length in bytes.
+    header_bytes: u64,
 }
 
 impl<R: Read> std::fmt::Debug for CsvBlockReader<R> {
@@ -474,7 +475,7 @@ impl<R: Read> CsvBlockReader<R> {
             block: 4 << 20,
             streaming: false,
             buf: Vec::new(),
-            consumed: 0,
+            header_bytes: 0,
         };
         let mut core = csv_core::Reader::new();
         let (mut out, mut ends) = (Vec::new(), Vec::new());
@@ -491,7 +492,6 @@ impl<R: Read> CsvBlockReader<R> {
                 record_boundary(&reader.carry, 1)
             };
             if let Some(end) = end {
-                core.reset();
                 match core_record(&mut core, &reader.carry[..end], &mut out, &mut ends) {
                     Some(n) => break n,
                     None => {
@@ -502,16 +502,10 @@ impl<R: Read> CsvBlockReader<R> {
                 }
             }
         };
-        let mut from = 0;
-        let header = ends.iter().map(|&end| {
-            let field = &out[from..end];
-            from = end;
-            field
-        });
-        let layout = CsvLayout::of_header(header)?;
+        let layout = CsvLayout::of_header(split_fields(&out, &ends).into_iter())?;
         reader.line += memchr::memchr_iter(b'\n', &reader.carry[..header_len]).count() as u64;
         reader.carry.drain(..header_len);
-        reader.consumed = header_len as u64;
+        reader.header_bytes = header_len as u64;
         Ok((reader, layout))
     }
 

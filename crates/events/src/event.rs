@@ -178,21 +178,23 @@ impl Event {
     /// its UTF-8 bytes, a missing text as the length `u32::MAX`. Changing this changes every id
     /// in every lake: it is part of the storage format.
     pub fn event_id(&self) -> EventId {
-        self.identity().event_id()
+        self.as_event_ref().event_id()
     }
 
-    /// The nine fields the id is computed from, borrowed.
-    fn identity(&self) -> Identity<'_> {
-        Identity {
+    /// The event with its texts borrowed (the ingest time left out).
+    pub fn as_event_ref(&self) -> EventRef<'_> {
+        EventRef {
             event_time: self.event_time,
             event_type: self.event_type,
             product_id: self.product_id,
             category_id: self.category_id,
             category_code: self.category_code.as_deref(),
-            brand: self.brand.as_deref(),
+            brand: self.brand.as_deref().map(Cow::Borrowed),
             price: self.price,
             user_id: self.user_id,
             user_session: self.user_session.as_deref(),
+            client_ip: self.client_ip,
+            user_agent: self.user_agent.as_deref(),
         }
     }
 
@@ -240,20 +242,55 @@ pub struct EventRef<'a> {
 }
 
 impl EventRef<'_> {
-    /// The event's id: the same as [`Event::event_id`] of [`EventRef::to_event`].
+    /// The event's id (see [`Event::event_id`] for the canonical encoding hashed).
     pub fn event_id(&self) -> EventId {
-        Identity {
-            event_time: self.event_time,
-            event_type: self.event_type,
-            product_id: self.product_id,
-            category_id: self.category_id,
-            category_code: self.category_code,
-            brand: self.brand.as_deref(),
-            price: self.price,
-            user_id: self.user_id,
-            user_session: self.user_session,
+        // The encoding goes into a reused buffer and is hashed in one call (a streaming
+        // hasher's setup, copying its secret and buffer, cost more than the hashing); XXH3
+        // gives the same digest either way.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
         }
-        .event_id()
+        BUF.with(|buf| {
+            let Ok(mut buf) = buf.try_borrow_mut() else {
+                return self.event_id_streaming();
+            };
+            buf.clear();
+            buf.extend_from_slice(&self.event_time.to_le_bytes());
+            buf.push(self.event_type.code());
+            buf.extend_from_slice(&self.product_id.to_le_bytes());
+            buf.extend_from_slice(&self.category_id.to_le_bytes());
+            text(&mut buf, self.category_code);
+            text(&mut buf, self.brand.as_deref());
+            buf.extend_from_slice(&self.price.0.to_le_bytes());
+            buf.extend_from_slice(&self.user_id.to_le_bytes());
+            text(&mut buf, self.user_session);
+            EventId(xxhash_rust::xxh3::xxh3_128(&buf))
+        })
+    }
+
+    /// The same id through the streaming hasher (when the buffer is in use: a re-entrant
+    /// call); the tests' second computation.
+    fn event_id_streaming(&self) -> EventId {
+        fn text(h: &mut Xxh3, s: Option<&str>) {
+            match s {
+                Some(s) => {
+                    h.update(&(s.len() as u32).to_le_bytes());
+                    h.update(s.as_bytes());
+                }
+                None => h.update(&u32::MAX.to_le_bytes()),
+            }
+        }
+        let mut h = Xxh3::new();
+        h.update(&self.event_time.to_le_bytes());
+        h.update(&[self.event_type.code()]);
+        h.update(&self.product_id.to_le_bytes());
+        h.update(&self.category_id.to_le_bytes());
+        text(&mut h, self.category_code);
+        text(&mut h, self.brand.as_deref());
+        h.update(&self.price.0.to_le_bytes());
+        h.update(&self.user_id.to_le_bytes());
+        text(&mut h, self.user_session);
+        EventId(h.digest128())
     }
 
     /// The event, owning its texts (no ingest time).
@@ -272,72 +309,6 @@ impl EventRef<'_> {
             user_agent: self.user_agent.map(str::to_owned),
             ingest_time: None,
         }
-    }
-}
-
-/// The nine REES46 fields of an event, borrowed: what its [`EventId`] is a hash of (see
-/// [`Event::event_id`] for the canonical encoding).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Identity<'a> {
-    pub(crate) event_time: i64,
-    pub(crate) event_type: EventType,
-    pub(crate) product_id: i64,
-    pub(crate) category_id: i64,
-    pub(crate) category_code: Option<&'a str>,
-    pub(crate) brand: Option<&'a str>,
-    pub(crate) price: Price,
-    pub(crate) user_id: i64,
-    pub(crate) user_session: Option<&'a str>,
-}
-
-impl Identity<'_> {
-    pub(crate) fn event_id(&self) -> EventId {
-        // The encoding goes into a reused buffer and is hashed in one call (a streaming
-        // hasher's setup, copying its secret and buffer, cost more than the hashing); XXH3
-        // gives the same digest either way.
-        thread_local! {
-            static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
-        }
-        BUF.with(|buf| {
-            let Ok(mut buf) = buf.try_borrow_mut() else {
-                return self.event_id_streaming();
-            };
-            buf.clear();
-            buf.extend_from_slice(&self.event_time.to_le_bytes());
-            buf.push(self.event_type.code());
-            buf.extend_from_slice(&self.product_id.to_le_bytes());
-            buf.extend_from_slice(&self.category_id.to_le_bytes());
-            text(&mut buf, self.category_code);
-            text(&mut buf, self.brand);
-            buf.extend_from_slice(&self.price.0.to_le_bytes());
-            buf.extend_from_slice(&self.user_id.to_le_bytes());
-            text(&mut buf, self.user_session);
-            EventId(xxhash_rust::xxh3::xxh3_128(&buf))
-        })
-    }
-
-    /// The same id through the streaming hasher (for fields too long for the stack buffer).
-    fn event_id_streaming(&self) -> EventId {
-        fn text(h: &mut Xxh3, s: Option<&str>) {
-            match s {
-                Some(s) => {
-                    h.update(&(s.len() as u32).to_le_bytes());
-                    h.update(s.as_bytes());
-                }
-                None => h.update(&u32::MAX.to_le_bytes()),
-            }
-        }
-        let mut h = Xxh3::new();
-        h.update(&self.event_time.to_le_bytes());
-        h.update(&[self.event_type.code()]);
-        h.update(&self.product_id.to_le_bytes());
-        h.update(&self.category_id.to_le_bytes());
-        text(&mut h, self.category_code);
-        text(&mut h, self.brand);
-        h.update(&self.price.0.to_le_bytes());
-        h.update(&self.user_id.to_le_bytes());
-        text(&mut h, self.user_session);
-        EventId(h.digest128())
     }
 }
 
@@ -377,13 +348,13 @@ mod tests {
     #[test]
     fn one_shot_and_streaming_ids_agree() {
         let mut e = sample();
-        assert_eq!(e.event_id(), e.identity().event_id_streaming());
+        assert_eq!(e.event_id(), e.as_event_ref().event_id_streaming());
         e.brand = None;
         e.user_session = Some("s".repeat(600));
-        assert_eq!(e.event_id(), e.identity().event_id_streaming());
+        assert_eq!(e.event_id(), e.as_event_ref().event_id_streaming());
         e.category_code = Some("x".repeat(490));
         e.user_session = None;
-        assert_eq!(e.event_id(), e.identity().event_id_streaming());
+        assert_eq!(e.event_id(), e.as_event_ref().event_id_streaming());
     }
 
     #[test]

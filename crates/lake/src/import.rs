@@ -813,17 +813,19 @@ fn parse_json(
 /// out in the input's order.
 const CSV_PARSERS: usize = 2;
 
+/// Starts a thread of the parser stage.
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(|e| Error::Internal(format!("starting a parser thread: {e}")))
+}
+
 fn parse_csv(
     mut blocks: CsvBlockReader<shoplake_events::io::Input>,
     layout: CsvLayout,
     validator: &Validator,
 ) -> Result<(Chunks, Vec<std::thread::JoinHandle<()>>)> {
-    let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
-        std::thread::Builder::new()
-            .name(name)
-            .spawn(f)
-            .map_err(|e| Error::Internal(format!("starting a parser thread: {e}")))
-    };
     let mut threads = Vec::new();
     let mut to_parsers = Vec::new();
     let mut from_parsers = Vec::new();
@@ -832,42 +834,33 @@ fn parse_csv(
             std::sync::mpsc::sync_channel::<shoplake_events::Result<CsvBlock>>(1);
         let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<ChunkResult>(2);
         let (layout, validator) = (layout.clone(), validator.clone());
-        threads.push(spawn(
-            format!("shoplake-parse-{k}"),
-            Box::new(move || {
-                for block in block_rx {
-                    let chunk = block.map(|block| {
-                        let mut chunk = Chunk::new();
-                        layout.decode_block(&validator, &block, |row| chunk.push(row));
-                        chunk
-                    });
-                    let failed = chunk.is_err();
-                    if chunk_tx.send(chunk).is_err() || failed {
-                        return;
-                    }
+        threads.push(spawn(format!("shoplake-parse-{k}"), move || {
+            for block in block_rx {
+                let chunk = block.map(|block| {
+                    let mut chunk = Chunk::new();
+                    layout.decode_block(&validator, &block, |row| chunk.push(row));
+                    chunk
+                });
+                let failed = chunk.is_err();
+                if chunk_tx.send(chunk).is_err() || failed {
+                    return;
                 }
-            }),
-        )?);
+            }
+        })?);
         to_parsers.push(block_tx);
         from_parsers.push(chunk_rx);
     }
-    threads.push(spawn(
-        "shoplake-read".into(),
-        Box::new(move || {
-            for turn in 0.. {
-                let tx = &to_parsers[turn % CSV_PARSERS];
-                match blocks.next_block().transpose() {
-                    None => return,
-                    Some(block) => {
-                        let failed = block.is_err();
-                        if tx.send(block).is_err() || failed {
-                            return;
-                        }
-                    }
-                }
+    threads.push(spawn("shoplake-read".into(), move || {
+        for turn in 0.. {
+            let Some(block) = blocks.next_block().transpose() else {
+                return;
+            };
+            let failed = block.is_err();
+            if to_parsers[turn % CSV_PARSERS].send(block).is_err() || failed {
+                return;
             }
-        }),
-    )?);
+        }
+    })?);
     Ok((
         Chunks {
             from: from_parsers,
@@ -901,10 +894,7 @@ impl DecodeContext {
         let (chunks, parsers) = if self.json {
             let rows = JsonDecoder::new(io::BufReader::new(opened.input), self.validator.clone());
             let (tx, rx) = std::sync::mpsc::sync_channel(2);
-            let parser = std::thread::Builder::new()
-                .name("shoplake-parse".into())
-                .spawn(move || parse_json(rows, tx))
-                .map_err(|e| Error::Internal(format!("starting the parser thread: {e}")))?;
+            let parser = spawn("shoplake-parse".into(), move || parse_json(rows, tx))?;
             (
                 Chunks {
                     from: vec![rx],
@@ -956,7 +946,7 @@ impl DecodeContext {
             if !events.is_empty() {
                 let batch = events.finish().map_err(|e| Error::Arrow(e.to_string()))?;
                 profiler.accept_batch(&batch, &keep)?;
-                self.send_events(batch, dates, &keep, &tx)?;
+                self.send_events(batch, dates, keep, &tx)?;
             }
             if let Some(p) = &self.progress {
                 p(ImportProgress {
@@ -1023,10 +1013,9 @@ impl DecodeContext {
         &self,
         mut batch: RecordBatch,
         mut dates: Vec<i32>,
-        keep: &[bool],
+        mut keep: Vec<bool>,
         tx: &mpsc::Sender<Msg>,
     ) -> Result<()> {
-        let mut keep = keep.to_vec();
         let duplicates = keep.iter().filter(|k| !**k).count();
         if duplicates > 64 || (duplicates > 0 && !dates.is_sorted()) {
             let mask = BooleanArray::from(std::mem::take(&mut keep));

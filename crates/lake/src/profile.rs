@@ -9,6 +9,7 @@ use arrow::array::{
     Array, Decimal128Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use serde::{Deserialize, Serialize};
+use shoplake_events::arrow::required_column;
 use shoplake_events::time::{MICROS_PER_DAY, civil_from_days, format_timestamp};
 use shoplake_events::{EventType, Reject};
 use xxhash_rust::xxh3::xxh3_64;
@@ -204,10 +205,7 @@ impl Profiler {
     /// Counts the accepted rows of a batch of events: those whose `keep` is true.
     pub fn accept_batch(&mut self, batch: &RecordBatch, keep: &[bool]) -> Result<()> {
         fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<T>())
-                .ok_or_else(|| Error::Internal(format!("profiling: no {name} column")))
+            required_column(batch, name).map_err(|e| Error::Internal(format!("profiling: {e}")))
         }
         if keep.len() != batch.num_rows() {
             return Err(Error::Internal(format!(
