@@ -38,7 +38,7 @@ use shoplake_lake::{Lake, TableName};
 
 use crate::engine::{Engine, QueryOutput};
 use crate::error::{Error, Result};
-use crate::reports::DAILY_CTES;
+use crate::reports::{Cart, CartOrPurchase, DAILY_CTES, each_cart_or_purchase, keep_first};
 use crate::udf::{category_at, parse_zone};
 
 /// The layout of the marts, stamped beside the `events` version: a release that changes what
@@ -112,7 +112,9 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
         let started = Instant::now();
         let zone = tz.name();
         let z = format!("'{zone}'");
-        let daily = daily_rows(&engine, zone, version, flags, events).await?;
+        // Each mart is written as soon as it is computed, so its rows are not held while the
+        // next is computed; the stamped daily table last: a crash before it leaves an old
+        // stamp, and reports then compute from `events`.
         let brands = engine
             .run(&format!(
                 "SELECT {z} AS zone, local_day(event_time, {z}) AS day, brand,
@@ -127,17 +129,18 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
                  FROM {events} WHERE brand IS NOT NULL GROUP BY 1, 2, 3, 4"
             ))
             .await?;
-        let t_daily_brands = started.elapsed();
-        let items = engine.run(&items_sql(&z, events)).await?;
+        let brand_rows = replace(lake, TableName::MartBrands, zone, &brands.batches).await?;
+        drop(brands);
+        let t_brands = started.elapsed();
+        let items = items_batch(&engine, &z, events).await?;
+        let item_rows = replace(lake, TableName::MartItems, zone, &[items]).await?;
         let t_items = started.elapsed();
         let (categories, visitors) = category_cells(&engine, zone, events).await?;
-        let t_categories = started.elapsed();
-        // The stamped daily table last: a crash before it leaves an old stamp, and reports
-        // then compute from `events`.
         let category_rows = replace(lake, TableName::MartCategories, zone, &categories).await?;
         let visitor_rows = replace(lake, TableName::MartCategoryVisitors, zone, &visitors).await?;
-        let brand_rows = replace(lake, TableName::MartBrands, zone, &brands.batches).await?;
-        let item_rows = replace(lake, TableName::MartItems, zone, &items.batches).await?;
+        drop((categories, visitors));
+        let t_categories = started.elapsed();
+        let daily = daily_rows(&engine, zone, version, flags, events).await?;
         let daily_rows = replace(
             lake,
             TableName::MartDaily,
@@ -146,10 +149,9 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
         )
         .await?;
         tracing::debug!(
-            "marts {zone}: daily and brands {:.1} s, items {:.1} s, categories {:.1} s, \
-             writing {:.1} s",
-            t_daily_brands.as_secs_f64(),
-            (t_items - t_daily_brands).as_secs_f64(),
+            "marts {zone}: brands {:.1} s, items {:.1} s, categories {:.1} s, daily {:.1} s",
+            t_brands.as_secs_f64(),
+            (t_items - t_brands).as_secs_f64(),
             (t_categories - t_items).as_secs_f64(),
             (started.elapsed() - t_categories).as_secs_f64()
         );
@@ -297,32 +299,129 @@ async fn daily_rows(
 /// cart (ties on time go to the lower price, as in the report from `events`), the previous
 /// day with a cart of the pair and the pair's first purchase at or after that cart. Sorted by
 /// product, so a report sums runs of one product and mostly one brand and category.
-fn items_sql(z: &str, events: &str) -> String {
-    format!(
-        "WITH c AS (
-            SELECT user_id, product_id, local_day(event_time, {z}) AS day,
-                   MIN(CAST(event_time AS BIGINT)) AS carted,
-                   first_value(CAST(price * 100 AS BIGINT) ORDER BY event_time, price)
-                       AS price_cents,
-                   first_value(brand ORDER BY event_time, price) AS brand,
-                   first_value(category_code ORDER BY event_time, price) AS category_code
-            FROM {events} WHERE event_type = 'cart' GROUP BY 1, 2, 3),
-         l AS (
-            SELECT *, LAG(day) OVER (PARTITION BY user_id, product_id ORDER BY day) AS prev_day
-            FROM c),
-         p AS (
-            SELECT user_id, product_id, CAST(event_time AS BIGINT) AS t FROM {events}
-            WHERE event_type = 'purchase'),
-         n AS (
-            SELECT l.user_id, l.product_id, l.day, MIN(p.t) AS next_purchase
-            FROM l JOIN p ON l.user_id = p.user_id AND l.product_id = p.product_id
-            WHERE p.t >= l.carted GROUP BY 1, 2, 3)
-         SELECT {z} AS zone, l.day, l.user_id, l.product_id, l.carted, l.price_cents, l.brand,
-                l.category_code, l.prev_day, n.next_purchase
-         FROM l LEFT JOIN n
-           ON l.user_id = n.user_id AND l.product_id = n.product_id AND l.day = n.day
-         ORDER BY l.product_id, l.user_id, l.day"
-    )
+///
+/// One scan of the carts and purchases (a few percent of `events`), folded per (user,
+/// product) on both cores: as SQL (a first-value group-by, a window for the previous day and a
+/// join for the next purchase) it sorted the month's carts under the memory budget and now
+/// and then failed to get memory for it.
+async fn items_batch(engine: &Engine, z: &str, events: &str) -> Result<RecordBatch> {
+    let sql = format!(
+        "SELECT user_id, product_id, event_type, CAST(event_time AS BIGINT) AS t,
+                CAST(CAST(local_day(event_time, {z}) AS INT) AS BIGINT) AS day,
+                CAST(price * 100 AS BIGINT) AS price_cents, brand, category_code
+         FROM {events} WHERE event_type IN ('cart', 'purchase')"
+    );
+    let days = engine
+        .fold_merged(&sql, ItemDays::default, |s, b| s.add(&b), ItemDays::merge)
+        .await?;
+    days.finish(z.trim_matches('\''))
+}
+
+/// `mart_items` being built: per (user, product), the first cart of each local day with a
+/// cart, and every purchase.
+#[derive(Default)]
+struct ItemDays {
+    pairs: foldhash::HashMap<(i64, i64), (DayCarts, Vec<i64>)>,
+}
+
+/// A pair's first cart of each local day with a cart (days in the order seen).
+type DayCarts = Vec<(i32, Option<Cart>)>;
+
+impl ItemDays {
+    /// The slot of a pair's first cart on a day.
+    fn slot(carts: &mut DayCarts, day: i32) -> &mut Option<Cart> {
+        let at = match carts.iter().position(|(d, _)| *d == day) {
+            Some(at) => at,
+            None => {
+                carts.push((day, None));
+                carts.len() - 1
+            }
+        };
+        &mut carts[at].1
+    }
+
+    fn add(&mut self, b: &RecordBatch) -> Result<()> {
+        let day = crate::reports::Columns::new(b).int64_array("day")?;
+        each_cart_or_purchase(b, |i, key, row| {
+            let pair = self.pairs.entry(key).or_default();
+            match row {
+                CartOrPurchase::Purchase(t) => pair.1.push(t),
+                CartOrPurchase::Cart(t, cents, brand, code) => {
+                    let slot = ItemDays::slot(&mut pair.0, day.value(i) as i32);
+                    keep_first(slot, t, cents, brand, code);
+                }
+            }
+        })
+    }
+
+    fn merge(&mut self, other: ItemDays) {
+        for (key, (carts, purchases)) in other.pairs {
+            let pair = self.pairs.entry(key).or_default();
+            pair.1.extend(purchases);
+            for (day, cart) in carts {
+                if let Some((t, cents, brand, code)) = cart {
+                    let slot = ItemDays::slot(&mut pair.0, day);
+                    keep_first(slot, t, cents, brand.as_deref(), code.as_deref());
+                }
+            }
+        }
+    }
+
+    /// The rows, sorted by product, user and day.
+    fn finish(self, zone: &str) -> Result<RecordBatch> {
+        let mut pairs: Vec<_> = self
+            .pairs
+            .into_iter()
+            .filter(|(_, (carts, _))| !carts.is_empty())
+            .collect();
+        pairs.sort_unstable_by_key(|((user, product), _)| (*product, *user));
+        let n = pairs.iter().map(|(_, (carts, _))| carts.len()).sum();
+        let mut day = Vec::with_capacity(n);
+        let mut user = Vec::with_capacity(n);
+        let mut product = Vec::with_capacity(n);
+        let mut carted = Vec::with_capacity(n);
+        let mut cents = Vec::with_capacity(n);
+        let mut brand = Vec::with_capacity(n);
+        let mut code = Vec::with_capacity(n);
+        let mut prev_day = Vec::with_capacity(n);
+        let mut next_purchase = Vec::with_capacity(n);
+        for ((u, p), (mut carts, mut purchases)) in pairs {
+            carts.sort_unstable_by_key(|(d, _)| *d);
+            purchases.sort_unstable();
+            let mut prev = None;
+            for (d, cart) in carts {
+                let Some((t, c, b, k)) = cart else { continue };
+                day.push(d);
+                user.push(u);
+                product.push(p);
+                carted.push(t);
+                cents.push(c);
+                brand.push(b);
+                code.push(k);
+                prev_day.push(prev);
+                let next = purchases.partition_point(|&x| x < t);
+                next_purchase.push(purchases.get(next).copied());
+                prev = Some(d);
+            }
+        }
+        let n = day.len();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![zone; n])),
+            Arc::new(Date32Array::from(day)),
+            Arc::new(Int64Array::from(user)),
+            Arc::new(Int64Array::from(product)),
+            Arc::new(Int64Array::from(carted)),
+            Arc::new(Int64Array::from(cents)),
+            Arc::new(StringArray::from(brand)),
+            Arc::new(StringArray::from(code)),
+            Arc::new(Date32Array::from(prev_day)),
+            Arc::new(Int64Array::from(next_purchase)),
+        ];
+        Ok(RecordBatch::try_new(
+            TableName::MartItems.schema(),
+            columns,
+        )?)
+    }
 }
 
 /// One cell of `mart_categories` being built.

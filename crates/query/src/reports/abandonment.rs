@@ -265,11 +265,65 @@ fn text(a: &arrow::array::StringViewArray, i: usize) -> Option<&str> {
     a.is_valid(i).then(|| a.value(i))
 }
 
-/// A (user, product)'s first cart in the range: time, price, brand, category code.
-type Cart = (i64, i64, Option<String>, Option<String>);
+/// A (user, product)'s first cart (in the range, or of a day): time, price, brand, category
+/// code.
+pub(crate) type Cart = (i64, i64, Option<String>, Option<String>);
 
 /// An item: (user, product), its first cart, its first purchase from that cart on.
 type Item = ((i64, i64), Cart, Option<i64>);
+
+/// One row of a scan of carts and purchases (columns `user_id, product_id, event_type, t,
+/// price_cents, brand, category_code`).
+pub(crate) enum CartOrPurchase<'a> {
+    /// A cart: time, price in cents (0 without a price), brand, category code.
+    Cart(i64, i64, Option<&'a str>, Option<&'a str>),
+    /// A purchase at this time.
+    Purchase(i64),
+}
+
+/// Calls `f` with each row of a scan of carts and purchases: its index, (user, product) and
+/// what it is.
+pub(crate) fn each_cart_or_purchase(
+    b: &RecordBatch,
+    mut f: impl FnMut(usize, (i64, i64), CartOrPurchase<'_>),
+) -> Result<()> {
+    let c = Columns::new(b);
+    let user = c.int64_array("user_id")?;
+    let product = c.int64_array("product_id")?;
+    let kind = c.string_view_array("event_type")?;
+    let time = c.int64_array("t")?;
+    let price = c.int64_array("price_cents")?;
+    let brand = c.string_view_array("brand")?;
+    let category = c.string_view_array("category_code")?;
+    for i in 0..b.num_rows() {
+        let t = time.value(i);
+        let row = if kind.value(i) == "purchase" {
+            CartOrPurchase::Purchase(t)
+        } else {
+            let cents = if price.is_valid(i) { price.value(i) } else { 0 };
+            CartOrPurchase::Cart(t, cents, text(&brand, i), text(&category, i))
+        };
+        f(i, (user.value(i), product.value(i)), row);
+    }
+    Ok(())
+}
+
+/// Keeps the first cart by time, then price (then the names, so ties are decided alike
+/// whatever the scan order).
+pub(crate) fn keep_first(
+    slot: &mut Option<Cart>,
+    t: i64,
+    cents: i64,
+    b: Option<&str>,
+    k: Option<&str>,
+) {
+    let earlier = slot
+        .as_ref()
+        .is_none_or(|(t0, c0, b0, k0)| (t, cents, b, k) < (*t0, *c0, b0.as_deref(), k0.as_deref()));
+    if earlier {
+        *slot = Some((t, cents, b.map(str::to_owned), k.map(str::to_owned)));
+    }
+}
 
 /// Per (user, product): the first cart in the range and every purchase from the range's start
 /// on, as one scan of `events` reads them (one SQL group-by for the carts, computed twice,
@@ -281,53 +335,21 @@ struct Pairs {
 
 impl Pairs {
     fn add(&mut self, b: &RecordBatch) -> Result<()> {
-        let c = Columns::new(b);
-        let user = c.int64_array("user_id")?;
-        let product = c.int64_array("product_id")?;
-        let kind = c.string_view_array("event_type")?;
-        let time = c.int64_array("t")?;
-        let price = c.int64_array("price_cents")?;
-        let brand = c.string_view_array("brand")?;
-        let category = c.string_view_array("category_code")?;
-        for i in 0..b.num_rows() {
-            let pair = self
-                .pairs
-                .entry((user.value(i), product.value(i)))
-                .or_default();
-            let t = time.value(i);
-            if kind.value(i) == "purchase" {
-                pair.1.push(t);
-                continue;
+        each_cart_or_purchase(b, |_, key, row| {
+            let pair = self.pairs.entry(key).or_default();
+            match row {
+                CartOrPurchase::Purchase(t) => pair.1.push(t),
+                CartOrPurchase::Cart(t, cents, b, k) => keep_first(&mut pair.0, t, cents, b, k),
             }
-            let cents = if price.is_valid(i) { price.value(i) } else { 0 };
-            // The first cart by time, then price (then the names, so ties are decided alike
-            // whatever the scan order).
-            let (b, k) = (text(&brand, i), text(&category, i));
-            let earlier = match &pair.0 {
-                None => true,
-                Some((t0, c0, b0, k0)) => {
-                    (t, cents, b, k) < (*t0, *c0, b0.as_deref(), k0.as_deref())
-                }
-            };
-            if earlier {
-                pair.0 = Some((t, cents, b.map(str::to_owned), k.map(str::to_owned)));
-            }
-        }
-        Ok(())
+        })
     }
 
     fn merge(&mut self, other: Pairs) {
         for (key, (cart, purchases)) in other.pairs {
             let pair = self.pairs.entry(key).or_default();
             pair.1.extend(purchases);
-            if let Some(c) = cart {
-                let earlier = pair.0.as_ref().is_none_or(|c0| {
-                    (c.0, c.1, c.2.as_deref(), c.3.as_deref())
-                        < (c0.0, c0.1, c0.2.as_deref(), c0.3.as_deref())
-                });
-                if earlier {
-                    pair.0 = Some(c);
-                }
+            if let Some((t, cents, b, k)) = cart {
+                keep_first(&mut pair.0, t, cents, b.as_deref(), k.as_deref());
             }
         }
     }

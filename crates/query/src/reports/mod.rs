@@ -21,6 +21,7 @@ pub use categories::{
 pub use visitors::{VisitorsDay, visitors};
 
 pub use abandonment::abandonment;
+pub(crate) use abandonment::{Cart, CartOrPurchase, each_cart_or_purchase, keep_first};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
