@@ -119,6 +119,8 @@ async fn reports_match_the_definitions() {
             (Bucketing::Hour, 1, Metric::Visitors),
             (Bucketing::Weekday, 0, Metric::Revenue),
             (Bucketing::Weekday, 2, Metric::Views),
+            (Bucketing::Weekday, 3, Metric::Visitors),
+            (Bucketing::Hour, 0, Metric::Visitors),
         ] {
             let options = CategoriesOptions {
                 by,
