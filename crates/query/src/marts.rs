@@ -5,10 +5,11 @@
 //!   cart sessions, abandoned sessions), stamped with the `events` version they reflect.
 //! - `mart_brands`: per report zone, local day, brand and level-1 category, the sums the
 //!   brands report classifies (events, views, carts, purchases, revenue, viewed prices).
-//! - `mart_categories`: per report zone, local day, local hour and full category code, views,
-//!   carts, purchases, revenue and the set of users as a serialized Roaring bitmap, so that
-//!   distinct visitors per bucket (hour or weekday) and category level over any range are
-//!   exact unions.
+//! - `mart_categories`: per report zone, local day, local hour and category at each level,
+//!   views, carts, purchases and revenue.
+//! - `mart_category_visitors`: per report zone, bucket (hour or weekday), level, category and
+//!   local day, the visitors seen there that day by the previous day each was seen in that
+//!   bucket and category, so that distinct visitors over any range are a sum.
 //! - `mart_items`: per report zone, local day, user and product with a cart that day, the
 //!   day's first cart, the previous day with a cart and the next purchase: the abandoned items
 //!   of any range of days are a filter over it (the row whose previous cart day lies before
@@ -469,8 +470,8 @@ fn entry(hour: u32, code: u32, user: i64) -> u128 {
 /// Builds a zone's `mart_categories` rows in one streamed pass over `events`, and its
 /// `mart_category_visitors` rows from the distinct users of each day, hour and full category
 /// code kept on the way (in Rust, not SQL, so memory stays near the size of those entries:
-/// one set per cell and level, as Roaring bitmaps, took three times as much for users as
-/// sparse as a shop's).
+/// a Roaring bitmap per cell and level held a cell's few hundred users spread over millions
+/// of ids nearly one container each, and took twice the time).
 async fn category_cells(
     engine: &Engine,
     zone: &str,
