@@ -250,29 +250,6 @@ async fn sessions_from_events(
     scope: &ReportScope,
     events: &str,
 ) -> Result<Vec<SessionDay>> {
-    let days = session_days(engine, events, &scope.range).await?;
-    Ok(days
-        .into_iter()
-        .map(|(day, s)| SessionDay::new(day_string(day), s.carts, s.abandoned))
-        .collect())
-}
-
-/// The sessions starting on a local day: all, with a cart, and abandoned (a cart, no
-/// purchase).
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct SessionStarts {
-    pub(crate) starts: u64,
-    pub(crate) carts: u64,
-    pub(crate) abandoned: u64,
-}
-
-/// Per local day of `range` with a session starting on it, its [`SessionStarts`], from one
-/// scan of `events` (a relation: `events` or the humans in it).
-pub(crate) async fn session_days(
-    engine: &Engine,
-    events: &str,
-    range: &crate::range::ReportRange,
-) -> Result<std::collections::BTreeMap<i32, SessionStarts>> {
     let sql = format!(
         "SELECT user_session, event_type, CAST(event_time AS BIGINT) AS t
          FROM {events} WHERE user_session IS NOT NULL"
@@ -280,7 +257,7 @@ pub(crate) async fn session_days(
     let all = engine
         .fold_merged(&sql, Sessions::new, |s, b| s.add(&b), Sessions::merge)
         .await?;
-    Ok(all.days(range))
+    Ok(all.days(&scope.range))
 }
 
 /// A text cell, `None` when null.
@@ -516,25 +493,21 @@ impl Sessions {
     }
 
     /// Per local day of the range with a session starting: cart and abandoned sessions.
-    fn days(
-        mut self,
-        range: &crate::range::ReportRange,
-    ) -> std::collections::BTreeMap<i32, SessionStarts> {
+    fn days(mut self, range: &crate::range::ReportRange) -> Vec<SessionDay> {
         self.flush();
         let (start, end) = range.utc_bounds();
         let (start, end) = (start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX));
         let mut local = LocalDays::new(range.tz);
-        let mut days: std::collections::BTreeMap<i32, SessionStarts> = Default::default();
+        let mut days: std::collections::BTreeMap<i32, (u64, u64)> = Default::default();
         let mut count = |(first, flags): SessionAcc| {
             if first < start || first >= end {
                 return;
             }
             let d = days.entry(local.day(first)).or_default();
-            d.starts += 1;
             if flags & HAS_CART != 0 {
-                d.carts += 1;
+                d.0 += 1;
                 if flags & HAS_PURCHASE == 0 {
-                    d.abandoned += 1;
+                    d.1 += 1;
                 }
             }
         };
@@ -547,7 +520,9 @@ impl Sessions {
             sessions.values().for_each(|&acc| count(acc));
         }
         self.other.into_values().for_each(&mut count);
-        days
+        days.into_iter()
+            .map(|(day, (carts, abandoned))| SessionDay::new(day_string(day), carts, abandoned))
+            .collect()
     }
 }
 

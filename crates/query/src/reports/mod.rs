@@ -21,10 +21,7 @@ pub use categories::{
 pub use visitors::{VisitorsDay, visitors};
 
 pub use abandonment::abandonment;
-pub(crate) use abandonment::{
-    Cart, CartOrPurchase, each_cart_or_purchase, keep_first, session_days,
-};
-pub(crate) use visitors::visit_days;
+pub(crate) use abandonment::{Cart, CartOrPurchase, each_cart_or_purchase, keep_first};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
@@ -134,6 +131,21 @@ impl<'a> Columns<'a> {
             .collect())
     }
 }
+
+/// CTEs `daily (day, visitors, sessions, events)` over a CTE `e (day, user_id, user_session)`
+/// (`user_id` is never null), two scans of `e`:
+/// distinct counts as nested group-bys, which spill to disk under the engine's memory limit
+/// where `COUNT(DISTINCT)` sets cannot (a month has millions of sessions).
+pub(crate) const DAILY_CTES: &str = "
+    by_user AS (SELECT day, user_id, COUNT(*) AS n FROM e GROUP BY day, user_id),
+    users AS (SELECT day, COUNT(*) AS visitors, SUM(n) AS events FROM by_user GROUP BY day),
+    sessions AS (
+        SELECT day, COUNT(*) AS sessions
+        FROM (SELECT day, user_session FROM e WHERE user_session IS NOT NULL
+              GROUP BY day, user_session) GROUP BY day),
+    daily AS (
+        SELECT users.day AS day, visitors, COALESCE(sessions, 0) AS sessions, events
+        FROM users LEFT JOIN sessions ON users.day = sessions.day)";
 
 /// A session's identity, exact and compact: a canonical lower-case UUID (every REES46 session
 /// is one) as its 128 bits; any other text as itself.

@@ -68,36 +68,8 @@ pub async fn visitors(engine: &Engine, scope: &ReportScope) -> Result<Vec<Visito
 /// day, first event per user) scanned the table three times and hashed every session string
 /// twice.
 async fn from_events(engine: &Engine, scope: &ReportScope) -> Result<Vec<VisitorsDay>> {
+    let range = scope.range;
     let events = super::events_relation(engine, scope).await?;
-    let days = visit_days(engine, events, scope.range).await?;
-    Ok(days
-        .into_iter()
-        .map(|(day, c)| VisitorsDay {
-            day: day_string(day),
-            visitors: c.visitors,
-            sessions: c.sessions,
-            events: c.events,
-            new_visitors: c.new_visitors,
-        })
-        .collect())
-}
-
-/// One local day's counts of the visitors report.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct VisitCounts {
-    pub(crate) visitors: u64,
-    pub(crate) sessions: u64,
-    pub(crate) events: u64,
-    pub(crate) new_visitors: u64,
-}
-
-/// Per local day of `range` with events, in day order, its [`VisitCounts`], from one scan of
-/// `events` (a relation: `events` or the humans in it).
-pub(crate) async fn visit_days(
-    engine: &Engine,
-    events: &str,
-    range: crate::range::ReportRange,
-) -> Result<Vec<(i32, VisitCounts)>> {
     let sql = format!(
         "SELECT user_id, user_session, CAST(event_time AS BIGINT) AS t
          FROM {events} WHERE {before_end}",
@@ -217,7 +189,7 @@ impl Visits {
         }
     }
 
-    fn finish(mut self) -> Vec<(i32, VisitCounts)> {
+    fn finish(mut self) -> Vec<VisitorsDay> {
         let mut fresh: foldhash::HashMap<i32, u64> = foldhash::HashMap::default();
         for &first in self.firsts.values() {
             *fresh.entry(self.local.day(first)).or_default() += 1;
@@ -226,14 +198,12 @@ impl Visits {
         self.days
             .days
             .into_iter()
-            .map(|(day, d)| {
-                let counts = VisitCounts {
-                    visitors: d.users.len() as u64,
-                    sessions: (d.sessions.len() + d.other_sessions.len()) as u64,
-                    events: d.events,
-                    new_visitors: fresh.get(&day).copied().unwrap_or(0),
-                };
-                (day, counts)
+            .map(|(day, d)| VisitorsDay {
+                day: day_string(day),
+                visitors: d.users.len() as u64,
+                sessions: (d.sessions.len() + d.other_sessions.len()) as u64,
+                events: d.events,
+                new_visitors: fresh.get(&day).copied().unwrap_or(0),
             })
             .collect()
     }
