@@ -132,7 +132,7 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
         let brand_rows = replace(lake, TableName::MartBrands, zone, &brands.batches).await?;
         drop(brands);
         let t_brands = started.elapsed();
-        let items = items_batch(&engine, &z, events).await?;
+        let items = items_batch(&engine, zone, events).await?;
         let item_rows = replace(lake, TableName::MartItems, zone, &[items]).await?;
         let t_items = started.elapsed();
         let (categories, visitors) = category_cells(&engine, zone, events).await?;
@@ -304,17 +304,17 @@ async fn daily_rows(
 /// product) on both cores: as SQL (a first-value group-by, a window for the previous day and a
 /// join for the next purchase) it sorted the month's carts under the memory budget and now
 /// and then failed to get memory for it.
-async fn items_batch(engine: &Engine, z: &str, events: &str) -> Result<RecordBatch> {
+async fn items_batch(engine: &Engine, zone: &str, events: &str) -> Result<RecordBatch> {
     let sql = format!(
         "SELECT user_id, product_id, event_type, CAST(event_time AS BIGINT) AS t,
-                CAST(CAST(local_day(event_time, {z}) AS INT) AS BIGINT) AS day,
+                CAST(CAST(local_day(event_time, '{zone}') AS INT) AS BIGINT) AS day,
                 CAST(price * 100 AS BIGINT) AS price_cents, brand, category_code
          FROM {events} WHERE event_type IN ('cart', 'purchase')"
     );
     let days = engine
         .fold_merged(&sql, ItemDays::default, |s, b| s.add(&b), ItemDays::merge)
         .await?;
-    days.finish(z.trim_matches('\''))
+    days.finish(zone)
 }
 
 /// `mart_items` being built: per (user, product), the first cart of each local day with a
