@@ -73,8 +73,10 @@ pub struct Stats {
     pub duplicates: u64,
     /// Windows that fired.
     pub windows_fired: u64,
-    /// Keys not tracked because a rule was at its key cap.
-    pub keys_dropped: u64,
+    /// Keys a rule forgot (the least recently seen) to make room for a new one at its cap.
+    pub keys_evicted: u64,
+    /// Event ids forgotten before the duplicate horizon because the id set was at its cap.
+    pub dedupe_evicted: u64,
     /// Events of allow-listed users or addresses (not counted by keyed rules).
     pub allowed: u64,
 }
@@ -262,8 +264,8 @@ impl RuleState {
             Some(i) => *i as usize,
             None => {
                 if self.keys.len() >= self.max_keys {
-                    stats.keys_dropped += 1;
-                    return None;
+                    self.evict_least_recent();
+                    stats.keys_evicted += 1;
                 }
                 let i = self.alloc();
                 self.keys.insert(hash, i);
@@ -402,6 +404,22 @@ impl RuleState {
             });
         }
         None
+    }
+
+    /// Forgets the key seen least recently (at the cap, to make room for a new one): the
+    /// expiry queue is in the order keys reached their latest pane, so its first entry that
+    /// is still a key's latest names that key.
+    fn evict_least_recent(&mut self) {
+        while let Some((expires, hash)) = self.expiry.pop_front() {
+            if let Some(&i) = self.keys.get(&hash)
+                && self.states[i as usize].last_pane.saturating_add(self.panes) == expires
+            {
+                self.keys.remove(&hash);
+                self.states[i as usize].distinct = Distinct::default();
+                self.free.push(i);
+                return;
+            }
+        }
     }
 
     /// Drops keys whose windows all ended at or before the watermark's pane.
@@ -555,6 +573,11 @@ impl Detector {
         &self.stats
     }
 
+    /// Event ids remembered to drop duplicates.
+    pub fn dedupe_ids(&self) -> usize {
+        self.seen.len()
+    }
+
     /// The watermark (µs; `i64::MIN` before the first event).
     pub fn watermark(&self) -> i64 {
         self.watermark
@@ -660,9 +683,16 @@ impl Detector {
             return;
         }
         self.seen_order.push_back((t, id));
-        if t > self.max_seen {
-            self.max_seen = t;
-            let wm = t.saturating_sub(self.settings.lateness);
+        if self.seen_order.len() > self.settings.max_dedupe_ids
+            && let Some((_, oldest)) = self.seen_order.pop_front()
+        {
+            self.seen.remove(&oldest);
+            self.stats.dedupe_evicted += 1;
+        }
+        let progress = self.progress(e, t);
+        if progress > self.max_seen {
+            self.max_seen = progress;
+            let wm = progress.saturating_sub(self.settings.lateness);
             if wm > self.watermark {
                 self.advance(wm);
             }
@@ -750,6 +780,18 @@ impl Detector {
             };
             let changes = self.tracker.fire(index, rule, hash, &key, user, &fire);
             self.changes.extend(changes);
+        }
+    }
+
+    /// How far an event at time `t` moves time on: its time, but in event-time mode no
+    /// further than its arrival plus the allowed skew (an event stamped a day ahead must not
+    /// close every window and make a day of events late).
+    pub fn progress(&self, e: &Event, t: i64) -> i64 {
+        match (self.settings.time, e.ingest_time) {
+            (TimeMode::Event, Some(arrived)) => {
+                t.min(arrived.saturating_add(self.settings.max_skew))
+            }
+            _ => t,
         }
     }
 

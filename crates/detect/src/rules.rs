@@ -171,13 +171,20 @@ pub struct DetectConfig {
     pub time: Option<String>,
     /// How late an event may arrive and still be windowed (default `5s`).
     pub lateness: Option<String>,
+    /// How far past its arrival an event's time may move the watermark (default `5s`): an
+    /// event stamped in the future is windowed at its own time, but cannot close every
+    /// window or make the events after it late.
+    pub max_skew: Option<String>,
     /// Quiet time after which an incident is resolved (default `5m`).
     pub cooldown: Option<String>,
     /// How long event ids are remembered to drop exact duplicates (default `10m`).
     pub dedupe_horizon: Option<String>,
-    /// The most keys a rule tracks at once (default 1 000 000); past it new keys are not
-    /// tracked and a metric counts them.
+    /// The most keys a rule tracks at once (default 1 000 000); past it the least recently
+    /// seen key is forgotten for the new one, and a metric counts them.
     pub max_keys: Option<usize>,
+    /// The most event ids remembered to drop exact duplicates (default 2 000 000); past it
+    /// the oldest are forgotten before `dedupe_horizon`, and a metric counts them.
+    pub max_dedupe_ids: Option<usize>,
     /// The least severity at which an incident on a user (a `user_id` or `user_session`
     /// key) makes it a bot for the day in `bot_flags` (default `medium`: a low `user_burst`
     /// is worth a look, not a verdict).
@@ -209,12 +216,16 @@ pub struct Settings {
     pub time: TimeMode,
     /// Allowed lateness, µs.
     pub lateness: i64,
+    /// How far past an event's arrival (its ingest time) its time may move the watermark, µs.
+    pub max_skew: i64,
     /// Incident cooldown, µs.
     pub cooldown: i64,
     /// Duplicate horizon, µs.
     pub dedupe_horizon: i64,
     /// Key cap per rule.
     pub max_keys: usize,
+    /// Cap of the duplicate-id set.
+    pub max_dedupe_ids: usize,
     /// The rules in force.
     pub rules: Vec<Rule>,
     /// The least severity of a bot verdict.
@@ -316,7 +327,7 @@ fn default_rule(name: &str) -> Option<Rule> {
 fn duration(name: &str, value: Option<&str>, default: &str, errors: &mut Vec<String>) -> i64 {
     let v = value.unwrap_or(default);
     match humantime::parse_duration(v.trim()) {
-        Ok(d) if d > Duration::ZERO || name.ends_with("lateness") => {
+        Ok(d) if d > Duration::ZERO || name.ends_with("lateness") || name.ends_with("skew") => {
             i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
         }
         Ok(_) => {
@@ -350,6 +361,12 @@ impl DetectConfig {
             "5s",
             &mut errors,
         );
+        let max_skew = duration(
+            "detect.max_skew",
+            self.max_skew.as_deref(),
+            "5s",
+            &mut errors,
+        );
         let cooldown = duration(
             "detect.cooldown",
             self.cooldown.as_deref(),
@@ -365,6 +382,10 @@ impl DetectConfig {
         let max_keys = self.max_keys.unwrap_or(1_000_000);
         if max_keys == 0 {
             errors.push("detect.max_keys must be at least 1".to_owned());
+        }
+        let max_dedupe_ids = self.max_dedupe_ids.unwrap_or(2_000_000);
+        if max_dedupe_ids == 0 {
+            errors.push("detect.max_dedupe_ids must be at least 1".to_owned());
         }
         for name in self.rules.keys() {
             if !DEFAULT_RULES.contains(&name.as_str()) {
@@ -493,9 +514,11 @@ impl DetectConfig {
             Ok(Settings {
                 time,
                 lateness,
+                max_skew,
                 cooldown,
                 dedupe_horizon,
                 max_keys,
+                max_dedupe_ids,
                 rules,
                 flag_severity: self.flag_severity.unwrap_or(Severity::Medium),
                 allow: self.allow.clone(),
@@ -515,9 +538,11 @@ impl Default for Settings {
             .unwrap_or_else(|_| Settings {
                 time: TimeMode::Event,
                 lateness: 5 * SEC,
+                max_skew: 5 * SEC,
                 cooldown: 300 * SEC,
                 dedupe_horizon: 600 * SEC,
                 max_keys: 1_000_000,
+                max_dedupe_ids: 2_000_000,
                 rules: Vec::new(),
                 flag_severity: Severity::Medium,
                 allow: KeyList::default(),

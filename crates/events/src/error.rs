@@ -18,6 +18,12 @@ pub enum Error {
     /// A JSON document could not be read at all.
     #[error("bad JSON: {0}")]
     Json(String),
+    /// The input holds more rows than the reader was allowed to read.
+    #[error("more than {limit} rows")]
+    TooManyRows {
+        /// The limit.
+        limit: u64,
+    },
     /// An Arrow batch does not have the event schema.
     #[error("bad Arrow batch: {0}")]
     Arrow(String),

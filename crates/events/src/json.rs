@@ -176,10 +176,17 @@ fn reject(line: u64, error: FieldError, raw: &[u8]) -> Reject {
     )
 }
 
-/// Decodes every element of a JSON array; `line` of a reject is the element's index.
-fn decode_array(bytes: &[u8], validator: &Validator, out: &mut Vec<Row>) -> Result<()> {
+/// Decodes every element of a JSON array; `line` of a reject is the element's index. Stops
+/// with [`Error::TooManyRows`] at the element past `max_rows`, before decoding it.
+fn decode_array(
+    bytes: &[u8],
+    validator: &Validator,
+    max_rows: Option<u64>,
+    out: &mut Vec<Row>,
+) -> Result<()> {
     struct Elements<'v, 'o> {
         validator: &'v Validator,
+        max_rows: Option<u64>,
         out: &'o mut Vec<Row>,
     }
     impl<'de> DeserializeSeed<'de> for Elements<'_, '_> {
@@ -196,6 +203,9 @@ fn decode_array(bytes: &[u8], validator: &Validator, out: &mut Vec<Row>) -> Resu
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
             let mut index = 0u64;
             while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+                if self.max_rows.is_some_and(|max| index >= max) {
+                    return Err(de::Error::custom(TooMany));
+                }
                 self.out
                     .push(match decode_value(raw.get(), self.validator) {
                         Ok(e) => Row::Event(e),
@@ -207,15 +217,72 @@ fn decode_array(bytes: &[u8], validator: &Validator, out: &mut Vec<Row>) -> Resu
         }
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    Elements { validator, out }
-        .deserialize(&mut de)
-        .and_then(|()| de.end())
-        .map_err(|e| {
-            Error::Json(format!(
-                "the array is malformed after {} element(s): {e}",
-                out.len()
-            ))
-        })
+    let result = Elements {
+        validator,
+        max_rows,
+        out: &mut *out,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end());
+    result.map_err(|e| match max_rows {
+        Some(limit) if e.to_string().starts_with(TooMany::MESSAGE) => Error::TooManyRows { limit },
+        _ => Error::Json(format!(
+            "the array is malformed after {} element(s): {e}",
+            out.len()
+        )),
+    })
+}
+
+/// The array's element past the row limit (serde's errors carry only text).
+struct TooMany;
+
+impl TooMany {
+    const MESSAGE: &'static str = "shoplake: more rows than the limit";
+}
+
+impl fmt::Display for TooMany {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(Self::MESSAGE)
+    }
+}
+
+/// Where an NDJSON value being read stands, carried from line to line so that each byte is
+/// looked at once: a value spanning many lines is parsed once, when its brackets close, not
+/// again at every line.
+#[derive(Debug, Default, Clone, Copy)]
+struct Nesting {
+    /// Open `{` and `[` minus closed ones (outside strings); below zero on a stray closer.
+    depth: i64,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Nesting {
+    fn scan(&mut self, chunk: &[u8]) {
+        for &b in chunk {
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => self.depth -= 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether the value may be complete: every bracket closed, outside any string.
+    fn may_be_complete(&self) -> bool {
+        self.depth <= 0 && !self.in_string
+    }
 }
 
 /// Reads JSON events, validating each; NDJSON streams in constant memory.
@@ -227,8 +294,10 @@ pub struct JsonDecoder<R: BufRead> {
     buf: Vec<u8>,
     pending: Vec<u8>,
     pending_line: u64,
+    nesting: Nesting,
     queued: std::vec::IntoIter<Row>,
     rows: u64,
+    max_rows: Option<u64>,
 }
 
 impl<R: BufRead> fmt::Debug for JsonDecoder<R> {
@@ -250,9 +319,18 @@ impl<R: BufRead> JsonDecoder<R> {
             buf: Vec::new(),
             pending: Vec::new(),
             pending_line: 0,
+            nesting: Nesting::default(),
             queued: Vec::new().into_iter(),
             rows: 0,
+            max_rows: None,
         }
+    }
+
+    /// Stops with [`Error::TooManyRows`] instead of reading a row past `max` (a JSON array is
+    /// checked while it is decoded, not after).
+    pub fn with_max_rows(mut self, max: u64) -> Self {
+        self.max_rows = Some(max);
+        self
     }
 
     /// Rows read so far (valid and refused).
@@ -265,6 +343,11 @@ impl<R: BufRead> JsonDecoder<R> {
     pub fn next_row(&mut self) -> Result<Option<Row>> {
         let row = self.next_inner()?;
         if row.is_some() {
+            if let Some(limit) = self.max_rows
+                && self.rows >= limit
+            {
+                return Err(Error::TooManyRows { limit });
+            }
             self.rows += 1;
         }
         Ok(row)
@@ -302,7 +385,7 @@ impl<R: BufRead> JsonDecoder<R> {
                         .read_to_end(&mut all)
                         .map_err(Error::io("reading JSON"))?;
                     let mut rows = Vec::new();
-                    let result = decode_array(&all, &self.validator, &mut rows);
+                    let result = decode_array(&all, &self.validator, self.max_rows, &mut rows);
                     self.queued = rows.into_iter();
                     result?;
                     return Ok(self.queued.next());
@@ -315,6 +398,11 @@ impl<R: BufRead> JsonDecoder<R> {
                 self.pending_line = self.line;
             }
             self.pending.extend_from_slice(chunk);
+            self.nesting.scan(chunk);
+            if !self.nesting.may_be_complete() && self.pending.len() <= MAX_VALUE_BYTES {
+                continue;
+            }
+            self.nesting = Nesting::default();
             match serde_json::from_slice::<&RawValue>(&self.pending) {
                 Ok(raw) => {
                     let row = match decode_value(raw.get(), &self.validator) {

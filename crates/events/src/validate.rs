@@ -100,7 +100,7 @@ impl Field {
     }
 
     /// The longest text accepted for the field, in bytes.
-    fn max_len(self) -> usize {
+    pub fn max_len(self) -> usize {
         match self {
             Field::UserAgent => 1024,
             Field::CategoryCode => 256,
@@ -275,6 +275,31 @@ impl Validator {
         }
     }
 
+    /// The same rules, but accepting event times at most `ahead` past the clock (the
+    /// collector's tight bound for live traffic; imports of history keep a day).
+    pub fn with_max_ahead(mut self, ahead: std::time::Duration) -> Validator {
+        self.max_ahead = i64::try_from(ahead.as_micros()).unwrap_or(i64::MAX);
+        self.horizon = Arc::new(AtomicI64::new(i64::MIN));
+        self
+    }
+
+    /// How far past the clock an event time may be.
+    pub fn max_ahead(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.max_ahead.max(0).unsigned_abs())
+    }
+
+    /// A text the server supplies for a field (a header's `User-Agent`), made to pass the
+    /// field's rules: trimmed, cut at the field's length on a character boundary, `None`
+    /// when nothing is left.
+    pub fn fit(field: Field, s: &str) -> Option<&str> {
+        let s = s.trim();
+        let mut end = s.len().min(field.max_len());
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        Some(s[..end].trim_end()).filter(|s| !s.is_empty())
+    }
+
     /// Turns a raw row into an event, or says which field is wrong and why.
     pub fn validate(&self, raw: &RawEvent<'_>) -> Result<Event, FieldError> {
         self.validate_fields(&raw.fields()).map(|e| e.to_event())
@@ -367,7 +392,11 @@ impl Validator {
             }
             return Err(FieldError::new(
                 Field::EventTime,
-                format!("{} is more than a day in the future", shown()),
+                format!(
+                    "{} is more than {} in the future",
+                    shown(),
+                    ahead_text(self.max_ahead)
+                ),
             ));
         }
         Ok(t)
@@ -418,6 +447,18 @@ impl Validator {
             return Err(FieldError::new(field, reason));
         }
         Ok(())
+    }
+}
+
+/// A bound on the future in words: `a day`, `15m`.
+fn ahead_text(micros: i64) -> String {
+    if micros == MICROS_PER_DAY {
+        return "a day".to_owned();
+    }
+    match micros.max(0).unsigned_abs() / 1_000_000 {
+        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }
 

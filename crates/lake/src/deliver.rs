@@ -59,6 +59,38 @@ pub struct QuarantinedRow {
     pub raw: String,
 }
 
+/// A log record delivery cannot read, as a quarantined row: where it was, why, and its bytes
+/// (as text where they are UTF-8, in hex otherwise).
+fn unreadable(
+    partition: u32,
+    offset: u64,
+    field: Option<String>,
+    reason: String,
+    bytes: &[u8],
+) -> QuarantinedRow {
+    let raw = match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => format!("hex:{}", hex(bytes)),
+    };
+    QuarantinedRow {
+        source: format!("log partition {partition} offset {offset}"),
+        line: offset,
+        field,
+        reason,
+        raw,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 /// The `import_id` of quarantined rows that came through the collector.
 pub const COLLECTOR_IMPORT_ID: &str = "collector";
 
@@ -67,9 +99,9 @@ pub const COLLECTOR_IMPORT_ID: &str = "collector";
 pub struct Pumped {
     /// Log records read.
     pub records: usize,
-    /// Records that did not decode into a valid event or refused row (counted and logged;
-    /// the collector only appends valid ones, so this stays zero unless the log was written
-    /// otherwise).
+    /// Records that did not decode into a valid event or refused row (counted, logged and
+    /// kept in `quarantine`; the collector only appends valid ones, so this stays zero unless
+    /// the log was written otherwise).
     pub rejected: usize,
     /// Refused rows written to `quarantine`.
     pub quarantined: usize,
@@ -187,9 +219,19 @@ impl Delivery {
                         Err(e) => {
                             rejected += 1;
                             tracing::warn!(
-                                "log partition {p} offset {}: not a refused row: {e}",
-                                r.offset
+                                partition = p,
+                                offset = r.offset,
+                                error = %e,
+                                "log record is not a refused row: quarantined as it is"
                             );
+                            let row = unreadable(
+                                p,
+                                r.offset,
+                                None,
+                                format!("not a refused row: {e}"),
+                                &r.value,
+                            );
+                            refused.push((p, r.offset, r.appended_at, row));
                         }
                     }
                     continue;
@@ -200,12 +242,18 @@ impl Delivery {
                         events.push(e);
                     }
                     Err(e) => {
+                        // Never dropped: the collector checks every event as it is stored, so
+                        // this is a log written otherwise; the record is kept in quarantine.
                         rejected += 1;
                         tracing::warn!(
-                            "log partition {p} offset {}: not a valid event: {}",
-                            r.offset,
-                            e.reason
+                            partition = p,
+                            offset = r.offset,
+                            reason = %e.reason,
+                            "log record is not a valid event: quarantined"
                         );
+                        let field = e.field.map(|f| f.name().to_owned());
+                        let row = unreadable(p, r.offset, field, e.reason, &r.value);
+                        refused.push((p, r.offset, r.appended_at, row));
                     }
                 }
             }

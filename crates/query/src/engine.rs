@@ -158,6 +158,42 @@ impl Engine {
         self.run(sql).await
     }
 
+    /// Runs one read-only statement like [`Engine::query`], keeping at most `limit` rows: the
+    /// plan is limited to one row more than that and its result streamed, so a short answer
+    /// over a huge result never holds the result. Returns the rows and whether more were
+    /// left out. The time limit covers planning and execution.
+    pub async fn query_limited(&self, sql: &str, limit: usize) -> Result<(QueryOutput, bool)> {
+        check_read_only(sql)?;
+        let work = async {
+            let df = self.ctx.sql_with_options(sql, read_only()).await?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let df = df.limit(0, Some(limit.saturating_add(1)))?;
+            let mut stream = df.execute_stream().await?;
+            let mut batches = Vec::new();
+            let mut kept = 0;
+            let mut truncated = false;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let take = batch.num_rows().min(limit - kept);
+                if take < batch.num_rows() {
+                    truncated = true;
+                }
+                if take > 0 {
+                    batches.push(batch.slice(0, take));
+                    kept += take;
+                }
+                if truncated {
+                    break;
+                }
+            }
+            Ok::<_, Error>((QueryOutput { schema, batches }, truncated))
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(out) => out,
+            Err(_) => Err(Error::Timeout(self.timeout)),
+        }
+    }
+
     /// Streams the result of a statement the crate wrote itself (no time limit: for marts).
     pub(crate) async fn stream(
         &self,

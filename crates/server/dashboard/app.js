@@ -103,9 +103,14 @@ function download(name, blob) {
   setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
 }
 
+// Rich-text tooltips read `{style|text}` as markup: names are shown without braces.
+function plain(v) { return String(v === null || v === undefined ? "" : v).replace(/[{}]/g, ""); }
+
 function csvOf(columns, rows) {
   const cell = (v) => {
-    const s = v === null || v === undefined ? "" : typeof v === "object" ? JSON.stringify(v) : String(v);
+    let s = v === null || v === undefined ? "" : typeof v === "object" ? JSON.stringify(v) : String(v);
+    // A text that a spreadsheet would run as a formula is kept as text (OWASP's advice).
+    if (typeof v !== "number" && /^[=+\-@\t\r]/.test(s)) s = "'" + s;
     return /[",\n\r]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
   };
   return [columns.map(cell).join(",")].concat(rows.map((r) => columns.map((c) => cell(r[c])).join(","))).join("\n") + "\n";
@@ -127,7 +132,11 @@ function chartCard(title, option, opts) {
   // Laid out first, then drawn at its size.
   requestAnimationFrame(() => {
     const chart = echarts.init(box, null, { renderer: "canvas" });
-    chart.setOption(Object.assign({ animation: false, tooltip: { trigger: "axis" }, grid: { left: 56, right: 24, top: 36, bottom: 36 } }, option));
+    chart.setOption(Object.assign({ animation: false, grid: { left: 56, right: 24, top: 36, bottom: 36 } }, option, {
+      // Tooltips are drawn on the canvas, never as HTML: brand and category names come from
+      // events anyone with an ingest token may send.
+      tooltip: Object.assign({ trigger: "axis" }, option.tooltip || {}, { renderMode: "richText", confine: true }),
+    }));
     box.dataset.points = String(countPoints(option));
     charts.push(chart);
     png.addEventListener("click", () => {
@@ -318,7 +327,7 @@ async function brands(main) {
   const inCat = rows.filter((r) => r.category === cat);
   const classes = ["under-exposed", "under-converting", "star", "weak"];
   main.append(chartCard(`Brands in ${cat || "–"}: view share vs conversion`, {
-    legend: {}, tooltip: { trigger: "item", formatter: (x) => `${x.data[2]}<br>view share ${pct(x.data[0])}<br>conversion ${pct(x.data[1])}` },
+    legend: {}, tooltip: { trigger: "item", formatter: (x) => `${plain(x.data[2])}\nview share ${pct(x.data[0])}\nconversion ${pct(x.data[1])}` },
     xAxis: { type: "value", name: "view share", axisLabel: { formatter: (v) => (v * 100).toFixed(1) + "%" } },
     yAxis: { type: "value", name: "conversion", axisLabel: { formatter: (v) => (v * 100).toFixed(1) + "%" } },
     series: classes.map((c) => ({
@@ -441,7 +450,7 @@ async function sql(main) {
     try {
       const r = await api("/v1/query", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ sql: area.value, limit: 10000 }) });
       const cols = r.columns.map((c) => [c.name, c.name, /Int|Float|Decimal/.test(c.type) ? "num" : ""]);
-      out.replaceChildren(el("p", { class: "muted" }, `${fmt(r.total_rows)} rows in ${r.seconds.toFixed(3)} s` + (r.truncated ? " (first 10,000 kept)" : "")),
+      out.replaceChildren(el("p", { class: "muted" }, `${fmt(r.rows.length)}${r.truncated ? "+" : ""} rows in ${r.seconds.toFixed(3)} s` + (r.truncated ? " (the first 10,000 are shown)" : "")),
         tableCard("Result", cols, r.rows, { wide: true, id: "sql-table", limit: 1000 }));
     } catch (e2) {
       if (!(e2 instanceof SignInNeeded)) out.replaceChildren(el("p", { class: "error", id: "sql-error" }, e2.message));

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -198,12 +198,15 @@ pub(crate) async fn change_list(
     headers: HeaderMap,
     method: axum::http::Method,
     Path(list): Path<String>,
-    body: Result<Json<ListEntry>, axum::extract::rejection::JsonRejection>,
+    request: axum::extract::Request,
 ) -> Response {
     let run = async {
+        // The token first: nothing of the body is read for a request without one.
         let token = authorize(&c, &headers, Scope::Admin)?;
         let list = List::from_str(&list).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e))?;
-        let Json(entry) = body.map_err(|e| bad(e.body_text()))?;
+        let Json(entry) = Json::<ListEntry>::from_request(request, &())
+            .await
+            .map_err(|e| bad(e.body_text()))?;
         let kt = key_type(&entry.key_type)?;
         let valid = match kt {
             KeyType::UserId => entry.key.parse::<i64>().is_ok_and(|u| u > 0),

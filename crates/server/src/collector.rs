@@ -3,11 +3,12 @@
 //! the event log. Refused rows go to the log under [`QUARANTINE_KEY`], from where delivery
 //! writes them to `quarantine`.
 
+use std::future::Future;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -18,10 +19,10 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::json;
 use shoplake_events::record::RecordFormat;
-use shoplake_events::{CsvDecoder, Event, JsonDecoder, Reject, Row, Validator};
+use shoplake_events::{CsvDecoder, Event, Field, JsonDecoder, Reject, Row, Validator};
 use shoplake_lake::QuarantinedRow;
 use shoplake_log::{EventLog, QUARANTINE_KEY, Record};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::auth::{Denied, Network, Scope, Tokens, client_ip};
 use crate::metrics::{Metrics, StatusLabel};
@@ -38,6 +39,18 @@ pub struct Limits {
     pub backlog_high_water: u64,
     /// The `Retry-After` sent with a 503, in seconds.
     pub retry_after_secs: u64,
+    /// How far past the server's clock an event time may be (live traffic; a history import
+    /// keeps a day). At most a day.
+    pub max_future: Duration,
+    /// Requests decoded at once (gunzip, parse, validate and encode run on blocking threads,
+    /// never on the async workers that answer `/healthz` and run delivery and detection).
+    pub decode_concurrency: usize,
+    /// How long a request waits for a decoding slot before it is answered 503.
+    pub decode_wait: Duration,
+    /// The time a client has to send the whole body once its headers are in.
+    pub body_timeout: Duration,
+    /// The most `GET /v1/events/stream` subscribers at once (more get 503).
+    pub max_stream_subscribers: usize,
 }
 
 impl Default for Limits {
@@ -47,6 +60,11 @@ impl Default for Limits {
             max_rows: 50_000,
             backlog_high_water: 2_000_000,
             retry_after_secs: 5,
+            max_future: Duration::from_secs(15 * 60),
+            decode_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            decode_wait: Duration::from_secs(2),
+            body_timeout: Duration::from_secs(30),
+            max_stream_subscribers: 64,
         }
     }
 }
@@ -67,6 +85,9 @@ pub struct Collector {
     lake: Option<shoplake_lake::Lake>,
     live: crate::lake_api::LiveSender,
     record_format: RecordFormat,
+    decoding: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Collector {
@@ -87,9 +108,11 @@ impl Collector {
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Collector {
+        let decoding = Arc::new(Semaphore::new(limits.decode_concurrency.max(1)));
+        let streams = Arc::new(Semaphore::new(limits.max_stream_subscribers));
         Collector {
             log,
-            validator,
+            validator: validator.with_max_ahead(limits.max_future),
             tokens,
             trusted,
             limits,
@@ -102,6 +125,9 @@ impl Collector {
             lake: None,
             live: tokio::sync::broadcast::channel(1024).0,
             record_format: RecordFormat::default(),
+            decoding,
+            streams,
+            closing: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -166,6 +192,7 @@ impl Collector {
             )
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
+            .layer(axum::middleware::map_response(security_headers))
             .with_state(self)
     }
 
@@ -201,10 +228,53 @@ impl Collector {
         self.appended.notified().await;
     }
 
-    /// Refuses further ingest requests with 503 (during shutdown).
+    /// Refuses further ingest requests with 503 and ends the event streams (during shutdown).
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.closing.send_replace(true);
     }
+
+    /// A place among the event stream's subscribers, while there is one.
+    pub(crate) fn stream_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.streams.clone().try_acquire_owned().ok()
+    }
+
+    /// Resolves once the server is shutting down.
+    pub(crate) fn closing(&self) -> impl Future<Output = ()> + use<> {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+/// The dashboard's content policy: its own scripts and styles only (no inline script, no
+/// other origin), images also from `data:` and `blob:` URLs (chart exports), never framed.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data: blob:; connect-src 'self' data:; \
+     object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// Headers on every answer: the content policy, no MIME sniffing, no referrer.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
 }
 
 /// An error answer: a status and a JSON body `{"error": …}`.
@@ -322,11 +392,35 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// Reads the body (at most the limit), gunzipping it when it says it is gzip.
+/// Whether the body says it is gzip (`Content-Encoding`), or an error for an encoding we
+/// cannot read.
+fn is_gzip(headers: &HeaderMap) -> Result<bool, ApiError> {
+    match headers.get(header::CONTENT_ENCODING) {
+        None => Ok(false),
+        Some(v) => match v
+            .to_str()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "gzip" | "x-gzip" => Ok(true),
+            "identity" | "" => Ok(false),
+            other => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported Content-Encoding {other:?}: send gzip or none"),
+            )),
+        },
+    }
+}
+
+/// Reads the body as sent (at most the limit, within the time limit); decoding it is CPU work
+/// and happens in [`prepare`].
 async fn body_bytes(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    within: Duration,
 ) -> Result<axum::body::Bytes, ApiError> {
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -336,39 +430,31 @@ async fn body_bytes(
     {
         return Err(too_large(limit));
     }
-    let gzip = match headers.get(header::CONTENT_ENCODING) {
-        None => false,
-        Some(v) => match v
-            .to_str()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "gzip" | "x-gzip" => true,
-            "identity" | "" => false,
-            other => {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    format!("unsupported Content-Encoding {other:?}: send gzip or none"),
-                ));
+    let read = axum::body::to_bytes(body, limit);
+    let bytes = tokio::time::timeout(within, read)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {within:?}"),
+            )
+        })?
+        .map_err(|e| {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over {
+                too_large(limit)
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
             }
-        },
-    };
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let over = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if over {
-            too_large(limit)
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
-        }
-    })?;
-    if !gzip {
-        return Ok(bytes);
-    }
-    let mut out = Vec::with_capacity(bytes.len() * 4);
-    let mut decoder = flate2::read::MultiGzDecoder::new(&bytes[..]).take(limit as u64 + 1);
+        })?;
+    Ok(bytes)
+}
+
+/// Gunzips a body, refusing it once it passes `limit` bytes decoded.
+fn gunzip(bytes: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(limit));
+    let mut decoder = flate2::read::MultiGzDecoder::new(bytes).take(limit as u64 + 1);
     decoder.read_to_end(&mut out).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -381,46 +467,155 @@ async fn body_bytes(
             format!("the body is larger than the limit of {limit} bytes once decompressed"),
         ));
     }
-    Ok(out.into())
+    Ok(out)
 }
 
-/// Decodes and validates every row of a body.
-fn decode(
-    body: &[u8],
-    format: Format,
-    validator: &Validator,
-    max_rows: usize,
-) -> Result<(Vec<Event>, Vec<Reject>), ApiError> {
-    let mut events = Vec::new();
-    let mut rejects = Vec::new();
-    let mut push = |row: Row| -> Result<(), ApiError> {
-        match row {
-            Row::Event(e) => events.push(e),
-            Row::Reject(r) => rejects.push(r),
+/// What the server adds to each event of a request: the client's address and the request's
+/// user agent (one copy for the whole request, lent to each event as it is encoded).
+struct Stamp {
+    ip: IpAddr,
+    agent: Option<String>,
+    /// The token lets events carry their own `client_ip` and `user_agent`.
+    forward: bool,
+    /// The `source` of the request's quarantined rows.
+    source: String,
+}
+
+/// A request turned into log records: its events and its refused rows.
+#[derive(Default)]
+struct Prepared {
+    records: Vec<Record>,
+    accepted: usize,
+    rejected: Vec<RejectedRow>,
+    bytes: usize,
+}
+
+impl Prepared {
+    /// Stamps, checks and encodes one event. The check is the one that decides: the event as
+    /// it will be stored passes the same rules delivery and the detector read it with, so
+    /// nothing acknowledged is refused later.
+    fn event(
+        &mut self,
+        mut e: Event,
+        row: u64,
+        stamp: &mut Stamp,
+        validator: &Validator,
+        format: RecordFormat,
+    ) {
+        if !stamp.forward || e.client_ip.is_none() {
+            e.client_ip = Some(stamp.ip);
         }
-        if events.len() + rejects.len() > max_rows {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("more than {max_rows} rows in one request: split it"),
-            ));
+        let lent = !stamp.forward || e.user_agent.is_none();
+        if lent {
+            e.user_agent = stamp.agent.take();
+        }
+        e.ingest_time = None;
+        match validator.check(&e) {
+            Ok(()) => {
+                // Room for an event with a long user agent: no regrowth per event.
+                let mut value =
+                    Vec::with_capacity(256 + e.user_agent.as_ref().map_or(0, String::len));
+                shoplake_events::record::encode(&mut value, &e, format);
+                let key = itoa::Buffer::new().format(e.user_id).as_bytes().to_vec();
+                self.bytes += key.len() + value.len();
+                self.records.push(Record { key, value });
+                self.accepted += 1;
+            }
+            Err(error) => {
+                let mut raw = Vec::new();
+                shoplake_events::json::encode_json(&mut raw, &e);
+                let raw = String::from_utf8_lossy(raw.trim_ascii_end()).into_owned();
+                self.reject(Reject::new(row, error, raw), stamp);
+            }
+        }
+        if lent {
+            stamp.agent = e.user_agent.take();
+        }
+    }
+
+    /// Records a refused row for `quarantine` and for the answer.
+    fn reject(&mut self, r: Reject, stamp: &Stamp) {
+        let row = QuarantinedRow {
+            source: stamp.source.clone(),
+            line: r.line,
+            field: r.field.map(str::to_owned),
+            reason: r.reason.clone(),
+            raw: r.raw,
+        };
+        let value = serde_json::to_vec(&row).unwrap_or_default();
+        self.bytes += QUARANTINE_KEY.len() + value.len();
+        self.records.push(Record {
+            key: QUARANTINE_KEY.to_vec(),
+            value,
+        });
+        self.rejected.push(RejectedRow {
+            line: r.line,
+            field: r.field,
+            reason: r.reason,
+        });
+    }
+
+    fn rows(&self) -> usize {
+        self.accepted + self.rejected.len()
+    }
+}
+
+/// The CPU-bound part of a request, run on a blocking thread: gunzips, decodes and validates
+/// every row (stopping at the row limit), stamps and checks each event, and encodes the log
+/// records.
+fn prepare(
+    body: &[u8],
+    gzip: bool,
+    format: Format,
+    c: &Collector,
+    mut stamp: Stamp,
+) -> Result<Prepared, ApiError> {
+    let unzipped;
+    let body = if gzip {
+        unzipped = gunzip(body, c.limits.max_body_bytes)?;
+        &unzipped[..]
+    } else {
+        body
+    };
+    let max_rows = c.limits.max_rows;
+    let too_many = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("more than {max_rows} rows in one request: split it"),
+        )
+    };
+    let bad = |e: shoplake_events::Error| match e {
+        shoplake_events::Error::TooManyRows { .. } => too_many(),
+        e => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let mut out = Prepared::default();
+    let mut take = |row: Row, out: &mut Prepared| -> Result<(), ApiError> {
+        if out.rows() >= max_rows {
+            return Err(too_many());
+        }
+        let n = out.rows() as u64 + 1;
+        match row {
+            Row::Event(e) => out.event(e, n, &mut stamp, &c.validator, c.record_format),
+            Row::Reject(r) => out.reject(r, &stamp),
         }
         Ok(())
     };
-    let bad = |e: shoplake_events::Error| ApiError::new(StatusCode::BAD_REQUEST, e.to_string());
     match format {
         Format::Json => {
-            for row in JsonDecoder::new(body, validator.clone()) {
-                push(row.map_err(bad)?)?;
+            let mut rows =
+                JsonDecoder::new(body, c.validator.clone()).with_max_rows(max_rows as u64);
+            while let Some(row) = rows.next_row().map_err(bad)? {
+                take(row, &mut out)?;
             }
         }
         Format::Csv => {
-            let mut rows = CsvDecoder::new(body, validator.clone()).map_err(bad)?;
+            let mut rows = CsvDecoder::new(body, c.validator.clone()).map_err(bad)?;
             while let Some(row) = rows.next_row().map_err(bad)? {
-                push(row)?;
+                take(row, &mut out)?;
             }
         }
     }
-    Ok((events, rejects))
+    Ok(out)
 }
 
 async fn ingest(
@@ -443,7 +638,40 @@ async fn ingest(
     response
 }
 
-async fn ingest_inner(c: &Collector, peer: IpAddr, request: Request) -> Result<Response, ApiError> {
+/// A 503 with `Retry-After`.
+pub(crate) fn unavailable(c: &Collector, message: impl Into<String>) -> ApiError {
+    let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message);
+    e.retry_after = Some(c.limits.retry_after_secs);
+    e
+}
+
+/// Every `X-Forwarded-For` line, in order, as one list (a proxy may add a line of its own
+/// rather than extend the client's).
+fn forwarded_for(headers: &HeaderMap) -> Option<String> {
+    let mut lines = headers.get_all("x-forwarded-for").iter().peekable();
+    lines.peek()?;
+    let mut all = String::new();
+    for line in lines {
+        if !all.is_empty() {
+            all.push(',');
+        }
+        all.push_str(&String::from_utf8_lossy(line.as_bytes()));
+    }
+    Some(all)
+}
+
+/// The request's `User-Agent`, made to fit the field's rules (one copy per request).
+fn user_agent(headers: &HeaderMap) -> Option<String> {
+    let raw = headers.get(header::USER_AGENT)?;
+    let text = String::from_utf8_lossy(raw.as_bytes());
+    Validator::fit(Field::UserAgent, &text).map(str::to_owned)
+}
+
+async fn ingest_inner(
+    c: &Arc<Collector>,
+    peer: IpAddr,
+    request: Request,
+) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let auth = headers
@@ -454,102 +682,80 @@ async fn ingest_inner(c: &Collector, peer: IpAddr, request: Request) -> Result<R
         .check(auth, Scope::Ingest)
         .map_err(ApiError::denied)?;
     if c.draining.load(Ordering::SeqCst) {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down",
-        );
-        e.retry_after = Some(c.limits.retry_after_secs);
-        return Err(e);
+        return Err(unavailable(c, "the server is shutting down"));
     }
     if c.backlog() > c.limits.backlog_high_water {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(unavailable(
+            c,
             format!(
                 "the log holds {} undelivered events, over its high-water mark of {}: retry later",
                 c.backlog(),
                 c.limits.backlog_high_water
             ),
-        );
-        e.retry_after = Some(c.limits.retry_after_secs);
-        return Err(e);
+        ));
     }
     let format = format_of(headers)?;
-    let body = body_bytes(headers, body, c.limits.max_body_bytes).await?;
-    let (mut events, rejects) = decode(&body, format, &c.validator, c.limits.max_rows)?;
-    if events.is_empty() && rejects.is_empty() {
+    let gzip = is_gzip(headers)?;
+    let body = body_bytes(
+        headers,
+        body,
+        c.limits.max_body_bytes,
+        c.limits.body_timeout,
+    )
+    .await?;
+    let stamp = Stamp {
+        ip: client_ip(peer, forwarded_for(headers).as_deref(), &c.trusted),
+        agent: user_agent(headers),
+        forward: token.forward,
+        source: String::new(),
+    };
+    let stamp = Stamp {
+        source: format!("collector {} token {}", stamp.ip, token.name),
+        ..stamp
+    };
+    let permit = tokio::time::timeout(c.limits.decode_wait, c.decoding.clone().acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            c.metrics.decode_busy.inc();
+            unavailable(c, "every decoding slot is busy: retry later")
+        })?;
+    let worker = c.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        prepare(&body, gzip, format, &worker, stamp)
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "decoding a request failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "decoding the request failed",
+        )
+    })??;
+    if prepared.rows() == 0 {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "the body holds no events",
         ));
     }
-
-    let ip = client_ip(
-        peer,
-        headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-        &c.trusted,
-    );
-    let agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let mut records = Vec::with_capacity(events.len() + rejects.len());
-    let mut key = itoa::Buffer::new();
-    for e in &mut events {
-        if !token.forward || e.client_ip.is_none() {
-            e.client_ip = Some(ip);
-        }
-        if !token.forward || e.user_agent.is_none() {
-            e.user_agent.clone_from(&agent);
-        }
-        e.ingest_time = None;
-        // Room for an event with a long user agent: no regrowth per event.
-        let mut value = Vec::with_capacity(512);
-        shoplake_events::record::encode(&mut value, e, c.record_format);
-        records.push(Record {
-            key: key.format(e.user_id).as_bytes().to_vec(),
-            value,
-        });
-    }
-    let source = format!("collector {ip} token {}", token.name);
-    for r in &rejects {
-        let row = QuarantinedRow {
-            source: source.clone(),
-            line: r.line,
-            field: r.field.map(str::to_owned),
-            reason: r.reason.clone(),
-            raw: r.raw.clone(),
-        };
-        records.push(Record {
-            key: QUARANTINE_KEY.to_vec(),
-            value: serde_json::to_vec(&row).unwrap_or_default(),
-        });
-    }
-    let accepted = events.len();
-    let bytes: usize = records.iter().map(|r| r.key.len() + r.value.len()).sum();
+    let Prepared {
+        records,
+        accepted,
+        rejected,
+        bytes,
+    } = prepared;
     c.log.append(records).await.map_err(|e| {
-        tracing::error!("appending to the log: {e}");
-        let mut err = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the event log could not store the events: {e}"),
-        );
-        err.retry_after = Some(c.limits.retry_after_secs);
-        err
+        tracing::error!(error = %e, "appending to the log");
+        unavailable(c, format!("the event log could not store the events: {e}"))
     })?;
     c.backlog.fetch_add(accepted as i64, Ordering::Relaxed);
     c.pending_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     c.metrics.backlog.inc_by(accepted as i64);
     c.metrics.accepted.inc_by(accepted as u64);
-    c.metrics.rejected.inc_by(rejects.len() as u64);
+    c.metrics.rejected.inc_by(rejected.len() as u64);
     c.appended.notify_one();
-
-    let rejected: Vec<RejectedRow> = rejects
-        .into_iter()
-        .map(|r| RejectedRow {
-            line: r.line,
-            field: r.field,
-            reason: r.reason,
-        })
-        .collect();
     if accepted == 0 {
         let mut e = ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -243,10 +243,13 @@ async fn run(
                 }
                 if let Ok(mut e) = shoplake_events::record::decode(&r.value, &validator) {
                     e.ingest_time.get_or_insert(r.appended_at);
+                    // Ordered and held by the time it moves the watermark to (its own, or
+                    // its arrival plus the allowed skew for one stamped in the future).
+                    let at = detector.progress(&e, e.event_time);
                     let n = newest.entry(p).or_insert(i64::MIN);
-                    *n = (*n).max(e.event_time);
+                    *n = (*n).max(at);
                     let seq = round.len();
-                    round.push((e.event_time, p, seq, e));
+                    round.push((at, p, seq, e));
                 }
             }
         }
@@ -300,6 +303,15 @@ async fn run(
         metrics
             .detector_windows
             .inc_by(after.windows_fired.saturating_sub(before.windows_fired));
+        metrics
+            .detector_keys_evicted
+            .inc_by(after.keys_evicted.saturating_sub(before.keys_evicted));
+        metrics
+            .detector_dedupe_evicted
+            .inc_by(after.dedupe_evicted.saturating_sub(before.dedupe_evicted));
+        metrics
+            .detector_dedupe_ids
+            .set(i64::try_from(detector.dedupe_ids()).unwrap_or(i64::MAX));
         if let Some(newest) = round.last().map(|r| r.3.ingest_time.unwrap_or(r.0)) {
             let lag = (chrono::Utc::now().timestamp_micros() - newest).max(0);
             metrics.detector_lag.set(lag as f64 / 1e6);
@@ -354,19 +366,20 @@ async fn record(
         match c {
             Change::Opened(_) => {
                 metrics.incidents_opened.get_or_create(&label).inc();
+                // The key is an attacker's text: a structured field, quoted and escaped.
                 tracing::info!(
-                    "incident {} opened: {} {}={} ({}), peak {}",
-                    i.id,
-                    i.rule,
-                    i.key_type.as_str(),
-                    i.key,
-                    i.severity,
-                    i.peak
+                    id = %i.id,
+                    rule = %i.rule,
+                    key_type = i.key_type.as_str(),
+                    key = ?i.key,
+                    severity = %i.severity,
+                    peak = i.peak,
+                    "incident opened"
                 );
             }
             Change::Escalated(_) => {
                 metrics.incidents_escalated.get_or_create(&label).inc();
-                tracing::info!("incident {} escalated to {}", i.id, i.severity);
+                tracing::info!(id = %i.id, severity = %i.severity, "incident escalated");
             }
             Change::Resolved(_) => {
                 metrics.incidents_resolved.get_or_create(&label).inc();

@@ -4,8 +4,8 @@
 //!   `top`, `list`; categories `by`, `level`, `top`, `metric`; brands `min_views`), answering
 //!   the reports' documented JSON;
 //! - `POST /v1/query` `{"sql", "limit"}`: one read-only statement under a time limit, at most
-//!   `limit` rows (default 1 000, at most 100 000), answered as `{"columns", "rows",
-//!   "truncated", "seconds"}`;
+//!   `limit` rows (default 1 000, at most 100 000; the result streams and stops there),
+//!   answered as `{"columns", "rows", "truncated", "seconds"}`;
 //! - `GET /v1/catalog` (the tables), `GET /v1/imports` (import history with profiles),
 //!   `GET /v1/quarantine?limit=N` (the newest refused rows).
 //! - `GET /v1/events/stream`: server-sent events, `rate` every second (events accepted per
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -278,38 +278,51 @@ pub(crate) struct QueryBody {
 
 pub(crate) async fn query(
     State(c): State<Arc<Collector>>,
-    headers: HeaderMap,
-    body: Result<Json<QueryBody>, axum::extract::rejection::JsonRejection>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    authorize(&c, &headers)?;
-    let Json(q) = body.map_err(|e| bad(e.body_text()))?;
+    // The token first: nothing of the body is read for a request without one.
+    authorize(&c, request.headers())?;
+    let Json(q) = Json::<QueryBody>::from_request(request, &())
+        .await
+        .map_err(|e| bad(e.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_ROWS).min(MAX_ROWS);
     let started = Instant::now();
     let engine = engine(&c).await?.with_timeout(QUERY_TIMEOUT);
-    let mut out = engine.query(&q.sql).await.map_err(query_failed)?;
-    let total = out.rows();
-    let mut kept = 0;
-    out.batches = out
-        .batches
-        .into_iter()
-        .filter_map(|b| {
-            let take = b.num_rows().min(limit - kept);
-            kept += take;
-            (take > 0).then(|| b.slice(0, take))
-        })
-        .collect();
-    let rows = json_rows(&out)?;
-    let columns: Vec<Value> = out
-        .schema
-        .fields()
-        .iter()
-        .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
-        .collect();
+    let (out, truncated) = engine
+        .query_limited(&q.sql, limit)
+        .await
+        .map_err(query_failed)?;
+    let left = QUERY_TIMEOUT.saturating_sub(started.elapsed());
+    // Encoding is CPU work on at most `limit` rows: off the async workers, within what is
+    // left of the time limit.
+    let encode = tokio::task::spawn_blocking(move || {
+        let rows = json_rows(&out)?;
+        let columns: Vec<Value> = out
+            .schema
+            .fields()
+            .iter()
+            .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
+            .collect();
+        Ok::<_, ApiError>((columns, rows))
+    });
+    let (columns, rows) = tokio::time::timeout(left, encode)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the query ran longer than the {QUERY_TIMEOUT:?} time limit"),
+            )
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding the rows failed: {e}"),
+            )
+        })??;
     Ok(Json(json!({
         "columns": columns,
         "rows": rows,
-        "truncated": total > kept,
-        "total_rows": total,
+        "truncated": truncated,
         "seconds": started.elapsed().as_secs_f64(),
     }))
     .into_response())
@@ -382,13 +395,24 @@ pub(crate) async fn stream(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     authorize(&c, &headers)?;
+    let Some(slot) = c.stream_slot() else {
+        c.metrics().stream_refused.inc();
+        return Err(crate::collector::unavailable(
+            &c,
+            format!(
+                "the event stream has its limit of {} subscribers: retry later",
+                c.limits().max_stream_subscribers
+            ),
+        ));
+    };
     let rx = c.live().subscribe();
-    let events = futures::stream::unfold(rx, |mut rx| async move {
+    let events = futures::stream::unfold((rx, slot), |(mut rx, slot)| async move {
         loop {
             match rx.recv().await {
                 Ok(m) => {
                     let data = serde_json::to_string(&m).unwrap_or_default();
-                    return Some((Ok(SseEvent::default().event(m.name()).data(data)), rx));
+                    let event = SseEvent::default().event(m.name()).data(data);
+                    return Some((Ok(event), (rx, slot)));
                 }
                 // A slow reader skips what it missed and goes on.
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
@@ -396,5 +420,7 @@ pub(crate) async fn stream(
             }
         }
     });
+    // Shutdown ends every stream, so their connections can close.
+    let events = futures::StreamExt::take_until(events, c.closing());
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

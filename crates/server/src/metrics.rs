@@ -85,6 +85,20 @@ pub struct Metrics {
     pub bot_flags: Counter,
     /// Batches of bot flags the lake could not take.
     pub bot_flag_failures: Counter,
+    /// Event ids remembered to drop exact duplicates.
+    pub detector_dedupe_ids: Gauge,
+    /// Event ids forgotten before the duplicate horizon at the id set's cap.
+    pub detector_dedupe_evicted: Counter,
+    /// Keys rules forgot at their key cap (least recently seen first).
+    pub detector_keys_evicted: Counter,
+    /// Ingest requests answered 503 because every decoding slot stayed busy.
+    pub decode_busy: Counter,
+    /// HTTP connections open.
+    pub connections_open: Gauge,
+    /// Connections closed at once over the global or per-address limit.
+    pub connections_refused: Counter,
+    /// Event-stream subscriptions refused over the subscriber limit.
+    pub stream_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -121,6 +135,48 @@ impl Metrics {
         let notifications_dropped = Family::<ChannelLabel, Counter>::default();
         let bot_flags = Counter::default();
         let bot_flag_failures = Counter::default();
+        let detector_dedupe_ids = Gauge::default();
+        registry.register(
+            "detector_dedupe_ids",
+            "Event ids the detector remembers to drop exact duplicates",
+            detector_dedupe_ids.clone(),
+        );
+        let detector_dedupe_evicted = Counter::default();
+        registry.register(
+            "detector_dedupe_ids_evicted",
+            "Event ids forgotten before the duplicate horizon because the id set was at its cap",
+            detector_dedupe_evicted.clone(),
+        );
+        let detector_keys_evicted = Counter::default();
+        registry.register(
+            "detector_keys_evicted",
+            "Keys a rule forgot, least recently seen first, to make room at its key cap",
+            detector_keys_evicted.clone(),
+        );
+        let stream_refused = Counter::default();
+        registry.register(
+            "http_stream_subscribers_refused",
+            "Event-stream subscriptions refused because the subscriber limit was reached",
+            stream_refused.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once because a connection limit was reached",
+            connections_refused.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "HTTP connections open",
+            connections_open.clone(),
+        );
+        let decode_busy = Counter::default();
+        registry.register(
+            "ingest_decode_busy",
+            "Ingest requests answered 503 because every decoding slot stayed busy",
+            decode_busy.clone(),
+        );
         registry.register(
             "notifications_sent",
             "Notices a channel took, by channel",
@@ -267,6 +323,13 @@ impl Metrics {
             notifications_dropped,
             bot_flags,
             bot_flag_failures,
+            detector_dedupe_ids,
+            detector_dedupe_evicted,
+            detector_keys_evicted,
+            decode_busy,
+            connections_open,
+            connections_refused,
+            stream_refused,
         }
     }
 

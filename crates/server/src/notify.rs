@@ -310,7 +310,8 @@ impl Notice {
         }
     }
 
-    /// One line for people: severity, what and who, the figures.
+    /// One line for people: severity, what and who, the figures. The key (a session id or
+    /// any other text an attacker chose) is shown on one line, control characters escaped.
     pub fn summary(&self) -> String {
         let i = &self.incident;
         format!(
@@ -319,13 +320,63 @@ impl Notice {
             self.verb(),
             i.rule,
             i.key_type.as_str(),
-            i.key,
+            one_line(&i.key),
             i.peak,
             i.events,
             i.windows,
             i.id
         )
     }
+
+    /// The summary as Slack `text`: `&`, `<` and `>` escaped as Slack documents, so a key
+    /// cannot mention `<!channel>` or make a link.
+    fn slack_text(&self) -> String {
+        format!(
+            ":rotating_light: shoplake: {}",
+            slack_escape(&self.summary())
+        )
+    }
+
+    /// The e-mail subject: one line, at most 200 characters, whatever the key holds.
+    fn subject(&self) -> String {
+        let i = &self.incident;
+        let subject = format!(
+            "[shoplake] {} incident {}: {} {}={}",
+            i.severity,
+            self.verb(),
+            i.rule,
+            i.key_type.as_str(),
+            one_line(&i.key)
+        );
+        subject.chars().take(200).collect()
+    }
+}
+
+/// Text on one line: control characters (CR, LF, tabs, escapes) shown as `\u{..}` escapes.
+pub fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Slack's message escaping: `&amp;`, `&lt;`, `&gt;`.
+fn slack_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Signs a webhook body: the header value for `X-Shoplake-Signature`.
@@ -502,9 +553,7 @@ impl Worker {
                 http_outcome(request.body(body).send().await)
             }
             Target::Slack { url } => {
-                let body = serde_json::json!({
-                    "text": format!(":rotating_light: shoplake: {}", notice.summary()),
-                });
+                let body = serde_json::json!({ "text": notice.slack_text() });
                 http_outcome(
                     self.http
                         .post(url.clone())
@@ -519,14 +568,9 @@ impl Worker {
                     return Err(Failure::Permanent("no SMTP transport".into()));
                 };
                 let i = &notice.incident;
-                let mut builder = Message::builder().from(from.clone()).subject(format!(
-                    "[shoplake] {} incident {}: {} {}={}",
-                    i.severity,
-                    notice.verb(),
-                    i.rule,
-                    i.key_type.as_str(),
-                    i.key
-                ));
+                let mut builder = Message::builder()
+                    .from(from.clone())
+                    .subject(notice.subject());
                 for t in to {
                     builder = builder.to(t.clone());
                 }

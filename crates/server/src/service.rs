@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::auth::{Network, Scope, Token, Tokens};
 use crate::collector::{Collector, Limits};
+use crate::http::HttpLimits;
 use crate::metrics::Metrics;
 
 /// How the log is delivered into the lake (Firehose).
@@ -60,6 +61,8 @@ pub struct ServeOptions {
     pub trusted_proxies: Vec<Network>,
     /// The collector's limits.
     pub limits: Limits,
+    /// The HTTP server's connection limits.
+    pub http: HttpLimits,
     /// Delivery into the lake.
     pub delivery: DeliveryOptions,
     /// Detection on the stream (`None`: off).
@@ -94,8 +97,15 @@ pub fn admin_token(data_dir: &Path) -> Result<(Token, bool)> {
     let tmp = data_dir.join("admin.token.tmp");
     {
         use std::io::Write;
+        // A leftover from a run killed mid-way is removed, and the file is created anew
+        // (never opened through a link someone planted in its place).
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", tmp.display())),
+        }
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -191,19 +201,20 @@ pub async fn serve(
         stop_rx_detect.clone(),
     ));
     let drain = collector.clone();
-    let app = collector
-        .clone()
-        .router()
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let app = collector.clone().router();
     ready(addr);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    crate::http::run(
+        listener,
+        app,
+        options.http.clone(),
+        metrics.clone(),
+        async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests; finishing those in flight");
             drain.drain();
-        })
-        .await
-        .context("serving HTTP")?;
+        },
+    )
+    .await;
     tracing::info!("collector stopped; delivering what the log holds");
     let _ = stop_tx.send(true);
     let _ = rate_task.await;
@@ -388,7 +399,7 @@ async fn deliver_all(
             delivered.duplicates,
             quarantined,
             if rejected > 0 {
-                format!(", {rejected} unreadable record(s) skipped")
+                format!(", {rejected} unreadable record(s) quarantined")
             } else {
                 String::new()
             },

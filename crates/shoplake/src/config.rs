@@ -81,11 +81,108 @@ pub struct ServerConfig {
     /// Undelivered events in the log above which requests get 503 with `Retry-After`
     /// (default 2 000 000).
     pub backlog_high_water: Option<u64>,
+    /// How far past the server's clock an event's time may be (default `15m`, at most
+    /// `1d`); later ones are refused with their reason. `shoplake import` of history keeps a
+    /// day.
+    pub max_future: Option<String>,
+    /// Requests decoded at once, off the async workers (default: the number of cores).
+    pub decode_concurrency: Option<usize>,
+    /// How long a request waits for a decoding slot before 503 + `Retry-After` (default `2s`).
+    pub decode_wait: Option<String>,
+    /// The time a client has to send a request body once its headers are in (default `30s`).
+    pub body_timeout: Option<String>,
+    /// The time a client has to send a request's headers; also how long a kept-alive
+    /// connection may sit idle (default `10s`).
+    pub header_read_timeout: Option<String>,
+    /// The most HTTP connections open at once (default 4096).
+    pub max_connections: Option<usize>,
+    /// The most HTTP connections open at once from one address (default 256; behind a proxy
+    /// all clients share its address: raise it).
+    pub max_connections_per_ip: Option<usize>,
+    /// The largest request head, request line and headers, in bytes (default 65536, at
+    /// least 8192).
+    pub max_header_bytes: Option<usize>,
+    /// How long shutdown waits for requests in flight before closing them (default `10s`).
+    pub shutdown_grace: Option<String>,
+    /// The most `GET /v1/events/stream` subscribers at once (default 64).
+    pub max_stream_subscribers: Option<usize>,
     /// `[[server.tokens]]`: `name`, `token`, `scopes` (`ingest`, `read`, `admin`) and
     /// `forward` (events may carry their own `client_ip`/`user_agent`). With none, `serve`
     /// creates an admin token in `DATA/admin.token`.
     #[serde(default)]
     pub tokens: Vec<shoplake_server::Token>,
+}
+
+impl ServerConfig {
+    /// The collector's and the HTTP server's limits, or every problem with them.
+    pub fn limits(
+        &self,
+    ) -> Result<(shoplake_server::Limits, shoplake_server::HttpLimits), Vec<String>> {
+        let mut errors = Vec::new();
+        let mut duration =
+            |key: &str, value: &Option<String>, default: std::time::Duration| match value {
+                None => default,
+                Some(v) => match humantime::parse_duration(v.trim()) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        errors.push(format!(
+                            "server.{key} = {v:?}: {e} (expected e.g. 10s or 5m)"
+                        ));
+                        default
+                    }
+                },
+            };
+        let c = shoplake_server::Limits::default();
+        let h = shoplake_server::HttpLimits::default();
+        let collector = shoplake_server::Limits {
+            max_body_bytes: self.max_body_bytes.unwrap_or(c.max_body_bytes),
+            max_rows: self.max_rows.unwrap_or(c.max_rows),
+            backlog_high_water: self.backlog_high_water.unwrap_or(c.backlog_high_water),
+            max_future: duration("max_future", &self.max_future, c.max_future),
+            decode_concurrency: self.decode_concurrency.unwrap_or(c.decode_concurrency),
+            decode_wait: duration("decode_wait", &self.decode_wait, c.decode_wait),
+            body_timeout: duration("body_timeout", &self.body_timeout, c.body_timeout),
+            max_stream_subscribers: self
+                .max_stream_subscribers
+                .unwrap_or(c.max_stream_subscribers),
+            ..c
+        };
+        let http = shoplake_server::HttpLimits {
+            header_read_timeout: duration(
+                "header_read_timeout",
+                &self.header_read_timeout,
+                h.header_read_timeout,
+            ),
+            max_connections: self.max_connections.unwrap_or(h.max_connections),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(h.max_connections_per_ip),
+            max_header_bytes: self.max_header_bytes.unwrap_or(h.max_header_bytes),
+            shutdown_grace: duration("shutdown_grace", &self.shutdown_grace, h.shutdown_grace),
+        };
+        if collector.max_future > std::time::Duration::from_secs(86_400) {
+            errors.push("server.max_future: at most 1d".to_owned());
+        }
+        for (key, n) in [
+            ("max_body_bytes", collector.max_body_bytes),
+            ("max_rows", collector.max_rows),
+            ("decode_concurrency", collector.decode_concurrency),
+            ("max_connections", http.max_connections),
+            ("max_connections_per_ip", http.max_connections_per_ip),
+        ] {
+            if n == 0 {
+                errors.push(format!("server.{key} must be at least 1"));
+            }
+        }
+        if http.max_header_bytes < 8192 {
+            errors.push("server.max_header_bytes must be at least 8192".to_owned());
+        }
+        if errors.is_empty() {
+            Ok((collector, http))
+        } else {
+            Err(errors)
+        }
+    }
 }
 
 /// `[log]`
@@ -247,6 +344,9 @@ impl Config {
             errors.push(format!(
                 "server.listen {l:?} is not an address such as 127.0.0.1:7070"
             ));
+        }
+        if let Err(e) = self.server.limits() {
+            errors.extend(e);
         }
         for p in &self.server.trusted_proxies {
             if let Err(e) = p.parse::<shoplake_server::Network>() {

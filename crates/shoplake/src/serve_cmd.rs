@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use shoplake_lake::{Lake, LakeOptions};
 use shoplake_log::{EmbeddedLog, EmbeddedOptions, EventLog, KafkaLog, KafkaOptions};
-use shoplake_server::{DeliveryOptions, Limits, Network, ServeOptions};
+use shoplake_server::{DeliveryOptions, Network, ServeOptions};
 
 use crate::config::{Config, duration_setting};
 use crate::lake_cmd::runtime;
@@ -92,19 +92,10 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         .iter()
         .map(|p| p.parse::<Network>().map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
-    let defaults = Limits::default();
-    let limits = Limits {
-        max_body_bytes: config
-            .server
-            .max_body_bytes
-            .unwrap_or(defaults.max_body_bytes),
-        max_rows: config.server.max_rows.unwrap_or(defaults.max_rows),
-        backlog_high_water: config
-            .server
-            .backlog_high_water
-            .unwrap_or(defaults.backlog_high_water),
-        ..defaults
-    };
+    let (limits, http) = config
+        .server
+        .limits()
+        .map_err(|errors| anyhow::anyhow!("the server settings:\n  {}", errors.join("\n  ")))?;
     let d = &config.delivery;
     let delivery = DeliveryOptions {
         interval: duration_setting("delivery.interval", d.interval.as_deref(), "10s")?
@@ -158,6 +149,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             tokens,
             trusted_proxies,
             limits,
+            http,
             delivery,
             detection,
             record_format,
