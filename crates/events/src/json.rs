@@ -399,12 +399,18 @@ impl<R: BufRead> JsonDecoder<R> {
             }
             self.pending.extend_from_slice(chunk);
             self.nesting.scan(chunk);
-            if !self.nesting.may_be_complete() && self.pending.len() <= MAX_VALUE_BYTES {
+            // A value's first line is parsed at once (a line that is already not JSON is
+            // refused at that line); after that only when its brackets close.
+            let first_line = self.pending_line == self.line;
+            if !first_line
+                && !self.nesting.may_be_complete()
+                && self.pending.len() <= MAX_VALUE_BYTES
+            {
                 continue;
             }
-            self.nesting = Nesting::default();
             match serde_json::from_slice::<&RawValue>(&self.pending) {
                 Ok(raw) => {
+                    self.nesting = Nesting::default();
                     let row = match decode_value(raw.get(), &self.validator) {
                         Ok(e) => Row::Event(e),
                         Err(e) => Row::Reject(reject(self.pending_line, e, &self.pending)),
@@ -414,6 +420,7 @@ impl<R: BufRead> JsonDecoder<R> {
                 }
                 Err(e) if e.is_eof() && self.pending.len() <= MAX_VALUE_BYTES => continue,
                 Err(e) => {
+                    self.nesting = Nesting::default();
                     let reason = if e.is_eof() {
                         format!("is a JSON value larger than {MAX_VALUE_BYTES} bytes")
                     } else {
@@ -618,5 +625,53 @@ mod tests {
         let text = String::from_utf8(enc.finish().unwrap()).unwrap();
         let (again, _) = decode(&text).unwrap();
         assert_eq!(events, again);
+    }
+
+    #[test]
+    fn a_value_spanning_lines_is_complete_only_when_its_brackets_close() {
+        // Braces and brackets inside strings (escaped quotes too) do not count.
+        let tricky = OBJ.replace("\"shiseido\"", "\"a{[\\\"}]\"");
+        let spread = tricky.replace(',', ",\n");
+        let (e, r) = decode(&format!("{spread}\n{OBJ}\n")).unwrap();
+        assert_eq!((e.len(), r.len()), (2, 0), "{r:?}");
+        assert_eq!(e[0].brand.as_deref(), Some("a{[\"}]"));
+        // An open brace and a million newlines: one refused value, then the good row.
+        let mut big = "{".to_owned();
+        big.push_str(&"\n".repeat(MAX_VALUE_BYTES + 10));
+        big.push_str(OBJ);
+        big.push('\n');
+        let (e, r) = decode(&big).unwrap();
+        assert_eq!((e.len(), r.len()), (1, 1));
+        assert!(r[0].reason.contains("larger than"), "{}", r[0]);
+        // A stray closer is refused at its line, not carried on.
+        let (e, r) = decode(&format!("}}\n{OBJ}\n")).unwrap();
+        assert_eq!((e.len(), r.len(), r[0].line), (1, 1, 1));
+    }
+
+    #[test]
+    fn the_row_limit_holds_while_decoding() {
+        let v = Validator::new(Arc::new(FixedClock(1_795_824_000_000_000)));
+        let array = format!("[{}]", vec!["1"; 1000].join(","));
+        let mut rows = JsonDecoder::new(array.as_bytes(), v.clone()).with_max_rows(10);
+        assert!(matches!(
+            rows.next_row(),
+            Err(Error::TooManyRows { limit: 10 })
+        ));
+        let ndjson = format!("{OBJ}\n").repeat(11);
+        let mut rows = JsonDecoder::new(ndjson.as_bytes(), v.clone()).with_max_rows(10);
+        for _ in 0..10 {
+            assert!(matches!(rows.next_row(), Ok(Some(Row::Event(_)))));
+        }
+        assert!(matches!(
+            rows.next_row(),
+            Err(Error::TooManyRows { limit: 10 })
+        ));
+        // At the limit exactly: all rows, no error.
+        let ten = format!("[{}]", vec![OBJ; 10].join(","));
+        let n = JsonDecoder::new(ten.as_bytes(), v)
+            .with_max_rows(10)
+            .filter(|r| r.is_ok())
+            .count();
+        assert_eq!(n, 10);
     }
 }

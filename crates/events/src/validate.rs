@@ -703,4 +703,33 @@ mod tests {
             assert!(price(s).is_err(), "{s}");
         }
     }
+
+    #[test]
+    fn server_texts_are_fitted_to_the_field() {
+        assert_eq!(Validator::fit(Field::UserAgent, "  curl/8  "), Some("curl/8"));
+        assert_eq!(Validator::fit(Field::UserAgent, "   "), None);
+        let long = "é".repeat(600);
+        let cut = Validator::fit(Field::UserAgent, &long).unwrap();
+        assert!(cut.len() <= 1024 && cut.len() >= 1022, "{}", cut.len());
+        let mut e = validator().validate(&good()).unwrap();
+        e.user_agent = Some(cut.to_owned());
+        validator().check(&e).unwrap();
+        let spaced = format!("{} tail", "x".repeat(1023));
+        assert_eq!(Validator::fit(Field::UserAgent, &spaced).unwrap().len(), 1023);
+    }
+
+    #[test]
+    fn the_future_bound_is_a_setting() {
+        let v = validator().with_max_ahead(std::time::Duration::from_secs(900));
+        assert_eq!(v.max_ahead(), std::time::Duration::from_secs(900));
+        let mut r = good();
+        r.set(Field::EventTime, "2026-11-28 00:14:00 UTC");
+        v.validate(&r).unwrap();
+        r.set(Field::EventTime, "2026-11-28 00:16:00 UTC");
+        let e = v.validate(&r).unwrap_err();
+        assert_eq!(
+            e.reason,
+            "\"2026-11-28 00:16:00 UTC\" is more than 15m in the future"
+        );
+    }
 }

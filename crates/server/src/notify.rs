@@ -615,6 +615,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn attacker_text_is_escaped_per_channel() {
+        let key = "s-1\r\nBcc: victim@example.com <!channel> <https://evil|click>";
+        let line = one_line(key);
+        assert!(!line.contains('\r') && !line.contains('\n'), "{line}");
+        assert!(line.starts_with("s-1\\u{d}\\u{a}Bcc:"), "{line}");
+        let slack = slack_escape(&line);
+        assert!(!slack.contains('<') && !slack.contains('>'), "{slack}");
+        assert!(slack.contains("&lt;!channel&gt;"), "{slack}");
+        assert_eq!(slack_escape("a & b"), "a &amp; b");
+        assert_eq!(one_line("tab\there\u{2028}"), "tab\\u{9}here\\u{2028}");
+    }
+
+    #[test]
     fn signature_is_hmac_sha256_of_time_and_body() {
         // RFC 4231 test case 2 shape: key "Jefe"; here over "1.{}".
         let s = signature("Jefe", 1, b"{}");

@@ -415,3 +415,29 @@ async fn deliver_all(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn the_admin_token_is_never_written_through_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "keep me\n").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("admin.token.tmp")).unwrap();
+        let (token, created) = admin_token(dir.path()).unwrap();
+        assert!(created);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
+        let kept = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+        assert_eq!(kept.trim(), token.token);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

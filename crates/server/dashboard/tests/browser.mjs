@@ -158,6 +158,53 @@ const [sqlCsv] = await Promise.all([page.waitForEvent("download"), page.click('#
 check(readFileSync(await sqlCsv.path(), "utf8").startsWith("event_type,n"), "the SQL result exports CSV");
 await shot("sql");
 
+// Hostile names (events are anyone's to send) are shown as text and never run: the brand's
+// tooltip is shown for every point, and nothing the names hold executes or becomes an element.
+const hostileBrand = process.env.SHOPLAKE_HOSTILE_BRAND;
+const hostileCategory = process.env.SHOPLAKE_HOSTILE_CATEGORY;
+const headers = (await fetch(`${base}/`)).headers;
+const csp = headers.get("content-security-policy") || "";
+check(csp.includes("default-src 'self'") && csp.includes("frame-ancestors 'none'") && !csp.includes("unsafe-inline"),
+  `the page is served with a content policy without inline script (${csp})`);
+check(headers.get("x-content-type-options") === "nosniff" && headers.get("referrer-policy") === "no-referrer",
+  "nosniff and no-referrer are sent");
+if (hostileBrand && hostileCategory) {
+  await page.goto(`${base}/#/brands`);
+  await loaded("brands");
+  const options = await page.$$eval('select[name="category"] option', (os) => os.map((o) => o.textContent));
+  check(options.includes(hostileCategory), `the hostile category is listed as text (${options.length} categories)`);
+  await page.selectOption('select[name="category"]', hostileCategory);
+  await loaded("brands in the hostile category");
+  const shown = await page.evaluate(() => {
+    const box = document.querySelector('[data-chart="brands-quadrant"]');
+    const chart = echarts.getInstanceByDom(box);
+    let n = 0;
+    chart.getOption().series.forEach((s, si) => s.data.forEach((_, di) => {
+      chart.dispatchAction({ type: "showTip", seriesIndex: si, dataIndex: di });
+      n += 1;
+    }));
+    return n;
+  });
+  check(shown > 0, `the hostile brand's tooltips were shown (${shown} points)`);
+  for (const p of ["categories", "carts", "overview"]) {
+    await page.goto(`${base}/#/${p}`);
+    await loaded(`${p} with hostile names`);
+  }
+  await page.waitForTimeout(300);
+  const pwned = await page.evaluate(() => window.__pwned);
+  const planted = await page.$$eval('img[src="x"], svg[onload]', (els) => els.length);
+  check(pwned === undefined && planted === 0, `nothing in a brand or category name runs or becomes markup (${pwned}, ${planted})`);
+}
+// CSV exports keep a text that a spreadsheet would run as a formula as text.
+await page.goto(`${base}/#/sql`);
+await loaded("sql for formula cells");
+await page.fill('textarea[name="sql"]', "SELECT '=HYPERLINK(1)' AS a, '-2+3' AS b, '@x' AS c, 5 AS n");
+await page.click('button[type="submit"]');
+await page.waitForSelector("#sql-result table", { timeout: 20000 });
+const [formulaCsv] = await Promise.all([page.waitForEvent("download"), page.click('#sql-result [data-export="csv"]')]);
+const formulaText = readFileSync(await formulaCsv.path(), "utf8");
+check(formulaText === "a,b,c,n\n'=HYPERLINK(1),'-2+3,'@x,5\n", `formula cells are neutralised in CSV (${JSON.stringify(formulaText)})`);
+
 for (const e of errors) console.log(`console error: ${e}`);
 check(errors.length === 0, `no console errors (${errors.length})`);
 await browser.close();

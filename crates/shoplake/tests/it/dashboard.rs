@@ -9,6 +9,27 @@ use std::process::Command;
 use crate::serve::{free_port, spawn_serve, terminate};
 use crate::shoplake;
 
+/// A brand and a category whose names are markup (events are anyone's to send): 400 views by
+/// as many users and a few purchases, enough for the Brands and Categories pages to show them.
+const HOSTILE_BRAND: &str = "<img src=x onerror=window.__pwned=1>";
+const HOSTILE_CATEGORY: &str = "<svg onload=window.__pwned=2>.evil";
+
+fn append_hostile_rows(file: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+    for i in 0..400u32 {
+        let kind = if i % 100 == 0 { "purchase" } else { "view" };
+        writeln!(
+            f,
+            "2019-10-01 12:{:02}:{:02} UTC,{kind},99000001,99,{HOSTILE_CATEGORY},{HOSTILE_BRAND},10.00,{},s-hostile-{i},203.0.113.9,",
+            i / 60 % 60,
+            i % 60,
+            1_900_000_000 + i
+        )
+        .unwrap();
+    }
+}
+
 #[test]
 fn every_dashboard_page_works_in_a_browser() {
     let dir = tempfile::tempdir().unwrap();
@@ -32,6 +53,7 @@ fn every_dashboard_page_works_in_a_browser() {
         file.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    append_hostile_rows(&file);
     let o = shoplake(&[
         "import",
         file.to_str().unwrap(),
@@ -57,6 +79,8 @@ fn every_dashboard_page_works_in_a_browser() {
         .arg(script)
         .args([&format!("http://127.0.0.1:{port}"), token.trim()])
         .arg(&shots)
+        .env("SHOPLAKE_HOSTILE_BRAND", HOSTILE_BRAND)
+        .env("SHOPLAKE_HOSTILE_CATEGORY", HOSTILE_CATEGORY.split('.').next().unwrap())
         .output()
         .expect("node runs (scripts/test.sh installs Chromium; build.rs installs playwright-core)");
     let status = terminate(&mut server);
