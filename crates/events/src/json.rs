@@ -651,7 +651,7 @@ mod tests {
     #[test]
     fn the_row_limit_holds_while_decoding() {
         let v = Validator::new(Arc::new(FixedClock(1_795_824_000_000_000)));
-        let array = format!("[{}]", vec!["1"; 1000].join(","));
+        let array = format!("[{}]", ["1"; 1000].join(","));
         let mut rows = JsonDecoder::new(array.as_bytes(), v.clone()).with_max_rows(10);
         assert!(matches!(
             rows.next_row(),
@@ -667,7 +667,7 @@ mod tests {
             Err(Error::TooManyRows { limit: 10 })
         ));
         // At the limit exactly: all rows, no error.
-        let ten = format!("[{}]", vec![OBJ; 10].join(","));
+        let ten = format!("[{}]", [OBJ; 10].join(","));
         let n = JsonDecoder::new(ten.as_bytes(), v)
             .with_max_rows(10)
             .filter(|r| r.is_ok())

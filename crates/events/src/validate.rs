@@ -706,7 +706,10 @@ mod tests {
 
     #[test]
     fn server_texts_are_fitted_to_the_field() {
-        assert_eq!(Validator::fit(Field::UserAgent, "  curl/8  "), Some("curl/8"));
+        assert_eq!(
+            Validator::fit(Field::UserAgent, "  curl/8  "),
+            Some("curl/8")
+        );
         assert_eq!(Validator::fit(Field::UserAgent, "   "), None);
         let long = "é".repeat(600);
         let cut = Validator::fit(Field::UserAgent, &long).unwrap();
@@ -715,7 +718,10 @@ mod tests {
         e.user_agent = Some(cut.to_owned());
         validator().check(&e).unwrap();
         let spaced = format!("{} tail", "x".repeat(1023));
-        assert_eq!(Validator::fit(Field::UserAgent, &spaced).unwrap().len(), 1023);
+        assert_eq!(
+            Validator::fit(Field::UserAgent, &spaced).unwrap().len(),
+            1023
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! as the data, so after a crash the consumer resumes exactly where the lake says it got to:
 //! nothing lost, nothing twice.
 //!
-//! Records under [`QUARANTINE_KEY`] are rows the collector refused ([`QuarantinedRow`]); they
+//! Records under [`shoplake_log::QUARANTINE_KEY`] are rows the collector refused ([`QuarantinedRow`]); they
 //! go to `quarantine`, committed first with the same kind of positions on that table, so they
 //! too land exactly once.
 
@@ -23,7 +23,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use serde::{Deserialize, Serialize};
 use shoplake_events::time::MICROS_PER_DAY;
 use shoplake_events::{Event, Validator};
-use shoplake_log::{EventLog, QUARANTINE_KEY};
+use shoplake_log::EventLog;
 
 use crate::dedupe::Dedupe;
 use crate::error::{Error, Result};
@@ -44,7 +44,7 @@ pub struct Delivered {
 }
 
 /// A refused row in the log, on its way to `quarantine` (the collector appends these under
-/// [`QUARANTINE_KEY`]).
+/// [`shoplake_log::QUARANTINE_KEY`] and the client's address).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuarantinedRow {
     /// Where it came from (`collector <client ip> token <name>`).
@@ -213,7 +213,7 @@ impl Delivery {
             next.insert(p, last.offset + 1);
             records += batch.len();
             for r in batch {
-                if r.key == QUARANTINE_KEY {
+                if shoplake_log::is_quarantine(&r.key) {
                     match serde_json::from_slice::<QuarantinedRow>(&r.value) {
                         Ok(row) => refused.push((p, r.offset, r.appended_at, row)),
                         Err(e) => {

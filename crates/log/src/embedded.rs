@@ -42,6 +42,11 @@ pub struct EmbeddedOptions {
     pub retention_bytes: Option<u64>,
     /// Segments whose newest record is older are deleted (default 7 days; `None`: no limit).
     pub retention_age: Option<Duration>,
+    /// Consumers whose committed positions retention never passes: a segment is deleted only
+    /// once every one of them has committed past it (`serve` protects the lake delivery).
+    /// A partition whose undelivered records fill `retention_bytes` plus one segment then
+    /// refuses appends with [`Error::Full`] until they are read.
+    pub protected: Vec<String>,
     /// The clock that stamps records and ages segments.
     pub clock: Arc<dyn Clock>,
 }
@@ -54,6 +59,7 @@ impl std::fmt::Debug for EmbeddedOptions {
             .field("segment_bytes", &self.segment_bytes)
             .field("retention_bytes", &self.retention_bytes)
             .field("retention_age", &self.retention_age)
+            .field("protected", &self.protected)
             .finish_non_exhaustive()
     }
 }
@@ -67,6 +73,7 @@ impl EmbeddedOptions {
             segment_bytes: 64 << 20,
             retention_bytes: Some(1 << 30),
             retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            protected: Vec::new(),
             clock: Arc::new(SystemClock),
         }
     }
@@ -115,7 +122,9 @@ struct Shared {
     dir: PathBuf,
     partitions: Vec<RwLock<PartitionState>>,
     stopped: Mutex<Option<String>>,
-    consumers: Mutex<()>,
+    /// Held while a consumer's positions file is written; holds the positions of the
+    /// protected consumers (retention reads them).
+    consumers: Mutex<BTreeMap<String, BTreeMap<u32, u64>>>,
 }
 
 struct Request {
@@ -192,11 +201,19 @@ impl EmbeddedLog {
             states.push(RwLock::new(state));
             writers.push(writer);
         }
+        for c in &options.protected {
+            check_consumer(c)?;
+        }
+        let mut protected = BTreeMap::new();
+        for c in &options.protected {
+            let path = dir.join("consumers").join(format!("{c}.json"));
+            protected.insert(c.clone(), read_positions(&path)?.positions);
+        }
         let shared = Arc::new(Shared {
             dir,
             partitions: states,
             stopped: Mutex::new(None),
-            consumers: Mutex::new(()),
+            consumers: Mutex::new(protected),
         });
         let (tx, rx) = std::sync::mpsc::sync_channel::<Request>(1024);
         let mut writer = Writer {
@@ -240,6 +257,15 @@ impl EmbeddedLog {
                     .read()
                     .map_err(|_| Error::Stopped("a lock was poisoned".into()))?;
                 let first = &state.segments[0];
+                if from < first.base {
+                    tracing::warn!(
+                        partition,
+                        from,
+                        start = first.base,
+                        "records before the partition's start were removed by retention: \
+                         reading from its start"
+                    );
+                }
                 from = from.max(first.base);
                 let Some(seg) = state.segments.iter().rev().find(|s| s.base <= from) else {
                     break;
@@ -295,7 +321,7 @@ impl EmbeddedLog {
         for p in positions.keys() {
             self.partition(*p)?;
         }
-        let _guard = self
+        let mut protected = self
             .shared
             .consumers
             .lock()
@@ -304,7 +330,12 @@ impl EmbeddedLog {
         let mut all = read_positions(&path)?;
         all.positions
             .extend(positions.iter().map(|(p, o)| (*p, *o)));
-        write_atomic(&path, &serde_json::to_vec(&all).unwrap_or_default())
+        write_atomic(&path, &serde_json::to_vec(&all).unwrap_or_default())?;
+        // Retention may pass these positions only once they are durable.
+        if let Some(kept) = protected.get_mut(consumer) {
+            *kept = all.positions;
+        }
+        Ok(())
     }
 
     fn consumer_path(&self, consumer: &str) -> PathBuf {
@@ -441,6 +472,14 @@ impl Writer {
                 }
                 continue;
             }
+            // Consumers may have committed since: what they read can go before the check.
+            if let Err(e) = self.retain() {
+                tracing::warn!(error = %e, "event log retention");
+            }
+            let group = self.refuse_full(group);
+            if group.is_empty() {
+                continue;
+            }
             match self.commit(&group) {
                 Ok(positions) => {
                     for (r, p) in group.into_iter().zip(positions) {
@@ -462,6 +501,51 @@ impl Writer {
                 tracing::warn!("event log retention: {e}");
             }
         }
+    }
+
+    /// Answers [`Error::Full`] to the appends that would go to a full partition (one whose
+    /// undelivered records already hold `retention_bytes` plus a segment) and returns the
+    /// others. Nothing of a refused append is written.
+    fn refuse_full(&self, group: Vec<Request>) -> Vec<Request> {
+        let Some(max) = self.options.retention_bytes else {
+            return group;
+        };
+        if self.options.protected.is_empty() {
+            return group;
+        }
+        let cap = max.saturating_add(self.options.segment_bytes);
+        let parts = self.partitions.len() as u32;
+        let full: Vec<bool> = self
+            .shared
+            .partitions
+            .iter()
+            .map(|lock| {
+                lock.read()
+                    .map(|s| s.segments.iter().map(|g| g.len).sum::<u64>() >= cap)
+                    .unwrap_or(false)
+            })
+            .collect();
+        if !full.iter().any(|f| *f) {
+            return group;
+        }
+        let mut kept = Vec::with_capacity(group.len());
+        for r in group {
+            let blocked = r
+                .records
+                .iter()
+                .map(|rec| partition_for(&rec.key, parts) as usize)
+                .find(|p| full[*p]);
+            match blocked {
+                Some(p) => {
+                    let _ = r.reply.send(Err(Error::Full(format!(
+                        "log partition {p} holds {cap} bytes not yet delivered (retention_bytes \
+                         plus a segment): retry once delivery catches up"
+                    ))));
+                }
+                None => kept.push(r),
+            }
+        }
+        kept
     }
 
     /// Writes a group, syncs every partition it touched, then publishes it to readers.
@@ -555,7 +639,8 @@ impl Writer {
         Ok(out)
     }
 
-    /// Deletes the oldest segments past the size or age limit (never the one being written).
+    /// Deletes the oldest segments past the size or age limit (never the one being written,
+    /// never one holding a record a protected consumer has not committed past).
     fn retain(&mut self) -> Result<()> {
         let cutoff = self.options.retention_age.map(|age| {
             self.options
@@ -563,7 +648,23 @@ impl Writer {
                 .now_micros()
                 .saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX))
         });
-        for lock in &self.shared.partitions {
+        let floors: Vec<u64> = {
+            let protected = self
+                .shared
+                .consumers
+                .lock()
+                .map_err(|_| Error::Stopped("a lock was poisoned".into()))?;
+            (0..self.shared.partitions.len() as u32)
+                .map(|p| {
+                    protected
+                        .values()
+                        .map(|positions| positions.get(&p).copied().unwrap_or(0))
+                        .min()
+                        .unwrap_or(u64::MAX)
+                })
+                .collect()
+        };
+        for (lock, floor) in self.shared.partitions.iter().zip(floors) {
             let mut state = lock
                 .write()
                 .map_err(|_| Error::Stopped("a lock was poisoned".into()))?;
@@ -575,7 +676,7 @@ impl Writer {
                 let first = &state.segments[0];
                 let too_big = self.options.retention_bytes.is_some_and(|max| total > max);
                 let too_old = cutoff.is_some_and(|c| first.newest < c);
-                if !(too_big || too_old) {
+                if !(too_big || too_old) || first.next > floor {
                     break;
                 }
                 let path = segment::path(&state.dir, first.base);

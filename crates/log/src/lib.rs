@@ -39,6 +39,10 @@ pub enum Error {
     /// The Kafka backend failed (connection, broker, protocol).
     #[error("kafka: {0}")]
     Kafka(String),
+    /// A partition holds as much as it may and its oldest records are not yet read by a
+    /// protected consumer: the append is refused (nothing of it is written); retry later.
+    #[error("{0}")]
+    Full(String),
     /// The log stopped after a failed write; reopening recovers it.
     #[error("the log stopped after a failed write ({0}); reopen it to recover")]
     Stopped(String),
@@ -112,10 +116,16 @@ pub trait EventLog: Send + Sync {
     async fn commit(&self, consumer: &str, positions: &BTreeMap<u32, u64>) -> Result<()>;
 }
 
-/// The key of records that are refused rows on their way to `quarantine` (a JSON object with
-/// `source`, `line`, `field`, `reason`, `raw`), not events. User ids are digits, so no event
-/// has it; consumers of events skip it.
+/// The key prefix of records that are refused rows on their way to `quarantine` (a JSON
+/// object with `source`, `line`, `field`, `reason`, `raw`), not events. User ids are digits,
+/// so no event has it; consumers of events skip it. What follows the prefix (the client's
+/// address) spreads refused rows over the partitions.
 pub const QUARANTINE_KEY: &[u8] = b"!quarantine";
+
+/// Whether a record's key marks a refused row ([`QUARANTINE_KEY`], with or without a suffix).
+pub fn is_quarantine(key: &[u8]) -> bool {
+    key.starts_with(QUARANTINE_KEY)
+}
 
 /// The partition of a key among `partitions` (XXH3 of the key, modulo).
 pub fn partition_for(key: &[u8], partitions: u32) -> u32 {

@@ -37,6 +37,9 @@ pub struct Limits {
     /// Undelivered events in the log above which requests are refused with 503 and
     /// `Retry-After` until delivery catches up.
     pub backlog_high_water: u64,
+    /// The same bound in bytes of undelivered records (estimated from the records' mean
+    /// size), for senders of few large events.
+    pub backlog_high_water_bytes: u64,
     /// The `Retry-After` sent with a 503, in seconds.
     pub retry_after_secs: u64,
     /// How far past the server's clock an event time may be (live traffic; a history import
@@ -59,6 +62,7 @@ impl Default for Limits {
             max_body_bytes: 16 << 20,
             max_rows: 50_000,
             backlog_high_water: 2_000_000,
+            backlog_high_water_bytes: 1 << 30,
             retry_after_secs: 5,
             max_future: Duration::from_secs(15 * 60),
             decode_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -79,6 +83,9 @@ pub struct Collector {
     metrics: Arc<Metrics>,
     backlog: AtomicI64,
     pending_bytes: AtomicU64,
+    /// Records and bytes appended since start (for the mean record size).
+    appended_records: AtomicU64,
+    appended_bytes: AtomicU64,
     draining: AtomicBool,
     appended: Notify,
     store: Option<Arc<dyn shoplake_alerts::AlertStore>>,
@@ -119,6 +126,8 @@ impl Collector {
             metrics,
             backlog: AtomicI64::new(0),
             pending_bytes: AtomicU64::new(0),
+            appended_records: AtomicU64::new(0),
+            appended_bytes: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             appended: Notify::new(),
             store: None,
@@ -204,6 +213,17 @@ impl Collector {
     /// Events in the log not yet delivered, as last counted.
     pub fn backlog(&self) -> u64 {
         self.backlog.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// Bytes of undelivered records: the backlog times the mean size of the records
+    /// appended so far.
+    pub fn backlog_bytes(&self) -> u64 {
+        let records = self.appended_records.load(Ordering::Relaxed);
+        if records == 0 {
+            return 0;
+        }
+        let mean = self.appended_bytes.load(Ordering::Relaxed) / records;
+        self.backlog().saturating_mul(mean)
     }
 
     /// Sets the undelivered count (delivery recounts it from the log after each delivery).
@@ -543,11 +563,13 @@ impl Prepared {
             raw: r.raw,
         };
         let value = serde_json::to_vec(&row).unwrap_or_default();
-        self.bytes += QUARANTINE_KEY.len() + value.len();
-        self.records.push(Record {
-            key: QUARANTINE_KEY.to_vec(),
-            value,
-        });
+        // Keyed by the client too, so one sender's refused rows cannot fill one partition
+        // for everyone.
+        let mut key = QUARANTINE_KEY.to_vec();
+        key.push(b'/');
+        key.extend_from_slice(stamp.ip.to_string().as_bytes());
+        self.bytes += key.len() + value.len();
+        self.records.push(Record { key, value });
         self.rejected.push(RejectedRow {
             line: r.line,
             field: r.field,
@@ -694,6 +716,17 @@ async fn ingest_inner(
             ),
         ));
     }
+    if c.backlog_bytes() > c.limits.backlog_high_water_bytes {
+        return Err(unavailable(
+            c,
+            format!(
+                "the log holds about {} bytes of undelivered events, over its high-water mark \
+                 of {}: retry later",
+                c.backlog_bytes(),
+                c.limits.backlog_high_water_bytes
+            ),
+        ));
+    }
     let format = format_of(headers)?;
     let gzip = is_gzip(headers)?;
     let body = body_bytes(
@@ -746,12 +779,22 @@ async fn ingest_inner(
         rejected,
         bytes,
     } = prepared;
-    c.log.append(records).await.map_err(|e| {
-        tracing::error!(error = %e, "appending to the log");
-        unavailable(c, format!("the event log could not store the events: {e}"))
+    c.log.append(records).await.map_err(|e| match e {
+        // Backpressure, not a failure: delivery is behind (the lake may be down).
+        shoplake_log::Error::Full(why) => {
+            c.metrics.log_full.inc();
+            unavailable(c, why)
+        }
+        e => {
+            tracing::error!(error = %e, "appending to the log");
+            unavailable(c, format!("the event log could not store the events: {e}"))
+        }
     })?;
     c.backlog.fetch_add(accepted as i64, Ordering::Relaxed);
     c.pending_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    c.appended_records
+        .fetch_add((accepted + rejected.len()) as u64, Ordering::Relaxed);
+    c.appended_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     c.metrics.backlog.inc_by(accepted as i64);
     c.metrics.accepted.inc_by(accepted as u64);
     c.metrics.rejected.inc_by(rejected.len() as u64);

@@ -14,7 +14,7 @@ use shoplake_alerts::{AlertStore, List};
 use shoplake_detect::{Change, Detector, Incident, Settings, Severity};
 use shoplake_events::{Event, SystemClock, Validator};
 use shoplake_lake::{BotFlag, Lake};
-use shoplake_log::{EventLog, QUARANTINE_KEY};
+use shoplake_log::EventLog;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{IncidentLabel, Metrics};
@@ -238,7 +238,7 @@ async fn run(
             let Some(last) = records.last() else { continue };
             next.insert(p, last.offset + 1);
             for r in records {
-                if r.key == QUARANTINE_KEY {
+                if shoplake_log::is_quarantine(&r.key) {
                     continue;
                 }
                 if let Ok(mut e) = shoplake_events::record::decode(&r.value, &validator) {

@@ -99,6 +99,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Event-stream subscriptions refused over the subscriber limit.
     pub stream_refused: Counter,
+    /// Ingest requests answered 503 because a log partition was full of undelivered records.
+    pub log_full: Counter,
 }
 
 impl Default for Metrics {
@@ -135,6 +137,12 @@ impl Metrics {
         let notifications_dropped = Family::<ChannelLabel, Counter>::default();
         let bot_flags = Counter::default();
         let bot_flag_failures = Counter::default();
+        let log_full = Counter::default();
+        registry.register(
+            "ingest_log_full",
+            "Ingest requests answered 503 because a log partition was full of undelivered records",
+            log_full.clone(),
+        );
         let detector_dedupe_ids = Gauge::default();
         registry.register(
             "detector_dedupe_ids",
@@ -330,6 +338,7 @@ impl Metrics {
             connections_open,
             connections_refused,
             stream_refused,
+            log_full,
         }
     }
 

@@ -81,6 +81,9 @@ pub struct ServerConfig {
     /// Undelivered events in the log above which requests get 503 with `Retry-After`
     /// (default 2 000 000).
     pub backlog_high_water: Option<u64>,
+    /// The same bound in bytes of undelivered records, estimated from their mean size
+    /// (default 1 GiB).
+    pub backlog_high_water_bytes: Option<u64>,
     /// How far past the server's clock an event's time may be (default `15m`, at most
     /// `1d`); later ones are refused with their reason. `shoplake import` of history keeps a
     /// day.
@@ -138,6 +141,9 @@ impl ServerConfig {
             max_body_bytes: self.max_body_bytes.unwrap_or(c.max_body_bytes),
             max_rows: self.max_rows.unwrap_or(c.max_rows),
             backlog_high_water: self.backlog_high_water.unwrap_or(c.backlog_high_water),
+            backlog_high_water_bytes: self
+                .backlog_high_water_bytes
+                .unwrap_or(c.backlog_high_water_bytes),
             max_future: duration("max_future", &self.max_future, c.max_future),
             decode_concurrency: self.decode_concurrency.unwrap_or(c.decode_concurrency),
             decode_wait: duration("decode_wait", &self.decode_wait, c.decode_wait),
@@ -193,7 +199,9 @@ pub struct LogConfig {
     pub backend: Option<String>,
     /// Partitions of a new embedded log (default 4).
     pub partitions: Option<u32>,
-    /// Keep at most this many bytes per partition (default 1 GiB).
+    /// Keep at most this many bytes per partition (default 1 GiB), never deleting records
+    /// the lake delivery has not committed: a partition holding this plus a segment of
+    /// undelivered records refuses appends (the collector answers 503 + `Retry-After`).
     pub retention_bytes: Option<u64>,
     /// Keep records at most this long (default `7d`).
     pub retention: Option<String>,

@@ -171,6 +171,8 @@ async fn open_log(config: &Config, data: &std::path::Path) -> Result<Arc<dyn Eve
             if let Some(b) = config.log.retention_bytes {
                 options.retention_bytes = Some(b);
             }
+            // Retention never removes what the lake delivery has not committed.
+            options.protected = vec![DeliveryOptions::default().consumer];
             options.retention_age =
                 duration_setting("log.retention", config.log.retention.as_deref(), "7d")?;
             let log = EmbeddedLog::open(options).with_context(|| {

@@ -197,6 +197,57 @@ async fn retention_by_size_and_age_keeps_the_newest() {
     assert!(start > 150 && start <= p[0].offset, "start {start}");
 }
 
+/// Retention never deletes a record a protected consumer has not committed past; a
+/// partition that fills with such records refuses appends (`Full`) without writing any of
+/// them, and takes them again once the consumer commits.
+#[tokio::test]
+async fn retention_keeps_what_a_protected_consumer_has_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = EmbeddedOptions {
+        partitions: 1,
+        segment_bytes: 2048,
+        retention_bytes: Some(8192),
+        protected: vec!["lake".to_owned()],
+        ..options(dir.path())
+    };
+    let log = open(&o);
+    let mut stored = 0u64;
+    let mut full = None;
+    for i in 0..1000 {
+        match log.append(vec![rec(3, i)]).await {
+            Ok(_) => stored += 1,
+            Err(shoplake_log::Error::Full(why)) => {
+                full = Some(why);
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let why = full.expect("the partition fills and refuses");
+    assert!(why.contains("not yet delivered"), "{why}");
+    assert_eq!(log.start(0).await.unwrap(), 0, "nothing unread was deleted");
+    assert_eq!(
+        log.end(0).await.unwrap(),
+        stored,
+        "nothing refused was written"
+    );
+    assert_eq!(all(&log, 0).await, (0..stored).collect::<Vec<_>>());
+    // The consumer reads half: retention may delete up to there, and appends go on.
+    log.commit("lake", &BTreeMap::from([(0, stored / 2)]))
+        .await
+        .unwrap();
+    log.append(vec![rec(3, 5000)]).await.unwrap();
+    let start = log.start(0).await.unwrap();
+    assert!(
+        start > 0 && start <= stored / 2,
+        "start {start} of {stored}"
+    );
+    // Reopened, the protected positions are read back from disk.
+    drop(log);
+    let log = open(&o);
+    assert_eq!(log.start(0).await.unwrap(), start);
+}
+
 #[tokio::test]
 async fn partitions_are_fixed_and_arguments_checked() {
     let dir = tempfile::tempdir().unwrap();

@@ -594,3 +594,97 @@ async fn a_far_future_event_does_not_blind_the_detector() {
     );
     s.stop().await;
 }
+
+/// Defect 10: retention never removes what the lake delivery has not committed, and a
+/// partition full of undelivered records makes the collector answer 503 + `Retry-After`
+/// (backpressure) instead of dropping what it acknowledged. With the lake unwritable while
+/// traffic continues, then restored, the lake ends with exactly the acknowledged events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_while_the_lake_is_down() {
+    let s = Running::start_setup(Setup {
+        segment_bytes: 16 << 10,
+        retention_bytes: Some(64 << 10),
+        ..Setup::default()
+    })
+    .await;
+    let batch = |from: i64| {
+        let mut body = String::new();
+        for k in 0..200 {
+            let mut o = object(from + k, &[]);
+            o["user_id"] = json!(1 + (from + k) % 997);
+            body.push_str(&format!("{o}\n"));
+        }
+        body.into_bytes()
+    };
+    let mut product = 1_000_000;
+    let mut acknowledged = 0u64;
+    let (status, answer, _) = s
+        .post(Some(SHOP), "application/x-ndjson", batch(product), &[])
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    acknowledged += 200;
+    product += 200;
+    // Delivered: the table exists.
+    for _ in 0..100 {
+        if s.lake
+            .latest_version(shoplake_lake::TableName::Events)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The lake becomes unwritable: its events table is replaced by a file.
+    let table = s.dir().join("lake").join("events");
+    let away = s.dir().join("lake").join("events.away");
+    assert!(table.is_dir(), "{} is the events table", table.display());
+    std::fs::rename(&table, &away).unwrap();
+    std::fs::write(&table, b"not a table").unwrap();
+    let mut refused = None;
+    for _ in 0..500 {
+        let (status, answer, headers) = s
+            .post(Some(SHOP), "application/x-ndjson", batch(product), &[])
+            .await;
+        product += 200;
+        match status {
+            200 => acknowledged += answer["accepted"].as_u64().unwrap(),
+            503 => {
+                assert!(headers.get("retry-after").is_some());
+                refused = Some(answer["error"].as_str().unwrap().to_owned());
+                break;
+            }
+            other => panic!("{other}: {answer}"),
+        }
+    }
+    let refused = refused.expect("the collector pushes back once the log is full");
+    assert!(refused.contains("not yet delivered"), "{refused}");
+    // Back: delivery catches up, and sending works again.
+    std::fs::remove_file(&table).unwrap();
+    std::fs::rename(&away, &table).unwrap();
+    let mut accepted_again = false;
+    for _ in 0..200 {
+        let (status, answer, _) = s
+            .post(Some(SHOP), "application/x-ndjson", batch(product), &[])
+            .await;
+        if status == 200 {
+            acknowledged += answer["accepted"].as_u64().unwrap();
+            accepted_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        accepted_again,
+        "the collector accepts again once the lake is back"
+    );
+    let (lake, _dir) = s.stop().await;
+    let rows = lake_rows(&lake).await;
+    assert_eq!(
+        rows.len() as u64,
+        acknowledged,
+        "every acknowledged event is in the lake"
+    );
+}

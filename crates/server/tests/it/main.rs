@@ -49,6 +49,10 @@ struct Setup {
     delivery: DeliveryOptions,
     notify: shoplake_server::notify::NotifySettings,
     record_format: shoplake_events::record::RecordFormat,
+    /// The embedded log's segment size and retention (its consumer `lake` is protected, as
+    /// `serve` sets it).
+    segment_bytes: u64,
+    retention_bytes: Option<u64>,
 }
 
 impl Default for Setup {
@@ -65,6 +69,8 @@ impl Default for Setup {
             },
             notify: Default::default(),
             record_format: shoplake_events::record::RecordFormat::Binary,
+            segment_bytes: 64 << 20,
+            retention_bytes: Some(1 << 30),
         }
     }
 }
@@ -76,6 +82,13 @@ struct Running {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// The data directory (the lake in `lake`, the log in `log`).
+    fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
 }
 
 impl Running {
@@ -127,8 +140,15 @@ impl Running {
             storage_options: Default::default(),
         })
         .unwrap();
-        let log: Arc<dyn EventLog> =
-            Arc::new(EmbeddedLog::open(EmbeddedOptions::new(dir.path().join("log"))).unwrap());
+        let log: Arc<dyn EventLog> = Arc::new(
+            EmbeddedLog::open(EmbeddedOptions {
+                segment_bytes: setup.segment_bytes,
+                retention_bytes: setup.retention_bytes,
+                protected: vec![setup.delivery.consumer.clone()],
+                ..EmbeddedOptions::new(dir.path().join("log"))
+            })
+            .unwrap(),
+        );
         let store = shoplake_alerts::SqlStore::open(&format!(
             "sqlite://{}",
             dir.path().join("alerts.db").display()

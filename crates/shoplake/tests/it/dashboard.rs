@@ -80,7 +80,10 @@ fn every_dashboard_page_works_in_a_browser() {
         .args([&format!("http://127.0.0.1:{port}"), token.trim()])
         .arg(&shots)
         .env("SHOPLAKE_HOSTILE_BRAND", HOSTILE_BRAND)
-        .env("SHOPLAKE_HOSTILE_CATEGORY", HOSTILE_CATEGORY.split('.').next().unwrap())
+        .env(
+            "SHOPLAKE_HOSTILE_CATEGORY",
+            HOSTILE_CATEGORY.split('.').next().unwrap(),
+        )
         .output()
         .expect("node runs (scripts/test.sh installs Chromium; build.rs installs playwright-core)");
     let status = terminate(&mut server);
