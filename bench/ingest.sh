@@ -115,8 +115,7 @@ broker = subprocess.Popen([tansu, "broker", "--listener-url", f"tcp://127.0.0.1:
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 try:
     wait_port(kport)
-    p, port, data = serve("kafka", f'[log]\nbackend = "kafka"\n[log.kafka]\nbrokers = "127.0.0.1:{kport}"\n'
-                                   f'[log.kafka.producer]\n"batch.num.messages" = "1"\n')
+    p, port, data = serve("kafka", f'[log]\nbackend = "kafka"\n[log.kafka]\nbrokers = "127.0.0.1:{kport}"\n')
     kafka = replay(port, data, "--max", "--connections", "8", "--limit", "20000")
     stop(p)
 finally:

@@ -3,6 +3,12 @@
 //! place keys alike; positions are Kafka offsets; an append returns once every record is
 //! acknowledged by all in-sync replicas (`acks=all`, idempotent producer); consumer positions
 //! are the consumer group's committed offsets.
+//!
+//! Where a partition ends is taken only from what Fetch and the producer's delivery reports
+//! say, never from ListOffsets "latest" (some Kafka-protocol brokers answer it wrongly, such
+//! as the last batch's first offset + 1): a read polls until the consumer reports the
+//! partition's end (`enable.partition.eof`, from the Fetch response's high watermark) and it
+//! is past every offset this process's own appends were acknowledged at.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -63,6 +69,9 @@ pub struct KafkaLog {
     reader: Arc<Mutex<BaseConsumer>>,
     /// One consumer per group, for committed offsets.
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    /// Per partition, the offset after the newest record seen: acknowledged to this
+    /// process's appends or read back. A read never stops before it.
+    seen_end: Arc<Mutex<Vec<u64>>>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -137,7 +146,10 @@ impl KafkaLog {
         let reader: BaseConsumer = config(&options, &options.consumer_properties)
             .set("group.id", "shoplake-reader")
             .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
+            // The end of a partition as Fetch reports it.
+            .set("enable.partition.eof", "true")
+            // Reading below the first record kept starts at it.
+            .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "10")
             .create()
             .map_err(kafka("creating the reader"))?;
@@ -171,6 +183,7 @@ impl KafkaLog {
             producer,
             reader,
             groups: Mutex::new(HashMap::new()),
+            seen_end: Arc::new(Mutex::new(vec![0; partitions as usize])),
         })
     }
 
@@ -189,17 +202,111 @@ impl KafkaLog {
         Ok(partition as i32)
     }
 
-    async fn watermarks(&self, partition: u32) -> Result<(u64, u64)> {
+    /// The first offset kept (ListOffsets "earliest").
+    async fn low_watermark(&self, partition: u32) -> Result<u64> {
         let p = self.check_partition(partition)?;
         let reader = self.reader.clone();
         let topic = self.options.topic.clone();
         let timeout = self.options.timeout;
         blocking(move || {
             let r = reader.lock().map_err(|_| poisoned())?;
-            let (low, high) = r
+            let (low, _) = r
                 .fetch_watermarks(&topic, p, timeout)
                 .map_err(kafka("reading watermarks"))?;
-            Ok((low.max(0) as u64, high.max(0) as u64))
+            Ok(low.max(0) as u64)
+        })
+        .await
+    }
+
+    /// Reads a partition from `from` until `max` records, or its end: the consumer reported
+    /// the end (from a Fetch response) and every offset known to exist was read. With
+    /// `keep = false` the records are only counted past (to find the end).
+    async fn fetch(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+        keep: bool,
+    ) -> Result<(Vec<Stored>, u64)> {
+        let p = self.check_partition(partition)?;
+        let reader = self.reader.clone();
+        let seen_end = self.seen_end.clone();
+        let topic = self.options.topic.clone();
+        let timeout = self.options.timeout;
+        blocking(move || {
+            let known_end = |seen: &Mutex<Vec<u64>>| -> Result<u64> {
+                Ok(seen.lock().map_err(|_| poisoned())?[p as usize])
+            };
+            let r = reader.lock().map_err(|_| poisoned())?;
+            // From the record before `from`: it arriving proves `from` is not past the end
+            // (a broker may answer a fetch past its end with nothing at all, not even the
+            // end); nothing arriving within PROBE means it is.
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, p, Offset::Offset(from.saturating_sub(1) as i64))
+                .map_err(kafka("assigning"))?;
+            r.assign(&tpl).map_err(kafka("assigning"))?;
+            let mut out = Vec::new();
+            let mut next = from;
+            let mut confirmed = from == 0;
+            let started = std::time::Instant::now();
+            let deadline = started + timeout;
+            while out.len() < max {
+                if !confirmed && started.elapsed() > PROBE {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    let _ = r.unassign();
+                    return Err(Error::Kafka(format!(
+                        "reading partition {p} from offset {from}: no end reported within \
+                         {timeout:?} ({} records read)",
+                        out.len()
+                    )));
+                }
+                match r.poll(left.min(Duration::from_millis(100))) {
+                    None => {}
+                    Some(Err(KafkaError::PartitionEOF(eof))) => {
+                        // Only the end of this partition, and only once past every offset
+                        // known to exist (a broker's view can lag this process's own
+                        // acknowledged appends).
+                        if eof == p {
+                            confirmed = true;
+                            if next >= known_end(&seen_end)? {
+                                break;
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let _ = r.unassign();
+                        return Err(Error::Kafka(format!("reading: {e}")));
+                    }
+                    Some(Ok(m)) => {
+                        let offset = m.offset().max(0) as u64;
+                        // Messages still queued from an earlier assignment are not ours.
+                        if m.partition() != p || m.topic() != topic {
+                            continue;
+                        }
+                        confirmed = true;
+                        if offset < next {
+                            continue;
+                        }
+                        next = offset + 1;
+                        let mut seen = seen_end.lock().map_err(|_| poisoned())?;
+                        seen[p as usize] = seen[p as usize].max(next);
+                        drop(seen);
+                        if keep {
+                            out.push(Stored {
+                                offset,
+                                appended_at: m.timestamp().to_millis().unwrap_or(0) * 1000,
+                                key: m.key().unwrap_or_default().to_vec(),
+                                value: m.payload().unwrap_or_default().to_vec(),
+                            });
+                        }
+                    }
+                }
+            }
+            r.unassign().map_err(kafka("unassigning"))?;
+            Ok((out, next))
         })
         .await
     }
@@ -220,6 +327,10 @@ impl KafkaLog {
         Ok(c)
     }
 }
+
+/// How long a read waits for a sign that its offset is within the partition (the record
+/// before it, or the end) before it takes the offset to be past the end.
+const PROBE: Duration = Duration::from_secs(2);
 
 fn poisoned() -> Error {
     Error::Kafka("a Kafka client lock was poisoned by a panic".to_owned())
@@ -245,7 +356,7 @@ impl EventLog for KafkaLog {
             )
         });
         let results = futures::future::join_all(sends).await;
-        results
+        let positions: Vec<Position> = results
             .into_iter()
             .map(|r| match r {
                 Ok(d) => Ok(Position {
@@ -254,70 +365,34 @@ impl EventLog for KafkaLog {
                 }),
                 Err((e, _)) => Err(Error::Kafka(format!("appending: {e}"))),
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        // The delivery reports say where the partitions end at least.
+        let mut seen = self.seen_end.lock().map_err(|_| poisoned())?;
+        for pos in &positions {
+            if let Some(end) = seen.get_mut(pos.partition as usize) {
+                *end = (*end).max(pos.offset + 1);
+            }
+        }
+        Ok(positions)
     }
 
     async fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<Stored>> {
-        let p = self.check_partition(partition)?;
-        let (low, high) = self.watermarks(partition).await?;
-        let from = from.max(low);
-        if from >= high || max == 0 {
+        self.check_partition(partition)?;
+        if max == 0 {
             return Ok(Vec::new());
         }
-        let want = max.min((high - from) as usize);
-        let reader = self.reader.clone();
-        let topic = self.options.topic.clone();
-        let timeout = self.options.timeout;
-        blocking(move || {
-            let r = reader.lock().map_err(|_| poisoned())?;
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&topic, p, Offset::Offset(from as i64))
-                .map_err(kafka("assigning"))?;
-            r.assign(&tpl).map_err(kafka("assigning"))?;
-            let mut out = Vec::with_capacity(want);
-            // Offsets can have gaps (control records): read until `want` records or the
-            // high watermark, whichever comes first.
-            let mut next = from;
-            let deadline = std::time::Instant::now() + timeout;
-            while out.len() < want && next < high {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    return Err(Error::Kafka(format!(
-                        "reading partition {p}: timed out after {} of {want} records",
-                        out.len()
-                    )));
-                }
-                match r.poll(left.min(Duration::from_millis(500))) {
-                    None => {}
-                    Some(Err(e)) => return Err(Error::Kafka(format!("reading: {e}"))),
-                    Some(Ok(m)) => {
-                        let offset = m.offset().max(0) as u64;
-                        // Messages still queued from an earlier assignment are not ours.
-                        if m.partition() != p || m.topic() != topic || offset < next {
-                            continue;
-                        }
-                        next = offset + 1;
-                        out.push(Stored {
-                            offset,
-                            appended_at: m.timestamp().to_millis().unwrap_or(0) * 1000,
-                            key: m.key().unwrap_or_default().to_vec(),
-                            value: m.payload().unwrap_or_default().to_vec(),
-                        });
-                    }
-                }
-            }
-            r.unassign().map_err(kafka("unassigning"))?;
-            Ok(out)
-        })
-        .await
+        Ok(self.fetch(partition, from, max, true).await?.0)
     }
 
     async fn start(&self, partition: u32) -> Result<u64> {
-        Ok(self.watermarks(partition).await?.0)
+        self.low_watermark(partition).await
     }
 
     async fn end(&self, partition: u32) -> Result<u64> {
-        Ok(self.watermarks(partition).await?.1)
+        // From the newest offset known, counted on to the end Fetch reports.
+        let from = self.seen_end.lock().map_err(|_| poisoned())?
+            [self.check_partition(partition)? as usize];
+        Ok(self.fetch(partition, from, usize::MAX, false).await?.1)
     }
 
     async fn committed(&self, consumer: &str) -> Result<BTreeMap<u32, u64>> {

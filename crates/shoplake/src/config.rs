@@ -545,7 +545,7 @@ backend = "kafka"
 [log.kafka]
 brokers = "k:9092"
 [log.kafka.producer]
-"batch.num.messages" = "1"
+"linger.ms" = "5"
 [delivery]
 interval = "5s"
 marts_interval = "off"

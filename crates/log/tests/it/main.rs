@@ -278,13 +278,11 @@ async fn kafka_log(name: &str) -> shoplake_log::KafkaLog {
         .unwrap()
 }
 
-/// tansu (0.x) answers a partition's end offset as the last record batch's first offset + 1:
-/// against it the producer sends one record per batch, so that the end it reports is right.
+/// The defaults, batching included: tansu (0.x) answers ListOffsets "latest" as the last
+/// record batch's first offset + 1, and the log relies on nothing but Fetch and the delivery
+/// reports for where a partition ends.
 fn tansu_options(brokers: String, topic: String) -> shoplake_log::KafkaOptions {
-    let mut o = shoplake_log::KafkaOptions::new(brokers, topic);
-    o.producer_properties
-        .push(("batch.num.messages".to_owned(), "1".to_owned()));
-    o
+    shoplake_log::KafkaOptions::new(brokers, topic)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
