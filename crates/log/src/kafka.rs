@@ -265,17 +265,16 @@ impl KafkaLog {
                 }
                 match r.poll(left.min(Duration::from_millis(100))) {
                     None => {}
-                    Some(Err(KafkaError::PartitionEOF(eof))) => {
-                        // Only the end of this partition, and only once past every offset
-                        // known to exist (a broker's view can lag this process's own
-                        // acknowledged appends).
-                        if eof == p {
-                            confirmed = true;
-                            if next >= known_end(&seen_end)? {
-                                break;
-                            }
+                    // Only the end of this partition, and only once past every offset known
+                    // to exist (a broker's view can lag this process's own acknowledged
+                    // appends).
+                    Some(Err(KafkaError::PartitionEOF(eof))) if eof == p => {
+                        confirmed = true;
+                        if next >= known_end(&seen_end)? {
+                            break;
                         }
                     }
+                    Some(Err(KafkaError::PartitionEOF(_))) => {}
                     Some(Err(e)) => {
                         let _ = r.unassign();
                         return Err(Error::Kafka(format!("reading: {e}")));
