@@ -9,7 +9,7 @@ use std::sync::Arc;
 use shoplake_detect::{Change, Detector, KeyType, Settings, Severity};
 use shoplake_events::{Event, EventType, FixedClock, Price};
 
-use crate::{AlertStore, List, Result};
+use crate::{AlertStore, Cursor, List, Page, Result};
 
 const SEC: i64 = 1_000_000;
 const T0: i64 = 1_569_888_000 * SEC;
@@ -81,20 +81,29 @@ pub async fn incidents_and_lists(store: &dyn AlertStore) -> Result<()> {
     assert_eq!(by_key.len(), 1);
     let second = by_key[0].clone();
     assert_eq!(second.status, "open");
-    assert_eq!(store.between(T0, T0 + 10 * SEC).await?.len(), 1);
-    assert_eq!(store.between(T0, T0 + 3600 * SEC).await?.len(), 2);
+    assert_eq!(
+        store.between(T0, T0 + 10 * SEC, &Page::all()).await?.len(),
+        1
+    );
+    assert_eq!(
+        store
+            .between(T0, T0 + 3600 * SEC, &Page::all())
+            .await?
+            .len(),
+        2
+    );
     assert!(
         store
-            .between(T0 + 3600 * SEC, T0 + 7200 * SEC)
+            .between(T0 + 3600 * SEC, T0 + 7200 * SEC, &Page::all())
             .await?
             .is_empty()
     );
-    let open = store.open(Severity::Low).await?;
+    let open = store.open(Severity::Low, 1000).await?;
     assert_eq!(
         open.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
         [second.id.as_str()]
     );
-    assert!(store.open(Severity::High).await?.is_empty());
+    assert!(store.open(Severity::High, 1000).await?.is_empty());
 
     // An acknowledgement survives the detector's next update of the incident.
     assert!(
@@ -113,7 +122,7 @@ pub async fn incidents_and_lists(store: &dyn AlertStore) -> Result<()> {
     assert_eq!(acked.status, "acknowledged");
     assert_eq!(acked.acknowledged_by.as_deref(), Some("ops@shop"));
     assert_eq!(acked.acknowledged_at, Some(T0 + 700 * SEC));
-    assert_eq!(store.open(Severity::Low).await?.len(), 1);
+    assert_eq!(store.open(Severity::Low, 1000).await?.len(), 1);
     // Resolved by hand: it stays resolved.
     assert!(
         store
@@ -125,7 +134,7 @@ pub async fn incidents_and_lists(store: &dyn AlertStore) -> Result<()> {
     assert_eq!(done.status, "resolved");
     assert_eq!(done.resolved_by.as_deref(), Some("ops@shop"));
     assert_eq!(done.resolved_at, Some(T0 + 800 * SEC));
-    assert!(store.open(Severity::Low).await?.is_empty());
+    assert!(store.open(Severity::Low, 1000).await?.is_empty());
 
     // Lists.
     store
@@ -158,5 +167,61 @@ pub async fn incidents_and_lists(store: &dyn AlertStore) -> Result<()> {
             .await
             .is_err()
     );
+    Ok(())
+}
+
+/// Listings come in pages that together are the whole listing, oldest or newest first, from
+/// any cursor; resolved incidents older than a time can be pruned, open ones never.
+pub async fn paging_and_pruning(store: &dyn AlertStore) -> Result<()> {
+    const T1: i64 = T0 + 30 * 86_400 * SEC;
+    let mut d = Detector::new(Settings::default(), Arc::new(FixedClock(0)));
+    for u in 0..25 {
+        for i in 0..12 {
+            d.process(&event(T1 + u * 60 * SEC + i * SEC / 2, 1000 + u, 100 + i));
+        }
+    }
+    // The first twenty resolve after their cooldown; the last five are still open.
+    d.tick(Some(T1 + 26 * 60 * SEC));
+    store.apply(&d.take_changes()).await?;
+    let range = (T1, T1 + 86_400 * SEC);
+    let all = store.between(range.0, range.1, &Page::all()).await?;
+    assert_eq!(all.len(), 25);
+    for newest_first in [false, true] {
+        let mut paged = Vec::new();
+        let mut after: Option<Cursor> = None;
+        loop {
+            let page = Page {
+                after: after.clone(),
+                limit: 10,
+                newest_first,
+            };
+            let got = store.between(range.0, range.1, &page).await?;
+            assert!(got.len() <= 10);
+            let Some(last) = got.last() else { break };
+            after = Some(Cursor::after(last));
+            let full = got.len() == 10;
+            paged.extend(got);
+            if !full {
+                break;
+            }
+        }
+        let mut want: Vec<&str> = all.iter().map(|i| i.id.as_str()).collect();
+        if newest_first {
+            want.reverse();
+        }
+        let got: Vec<&str> = paged.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(got, want, "newest first: {newest_first}");
+    }
+    let cursor = Cursor::after(&all[3]);
+    assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+    assert_eq!(Cursor::decode("12.x;drop"), None);
+    assert_eq!(store.open(Severity::Low, 3).await?.len(), 3);
+    let resolved = all.iter().filter(|i| i.status == "resolved").count();
+    assert!(resolved >= 15, "{resolved} resolved");
+    let pruned = store.prune_resolved(T1 + 86_400 * SEC).await?;
+    assert!(pruned >= resolved as u64, "{pruned} pruned");
+    let left = store.between(range.0, range.1, &Page::all()).await?;
+    assert_eq!(left.len(), 25 - resolved);
+    assert!(left.iter().all(|i| i.status != "resolved"));
     Ok(())
 }

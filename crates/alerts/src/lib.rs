@@ -101,6 +101,64 @@ pub struct Listed {
     pub added_at: i64,
 }
 
+/// A place in the incidents by opening time: the last one of a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// Its opening time (µs).
+    pub opened_at: i64,
+    /// Its id.
+    pub id: String,
+}
+
+impl Cursor {
+    /// The cursor after an incident.
+    pub fn after(i: &StoredIncident) -> Cursor {
+        Cursor {
+            opened_at: i.opened_at,
+            id: i.id.clone(),
+        }
+    }
+
+    /// As text for a URL: `<µs>.<id>`.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.opened_at, self.id)
+    }
+
+    /// Reads [`Cursor::encode`]'s text.
+    pub fn decode(s: &str) -> Option<Cursor> {
+        let (at, id) = s.split_once('.')?;
+        let valid =
+            !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric());
+        Some(Cursor {
+            opened_at: at.parse().ok()?,
+            id: id.to_owned(),
+        })
+        .filter(|_| valid)
+    }
+}
+
+/// Which page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Start after this incident (`None`: from the first).
+    pub after: Option<Cursor>,
+    /// At most this many.
+    pub limit: usize,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
+}
+
+impl Page {
+    /// Everything, oldest first.
+    pub fn all() -> Page {
+        Page {
+            after: None,
+            limit: usize::MAX,
+            newest_first: false,
+        }
+    }
+}
+
 /// Where incidents are kept.
 #[async_trait::async_trait]
 pub trait AlertStore: Send + Sync {
@@ -111,10 +169,14 @@ pub trait AlertStore: Send + Sync {
     async fn get(&self, id: &str) -> Result<Option<StoredIncident>>;
     /// A key's incidents, newest first.
     async fn by_key(&self, key_type: KeyType, key: &str) -> Result<Vec<StoredIncident>>;
-    /// Incidents opened in `[from, to)` (µs), oldest first.
-    async fn between(&self, from: i64, to: i64) -> Result<Vec<StoredIncident>>;
-    /// Incidents not resolved, at `min` severity or above, most severe then oldest first.
-    async fn open(&self, min: Severity) -> Result<Vec<StoredIncident>>;
+    /// A page of the incidents opened in `[from, to)` (µs): at most `page.limit`, after
+    /// `page.after`, oldest or newest first.
+    async fn between(&self, from: i64, to: i64, page: &Page) -> Result<Vec<StoredIncident>>;
+    /// Incidents not resolved, at `min` severity or above, most severe then oldest first, at
+    /// most `limit`.
+    async fn open(&self, min: Severity, limit: usize) -> Result<Vec<StoredIncident>>;
+    /// Deletes the incidents resolved before `before` (µs); returns how many.
+    async fn prune_resolved(&self, before: i64) -> Result<u64>;
     /// Marks an incident acknowledged by `who` at `at`; false when there is none.
     async fn acknowledge(&self, id: &str, who: &str, at: i64) -> Result<bool>;
     /// Resolves an incident by hand; false when there is none.
@@ -306,19 +368,64 @@ impl AlertStore for SqlStore {
         .await
     }
 
-    async fn between(&self, from: i64, to: i64) -> Result<Vec<StoredIncident>> {
-        self.select(
-            "WHERE opened_at >= $1 AND opened_at < $2 ORDER BY opened_at, id",
-            vec![Bind::Int(from), Bind::Int(to)],
-        )
-        .await
+    async fn between(&self, from: i64, to: i64, page: &Page) -> Result<Vec<StoredIncident>> {
+        let limit = Bind::Int(i64::try_from(page.limit).unwrap_or(i64::MAX));
+        let (after, order) = if page.newest_first {
+            (
+                "(opened_at < $3 OR (opened_at = $3 AND id < $4))",
+                "opened_at DESC, id DESC",
+            )
+        } else {
+            (
+                "(opened_at > $3 OR (opened_at = $3 AND id > $4))",
+                "opened_at, id",
+            )
+        };
+        match &page.after {
+            None => {
+                self.select(
+                    &format!("WHERE opened_at >= $1 AND opened_at < $2 ORDER BY {order} LIMIT $3"),
+                    vec![Bind::Int(from), Bind::Int(to), limit],
+                )
+                .await
+            }
+            Some(c) => {
+                self.select(
+                    &format!(
+                        "WHERE opened_at >= $1 AND opened_at < $2 AND {after} ORDER BY {order} LIMIT $5"
+                    ),
+                    vec![
+                        Bind::Int(from),
+                        Bind::Int(to),
+                        Bind::Int(c.opened_at),
+                        Bind::Text(c.id.clone()),
+                        limit,
+                    ],
+                )
+                .await
+            }
+        }
     }
 
-    async fn open(&self, min: Severity) -> Result<Vec<StoredIncident>> {
+    async fn prune_resolved(&self, before: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM incidents WHERE status = 'resolved' AND resolved_at IS NOT NULL \
+             AND resolved_at < $1",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn open(&self, min: Severity, limit: usize) -> Result<Vec<StoredIncident>> {
         self.select(
             "WHERE status <> 'resolved' AND severity_rank >= $1
-             ORDER BY severity_rank DESC, opened_at, id",
-            vec![Bind::Int(rank(min))],
+             ORDER BY severity_rank DESC, opened_at, id LIMIT $2",
+            vec![
+                Bind::Int(rank(min)),
+                Bind::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
+            ],
         )
         .await
     }

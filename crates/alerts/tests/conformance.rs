@@ -11,6 +11,7 @@ async fn conformance_sqlite() {
     let url = format!("sqlite://{}", dir.path().join("alerts.db").display());
     let store = SqlStore::open(&url).await.unwrap();
     conformance::incidents_and_lists(&store).await.unwrap();
+    conformance::paging_and_pruning(&store).await.unwrap();
     // Reopened: everything is still there.
     drop(store);
     let store = SqlStore::open(&url).await.unwrap();
@@ -46,4 +47,5 @@ async fn conformance_postgres() {
         .unwrap();
     let store = SqlStore::open(&format!("{base}/{name}")).await.unwrap();
     conformance::incidents_and_lists(&store).await.unwrap();
+    conformance::paging_and_pruning(&store).await.unwrap();
 }

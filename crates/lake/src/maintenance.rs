@@ -161,4 +161,20 @@ impl Lake {
             dry_run: false,
         }
     }
+
+    /// Deletes the rows of `quarantine` quarantined before `cutoff` (µs since the epoch), in
+    /// one commit (the delivery positions the table holds are kept); returns how many rows
+    /// went. Nothing to delete commits nothing.
+    pub async fn prune_quarantine(&self, cutoff: i64) -> Result<u64> {
+        let Some(table) = self.table(TableName::Quarantine).await? else {
+            return Ok(0);
+        };
+        let at = shoplake_events::time::format_rfc3339(cutoff);
+        let (_, metrics) = table
+            .delete()
+            .with_predicate(format!("quarantined_at < '{at}'"))
+            .await
+            .map_err(Error::delta("pruning quarantine"))?;
+        Ok(metrics.num_deleted_rows.unwrap_or(0) as u64)
+    }
 }

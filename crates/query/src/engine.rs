@@ -28,6 +28,37 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Memory the query operators (hash tables, sorts) may hold before they spill to disk.
 pub const MEMORY_LIMIT: usize = 1 << 30;
 
+/// What engines draw on: one memory pool for the query operators (they spill to disk past
+/// it) and, optionally, a bound on the bytes spilled. Engines opened with the same resources
+/// share them, so concurrent queries together stay within one budget.
+#[derive(Clone)]
+pub struct EngineResources {
+    runtime: Arc<deltalake::datafusion::execution::runtime_env::RuntimeEnv>,
+}
+
+impl std::fmt::Debug for EngineResources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineResources").finish_non_exhaustive()
+    }
+}
+
+impl EngineResources {
+    /// A pool of `memory_limit` bytes, and at most `spill_limit` bytes of spill files (the
+    /// system's temporary directory; `None`: DataFusion's default bound).
+    pub fn new(memory_limit: usize, spill_limit: Option<u64>) -> Result<EngineResources> {
+        // Operators share a memory budget and spill to disk past it, so month-scale
+        // group-bys stay within the import's memory bound.
+        let mut builder =
+            RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)));
+        if let Some(bytes) = spill_limit {
+            builder = builder.with_max_temp_directory_size(bytes);
+        }
+        Ok(EngineResources {
+            runtime: builder.build_arc()?,
+        })
+    }
+}
+
 /// A query's answer: its schema (also when there are no rows) and its batches.
 #[derive(Debug, Clone)]
 pub struct QueryOutput {
@@ -74,6 +105,14 @@ impl Engine {
 
     /// [`Engine::open`] with another memory budget for the query operators (bytes).
     pub async fn open_with_memory(lake: &Lake, memory_limit: usize) -> Result<Engine> {
+        let resources = EngineResources::new(memory_limit, None)?;
+        Engine::open_shared(lake, &resources).await
+    }
+
+    /// [`Engine::open`] drawing on resources shared with other engines (a server's one memory
+    /// pool and spill budget for every request).
+    pub async fn open_shared(lake: &Lake, resources: &EngineResources) -> Result<Engine> {
+        let runtime = resources.runtime.clone();
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(2);
@@ -84,11 +123,6 @@ impl Engine {
         let mut scan_config = config.clone();
         scan_config.options_mut().execution.parquet.pushdown_filters = true;
         scan_config.options_mut().execution.parquet.reorder_filters = true;
-        // Operators share a memory budget and spill to disk (the system's temporary directory)
-        // past it, so month-scale group-bys stay within the import's memory bound.
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
-            .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(config, runtime.clone());
         let scan_ctx = SessionContext::new_with_config_rt(scan_config, runtime);
         let schema = Arc::new(LakeSchema {

@@ -14,6 +14,6 @@ mod range;
 pub mod reports;
 pub mod udf;
 
-pub use engine::{DEFAULT_TIMEOUT, Engine, QueryOutput, check_read_only};
+pub use engine::{DEFAULT_TIMEOUT, Engine, EngineResources, QueryOutput, check_read_only};
 pub use error::{Error, Result};
 pub use range::ReportRange;

@@ -394,7 +394,7 @@ async function live(main) {
   const feed = el("div", { class: "scroll" });
   main.append(card("Incidents", feed, { wide: true, id: "live-incidents" }));
   const render = async () => {
-    const list = await api("/v1/alerts?status=all");
+    const list = await api("/v1/alerts?status=all&order=newest&limit=500");
     list.sort((a, b) => (b.updated_at > a.updated_at ? 1 : -1));
     const act = (i, what) => async () => {
       try {

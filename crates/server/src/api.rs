@@ -11,7 +11,7 @@ use axum::extract::{FromRequest, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use shoplake_alerts::{AlertStore, List};
+use shoplake_alerts::{AlertStore, Cursor, List, Page};
 use shoplake_detect::{KeyType, Severity};
 use shoplake_events::time::parse_timestamp;
 
@@ -61,7 +61,17 @@ pub(crate) struct AlertQuery {
     from: Option<String>,
     /// Opened before.
     to: Option<String>,
+    /// At most this many (default 1000, at most 10 000).
+    limit: Option<usize>,
+    /// With `status=all`: the page after this one (the `next` of a `Link` header).
+    cursor: Option<String>,
+    /// With `status=all`: `oldest` (default) or `newest` first.
+    order: Option<String>,
 }
+
+/// Incidents answered by default, and at most, per request.
+const DEFAULT_ALERTS: usize = 1_000;
+const MAX_ALERTS: usize = 10_000;
 
 fn key_type(s: &str) -> Result<KeyType, ApiError> {
     match s {
@@ -102,10 +112,16 @@ pub(crate) async fn list_alerts(
             _ => 1,
         };
         let min_rank = rank(min.as_str());
+        let limit = q.limit.unwrap_or(DEFAULT_ALERTS).clamp(1, MAX_ALERTS);
+        let mut next = None;
         let mut out = match (q.key_type.as_deref(), q.key.as_deref()) {
-            (Some(t), Some(k)) => store.by_key(key_type(t)?, k).await.map_err(failed)?,
+            (Some(t), Some(k)) => {
+                let mut all = store.by_key(key_type(t)?, k).await.map_err(failed)?;
+                all.truncate(limit);
+                all
+            }
             (None, None) => match q.status.as_deref() {
-                None | Some("open") => store.open(min).await.map_err(failed)?,
+                None | Some("open") => store.open(min, limit).await.map_err(failed)?,
                 Some("all") => {
                     let time = |name: &str, v: &Option<String>, default: i64| match v {
                         None => Ok(default),
@@ -114,16 +130,83 @@ pub(crate) async fn list_alerts(
                     };
                     let from = time("from", &q.from, i64::MIN)?;
                     let to = time("to", &q.to, i64::MAX)?;
-                    store.between(from, to).await.map_err(failed)?
+                    let after = match q.cursor.as_deref() {
+                        None => None,
+                        Some(c) => Some(
+                            Cursor::decode(c)
+                                .ok_or_else(|| bad(format!("cursor {c:?}: not a cursor")))?,
+                        ),
+                    };
+                    let newest_first = match q.order.as_deref() {
+                        None | Some("oldest") => false,
+                        Some("newest") => true,
+                        Some(o) => {
+                            return Err(bad(format!("order {o:?}: expected oldest or newest")));
+                        }
+                    };
+                    let page = Page {
+                        after,
+                        limit,
+                        newest_first,
+                    };
+                    let got = store.between(from, to, &page).await.map_err(failed)?;
+                    if got.len() == limit
+                        && let Some(last) = got.last()
+                    {
+                        next = Some(next_link(&q, &Cursor::after(last), limit));
+                    }
+                    got
                 }
                 Some(s) => return Err(bad(format!("status {s:?}: expected open or all"))),
             },
             _ => return Err(bad("key_type and key go together".to_owned())),
         };
         out.retain(|i| rank(&i.severity) >= min_rank);
-        Ok::<_, ApiError>(Json(out).into_response())
+        let mut response = Json(out).into_response();
+        if let Some(link) = next
+            && let Ok(v) = axum::http::HeaderValue::from_str(&link)
+        {
+            response.headers_mut().insert(header::LINK, v);
+        }
+        Ok::<_, ApiError>(response)
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The `Link` header to the next page of a `status=all` listing (the same filters, the
+/// cursor after the last incident answered).
+fn next_link(q: &AlertQuery, after: &Cursor, limit: usize) -> String {
+    let mut params = vec![("status", "all".to_owned())];
+    for (name, v) in [
+        ("severity", &q.severity),
+        ("from", &q.from),
+        ("to", &q.to),
+        ("order", &q.order),
+    ] {
+        if let Some(v) = v {
+            params.push((name, v.clone()));
+        }
+    }
+    params.push(("limit", limit.to_string()));
+    params.push(("cursor", after.encode()));
+    let query: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", percent(v)))
+        .collect();
+    format!("</v1/alerts?{}>; rel=\"next\"", query.join("&"))
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+fn percent(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 pub(crate) async fn get_alert(

@@ -54,6 +54,19 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// The most `GET /v1/events/stream` subscribers at once (more get 503).
     pub max_stream_subscribers: usize,
+    /// Memory all queries and reports together may hold in their operators (one pool for
+    /// the process); past it they spill to disk.
+    pub query_memory_bytes: usize,
+    /// Bytes all queries and reports together may spill to disk.
+    pub query_spill_bytes: u64,
+    /// Queries and reports run at once; more wait up to `query_wait`, then get 429.
+    pub query_concurrency: usize,
+    /// How long a query or report waits for its turn before 429 + `Retry-After`.
+    pub query_wait: Duration,
+    /// The time limit of `POST /v1/query`: planning, execution and encoding.
+    pub query_timeout: Duration,
+    /// The time limit of a report: reading, computing and encoding.
+    pub report_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -69,6 +82,12 @@ impl Default for Limits {
             decode_wait: Duration::from_secs(2),
             body_timeout: Duration::from_secs(30),
             max_stream_subscribers: 64,
+            query_memory_bytes: 1 << 30,
+            query_spill_bytes: 8 << 30,
+            query_concurrency: 2,
+            query_wait: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(60),
+            report_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -95,6 +114,8 @@ pub struct Collector {
     decoding: Arc<Semaphore>,
     streams: Arc<Semaphore>,
     closing: tokio::sync::watch::Sender<bool>,
+    queries: Arc<Semaphore>,
+    engines: Option<shoplake_query::EngineResources>,
 }
 
 impl std::fmt::Debug for Collector {
@@ -117,6 +138,7 @@ impl Collector {
     ) -> Collector {
         let decoding = Arc::new(Semaphore::new(limits.decode_concurrency.max(1)));
         let streams = Arc::new(Semaphore::new(limits.max_stream_subscribers));
+        let queries = Arc::new(Semaphore::new(limits.query_concurrency.max(1)));
         Collector {
             log,
             validator: validator.with_max_ahead(limits.max_future),
@@ -137,6 +159,8 @@ impl Collector {
             decoding,
             streams,
             closing: tokio::sync::watch::channel(false).0,
+            queries,
+            engines: None,
         }
     }
 
@@ -146,14 +170,31 @@ impl Collector {
         self
     }
 
-    /// Serves the lake API (reports, SQL, catalog, imports, quarantine) from this lake.
-    pub fn with_lake(mut self, lake: shoplake_lake::Lake) -> Collector {
+    /// Serves the lake API (reports, SQL, catalog, imports, quarantine) from this lake, every
+    /// request's engine drawing on one memory pool and spill budget.
+    pub fn with_lake(mut self, lake: shoplake_lake::Lake) -> shoplake_query::Result<Collector> {
+        self.engines = Some(shoplake_query::EngineResources::new(
+            self.limits.query_memory_bytes,
+            Some(self.limits.query_spill_bytes),
+        )?);
         self.lake = Some(lake);
-        self
+        Ok(self)
     }
 
     pub(crate) fn lake(&self) -> Option<&shoplake_lake::Lake> {
         self.lake.as_ref()
+    }
+
+    pub(crate) fn engines(&self) -> Option<&shoplake_query::EngineResources> {
+        self.engines.as_ref()
+    }
+
+    /// A turn among the queries and reports running at once, waiting at most `query_wait`.
+    pub(crate) async fn query_turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::time::timeout(self.limits.query_wait, self.queries.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 
     /// The live feed of `GET /v1/events/stream`.
@@ -302,7 +343,7 @@ async fn security_headers(mut response: Response) -> Response {
 pub struct ApiError {
     status: StatusCode,
     message: String,
-    retry_after: Option<u64>,
+    pub(crate) retry_after: Option<u64>,
     rejected: Vec<RejectedRow>,
 }
 

@@ -34,6 +34,8 @@ pub struct DetectionOptions {
     pub max_per_partition: usize,
     /// Where openings and escalations are sent.
     pub notify: NotifySettings,
+    /// Delete resolved incidents this long after their resolution (`None`: keep them).
+    pub retain_resolved: Option<Duration>,
 }
 
 impl std::fmt::Debug for DetectionOptions {

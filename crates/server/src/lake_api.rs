@@ -34,8 +34,6 @@ use tokio::sync::broadcast;
 use crate::auth::Scope;
 use crate::collector::{ApiError, Collector};
 
-/// The time limit of `POST /v1/query`.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Rows `POST /v1/query` answers by default, and at most.
 const DEFAULT_ROWS: usize = 1_000;
 const MAX_ROWS: usize = 100_000;
@@ -142,7 +140,35 @@ fn query_failed(e: shoplake_query::Error) -> ApiError {
 }
 
 async fn engine(c: &Collector) -> Result<Engine, ApiError> {
-    Engine::open(lake(c)?).await.map_err(query_failed)
+    let lake = lake(c)?;
+    match c.engines() {
+        Some(resources) => Engine::open_shared(lake, resources).await,
+        None => Engine::open(lake).await,
+    }
+    .map_err(query_failed)
+}
+
+/// A turn among the queries and reports running at once, or 429 + `Retry-After`.
+async fn turn(c: &Collector) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    c.query_turn().await.ok_or_else(|| {
+        c.metrics().queries_refused.inc();
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} queries and reports are running, the most at once: retry later",
+                c.limits().query_concurrency
+            ),
+        );
+        e.retry_after = Some(c.limits().retry_after_secs);
+        e
+    })
+}
+
+fn timed_out(what: &str, limit: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        format!("the {what} ran longer than the {limit:?} time limit"),
+    )
 }
 
 /// The query parameters of the reports (each report reads its own).
@@ -182,19 +208,34 @@ pub(crate) async fn report(
             .parse()
             .map_err(query_failed)?,
     };
-    let engine = engine(&c).await?;
-    let body: Value = match kind.as_str() {
+    let within = c.limits().report_timeout;
+    let _turn = turn(&c).await?;
+    let body = tokio::time::timeout(within, report_body(&c, &kind, &p, &scope))
+        .await
+        .map_err(|_| timed_out("report", within))??;
+    Ok(Json(body).into_response())
+}
+
+/// A report's answer as JSON.
+async fn report_body(
+    c: &Collector,
+    kind: &str,
+    p: &ReportParams,
+    scope: &ReportScope,
+) -> Result<Value, ApiError> {
+    let engine = engine(c).await?.with_timeout(c.limits().report_timeout);
+    let body: Value = match kind {
         "visitors" => json!(
-            reports::visitors(&engine, &scope)
+            reports::visitors(&engine, scope)
                 .await
                 .map_err(query_failed)?
         ),
         "activity" => json!(
-            reports::activity(&engine, &scope)
+            reports::activity(&engine, scope)
                 .await
                 .map_err(query_failed)?
         ),
-        "bots" => json!(reports::bots(&engine, &scope).await.map_err(query_failed)?),
+        "bots" => json!(reports::bots(&engine, scope).await.map_err(query_failed)?),
         "abandonment" => {
             let defaults = AbandonmentOptions::default();
             let window = match p.window.as_deref() {
@@ -213,7 +254,7 @@ pub(crate) async fn report(
                 },
             };
             json!(
-                reports::abandonment(&engine, &scope, &options)
+                reports::abandonment(&engine, scope, &options)
                     .await
                     .map_err(query_failed)?
             )
@@ -241,7 +282,7 @@ pub(crate) async fn report(
                 },
             };
             json!(
-                reports::categories(&engine, &scope, &options)
+                reports::categories(&engine, scope, &options)
                     .await
                     .map_err(query_failed)?
             )
@@ -251,7 +292,7 @@ pub(crate) async fn report(
                 min_views: p.min_views.unwrap_or(BrandsOptions::default().min_views),
             };
             json!(
-                reports::brands(&engine, &scope, &options)
+                reports::brands(&engine, scope, &options)
                     .await
                     .map_err(query_failed)?
             )
@@ -265,7 +306,7 @@ pub(crate) async fn report(
             ));
         }
     };
-    Ok(Json(body).into_response())
+    Ok(body)
 }
 
 /// The body of `POST /v1/query`.
@@ -286,13 +327,15 @@ pub(crate) async fn query(
         .await
         .map_err(|e| bad(e.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_ROWS).min(MAX_ROWS);
+    let within = c.limits().query_timeout;
+    let _turn = turn(&c).await?;
     let started = Instant::now();
-    let engine = engine(&c).await?.with_timeout(QUERY_TIMEOUT);
+    let engine = engine(&c).await?.with_timeout(within);
     let (out, truncated) = engine
         .query_limited(&q.sql, limit)
         .await
         .map_err(query_failed)?;
-    let left = QUERY_TIMEOUT.saturating_sub(started.elapsed());
+    let left = within.saturating_sub(started.elapsed());
     // Encoding is CPU work on at most `limit` rows: off the async workers, within what is
     // left of the time limit.
     let encode = tokio::task::spawn_blocking(move || {
@@ -307,12 +350,7 @@ pub(crate) async fn query(
     });
     let (columns, rows) = tokio::time::timeout(left, encode)
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the query ran longer than the {QUERY_TIMEOUT:?} time limit"),
-            )
-        })?
+        .map_err(|_| timed_out("query", within))?
         .map_err(|e| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -378,7 +416,8 @@ pub(crate) async fn quarantine(
     authorize(&c, &headers)?;
     let Query(p) = params.map_err(|e| bad(e.body_text()))?;
     let limit = p.limit.unwrap_or(100).min(MAX_ROWS);
-    let engine = engine(&c).await?;
+    let _turn = turn(&c).await?;
+    let engine = engine(&c).await?.with_timeout(c.limits().query_timeout);
     let out = engine
         .query(&format!(
             "SELECT import_id, source, line, field, reason, raw, quarantined_at FROM quarantine \

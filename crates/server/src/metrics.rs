@@ -101,6 +101,8 @@ pub struct Metrics {
     pub stream_refused: Counter,
     /// Ingest requests answered 503 because a log partition was full of undelivered records.
     pub log_full: Counter,
+    /// Queries and reports answered 429 because the most at once were running.
+    pub queries_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -138,6 +140,12 @@ impl Metrics {
         let bot_flags = Counter::default();
         let bot_flag_failures = Counter::default();
         let log_full = Counter::default();
+        let queries_refused = Counter::default();
+        registry.register(
+            "query_requests_refused",
+            "Queries and reports answered 429 because the most at once were running",
+            queries_refused.clone(),
+        );
         registry.register(
             "ingest_log_full",
             "Ingest requests answered 503 because a log partition was full of undelivered records",
@@ -339,6 +347,7 @@ impl Metrics {
             connections_refused,
             stream_refused,
             log_full,
+            queries_refused,
         }
     }
 

@@ -35,6 +35,9 @@ pub struct DeliveryOptions {
     /// Bring the marts up to date after deliveries, at most this often, and at least ten times
     /// the last refresh's duration apart (`None`: never).
     pub marts_interval: Option<Duration>,
+    /// Delete rows of `quarantine` older than this (`None`: keep them), checked as often as
+    /// compaction runs (every 10 minutes without it).
+    pub quarantine_retention: Option<Duration>,
 }
 
 impl Default for DeliveryOptions {
@@ -46,6 +49,7 @@ impl Default for DeliveryOptions {
             max_per_partition: 250_000,
             compact_interval: Some(Duration::from_secs(600)),
             marts_interval: Some(Duration::from_secs(60)),
+            quarantine_retention: None,
         }
     }
 }
@@ -151,6 +155,7 @@ pub async fn serve(
     );
     collector = collector
         .with_lake(lake.clone())
+        .context("preparing the query engines")?
         .with_record_format(options.record_format);
     if let Some(d) = &options.detection {
         collector = collector.with_store(d.store.clone());
@@ -196,6 +201,14 @@ pub async fn serve(
             stop_rx_detect.clone(),
         ))
     });
+    let prune_task = options.detection.as_ref().and_then(|d| {
+        let age = d.retain_resolved?;
+        Some(tokio::spawn(prune_incidents(
+            d.store.clone(),
+            age,
+            stop_rx_detect.clone(),
+        )))
+    });
     let rate_task = tokio::spawn(crate::lake_api::rate_loop(
         collector.clone(),
         stop_rx_detect.clone(),
@@ -218,12 +231,39 @@ pub async fn serve(
     tracing::info!("collector stopped; delivering what the log holds");
     let _ = stop_tx.send(true);
     let _ = rate_task.await;
+    if let Some(task) = prune_task {
+        let _ = task.await;
+    }
     deliver_task.await.context("the delivery task failed")??;
     if let Some(task) = detect_task {
         task.await.context("the detector failed")??;
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Deletes resolved incidents `age` after their resolution, every ten minutes until `stop`.
+async fn prune_incidents(
+    store: Arc<dyn shoplake_alerts::AlertStore>,
+    age: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let age = i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
+    loop {
+        let cutoff = chrono::Utc::now().timestamp_micros().saturating_sub(age);
+        match store.prune_resolved(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                incidents = n,
+                "pruned resolved incidents past their retention"
+            ),
+            Err(e) => tracing::warn!(error = %e, "pruning resolved incidents"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Records in the log past the delivered positions.
@@ -239,6 +279,9 @@ async fn backlog(
     }
     Ok(total)
 }
+
+/// How often retention is applied when nothing else sets the pace.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// A marts refresh recomputes every zone from `events`: on a large lake it takes a while, so
 /// refreshes are spaced at least this many times their own duration apart (the marts then take
@@ -259,6 +302,8 @@ async fn deliver_loop(
     let validator = Validator::default();
     let metrics = collector.metrics().clone();
     let mut last_compact = Instant::now();
+    // The first pass runs at once.
+    let mut last_prune = Instant::now() - PRUNE_EVERY;
     // When the last refresh started, and how long the one before it took.
     let mut last_marts: Option<(Instant, Duration)> = None;
     let marts_took = Arc::new(std::sync::Mutex::new(Duration::ZERO));
@@ -317,6 +362,18 @@ async fn deliver_loop(
                 let _ = task.await;
             }
             return Ok(());
+        }
+        if let Some(age) = options.quarantine_retention
+            && last_prune.elapsed() >= options.compact_interval.unwrap_or(PRUNE_EVERY)
+        {
+            last_prune = Instant::now();
+            let age = i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
+            let cutoff = chrono::Utc::now().timestamp_micros().saturating_sub(age);
+            match lake.prune_quarantine(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "pruned quarantine past its retention"),
+                Err(e) => tracing::warn!(error = %e, "pruning quarantine"),
+            }
         }
         if let Some(every) = options.compact_interval
             && last_compact.elapsed() >= every

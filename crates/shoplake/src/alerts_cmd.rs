@@ -169,11 +169,13 @@ pub fn alerts(args: AlertsArgs) -> Result<ExitCode> {
                 };
                 let mut out = match (kt, key) {
                     (Some(t), Some(k)) => store.by_key(key_type(&t)?, &k).await?,
-                    _ if status == "open" => store.open(min).await?,
+                    _ if status == "open" => store.open(min, usize::MAX).await?,
                     _ => {
                         let from = time_arg("from", &from, i64::MIN)?;
                         let to = time_arg("to", &to, i64::MAX)?;
-                        store.between(from, to).await?
+                        store
+                            .between(from, to, &shoplake_alerts::Page::all())
+                            .await?
                     }
                 };
                 let rank = |s: &str| match s {

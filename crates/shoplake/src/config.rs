@@ -53,6 +53,9 @@ pub struct AlertsConfig {
     /// The alert store: `sqlite://PATH` (default `sqlite://DATA/alerts.db`) or
     /// `postgres://user@host:port/db`.
     pub store: Option<String>,
+    /// Delete resolved incidents this long after their resolution (default `off`: keep
+    /// them), such as `90d`; applied every ten minutes.
+    pub retain_resolved: Option<String>,
 }
 
 impl AlertsConfig {
@@ -109,6 +112,19 @@ pub struct ServerConfig {
     pub shutdown_grace: Option<String>,
     /// The most `GET /v1/events/stream` subscribers at once (default 64).
     pub max_stream_subscribers: Option<usize>,
+    /// Memory all queries and reports of the server together may hold in their operators
+    /// before they spill to disk (default 1 GiB).
+    pub query_memory_bytes: Option<usize>,
+    /// Bytes all queries and reports together may spill to disk (default 8 GiB).
+    pub query_spill_bytes: Option<u64>,
+    /// Queries and reports (HTTP) run at once (default 2); more wait `query_wait`, then 429.
+    pub query_concurrency: Option<usize>,
+    /// How long a query or report waits for its turn (default `5s`).
+    pub query_wait: Option<String>,
+    /// The time limit of `POST /v1/query`, planning, execution and encoding (default `60s`).
+    pub query_timeout: Option<String>,
+    /// The time limit of an HTTP report (default `120s`).
+    pub report_timeout: Option<String>,
     /// `[[server.tokens]]`: `name`, `token`, `scopes` (`ingest`, `read`, `admin`) and
     /// `forward` (events may carry their own `client_ip`/`user_agent`). With none, `serve`
     /// creates an admin token in `DATA/admin.token`.
@@ -151,6 +167,12 @@ impl ServerConfig {
             max_stream_subscribers: self
                 .max_stream_subscribers
                 .unwrap_or(c.max_stream_subscribers),
+            query_memory_bytes: self.query_memory_bytes.unwrap_or(c.query_memory_bytes),
+            query_spill_bytes: self.query_spill_bytes.unwrap_or(c.query_spill_bytes),
+            query_concurrency: self.query_concurrency.unwrap_or(c.query_concurrency),
+            query_wait: duration("query_wait", &self.query_wait, c.query_wait),
+            query_timeout: duration("query_timeout", &self.query_timeout, c.query_timeout),
+            report_timeout: duration("report_timeout", &self.report_timeout, c.report_timeout),
             ..c
         };
         let http = shoplake_server::HttpLimits {
@@ -173,6 +195,8 @@ impl ServerConfig {
             ("max_body_bytes", collector.max_body_bytes),
             ("max_rows", collector.max_rows),
             ("decode_concurrency", collector.decode_concurrency),
+            ("query_concurrency", collector.query_concurrency),
+            ("query_memory_bytes", collector.query_memory_bytes),
             ("max_connections", http.max_connections),
             ("max_connections_per_ip", http.max_connections_per_ip),
         ] {
@@ -257,6 +281,9 @@ pub struct DeliveryConfig {
     /// Bring the marts up to date after deliveries at most this often (default `60s`; `off`
     /// to never).
     pub marts_interval: Option<String>,
+    /// Delete rows of `quarantine` older than this (default `off`: keep them), such as
+    /// `30d`; applied as often as compaction runs.
+    pub quarantine_retention: Option<String>,
 }
 
 /// A duration setting: `10s`, `5m`, or `off` (`None`).
@@ -423,6 +450,16 @@ impl Config {
                 "delivery.marts_interval",
                 &self.delivery.marts_interval,
                 "60s",
+            ),
+            (
+                "delivery.quarantine_retention",
+                &self.delivery.quarantine_retention,
+                "off",
+            ),
+            (
+                "alerts.retain_resolved",
+                &self.alerts.retain_resolved,
+                "off",
             ),
         ] {
             if let Err(e) = duration_setting(name, value.as_deref(), default) {

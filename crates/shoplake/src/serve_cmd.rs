@@ -111,6 +111,11 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             d.marts_interval.as_deref(),
             "60s",
         )?,
+        quarantine_retention: duration_setting(
+            "delivery.quarantine_retention",
+            d.quarantine_retention.as_deref(),
+            "off",
+        )?,
         ..DeliveryOptions::default()
     };
     let settings = config
@@ -123,6 +128,11 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let detect = config.detect.enabled != Some(false);
     let record_format = config.log.record_format()?;
     let store_url = config.alerts.url(&args.data);
+    let retain_resolved = duration_setting(
+        "alerts.retain_resolved",
+        config.alerts.retain_resolved.as_deref(),
+        "off",
+    )?;
     let rt = runtime()?;
     rt.block_on(async move {
         let detection = if detect {
@@ -140,6 +150,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
                 store: Arc::new(store),
                 max_per_partition: 100_000,
                 notify,
+                retain_resolved,
             })
         } else {
             None

@@ -688,3 +688,146 @@ async fn nothing_acknowledged_is_lost_while_the_lake_is_down() {
         "every acknowledged event is in the lake"
     );
 }
+
+/// Defect 7: queries and reports share one memory pool and take turns: past the concurrency
+/// limit a request waits `query_wait`, then gets 429 + `Retry-After`; the time limit covers
+/// the whole request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_take_turns_within_a_time_limit() {
+    let s = Running::start_setup(Setup {
+        limits: Limits {
+            query_concurrency: 1,
+            query_wait: Duration::from_millis(100),
+            query_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let slow =
+        json!({"sql": "SELECT COUNT(*) AS n FROM generate_series(1, 100000000000)"}).to_string();
+    let send = |body: String| {
+        client
+            .post(s.url("/v1/query"))
+            .bearer_auth(READER)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let started = Instant::now();
+    let first = tokio::spawn(send(slow.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = send(slow).await.unwrap();
+    assert_eq!(second.status().as_u16(), 429);
+    assert!(second.headers().get("retry-after").is_some());
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(
+        first.status().as_u16(),
+        408,
+        "the slow query stops at its time limit"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // Its turn is given back: the next query runs.
+    let r = send(json!({"sql": "SELECT 1 AS one"}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client
+        .get(s.url("/v1/reports/visitors"))
+        .bearer_auth(READER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    s.stop().await;
+}
+
+/// Defect 16: `GET /v1/alerts?status=all` comes in pages (a `Link` header names the next),
+/// which together list every incident once; quarantine can be pruned past a retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_come_in_pages_and_quarantine_can_be_pruned() {
+    let s = Running::start_setup(Setup::default()).await;
+    let mut body = String::new();
+    for u in 0..30i64 {
+        for i in 0..12i64 {
+            let t = 1_569_888_000_000_000 + u * 60_000_000 + i * 500_000;
+            let mut o = object(
+                10_000 + u * 100 + i,
+                &[("event_time", &shoplake_events::time::format_rfc3339(t))],
+            );
+            o["user_id"] = json!(5_000 + u);
+            body.push_str(&format!("{o}\n"));
+        }
+    }
+    body.push_str("{\"event_time\": \"yesterday\"}\n");
+    let (status, answer, _) = s
+        .post(Some(SHOP), "application/x-ndjson", body.into_bytes(), &[])
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let client = reqwest::Client::new();
+    let get = |url: String| client.get(url).bearer_auth(READER).send();
+    let mut all = Vec::new();
+    for _ in 0..300 {
+        let r = get(s.url("/v1/alerts?status=all&limit=10000"))
+            .await
+            .unwrap();
+        all = serde_json::from_str::<Vec<Value>>(&r.text().await.unwrap()).unwrap();
+        if all.len() >= 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(all.len() >= 30, "{} incidents", all.len());
+    for order in ["oldest", "newest"] {
+        let mut url = s.url(&format!("/v1/alerts?status=all&limit=7&order={order}"));
+        let mut paged = Vec::new();
+        for _ in 0..100 {
+            let r = get(url.clone()).await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            let next = r
+                .headers()
+                .get("link")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let page: Vec<Value> = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            assert!(page.len() <= 7);
+            paged.extend(page);
+            match next {
+                Some(link) => {
+                    let path = link
+                        .trim_start_matches('<')
+                        .split('>')
+                        .next()
+                        .unwrap()
+                        .to_owned();
+                    assert!(link.ends_with("rel=\"next\""), "{link}");
+                    url = s.url(&path);
+                }
+                None => break,
+            }
+        }
+        let ids = |v: &[Value]| {
+            v.iter()
+                .map(|i| i["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let mut want = ids(&all);
+        if order == "newest" {
+            want.reverse();
+        }
+        assert_eq!(ids(&paged), want, "{order} first");
+    }
+    let r = get(s.url("/v1/alerts?status=all&cursor=nonsense"))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let (lake, _dir) = s.stop().await;
+    let now = chrono::Utc::now().timestamp_micros();
+    assert_eq!(lake.prune_quarantine(now - 3_600_000_000).await.unwrap(), 0);
+    assert_eq!(lake.prune_quarantine(now + 3_600_000_000).await.unwrap(), 1);
+    let left = lake
+        .read_table(shoplake_lake::TableName::Quarantine, &["reason"])
+        .await
+        .unwrap();
+    assert_eq!(left.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+}

@@ -167,6 +167,7 @@ impl Running {
                 store: std::sync::Arc::new(store),
                 max_per_partition: 100_000,
                 notify: setup.notify,
+                retain_resolved: None,
             }),
             record_format: setup.record_format,
         };
