@@ -7,9 +7,8 @@
 #      acknowledgement latency, then the time the lake took to hold every event (SIGTERM
 #      drains the log into `events`);
 #   2. half that rate (replay --rate): p50/p99 acknowledgement latency;
-#   3. the same full load with the log on a Kafka-protocol broker (tansu, in memory, one
-#      record per batch, see crates/log/tests), on the first 20,000 events (it runs at about
-#      a thousand events a second): the peer, and the ratio.
+#   3. the same full load with the log on a Kafka-protocol broker (tansu, in memory, the
+#      producer batching as by default), on the first 20,000 events: the peer, and the ratio.
 # Every run starts from an empty data directory. Replay runs on the same 2 cores as the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
