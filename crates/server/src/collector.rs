@@ -116,6 +116,29 @@ pub struct Collector {
     closing: tokio::sync::watch::Sender<bool>,
     queries: Arc<Semaphore>,
     engines: Option<shoplake_query::EngineResources>,
+    query_runtime: QueryRuntime,
+}
+
+/// The runtime queries and reports run on: their CPU work (DataFusion's operators, JSON
+/// encoding) never takes the async workers that answer `/healthz` and run delivery and
+/// detection. Shut down without waiting when the collector goes.
+struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Aborts a task when the request waiting for it goes away (a client that hung up).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for Collector {
@@ -161,6 +184,7 @@ impl Collector {
             closing: tokio::sync::watch::channel(false).0,
             queries,
             engines: None,
+            query_runtime: QueryRuntime(None),
         }
     }
 
@@ -177,8 +201,51 @@ impl Collector {
             self.limits.query_memory_bytes,
             Some(self.limits.query_spill_bytes),
         )?);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.limits.query_concurrency.clamp(1, 8))
+            .thread_name("shoplake-query")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                shoplake_query::Error::Argument(format!("starting the query runtime: {e}"))
+            })?;
+        self.query_runtime = QueryRuntime(Some(runtime));
         self.lake = Some(lake);
         Ok(self)
+    }
+
+    /// Runs a query's or report's work on the query runtime within `within`, and answers
+    /// its result (408 past the limit; the work is cancelled then, or when the client goes).
+    pub(crate) async fn on_query_runtime<T, F>(
+        self: &Arc<Self>,
+        within: Duration,
+        what: &'static str,
+        work: impl FnOnce(Arc<Collector>) -> F,
+    ) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, ApiError>> + Send + 'static,
+    {
+        let timed = tokio::time::timeout(within, work(self.clone()));
+        let task = match &self.query_runtime.0 {
+            Some(rt) => rt.spawn(timed),
+            None => tokio::spawn(timed),
+        };
+        let mut task = AbortOnDrop(task);
+        match (&mut task.0).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(_)) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the {what} ran longer than the {within:?} time limit"),
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, what, "a query task failed");
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the {what} failed: {e}"),
+                ))
+            }
+        }
     }
 
     pub(crate) fn lake(&self) -> Option<&shoplake_lake::Lake> {

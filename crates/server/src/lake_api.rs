@@ -164,13 +164,6 @@ async fn turn(c: &Collector) -> Result<tokio::sync::OwnedSemaphorePermit, ApiErr
     })
 }
 
-fn timed_out(what: &str, limit: Duration) -> ApiError {
-    ApiError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        format!("the {what} ran longer than the {limit:?} time limit"),
-    )
-}
-
 /// The query parameters of the reports (each report reads its own).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,9 +203,11 @@ pub(crate) async fn report(
     };
     let within = c.limits().report_timeout;
     let _turn = turn(&c).await?;
-    let body = tokio::time::timeout(within, report_body(&c, &kind, &p, &scope))
-        .await
-        .map_err(|_| timed_out("report", within))??;
+    let body = c
+        .on_query_runtime(within, "report", move |c| async move {
+            report_body(&c, &kind, &p, &scope).await
+        })
+        .await?;
     Ok(Json(body).into_response())
 }
 
@@ -330,33 +325,24 @@ pub(crate) async fn query(
     let within = c.limits().query_timeout;
     let _turn = turn(&c).await?;
     let started = Instant::now();
-    let engine = engine(&c).await?.with_timeout(within);
-    let (out, truncated) = engine
-        .query_limited(&q.sql, limit)
-        .await
-        .map_err(query_failed)?;
-    let left = within.saturating_sub(started.elapsed());
-    // Encoding is CPU work on at most `limit` rows: off the async workers, within what is
-    // left of the time limit.
-    let encode = tokio::task::spawn_blocking(move || {
-        let rows = json_rows(&out)?;
-        let columns: Vec<Value> = out
-            .schema
-            .fields()
-            .iter()
-            .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
-            .collect();
-        Ok::<_, ApiError>((columns, rows))
-    });
-    let (columns, rows) = tokio::time::timeout(left, encode)
-        .await
-        .map_err(|_| timed_out("query", within))?
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("encoding the rows failed: {e}"),
-            )
-        })??;
+    // Planning, execution and encoding on the query runtime, all within the limit.
+    let (columns, rows, truncated) = c
+        .on_query_runtime(within, "query", move |c| async move {
+            let engine = engine(&c).await?.with_timeout(within);
+            let (out, truncated) = engine
+                .query_limited(&q.sql, limit)
+                .await
+                .map_err(query_failed)?;
+            let rows = json_rows(&out)?;
+            let columns: Vec<Value> = out
+                .schema
+                .fields()
+                .iter()
+                .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
+                .collect();
+            Ok((columns, rows, truncated))
+        })
+        .await?;
     Ok(Json(json!({
         "columns": columns,
         "rows": rows,
@@ -417,15 +403,20 @@ pub(crate) async fn quarantine(
     let Query(p) = params.map_err(|e| bad(e.body_text()))?;
     let limit = p.limit.unwrap_or(100).min(MAX_ROWS);
     let _turn = turn(&c).await?;
-    let engine = engine(&c).await?.with_timeout(c.limits().query_timeout);
-    let out = engine
-        .query(&format!(
-            "SELECT import_id, source, line, field, reason, raw, quarantined_at FROM quarantine \
-             ORDER BY quarantined_at DESC, source, line LIMIT {limit}"
-        ))
-        .await
-        .map_err(query_failed)?;
-    let rows = json_rows(&out)?;
+    let within = c.limits().query_timeout;
+    let rows = c
+        .on_query_runtime(within, "query", move |c| async move {
+            let engine = engine(&c).await?.with_timeout(within);
+            let out = engine
+                .query(&format!(
+                    "SELECT import_id, source, line, field, reason, raw, quarantined_at FROM \
+                     quarantine ORDER BY quarantined_at DESC, source, line LIMIT {limit}"
+                ))
+                .await
+                .map_err(query_failed)?;
+            json_rows(&out)
+        })
+        .await?;
     Ok(Json(rows).into_response())
 }
 
