@@ -285,6 +285,16 @@ impl Nesting {
     }
 }
 
+/// Whether a line is a JSON object on its own: it starts with `{` and its brackets balance.
+fn starts_an_object(line: &[u8]) -> bool {
+    if !line.trim_ascii_start().starts_with(b"{") {
+        return false;
+    }
+    let mut n = Nesting::default();
+    n.scan(line);
+    n.depth == 0 && !n.in_string
+}
+
 /// Reads JSON events, validating each; NDJSON streams in constant memory.
 pub struct JsonDecoder<R: BufRead> {
     input: R,
@@ -295,6 +305,7 @@ pub struct JsonDecoder<R: BufRead> {
     pending: Vec<u8>,
     pending_line: u64,
     nesting: Nesting,
+    carry: bool,
     queued: std::vec::IntoIter<Row>,
     rows: u64,
     max_rows: Option<u64>,
@@ -320,6 +331,7 @@ impl<R: BufRead> JsonDecoder<R> {
             pending: Vec::new(),
             pending_line: 0,
             nesting: Nesting::default(),
+            carry: false,
             queued: Vec::new().into_iter(),
             rows: 0,
             max_rows: None,
@@ -358,20 +370,24 @@ impl<R: BufRead> JsonDecoder<R> {
             return Ok(Some(row));
         }
         loop {
-            self.buf.clear();
-            let n = self
-                .input
-                .read_until(b'\n', &mut self.buf)
-                .map_err(Error::io("reading JSON"))?;
-            if n == 0 {
-                if self.pending.is_empty() {
-                    return Ok(None);
+            // A line kept from the last call (it started a new value) is read again.
+            if !std::mem::take(&mut self.carry) {
+                self.buf.clear();
+                let n = self
+                    .input
+                    .read_until(b'\n', &mut self.buf)
+                    .map_err(Error::io("reading JSON"))?;
+                if n == 0 {
+                    if self.pending.is_empty() {
+                        return Ok(None);
+                    }
+                    let raw = std::mem::take(&mut self.pending);
+                    let err =
+                        FieldError::row("is an incomplete JSON value (the input ends inside it)");
+                    return Ok(Some(Row::Reject(reject(self.pending_line, err, &raw))));
                 }
-                let raw = std::mem::take(&mut self.pending);
-                let err = FieldError::row("is an incomplete JSON value (the input ends inside it)");
-                return Ok(Some(Row::Reject(reject(self.pending_line, err, &raw))));
+                self.line += 1;
             }
-            self.line += 1;
             let mut chunk: &[u8] = &self.buf;
             if !self.started {
                 chunk = chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk);
@@ -396,14 +412,27 @@ impl<R: BufRead> JsonDecoder<R> {
                     continue;
                 }
                 self.pending_line = self.line;
+            } else if starts_an_object(chunk) {
+                // A line that is a whole object of its own while a value is open: the open
+                // value was cut short (NDJSON has one value a line). It is refused, and the
+                // line read again as the start of the next.
+                self.carry = true;
+                self.nesting = Nesting::default();
+                let raw = std::mem::take(&mut self.pending);
+                let err = FieldError::row(
+                    "is an incomplete JSON value (the next line starts another one)",
+                );
+                return Ok(Some(Row::Reject(reject(self.pending_line, err, &raw))));
             }
             self.pending.extend_from_slice(chunk);
             self.nesting.scan(chunk);
             // A value's first line is parsed at once (a line that is already not JSON is
-            // refused at that line); after that only when its brackets close.
+            // refused at that line); after that only when its brackets close, or when a
+            // string runs past the end of a line (no JSON string holds a raw newline).
             let first_line = self.pending_line == self.line;
             if !first_line
                 && !self.nesting.may_be_complete()
+                && !self.nesting.in_string
                 && self.pending.len() <= MAX_VALUE_BYTES
             {
                 continue;
@@ -643,6 +672,13 @@ mod tests {
         let (e, r) = decode(&big).unwrap();
         assert_eq!((e.len(), r.len()), (1, 1));
         assert!(r[0].reason.contains("larger than"), "{}", r[0]);
+        // A value cut short is refused at the next line that is an object of its own, and
+        // that line and the ones after it are kept; so is a string cut at a line's end.
+        let (e, r) = decode(&format!("{{\"user_id\":1,\n{OBJ}\n{OBJ}\n")).unwrap();
+        assert_eq!((e.len(), r.len(), r[0].line), (2, 1, 1), "{r:?}");
+        assert!(r[0].reason.contains("next line starts another"), "{}", r[0]);
+        let (e, r) = decode(&format!("{{\"brand\":\n\"cut\n{OBJ}\n")).unwrap();
+        assert_eq!((e.len(), r.len()), (1, 1), "{r:?}");
         // A stray closer is refused at its line, not carried on.
         let (e, r) = decode(&format!("}}\n{OBJ}\n")).unwrap();
         assert_eq!((e.len(), r.len(), r[0].line), (1, 1, 1));

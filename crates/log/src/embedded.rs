@@ -515,13 +515,27 @@ impl Writer {
         }
         let cap = max.saturating_add(self.options.segment_bytes);
         let parts = self.partitions.len() as u32;
+        let Ok(floors) = self.floors() else {
+            return group;
+        };
+        // Only segments holding records a protected consumer has not read count: once all
+        // is read, even the segment being written is no reason to refuse.
         let full: Vec<bool> = self
             .shared
             .partitions
             .iter()
-            .map(|lock| {
+            .zip(&floors)
+            .map(|(lock, floor)| {
                 lock.read()
-                    .map(|s| s.segments.iter().map(|g| g.len).sum::<u64>() >= cap)
+                    .map(|s| {
+                        let unread: u64 = s
+                            .segments
+                            .iter()
+                            .filter(|g| g.next > *floor)
+                            .map(|g| g.len)
+                            .sum();
+                        unread >= cap
+                    })
                     .unwrap_or(false)
             })
             .collect();
@@ -639,6 +653,25 @@ impl Writer {
         Ok(out)
     }
 
+    /// Per partition, the offset every protected consumer has committed past (`u64::MAX`
+    /// with none protected).
+    fn floors(&self) -> Result<Vec<u64>> {
+        let protected = self
+            .shared
+            .consumers
+            .lock()
+            .map_err(|_| Error::Stopped("a lock was poisoned".into()))?;
+        Ok((0..self.shared.partitions.len() as u32)
+            .map(|p| {
+                protected
+                    .values()
+                    .map(|positions| positions.get(&p).copied().unwrap_or(0))
+                    .min()
+                    .unwrap_or(u64::MAX)
+            })
+            .collect())
+    }
+
     /// Deletes the oldest segments past the size or age limit (never the one being written,
     /// never one holding a record a protected consumer has not committed past).
     fn retain(&mut self) -> Result<()> {
@@ -648,22 +681,7 @@ impl Writer {
                 .now_micros()
                 .saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX))
         });
-        let floors: Vec<u64> = {
-            let protected = self
-                .shared
-                .consumers
-                .lock()
-                .map_err(|_| Error::Stopped("a lock was poisoned".into()))?;
-            (0..self.shared.partitions.len() as u32)
-                .map(|p| {
-                    protected
-                        .values()
-                        .map(|positions| positions.get(&p).copied().unwrap_or(0))
-                        .min()
-                        .unwrap_or(u64::MAX)
-                })
-                .collect()
-        };
+        let floors = self.floors()?;
         for (lock, floor) in self.shared.partitions.iter().zip(floors) {
             let mut state = lock
                 .write()

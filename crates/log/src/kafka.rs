@@ -5,10 +5,11 @@
 //! are the consumer group's committed offsets.
 //!
 //! Where a partition ends is taken only from what Fetch and the producer's delivery reports
-//! say, never from ListOffsets "latest" (some Kafka-protocol brokers answer it wrongly, such
-//! as the last batch's first offset + 1): a read polls until the consumer reports the
-//! partition's end (`enable.partition.eof`, from the Fetch response's high watermark) and it
-//! is past every offset this process's own appends were acknowledged at.
+//! say, never trusting ListOffsets "latest" (some Kafka-protocol brokers answer it too low,
+//! such as the last batch's first offset + 1; it is only where counting starts): a read
+//! polls until the consumer reports the partition's end (`enable.partition.eof`, from the
+//! Fetch response's high watermark) and it is past every offset this process's own appends
+//! were acknowledged at when the read began.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -202,18 +203,19 @@ impl KafkaLog {
         Ok(partition as i32)
     }
 
-    /// The first offset kept (ListOffsets "earliest").
-    async fn low_watermark(&self, partition: u32) -> Result<u64> {
+    /// ListOffsets "earliest" and "latest": the first offset kept, and a lower bound of the
+    /// end (only a starting point: some brokers answer it too low).
+    async fn watermarks(&self, partition: u32) -> Result<(u64, u64)> {
         let p = self.check_partition(partition)?;
         let reader = self.reader.clone();
         let topic = self.options.topic.clone();
         let timeout = self.options.timeout;
         blocking(move || {
             let r = reader.lock().map_err(|_| poisoned())?;
-            let (low, _) = r
+            let (low, high) = r
                 .fetch_watermarks(&topic, p, timeout)
                 .map_err(kafka("reading watermarks"))?;
-            Ok(low.max(0) as u64)
+            Ok((low.max(0) as u64, high.max(0) as u64))
         })
         .await
     }
@@ -234,9 +236,9 @@ impl KafkaLog {
         let topic = self.options.topic.clone();
         let timeout = self.options.timeout;
         blocking(move || {
-            let known_end = |seen: &Mutex<Vec<u64>>| -> Result<u64> {
-                Ok(seen.lock().map_err(|_| poisoned())?[p as usize])
-            };
+            // Every offset known to exist when the read began (appends acknowledged since
+            // are for the next read: chasing them would never end under steady traffic).
+            let known_end = seen_end.lock().map_err(|_| poisoned())?[p as usize];
             let r = reader.lock().map_err(|_| poisoned())?;
             // From the record before `from`: it arriving proves `from` is not past the end
             // (a broker may answer a fetch past its end with nothing at all, not even the
@@ -270,7 +272,7 @@ impl KafkaLog {
                     // appends).
                     Some(Err(KafkaError::PartitionEOF(eof))) if eof == p => {
                         confirmed = true;
-                        if next >= known_end(&seen_end)? {
+                        if next >= known_end {
                             break;
                         }
                     }
@@ -384,14 +386,20 @@ impl EventLog for KafkaLog {
     }
 
     async fn start(&self, partition: u32) -> Result<u64> {
-        self.low_watermark(partition).await
+        Ok(self.watermarks(partition).await?.0)
     }
 
     async fn end(&self, partition: u32) -> Result<u64> {
-        // From the newest offset known, counted on to the end Fetch reports.
-        let from = self.seen_end.lock().map_err(|_| poisoned())?
+        // Counted on to the end Fetch reports from the newest offset known: this process's
+        // own, or ListOffsets "latest", which a broker may answer too low but not too high
+        // (so a restart counts the last batch, not the whole partition).
+        let seen = self.seen_end.lock().map_err(|_| poisoned())?
             [self.check_partition(partition)? as usize];
-        Ok(self.fetch(partition, from, usize::MAX, false).await?.1)
+        let listed = self.watermarks(partition).await?.1;
+        Ok(self
+            .fetch(partition, seen.max(listed), usize::MAX, false)
+            .await?
+            .1)
     }
 
     async fn committed(&self, consumer: &str) -> Result<BTreeMap<u32, u64>> {

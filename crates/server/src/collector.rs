@@ -52,6 +52,9 @@ pub struct Limits {
     pub decode_wait: Duration,
     /// The time a client has to send the whole body once its headers are in.
     pub body_timeout: Duration,
+    /// Bytes of request bodies held at once, across all requests (by `Content-Length`, or
+    /// `max_body_bytes` without one); a request that waits `decode_wait` for room gets 503.
+    pub max_body_bytes_in_flight: usize,
     /// The most `GET /v1/events/stream` subscribers at once (more get 503).
     pub max_stream_subscribers: usize,
     /// Memory all queries and reports together may hold in their operators (one pool for
@@ -81,6 +84,7 @@ impl Default for Limits {
             decode_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             decode_wait: Duration::from_secs(2),
             body_timeout: Duration::from_secs(30),
+            max_body_bytes_in_flight: 256 << 20,
             max_stream_subscribers: 64,
             query_memory_bytes: 1 << 30,
             query_spill_bytes: 8 << 30,
@@ -112,6 +116,8 @@ pub struct Collector {
     live: crate::lake_api::LiveSender,
     record_format: RecordFormat,
     decoding: Arc<Semaphore>,
+    /// Room for request bodies, in KiB.
+    bodies: Arc<Semaphore>,
     streams: Arc<Semaphore>,
     closing: tokio::sync::watch::Sender<bool>,
     queries: Arc<Semaphore>,
@@ -161,6 +167,9 @@ impl Collector {
     ) -> Collector {
         let decoding = Arc::new(Semaphore::new(limits.decode_concurrency.max(1)));
         let streams = Arc::new(Semaphore::new(limits.max_stream_subscribers));
+        let bodies = Arc::new(Semaphore::new(
+            (limits.max_body_bytes_in_flight >> 10).clamp(1, Semaphore::MAX_PERMITS),
+        ));
         let queries = Arc::new(Semaphore::new(limits.query_concurrency.max(1)));
         Collector {
             log,
@@ -180,6 +189,7 @@ impl Collector {
             live: tokio::sync::broadcast::channel(1024).0,
             record_format: RecordFormat::default(),
             decoding,
+            bodies,
             streams,
             closing: tokio::sync::watch::channel(false).0,
             queries,
@@ -609,13 +619,31 @@ struct Stamp {
     source: String,
 }
 
+/// The most of a refused row's text kept in `quarantine`: enough to see what was sent, not a
+/// way to store a whole body (a 15 MiB line, escaped, would not fit a log record).
+const MAX_RAW_BYTES: usize = 4096;
+
+/// A refused row's text, cut on a character boundary with a note of its full size.
+fn cut_raw(raw: String) -> String {
+    if raw.len() <= MAX_RAW_BYTES {
+        return raw;
+    }
+    let mut end = MAX_RAW_BYTES;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &raw[..end], raw.len())
+}
+
 /// A request turned into log records: its events and its refused rows.
 #[derive(Default)]
 struct Prepared {
     records: Vec<Record>,
     accepted: usize,
     rejected: Vec<RejectedRow>,
+    /// Bytes of every record, and of the events' alone.
     bytes: usize,
+    event_bytes: usize,
 }
 
 impl Prepared {
@@ -646,6 +674,7 @@ impl Prepared {
                 shoplake_events::record::encode(&mut value, &e, format);
                 let key = itoa::Buffer::new().format(e.user_id).as_bytes().to_vec();
                 self.bytes += key.len() + value.len();
+                self.event_bytes += key.len() + value.len();
                 self.records.push(Record { key, value });
                 self.accepted += 1;
             }
@@ -661,14 +690,15 @@ impl Prepared {
         }
     }
 
-    /// Records a refused row for `quarantine` and for the answer.
+    /// Records a refused row for `quarantine` (its text cut to [`MAX_RAW_BYTES`]) and for
+    /// the answer.
     fn reject(&mut self, r: Reject, stamp: &Stamp) {
         let row = QuarantinedRow {
             source: stamp.source.clone(),
             line: r.line,
             field: r.field.map(str::to_owned),
             reason: r.reason.clone(),
-            raw: r.raw,
+            raw: cut_raw(r.raw),
         };
         let value = serde_json::to_vec(&row).unwrap_or_default();
         // Keyed by the client too, so one sender's refused rows cannot fill one partition
@@ -775,6 +805,33 @@ pub(crate) fn unavailable(c: &Collector, message: impl Into<String>) -> ApiError
     e
 }
 
+/// Room for a request's body among all bodies held at once: its `Content-Length`, or the
+/// body limit without one (at least 1 KiB, at most the whole budget).
+async fn body_room(
+    c: &Collector,
+    headers: &HeaderMap,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    let bytes = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(c.limits.max_body_bytes)
+        .min(c.limits.max_body_bytes);
+    let budget = (c.limits.max_body_bytes_in_flight >> 10).clamp(1, Semaphore::MAX_PERMITS);
+    let kib = u32::try_from(bytes.div_ceil(1024).clamp(1, budget)).unwrap_or(u32::MAX);
+    tokio::time::timeout(
+        c.limits.decode_wait,
+        c.bodies.clone().acquire_many_owned(kib),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .ok_or_else(|| {
+        c.metrics.decode_busy.inc();
+        unavailable(c, "too many request bodies are in flight: retry later")
+    })
+}
+
 /// Every `X-Forwarded-For` line, in order, as one list (a proxy may add a line of its own
 /// rather than extend the client's).
 fn forwarded_for(headers: &HeaderMap) -> Option<String> {
@@ -837,6 +894,7 @@ async fn ingest_inner(
     }
     let format = format_of(headers)?;
     let gzip = is_gzip(headers)?;
+    let _room = body_room(c, headers).await?;
     let body = body_bytes(
         headers,
         body,
@@ -886,6 +944,7 @@ async fn ingest_inner(
         accepted,
         rejected,
         bytes,
+        event_bytes,
     } = prepared;
     c.log.append(records).await.map_err(|e| match e {
         // Backpressure, not a failure: delivery is behind (the lake may be down).
@@ -893,6 +952,8 @@ async fn ingest_inner(
             c.metrics.log_full.inc();
             unavailable(c, why)
         }
+        // A record the log cannot take (past its size): the request's fault, not to retry.
+        shoplake_log::Error::Argument(why) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, why),
         e => {
             tracing::error!(error = %e, "appending to the log");
             unavailable(c, format!("the event log could not store the events: {e}"))
@@ -900,9 +961,11 @@ async fn ingest_inner(
     })?;
     c.backlog.fetch_add(accepted as i64, Ordering::Relaxed);
     c.pending_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    // The mean size of the backlog's records: events only (refused rows are not backlog).
     c.appended_records
-        .fetch_add((accepted + rejected.len()) as u64, Ordering::Relaxed);
-    c.appended_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        .fetch_add(accepted as u64, Ordering::Relaxed);
+    c.appended_bytes
+        .fetch_add(event_bytes as u64, Ordering::Relaxed);
     c.metrics.backlog.inc_by(accepted as i64);
     c.metrics.accepted.inc_by(accepted as u64);
     c.metrics.rejected.inc_by(rejected.len() as u64);
@@ -973,4 +1036,22 @@ async fn method_not_allowed() -> Response {
 
 async fn not_found() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "no such endpoint: see /openapi.json").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_text_is_cut_on_a_character_boundary() {
+        assert_eq!(cut_raw("short".to_owned()), "short");
+        let long = "é".repeat(5000);
+        let cut = cut_raw(long);
+        assert!(
+            cut.ends_with("… (10000 bytes in all)"),
+            "{}",
+            &cut[cut.len() - 40..]
+        );
+        assert!(cut.len() < MAX_RAW_BYTES + 40);
+    }
 }

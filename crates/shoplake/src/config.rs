@@ -97,6 +97,9 @@ pub struct ServerConfig {
     pub decode_wait: Option<String>,
     /// The time a client has to send a request body once its headers are in (default `30s`).
     pub body_timeout: Option<String>,
+    /// Bytes of request bodies held at once across all requests (default 256 MiB); past it
+    /// requests wait `decode_wait`, then 503.
+    pub max_body_bytes_in_flight: Option<usize>,
     /// The time a client has to send a request's headers; also how long a kept-alive
     /// connection may sit idle (default `10s`).
     pub header_read_timeout: Option<String>,
@@ -164,6 +167,9 @@ impl ServerConfig {
             decode_concurrency: self.decode_concurrency.unwrap_or(c.decode_concurrency),
             decode_wait: duration("decode_wait", &self.decode_wait, c.decode_wait),
             body_timeout: duration("body_timeout", &self.body_timeout, c.body_timeout),
+            max_body_bytes_in_flight: self
+                .max_body_bytes_in_flight
+                .unwrap_or(c.max_body_bytes_in_flight),
             max_stream_subscribers: self
                 .max_stream_subscribers
                 .unwrap_or(c.max_stream_subscribers),

@@ -248,6 +248,28 @@ async fn retention_keeps_what_a_protected_consumer_has_not_read() {
     assert_eq!(log.start(0).await.unwrap(), start);
 }
 
+/// A consumer that keeps up is never refused, however small the retention (the segment
+/// being written, once read, is no reason to refuse).
+#[tokio::test]
+async fn a_consumer_that_keeps_up_is_never_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = EmbeddedOptions {
+        partitions: 1,
+        segment_bytes: 2048,
+        retention_bytes: Some(0),
+        protected: vec!["lake".to_owned()],
+        ..options(dir.path())
+    };
+    let log = open(&o);
+    for i in 0..300 {
+        let p = log.append(vec![rec(3, i)]).await.unwrap();
+        log.commit("lake", &BTreeMap::from([(0, p[0].offset + 1)]))
+            .await
+            .unwrap();
+    }
+    assert!(log.start(0).await.unwrap() > 0);
+}
+
 #[tokio::test]
 async fn partitions_are_fixed_and_arguments_checked() {
     let dir = tempfile::tempdir().unwrap();
