@@ -296,21 +296,27 @@ async fn run(
             detector.process(e);
         }
         let after = detector.stats();
-        metrics
-            .detector_events
-            .inc_by(after.events.saturating_sub(before.events));
-        metrics
-            .detector_late
-            .inc_by(after.late.saturating_sub(before.late));
-        metrics
-            .detector_windows
-            .inc_by(after.windows_fired.saturating_sub(before.windows_fired));
-        metrics
-            .detector_keys_evicted
-            .inc_by(after.keys_evicted.saturating_sub(before.keys_evicted));
-        metrics
-            .detector_dedupe_evicted
-            .inc_by(after.dedupe_evicted.saturating_sub(before.dedupe_evicted));
+        for (counter, was, is) in [
+            (&metrics.detector_events, before.events, after.events),
+            (&metrics.detector_late, before.late, after.late),
+            (
+                &metrics.detector_windows,
+                before.windows_fired,
+                after.windows_fired,
+            ),
+            (
+                &metrics.detector_keys_evicted,
+                before.keys_evicted,
+                after.keys_evicted,
+            ),
+            (
+                &metrics.detector_dedupe_evicted,
+                before.dedupe_evicted,
+                after.dedupe_evicted,
+            ),
+        ] {
+            counter.inc_by(is.saturating_sub(was));
+        }
         metrics
             .detector_dedupe_ids
             .set(i64::try_from(detector.dedupe_ids()).unwrap_or(i64::MAX));
