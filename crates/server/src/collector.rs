@@ -333,15 +333,19 @@ impl Collector {
         self.backlog.load(Ordering::Relaxed).max(0) as u64
     }
 
-    /// Bytes of undelivered records: the backlog times the mean size of the records
-    /// appended so far.
-    pub fn backlog_bytes(&self) -> u64 {
+    /// The mean size of the event records appended so far (0 before the first).
+    pub fn mean_record_bytes(&self) -> u64 {
         let records = self.appended_records.load(Ordering::Relaxed);
         if records == 0 {
             return 0;
         }
-        let mean = self.appended_bytes.load(Ordering::Relaxed) / records;
-        self.backlog().saturating_mul(mean)
+        self.appended_bytes.load(Ordering::Relaxed) / records
+    }
+
+    /// Bytes of undelivered records: the backlog times the mean size of the records
+    /// appended so far.
+    pub fn backlog_bytes(&self) -> u64 {
+        self.backlog().saturating_mul(self.mean_record_bytes())
     }
 
     /// Sets the undelivered count (delivery recounts it from the log after each delivery).

@@ -183,7 +183,15 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_detect = stop_rx.clone();
-    let deliver_task = tokio::spawn(deliver_loop(
+    // Delivery (Parquet encoding, deduplication, compaction, marts) on a runtime of its
+    // own: its CPU work never delays the async workers that answer requests.
+    let lake_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("shoplake-lake")
+        .enable_all()
+        .build()
+        .context("starting the delivery runtime")?;
+    let deliver_task = lake_runtime.spawn(deliver_loop(
         lake.clone(),
         log.clone(),
         collector.clone(),
@@ -234,7 +242,9 @@ pub async fn serve(
     if let Some(task) = prune_task {
         let _ = task.await;
     }
-    deliver_task.await.context("the delivery task failed")??;
+    let delivered = deliver_task.await.context("the delivery task failed");
+    lake_runtime.shutdown_background();
+    delivered??;
     if let Some(task) = detect_task {
         task.await.context("the detector failed")??;
     }
@@ -417,6 +427,20 @@ async fn deliver_loop(
     }
 }
 
+/// The bytes one delivery reads from the log at most, spread over the partitions (records
+/// with long user agents are ten times the usual size: the count alone does not bound it).
+const DELIVERY_BYTES: u64 = 128 << 20;
+
+/// The records one delivery reads from a partition: `max_per_partition`, or fewer when the
+/// records appended so far are large.
+fn per_partition(collector: &Collector, log: &dyn EventLog, options: &DeliveryOptions) -> usize {
+    let mean = collector.mean_record_bytes().max(1);
+    let by_bytes = DELIVERY_BYTES / mean / u64::from(log.partitions().max(1));
+    options
+        .max_per_partition
+        .min(usize::try_from(by_bytes.max(1_000)).unwrap_or(usize::MAX))
+}
+
 /// Delivers what the log holds (to its very end when `drain`); returns the events written.
 async fn deliver_all(
     delivery: &mut shoplake_lake::Delivery,
@@ -438,7 +462,7 @@ async fn deliver_all(
             delivered,
             positions,
         } = delivery
-            .pump(log, validator, options.max_per_partition)
+            .pump(log, validator, per_partition(collector, log, options))
             .await?;
         if records == 0 {
             return Ok(written);
