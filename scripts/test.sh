@@ -24,7 +24,22 @@ s3_up() { python3 -c "import urllib.request,sys
 try: urllib.request.urlopen('http://127.0.0.1:$1/', timeout=1)
 except urllib.error.HTTPError: pass
 except Exception: sys.exit(1)"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free port below 55000 whose +10000 is free too: SeaweedFS puts each server's gRPC port
+# 10000 above its HTTP port (a port above 55535 fails at random).
+free_port() { python3 -c '
+import random, socket
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+while True:
+    p = random.randint(20000, 54999)
+    if free(p) and free(p + 10000):
+        print(p); break'; }
 s3_port=$(free_port)
 weed_dir=$(mktemp -d)
 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=testtesttest \
