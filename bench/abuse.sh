@@ -240,6 +240,8 @@ def run(name, make):
     attack = make(port)
     if attack:
         attack.start()
+        # The attack runs for a fixed time, whether or not the honest producer is done.
+        threading.Timer(seconds + 1, attack.stop.set).start()
         time.sleep(1)
     health, stop_health = [], threading.Event()
     def poll():
@@ -254,10 +256,13 @@ def run(name, make):
             time.sleep(0.05)
     poller = threading.Thread(target=poll, daemon=True); poller.start()
     limit = int(seconds * rate)
-    honest = json.loads(subprocess.run(
-        [binary, "replay", csv, "--url", f"http://127.0.0.1:{port}", "--token", ADMIN, "--rate", str(rate),
-         "--batch", "100", "--connections", "2", "--limit", str(limit), "--format", "json"],
-        env=env, check=False, stdout=subprocess.PIPE, timeout=seconds * 10).stdout or b"{}")
+    try:
+        honest = json.loads(subprocess.run(
+            [binary, "replay", csv, "--url", f"http://127.0.0.1:{port}", "--token", ADMIN, "--rate", str(rate),
+             "--batch", "100", "--connections", "2", "--limit", str(limit), "--format", "json"],
+            env=env, check=False, stdout=subprocess.PIPE, timeout=seconds * 20).stdout or b"{}")
+    except subprocess.TimeoutExpired:
+        honest = {}
     stop_health.set(); poller.join()
     if attack:
         attack.finish()
