@@ -906,15 +906,12 @@ async fn ingest_inner(
         c.limits.body_timeout,
     )
     .await?;
+    let ip = client_ip(peer, forwarded_for(headers).as_deref(), &c.trusted);
     let stamp = Stamp {
-        ip: client_ip(peer, forwarded_for(headers).as_deref(), &c.trusted),
+        ip,
         agent: user_agent(headers),
         forward: token.forward,
-        source: String::new(),
-    };
-    let stamp = Stamp {
-        source: format!("collector {} token {}", stamp.ip, token.name),
-        ..stamp
+        source: format!("collector {ip} token {}", token.name),
     };
     let permit = tokio::time::timeout(c.limits.decode_wait, c.decoding.clone().acquire_owned())
         .await
