@@ -77,8 +77,9 @@ pub async fn incidents_and_lists(store: &dyn AlertStore) -> Result<()> {
     assert_eq!(got.windows as u64, last_of_first.windows);
     assert!(store.get("no-such-id").await?.is_none());
 
-    let by_key = store.by_key(KeyType::UserId, "2").await?;
+    let by_key = store.by_key(KeyType::UserId, "2", 10).await?;
     assert_eq!(by_key.len(), 1);
+    assert!(store.by_key(KeyType::UserId, "2", 0).await?.is_empty());
     let second = by_key[0].clone();
     assert_eq!(second.status, "open");
     assert_eq!(

@@ -167,8 +167,13 @@ pub trait AlertStore: Send + Sync {
     async fn apply(&self, changes: &[Change]) -> Result<()>;
     /// One incident.
     async fn get(&self, id: &str) -> Result<Option<StoredIncident>>;
-    /// A key's incidents, newest first.
-    async fn by_key(&self, key_type: KeyType, key: &str) -> Result<Vec<StoredIncident>>;
+    /// A key's incidents, newest first, at most `limit`.
+    async fn by_key(
+        &self,
+        key_type: KeyType,
+        key: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredIncident>>;
     /// A page of the incidents opened in `[from, to)` (µs): at most `page.limit`, after
     /// `page.after`, oldest or newest first.
     async fn between(&self, from: i64, to: i64, page: &Page) -> Result<Vec<StoredIncident>>;
@@ -357,12 +362,18 @@ impl AlertStore for SqlStore {
             .next())
     }
 
-    async fn by_key(&self, key_type: KeyType, key: &str) -> Result<Vec<StoredIncident>> {
+    async fn by_key(
+        &self,
+        key_type: KeyType,
+        key: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredIncident>> {
         self.select(
-            "WHERE key_type = $1 AND key = $2 ORDER BY opened_at DESC, id",
+            "WHERE key_type = $1 AND key = $2 ORDER BY opened_at DESC, id LIMIT $3",
             vec![
                 Bind::Text(key_type.as_str().to_owned()),
                 Bind::Text(key.to_owned()),
+                Bind::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
             ],
         )
         .await

@@ -45,6 +45,8 @@ pub struct CsvDecoder<R: Read> {
     /// Bytes of the blocks before the current one (and the header).
     before: u64,
     rows: u64,
+    /// The line the last row returned starts on.
+    line: u64,
 }
 
 impl<R: Read> std::fmt::Debug for CsvDecoder<R> {
@@ -70,12 +72,19 @@ impl<R: Read> CsvDecoder<R> {
             cursor: Cursor::new(0),
             before,
             rows: 0,
+            line: 0,
         })
     }
 
     /// Data rows read so far (valid and refused).
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// The line the last row returned starts on (as a refused row's `line` counts; 0 before
+    /// the first row).
+    pub fn line(&self) -> u64 {
+        self.line
     }
 
     /// Bytes of (decompressed) input consumed so far.
@@ -107,6 +116,7 @@ impl<R: Read> CsvDecoder<R> {
             self.block = block;
         };
         self.rows += 1;
+        self.line = record.line;
         Ok(Some(self.layout.row(
             &self.validator,
             &self.block.bytes,

@@ -299,7 +299,8 @@ fn starts_an_object(line: &[u8]) -> bool {
 pub struct JsonDecoder<R: BufRead> {
     input: R,
     validator: Validator,
-    line: u64,
+    /// Lines read so far.
+    lines: u64,
     started: bool,
     buf: Vec<u8>,
     pending: Vec<u8>,
@@ -309,12 +310,16 @@ pub struct JsonDecoder<R: BufRead> {
     queued: std::vec::IntoIter<Row>,
     rows: u64,
     max_rows: Option<u64>,
+    /// The input is an array (rows are numbered by index).
+    array: bool,
+    /// Where the last row returned starts.
+    last_line: u64,
 }
 
 impl<R: BufRead> fmt::Debug for JsonDecoder<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JsonDecoder")
-            .field("line", &self.line)
+            .field("lines", &self.lines)
             .finish()
     }
 }
@@ -325,7 +330,7 @@ impl<R: BufRead> JsonDecoder<R> {
         JsonDecoder {
             input,
             validator,
-            line: 0,
+            lines: 0,
             started: false,
             buf: Vec::new(),
             pending: Vec::new(),
@@ -335,6 +340,8 @@ impl<R: BufRead> JsonDecoder<R> {
             queued: Vec::new().into_iter(),
             rows: 0,
             max_rows: None,
+            array: false,
+            last_line: 0,
         }
     }
 
@@ -350,6 +357,12 @@ impl<R: BufRead> JsonDecoder<R> {
         self.rows
     }
 
+    /// Where the last row returned starts, as a refused row's `line` counts: the line of an
+    /// NDJSON value, the index of an array's element (0 before the first row).
+    pub fn line(&self) -> u64 {
+        self.last_line
+    }
+
     /// The next row, `None` at the end. An `Err` means the input itself failed (I/O, or a
     /// malformed array): the rows before it are good.
     pub fn next_row(&mut self) -> Result<Option<Row>> {
@@ -360,6 +373,11 @@ impl<R: BufRead> JsonDecoder<R> {
             {
                 return Err(Error::TooManyRows { limit });
             }
+            self.last_line = if self.array {
+                self.rows
+            } else {
+                self.pending_line
+            };
             self.rows += 1;
         }
         Ok(row)
@@ -386,7 +404,7 @@ impl<R: BufRead> JsonDecoder<R> {
                         FieldError::row("is an incomplete JSON value (the input ends inside it)");
                     return Ok(Some(Row::Reject(reject(self.pending_line, err, &raw))));
                 }
-                self.line += 1;
+                self.lines += 1;
             }
             let mut chunk: &[u8] = &self.buf;
             if !self.started {
@@ -396,6 +414,7 @@ impl<R: BufRead> JsonDecoder<R> {
                 }
                 self.started = true;
                 if chunk.trim_ascii_start().starts_with(b"[") {
+                    self.array = true;
                     let mut all = chunk.to_vec();
                     self.input
                         .read_to_end(&mut all)
@@ -411,7 +430,7 @@ impl<R: BufRead> JsonDecoder<R> {
                 if chunk.trim_ascii().is_empty() {
                     continue;
                 }
-                self.pending_line = self.line;
+                self.pending_line = self.lines;
             } else if starts_an_object(chunk) {
                 // A line that is a whole object of its own while a value is open: the open
                 // value was cut short (NDJSON has one value a line). It is refused, and the
@@ -429,7 +448,7 @@ impl<R: BufRead> JsonDecoder<R> {
             // A value's first line is parsed at once (a line that is already not JSON is
             // refused at that line); after that only when its brackets close, or when a
             // string runs past the end of a line (no JSON string holds a raw newline).
-            let first_line = self.pending_line == self.line;
+            let first_line = self.pending_line == self.lines;
             if !first_line
                 && !self.nesting.may_be_complete()
                 && !self.nesting.in_string
@@ -614,6 +633,27 @@ mod tests {
         assert_eq!((e.len(), r.len()), (2, 0));
         assert_eq!(e[0].price.cents(), 3579);
         assert_eq!(e[0].category_id, 2_103_807_459_595_387_724);
+    }
+
+    #[test]
+    fn each_row_says_where_it_starts() {
+        let ndjson = "\n{\"a\":1}\n{\n\"b\": 2\n}\n\n[]\n";
+        let mut d = JsonDecoder::new(ndjson.as_bytes(), Validator::default());
+        let mut lines = Vec::new();
+        while d.next_row().unwrap().is_some() {
+            lines.push(d.line());
+        }
+        assert_eq!(lines, vec![2, 3, 7]);
+        let array = "[{\"a\":1},\n 2,\n {}]";
+        let mut d = JsonDecoder::new(array.as_bytes(), Validator::default());
+        let mut lines = Vec::new();
+        while let Some(row) = d.next_row().unwrap() {
+            lines.push(d.line());
+            if let Row::Reject(r) = row {
+                assert_eq!(r.line, d.line(), "as refused rows count");
+            }
+        }
+        assert_eq!(lines, vec![0, 1, 2]);
     }
 
     #[test]

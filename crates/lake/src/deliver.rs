@@ -187,7 +187,7 @@ impl Delivery {
     }
 
     /// One pass: reads what the log holds past the positions the lake has committed (up to
-    /// `max_per_partition` records each), delivers it, and records the positions in the log
+    /// `limit` of each partition), delivers it, and records the positions in the log
     /// too (for its retention and lag; the lake's are the ones that count). Each record is an
     /// event in either record format (`shoplake_events::record`); its append time becomes the
     /// event's ingest time when it has none.
@@ -195,7 +195,7 @@ impl Delivery {
         &mut self,
         log: &dyn EventLog,
         validator: &Validator,
-        max_per_partition: usize,
+        limit: shoplake_log::Limit,
     ) -> Result<Pumped> {
         let partitions = log.partitions();
         let done = self.positions(partitions).await?;
@@ -206,7 +206,7 @@ impl Delivery {
         for p in 0..partitions {
             let from = done.get(&p).copied().unwrap_or(0);
             let batch = log
-                .read(p, from, max_per_partition)
+                .read(p, from, limit)
                 .await
                 .map_err(|e| Error::Internal(format!("reading log partition {p}: {e}")))?;
             let Some(last) = batch.last() else { continue };

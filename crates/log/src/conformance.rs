@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::{EventLog, Record, Result};
+use crate::{EventLog, Limit, Record, Result};
 
 fn record(user: u64, n: u64) -> Record {
     Record {
@@ -18,7 +18,7 @@ async fn read_all(log: &dyn EventLog) -> Result<Vec<(u32, crate::Stored)>> {
     for p in 0..log.partitions() {
         let mut from = log.start(p).await?;
         loop {
-            let batch = log.read(p, from, 1000).await?;
+            let batch = log.read(p, from, Limit::records(1000)).await?;
             let Some(last) = batch.last() else { break };
             from = last.offset + 1;
             out.extend(batch.into_iter().map(|r| (p, r)));
@@ -61,14 +61,28 @@ pub async fn appends_and_reads(log: &dyn EventLog) -> Result<()> {
     for p in 0..log.partitions() {
         let (start, end) = (log.start(p).await?, log.end(p).await?);
         assert!(
-            log.read(p, end, 10).await?.is_empty(),
+            log.read(p, end, Limit::records(10)).await?.is_empty(),
             "nothing past the end"
         );
-        assert!(log.read(p, end + 100, 10).await?.is_empty());
+        assert!(log.read(p, end + 100, Limit::records(10)).await?.is_empty());
         if end > start + 3 {
-            let mid = log.read(p, start + 2, 2).await?;
+            let mid = log.read(p, start + 2, Limit::records(2)).await?;
             let offsets: Vec<u64> = mid.iter().map(|r| r.offset).collect();
             assert_eq!(offsets, vec![start + 2, start + 3]);
+            // A byte limit stops at the record that reaches it, and never returns nothing.
+            let size = mid[0].size();
+            let one = log.read(p, start + 2, Limit::new(10, 1)).await?;
+            assert_eq!(
+                one.len(),
+                1,
+                "the first record even when larger than the limit"
+            );
+            let two = log.read(p, start + 2, Limit::new(10, size + 1)).await?;
+            assert_eq!(
+                two.len(),
+                2,
+                "the record that reaches the limit is the last"
+            );
         }
     }
     assert!(log.append(Vec::new()).await?.is_empty());

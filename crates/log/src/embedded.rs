@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use shoplake_events::time::{Clock, SystemClock};
 
 use crate::segment::{self, io};
-use crate::{Error, EventLog, Position, Record, Result, Stored, check_consumer, partition_for};
+use crate::{
+    Error, EventLog, Limit, Position, Record, Result, Stored, check_consumer, partition_for,
+};
 
 /// Options of an embedded log.
 #[derive(Clone)]
@@ -246,10 +248,11 @@ impl EmbeddedLog {
             })
     }
 
-    fn read_sync(&self, partition: u32, from: u64, max: usize) -> Result<Vec<Stored>> {
+    fn read_sync(&self, partition: u32, from: u64, max: Limit) -> Result<Vec<Stored>> {
         let mut out = Vec::new();
+        let mut got = 0;
         let mut from = from;
-        while out.len() < max {
+        while !max.reached(out.len(), got) {
             // Where to look, under the lock; the file is read without it.
             let (path, pos, limit) = {
                 let state = self
@@ -294,13 +297,14 @@ impl EmbeddedLog {
                 bytes = read_at(&mut file, &path, pos, want)?;
             }
             let mut at = 0;
-            while out.len() < max {
+            while !max.reached(out.len(), got) {
                 let Some((rec, len)) = segment::decode(&bytes[at..]) else {
                     break;
                 };
                 at += len;
                 if rec.offset >= from {
                     from = rec.offset + 1;
+                    got += rec.size();
                     out.push(rec);
                 }
             }
@@ -398,8 +402,8 @@ impl EventLog for EmbeddedLog {
             .map_err(|_| Error::Stopped("the writer is gone".into()))?
     }
 
-    async fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<Stored>> {
-        self.read_sync(partition, from, max)
+    async fn read(&self, partition: u32, from: u64, limit: Limit) -> Result<Vec<Stored>> {
+        self.read_sync(partition, from, limit)
     }
 
     async fn start(&self, partition: u32) -> Result<u64> {

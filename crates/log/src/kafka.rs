@@ -24,7 +24,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::{Error, EventLog, Position, Record, Result, Stored, check_consumer, partition_for};
+use crate::{
+    Error, EventLog, Limit, Position, Record, Result, Stored, check_consumer, partition_for,
+};
 
 /// Options of the Kafka backend.
 #[derive(Debug, Clone)]
@@ -227,7 +229,7 @@ impl KafkaLog {
         &self,
         partition: u32,
         from: u64,
-        max: usize,
+        limit: Limit,
         keep: bool,
     ) -> Result<(Vec<Stored>, u64)> {
         let p = self.check_partition(partition)?;
@@ -247,12 +249,13 @@ impl KafkaLog {
             tpl.add_partition_offset(&topic, p, Offset::Offset(from.saturating_sub(1) as i64))
                 .map_err(kafka("assigning"))?;
             r.assign(&tpl).map_err(kafka("assigning"))?;
-            let mut out = Vec::new();
+            let mut out: Vec<Stored> = Vec::new();
+            let mut got = 0;
             let mut next = from;
             let mut confirmed = from == 0;
             let started = std::time::Instant::now();
             let deadline = started + timeout;
-            while out.len() < max {
+            while !limit.reached(out.len(), got) {
                 if !confirmed && started.elapsed() > PROBE {
                     break;
                 }
@@ -296,12 +299,14 @@ impl KafkaLog {
                         seen[p as usize] = seen[p as usize].max(next);
                         drop(seen);
                         if keep {
-                            out.push(Stored {
+                            let record = Stored {
                                 offset,
                                 appended_at: m.timestamp().to_millis().unwrap_or(0) * 1000,
                                 key: m.key().unwrap_or_default().to_vec(),
                                 value: m.payload().unwrap_or_default().to_vec(),
-                            });
+                            };
+                            got += record.size();
+                            out.push(record);
                         }
                     }
                 }
@@ -377,12 +382,12 @@ impl EventLog for KafkaLog {
         Ok(positions)
     }
 
-    async fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<Stored>> {
+    async fn read(&self, partition: u32, from: u64, limit: Limit) -> Result<Vec<Stored>> {
         self.check_partition(partition)?;
-        if max == 0 {
+        if limit.records == 0 {
             return Ok(Vec::new());
         }
-        Ok(self.fetch(partition, from, max, true).await?.0)
+        Ok(self.fetch(partition, from, limit, true).await?.0)
     }
 
     async fn start(&self, partition: u32) -> Result<u64> {
@@ -397,7 +402,12 @@ impl EventLog for KafkaLog {
             [self.check_partition(partition)? as usize];
         let listed = self.watermarks(partition).await?.1;
         Ok(self
-            .fetch(partition, seen.max(listed), usize::MAX, false)
+            .fetch(
+                partition,
+                seen.max(listed),
+                Limit::records(usize::MAX),
+                false,
+            )
             .await?
             .1)
     }

@@ -82,6 +82,44 @@ pub struct Stored {
     pub value: Vec<u8>,
 }
 
+/// How much one [`EventLog::read`] returns at most: a number of records, and a number of
+/// bytes (keys and values). The first record is returned even when it alone is larger, so a
+/// reader always moves on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// The most records.
+    pub records: usize,
+    /// The most bytes of keys and values; the read stops at the record that reaches it.
+    pub bytes: usize,
+}
+
+impl Limit {
+    /// At most `records` records, of any size.
+    pub const fn records(records: usize) -> Self {
+        Self {
+            records,
+            bytes: usize::MAX,
+        }
+    }
+
+    /// At most `records` records holding at most about `bytes` bytes.
+    pub const fn new(records: usize, bytes: usize) -> Self {
+        Self { records, bytes }
+    }
+
+    /// Whether a read that holds `records` records of `bytes` bytes is done.
+    pub fn reached(&self, records: usize, bytes: usize) -> bool {
+        records >= self.records || (records > 0 && bytes >= self.bytes)
+    }
+}
+
+impl Stored {
+    /// The bytes it holds (key and value), as [`Limit::bytes`] counts them.
+    pub fn size(&self) -> usize {
+        self.key.len() + self.value.len()
+    }
+}
+
 /// A durable, partitioned, append-only log.
 #[async_trait::async_trait]
 pub trait EventLog: Send + Sync {
@@ -97,10 +135,10 @@ pub trait EventLog: Send + Sync {
     /// Records of one key keep their order.
     async fn append(&self, records: Vec<Record>) -> Result<Vec<Position>>;
 
-    /// Up to `max` records of a partition from offset `from` on, in order. Records before the
-    /// partition's [`EventLog::start`] are gone (retention): reading from there starts at the
-    /// first one kept. Empty at the end.
-    async fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<Stored>>;
+    /// Records of a partition from offset `from` on, in order, up to `limit`. Records before
+    /// the partition's [`EventLog::start`] are gone (retention): reading from there starts at
+    /// the first one kept. Empty at the end.
+    async fn read(&self, partition: u32, from: u64, limit: Limit) -> Result<Vec<Stored>>;
 
     /// The first offset of a partition still kept.
     async fn start(&self, partition: u32) -> Result<u64>;

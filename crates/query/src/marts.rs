@@ -93,7 +93,25 @@ pub async fn zones(engine: &Engine, extra: &[Tz]) -> Result<Vec<Tz>> {
 /// Recomputes the marts of each zone from `events` (at the version the engine sees) and
 /// replaces that zone's rows. Nothing to do without an `events` table.
 pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary>> {
-    let engine = Engine::open(lake).await?;
+    refresh_in(lake, &Engine::open(lake).await?, extra_zones).await
+}
+
+/// [`refresh`] drawing on resources shared with other engines (a server's one memory pool
+/// and spill budget, so that a refresh and the queries beside it stay within one bound).
+pub async fn refresh_shared(
+    lake: &Lake,
+    extra_zones: &[Tz],
+    resources: &crate::EngineResources,
+) -> Result<Vec<MartsSummary>> {
+    refresh_in(
+        lake,
+        &Engine::open_shared(lake, resources).await?,
+        extra_zones,
+    )
+    .await
+}
+
+async fn refresh_in(lake: &Lake, engine: &Engine, extra_zones: &[Tz]) -> Result<Vec<MartsSummary>> {
     let Some(version) = engine.events_version() else {
         return Ok(Vec::new());
     };
@@ -105,7 +123,7 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
     } else {
         "events"
     };
-    let zones = zones(&engine, extra_zones).await?;
+    let zones = zones(engine, extra_zones).await?;
     reset_outdated(lake).await?;
     let mut out = Vec::new();
     for tz in zones {
@@ -132,15 +150,15 @@ pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary
         let brand_rows = replace(lake, TableName::MartBrands, zone, &brands.batches).await?;
         drop(brands);
         let t_brands = started.elapsed();
-        let items = items_batch(&engine, zone, events).await?;
+        let items = items_batch(engine, zone, events).await?;
         let item_rows = replace(lake, TableName::MartItems, zone, &[items]).await?;
         let t_items = started.elapsed();
-        let (categories, visitors) = category_cells(&engine, zone, events).await?;
+        let (categories, visitors) = category_cells(engine, zone, events).await?;
         let category_rows = replace(lake, TableName::MartCategories, zone, &categories).await?;
         let visitor_rows = replace(lake, TableName::MartCategoryVisitors, zone, &visitors).await?;
         drop((categories, visitors));
         let t_categories = started.elapsed();
-        let daily = daily_rows(&engine, zone, version, flags, events).await?;
+        let daily = daily_rows(engine, zone, version, flags, events).await?;
         let daily_rows = replace(
             lake,
             TableName::MartDaily,

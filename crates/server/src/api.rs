@@ -115,11 +115,7 @@ pub(crate) async fn list_alerts(
         let limit = q.limit.unwrap_or(DEFAULT_ALERTS).clamp(1, MAX_ALERTS);
         let mut next = None;
         let mut out = match (q.key_type.as_deref(), q.key.as_deref()) {
-            (Some(t), Some(k)) => {
-                let mut all = store.by_key(key_type(t)?, k).await.map_err(failed)?;
-                all.truncate(limit);
-                all
-            }
+            (Some(t), Some(k)) => store.by_key(key_type(t)?, k, limit).await.map_err(failed)?,
             (None, None) => match q.status.as_deref() {
                 None | Some("open") => store.open(min, limit).await.map_err(failed)?,
                 Some("all") => {

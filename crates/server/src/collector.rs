@@ -657,7 +657,7 @@ impl Prepared {
     fn event(
         &mut self,
         mut e: Event,
-        row: u64,
+        line: u64,
         stamp: &mut Stamp,
         validator: &Validator,
         format: RecordFormat,
@@ -686,7 +686,7 @@ impl Prepared {
                 let mut raw = Vec::new();
                 shoplake_events::json::encode_json(&mut raw, &e);
                 let raw = String::from_utf8_lossy(raw.trim_ascii_end()).into_owned();
-                self.reject(Reject::new(row, error, raw), stamp);
+                self.reject(Reject::new(line, error, raw), stamp);
             }
         }
         if lent {
@@ -753,13 +753,14 @@ fn prepare(
         e => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let mut out = Prepared::default();
-    let mut take = |row: Row, out: &mut Prepared| -> Result<(), ApiError> {
+    // Each row with the line it starts on, so that an event refused by the final check is
+    // reported where it is, as the decoder reports the rows it refuses.
+    let mut take = |row: Row, line: u64, out: &mut Prepared| -> Result<(), ApiError> {
         if out.rows() >= max_rows {
             return Err(too_many());
         }
-        let n = out.rows() as u64 + 1;
         match row {
-            Row::Event(e) => out.event(e, n, &mut stamp, &c.validator, c.record_format),
+            Row::Event(e) => out.event(e, line, &mut stamp, &c.validator, c.record_format),
             Row::Reject(r) => out.reject(r, &stamp),
         }
         Ok(())
@@ -769,13 +770,13 @@ fn prepare(
             let mut rows =
                 JsonDecoder::new(body, c.validator.clone()).with_max_rows(max_rows as u64);
             while let Some(row) = rows.next_row().map_err(bad)? {
-                take(row, &mut out)?;
+                take(row, rows.line(), &mut out)?;
             }
         }
         Format::Csv => {
             let mut rows = CsvDecoder::new(body, c.validator.clone()).map_err(bad)?;
             while let Some(row) = rows.next_row().map_err(bad)? {
-                take(row, &mut out)?;
+                take(row, rows.line(), &mut out)?;
             }
         }
     }

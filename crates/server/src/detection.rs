@@ -14,7 +14,7 @@ use shoplake_alerts::{AlertStore, List};
 use shoplake_detect::{Change, Detector, Incident, Settings, Severity};
 use shoplake_events::{Event, SystemClock, Validator};
 use shoplake_lake::{BotFlag, Lake};
-use shoplake_log::EventLog;
+use shoplake_log::{EventLog, Limit};
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{IncidentLabel, Metrics};
@@ -45,6 +45,10 @@ impl std::fmt::Debug for DetectionOptions {
             .finish_non_exhaustive()
     }
 }
+
+/// The bytes of records one round reads from the log at most, spread over the partitions
+/// (the round holds them decoded until the rules have seen them).
+const ROUND_BYTES: usize = 32 << 20;
 
 /// How often the lists are re-read from the store.
 const LISTS_EVERY: Duration = Duration::from_secs(2);
@@ -234,9 +238,13 @@ async fn run(
         let mut round: Vec<(i64, u32, usize, Event)> = std::mem::take(&mut held);
         let mut next = positions.clone();
         let mut newest: BTreeMap<u32, i64> = BTreeMap::new();
+        let limit = Limit::new(
+            options.max_per_partition,
+            ROUND_BYTES / usize::try_from(log.partitions().max(1)).unwrap_or(1),
+        );
         for p in 0..log.partitions() {
             let from = positions.get(&p).copied().unwrap_or(0);
-            let records = log.read(p, from, options.max_per_partition).await?;
+            let records = log.read(p, from, limit).await?;
             let Some(last) = records.last() else { continue };
             next.insert(p, last.offset + 1);
             for r in records {

@@ -32,7 +32,8 @@ pub struct HttpLimits {
     /// The most connections open at once; past it new ones are closed at once.
     pub max_connections: usize,
     /// The most connections open at once from one client address (the peer's, before any
-    /// `X-Forwarded-For`: behind a proxy, raise it or rely on the proxy's own limits).
+    /// `X-Forwarded-For`: behind a proxy, raise it or rely on the proxy's own limits). An
+    /// IPv6 client counts by its /64, the block one host or site is usually given.
     pub max_connections_per_ip: usize,
     /// The largest request head (request line and headers), in bytes (at least 8 KiB).
     pub max_header_bytes: usize,
@@ -62,6 +63,21 @@ struct Open {
     by_ip: HashMap<IpAddr, usize>,
 }
 
+/// The address a connection counts under: an IPv4 address as it is (also when mapped into
+/// IPv6), an IPv6 address by its /64 (a host given a /64 could otherwise open the per-address
+/// limit from each of its 2^64 addresses).
+fn client_block(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !u128::from(u64::MAX),
+            )),
+        },
+    }
+}
+
 /// A connection's place under the limits, given back when it closes.
 struct Slot {
     open: Arc<Mutex<Open>>,
@@ -76,6 +92,7 @@ impl Slot {
         limits: &HttpLimits,
         metrics: &Arc<Metrics>,
     ) -> Option<Slot> {
+        let ip = client_block(ip);
         let mut o = open.lock().unwrap_or_else(|e| e.into_inner());
         let mine = o.by_ip.get(&ip).copied().unwrap_or(0);
         if o.total >= limits.max_connections || mine >= limits.max_connections_per_ip {
@@ -203,5 +220,42 @@ async fn connection(
                 conn.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn connections_count_by_ipv4_address_and_ipv6_block() {
+        let block = |s: &str| client_block(s.parse().unwrap()).to_string();
+        assert_eq!(block("203.0.113.7"), "203.0.113.7");
+        assert_eq!(block("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(block("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(block("2001:db8:1:2::1"), block("2001:db8:1:2:ffff::9"));
+        assert_ne!(block("2001:db8:1:2::1"), block("2001:db8:1:3::1"));
+        assert_eq!(block("::1"), "::");
+    }
+
+    #[test]
+    fn a_slot_per_block_up_to_the_limit() {
+        let open = Arc::new(Mutex::new(Open::default()));
+        let limits = HttpLimits {
+            max_connections_per_ip: 2,
+            ..HttpLimits::default()
+        };
+        let metrics = Arc::new(Metrics::default());
+        let take = |s: &str| Slot::take(&open, s.parse().unwrap(), &limits, &metrics);
+        let a = take("2001:db8::1").unwrap();
+        let _b = take("2001:db8::2").unwrap();
+        assert!(take("2001:db8::3").is_none(), "the /64 is at its limit");
+        assert!(take("2001:db8:0:1::1").is_some(), "another /64");
+        drop(a);
+        assert!(
+            take("2001:db8::4").is_some(),
+            "a closed connection gives its slot back"
+        );
     }
 }

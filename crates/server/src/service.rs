@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use shoplake_events::Validator;
 use shoplake_lake::{Lake, Pumped, TableName};
-use shoplake_log::EventLog;
+use shoplake_log::{EventLog, Limit};
 use tokio::sync::watch;
 
 use crate::auth::{Network, Scope, Token, Tokens};
@@ -407,6 +407,7 @@ async fn deliver_loop(
         {
             marts_due = false;
             let lake = lake.clone();
+            let resources = collector.engines().cloned();
             let took = marts_took.clone();
             let started = Instant::now();
             last_marts = Some((
@@ -414,7 +415,12 @@ async fn deliver_loop(
                 *marts_took.lock().unwrap_or_else(|e| e.into_inner()),
             ));
             marts_task = Some(tokio::spawn(async move {
-                match shoplake_query::marts::refresh(&lake, &[]).await {
+                // Within the server's one query memory pool when it serves the lake API.
+                let refreshed = match &resources {
+                    Some(r) => shoplake_query::marts::refresh_shared(&lake, &[], r).await,
+                    None => shoplake_query::marts::refresh(&lake, &[]).await,
+                };
+                match refreshed {
                     Ok(_) => {
                         let secs = started.elapsed();
                         *took.lock().unwrap_or_else(|e| e.into_inner()) = secs;
@@ -427,18 +433,15 @@ async fn deliver_loop(
     }
 }
 
-/// The bytes one delivery reads from the log at most, spread over the partitions (records
-/// with long user agents are ten times the usual size: the count alone does not bound it).
-const DELIVERY_BYTES: u64 = 128 << 20;
+/// The bytes of records one delivery reads from the log at most, spread over the partitions
+/// (records with long user agents are ten times the usual size: a count alone does not bound
+/// them). Decoded, written as Arrow and as Parquet, a delivery holds a few times this.
+const DELIVERY_BYTES: usize = 64 << 20;
 
-/// The records one delivery reads from a partition: `max_per_partition`, or fewer when the
-/// records appended so far are large.
-fn per_partition(collector: &Collector, log: &dyn EventLog, options: &DeliveryOptions) -> usize {
-    let mean = collector.mean_record_bytes().max(1);
-    let by_bytes = DELIVERY_BYTES / mean / u64::from(log.partitions().max(1));
-    options
-        .max_per_partition
-        .min(usize::try_from(by_bytes.max(1_000)).unwrap_or(usize::MAX))
+/// What one delivery reads from each partition at most.
+fn per_partition(log: &dyn EventLog, options: &DeliveryOptions) -> Limit {
+    let partitions = usize::try_from(log.partitions().max(1)).unwrap_or(1);
+    Limit::new(options.max_per_partition, DELIVERY_BYTES / partitions)
 }
 
 /// Delivers what the log holds (to its very end when `drain`); returns the events written.
@@ -462,7 +465,7 @@ async fn deliver_all(
             delivered,
             positions,
         } = delivery
-            .pump(log, validator, per_partition(collector, log, options))
+            .pump(log, validator, per_partition(log, options))
             .await?;
         if records == 0 {
             return Ok(written);

@@ -168,7 +168,7 @@ pub fn alerts(args: AlertsArgs) -> Result<ExitCode> {
                     _ => Severity::Low,
                 };
                 let mut out = match (kt, key) {
-                    (Some(t), Some(k)) => store.by_key(key_type(&t)?, &k).await?,
+                    (Some(t), Some(k)) => store.by_key(key_type(&t)?, &k, usize::MAX).await?,
                     _ if status == "open" => store.open(min, usize::MAX).await?,
                     _ => {
                         let from = time_arg("from", &from, i64::MIN)?;

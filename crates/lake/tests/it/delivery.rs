@@ -92,7 +92,7 @@ fn record(e: &Event) -> shoplake_log::Record {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_is_pumped_into_the_lake_exactly_once() {
-    use shoplake_log::{EmbeddedLog, EmbeddedOptions, EventLog};
+    use shoplake_log::{EmbeddedLog, EmbeddedOptions, EventLog, Limit};
     let dir = tempfile::tempdir().unwrap();
     let lake = lake(dir.path());
     let log = EmbeddedLog::open(EmbeddedOptions::new(dir.path().join("log"))).unwrap();
@@ -102,12 +102,18 @@ async fn the_log_is_pumped_into_the_lake_exactly_once() {
         .unwrap();
 
     let mut d = lake.delivery("lake").await.unwrap();
-    let first = d.pump(&log, &validator(), 1000).await.unwrap();
+    let first = d
+        .pump(&log, &validator(), Limit::records(1000))
+        .await
+        .unwrap();
     assert_eq!((first.records, first.rejected), (300, 0));
     assert_eq!(first.delivered.written, 300);
     assert_eq!(lake_ids(&lake).await, ids(&events[..300]));
     // Nothing new: nothing read, nothing committed.
-    let idle = d.pump(&log, &validator(), 1000).await.unwrap();
+    let idle = d
+        .pump(&log, &validator(), Limit::records(1000))
+        .await
+        .unwrap();
     assert_eq!((idle.records, idle.delivered.version), (0, None));
 
     // More, with 20 events a producer sent twice; read in small steps.
@@ -118,7 +124,10 @@ async fn the_log_is_pumped_into_the_lake_exactly_once() {
     let mut written = 0;
     let mut duplicates = 0;
     loop {
-        let p = d.pump(&log, &validator(), 40).await.unwrap();
+        let p = d
+            .pump(&log, &validator(), Limit::records(40))
+            .await
+            .unwrap();
         if p.records == 0 {
             break;
         }

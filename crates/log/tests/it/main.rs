@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use shoplake_events::time::Clock;
-use shoplake_log::{EmbeddedLog, EmbeddedOptions, EventLog, Record, conformance};
+use shoplake_log::{EmbeddedLog, EmbeddedOptions, EventLog, Limit, Record, conformance};
 
 struct TestClock(AtomicI64);
 
@@ -40,7 +40,7 @@ async fn all(log: &EmbeddedLog, partition: u32) -> Vec<u64> {
     let mut from = log.start(partition).await.unwrap();
     let mut out = Vec::new();
     loop {
-        let b = log.read(partition, from, 64).await.unwrap();
+        let b = log.read(partition, from, Limit::records(64)).await.unwrap();
         let Some(last) = b.last() else { break };
         from = last.offset + 1;
         out.extend(b.iter().map(|r| r.offset));
@@ -187,7 +187,10 @@ async fn retention_by_size_and_age_keeps_the_newest() {
         .sum();
     assert!(bytes <= 8192 + 2048, "{bytes} bytes kept");
     // Reading from before the start begins at the start.
-    assert_eq!(log.read(0, 0, 1).await.unwrap()[0].offset, start);
+    assert_eq!(
+        log.read(0, 0, Limit::records(1)).await.unwrap()[0].offset,
+        start
+    );
 
     // Two hours later, one more record: every older segment is past its age.
     clock.0.fetch_add(2 * 3_600_000_000, Ordering::SeqCst);
@@ -274,7 +277,7 @@ async fn a_consumer_that_keeps_up_is_never_refused() {
 async fn partitions_are_fixed_and_arguments_checked() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(&options(dir.path()));
-    assert!(log.read(99, 0, 1).await.is_err());
+    assert!(log.read(99, 0, Limit::records(1)).await.is_err());
     drop(log);
     let err = EmbeddedLog::open(EmbeddedOptions {
         partitions: 8,
