@@ -527,6 +527,8 @@ pub struct Detector {
     changes: Vec<Change>,
     stats: Stats,
     next_sweep: i64,
+    /// The watermark moves only by [`Detector::advance_to`].
+    driven: bool,
 }
 
 const SWEEP_EVERY: i64 = 100_000;
@@ -565,6 +567,23 @@ impl Detector {
             changes: Vec::new(),
             stats: Stats::default(),
             next_sweep: i64::MIN,
+            driven: false,
+        }
+    }
+
+    /// The same detector with its watermark moved only by [`Detector::advance_to`], not by
+    /// the events it sees (its caller merges the watermarks of several inputs).
+    pub fn driven(mut self) -> Detector {
+        self.driven = true;
+        self
+    }
+
+    /// Moves the watermark to `watermark` (never backwards): closes windows, forgets keys and
+    /// resolves quiet incidents behind it.
+    pub fn advance_to(&mut self, watermark: i64) {
+        if watermark > self.watermark {
+            self.max_seen = self.max_seen.max(watermark);
+            self.advance(watermark);
         }
     }
 
@@ -690,7 +709,9 @@ impl Detector {
             self.stats.dedupe_evicted += 1;
         }
         let progress = self.progress(e, t);
-        if progress > self.max_seen {
+        if self.driven {
+            self.max_seen = self.max_seen.max(progress);
+        } else if progress > self.max_seen {
             self.max_seen = progress;
             let wm = progress.saturating_sub(self.settings.lateness);
             if wm > self.watermark {
@@ -755,8 +776,13 @@ impl Detector {
                 }
                 KeyType::Global => (0, 0),
             };
-            if self.tracker.is_open(index, hash) {
-                self.tracker.count_event(index, hash);
+            if self.tracker.any_open() {
+                if let Some(over) = self.tracker.expire(index, hash, t) {
+                    self.changes.push(Change::Resolved(over));
+                }
+                if self.tracker.is_open(index, hash) {
+                    self.tracker.count_event(index, hash);
+                }
             }
             let Some(fire) = self.rules[index].observe(hash, t, distinct, &mut self.stats) else {
                 if let Some(v) = self.rules[index].fired_value {

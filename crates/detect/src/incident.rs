@@ -137,6 +137,29 @@ impl Tracker {
         }
     }
 
+    /// Whether any incident is open.
+    pub(crate) fn any_open(&self) -> bool {
+        !self.open.is_empty()
+    }
+
+    /// Resolves a key's incident when it was quiet for the cooldown by `t` (the time of an
+    /// event of the key): it ended then, whenever the watermark's sweep comes, so that event
+    /// neither counts in it nor raises its peak.
+    pub(crate) fn expire(&mut self, rule: usize, key: u64, t: i64) -> Option<Incident> {
+        let cooldown = self.cooldown;
+        let quiet = self
+            .open
+            .get(&(rule, key))
+            .is_some_and(|i| i.updated_at.saturating_add(cooldown) <= t);
+        if !quiet {
+            return None;
+        }
+        let mut i = self.open.remove(&(rule, key))?;
+        i.status = Status::Resolved;
+        i.resolved_at = Some(i.updated_at.saturating_add(cooldown));
+        Some(i)
+    }
+
     pub(crate) fn is_open(&self, rule: usize, key: u64) -> bool {
         !self.open.is_empty() && self.open.contains_key(&(rule, key))
     }

@@ -4,13 +4,17 @@
 //! - [`rules`]: the seven default rules, adjustable from `[detect]` in `shoplake.toml`.
 //! - [`Detector`]: events in (in order per user), [`Change`]s of incidents out; the same code
 //!   runs on the live stream (`serve`) and over history (`shoplake detect`).
+//! - [`Live`]: the detector over a partitioned log (`serve`): per-partition watermarks, rules
+//!   keyed by user on arrival, the others in event-time order.
 //! - [`Incident`]: one per (rule, key), opened, updated, escalated, resolved after a quiet
 //!   cooldown.
 
 mod engine;
 mod incident;
+pub mod live;
 pub mod rules;
 
 pub use engine::{Detector, Fire, Key, Stats};
 pub use incident::{Change, Incident, Status, rfc3339, rfc3339_opt};
+pub use live::{Live, LiveStats, Watermarks};
 pub use rules::{DetectConfig, KeyType, Rule, Settings, Severity, TimeMode};

@@ -175,6 +175,21 @@ pub struct DetectConfig {
     /// event stamped in the future is windowed at its own time, but cannot close every
     /// window or make the events after it late.
     pub max_skew: Option<String>,
+    /// In `serve`: how long a partition may go without records before it no longer holds
+    /// the watermark back (default `10s`).
+    pub partition_idle: Option<String>,
+    /// In `serve`: a record moves its partition's watermark once this long has passed since
+    /// it was read (default `2s`) or once `reorder_records` newer records of its partition
+    /// were read, whichever comes first: producers sending side by side interleave their
+    /// events in every partition.
+    pub reorder_wait: Option<String>,
+    /// See `reorder_wait` (default 50 000).
+    pub reorder_records: Option<u64>,
+    /// In `serve`: the most events held for the rules keyed across users (`ip_flood`,
+    /// `traffic_spike`) until the watermark passes them (default 1 000 000); past it the
+    /// oldest are released and the watermark moves on to them (a metric and a log line say
+    /// so; events behind it are then late).
+    pub max_held: Option<usize>,
     /// Quiet time after which an incident is resolved (default `5m`).
     pub cooldown: Option<String>,
     /// How long event ids are remembered to drop exact duplicates (default `10m`).
@@ -218,6 +233,14 @@ pub struct Settings {
     pub lateness: i64,
     /// How far past an event's arrival (its ingest time) its time may move the watermark, µs.
     pub max_skew: i64,
+    /// Wall time without records after which a partition is idle, µs.
+    pub partition_idle: i64,
+    /// Wall time after which a record read moves its partition's watermark, µs.
+    pub reorder_wait: i64,
+    /// Newer records of its partition after which a record moves its partition's watermark.
+    pub reorder_records: u64,
+    /// The most events held for the rules keyed across users.
+    pub max_held: usize,
     /// Incident cooldown, µs.
     pub cooldown: i64,
     /// Duplicate horizon, µs.
@@ -367,6 +390,23 @@ impl DetectConfig {
             "5s",
             &mut errors,
         );
+        let partition_idle = duration(
+            "detect.partition_idle",
+            self.partition_idle.as_deref(),
+            "10s",
+            &mut errors,
+        );
+        let reorder_wait = duration(
+            "detect.reorder_wait",
+            self.reorder_wait.as_deref(),
+            "2s",
+            &mut errors,
+        );
+        let reorder_records = self.reorder_records.unwrap_or(50_000);
+        let max_held = self.max_held.unwrap_or(1_000_000);
+        if max_held == 0 {
+            errors.push("detect.max_held must be at least 1".to_owned());
+        }
         let cooldown = duration(
             "detect.cooldown",
             self.cooldown.as_deref(),
@@ -515,6 +555,10 @@ impl DetectConfig {
                 time,
                 lateness,
                 max_skew,
+                partition_idle,
+                reorder_wait,
+                reorder_records,
+                max_held,
                 cooldown,
                 dedupe_horizon,
                 max_keys,
@@ -539,6 +583,10 @@ impl Default for Settings {
                 time: TimeMode::Event,
                 lateness: 5 * SEC,
                 max_skew: 5 * SEC,
+                partition_idle: 10 * SEC,
+                reorder_wait: 2 * SEC,
+                reorder_records: 50_000,
+                max_held: 1_000_000,
                 cooldown: 300 * SEC,
                 dedupe_horizon: 600 * SEC,
                 max_keys: 1_000_000,

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use shoplake_alerts::{AlertStore, List};
-use shoplake_detect::{Change, Detector, Incident, Settings, Severity};
-use shoplake_events::{Event, SystemClock, Validator};
+use shoplake_detect::{Change, Incident, Live, Settings, Severity};
+use shoplake_events::{SystemClock, Validator};
 use shoplake_lake::{BotFlag, Lake};
 use shoplake_log::{EventLog, Limit};
 use tokio::sync::{mpsc, watch};
 
-use crate::metrics::{IncidentLabel, Metrics};
+use crate::metrics::{IncidentLabel, Metrics, PartitionLabel};
 use crate::notify::{Notifier, NotifySettings};
 
 /// The detector's consumer name in the log.
@@ -205,17 +205,23 @@ async fn run(
     out: &Outputs,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let mut detector = Detector::new(options.settings.clone(), Arc::new(SystemClock));
+    let partitions = log.partitions();
+    let mut detector = Live::new(options.settings.clone(), Arc::new(SystemClock), partitions);
     let validator = Validator::default();
+    // Where to read next, and (below) where a restart must read again from.
     let mut positions: BTreeMap<u32, u64> = log.committed(CONSUMER).await?;
-    for p in 0..log.partitions() {
+    for p in 0..partitions {
         // A detector that never ran starts with what the log holds now.
         let start = log.start(p).await?;
         positions.entry(p).or_insert(start);
     }
     let mut lists = Lists::default();
-    let mut held: Vec<(i64, u32, usize, Event)> = Vec::new();
     let mut lists_read = Instant::now() - LISTS_EVERY;
+    let mut counted = Counted::default();
+    let limit = Limit::new(
+        options.max_per_partition,
+        ROUND_BYTES / usize::try_from(partitions.max(1)).unwrap_or(1),
+    );
     loop {
         let stopping = *stop.borrow();
         if lists_read.elapsed() >= LISTS_EVERY {
@@ -230,56 +236,49 @@ async fn run(
                 Err(e) => tracing::warn!("reading the allow- and deny-lists: {e}"),
             }
         }
-        // Every partition up to what it holds now, merged by event time. Partitions fill side
-        // by side but not in step (an append lands in each in turn), so a partition that grew
-        // while the round read the others (or holds more than a round takes) bounds the round:
-        // events newer than what was read of it wait in `held` for the next round, and the
-        // watermark does not run ahead of a partition.
-        let mut round: Vec<(i64, u32, usize, Event)> = std::mem::take(&mut held);
-        let mut next = positions.clone();
-        let mut newest: BTreeMap<u32, i64> = BTreeMap::new();
-        let limit = Limit::new(
-            options.max_per_partition,
-            ROUND_BYTES / usize::try_from(log.partitions().max(1)).unwrap_or(1),
-        );
-        for p in 0..log.partitions() {
+        // Every partition, each up to what a round takes: the rules keyed by user see each
+        // event as it is read (one user's events are in order in their partition); the
+        // others once every partition's watermark has passed it.
+        let mut read = 0usize;
+        let mut newest_ingest: Option<i64> = None;
+        for p in 0..partitions {
             let from = positions.get(&p).copied().unwrap_or(0);
             let records = log.read(p, from, limit).await?;
             let Some(last) = records.last() else { continue };
-            next.insert(p, last.offset + 1);
+            positions.insert(p, last.offset + 1);
+            read += records.len();
             for r in records {
                 if shoplake_log::is_quarantine(&r.key) {
                     continue;
                 }
                 if let Ok(mut e) = shoplake_events::record::decode(&r.value, &validator) {
                     e.ingest_time.get_or_insert(r.appended_at);
-                    // Ordered and held by the time it moves the watermark to (its own, or
-                    // its arrival plus the allowed skew for one stamped in the future).
-                    let at = detector.progress(&e, e.event_time);
-                    let n = newest.entry(p).or_insert(i64::MIN);
-                    *n = (*n).max(at);
-                    let seq = round.len();
-                    round.push((at, p, seq, e));
+                    newest_ingest = newest_ingest.max(e.ingest_time);
+                    detector.process(p, r.offset, e);
                 }
             }
         }
-        let mut bound = i64::MAX;
-        if !stopping {
-            for p in 0..log.partitions() {
-                let read_to = next.get(&p).copied().unwrap_or(0);
-                if log.end(p).await? > read_to {
-                    bound = bound.min(newest.get(&p).copied().unwrap_or(i64::MIN));
-                }
-            }
+        let now = chrono::Utc::now().timestamp_micros();
+        // Stopping, the round that reads nothing releases whatever is still held.
+        let drain = stopping && read == 0;
+        detector.end_round(now, drain);
+        counted.export(&detector, metrics, partitions);
+        if let Some(newest) = newest_ingest {
+            let lag = (now - newest).max(0);
+            metrics.detector_lag.set(lag as f64 / 1e6);
         }
-        if bound != i64::MAX {
-            let (now, later): (Vec<_>, Vec<_>) = round.into_iter().partition(|r| r.0 <= bound);
-            round = now;
-            held = later;
+        record(options, metrics, out, detector.take_changes()).await;
+        // A restart reads again from the oldest event still held, so that the rules keyed
+        // across users miss nothing.
+        let mut commit = positions.clone();
+        for (p, offset) in detector.oldest_held() {
+            commit.insert(p, offset);
         }
-        if round.is_empty() && next == positions {
-            // Stopping, every round takes all that is held: nothing is left when nothing is read.
-            if stopping {
+        if let Err(e) = log.commit(CONSUMER, &commit).await {
+            tracing::warn!("recording the detector's log positions: {e}");
+        }
+        if read == 0 {
+            if drain {
                 let st = detector.stats();
                 tracing::info!(
                     "detector stopped: {} events, {} late, {} duplicates, {} windows fired",
@@ -290,53 +289,88 @@ async fn run(
                 );
                 return Ok(());
             }
-            detector.tick(None);
-            record(options, metrics, out, detector.take_changes()).await;
-            tokio::select! {
-                () = tokio::time::sleep(IDLE) => {}
-                _ = stop.changed() => {}
+            if !stopping {
+                tokio::select! {
+                    () = tokio::time::sleep(IDLE) => {}
+                    _ = stop.changed() => {}
+                }
             }
-            continue;
         }
-        round.sort_by_key(|(t, p, seq, _)| (*t, *p, *seq));
-        let before = detector.stats().clone();
-        for (_, _, _, e) in &round {
-            detector.process(e);
-        }
-        let after = detector.stats();
+    }
+}
+
+/// The detector's counters as last exported, so that each export adds what is new.
+#[derive(Default)]
+struct Counted {
+    stats: shoplake_detect::Stats,
+    late: Vec<u64>,
+    forced: u64,
+}
+
+impl Counted {
+    fn export(&mut self, detector: &Live, metrics: &Metrics, partitions: u32) {
+        let now = detector.stats();
         for (counter, was, is) in [
-            (&metrics.detector_events, before.events, after.events),
-            (&metrics.detector_late, before.late, after.late),
+            (&metrics.detector_events, self.stats.events, now.events),
+            (&metrics.detector_late, self.stats.late, now.late),
             (
                 &metrics.detector_windows,
-                before.windows_fired,
-                after.windows_fired,
+                self.stats.windows_fired,
+                now.windows_fired,
             ),
             (
                 &metrics.detector_keys_evicted,
-                before.keys_evicted,
-                after.keys_evicted,
+                self.stats.keys_evicted,
+                now.keys_evicted,
             ),
             (
                 &metrics.detector_dedupe_evicted,
-                before.dedupe_evicted,
-                after.dedupe_evicted,
+                self.stats.dedupe_evicted,
+                now.dedupe_evicted,
             ),
         ] {
             counter.inc_by(is.saturating_sub(was));
         }
+        self.stats = now;
+        let live = detector.live_stats();
+        self.late.resize(live.late.len(), 0);
+        for (p, (was, is)) in self.late.iter_mut().zip(&live.late).enumerate() {
+            if *is > *was {
+                metrics
+                    .detector_partition_late
+                    .get_or_create(&PartitionLabel {
+                        partition: p as u32,
+                    })
+                    .inc_by(is - *was);
+                *was = *is;
+            }
+        }
+        if live.forced > self.forced {
+            tracing::warn!(
+                released = live.forced - self.forced,
+                held = detector.held(),
+                "the detector's reorder buffer is full (detect.max_held): the oldest events \
+                 were released before every partition's watermark passed them, and events of \
+                 partitions behind them will be late"
+            );
+            metrics.detector_forced.inc_by(live.forced - self.forced);
+            self.forced = live.forced;
+        }
+        metrics
+            .detector_held
+            .set(i64::try_from(detector.held()).unwrap_or(i64::MAX));
         metrics
             .detector_dedupe_ids
             .set(i64::try_from(detector.dedupe_ids()).unwrap_or(i64::MAX));
-        if let Some(newest) = round.last().map(|r| r.3.ingest_time.unwrap_or(r.0)) {
-            let lag = (chrono::Utc::now().timestamp_micros() - newest).max(0);
-            metrics.detector_lag.set(lag as f64 / 1e6);
+        for p in 0..partitions {
+            let mark = detector.partition_watermark(p);
+            if mark != i64::MIN {
+                metrics
+                    .detector_partition_watermark
+                    .get_or_create(&PartitionLabel { partition: p })
+                    .set(mark as f64 / 1e6);
+            }
         }
-        record(options, metrics, out, detector.take_changes()).await;
-        if let Err(e) = log.commit(CONSUMER, &next).await {
-            tracing::warn!("recording the detector's log positions: {e}");
-        }
-        positions = next;
     }
 }
 
@@ -432,11 +466,7 @@ struct Lists {
 
 impl Lists {
     /// Applies the lists as they now are; returns the users newly allowed.
-    fn apply(
-        &mut self,
-        detector: &mut Detector,
-        entries: Vec<shoplake_alerts::Listed>,
-    ) -> Vec<i64> {
+    fn apply(&mut self, detector: &mut Live, entries: Vec<shoplake_alerts::Listed>) -> Vec<i64> {
         let mut now = Lists::default();
         for e in entries {
             match (e.list, e.key_type.as_str()) {

@@ -27,6 +27,13 @@ pub struct IncidentLabel {
 }
 
 /// A notification channel, by its configured name (a bounded set).
+/// A log partition.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    /// The partition's number.
+    pub partition: u32,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChannelLabel {
     /// The channel's name.
@@ -91,6 +98,15 @@ pub struct Metrics {
     pub detector_dedupe_evicted: Counter,
     /// Keys rules forgot at their key cap (least recently seen first).
     pub detector_keys_evicted: Counter,
+    /// Late events, per log partition (behind the watermark when read).
+    pub detector_partition_late: Family<PartitionLabel, Counter>,
+    /// Each log partition's watermark, seconds since the epoch.
+    pub detector_partition_watermark:
+        Family<PartitionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Events held for the rules keyed across users until the watermark passes them.
+    pub detector_held: Gauge,
+    /// Events released before the watermark passed them because the buffer was full.
+    pub detector_forced: Counter,
     /// Ingest requests answered 503 because every decoding slot stayed busy.
     pub decode_busy: Counter,
     /// HTTP connections open.
@@ -156,6 +172,31 @@ impl Metrics {
             "detector_dedupe_ids",
             "Event ids the detector remembers to drop exact duplicates",
             detector_dedupe_ids.clone(),
+        );
+        let detector_partition_late = Family::<PartitionLabel, Counter>::default();
+        registry.register(
+            "detector_partition_late_events",
+            "Events behind the watermark when read (not windowed; in the lake), per partition",
+            detector_partition_late.clone(),
+        );
+        let detector_partition_watermark =
+            Family::<PartitionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "detector_partition_watermark_seconds",
+            "Each log partition's watermark (its settled newest event time minus the lateness)",
+            detector_partition_watermark.clone(),
+        );
+        let detector_held = Gauge::default();
+        registry.register(
+            "detector_held_events",
+            "Events held for the rules keyed across users until the watermark passes them",
+            detector_held.clone(),
+        );
+        let detector_forced = Counter::default();
+        registry.register(
+            "detector_forced_releases",
+            "Events released before every partition's watermark passed them (detect.max_held)",
+            detector_forced.clone(),
         );
         let detector_dedupe_evicted = Counter::default();
         registry.register(
@@ -342,6 +383,10 @@ impl Metrics {
             detector_dedupe_ids,
             detector_dedupe_evicted,
             detector_keys_evicted,
+            detector_partition_late,
+            detector_partition_watermark,
+            detector_held,
+            detector_forced,
             decode_busy,
             connections_open,
             connections_refused,

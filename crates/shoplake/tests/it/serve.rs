@@ -366,6 +366,147 @@ fn identities(json: &[u8]) -> Vec<(String, String, String, String)> {
     out
 }
 
+/// The incidents of a JSON array of incident objects: rule, key, first window and peak.
+fn incidents(json: &[u8]) -> Vec<(String, String, String, String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+    let mut out: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let s = |k: &str| i[k].as_str().unwrap_or_default().to_owned();
+            (
+                s("rule"),
+                s("key_type"),
+                s("key"),
+                s("opened_at"),
+                i["peak"].to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A metric's value summed over its labels, from `/metrics` (with the admin token).
+fn metric(port: u16, data: &Path, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        c,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The same generated day with every attack kind through `detect` over the lake, and through
+/// `serve` with `replay` at full speed over 8 connections and at 3600 times its pace: the same
+/// incidents (rule, key, first window, peak), and no late event live.
+#[test]
+fn live_detection_equals_history_at_any_speed_over_many_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("day.csv");
+    let o = shoplake(&[
+        "generate",
+        "--events",
+        "300000",
+        "--days",
+        "1",
+        "--seed",
+        "31",
+        "--network-fields",
+        "--attacks",
+        "default",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "time = \"event\"\n").unwrap();
+    let mut runs = Vec::new();
+    for (name, pace) in [("max", vec!["--max"]), ("speed", vec!["--speed", "3600"])] {
+        let data = dir.path().join(name);
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            "[delivery]\ninterval = \"1s\"\nmarts_interval = \"off\"\n",
+        )
+        .unwrap();
+        let port = free_port();
+        let serve_log = dir.path().join(format!("{name}.log"));
+        let mut server = spawn_serve(&data, &config, port, &serve_log);
+        let url = format!("http://127.0.0.1:{port}");
+        let o = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+            .arg("replay")
+            .arg(&file)
+            .args(&pace)
+            .args(["--connections", "8", "--format", "json"])
+            .args(["--url", &url, "--data", data.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // Every event read by the detector before the late count is taken.
+        for _ in 0..600 {
+            if metric(port, &data, "shoplake_detector_events_total") >= 300_000.0 * 0.99 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let late = metric(port, &data, "shoplake_detector_late_events_total");
+        let by_partition = metric(port, &data, "shoplake_detector_partition_late_events_total");
+        assert!(terminate(&mut server).success());
+        let stream = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+            .args(["alerts", "list", "--status", "all", "--format", "json"])
+            .args(["--data", data.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(stream.status.success());
+        runs.push((name, late, by_partition, incidents(&stream.stdout), data));
+    }
+    let history = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args(["detect", "--format", "json", "--rules"])
+        .arg(&rules)
+        .arg("--lake")
+        .arg(runs[0].4.join("lake"))
+        .output()
+        .unwrap();
+    assert!(
+        history.status.success(),
+        "{}",
+        String::from_utf8_lossy(&history.stderr)
+    );
+    let history = incidents(&history.stdout);
+    let kinds: std::collections::BTreeSet<&str> = history.iter().map(|i| i.0.as_str()).collect();
+    for kind in [
+        "user_burst",
+        "scraper",
+        "ip_flood",
+        "traffic_spike",
+        "robotic_timing",
+    ] {
+        assert!(
+            kinds.contains(kind),
+            "{kind} missing from history: {kinds:?}"
+        );
+    }
+    for (name, late, by_partition, stream, _) in &runs {
+        assert_eq!(
+            (*late, *by_partition),
+            (0.0, 0.0),
+            "late events in the {name} run"
+        );
+        assert_eq!(stream, &history, "the {name} run");
+    }
+}
+
 #[test]
 fn stream_detection_agrees_with_history_and_incidents_are_served() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,570 @@
+//! The detector over a partitioned log, as `serve` runs it: the same windows as over history
+//! (sorted by event time), from a stream whose partitions and producers run apart.
+//!
+//! The log keeps each user's events in order (they share a key), but not the events of
+//! different users: producers sending side by side (replay's connections, a shop's front
+//! ends) interleave their events in every partition, and partitions are read at different
+//! speeds. So:
+//!
+//! - Rules keyed by user or session see each event on arrival ([`Detector`] in driven mode):
+//!   their windows need only their key's order, and fire at once.
+//! - Rules keyed across users (address, all traffic) see events in event-time order: they are
+//!   held in a reorder buffer and released as the watermark passes them.
+//! - The watermark is per partition (Flink's per-input watermarks): a partition's is the
+//!   newest event time among its *settled* records minus the lateness, where a record settles
+//!   once `reorder_records` newer records of its partition were read or `reorder_wait` passed
+//!   since it was read; the stream's is the least over partitions that are not idle (no
+//!   records for `partition_idle`). Keys are forgotten and incidents resolved only behind it.
+//! - The buffer is bounded (`max_held`): past it the oldest are released and the watermark
+//!   moves on to them (counted in [`LiveStats::forced`]; events behind it are then late).
+//!
+//! An event behind the watermark when it arrives is late: counted per partition, not windowed
+//! (it still lands in the lake).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use shoplake_events::Event;
+use shoplake_events::time::Clock;
+
+use crate::engine::{Detector, Stats};
+use crate::incident::{Change, Incident};
+use crate::rules::{KeyType, Settings, TimeMode};
+
+/// One partition's progress.
+#[derive(Debug, Clone)]
+struct Part {
+    /// Rounds read and not yet settled: (last offset, read at, newest event time in them).
+    pending: VecDeque<(u64, i64, i64)>,
+    /// The newest event time among settled records.
+    settled: i64,
+    /// The newest offset read.
+    newest_offset: u64,
+    /// This round so far: (last offset, newest event time).
+    round: Option<(u64, i64)>,
+    /// When records were last read (µs of the wall clock; `i64::MIN`: never).
+    last_read: i64,
+}
+
+impl Part {
+    fn new() -> Part {
+        Part {
+            pending: VecDeque::new(),
+            settled: i64::MIN,
+            newest_offset: 0,
+            round: None,
+            last_read: i64::MIN,
+        }
+    }
+}
+
+/// Per-partition watermarks, merged: see the module's documentation.
+#[derive(Debug, Clone)]
+pub struct Watermarks {
+    lateness: i64,
+    wait: i64,
+    records: u64,
+    idle: i64,
+    parts: Vec<Part>,
+}
+
+impl Watermarks {
+    /// Watermarks for `partitions` partitions with the settings' lateness, reorder bounds and
+    /// idleness.
+    pub fn new(partitions: u32, settings: &Settings) -> Watermarks {
+        Watermarks {
+            lateness: settings.lateness,
+            wait: settings.reorder_wait,
+            records: settings.reorder_records,
+            idle: settings.partition_idle,
+            parts: (0..partitions.max(1)).map(|_| Part::new()).collect(),
+        }
+    }
+
+    /// Notes a record of `partition` at `offset` whose event time moves time to `at`.
+    pub fn observe(&mut self, partition: u32, offset: u64, at: i64) {
+        let Some(p) = self.parts.get_mut(partition as usize) else {
+            return;
+        };
+        p.newest_offset = p.newest_offset.max(offset);
+        let newest = p.round.map_or(at, |(_, t)| t.max(at));
+        p.round = Some((offset, newest));
+    }
+
+    /// Ends a round of reading at `now` (µs, wall clock).
+    pub fn end_round(&mut self, now: i64) {
+        for p in &mut self.parts {
+            if let Some((offset, newest)) = p.round.take() {
+                p.pending.push_back((offset, now, newest));
+                p.last_read = now;
+            }
+        }
+    }
+
+    /// A partition's watermark (`i64::MIN` before any of its records settled).
+    pub fn partition(&self, partition: u32) -> i64 {
+        self.parts
+            .get(partition as usize)
+            .map_or(i64::MIN, |p| p.settled.saturating_sub(self.lateness))
+    }
+
+    /// Whether a partition had no records for the idle time by `now` (or never had any).
+    pub fn is_idle(&self, partition: u32, now: i64) -> bool {
+        self.parts
+            .get(partition as usize)
+            .is_none_or(|p| p.last_read == i64::MIN || now.saturating_sub(p.last_read) >= self.idle)
+    }
+
+    /// The stream's watermark at `now`: the least over the partitions that are not idle (the
+    /// greatest when all are); `i64::MIN` until one settles. Not monotone by itself: a
+    /// partition that wakes from idleness may pull it back ([`Live`] keeps the greatest).
+    pub fn watermark(&mut self, now: i64) -> i64 {
+        let mut least: Option<i64> = None;
+        let mut greatest = i64::MIN;
+        for i in 0..self.parts.len() {
+            let idle = self.is_idle(i as u32, now);
+            let p = &mut self.parts[i];
+            while let Some(&(offset, read_at, newest)) = p.pending.front() {
+                let settled = idle
+                    || p.newest_offset.saturating_sub(offset) >= self.records
+                    || now.saturating_sub(read_at) >= self.wait;
+                if !settled {
+                    break;
+                }
+                p.settled = p.settled.max(newest);
+                p.pending.pop_front();
+            }
+            let mark = p.settled.saturating_sub(self.lateness);
+            greatest = greatest.max(mark);
+            if !idle {
+                least = Some(least.map_or(mark, |l| l.min(mark)));
+            }
+        }
+        least.unwrap_or(greatest)
+    }
+}
+
+/// An event held for the rules keyed across users, ordered by (time, partition, offset).
+#[derive(Debug)]
+struct HeldEvent {
+    order: (i64, u32, u64),
+    event: Event,
+}
+
+impl PartialEq for HeldEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.order == other.order
+    }
+}
+impl Eq for HeldEvent {}
+impl PartialOrd for HeldEvent {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for HeldEvent {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.order.cmp(&other.order)
+    }
+}
+
+/// What the live detector counted besides the engine's [`Stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveStats {
+    /// Late events per partition.
+    pub late: Vec<u64>,
+    /// Events released before the watermark reached them because the buffer was full.
+    pub forced: u64,
+}
+
+/// The detector `serve` runs: see the module's documentation.
+pub struct Live {
+    settings: Settings,
+    keyed: Detector,
+    crossed: Option<Detector>,
+    marks: Watermarks,
+    held: BinaryHeap<Reverse<HeldEvent>>,
+    watermark: i64,
+    stats: LiveStats,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("watermark", &self.watermark)
+            .field("held", &self.held.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the log keeps a rule's keys' events in order: its key is a user, or a session
+/// (one user's).
+fn in_key_order(key: KeyType) -> bool {
+    matches!(key, KeyType::UserId | KeyType::UserSession)
+}
+
+impl Live {
+    /// A detector over a log of `partitions` partitions. In processing-time mode every rule
+    /// sees events on arrival, as the reference design's did.
+    pub fn new(settings: Settings, clock: Arc<dyn Clock>, partitions: u32) -> Live {
+        let marks = Watermarks::new(partitions, &settings);
+        let (keyed, crossed) = match settings.time {
+            TimeMode::Processing => (Detector::new(settings.clone(), clock), None),
+            TimeMode::Event => {
+                let mut keyed = settings.clone();
+                keyed.rules.retain(|r| in_key_order(r.key));
+                let mut crossed = settings.clone();
+                crossed.rules.retain(|r| !in_key_order(r.key));
+                (
+                    Detector::new(keyed, clock.clone()).driven(),
+                    Some(Detector::new(crossed, clock).driven()),
+                )
+            }
+        };
+        Live {
+            stats: LiveStats {
+                late: vec![0; marks.parts.len()],
+                forced: 0,
+            },
+            settings,
+            keyed,
+            crossed,
+            marks,
+            held: BinaryHeap::new(),
+            watermark: i64::MIN,
+        }
+    }
+
+    /// Processes the record of `partition` at `offset`: the rules keyed by user or session at
+    /// once, the others once the watermark passes it.
+    pub fn process(&mut self, partition: u32, offset: u64, e: Event) {
+        if self.crossed.is_none() {
+            self.keyed.process(&e);
+            return;
+        }
+        let at = self.keyed.progress(&e, e.event_time);
+        self.marks.observe(partition, offset, at);
+        if e.event_time < self.watermark
+            && let Some(n) = self.stats.late.get_mut(partition as usize)
+        {
+            *n += 1;
+        }
+        let late_before = self.keyed.stats().late;
+        self.keyed.process(&e);
+        if self.keyed.stats().late == late_before {
+            self.held.push(Reverse(HeldEvent {
+                order: (e.event_time, partition, offset),
+                event: e,
+            }));
+        }
+    }
+
+    /// Ends a round of reading at `now` (µs, wall clock): moves the watermark, releases the
+    /// held events it passed to the rules keyed across users, closes windows and resolves
+    /// quiet incidents. With `drain`, releases everything (the end of the input).
+    pub fn end_round(&mut self, now: i64, drain: bool) {
+        let Some(crossed) = &mut self.crossed else {
+            self.keyed.tick(None);
+            return;
+        };
+        self.marks.end_round(now);
+        let mut mark = self.marks.watermark(now).max(self.watermark);
+        let max_held = self.settings.max_held.max(1);
+        while let Some(Reverse(next)) = self.held.peek() {
+            let t = next.order.0;
+            let over = drain || self.held.len() > max_held;
+            if t > mark && !over {
+                break;
+            }
+            if t > mark {
+                if !drain {
+                    self.stats.forced += 1;
+                }
+                mark = t;
+            }
+            if let Some(Reverse(h)) = self.held.pop() {
+                crossed.process(&h.event);
+            }
+        }
+        if mark > self.watermark {
+            self.watermark = mark;
+            self.keyed.advance_to(mark);
+            crossed.advance_to(mark);
+        }
+    }
+
+    /// The watermark (µs; `i64::MIN` before the first settles).
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// A partition's own watermark.
+    pub fn partition_watermark(&self, partition: u32) -> i64 {
+        self.marks.partition(partition)
+    }
+
+    /// Events held for the rules keyed across users.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// For each partition, the offset of its oldest held event: the log must be read again
+    /// from there after a restart for nothing to be missed.
+    pub fn oldest_held(&self) -> Vec<(u32, u64)> {
+        let mut out: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+        for Reverse(h) in &self.held {
+            let (_, p, o) = h.order;
+            let e = out.entry(p).or_insert(o);
+            *e = (*e).min(o);
+        }
+        out.into_iter().collect()
+    }
+
+    /// The engine's counters, over both kinds of rules (events, late and duplicates once).
+    pub fn stats(&self) -> Stats {
+        let mut s = self.keyed.stats().clone();
+        if let Some(c) = &self.crossed {
+            let c = c.stats();
+            s.windows_fired += c.windows_fired;
+            s.keys_evicted += c.keys_evicted;
+            s.dedupe_evicted += c.dedupe_evicted;
+        }
+        s
+    }
+
+    /// Late events per partition and forced releases.
+    pub fn live_stats(&self) -> &LiveStats {
+        &self.stats
+    }
+
+    /// Event ids remembered to drop duplicates.
+    pub fn dedupe_ids(&self) -> usize {
+        self.keyed.dedupe_ids() + self.crossed.as_ref().map_or(0, Detector::dedupe_ids)
+    }
+
+    /// The incident changes so far.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        let mut out = self.keyed.take_changes();
+        if let Some(c) = &mut self.crossed {
+            out.extend(c.take_changes());
+        }
+        out
+    }
+
+    /// The incidents open now.
+    pub fn open_incidents(&self) -> Vec<Incident> {
+        let mut out = self.keyed.open_incidents();
+        if let Some(c) = &self.crossed {
+            out.extend(c.open_incidents());
+        }
+        out
+    }
+
+    fn each(&mut self, mut f: impl FnMut(&mut Detector)) {
+        f(&mut self.keyed);
+        if let Some(c) = &mut self.crossed {
+            f(c);
+        }
+    }
+
+    /// See [`Detector::set_allowed_user`].
+    pub fn set_allowed_user(&mut self, user: i64, allowed: bool) {
+        self.each(|d| d.set_allowed_user(user, allowed));
+    }
+
+    /// See [`Detector::set_allowed_ip`].
+    pub fn set_allowed_ip(&mut self, ip: IpAddr, allowed: bool) {
+        self.each(|d| d.set_allowed_ip(ip, allowed));
+    }
+
+    /// See [`Detector::set_denied_user`] (a rule keyed by user: on arrival).
+    pub fn set_denied_user(&mut self, user: i64, denied: bool) {
+        self.keyed.set_denied_user(user, denied);
+    }
+
+    /// See [`Detector::set_denied_ip`] (a rule keyed by address: in event-time order).
+    pub fn set_denied_ip(&mut self, ip: IpAddr, denied: bool) {
+        match &mut self.crossed {
+            Some(c) => c.set_denied_ip(ip, denied),
+            None => self.keyed.set_denied_ip(ip, denied),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::rules::DetectConfig;
+    use shoplake_events::time::FixedClock;
+
+    const SEC: i64 = 1_000_000;
+
+    fn settings() -> Settings {
+        DetectConfig::default().settings().unwrap()
+    }
+
+    #[test]
+    fn a_partition_settles_by_records_or_by_wait_and_idle_ones_do_not_hold_it_back() {
+        let mut s = settings();
+        s.lateness = 0;
+        s.reorder_records = 10;
+        s.reorder_wait = 2 * SEC;
+        s.partition_idle = 10 * SEC;
+        let mut w = Watermarks::new(2, &s);
+        w.observe(0, 0, 100);
+        w.observe(1, 0, 50);
+        w.end_round(0);
+        assert_eq!(w.watermark(0), i64::MIN, "nothing settled yet");
+        assert_eq!(
+            w.watermark(2 * SEC),
+            50,
+            "both settled by the wait: the least"
+        );
+        // Partition 0 runs on; ten newer records settle its round at once.
+        w.observe(0, 20, 300);
+        w.end_round(3 * SEC);
+        w.observe(0, 40, 400);
+        w.end_round(3 * SEC);
+        assert_eq!(w.partition(0), 100);
+        assert_eq!(w.watermark(3 * SEC), 50, "partition 1 holds it back");
+        assert_eq!(
+            w.partition(0),
+            300,
+            "the first round settled by the records after it"
+        );
+        // Partition 1 idle: no longer counted.
+        assert_eq!(w.watermark(12 * SEC), 400);
+    }
+
+    fn event(t: i64, user: i64, ip: &str, product: i64) -> Event {
+        Event {
+            event_time: t,
+            event_type: shoplake_events::EventType::View,
+            product_id: product,
+            category_id: 1,
+            category_code: None,
+            brand: None,
+            price: shoplake_events::Price::from_cents(100),
+            user_id: user,
+            user_session: Some(format!("s-{user}")),
+            client_ip: Some(ip.parse().unwrap()),
+            user_agent: None,
+            ingest_time: None,
+        }
+    }
+
+    fn identities(changes: &[Change]) -> Vec<(String, String, i64, String)> {
+        let mut out: Vec<_> = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Opened(_)))
+            .map(|c| {
+                let i = c.incident();
+                (i.rule.clone(), i.key.clone(), i.opened_at, i.id.clone())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn producers_far_apart_give_the_windows_of_history() {
+        // A quiet day, a user burst, an address flood from many users and a spike, sent by
+        // four producers that run minutes of event time apart, into two partitions.
+        let mut events = Vec::new();
+        for i in 0..4000 {
+            events.push(event(i * SEC / 2, 1000 + i % 300, "10.0.0.1", i % 50 + 1));
+        }
+        for i in 0..12 {
+            events.push(event(600 * SEC + i * SEC / 4, 7, "10.0.0.2", 100 + i));
+        }
+        for i in 0..150 {
+            events.push(event(900 * SEC + i * SEC / 20, 5000 + i, "10.9.9.9", 1));
+        }
+        for i in 0..2000 {
+            events.push(event(
+                1500 * SEC + i * SEC / 400,
+                9000 + i % 700,
+                "10.0.0.3",
+                2,
+            ));
+        }
+        events.sort_by_key(|e| e.event_time);
+        let mut history = Detector::new(settings(), Arc::new(FixedClock(0)));
+        for e in &events {
+            history.process(e);
+        }
+        history.finish();
+        let want = identities(&history.take_changes());
+        assert!(want.iter().any(|i| i.0 == "ip_flood"), "{want:?}");
+        assert!(want.iter().any(|i| i.0 == "user_burst"), "{want:?}");
+        assert!(want.iter().any(|i| i.0 == "traffic_spike"), "{want:?}");
+
+        // Producers by user; each sends its users' events in order, but producer k runs k
+        // minutes of event time behind producer 0: arrival is by (time + lag).
+        let mut arrivals: Vec<(i64, usize)> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let producer = e.user_id % 4;
+                (e.event_time + producer * 60 * SEC, i)
+            })
+            .collect();
+        arrivals.sort();
+        // One watermark over the arrival order (the detector before per-partition
+        // watermarks): most of the lagging producers' events are late, and windows are missed.
+        let mut naive = Detector::new(settings(), Arc::new(FixedClock(0)));
+        for (_, i) in &arrivals {
+            naive.process(&events[*i]);
+        }
+        naive.finish();
+        assert!(naive.stats().late > 1000, "{:?}", naive.stats());
+        assert_ne!(identities(&naive.take_changes()), want);
+        let mut s = settings();
+        s.reorder_records = 100_000;
+        s.reorder_wait = 3600 * SEC;
+        let mut live = Live::new(s, Arc::new(FixedClock(0)), 2);
+        let mut offsets = [0u64; 2];
+        let mut changes = Vec::new();
+        for (n, (_, i)) in arrivals.iter().enumerate() {
+            let e = events[*i].clone();
+            let p = (e.user_id % 2) as u32;
+            live.process(p, offsets[p as usize], e);
+            offsets[p as usize] += 1;
+            if n % 100 == 99 {
+                live.end_round(n as i64, false);
+                changes.extend(live.take_changes());
+            }
+        }
+        live.end_round(i64::MAX / 2, true);
+        changes.extend(live.take_changes());
+        assert_eq!(live.live_stats().late, vec![0, 0]);
+        assert_eq!(identities(&changes), want);
+    }
+
+    #[test]
+    fn a_full_buffer_moves_the_watermark_on_and_says_so() {
+        let mut s = settings();
+        s.max_held = 10;
+        s.reorder_wait = i64::MAX;
+        s.reorder_records = u64::MAX;
+        let mut live = Live::new(s, Arc::new(FixedClock(0)), 1);
+        for i in 0..30 {
+            live.process(0, i as u64, event(i * SEC, 1, "10.0.0.1", i + 1));
+        }
+        live.end_round(0, false);
+        assert_eq!(live.held(), 10);
+        assert_eq!(live.live_stats().forced, 20);
+        assert_eq!(live.watermark(), 19 * SEC);
+        assert_eq!(live.oldest_held(), vec![(0, 20)]);
+        live.process(0, 30, event(5 * SEC, 2, "10.0.0.1", 1));
+        assert_eq!(
+            live.live_stats().late,
+            vec![1],
+            "behind the forced watermark"
+        );
+    }
+}
