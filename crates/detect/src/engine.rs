@@ -12,11 +12,11 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shoplake_events::time::Clock;
 use shoplake_events::{Event, EventType};
 
-use crate::incident::{Change, Incident, Tracker};
+use crate::incident::{Change, Incident, IncidentState, Tracker};
 use crate::rules::{KeyType, Measure, Rule, Settings, Severity, TimeMode};
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -63,7 +63,7 @@ pub struct Fire {
 }
 
 /// The engine's counters (metrics).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Events seen.
     pub events: u64,
@@ -82,7 +82,7 @@ pub struct Stats {
 }
 
 /// A session's current block of events (running sums of its gaps: no allocation).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
 struct Robotic {
     first: i64,
     last: i64,
@@ -92,7 +92,7 @@ struct Robotic {
 }
 
 /// Distinct values of a key with the pane each was last seen in: a few inline, more in a map.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Distinct {
     inline: [(u64, i64); INLINE],
     len: u8,
@@ -143,7 +143,7 @@ impl Distinct {
 }
 
 /// One key's state in one rule, at the same index in the rule's slab as its ring of panes.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct KeyState {
     last_pane: i64,
     fired_end: i64,
@@ -441,6 +441,99 @@ impl RuleState {
     }
 }
 
+/// A rule's windows as a checkpoint keeps them.
+#[derive(Debug, Serialize, Deserialize)]
+struct RuleSnapshot {
+    name: String,
+    key: KeyType,
+    /// A hash of the rule's definition: a checkpoint is restored only into the same rule.
+    fingerprint: u64,
+    keys: Vec<(u64, u32)>,
+    states: Vec<KeyState>,
+    rings: Vec<(i64, u32)>,
+    free: Vec<u32>,
+    expiry: VecDeque<(i64, u64)>,
+    spike_first: i64,
+    spike_windows: VecDeque<(u64, f64, bool)>,
+}
+
+fn rule_fingerprint(rule: &Rule) -> u64 {
+    hash_of(format!("{rule:?}").as_bytes())
+}
+
+impl RuleState {
+    fn snapshot(&self) -> RuleSnapshot {
+        RuleSnapshot {
+            name: self.rule.name.clone(),
+            key: self.rule.key,
+            fingerprint: rule_fingerprint(&self.rule),
+            keys: self.keys.iter().map(|(h, i)| (*h, *i)).collect(),
+            states: self
+                .states
+                .iter()
+                .map(|s| KeyState {
+                    last_pane: s.last_pane,
+                    fired_end: s.fired_end,
+                    fired_level: s.fired_level,
+                    distinct: Distinct {
+                        inline: s.distinct.inline,
+                        len: s.distinct.len,
+                        map: s.distinct.map.clone(),
+                    },
+                    robotic: s.robotic,
+                })
+                .collect(),
+            rings: self.rings.clone(),
+            free: self.free.clone(),
+            expiry: self.expiry.clone(),
+            spike_first: self.spike.first,
+            spike_windows: self.spike.windows.clone(),
+        }
+    }
+
+    /// Takes back the windows of a checkpoint, checking that they fit together (a damaged
+    /// checkpoint must not make an index run out of bounds later).
+    fn restore(&mut self, s: RuleSnapshot) -> Result<(), String> {
+        let n = s.states.len();
+        let fits = s.rings.len() == n * self.panes as usize
+            && s.keys.iter().all(|(_, i)| (*i as usize) < n)
+            && s.free.iter().all(|i| (*i as usize) < n)
+            && s.states.iter().all(|k| k.distinct.len as usize <= INLINE)
+            && s.keys.len() + s.free.len() <= n;
+        if !fits {
+            return Err(format!(
+                "the windows of rule {} do not fit together",
+                s.name
+            ));
+        }
+        self.keys = s.keys.into_iter().collect();
+        self.states = s.states;
+        self.rings = s.rings;
+        self.free = s.free;
+        self.expiry = s.expiry;
+        self.spike = Spike {
+            first: s.spike_first,
+            windows: s.spike_windows,
+        };
+        self.fired_value = None;
+        Ok(())
+    }
+}
+
+/// A detector's state as a checkpoint keeps it: the rules' windows, the open incidents, the
+/// duplicate horizon, the watermark and the counters (not the settings, the clock or the
+/// lists, which come from the configuration and the store again).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DetectorState {
+    rules: Vec<RuleSnapshot>,
+    max_seen: i64,
+    watermark: i64,
+    seen_order: VecDeque<(i64, u128)>,
+    incidents: Vec<(usize, u64, IncidentState)>,
+    stats: Stats,
+    next_sweep: i64,
+}
+
 fn median(values: &VecDeque<u64>) -> f64 {
     if values.is_empty() {
         return 0.0;
@@ -585,6 +678,62 @@ impl Detector {
             self.max_seen = self.max_seen.max(watermark);
             self.advance(watermark);
         }
+    }
+
+    /// The state a checkpoint keeps (take it between events, with the changes taken).
+    pub fn state(&self) -> DetectorState {
+        DetectorState {
+            rules: self.rules.iter().map(RuleState::snapshot).collect(),
+            max_seen: self.max_seen,
+            watermark: self.watermark,
+            seen_order: self.seen_order.clone(),
+            incidents: self.tracker.state(),
+            stats: self.stats.clone(),
+            next_sweep: self.next_sweep,
+        }
+    }
+
+    /// Takes back a checkpoint's state into a detector just made with the same settings.
+    /// Fails, changing nothing of use, when the rules differ from those it was taken with or
+    /// the state does not fit together.
+    pub fn restore(&mut self, state: DetectorState) -> Result<(), String> {
+        if state.rules.iter().any(|r| r.name == "deny_list") {
+            self.ensure_deny_rules();
+        }
+        if state.rules.len() != self.rules.len() {
+            return Err("the rules changed since the checkpoint".to_owned());
+        }
+        // Rule index in the checkpoint → index here.
+        let mut index = Vec::with_capacity(state.rules.len());
+        for snap in &state.rules {
+            let here = self.rules.iter().position(|r| {
+                r.rule.name == snap.name
+                    && r.rule.key == snap.key
+                    && rule_fingerprint(&r.rule) == snap.fingerprint
+            });
+            match here {
+                Some(i) if !index.contains(&i) => index.push(i),
+                _ => return Err(format!("rule {} changed since the checkpoint", snap.name)),
+            }
+        }
+        for (snap, &i) in state.rules.into_iter().zip(&index) {
+            self.rules[i].restore(snap)?;
+        }
+        for (rule, key, incident) in state.incidents {
+            let Some(&i) = index.get(rule) else {
+                return Err(format!(
+                    "an incident of rule {rule}, which the checkpoint lacks"
+                ));
+            };
+            self.tracker.restore(i, key, incident);
+        }
+        self.seen = state.seen_order.iter().map(|(_, id)| *id).collect();
+        self.seen_order = state.seen_order;
+        self.max_seen = state.max_seen;
+        self.watermark = state.watermark;
+        self.stats = state.stats;
+        self.next_sweep = state.next_sweep;
+        Ok(())
     }
 
     /// The counters.

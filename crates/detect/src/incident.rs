@@ -97,6 +97,67 @@ impl Incident {
     }
 }
 
+/// An open incident as a checkpoint keeps it (every field, the private ones too).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct IncidentState {
+    id: String,
+    rule: String,
+    key_type: KeyType,
+    key: String,
+    severity: Severity,
+    status: Status,
+    opened_at: i64,
+    updated_at: i64,
+    resolved_at: Option<i64>,
+    windows: u64,
+    peak: f64,
+    events: u64,
+    user_id: Option<i64>,
+    last_window_end: i64,
+}
+
+impl From<&Incident> for IncidentState {
+    fn from(i: &Incident) -> Self {
+        IncidentState {
+            id: i.id.clone(),
+            rule: i.rule.clone(),
+            key_type: i.key_type,
+            key: i.key.clone(),
+            severity: i.severity,
+            status: i.status,
+            opened_at: i.opened_at,
+            updated_at: i.updated_at,
+            resolved_at: i.resolved_at,
+            windows: i.windows,
+            peak: i.peak,
+            events: i.events,
+            user_id: i.user_id,
+            last_window_end: i.last_window_end,
+        }
+    }
+}
+
+impl From<IncidentState> for Incident {
+    fn from(i: IncidentState) -> Self {
+        Incident {
+            id: i.id,
+            rule: i.rule,
+            key_type: i.key_type,
+            key: i.key,
+            severity: i.severity,
+            status: i.status,
+            opened_at: i.opened_at,
+            updated_at: i.updated_at,
+            resolved_at: i.resolved_at,
+            windows: i.windows,
+            peak: i.peak,
+            events: i.events,
+            user_id: i.user_id,
+            last_window_end: i.last_window_end,
+        }
+    }
+}
+
 /// What happened to an incident.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "change", content = "incident", rename_all = "lowercase")]
@@ -135,6 +196,19 @@ impl Tracker {
             cooldown,
             open: HashMap::default(),
         }
+    }
+
+    /// The open incidents with their (rule index, key hash), for a checkpoint.
+    pub(crate) fn state(&self) -> Vec<(usize, u64, IncidentState)> {
+        self.open
+            .iter()
+            .map(|((rule, key), i)| (*rule, *key, IncidentState::from(i)))
+            .collect()
+    }
+
+    /// Puts back an open incident of a checkpoint.
+    pub(crate) fn restore(&mut self, rule: usize, key: u64, incident: IncidentState) {
+        self.open.insert((rule, key), incident.into());
     }
 
     /// Whether any incident is open.

@@ -22,19 +22,21 @@
 //! (it still lands in the lake).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use shoplake_events::Event;
+use serde::{Deserialize, Serialize};
+use shoplake_events::record::RecordFormat;
 use shoplake_events::time::Clock;
+use shoplake_events::{Event, Validator};
 
-use crate::engine::{Detector, Stats};
+use crate::engine::{Detector, DetectorState, Stats};
 use crate::incident::{Change, Incident};
 use crate::rules::{KeyType, Settings, TimeMode};
 
 /// One partition's progress.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Part {
     /// Rounds read and not yet settled: (last offset, read at, newest event time in them).
     pending: VecDeque<(u64, i64, i64)>,
@@ -171,12 +173,39 @@ impl Ord for HeldEvent {
 }
 
 /// What the live detector counted besides the engine's [`Stats`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveStats {
     /// Late events per partition.
     pub late: Vec<u64>,
     /// Events released before the watermark reached them because the buffer was full.
     pub forced: u64,
+}
+
+/// A checkpoint's contents besides its header.
+#[derive(Debug, Serialize, Deserialize)]
+struct LiveState {
+    /// The log positions the state reflects: every record before them, none after.
+    positions: BTreeMap<u32, u64>,
+    keyed: DetectorState,
+    crossed: Option<DetectorState>,
+    parts: Vec<Part>,
+    /// Held events: (time, partition, offset, binary log record).
+    held: Vec<(i64, u32, u64, Vec<u8>)>,
+    watermark: i64,
+    stats: LiveStats,
+}
+
+/// The first bytes of a checkpoint file, and its format's version.
+const MAGIC: &[u8; 4] = b"SLDC";
+const VERSION: u32 = 1;
+
+/// A hash of the settings a checkpoint depends on: one taken under others is not restored.
+fn settings_fingerprint(s: &Settings, partitions: u32) -> u64 {
+    let key = format!(
+        "{partitions}|{:?}|{}|{}|{}|{}|{}|{:?}",
+        s.time, s.lateness, s.max_skew, s.cooldown, s.dedupe_horizon, s.max_keys, s.rules
+    );
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }
 
 /// The detector `serve` runs: see the module's documentation.
@@ -294,6 +323,101 @@ impl Live {
             self.keyed.advance_to(mark);
             crossed.advance_to(mark);
         }
+    }
+
+    /// A checkpoint of the whole state, reflecting the log up to `positions` (per partition,
+    /// the next offset to read): take it between rounds, with the changes taken and stored.
+    /// Restored by [`Live::restore`].
+    pub fn checkpoint(&self, positions: &BTreeMap<u32, u64>) -> Vec<u8> {
+        let held = self
+            .held
+            .iter()
+            .map(|Reverse(h)| {
+                let mut bytes = Vec::new();
+                shoplake_events::record::encode(&mut bytes, &h.event, RecordFormat::Binary);
+                (h.order.0, h.order.1, h.order.2, bytes)
+            })
+            .collect();
+        let state = LiveState {
+            positions: positions.clone(),
+            keyed: self.keyed.state(),
+            crossed: self.crossed.as_ref().map(Detector::state),
+            parts: self.marks.parts.clone(),
+            held,
+            watermark: self.watermark,
+            stats: self.stats.clone(),
+        };
+        let payload = postcard::to_allocvec(&state).unwrap_or_default();
+        let partitions = u32::try_from(self.marks.parts.len()).unwrap_or(u32::MAX);
+        let mut out = Vec::with_capacity(payload.len() + 24);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&settings_fingerprint(&self.settings, partitions).to_le_bytes());
+        out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    /// A detector from a checkpoint taken with the same settings and partitions, and the log
+    /// positions to read on from. Fails with the reason when the checkpoint is damaged, of
+    /// another version, or was taken under other settings (the caller then starts afresh).
+    pub fn restore(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+        partitions: u32,
+        bytes: &[u8],
+    ) -> Result<(Live, BTreeMap<u32, u64>), String> {
+        let header = |at: usize| -> Result<u64, String> {
+            bytes
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or_else(|| "the checkpoint is cut short".to_owned())
+        };
+        if bytes.get(..4) != Some(MAGIC.as_slice()) {
+            return Err("not a detector checkpoint".to_owned());
+        }
+        let version = bytes
+            .get(4..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes);
+        if version != Some(VERSION) {
+            return Err(format!("a checkpoint of format {version:?}, not {VERSION}"));
+        }
+        if header(8)? != settings_fingerprint(&settings, partitions) {
+            return Err("taken under other detection settings or partitions".to_owned());
+        }
+        let checksum = header(16)?;
+        let payload = &bytes[24.min(bytes.len())..];
+        if xxhash_rust::xxh3::xxh3_64(payload) != checksum {
+            return Err("the checkpoint is damaged (checksum)".to_owned());
+        }
+        let state: LiveState =
+            postcard::from_bytes(payload).map_err(|e| format!("the checkpoint is damaged: {e}"))?;
+        let mut live = Live::new(settings, clock, partitions);
+        if state.parts.len() != live.marks.parts.len()
+            || state.stats.late.len() != live.stats.late.len()
+            || state.crossed.is_some() != live.crossed.is_some()
+        {
+            return Err("taken with other partitions or time mode".to_owned());
+        }
+        live.keyed.restore(state.keyed)?;
+        if let (Some(c), Some(s)) = (&mut live.crossed, state.crossed) {
+            c.restore(s)?;
+        }
+        let validator = Validator::default();
+        for (t, p, offset, bytes) in state.held {
+            let event = shoplake_events::record::decode(&bytes, &validator)
+                .map_err(|e| format!("a held event of the checkpoint: {}", e.reason))?;
+            live.held.push(Reverse(HeldEvent {
+                order: (t, p, offset),
+                event,
+            }));
+        }
+        live.marks.parts = state.parts;
+        live.watermark = state.watermark;
+        live.stats = state.stats;
+        Ok((live, state.positions))
     }
 
     /// The watermark (µs; `i64::MIN` before the first settles).
@@ -440,9 +564,13 @@ mod tests {
         assert_eq!(w.watermark(12 * SEC), 400);
     }
 
+    /// 2019-10-01, the dataset's first day.
+    const T0: i64 = 1_569_888_000 * SEC;
+
+    /// An event `t` µs into the day.
     fn event(t: i64, user: i64, ip: &str, product: i64) -> Event {
         Event {
-            event_time: t,
+            event_time: T0 + t,
             event_type: shoplake_events::EventType::View,
             product_id: product,
             category_id: 1,
@@ -545,6 +673,94 @@ mod tests {
         assert_eq!(identities(&changes), want);
     }
 
+    /// Incidents with their counts: (rule, key, opened at, peak, events, windows).
+    fn counts(changes: &[Change]) -> Vec<(String, String, i64, String, u64, u64)> {
+        let mut last: BTreeMap<String, (String, String, i64, String, u64, u64)> = BTreeMap::new();
+        for c in changes {
+            let i = c.incident();
+            last.insert(
+                i.id.clone(),
+                (
+                    i.rule.clone(),
+                    i.key.clone(),
+                    i.opened_at,
+                    i.peak.to_string(),
+                    i.events,
+                    i.windows,
+                ),
+            );
+        }
+        let mut out: Vec<_> = last.into_values().collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_restored_checkpoint_goes_on_as_if_never_stopped() {
+        let mut events = Vec::new();
+        for i in 0..3000 {
+            events.push(event(i * SEC / 2, 1000 + i % 200, "10.0.0.1", i % 40 + 1));
+        }
+        // A burst and an address flood that span the checkpoint.
+        for i in 0..30 {
+            events.push(event(700 * SEC + i * SEC / 5, 7, "10.0.0.2", 100 + i));
+        }
+        for i in 0..150 {
+            events.push(event(702 * SEC + i * SEC / 20, 5000 + i, "10.9.9.9", 1));
+        }
+        events.sort_by_key(|e| e.event_time);
+        let cut = events
+            .iter()
+            .position(|e| e.event_time >= 704 * SEC)
+            .unwrap();
+        let run = |stop_at: Option<usize>| {
+            let mut live = Live::new(settings(), Arc::new(FixedClock(0)), 2);
+            let mut offsets = BTreeMap::new();
+            let mut changes = Vec::new();
+            for (n, e) in events.iter().enumerate() {
+                if Some(n) == stop_at {
+                    live.end_round(n as i64, false);
+                    changes.extend(live.take_changes());
+                    let bytes = live.checkpoint(&offsets);
+                    // Damaged or foreign checkpoints are refused, never panicked on.
+                    let mut bad = bytes.clone();
+                    let last = bad.len() - 1;
+                    bad[last] ^= 1;
+                    assert!(Live::restore(settings(), Arc::new(FixedClock(0)), 2, &bad).is_err());
+                    assert!(
+                        Live::restore(settings(), Arc::new(FixedClock(0)), 2, &bytes[..30])
+                            .is_err()
+                    );
+                    assert!(Live::restore(settings(), Arc::new(FixedClock(0)), 3, &bytes).is_err());
+                    let mut other = settings();
+                    other.cooldown += 1;
+                    assert!(Live::restore(other, Arc::new(FixedClock(0)), 2, &bytes).is_err());
+                    let (restored, positions) =
+                        Live::restore(settings(), Arc::new(FixedClock(0)), 2, &bytes).unwrap();
+                    assert_eq!(positions, offsets);
+                    live = restored;
+                }
+                let p = (e.user_id % 2) as u32;
+                let o = offsets.entry(p).or_insert(0u64);
+                live.process(p, *o, e.clone());
+                *o += 1;
+                if n % 100 == 99 {
+                    live.end_round(n as i64, false);
+                    changes.extend(live.take_changes());
+                }
+            }
+            live.end_round(i64::MAX / 2, true);
+            changes.extend(live.take_changes());
+            (counts(&changes), live.stats())
+        };
+        let (whole, whole_stats) = run(None);
+        let (resumed, resumed_stats) = run(Some(cut));
+        assert!(whole.iter().any(|i| i.0 == "user_burst"), "{whole:?}");
+        assert!(whole.iter().any(|i| i.0 == "ip_flood"), "{whole:?}");
+        assert_eq!(resumed, whole);
+        assert_eq!(resumed_stats, whole_stats);
+    }
+
     #[test]
     fn a_full_buffer_moves_the_watermark_on_and_says_so() {
         let mut s = settings();
@@ -558,7 +774,7 @@ mod tests {
         live.end_round(0, false);
         assert_eq!(live.held(), 10);
         assert_eq!(live.live_stats().forced, 20);
-        assert_eq!(live.watermark(), 19 * SEC);
+        assert_eq!(live.watermark(), T0 + 19 * SEC);
         assert_eq!(live.oldest_held(), vec![(0, 20)]);
         live.process(0, 30, event(5 * SEC, 2, "10.0.0.1", 1));
         assert_eq!(

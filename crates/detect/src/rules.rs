@@ -190,6 +190,10 @@ pub struct DetectConfig {
     /// oldest are released and the watermark moves on to them (a metric and a log line say
     /// so; events behind it are then late).
     pub max_held: Option<usize>,
+    /// In `serve`: how often the detector's state (windows, open incidents, duplicate
+    /// horizon, watermarks) is checkpointed with the log positions it reflects, and restored
+    /// from at start (default `5s`; `off` to start with empty windows after a restart).
+    pub checkpoint_interval: Option<String>,
     /// Quiet time after which an incident is resolved (default `5m`).
     pub cooldown: Option<String>,
     /// How long event ids are remembered to drop exact duplicates (default `10m`).
@@ -241,6 +245,8 @@ pub struct Settings {
     pub reorder_records: u64,
     /// The most events held for the rules keyed across users.
     pub max_held: usize,
+    /// How often `serve` checkpoints the detector, µs (`None`: never).
+    pub checkpoint_every: Option<i64>,
     /// Incident cooldown, µs.
     pub cooldown: i64,
     /// Duplicate horizon, µs.
@@ -407,6 +413,10 @@ impl DetectConfig {
         if max_held == 0 {
             errors.push("detect.max_held must be at least 1".to_owned());
         }
+        let checkpoint_every = match self.checkpoint_interval.as_deref().map(str::trim) {
+            Some("off") => None,
+            v => Some(duration("detect.checkpoint_interval", v, "5s", &mut errors)),
+        };
         let cooldown = duration(
             "detect.cooldown",
             self.cooldown.as_deref(),
@@ -559,6 +569,7 @@ impl DetectConfig {
                 reorder_wait,
                 reorder_records,
                 max_held,
+                checkpoint_every,
                 cooldown,
                 dedupe_horizon,
                 max_keys,
@@ -587,6 +598,7 @@ impl Default for Settings {
                 reorder_wait: 2 * SEC,
                 reorder_records: 50_000,
                 max_held: 1_000_000,
+                checkpoint_every: Some(5 * SEC),
                 cooldown: 300 * SEC,
                 dedupe_horizon: 600 * SEC,
                 max_keys: 1_000_000,

@@ -36,6 +36,10 @@ pub struct DetectionOptions {
     pub notify: NotifySettings,
     /// Delete resolved incidents this long after their resolution (`None`: keep them).
     pub retain_resolved: Option<Duration>,
+    /// Where the detector's checkpoint is kept (`None`: no checkpoints; a restart resumes
+    /// at the committed log positions with empty windows). Written every
+    /// `settings.checkpoint_every` and at shutdown, restored at start.
+    pub checkpoint: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for DetectionOptions {
@@ -206,10 +210,33 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let partitions = log.partitions();
-    let mut detector = Live::new(options.settings.clone(), Arc::new(SystemClock), partitions);
+    let restored = restore(options, partitions).await;
+    // Restored from a checkpoint: the records after it up to what the log held at the
+    // restart may have been read before, and their changes notified.
+    let mut again = match restored {
+        Some(_) => {
+            let mut ends = BTreeMap::new();
+            for p in 0..partitions {
+                ends.insert(p, log.end(p).await?);
+            }
+            Some(ends)
+        }
+        None => None,
+    };
+    let (mut detector, mut positions) = match restored {
+        Some(restored) => restored,
+        None => (
+            Live::new(options.settings.clone(), Arc::new(SystemClock), partitions),
+            log.committed(CONSUMER).await?,
+        ),
+    };
     let validator = Validator::default();
-    // Where to read next, and (below) where a restart must read again from.
-    let mut positions: BTreeMap<u32, u64> = log.committed(CONSUMER).await?;
+    let checkpoint_every = options
+        .settings
+        .checkpoint_every
+        .and_then(|us| u64::try_from(us).ok())
+        .map(Duration::from_micros);
+    let mut last_checkpoint = Instant::now();
     for p in 0..partitions {
         // A detector that never ran starts with what the log holds now.
         let start = log.start(p).await?;
@@ -235,6 +262,14 @@ async fn run(
                 }
                 Err(e) => tracing::warn!("reading the allow- and deny-lists: {e}"),
             }
+        }
+        // This round reads records read before the restart?
+        let recheck = again.as_ref().is_some_and(|ends| {
+            ends.iter()
+                .any(|(p, end)| positions.get(p).is_none_or(|at| at < end))
+        });
+        if !recheck {
+            again = None;
         }
         // Every partition, each up to what a round takes: the rules keyed by user see each
         // event as it is read (one user's events are in order in their partition); the
@@ -267,7 +302,8 @@ async fn run(
             let lag = (now - newest).max(0);
             metrics.detector_lag.set(lag as f64 / 1e6);
         }
-        record(options, metrics, out, detector.take_changes()).await;
+        let changes = detector.take_changes();
+        record(options, metrics, out, changes, recheck).await;
         // A restart reads again from the oldest event still held, so that the rules keyed
         // across users miss nothing.
         let mut commit = positions.clone();
@@ -276,6 +312,29 @@ async fn run(
         }
         if let Err(e) = log.commit(CONSUMER, &commit).await {
             tracing::warn!("recording the detector's log positions: {e}");
+        }
+        if let (Some(path), Some(every)) = (&options.checkpoint, checkpoint_every)
+            && (drain || last_checkpoint.elapsed() >= every)
+        {
+            last_checkpoint = Instant::now();
+            let started = Instant::now();
+            let bytes = detector.checkpoint(&positions);
+            let size = bytes.len();
+            match write_checkpoint(path.clone(), bytes).await {
+                Ok(()) => {
+                    metrics.detector_checkpoints.inc();
+                    metrics
+                        .detector_checkpoint_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    metrics
+                        .detector_checkpoint_bytes
+                        .set(i64::try_from(size).unwrap_or(i64::MAX));
+                }
+                Err(e) => {
+                    metrics.detector_checkpoint_failures.inc();
+                    tracing::warn!("writing the detector's checkpoint: {e:#}");
+                }
+            }
         }
         if read == 0 {
             if drain {
@@ -297,6 +356,72 @@ async fn run(
             }
         }
     }
+}
+
+/// The detector from its checkpoint, with the positions it reflects; `None` (logged) when
+/// there is none or it cannot be used.
+async fn restore(
+    options: &DetectionOptions,
+    partitions: u32,
+) -> Option<(Live, BTreeMap<u32, u64>)> {
+    let path = options.checkpoint.clone()?;
+    options.settings.checkpoint_every?;
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "reading the detector's checkpoint: starting afresh");
+            return None;
+        }
+    };
+    let settings = options.settings.clone();
+    let restored = tokio::task::spawn_blocking(move || {
+        Live::restore(settings, Arc::new(SystemClock), partitions, &bytes)
+    })
+    .await
+    .ok()?;
+    match restored {
+        Ok((live, positions)) => {
+            let open = live.open_incidents().len();
+            tracing::info!(
+                open_incidents = open,
+                held = live.held(),
+                "detector restored from its checkpoint; reading on from the positions it reflects"
+            );
+            Some((live, positions))
+        }
+        Err(reason) => {
+            tracing::warn!(
+                path = %path.display(),
+                %reason,
+                "the detector's checkpoint cannot be used: starting with empty windows at the \
+                 committed log positions"
+            );
+            None
+        }
+    }
+}
+
+/// Writes a checkpoint atomically: a temporary file, synced, renamed over the last one, and
+/// the directory synced (a crash leaves the old checkpoint or the new, never a torn one).
+async fn write_checkpoint(path: std::path::PathBuf, bytes: Vec<u8>) -> Result<()> {
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        use std::io::Write;
+        let dir = path.parent().map_or_else(
+            || std::path::PathBuf::from("."),
+            std::path::Path::to_path_buf,
+        );
+        std::fs::create_dir_all(&dir)?;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(())
+    })
+    .await?
 }
 
 /// The detector's counters as last exported, so that each export adds what is new.
@@ -374,21 +499,33 @@ impl Counted {
     }
 }
 
-/// Stores changes (retrying briefly: a store outage must not lose them), counts them, and
-/// hands them to the notifications and the bot flags.
+/// Stores changes (retrying briefly: a store outage must not lose them), then counts them
+/// and hands them to the notifications and the bot flags: a change is notified once it is
+/// stored. With `again` (records read a second time after a restart from a checkpoint), an
+/// opening or escalation the store already held is not notified again.
 async fn record(
     options: &DetectionOptions,
     metrics: &Metrics,
     out: &Outputs,
     changes: Vec<Change>,
+    again: bool,
 ) {
     if changes.is_empty() {
         return;
     }
+    let mut notified = vec![false; changes.len()];
+    if again {
+        for (n, c) in notified.iter_mut().zip(&changes) {
+            *n = notified_before(options, c).await;
+        }
+    }
+    store_changes(options, metrics, &changes).await;
     let now = chrono::Utc::now().timestamp_micros();
     let mut flags = Vec::new();
-    for c in &changes {
-        out.notifier.notify(c);
+    for (c, notified) in changes.iter().zip(notified) {
+        if !notified {
+            out.notifier.notify(c);
+        }
         let change = match c {
             Change::Opened(_) => "opened",
             Change::Updated(_) => "updated",
@@ -437,9 +574,13 @@ async fn record(
             Change::Updated(_) => {}
         }
     }
+}
+
+/// Applies changes to the store, retrying briefly (a store outage must not lose them).
+async fn store_changes(options: &DetectionOptions, metrics: &Metrics, changes: &[Change]) {
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=5 {
-        match options.store.apply(&changes).await {
+        match options.store.apply(changes).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(
@@ -453,6 +594,23 @@ async fn record(
     }
     metrics.store_failures.inc();
     tracing::error!("gave up storing {} incident change(s)", changes.len());
+}
+
+/// Whether the store already holds an opening or escalation (the incident at its severity or
+/// above), so that it was notified before.
+async fn notified_before(options: &DetectionOptions, c: &Change) -> bool {
+    let (Change::Opened(i) | Change::Escalated(i)) = c else {
+        return false;
+    };
+    let rank = |s: &str| match s {
+        "high" => 3,
+        "medium" => 2,
+        _ => 1,
+    };
+    match options.store.get(&i.id).await {
+        Ok(Some(stored)) => rank(&stored.severity) >= rank(i.severity.as_str()),
+        _ => false,
+    }
 }
 
 /// The lists as last applied to the detector.

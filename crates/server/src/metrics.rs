@@ -107,6 +107,14 @@ pub struct Metrics {
     pub detector_held: Gauge,
     /// Events released before the watermark passed them because the buffer was full.
     pub detector_forced: Counter,
+    /// Checkpoints of the detector written.
+    pub detector_checkpoints: Counter,
+    /// Checkpoints that failed to be written.
+    pub detector_checkpoint_failures: Counter,
+    /// Time to take and write a checkpoint.
+    pub detector_checkpoint_seconds: Histogram,
+    /// The last checkpoint's size.
+    pub detector_checkpoint_bytes: Gauge,
     /// Ingest requests answered 503 because every decoding slot stayed busy.
     pub decode_busy: Counter,
     /// HTTP connections open.
@@ -197,6 +205,30 @@ impl Metrics {
             "detector_forced_releases",
             "Events released before every partition's watermark passed them (detect.max_held)",
             detector_forced.clone(),
+        );
+        let detector_checkpoints = Counter::default();
+        registry.register(
+            "detector_checkpoints",
+            "Checkpoints of the detector's state written",
+            detector_checkpoints.clone(),
+        );
+        let detector_checkpoint_failures = Counter::default();
+        registry.register(
+            "detector_checkpoint_failures",
+            "Checkpoints of the detector's state that failed to be written",
+            detector_checkpoint_failures.clone(),
+        );
+        let detector_checkpoint_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "detector_checkpoint_seconds",
+            "Time to take and write a checkpoint of the detector's state",
+            detector_checkpoint_seconds.clone(),
+        );
+        let detector_checkpoint_bytes = Gauge::default();
+        registry.register(
+            "detector_checkpoint_bytes",
+            "The size of the detector's last checkpoint",
+            detector_checkpoint_bytes.clone(),
         );
         let detector_dedupe_evicted = Counter::default();
         registry.register(
@@ -387,6 +419,10 @@ impl Metrics {
             detector_partition_watermark,
             detector_held,
             detector_forced,
+            detector_checkpoints,
+            detector_checkpoint_failures,
+            detector_checkpoint_seconds,
+            detector_checkpoint_bytes,
             decode_busy,
             connections_open,
             connections_refused,

@@ -151,6 +151,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
                 max_per_partition: 100_000,
                 notify,
                 retain_resolved,
+                checkpoint: Some(args.data.join("detector").join("checkpoint")),
             })
         } else {
             None

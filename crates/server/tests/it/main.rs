@@ -168,6 +168,7 @@ impl Running {
                 max_per_partition: 100_000,
                 notify: setup.notify,
                 retain_resolved: None,
+                checkpoint: None,
             }),
             record_format: setup.record_format,
         };

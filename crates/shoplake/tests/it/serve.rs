@@ -628,3 +628,236 @@ fn stream_detection_agrees_with_history_and_incidents_are_served() {
     let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(shown["acknowledged_by"], "alice");
 }
+
+/// A webhook receiver on loopback: every request body it gets, in order.
+fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let bodies = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let bodies = bodies.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let h = header.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = h.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    bodies
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).into_owned());
+                    let _ = writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+/// Posts NDJSON events with the admin token; returns the status line.
+fn post_events(port: u16, data: &Path, body: &str) -> String {
+    use std::io::{Read, Write};
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        c,
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        token.trim(),
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+/// `serve` killed with SIGKILL in the middle of a user's burst and of a scraper's minute, after
+/// a checkpoint and with more of both read since, then started again: each attack is one
+/// incident with the peak history gives, and the webhook gets one opening per incident (the
+/// escalation derived again from the records read twice is not sent again).
+#[test]
+fn kill_9_mid_attack_resumes_from_the_checkpoint_one_incident_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("shoplake.toml");
+    let serve_log = dir.path().join("serve.log");
+    let (hook, notices) = webhook_receiver();
+    std::fs::write(
+        &config,
+        format!(
+            "[delivery]\ninterval = \"1s\"\nmarts_interval = \"off\"\n\
+             [detect]\ncheckpoint_interval = \"3s\"\n\
+             [notify]\nbackoff = \"100ms\"\n[[notify.channels]]\nkind = \"webhook\"\n\
+             url = \"http://127.0.0.1:{hook}/hook\"\nmin_severity = \"low\"\n"
+        ),
+    )
+    .unwrap();
+    // 2019-10-01 10:00:00 UTC: a user's 12 events in 3 s (user_burst: low past 5, high
+    // past 10), another's views of 40 products in 40 s (scraper: past 30 a minute).
+    let event = |t_ms: i64, user: i64, product: i64| {
+        let secs = t_ms / 1000;
+        format!(
+            "{{\"event_time\":\"2019-10-01 10:{:02}:{:02}.{:03} UTC\",\"event_type\":\"view\",\
+             \"product_id\":{product},\"category_id\":7,\"brand\":\"acme\",\"price\":9.99,\
+             \"user_id\":{user},\"user_session\":\"s-{user}\"}}\n",
+            secs / 60,
+            secs % 60,
+            t_ms % 1000
+        )
+    };
+    // The two attacks' events in time order (as a shop sends them), cut at `from..to` ms:
+    // the burst 20 s in, the scraper's views from 0 s with gaps of 1.3, 1.3 and 0.4 s (not
+    // robotic).
+    let slice = |from: i64, to: i64| -> String {
+        let mut all: Vec<(i64, String)> = (0..12)
+            .map(|i| (20_000 + i * 250, 7, 100 + i))
+            .chain((0..40).map(|i| (i * 1000 + (i % 3) * 300, 8, 500 + i)))
+            .filter(|(t, _, _)| (from..to).contains(t))
+            .map(|(t, u, p)| (t, event(t, u, p)))
+            .collect();
+        all.sort();
+        all.into_iter().map(|(_, e)| e).collect()
+    };
+    let metric_at = |port: u16, name: &str| metric(port, &data, name);
+    let wait_for = |port: u16, name: &str, at_least: f64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while metric_at(port, name) < at_least {
+            assert!(Instant::now() < deadline, "{name} did not reach {at_least}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let count = |text: &str| text.lines().count() as f64;
+
+    let port = free_port();
+    let mut server = spawn_serve(&data, &config, port, &serve_log);
+    // Before the checkpoint: 6 of the burst (opened, low) and the scraper's first 21 views.
+    let first = slice(0, 21_300);
+    assert!(post_events(port, &data, &first).contains("200"));
+    wait_for(port, "shoplake_detector_events_total", count(&first));
+    let before = metric_at(port, "shoplake_detector_checkpoints_total");
+    wait_for(port, "shoplake_detector_checkpoints_total", before + 1.0);
+    // Read after it: the burst's escalation to high, then SIGKILL.
+    let second = slice(21_300, 22_700);
+    assert!(post_events(port, &data, &second).contains("200"));
+    wait_for(
+        port,
+        "shoplake_detector_events_total",
+        count(&first) + count(&second),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !notices
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|n| n.contains("incident.escalated"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "notices before the kill: {:?}",
+            notices.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    // The rest, and an event 7 minutes on: every incident resolves with its final counts.
+    let mut server = spawn_serve(&data, &config, port, &serve_log);
+    let rest = slice(22_700, 60_000) + &event(420_000, 9, 1);
+    assert!(post_events(port, &data, &rest).contains("200"));
+    let all = count(&first) + count(&second) + count(&rest);
+    wait_for(port, "shoplake_detector_events_total", all);
+    wait_for(port, "shoplake_incidents_resolved_total", 3.0);
+    assert!(terminate(&mut server).success());
+
+    let log = std::fs::read_to_string(&serve_log).unwrap();
+    for l in log.lines().filter(|l| !l.contains("delivered")) {
+        eprintln!("{l}");
+    }
+    assert!(
+        log.contains("detector restored from its checkpoint"),
+        "{log}"
+    );
+    let stream = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args(["alerts", "list", "--status", "all", "--format", "json"])
+        .args(["--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(stream.status.success());
+    let stream = incidents(&stream.stdout);
+    let history = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args(["detect", "--format", "json", "--lake"])
+        .arg(data.join("lake"))
+        .output()
+        .unwrap();
+    assert!(
+        history.status.success(),
+        "{}",
+        String::from_utf8_lossy(&history.stderr)
+    );
+    let history = incidents(&history.stdout);
+    let of = |all: &[(String, String, String, String, String)], rule: &str| -> Vec<_> {
+        all.iter().filter(|i| i.0 == rule).cloned().collect()
+    };
+    assert_eq!(stream, history);
+    let burst: Vec<_> = of(&stream, "user_burst")
+        .into_iter()
+        .filter(|i| i.2 == "7")
+        .collect();
+    assert_eq!(burst.len(), 1, "{stream:?}");
+    assert_eq!(burst[0].4, "12.0");
+    let scraper = of(&stream, "scraper");
+    assert_eq!(scraper.len(), 1, "{stream:?}");
+    assert_eq!(scraper[0].4, "40.0");
+    let notices = notices.lock().unwrap().clone();
+    let kinds: Vec<String> = notices
+        .iter()
+        .map(|n| {
+            let v: serde_json::Value = serde_json::from_str(n).unwrap();
+            let i = &v["incident"];
+            format!(
+                "{} {} {}",
+                v["type"].as_str().unwrap(),
+                i["rule"].as_str().unwrap(),
+                i["key"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let mut sorted = kinds.clone();
+    sorted.sort();
+    // One opening per incident (and the burst's one escalation), none sent twice.
+    let mut want: Vec<String> = stream
+        .iter()
+        .map(|i| format!("incident.opened {} {}", i.0, i.2))
+        .chain(["incident.escalated user_burst 7".to_owned()])
+        .collect();
+    want.sort();
+    assert_eq!(sorted, want, "{kinds:?}");
+}
