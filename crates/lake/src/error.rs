@@ -41,6 +41,15 @@ pub enum Error {
     /// A bad argument (a consumer name).
     #[error("{0}")]
     Argument(String),
+    /// The object store failed (shoplake's own files beside the tables).
+    #[error("{context}: {source}")]
+    Store {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: object_store::Error,
+    },
 }
 
 /// The lake's result type.

@@ -202,6 +202,66 @@ impl Lake {
         &self.storage_options
     }
 
+    /// Whether the lake is on the local file system.
+    pub fn is_local(&self) -> bool {
+        self.root.scheme() == "file"
+    }
+
+    /// The object store of the root, and the root's path in it.
+    fn own_files(&self) -> Result<(Box<dyn object_store::ObjectStore>, object_store::path::Path)> {
+        // object_store's option names are lower case (`aws_endpoint_url`).
+        let options = self
+            .storage_options
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()));
+        object_store::parse_url_opts(&self.root, options).map_err(|source| Error::Store {
+            context: format!("opening the object store of {}", self.root),
+            source,
+        })
+    }
+
+    fn own_path(base: &object_store::path::Path, name: &str) -> object_store::path::Path {
+        base.clone().join("_shoplake").join(name)
+    }
+
+    /// Writes one of shoplake's own files beside the tables (`ROOT/_shoplake/NAME`, such as
+    /// the detector's checkpoint), whole: a reader sees the old contents or the new.
+    pub async fn put_own_file(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        use object_store::ObjectStoreExt as _;
+        let (store, base) = self.own_files()?;
+        let path = Self::own_path(&base, name);
+        store
+            .put(&path, bytes.into())
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::Store {
+                context: format!("writing {path}"),
+                source,
+            })
+    }
+
+    /// Reads one of shoplake's own files beside the tables (`None` when there is none).
+    pub async fn get_own_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        use object_store::ObjectStoreExt as _;
+        let (store, base) = self.own_files()?;
+        let path = Self::own_path(&base, name);
+        match store.get(&path).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map(|b| Some(b.to_vec()))
+                .map_err(|source| Error::Store {
+                    context: format!("reading {path}"),
+                    source,
+                }),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(Error::Store {
+                context: format!("reading {path}"),
+                source,
+            }),
+        }
+    }
+
     /// The URL of a table.
     pub fn table_url(&self, table: TableName) -> Result<Url> {
         self.root

@@ -175,14 +175,14 @@ pub(crate) async fn detect_loop(
 ) -> Result<()> {
     let notifier = Notifier::start(&options.notify, metrics.clone())?;
     let (flags_tx, flags_rx) = mpsc::unbounded_channel();
-    let flags_task = tokio::spawn(flag_loop(lake, flags_rx, metrics.clone()));
+    let flags_task = tokio::spawn(flag_loop(lake.clone(), flags_rx, metrics.clone()));
     let out = Outputs {
         notifier,
         live,
         flags: flags_tx,
         flag_severity: options.settings.flag_severity,
     };
-    let result = run(log, &options, &metrics, &out, stop).await;
+    let result = run(&lake, log, &options, &metrics, &out, stop).await;
     let Outputs {
         notifier, flags, ..
     } = out;
@@ -203,6 +203,7 @@ struct Outputs {
 }
 
 async fn run(
+    lake: &Lake,
     log: Arc<dyn EventLog>,
     options: &DetectionOptions,
     metrics: &Metrics,
@@ -210,7 +211,7 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let partitions = log.partitions();
-    let restored = restore(options, partitions).await;
+    let restored = restore(options, lake, partitions).await;
     // Restored from a checkpoint: the records after it up to what the log held at the
     // restart may have been read before, and their changes notified.
     let mut again = match restored {
@@ -320,7 +321,7 @@ async fn run(
             let started = Instant::now();
             let bytes = detector.checkpoint(&positions);
             let size = bytes.len();
-            match write_checkpoint(path.clone(), bytes).await {
+            match write_checkpoint(path.clone(), lake, bytes).await {
                 Ok(()) => {
                     metrics.detector_checkpoints.inc();
                     metrics
@@ -359,52 +360,76 @@ async fn run(
 }
 
 /// The detector from its checkpoint, with the positions it reflects; `None` (logged) when
-/// there is none or it cannot be used.
+/// there is none or it cannot be used. A lake not on the local disk keeps a copy beside its
+/// tables too (so that the state outlives the machine): the one further on is taken.
 async fn restore(
     options: &DetectionOptions,
+    lake: &Lake,
     partitions: u32,
 ) -> Option<(Live, BTreeMap<u32, u64>)> {
     let path = options.checkpoint.clone()?;
     options.settings.checkpoint_every?;
-    let bytes = match tokio::fs::read(&path).await {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+    let mut found: Vec<(String, Vec<u8>)> = Vec::new();
+    match tokio::fs::read(&path).await {
+        Ok(b) => found.push((path.display().to_string(), b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "reading the detector's checkpoint: starting afresh");
-            return None;
-        }
-    };
-    let settings = options.settings.clone();
-    let restored = tokio::task::spawn_blocking(move || {
-        Live::restore(settings, Arc::new(SystemClock), partitions, &bytes)
-    })
-    .await
-    .ok()?;
-    match restored {
-        Ok((live, positions)) => {
-            let open = live.open_incidents().len();
-            tracing::info!(
-                open_incidents = open,
-                held = live.held(),
-                "detector restored from its checkpoint; reading on from the positions it reflects"
-            );
-            Some((live, positions))
-        }
-        Err(reason) => {
-            tracing::warn!(
-                path = %path.display(),
-                %reason,
-                "the detector's checkpoint cannot be used: starting with empty windows at the \
-                 committed log positions"
-            );
-            None
+            tracing::warn!(path = %path.display(), error = %e, "reading the detector's checkpoint")
         }
     }
+    if !lake.is_local() {
+        match lake.get_own_file(LAKE_CHECKPOINT).await {
+            Ok(Some(b)) => found.push((format!("{}_shoplake/{LAKE_CHECKPOINT}", lake.root()), b)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the detector's checkpoint from the lake"),
+        }
+    }
+    let mut best: Option<(Live, BTreeMap<u32, u64>)> = None;
+    for (place, bytes) in found {
+        let settings = options.settings.clone();
+        let restored = tokio::task::spawn_blocking(move || {
+            Live::restore(settings, Arc::new(SystemClock), partitions, &bytes)
+        })
+        .await
+        .ok()?;
+        match restored {
+            Ok((live, positions)) => {
+                let ahead = |p: &BTreeMap<u32, u64>| p.values().sum::<u64>();
+                if best
+                    .as_ref()
+                    .is_none_or(|(_, b)| ahead(&positions) > ahead(b))
+                {
+                    best = Some((live, positions));
+                }
+            }
+            Err(reason) => tracing::warn!(
+                checkpoint = %place,
+                %reason,
+                "the detector's checkpoint cannot be used"
+            ),
+        }
+    }
+    match &best {
+        Some((live, _)) => tracing::info!(
+            open_incidents = live.open_incidents().len(),
+            held = live.held(),
+            "detector restored from its checkpoint; reading on from the positions it reflects"
+        ),
+        None => tracing::info!(
+            "no usable detector checkpoint: starting with empty windows at the committed log positions"
+        ),
+    }
+    best
 }
 
+/// The name of the detector's checkpoint among the lake's own files.
+const LAKE_CHECKPOINT: &str = "detector-checkpoint";
+
 /// Writes a checkpoint atomically: a temporary file, synced, renamed over the last one, and
-/// the directory synced (a crash leaves the old checkpoint or the new, never a torn one).
-async fn write_checkpoint(path: std::path::PathBuf, bytes: Vec<u8>) -> Result<()> {
+/// the directory synced (a crash leaves the old checkpoint or the new, never a torn one); and
+/// beside the lake's tables when the lake is not on the local disk.
+async fn write_checkpoint(path: std::path::PathBuf, lake: &Lake, bytes: Vec<u8>) -> Result<()> {
+    let copy = (!lake.is_local()).then(|| bytes.clone());
     tokio::task::spawn_blocking(move || -> Result<()> {
         use std::io::Write;
         let dir = path.parent().map_or_else(
@@ -421,7 +446,11 @@ async fn write_checkpoint(path: std::path::PathBuf, bytes: Vec<u8>) -> Result<()
         std::fs::File::open(&dir)?.sync_all()?;
         Ok(())
     })
-    .await?
+    .await??;
+    if let Some(bytes) = copy {
+        lake.put_own_file(LAKE_CHECKPOINT, bytes).await?;
+    }
+    Ok(())
 }
 
 /// The detector's counters as last exported, so that each export adds what is new.

@@ -861,3 +861,72 @@ fn kill_9_mid_attack_resumes_from_the_checkpoint_one_incident_each() {
     want.sort();
     assert_eq!(sorted, want, "{kinds:?}");
 }
+
+/// With the lake on S3 (SeaweedFS), the detector's checkpoint is kept beside the tables too:
+/// with the local copy gone, a restart restores it from there.
+#[test]
+fn a_lake_on_s3_keeps_the_detector_checkpoint_beside_its_tables() {
+    let endpoint = std::env::var("SHOPLAKE_TEST_S3_ENDPOINT").expect(
+        "SHOPLAKE_TEST_S3_ENDPOINT is not set: run the tests through scripts/test.sh, which starts SeaweedFS",
+    );
+    let bucket =
+        std::env::var("SHOPLAKE_TEST_S3_BUCKET").unwrap_or_else(|_| "shoplake-test".into());
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!(
+        "checkpoint-{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let data = dir.path().join("data");
+    let config = dir.path().join("shoplake.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[lake]\nroot = \"s3://{bucket}/{prefix}\"\n[lake.s3]\nendpoint = \"{endpoint}\"\n\
+             region = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"testtesttest\"\n\
+             allow_http = true\n[delivery]\ninterval = \"1s\"\nmarts_interval = \"off\"\n"
+        ),
+    )
+    .unwrap();
+    let serve_log = dir.path().join("serve.log");
+    let burst: String = (0..8)
+        .map(|i| {
+            format!(
+                "{{\"event_time\":\"2019-10-01 10:00:0{i}.000 UTC\",\"event_type\":\"view\",\
+                 \"product_id\":{},\"category_id\":7,\"price\":9.99,\"user_id\":7,\
+                 \"user_session\":\"s-7\"}}\n",
+                100 + i
+            )
+        })
+        .collect();
+    let port = free_port();
+    let mut server = spawn_serve(&data, &config, port, &serve_log);
+    assert!(post_events(port, &data, &burst).contains("200"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(port, &data, "shoplake_detector_events_total") < 8.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the detector did not read the burst"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(terminate(&mut server).success());
+    let local = data.join("detector").join("checkpoint");
+    assert!(local.exists());
+    std::fs::remove_file(&local).unwrap();
+    let mut server = spawn_serve(&data, &config, port, &serve_log);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(terminate(&mut server).success());
+    let log = std::fs::read_to_string(&serve_log).unwrap();
+    let restored = log
+        .lines()
+        .filter(|l| l.contains("detector restored from its checkpoint"))
+        .count();
+    assert_eq!(restored, 1, "{log}");
+    assert!(
+        log.contains("open_incidents=1"),
+        "the burst's incident came back: {log}"
+    );
+}
