@@ -269,7 +269,7 @@ impl Live {
 
     /// Processes the record of `partition` at `offset`: the rules keyed by user or session at
     /// once, the others once the watermark passes it.
-    pub fn process(&mut self, partition: u32, offset: u64, e: Event) {
+    pub fn process(&mut self, partition: u32, offset: u64, mut e: Event) {
         if self.crossed.is_none() {
             self.keyed.process(&e);
             return;
@@ -284,6 +284,8 @@ impl Live {
         let late_before = self.keyed.stats().late;
         self.keyed.process(&e);
         if self.keyed.stats().late == late_before {
+            // No rule keyed across users reads it, and it may be a kilobyte.
+            e.user_agent = None;
             self.held.push(Reverse(HeldEvent {
                 order: (e.event_time, partition, offset),
                 event: e,
