@@ -16,8 +16,12 @@ probes="${2:-300}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shoplake/target-bench}"
 cache="$HOME/.cache/shoplake/bench"
 mkdir -p "$cache"
-cargo build --release --locked -p shoplake >/dev/null
-bin="$CARGO_TARGET_DIR/release/shoplake"
+if [ -n "${SHOPLAKE_BIN:-}" ]; then
+  bin="$SHOPLAKE_BIN"
+else
+  cargo build --release --locked -p shoplake >/dev/null
+  bin="$CARGO_TARGET_DIR/release/shoplake"
+fi
 events=$(( rate * (probes / 5 + 30) ))
 csv="$cache/latency-$events-seed13.csv"
 if [ ! -f "$csv" ]; then

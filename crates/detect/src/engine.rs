@@ -92,7 +92,7 @@ struct Robotic {
 }
 
 /// Distinct values of a key with the pane each was last seen in: a few inline, more in a map.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default)]
 struct Distinct {
     inline: [(u64, i64); INLINE],
     len: u8,
@@ -143,7 +143,7 @@ impl Distinct {
 }
 
 /// One key's state in one rule, at the same index in the rule's slab as its ring of panes.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 struct KeyState {
     last_pane: i64,
     fired_end: i64,
@@ -441,6 +441,20 @@ impl RuleState {
     }
 }
 
+/// One key's windows as a checkpoint keeps them: only what it holds (the panes in use, the
+/// distinct values seen), not the slab's free slots.
+#[derive(Debug, Serialize, Deserialize)]
+struct KeySnapshot {
+    hash: u64,
+    last_pane: i64,
+    fired_end: i64,
+    fired_level: u32,
+    distinct: Vec<(u64, i64)>,
+    robotic: Robotic,
+    /// The panes in use: (pane, count).
+    panes: Vec<(i64, u32)>,
+}
+
 /// A rule's windows as a checkpoint keeps them.
 #[derive(Debug, Serialize, Deserialize)]
 struct RuleSnapshot {
@@ -448,11 +462,9 @@ struct RuleSnapshot {
     key: KeyType,
     /// A hash of the rule's definition: a checkpoint is restored only into the same rule.
     fingerprint: u64,
-    keys: Vec<(u64, u32)>,
-    states: Vec<KeyState>,
-    rings: Vec<(i64, u32)>,
-    free: Vec<u32>,
-    expiry: VecDeque<(i64, u64)>,
+    keys: Vec<KeySnapshot>,
+    /// The expiry queue's entries that still name a key's latest pane, in order.
+    expiry: Vec<(i64, u64)>,
     spike_first: i64,
     spike_windows: VecDeque<(u64, f64, bool)>,
 }
@@ -463,54 +475,79 @@ fn rule_fingerprint(rule: &Rule) -> u64 {
 
 impl RuleState {
     fn snapshot(&self) -> RuleSnapshot {
+        let panes = self.panes as usize;
+        let keys = self
+            .keys
+            .iter()
+            .map(|(hash, i)| {
+                let i = *i as usize;
+                let st = &self.states[i];
+                let distinct = match &st.distinct.map {
+                    Some(m) => m.iter().map(|(v, p)| (*v, *p)).collect(),
+                    None => st.distinct.inline[..st.distinct.len as usize].to_vec(),
+                };
+                KeySnapshot {
+                    hash: *hash,
+                    last_pane: st.last_pane,
+                    fired_end: st.fired_end,
+                    fired_level: st.fired_level,
+                    distinct,
+                    robotic: st.robotic,
+                    panes: self.rings[i * panes..(i + 1) * panes]
+                        .iter()
+                        .filter(|(p, _)| *p != i64::MIN)
+                        .copied()
+                        .collect(),
+                }
+            })
+            .collect();
+        let expiry = self
+            .expiry
+            .iter()
+            .filter(|(expires, hash)| {
+                self.keys.get(hash).is_some_and(|&i| {
+                    self.states[i as usize].last_pane.saturating_add(self.panes) == *expires
+                })
+            })
+            .copied()
+            .collect();
         RuleSnapshot {
             name: self.rule.name.clone(),
             key: self.rule.key,
             fingerprint: rule_fingerprint(&self.rule),
-            keys: self.keys.iter().map(|(h, i)| (*h, *i)).collect(),
-            states: self
-                .states
-                .iter()
-                .map(|s| KeyState {
-                    last_pane: s.last_pane,
-                    fired_end: s.fired_end,
-                    fired_level: s.fired_level,
-                    distinct: Distinct {
-                        inline: s.distinct.inline,
-                        len: s.distinct.len,
-                        map: s.distinct.map.clone(),
-                    },
-                    robotic: s.robotic,
-                })
-                .collect(),
-            rings: self.rings.clone(),
-            free: self.free.clone(),
-            expiry: self.expiry.clone(),
+            keys,
+            expiry,
             spike_first: self.spike.first,
             spike_windows: self.spike.windows.clone(),
         }
     }
 
-    /// Takes back the windows of a checkpoint, checking that they fit together (a damaged
-    /// checkpoint must not make an index run out of bounds later).
+    /// Takes back the windows of a checkpoint into a fresh rule state.
     fn restore(&mut self, s: RuleSnapshot) -> Result<(), String> {
-        let n = s.states.len();
-        let fits = s.rings.len() == n * self.panes as usize
-            && s.keys.iter().all(|(_, i)| (*i as usize) < n)
-            && s.free.iter().all(|i| (*i as usize) < n)
-            && s.states.iter().all(|k| k.distinct.len as usize <= INLINE)
-            && s.keys.len() + s.free.len() <= n;
-        if !fits {
-            return Err(format!(
-                "the windows of rule {} do not fit together",
-                s.name
-            ));
+        let panes = self.panes;
+        for k in s.keys {
+            if k.panes.len() > panes as usize || self.keys.contains_key(&k.hash) {
+                return Err(format!(
+                    "the windows of rule {} do not fit together",
+                    s.name
+                ));
+            }
+            let i = self.alloc();
+            let st = &mut self.states[i as usize];
+            st.last_pane = k.last_pane;
+            st.fired_end = k.fired_end;
+            st.fired_level = k.fired_level;
+            st.robotic = k.robotic;
+            for (v, p) in k.distinct {
+                st.distinct.set(v, p);
+            }
+            let at = i as usize * panes as usize;
+            for (p, count) in k.panes {
+                self.rings[at + p.rem_euclid(panes) as usize] = (p, count);
+            }
+            self.keys.insert(k.hash, i);
         }
-        self.keys = s.keys.into_iter().collect();
-        self.states = s.states;
-        self.rings = s.rings;
-        self.free = s.free;
-        self.expiry = s.expiry;
+        self.expiry = s.expiry.into_iter().collect();
         self.spike = Spike {
             first: s.spike_first,
             windows: s.spike_windows,
@@ -622,6 +659,8 @@ pub struct Detector {
     next_sweep: i64,
     /// The watermark moves only by [`Detector::advance_to`].
     driven: bool,
+    /// Duplicates are dropped (by `event_id`, within the horizon).
+    dedupe: bool,
 }
 
 const SWEEP_EVERY: i64 = 100_000;
@@ -661,7 +700,15 @@ impl Detector {
             stats: Stats::default(),
             next_sweep: i64::MIN,
             driven: false,
+            dedupe: true,
         }
+    }
+
+    /// The same detector for events already free of duplicates (another detector dropped
+    /// them first): no id set is kept.
+    pub fn deduplicated_upstream(mut self) -> Detector {
+        self.dedupe = false;
+        self
     }
 
     /// The same detector with its watermark moved only by [`Detector::advance_to`], not by
@@ -845,17 +892,19 @@ impl Detector {
             self.stats.late += 1;
             return;
         }
-        let id = e.event_id().0;
-        if !self.seen.insert(id) {
-            self.stats.duplicates += 1;
-            return;
-        }
-        self.seen_order.push_back((t, id));
-        if self.seen_order.len() > self.settings.max_dedupe_ids
-            && let Some((_, oldest)) = self.seen_order.pop_front()
-        {
-            self.seen.remove(&oldest);
-            self.stats.dedupe_evicted += 1;
+        if self.dedupe {
+            let id = e.event_id().0;
+            if !self.seen.insert(id) {
+                self.stats.duplicates += 1;
+                return;
+            }
+            self.seen_order.push_back((t, id));
+            if self.seen_order.len() > self.settings.max_dedupe_ids
+                && let Some((_, oldest)) = self.seen_order.pop_front()
+            {
+                self.seen.remove(&oldest);
+                self.stats.dedupe_evicted += 1;
+            }
         }
         let progress = self.progress(e, t);
         if self.driven {

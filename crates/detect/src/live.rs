@@ -249,7 +249,11 @@ impl Live {
                 crossed.rules.retain(|r| !in_key_order(r.key));
                 (
                     Detector::new(keyed, clock.clone()).driven(),
-                    Some(Detector::new(crossed, clock).driven()),
+                    Some(
+                        Detector::new(crossed, clock)
+                            .driven()
+                            .deduplicated_upstream(),
+                    ),
                 )
             }
         };
@@ -281,9 +285,11 @@ impl Live {
         {
             *n += 1;
         }
-        let late_before = self.keyed.stats().late;
+        let before = (self.keyed.stats().late, self.keyed.stats().duplicates);
         self.keyed.process(&e);
-        if self.keyed.stats().late == late_before {
+        // Neither late nor a duplicate (the rules keyed across users see what those keyed by
+        // user see).
+        if (self.keyed.stats().late, self.keyed.stats().duplicates) == before {
             // No rule keyed across users reads it, and it may be a kilobyte.
             e.user_agent = None;
             self.held.push(Reverse(HeldEvent {
