@@ -238,6 +238,7 @@ async fn run(
         .and_then(|us| u64::try_from(us).ok())
         .map(Duration::from_micros);
     let mut last_checkpoint = Instant::now();
+    let mut writing: Option<tokio::task::JoinHandle<Result<()>>> = None;
     for p in 0..partitions {
         // A detector that never ran starts with what the log holds now.
         let start = log.start(p).await?;
@@ -314,26 +315,32 @@ async fn run(
         if let Err(e) = log.commit(CONSUMER, &commit).await {
             tracing::warn!("recording the detector's log positions: {e}");
         }
+        if let Some(w) = writing.take_if(|w| w.is_finished()) {
+            wrote(metrics, w.await);
+        }
         if let (Some(path), Some(every)) = (&options.checkpoint, checkpoint_every)
             && (drain || last_checkpoint.elapsed() >= every)
         {
-            last_checkpoint = Instant::now();
-            let started = Instant::now();
-            let bytes = detector.checkpoint(&positions);
-            let size = bytes.len();
-            match write_checkpoint(path.clone(), lake, bytes).await {
-                Ok(()) => {
-                    metrics.detector_checkpoints.inc();
-                    metrics
-                        .detector_checkpoint_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    metrics
-                        .detector_checkpoint_bytes
-                        .set(i64::try_from(size).unwrap_or(i64::MAX));
-                }
-                Err(e) => {
-                    metrics.detector_checkpoint_failures.inc();
-                    tracing::warn!("writing the detector's checkpoint: {e:#}");
+            // The state is encoded between rounds and written beside the next ones; while a
+            // write runs, the next checkpoint waits (at shutdown, for the write to end).
+            if let Some(w) = writing.take_if(|_| drain) {
+                wrote(metrics, w.await);
+            }
+            if writing.is_none() {
+                last_checkpoint = Instant::now();
+                let started = Instant::now();
+                let bytes = detector.checkpoint(&positions);
+                metrics
+                    .detector_checkpoint_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics
+                    .detector_checkpoint_bytes
+                    .set(i64::try_from(bytes.len()).unwrap_or(i64::MAX));
+                let task = tokio::spawn(write_checkpoint(path.clone(), lake.clone(), bytes));
+                if drain {
+                    wrote(metrics, task.await);
+                } else {
+                    writing = Some(task);
                 }
             }
         }
@@ -422,13 +429,30 @@ async fn restore(
     best
 }
 
+/// Counts a checkpoint's write.
+fn wrote(metrics: &Metrics, result: std::result::Result<Result<()>, tokio::task::JoinError>) {
+    match result {
+        Ok(Ok(())) => {
+            metrics.detector_checkpoints.inc();
+        }
+        Ok(Err(e)) => {
+            metrics.detector_checkpoint_failures.inc();
+            tracing::warn!("writing the detector's checkpoint: {e:#}");
+        }
+        Err(e) => {
+            metrics.detector_checkpoint_failures.inc();
+            tracing::warn!("writing the detector's checkpoint: {e}");
+        }
+    }
+}
+
 /// The name of the detector's checkpoint among the lake's own files.
 const LAKE_CHECKPOINT: &str = "detector-checkpoint";
 
 /// Writes a checkpoint atomically: a temporary file, synced, renamed over the last one, and
 /// the directory synced (a crash leaves the old checkpoint or the new, never a torn one); and
 /// beside the lake's tables when the lake is not on the local disk.
-async fn write_checkpoint(path: std::path::PathBuf, lake: &Lake, bytes: Vec<u8>) -> Result<()> {
+async fn write_checkpoint(path: std::path::PathBuf, lake: Lake, bytes: Vec<u8>) -> Result<()> {
     let copy = (!lake.is_local()).then(|| bytes.clone());
     tokio::task::spawn_blocking(move || -> Result<()> {
         use std::io::Write;
