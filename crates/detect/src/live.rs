@@ -44,8 +44,10 @@ struct Part {
     settled: i64,
     /// The newest offset read.
     newest_offset: u64,
-    /// This round so far: (last offset, newest event time).
-    round: Option<(u64, i64)>,
+    /// This round so far, in chunks of [`CHUNK`] records: (last offset, newest event time).
+    round: Vec<(u64, i64)>,
+    /// Records in the round's last chunk.
+    in_chunk: u32,
     /// When records were last read (µs of the wall clock; `i64::MIN`: never).
     last_read: i64,
 }
@@ -56,11 +58,16 @@ impl Part {
             pending: VecDeque::new(),
             settled: i64::MIN,
             newest_offset: 0,
-            round: None,
+            round: Vec::new(),
+            in_chunk: 0,
             last_read: i64::MIN,
         }
     }
 }
+
+/// Records of a partition noted as one step of its progress: a round read from a backlog
+/// (tens of thousands of records) settles all but its last `reorder_records`, not as a whole.
+const CHUNK: u32 = 1_000;
 
 /// Per-partition watermarks, merged: see the module's documentation.
 #[derive(Debug, Clone)]
@@ -91,17 +98,33 @@ impl Watermarks {
             return;
         };
         p.newest_offset = p.newest_offset.max(offset);
-        let newest = p.round.map_or(at, |(_, t)| t.max(at));
-        p.round = Some((offset, newest));
+        match p.round.last_mut() {
+            Some((last, newest)) if p.in_chunk < CHUNK => {
+                *last = offset;
+                *newest = (*newest).max(at);
+                p.in_chunk += 1;
+            }
+            _ => {
+                p.round.push((offset, at));
+                p.in_chunk = 1;
+            }
+        }
     }
 
     /// Ends a round of reading at `now` (µs, wall clock).
     pub fn end_round(&mut self, now: i64) {
         for p in &mut self.parts {
-            if let Some((offset, newest)) = p.round.take() {
-                p.pending.push_back((offset, now, newest));
+            if !p.round.is_empty() {
                 p.last_read = now;
             }
+            // Each chunk at least as new as the one before (a record moves time by the
+            // newest before it too).
+            let mut newest = p.pending.back().map_or(i64::MIN, |e| e.2);
+            for (offset, t) in p.round.drain(..) {
+                newest = newest.max(t);
+                p.pending.push_back((offset, now, newest));
+            }
+            p.in_chunk = 0;
         }
     }
 
