@@ -36,9 +36,10 @@ pub struct DetectionOptions {
     pub notify: NotifySettings,
     /// Delete resolved incidents this long after their resolution (`None`: keep them).
     pub retain_resolved: Option<Duration>,
-    /// Where the detector's checkpoint is kept (`None`: no checkpoints; a restart resumes
-    /// at the committed log positions with empty windows). Written every
-    /// `settings.checkpoint_every` and at shutdown, restored at start.
+    /// Where the detector's checkpoint is kept (`PATH.a` and `PATH.b`, alternately; `None`:
+    /// no checkpoints, and a restart resumes at the committed log positions with empty
+    /// windows). Written every `settings.checkpoint_every` and at shutdown, restored at start
+    /// (the slot further on).
     pub checkpoint: Option<std::path::PathBuf>,
 }
 
@@ -239,6 +240,7 @@ async fn run(
         .map(Duration::from_micros);
     let mut last_checkpoint = Instant::now();
     let mut writing: Option<tokio::task::JoinHandle<Result<()>>> = None;
+    let mut next_slot = false;
     for p in 0..partitions {
         // A detector that never ran starts with what the log holds now.
         let start = log.start(p).await?;
@@ -336,7 +338,9 @@ async fn run(
                 metrics
                     .detector_checkpoint_bytes
                     .set(i64::try_from(bytes.len()).unwrap_or(i64::MAX));
-                let task = tokio::spawn(write_checkpoint(path.clone(), lake.clone(), bytes));
+                let slot = slots(path)[usize::from(next_slot)].clone();
+                next_slot = !next_slot;
+                let task = tokio::spawn(write_checkpoint(slot, lake.clone(), bytes));
                 if drain {
                     wrote(metrics, task.await);
                 } else {
@@ -377,11 +381,13 @@ async fn restore(
     let path = options.checkpoint.clone()?;
     options.settings.checkpoint_every?;
     let mut found: Vec<(String, Vec<u8>)> = Vec::new();
-    match tokio::fs::read(&path).await {
-        Ok(b) => found.push((path.display().to_string(), b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "reading the detector's checkpoint")
+    for slot in slots(&path) {
+        match tokio::fs::read(&slot).await {
+            Ok(b) => found.push((slot.display().to_string(), b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %slot.display(), error = %e, "reading the detector's checkpoint")
+            }
         }
     }
     if !lake.is_local() {
@@ -449,25 +455,33 @@ fn wrote(metrics: &Metrics, result: std::result::Result<Result<()>, tokio::task:
 /// The name of the detector's checkpoint among the lake's own files.
 const LAKE_CHECKPOINT: &str = "detector-checkpoint";
 
-/// Writes a checkpoint atomically: a temporary file, synced, renamed over the last one, and
-/// the directory synced (a crash leaves the old checkpoint or the new, never a torn one); and
-/// beside the lake's tables when the lake is not on the local disk.
+/// The two files a checkpoint alternates between (`PATH.a`, `PATH.b`): each write overwrites
+/// the older in place, so the other stays whole whatever happens to this one.
+fn slots(path: &std::path::Path) -> [std::path::PathBuf; 2] {
+    [path.with_extension("a"), path.with_extension("b")]
+}
+
+/// Writes a checkpoint over one of its two slots, in place and without `fsync`: renaming
+/// over a file, or syncing tens of megabytes, makes the file system flush it ahead of the
+/// log's and the alert store's own syncs, which then stall for a second. A process killed at
+/// any moment leaves the bytes in the page cache; after a power loss a slot may be stale or
+/// torn, which its checksum tells (the other slot, or the committed positions, serve then).
+/// Also beside the lake's tables when the lake is not on the local disk.
 async fn write_checkpoint(path: std::path::PathBuf, lake: Lake, bytes: Vec<u8>) -> Result<()> {
     let copy = (!lake.is_local()).then(|| bytes.clone());
     tokio::task::spawn_blocking(move || -> Result<()> {
-        use std::io::Write;
-        let dir = path.parent().map_or_else(
-            || std::path::PathBuf::from("."),
-            std::path::Path::to_path_buf,
-        );
-        std::fs::create_dir_all(&dir)?;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+        use std::io::{Seek, Write};
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        f.seek(std::io::SeekFrom::Start(0))?;
         f.write_all(&bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&dir)?.sync_all()?;
+        f.set_len(bytes.len() as u64)?;
         Ok(())
     })
     .await??;

@@ -913,9 +913,15 @@ fn a_lake_on_s3_keeps_the_detector_checkpoint_beside_its_tables() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(terminate(&mut server).success());
-    let local = data.join("detector").join("checkpoint");
-    assert!(local.exists());
-    std::fs::remove_file(&local).unwrap();
+    let mut removed = 0;
+    for slot in ["checkpoint.a", "checkpoint.b"] {
+        let local = data.join("detector").join(slot);
+        if local.exists() {
+            std::fs::remove_file(&local).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed > 0, "no local checkpoint");
     let mut server = spawn_serve(&data, &config, port, &serve_log);
     std::thread::sleep(Duration::from_secs(1));
     assert!(terminate(&mut server).success());
@@ -928,5 +934,51 @@ fn a_lake_on_s3_keeps_the_detector_checkpoint_beside_its_tables() {
     assert!(
         log.contains("open_incidents=1"),
         "the burst's incident came back: {log}"
+    );
+}
+
+/// The reference design's processing-time mode: events are windowed at their arrival, not at
+/// their own (years old) times.
+#[test]
+fn processing_time_windows_events_at_their_arrival() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("shoplake.toml");
+    std::fs::write(
+        &config,
+        "[delivery]\ninterval = \"1s\"\nmarts_interval = \"off\"\n[detect]\ntime = \"processing\"\n",
+    )
+    .unwrap();
+    let serve_log = dir.path().join("serve.log");
+    // A day apart in event time, together on arrival: a burst only in processing time.
+    let burst: String = (0..12)
+        .map(|i| {
+            format!(
+                "{{\"event_time\":\"2019-10-{:02} 10:00:00 UTC\",\"event_type\":\"view\",\
+                 \"product_id\":{},\"category_id\":7,\"price\":9.99,\"user_id\":7,\
+                 \"user_session\":\"s-7\"}}\n",
+                i + 1,
+                100 + i
+            )
+        })
+        .collect();
+    let port = free_port();
+    let mut server = spawn_serve(&data, &config, port, &serve_log);
+    assert!(post_events(port, &data, &burst).contains("200"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(port, &data, "shoplake_incidents_opened_total") < 1.0 {
+        assert!(Instant::now() < deadline, "no incident in processing time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(terminate(&mut server).success());
+    let o = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args(["alerts", "list", "--status", "all", "--format", "json"])
+        .args(["--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let found = incidents(&o.stdout);
+    assert!(
+        found.iter().any(|i| i.0 == "user_burst" && i.2 == "7"),
+        "{found:?}"
     );
 }
