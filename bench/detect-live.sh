@@ -134,7 +134,7 @@ for run in range(2):
         rates[interval].append(total / took)
         print(f"seed {seed}, detector reading {total:,} events of 3 days from the log, checkpoints {interval}: {took:.2f} s "
               f"({total / took:,.0f} events/s, start-up included); checkpoints {n:.0f} "
-              f"(encoding paused it {mean:.0f} ms each; last {size:.1f} MiB)", flush=True)
+              f"(copying the state paused it {mean:.0f} ms each; last {size:.1f} MiB)", flush=True)
 best = {k: max(v) for k, v in rates.items()}
 print(f"seed {seed}: checkpointing every 5 s costs {100 * (1 - best['5s'] / best['off']):.1f} % of the detector's "
       f"rate (best of 2 each)", flush=True)

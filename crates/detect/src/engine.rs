@@ -92,7 +92,7 @@ struct Robotic {
 }
 
 /// Distinct values of a key with the pane each was last seen in: a few inline, more in a map.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Distinct {
     inline: [(u64, i64); INLINE],
     len: u8,
@@ -143,7 +143,7 @@ impl Distinct {
 }
 
 /// One key's state in one rule, at the same index in the rule's slab as its ring of panes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct KeyState {
     last_pane: i64,
     fired_end: i64,
@@ -473,8 +473,24 @@ fn rule_fingerprint(rule: &Rule) -> u64 {
     hash_of(format!("{rule:?}").as_bytes())
 }
 
-impl RuleState {
-    fn snapshot(&self) -> RuleSnapshot {
+/// A rule's windows copied as they are (cheap: a few `memcpy`s), to be compacted into a
+/// [`RuleSnapshot`] away from the detector.
+#[derive(Debug)]
+struct RuleCopy {
+    name: String,
+    key: KeyType,
+    fingerprint: u64,
+    panes: i64,
+    keys: Map<u64, u32>,
+    states: Vec<KeyState>,
+    rings: Vec<(i64, u32)>,
+    expiry: VecDeque<(i64, u64)>,
+    spike_first: i64,
+    spike_windows: VecDeque<(u64, f64, bool)>,
+}
+
+impl RuleCopy {
+    fn compact(self) -> RuleSnapshot {
         let panes = self.panes as usize;
         let keys = self
             .keys
@@ -512,11 +528,28 @@ impl RuleState {
             .copied()
             .collect();
         RuleSnapshot {
+            name: self.name,
+            key: self.key,
+            fingerprint: self.fingerprint,
+            keys,
+            expiry,
+            spike_first: self.spike_first,
+            spike_windows: self.spike_windows,
+        }
+    }
+}
+
+impl RuleState {
+    fn copy(&self) -> RuleCopy {
+        RuleCopy {
             name: self.rule.name.clone(),
             key: self.rule.key,
             fingerprint: rule_fingerprint(&self.rule),
-            keys,
-            expiry,
+            panes: self.panes,
+            keys: self.keys.clone(),
+            states: self.states.clone(),
+            rings: self.rings.clone(),
+            expiry: self.expiry.clone(),
             spike_first: self.spike.first,
             spike_windows: self.spike.windows.clone(),
         }
@@ -569,6 +602,34 @@ pub struct DetectorState {
     incidents: Vec<(usize, u64, IncidentState)>,
     stats: Stats,
     next_sweep: i64,
+}
+
+/// A detector's state copied as it is, to be compacted into a [`DetectorState`] away from
+/// the detector (see [`Detector::copy`]).
+#[derive(Debug)]
+pub struct DetectorCopy {
+    rules: Vec<RuleCopy>,
+    max_seen: i64,
+    watermark: i64,
+    seen_order: VecDeque<(i64, u128)>,
+    incidents: Vec<(usize, u64, IncidentState)>,
+    stats: Stats,
+    next_sweep: i64,
+}
+
+impl DetectorCopy {
+    /// The state a checkpoint keeps.
+    pub fn into_state(self) -> DetectorState {
+        DetectorState {
+            rules: self.rules.into_iter().map(RuleCopy::compact).collect(),
+            max_seen: self.max_seen,
+            watermark: self.watermark,
+            seen_order: self.seen_order,
+            incidents: self.incidents,
+            stats: self.stats,
+            next_sweep: self.next_sweep,
+        }
+    }
 }
 
 fn median(values: &VecDeque<u64>) -> f64 {
@@ -729,8 +790,14 @@ impl Detector {
 
     /// The state a checkpoint keeps (take it between events, with the changes taken).
     pub fn state(&self) -> DetectorState {
-        DetectorState {
-            rules: self.rules.iter().map(RuleState::snapshot).collect(),
+        self.copy().into_state()
+    }
+
+    /// The state copied as it is (a few `memcpy`s), so that compacting and encoding it can
+    /// run beside the detector: [`DetectorCopy::into_state`].
+    pub fn copy(&self) -> DetectorCopy {
+        DetectorCopy {
+            rules: self.rules.iter().map(RuleState::copy).collect(),
             max_seen: self.max_seen,
             watermark: self.watermark,
             seen_order: self.seen_order.clone(),

@@ -14,7 +14,7 @@ mod incident;
 pub mod live;
 pub mod rules;
 
-pub use engine::{Detector, DetectorState, Fire, Key, Stats};
+pub use engine::{Detector, DetectorCopy, DetectorState, Fire, Key, Stats};
 pub use incident::{Change, Incident, Status, rfc3339, rfc3339_opt};
-pub use live::{Live, LiveStats, Watermarks};
+pub use live::{Live, LiveSnapshot, LiveStats, Watermarks};
 pub use rules::{DetectConfig, KeyType, Rule, Settings, Severity, TimeMode};

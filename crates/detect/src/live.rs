@@ -31,7 +31,7 @@ use shoplake_events::record::RecordFormat;
 use shoplake_events::time::Clock;
 use shoplake_events::{Event, Validator};
 
-use crate::engine::{Detector, DetectorState, Stats};
+use crate::engine::{Detector, DetectorCopy, DetectorState, Stats};
 use crate::incident::{Change, Incident};
 use crate::rules::{KeyType, Settings, TimeMode};
 
@@ -231,6 +231,51 @@ fn settings_fingerprint(s: &Settings, partitions: u32) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }
 
+/// A live detector's state copied for a checkpoint ([`Live::snapshot`]).
+pub struct LiveSnapshot {
+    fingerprint: u64,
+    positions: BTreeMap<u32, u64>,
+    keyed: DetectorCopy,
+    crossed: Option<DetectorCopy>,
+    parts: Vec<Part>,
+    held: Vec<(i64, u32, u64, Vec<u8>)>,
+    watermark: i64,
+    stats: LiveStats,
+}
+
+impl std::fmt::Debug for LiveSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSnapshot")
+            .field("positions", &self.positions)
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LiveSnapshot {
+    /// The checkpoint's bytes (compacted, encoded, with its header): the expensive part,
+    /// for a thread beside the detector.
+    pub fn encode(self) -> Vec<u8> {
+        let state = LiveState {
+            positions: self.positions,
+            keyed: self.keyed.into_state(),
+            crossed: self.crossed.map(DetectorCopy::into_state),
+            parts: self.parts,
+            held: self.held,
+            watermark: self.watermark,
+            stats: self.stats,
+        };
+        let payload = postcard::to_allocvec(&state).unwrap_or_default();
+        let mut out = Vec::with_capacity(payload.len() + 24);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&self.fingerprint.to_le_bytes());
+        out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+}
+
 /// The detector `serve` runs: see the module's documentation.
 pub struct Live {
     settings: Settings,
@@ -360,6 +405,12 @@ impl Live {
     /// the next offset to read): take it between rounds, with the changes taken and stored.
     /// Restored by [`Live::restore`].
     pub fn checkpoint(&self, positions: &BTreeMap<u32, u64>) -> Vec<u8> {
+        self.snapshot(positions).encode()
+    }
+
+    /// The state copied for a checkpoint (cheap), to be encoded beside the detector by
+    /// [`LiveSnapshot::encode`].
+    pub fn snapshot(&self, positions: &BTreeMap<u32, u64>) -> LiveSnapshot {
         let held = self
             .held
             .iter()
@@ -369,24 +420,19 @@ impl Live {
                 (h.order.0, h.order.1, h.order.2, bytes)
             })
             .collect();
-        let state = LiveState {
+        LiveSnapshot {
+            fingerprint: settings_fingerprint(
+                &self.settings,
+                u32::try_from(self.marks.parts.len()).unwrap_or(u32::MAX),
+            ),
             positions: positions.clone(),
-            keyed: self.keyed.state(),
-            crossed: self.crossed.as_ref().map(Detector::state),
+            keyed: self.keyed.copy(),
+            crossed: self.crossed.as_ref().map(Detector::copy),
             parts: self.marks.parts.clone(),
             held,
             watermark: self.watermark,
             stats: self.stats.clone(),
-        };
-        let payload = postcard::to_allocvec(&state).unwrap_or_default();
-        let partitions = u32::try_from(self.marks.parts.len()).unwrap_or(u32::MAX);
-        let mut out = Vec::with_capacity(payload.len() + 24);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&settings_fingerprint(&self.settings, partitions).to_le_bytes());
-        out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
-        out.extend_from_slice(&payload);
-        out
+        }
     }
 
     /// A detector from a checkpoint taken with the same settings and partitions, and the log

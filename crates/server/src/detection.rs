@@ -207,7 +207,7 @@ async fn run(
     lake: &Lake,
     log: Arc<dyn EventLog>,
     options: &DetectionOptions,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     out: &Outputs,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
@@ -323,24 +323,27 @@ async fn run(
         if let (Some(path), Some(every)) = (&options.checkpoint, checkpoint_every)
             && (drain || last_checkpoint.elapsed() >= every)
         {
-            // The state is encoded between rounds and written beside the next ones; while a
-            // write runs, the next checkpoint waits (at shutdown, for the write to end).
+            // The state is copied between rounds, then encoded and written beside the next
+            // ones; while a write runs, the next checkpoint waits (at shutdown, for the write
+            // to end).
             if let Some(w) = writing.take_if(|_| drain) {
                 wrote(metrics, w.await);
             }
             if writing.is_none() {
                 last_checkpoint = Instant::now();
                 let started = Instant::now();
-                let bytes = detector.checkpoint(&positions);
+                let snapshot = detector.snapshot(&positions);
                 metrics
                     .detector_checkpoint_seconds
                     .observe(started.elapsed().as_secs_f64());
-                metrics
-                    .detector_checkpoint_bytes
-                    .set(i64::try_from(bytes.len()).unwrap_or(i64::MAX));
                 let slot = slots(path)[usize::from(next_slot)].clone();
                 next_slot = !next_slot;
-                let task = tokio::spawn(write_checkpoint(slot, lake.clone(), bytes));
+                let task = tokio::spawn(write_checkpoint(
+                    slot,
+                    lake.clone(),
+                    snapshot,
+                    Arc::clone(metrics),
+                ));
                 if drain {
                     wrote(metrics, task.await);
                 } else {
@@ -467,7 +470,16 @@ fn slots(path: &std::path::Path) -> [std::path::PathBuf; 2] {
 /// any moment leaves the bytes in the page cache; after a power loss a slot may be stale or
 /// torn, which its checksum tells (the other slot, or the committed positions, serve then).
 /// Also beside the lake's tables when the lake is not on the local disk.
-async fn write_checkpoint(path: std::path::PathBuf, lake: Lake, bytes: Vec<u8>) -> Result<()> {
+async fn write_checkpoint(
+    path: std::path::PathBuf,
+    lake: Lake,
+    snapshot: shoplake_detect::LiveSnapshot,
+    metrics: Arc<Metrics>,
+) -> Result<()> {
+    let bytes = tokio::task::spawn_blocking(move || snapshot.encode()).await?;
+    metrics
+        .detector_checkpoint_bytes
+        .set(i64::try_from(bytes.len()).unwrap_or(i64::MAX));
     let copy = (!lake.is_local()).then(|| bytes.clone());
     tokio::task::spawn_blocking(move || -> Result<()> {
         use std::io::{Seek, Write};

@@ -111,8 +111,8 @@ pub struct Metrics {
     pub detector_checkpoints: Counter,
     /// Checkpoints that failed to be written.
     pub detector_checkpoint_failures: Counter,
-    /// Time the detector paused to take a checkpoint (its state encoded; the write runs
-    /// beside the next rounds).
+    /// Time the detector paused to copy its state for a checkpoint (encoding and writing
+    /// run beside the next rounds).
     pub detector_checkpoint_seconds: Histogram,
     /// The last checkpoint's size.
     pub detector_checkpoint_bytes: Gauge,
@@ -222,7 +222,7 @@ impl Metrics {
         let detector_checkpoint_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         registry.register(
             "detector_checkpoint_seconds",
-            "Time the detector paused to encode a checkpoint of its state (written beside the next rounds)",
+            "Time the detector paused to copy its state for a checkpoint (encoded and written beside the next rounds)",
             detector_checkpoint_seconds.clone(),
         );
         let detector_checkpoint_bytes = Gauge::default();
