@@ -788,13 +788,9 @@ impl Detector {
         }
     }
 
-    /// The state a checkpoint keeps (take it between events, with the changes taken).
-    pub fn state(&self) -> DetectorState {
-        self.copy().into_state()
-    }
-
-    /// The state copied as it is (a few `memcpy`s), so that compacting and encoding it can
-    /// run beside the detector: [`DetectorCopy::into_state`].
+    /// The state a checkpoint keeps, copied as it is (a few `memcpy`s; take it between
+    /// events, with the changes taken), so that compacting and encoding it can run beside
+    /// the detector: [`DetectorCopy::into_state`].
     pub fn copy(&self) -> DetectorCopy {
         DetectorCopy {
             rules: self.rules.iter().map(RuleState::copy).collect(),

@@ -348,17 +348,15 @@ impl Live {
         }
         let at = self.keyed.progress(&e, e.event_time);
         self.marks.observe(partition, offset, at);
-        if e.event_time < self.watermark
-            && let Some(n) = self.stats.late.get_mut(partition as usize)
-        {
-            *n += 1;
-        }
-        let before = (self.keyed.stats().late, self.keyed.stats().duplicates);
+        let (late, duplicates) = (self.keyed.stats().late, self.keyed.stats().duplicates);
         self.keyed.process(&e);
-        // Neither late nor a duplicate (the rules keyed across users see what those keyed by
-        // user see).
-        if (self.keyed.stats().late, self.keyed.stats().duplicates) == before {
-            // No rule keyed across users reads it, and it may be a kilobyte.
+        if self.keyed.stats().late > late {
+            if let Some(n) = self.stats.late.get_mut(partition as usize) {
+                *n += 1;
+            }
+        } else if self.keyed.stats().duplicates == duplicates {
+            // Neither late nor a duplicate: the rules keyed across users see what those keyed
+            // by user see, without the user agent (none of them reads it; it may be a KiB).
             e.user_agent = None;
             self.held.push(Reverse(HeldEvent {
                 order: (e.event_time, partition, offset),

@@ -21,6 +21,16 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// The severity of a name in configuration and output (`low`, `medium`, `high`).
+    pub fn parse(s: &str) -> Option<Severity> {
+        match s {
+            "low" => Some(Severity::Low),
+            "medium" => Some(Severity::Medium),
+            "high" => Some(Severity::High),
+            _ => None,
+        }
+    }
+
     /// The name in configuration and output.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -101,17 +101,9 @@ pub(crate) async fn list_alerts(
         let store = store(&c)?;
         let min = match q.severity.as_deref() {
             None => Severity::Low,
-            Some("low") => Severity::Low,
-            Some("medium") => Severity::Medium,
-            Some("high") => Severity::High,
-            Some(s) => return Err(bad(format!("severity {s:?}: expected low, medium or high"))),
+            Some(s) => Severity::parse(s)
+                .ok_or_else(|| bad(format!("severity {s:?}: expected low, medium or high")))?,
         };
-        let rank = |s: &str| match s {
-            "high" => 3,
-            "medium" => 2,
-            _ => 1,
-        };
-        let min_rank = rank(min.as_str());
         let limit = q.limit.unwrap_or(DEFAULT_ALERTS).clamp(1, MAX_ALERTS);
         let mut next = None;
         let mut out = match (q.key_type.as_deref(), q.key.as_deref()) {
@@ -157,7 +149,7 @@ pub(crate) async fn list_alerts(
             },
             _ => return Err(bad("key_type and key go together".to_owned())),
         };
-        out.retain(|i| rank(&i.severity) >= min_rank);
+        out.retain(|i| Severity::parse(&i.severity).unwrap_or(Severity::Low) >= min);
         let mut response = Json(out).into_response();
         if let Some(link) = next
             && let Ok(v) = axum::http::HeaderValue::from_str(&link)

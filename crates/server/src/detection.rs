@@ -476,13 +476,10 @@ async fn write_checkpoint(
     snapshot: shoplake_detect::LiveSnapshot,
     metrics: Arc<Metrics>,
 ) -> Result<()> {
-    let bytes = tokio::task::spawn_blocking(move || snapshot.encode()).await?;
-    metrics
-        .detector_checkpoint_bytes
-        .set(i64::try_from(bytes.len()).unwrap_or(i64::MAX));
-    let copy = (!lake.is_local()).then(|| bytes.clone());
-    tokio::task::spawn_blocking(move || -> Result<()> {
+    // Encoded and written on one blocking thread; the bytes come back for the lake's copy.
+    let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
         use std::io::{Seek, Write};
+        let bytes = snapshot.encode();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -494,9 +491,13 @@ async fn write_checkpoint(
         f.seek(std::io::SeekFrom::Start(0))?;
         f.write_all(&bytes)?;
         f.set_len(bytes.len() as u64)?;
-        Ok(())
+        Ok(bytes)
     })
     .await??;
+    metrics
+        .detector_checkpoint_bytes
+        .set(i64::try_from(bytes.len()).unwrap_or(i64::MAX));
+    let copy = (!lake.is_local()).then_some(bytes);
     if let Some(bytes) = copy {
         lake.put_own_file(LAKE_CHECKPOINT, bytes).await?;
     }
@@ -681,13 +682,10 @@ async fn notified_before(options: &DetectionOptions, c: &Change) -> bool {
     let (Change::Opened(i) | Change::Escalated(i)) = c else {
         return false;
     };
-    let rank = |s: &str| match s {
-        "high" => 3,
-        "medium" => 2,
-        _ => 1,
-    };
     match options.store.get(&i.id).await {
-        Ok(Some(stored)) => rank(&stored.severity) >= rank(i.severity.as_str()),
+        Ok(Some(stored)) => {
+            Severity::parse(&stored.severity).unwrap_or(Severity::Low) >= i.severity
+        }
         _ => false,
     }
 }

@@ -162,11 +162,7 @@ pub fn alerts(args: AlertsArgs) -> Result<ExitCode> {
                 from,
                 to,
             } => {
-                let min = match severity.as_str() {
-                    "high" => Severity::High,
-                    "medium" => Severity::Medium,
-                    _ => Severity::Low,
-                };
+                let min = Severity::parse(&severity).unwrap_or(Severity::Low);
                 let mut out = match (kt, key) {
                     (Some(t), Some(k)) => store.by_key(key_type(&t)?, &k, usize::MAX).await?,
                     _ if status == "open" => store.open(min, usize::MAX).await?,
@@ -178,12 +174,7 @@ pub fn alerts(args: AlertsArgs) -> Result<ExitCode> {
                             .await?
                     }
                 };
-                let rank = |s: &str| match s {
-                    "high" => 3,
-                    "medium" => 2,
-                    _ => 1,
-                };
-                out.retain(|i| rank(&i.severity) >= rank(min.as_str()));
+                out.retain(|i| Severity::parse(&i.severity).unwrap_or(Severity::Low) >= min);
                 print(&out, args.format)?;
             }
             AlertsCommand::Show { id } => match store.get(&id).await? {

@@ -388,6 +388,17 @@ fn incidents(json: &[u8]) -> Vec<(String, String, String, String, String)> {
     out
 }
 
+/// The incidents in a data directory's alert store, as [`incidents`] gives them.
+fn stored(data: &Path) -> Vec<(String, String, String, String, String)> {
+    let o = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args(["alerts", "list", "--status", "all", "--format", "json"])
+        .args(["--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    incidents(&o.stdout)
+}
+
 /// A metric's value summed over its labels, from `/metrics` (with the admin token).
 fn metric(port: u16, data: &Path, name: &str) -> f64 {
     use std::io::{Read, Write};
@@ -463,13 +474,7 @@ fn live_detection_equals_history_at_any_speed_over_many_connections() {
         let late = metric(port, &data, "shoplake_detector_late_events_total");
         let by_partition = metric(port, &data, "shoplake_detector_partition_late_events_total");
         assert!(terminate(&mut server).success());
-        let stream = Command::new(env!("CARGO_BIN_EXE_shoplake"))
-            .args(["alerts", "list", "--status", "all", "--format", "json"])
-            .args(["--data", data.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(stream.status.success());
-        runs.push((name, late, by_partition, incidents(&stream.stdout), data));
+        runs.push((name, late, by_partition, stored(&data), data));
     }
     let history = Command::new(env!("CARGO_BIN_EXE_shoplake"))
         .args(["detect", "--format", "json", "--rules"])
@@ -805,13 +810,7 @@ fn kill_9_mid_attack_resumes_from_the_checkpoint_one_incident_each() {
         log.contains("detector restored from its checkpoint"),
         "{log}"
     );
-    let stream = Command::new(env!("CARGO_BIN_EXE_shoplake"))
-        .args(["alerts", "list", "--status", "all", "--format", "json"])
-        .args(["--data", data.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(stream.status.success());
-    let stream = incidents(&stream.stdout);
+    let stream = stored(&data);
     let history = Command::new(env!("CARGO_BIN_EXE_shoplake"))
         .args(["detect", "--format", "json", "--lake"])
         .arg(data.join("lake"))
@@ -923,7 +922,17 @@ fn a_lake_on_s3_keeps_the_detector_checkpoint_beside_its_tables() {
     }
     assert!(removed > 0, "no local checkpoint");
     let mut server = spawn_serve(&data, &config, port, &serve_log);
-    std::thread::sleep(Duration::from_secs(1));
+    // The detector says at its start whether it restored a checkpoint.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&serve_log)
+        .unwrap()
+        .lines()
+        .skip_while(|l| !l.contains("SIGTERM"))
+        .any(|l| l.contains("detector checkpoint") || l.contains("detector restored"))
+    {
+        assert!(Instant::now() < deadline, "the detector did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(terminate(&mut server).success());
     let log = std::fs::read_to_string(&serve_log).unwrap();
     let restored = log
@@ -971,12 +980,7 @@ fn processing_time_windows_events_at_their_arrival() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(terminate(&mut server).success());
-    let o = Command::new(env!("CARGO_BIN_EXE_shoplake"))
-        .args(["alerts", "list", "--status", "all", "--format", "json"])
-        .args(["--data", data.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let found = incidents(&o.stdout);
+    let found = stored(&data);
     assert!(
         found.iter().any(|i| i.0 == "user_burst" && i.2 == "7"),
         "{found:?}"
