@@ -214,6 +214,7 @@ impl Collector {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(self.limits.query_concurrency.clamp(1, 8))
             .thread_name("shoplake-query")
+            .on_thread_start(crate::priority::lower_this_thread)
             .enable_all()
             .build()
             .map_err(|e| {

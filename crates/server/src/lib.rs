@@ -11,6 +11,7 @@ mod http;
 pub mod lake_api;
 mod metrics;
 pub mod notify;
+mod priority;
 mod service;
 
 pub use auth::{Network, Scope, Token, Tokens};

@@ -144,6 +144,12 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
         .stderr(std::fs::File::create(data.join("replay.log"))?)
         .spawn()
         .context("starting the live replay")?;
+    // The handlers go in before the banner: a Ctrl-C right after it stops the demo cleanly.
+    let rt = runtime()?;
+    let interrupted = {
+        let _entered = rt.enter();
+        crate::signals::shutdown()?
+    };
     let mut out = std::io::stdout().lock();
     writeln!(out, "\nshoplake demo is running")?;
     writeln!(out, "  dashboard: {url}/")?;
@@ -167,11 +173,10 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
     out.flush()?;
     drop(out);
 
-    let rt = runtime()?;
     rt.block_on(async {
         let attacks = tokio::spawn(attack_loop(url.clone(), token.clone()));
         let stopped = tokio::select! {
-            r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; false }
+            _ = interrupted => false,
             () = wait_exit(&mut server) => true,
         };
         attacks.abort();

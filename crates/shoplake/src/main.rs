@@ -11,6 +11,7 @@ mod progress;
 mod query_cmd;
 mod replay_cmd;
 mod serve_cmd;
+mod signals;
 
 use std::process::ExitCode;
 

@@ -135,6 +135,8 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     )?;
     let rt = runtime()?;
     rt.block_on(async move {
+        // Before anything listens: a signal from then on stops serve cleanly.
+        let stop = crate::signals::shutdown()?;
         let detection = if detect {
             std::fs::create_dir_all(&args.data)
                 .with_context(|| format!("creating {}", args.data.display()))?;
@@ -167,7 +169,11 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             record_format,
         };
         let log = open_log(&config, &args.data).await?;
-        shoplake_server::serve(lake, log, options, |_| {}, shutdown_signal()).await
+        let stopped = async {
+            let signal = stop.await;
+            tracing::info!("{signal} received");
+        };
+        shoplake_server::serve(lake, log, options, |_| {}, stopped).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -217,33 +223,5 @@ async fn open_log(config: &Config, data: &std::path::Path) -> Result<Arc<dyn Eve
             Ok(Arc::new(log))
         }
         Some(other) => bail!("log.backend {other:?}: expected embedded or kafka"),
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("listening for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("listening for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
     }
 }

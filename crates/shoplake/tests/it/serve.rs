@@ -50,6 +50,37 @@ pub(crate) fn terminate(child: &mut Child) -> std::process::ExitStatus {
     child.wait().unwrap()
 }
 
+/// Sends SIGINT, as Ctrl-C in a terminal would, and waits for the exit.
+fn interrupt(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().unwrap()
+}
+
+#[test]
+fn ctrl_c_the_moment_serve_listens_stops_it_cleanly() {
+    // The handlers are installed before the listener: a signal that comes as soon as the
+    // port answers is a clean stop (exit 0), never the default action that kills.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("shoplake.toml");
+    let serve_log = dir.path().join("serve.log");
+    std::fs::write(&config, "[delivery]\nmarts_interval = \"off\"\n").unwrap();
+    for round in 0..3 {
+        let port = free_port();
+        let mut server = spawn_serve(&data, &config, port, &serve_log);
+        let status = interrupt(&mut server);
+        assert!(
+            status.success(),
+            "round {round}: {status}\n{}",
+            std::fs::read_to_string(&serve_log).unwrap()
+        );
+    }
+}
+
 /// A small xorshift, seeded from the clock (the seed is printed to replay a failure).
 struct Rng(u64);
 
