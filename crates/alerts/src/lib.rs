@@ -3,7 +3,10 @@
 //! trait, [`AlertStore`]; one implementation over SQL ([`SqlStore`]) for SQLite (a file, the
 //! default) and PostgreSQL (a URL); the [`conformance`] suite runs against both.
 
+mod config;
 pub mod conformance;
+
+pub use config::{AlertsConfig, AlertsSettings};
 
 use std::str::FromStr;
 

@@ -16,51 +16,11 @@ use serde::{Deserialize, Serialize};
 use shoplake_events::time::Clock;
 use shoplake_events::{Event, EventType};
 
+use crate::fire::{Fire, Key};
 use crate::incident::{Change, Incident, IncidentState, Tracker};
 use crate::rules::{KeyType, Measure, Rule, Settings, Severity, TimeMode};
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// What a rule counts per, for one event.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Key {
-    /// A user id.
-    User(i64),
-    /// An address.
-    Ip(IpAddr),
-    /// A session.
-    Session(Box<str>),
-    /// All traffic.
-    Global,
-}
-
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Key::User(u) => write!(f, "{u}"),
-            Key::Ip(ip) => write!(f, "{ip}"),
-            Key::Session(s) => f.write_str(s),
-            Key::Global => f.write_str("all"),
-        }
-    }
-}
-
-/// A window crossing a threshold.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Fire {
-    /// The window's start, µs.
-    pub window_start: i64,
-    /// The window's end, µs.
-    pub window_end: i64,
-    /// The measured value.
-    pub value: f64,
-    /// The severity of the level crossed.
-    pub severity: Severity,
-    /// The time of the event that made it cross.
-    pub at: i64,
-    /// The key's events in the window so far.
-    pub events: u64,
-}
 
 /// The engine's counters (metrics).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

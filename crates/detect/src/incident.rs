@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize, Serializer};
 use shoplake_events::time::format_rfc3339;
 
-use crate::engine::{Fire, Key};
+use crate::fire::{Fire, Key};
 use crate::rules::{KeyType, Rule, Severity};
 
 /// Where an incident stands.

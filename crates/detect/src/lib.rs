@@ -10,11 +10,13 @@
 //!   cooldown.
 
 mod engine;
+mod fire;
 mod incident;
 pub mod live;
 pub mod rules;
 
-pub use engine::{Detector, DetectorCopy, DetectorState, Fire, Key, Stats};
+pub use engine::{Detector, DetectorCopy, DetectorState, Stats};
+pub use fire::{Fire, Key};
 pub use incident::{Change, Incident, Status, rfc3339, rfc3339_opt};
 pub use live::{Live, LiveSnapshot, LiveStats, Watermarks};
 pub use rules::{DetectConfig, KeyType, Rule, Settings, Severity, TimeMode};

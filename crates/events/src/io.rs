@@ -32,16 +32,6 @@ pub fn open(path: &Path) -> Result<Input> {
     maybe_gunzip(file)
 }
 
-/// Whether a file name says JSON (`.json`, `.ndjson`, `.jsonl`, optionally `.gz`); anything
-/// else is read as CSV.
-pub fn is_json_name(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    let name = name.strip_suffix(".gz").unwrap_or(&name);
-    [".json", ".ndjson", ".jsonl"]
-        .iter()
-        .any(|s| name.ends_with(s))
-}
-
 /// Gives gzip errors a message that says they are gzip errors.
 struct GzipInput<R>(MultiGzDecoder<R>);
 

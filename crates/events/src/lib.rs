@@ -11,15 +11,18 @@
 
 pub mod arrow;
 pub mod csv;
+pub mod decode;
 mod error;
 pub mod event;
 pub mod io;
 pub mod json;
 pub mod record;
+pub mod settings;
 pub mod time;
 pub mod validate;
 
 pub use crate::csv::{CsvDecoder, CsvEncoder, Row, RowRef};
+pub use crate::decode::{Decoder, Format};
 pub use crate::error::{Error, Result};
 pub use crate::event::{Event, EventId, EventRef, EventType, Price};
 pub use crate::json::{JsonDecoder, JsonEncoder};

@@ -178,7 +178,7 @@ pub fn parse_date(s: &str) -> Option<i64> {
 }
 
 /// A source of "now", injected wherever time matters so tests can run on a fake clock.
-pub trait Clock: Send + Sync {
+pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Microseconds since the Unix epoch.
     fn now_micros(&self) -> i64;
 }

@@ -71,7 +71,7 @@ impl ImportSource {
     }
 
     fn is_json(&self) -> bool {
-        shoplake_events::io::is_json_name(&self.name())
+        shoplake_events::Format::of_name(&self.name()) == shoplake_events::Format::Json
     }
 }
 

@@ -9,6 +9,7 @@
 //! - `bot_flags`: users that real-time detection judged bots, per UTC day and incident.
 
 mod catalog;
+mod config;
 mod dedupe;
 mod deliver;
 mod error;
@@ -21,6 +22,7 @@ mod read;
 pub mod schema;
 
 pub use catalog::{ColumnInfo, CommitSummary, ImportRecord, PartitionInfo, TableInfo};
+pub use config::{LakeConfig, S3Config};
 pub use deliver::{COLLECTOR_IMPORT_ID, Delivered, Delivery, Pumped, QuarantinedRow};
 pub use error::{Error, Result};
 pub use flags::BotFlag;

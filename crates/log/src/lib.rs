@@ -9,6 +9,7 @@
 //! that drops a torn tail), and [`KafkaLog`] (a Kafka topic keyed by user id, for scale-out);
 //! the [`conformance`] suite states what every backend must do.
 
+mod config;
 pub mod conformance;
 mod embedded;
 mod kafka;
@@ -16,6 +17,7 @@ mod segment;
 
 use std::collections::BTreeMap;
 
+pub use config::{Backend, DEFAULT_TOPIC, KafkaConfig, LogConfig, LogSettings};
 pub use embedded::{EmbeddedLog, EmbeddedOptions};
 pub use kafka::{KafkaLog, KafkaOptions};
 

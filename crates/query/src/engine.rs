@@ -174,7 +174,7 @@ impl Engine {
         let n = out
             .batches
             .first()
-            .and_then(|b| crate::reports::Columns::new(b).i64("n").ok())
+            .and_then(|b| crate::columns::Columns::new(b).i64("n").ok())
             .and_then(|v| v.first().copied().flatten())
             .unwrap_or(0);
         Ok(n > 0)
@@ -292,9 +292,7 @@ impl Engine {
     /// `spilling` instead, an equivalent plan that can.
     pub(crate) async fn run_or_spill(&self, fast: &str, spilling: &str) -> Result<QueryOutput> {
         match self.run(fast).await {
-            Err(Error::Sql(e))
-                if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) =>
-            {
+            Err(Error::ResourcesExhausted(e)) => {
                 tracing::debug!("out of memory, running the spilling plan: {e}");
                 self.run(spilling).await
             }

@@ -9,14 +9,27 @@ pub enum Error {
     #[error("{0}")]
     ReadOnly(String),
     /// The query ran past the time limit.
-    #[error("the query ran longer than the {0:?} time limit (raise it with --timeout)")]
+    #[error("the query ran longer than the {0:?} time limit")]
     Timeout(std::time::Duration),
     /// A bad argument: zone, date range, level, metric.
     #[error("{0}")]
     Argument(String),
-    /// DataFusion refused or failed the query (the message says where).
+    /// The statement does not plan: its syntax, a table, column or function it names, a type
+    /// (the caller's mistake; the message says where).
     #[error("{0}")]
-    Sql(Box<DataFusionError>),
+    Plan(Box<DataFusionError>),
+    /// The query failed on the data it met (a cast, an argument out of range).
+    #[error("{0}")]
+    Execution(Box<DataFusionError>),
+    /// Reading the lake's files failed (the storage's trouble, not the query's).
+    #[error("{0}")]
+    Storage(Box<DataFusionError>),
+    /// The query needed more memory or spill space than it may have.
+    #[error("{0}")]
+    ResourcesExhausted(Box<DataFusionError>),
+    /// A bug in the engine or in shoplake (should not happen).
+    #[error("internal error: {0}")]
+    Internal(Box<DataFusionError>),
     /// The lake failed.
     #[error(transparent)]
     Lake(Box<shoplake_lake::Error>),
@@ -32,8 +45,45 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<DataFusionError> for Error {
+    /// Sorts DataFusion's error by its root cause.
     fn from(e: DataFusionError) -> Self {
-        Error::Sql(Box::new(e))
+        match kind(&e) {
+            Kind::Plan => Error::Plan(Box::new(e)),
+            Kind::Execution => Error::Execution(Box::new(e)),
+            Kind::Storage => Error::Storage(Box::new(e)),
+            Kind::Resources => Error::ResourcesExhausted(Box::new(e)),
+            Kind::Internal => Error::Internal(Box::new(e)),
+        }
+    }
+}
+
+enum Kind {
+    Plan,
+    Execution,
+    Storage,
+    Resources,
+    Internal,
+}
+
+fn kind(e: &DataFusionError) -> Kind {
+    use deltalake::arrow::error::ArrowError;
+    match e.find_root() {
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_)
+        | DataFusionError::Configuration(_) => Kind::Plan,
+        DataFusionError::ResourcesExhausted(_) => Kind::Resources,
+        DataFusionError::ObjectStore(_)
+        | DataFusionError::IoError(_)
+        | DataFusionError::ParquetError(_) => Kind::Storage,
+        DataFusionError::ArrowError(a, _) => match a.as_ref() {
+            ArrowError::IoError(..) | ArrowError::ParquetError(_) => Kind::Storage,
+            _ => Kind::Execution,
+        },
+        DataFusionError::External(x) if x.is::<deltalake::DeltaTableError>() => Kind::Storage,
+        DataFusionError::Internal(_) => Kind::Internal,
+        _ => Kind::Execution,
     }
 }
 
@@ -51,6 +101,6 @@ impl From<deltalake::arrow::error::ArrowError> for Error {
 
 impl From<deltalake::DeltaTableError> for Error {
     fn from(e: deltalake::DeltaTableError) -> Self {
-        DataFusionError::External(Box::new(e)).into()
+        Error::Storage(Box::new(DataFusionError::External(Box::new(e))))
     }
 }

@@ -6,12 +6,16 @@
 //! carts, top categories and brands exactly as DESIGN.md section 4 defines them; [`output`]
 //! writes results as a table, CSV, JSON or Parquet.
 
+mod columns;
 mod engine;
 mod error;
+mod folds;
 pub mod marts;
 pub mod output;
 mod range;
+mod relations;
 pub mod reports;
+mod stamp;
 pub mod udf;
 
 pub use engine::{DEFAULT_TIMEOUT, Engine, EngineResources, QueryOutput, check_read_only};

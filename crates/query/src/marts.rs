@@ -23,7 +23,7 @@
 //! starts depend on all earlier data, so a refresh recomputes each zone whole (one pass of a
 //! few group-bys over `events`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,16 +36,13 @@ use futures::StreamExt;
 use serde::Serialize;
 use shoplake_lake::{Lake, TableName};
 
+use crate::columns::Columns;
 use crate::engine::{Engine, QueryOutput};
 use crate::error::{Error, Result};
-use crate::reports::{Cart, CartOrPurchase, DAILY_CTES, each_cart_or_purchase, keep_first};
-use crate::udf::{category_at, parse_zone};
-
-/// The layout of the marts, stamped beside the `events` version: a release that changes what
-/// any mart holds raises it, so marts written by an older release are never read (and are
-/// rebuilt by the next refresh). 3: humans only (flagged user-days left out), stamped with the
-/// `bot_flags` version too.
-pub const FORMAT: i64 = 3;
+use crate::folds::{Cart, CartOrPurchase, each_cart_or_purchase, keep_first};
+use crate::relations::{DAILY_CTES, HUMAN_EVENTS};
+pub use crate::stamp::{FORMAT, fresh, zones};
+use crate::udf::category_at;
 
 /// What a refresh did, per zone.
 #[derive(Debug, Clone, Serialize)]
@@ -66,28 +63,6 @@ pub struct MartsSummary {
     pub item_rows: usize,
     /// Seconds taken.
     pub seconds: f64,
-}
-
-/// The zones the marts hold: UTC, plus every zone already in `mart_daily`, plus `extra`.
-pub async fn zones(engine: &Engine, extra: &[Tz]) -> Result<Vec<Tz>> {
-    let mut names: BTreeSet<String> = BTreeSet::from(["UTC".to_owned()]);
-    let out = engine.run("SELECT DISTINCT zone FROM mart_daily").await?;
-    for b in &out.batches {
-        for z in crate::reports::Columns::new(b)
-            .str("zone")?
-            .into_iter()
-            .flatten()
-        {
-            names.insert(z);
-        }
-    }
-    for z in extra {
-        names.insert(z.name().to_owned());
-    }
-    names
-        .iter()
-        .map(|n| parse_zone(n).map_err(Error::Argument))
-        .collect()
 }
 
 /// Recomputes the marts of each zone from `events` (at the version the engine sees) and
@@ -119,7 +94,7 @@ async fn refresh_in(lake: &Lake, engine: &Engine, extra_zones: &[Tz]) -> Result<
     // Humans only, as the dashboard and the reports show by default: every mart leaves out
     // the user-days `bot_flags` flags (all-traffic reports read `events` while flags exist).
     let events = if engine.has_bot_flags().await? {
-        crate::reports::HUMAN_EVENTS
+        HUMAN_EVENTS
     } else {
         "events"
     };
@@ -240,7 +215,7 @@ async fn daily_rows(
     let newest = newest
         .batches
         .first()
-        .and_then(|b| crate::reports::Columns::new(b).i64("newest").ok())
+        .and_then(|b| Columns::new(b).i64("newest").ok())
         .and_then(|v| v.first().copied().flatten());
 
     // Per day: visitors, sessions, events, new visitors, session starts, cart sessions,
@@ -248,7 +223,7 @@ async fn daily_rows(
     let mut by_day: BTreeMap<i64, [i64; 7]> = BTreeMap::new();
     let mut fill = |out: &QueryOutput, columns: &[(&str, usize)], create: bool| -> Result<()> {
         for b in &out.batches {
-            let c = crate::reports::Columns::new(b);
+            let c = Columns::new(b);
             let day = c.i64("day")?;
             let values = columns
                 .iter()
@@ -359,7 +334,7 @@ impl ItemDays {
     }
 
     fn add(&mut self, b: &RecordBatch) -> Result<()> {
-        let day = crate::reports::Columns::new(b).int64_array("day")?;
+        let day = Columns::new(b).int64_array("day")?;
         each_cart_or_purchase(b, |i, key, row| {
             let pair = self.pairs.entry(key).or_default();
             match row {
@@ -812,42 +787,10 @@ async fn reset_outdated(lake: &Lake) -> Result<()> {
     Ok(())
 }
 
-/// Whether the marts of a zone reflect the `events` and `bot_flags` versions the engine sees,
-/// in this release's layout.
-pub async fn fresh(engine: &Engine, tz: Tz) -> Result<bool> {
-    let Some(version) = engine.events_version() else {
-        return Ok(false);
-    };
-    let daily = engine.context().table_provider("mart_daily").await?;
-    if daily.schema().field_with_name("flags_version").is_err() {
-        return Ok(false);
-    }
-    let out = engine
-        .run(&format!(
-            "SELECT MIN(events_version) AS lo, MAX(events_version) AS hi,
-                    MIN(marts_format) AS f_lo, MAX(marts_format) AS f_hi,
-                    MIN(flags_version) AS b_lo, MAX(flags_version) AS b_hi
-             FROM mart_daily WHERE zone = '{}'",
-            tz.name()
-        ))
-        .await?;
-    let Some(b) = out.batches.first() else {
-        return Ok(false);
-    };
-    let c = crate::reports::Columns::new(b);
-    let first = |name: &str| -> Result<Option<i64>> { Ok(c.i64(name)?.first().copied().flatten()) };
-    let flags = Some(engine.bot_flags_version().unwrap_or(-1));
-    Ok(first("lo")? == Some(version)
-        && first("hi")? == Some(version)
-        && first("f_lo")? == Some(FORMAT)
-        && first("f_hi")? == Some(FORMAT)
-        && first("b_lo")? == flags
-        && first("b_hi")? == flags)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn a_day_keeps_its_distinct_entries_through_compactions() {

@@ -33,9 +33,7 @@ impl ReportRange {
     pub fn parse(from: Option<&str>, to: Option<&str>, tz: Option<&str>) -> Result<ReportRange> {
         let date = |s: &str, what: &str| {
             NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| {
-                Error::Argument(format!(
-                    "--{what} {s:?} is not a date (expected YYYY-MM-DD)"
-                ))
+                Error::Argument(format!("{what} {s:?} is not a date (expected YYYY-MM-DD)"))
             })
         };
         let range = ReportRange {
@@ -50,7 +48,7 @@ impl ReportRange {
             && f > t
         {
             return Err(Error::Argument(format!(
-                "--from {f} is after --to {t}: the range is empty"
+                "from {f} is after to {t}: the range is empty"
             )));
         }
         Ok(range)

@@ -7,27 +7,17 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequest, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use shoplake_alerts::{AlertStore, Cursor, List, Page};
 use shoplake_detect::{KeyType, Severity};
 use shoplake_events::time::parse_timestamp;
 
-use crate::auth::{Scope, Token};
-use crate::collector::{ApiError, Collector};
-
-fn authorize<'a>(
-    c: &'a Collector,
-    headers: &HeaderMap,
-    scope: Scope,
-) -> Result<&'a Token, ApiError> {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    c.tokens().check(auth, scope).map_err(ApiError::denied)
-}
+use crate::caller::{Admin, Caller, Read};
+use crate::collector::Collector;
+use crate::error::ApiError;
 
 fn store(c: &Collector) -> Result<&Arc<dyn AlertStore>, ApiError> {
     c.store().ok_or_else(|| {
@@ -36,14 +26,6 @@ fn store(c: &Collector) -> Result<&Arc<dyn AlertStore>, ApiError> {
             "detection is off on this server: no alert store",
         )
     })
-}
-
-fn failed(e: shoplake_alerts::Error) -> ApiError {
-    tracing::error!("alert store: {e}");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("the alert store failed: {e}"),
-    )
 }
 
 /// Filters of `GET /v1/alerts`.
@@ -86,79 +68,74 @@ fn key_type(s: &str) -> Result<KeyType, ApiError> {
     }
 }
 
-fn bad(message: String) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, message)
-}
-
 pub(crate) async fn list_alerts(
     State(c): State<Arc<Collector>>,
-    headers: HeaderMap,
+    _: Caller<Read>,
     query: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let run = async {
-        authorize(&c, &headers, Scope::Read)?;
-        let Query(q) = query.map_err(|e| bad(e.body_text()))?;
-        let store = store(&c)?;
-        let min = match q.severity.as_deref() {
-            None => Severity::Low,
-            Some(s) => Severity::parse(s)
-                .ok_or_else(|| bad(format!("severity {s:?}: expected low, medium or high")))?,
-        };
-        let limit = q.limit.unwrap_or(DEFAULT_ALERTS).clamp(1, MAX_ALERTS);
-        let mut next = None;
-        let mut out = match (q.key_type.as_deref(), q.key.as_deref()) {
-            (Some(t), Some(k)) => store.by_key(key_type(t)?, k, limit).await.map_err(failed)?,
-            (None, None) => match q.status.as_deref() {
-                None | Some("open") => store.open(min, limit).await.map_err(failed)?,
-                Some("all") => {
-                    let time = |name: &str, v: &Option<String>, default: i64| match v {
-                        None => Ok(default),
-                        Some(s) => parse_timestamp(s)
-                            .ok_or_else(|| bad(format!("{name} {s:?}: not a timestamp"))),
-                    };
-                    let from = time("from", &q.from, i64::MIN)?;
-                    let to = time("to", &q.to, i64::MAX)?;
-                    let after = match q.cursor.as_deref() {
-                        None => None,
-                        Some(c) => Some(
-                            Cursor::decode(c)
-                                .ok_or_else(|| bad(format!("cursor {c:?}: not a cursor")))?,
-                        ),
-                    };
-                    let newest_first = match q.order.as_deref() {
-                        None | Some("oldest") => false,
-                        Some("newest") => true,
-                        Some(o) => {
-                            return Err(bad(format!("order {o:?}: expected oldest or newest")));
-                        }
-                    };
-                    let page = Page {
-                        after,
-                        limit,
-                        newest_first,
-                    };
-                    let got = store.between(from, to, &page).await.map_err(failed)?;
-                    if got.len() == limit
-                        && let Some(last) = got.last()
-                    {
-                        next = Some(next_link(&q, &Cursor::after(last), limit));
-                    }
-                    got
-                }
-                Some(s) => return Err(bad(format!("status {s:?}: expected open or all"))),
-            },
-            _ => return Err(bad("key_type and key go together".to_owned())),
-        };
-        out.retain(|i| Severity::parse(&i.severity).unwrap_or(Severity::Low) >= min);
-        let mut response = Json(out).into_response();
-        if let Some(link) = next
-            && let Ok(v) = axum::http::HeaderValue::from_str(&link)
-        {
-            response.headers_mut().insert(header::LINK, v);
-        }
-        Ok::<_, ApiError>(response)
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad(e.body_text()))?;
+    let store = store(&c)?;
+    let min = match q.severity.as_deref() {
+        None => Severity::Low,
+        Some(s) => Severity::parse(s).ok_or_else(|| {
+            ApiError::bad(format!("severity {s:?}: expected low, medium or high"))
+        })?,
     };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+    let limit = q.limit.unwrap_or(DEFAULT_ALERTS).clamp(1, MAX_ALERTS);
+    let mut next = None;
+    let mut out = match (q.key_type.as_deref(), q.key.as_deref()) {
+        (Some(t), Some(k)) => store.by_key(key_type(t)?, k, limit).await?,
+        (None, None) => match q.status.as_deref() {
+            None | Some("open") => store.open(min, limit).await?,
+            Some("all") => {
+                let time = |name: &str, v: &Option<String>, default: i64| match v {
+                    None => Ok(default),
+                    Some(s) => parse_timestamp(s)
+                        .ok_or_else(|| ApiError::bad(format!("{name} {s:?}: not a timestamp"))),
+                };
+                let from = time("from", &q.from, i64::MIN)?;
+                let to = time("to", &q.to, i64::MAX)?;
+                let after = match q.cursor.as_deref() {
+                    None => None,
+                    Some(c) => Some(
+                        Cursor::decode(c)
+                            .ok_or_else(|| ApiError::bad(format!("cursor {c:?}: not a cursor")))?,
+                    ),
+                };
+                let newest_first = match q.order.as_deref() {
+                    None | Some("oldest") => false,
+                    Some("newest") => true,
+                    Some(o) => {
+                        return Err(ApiError::bad(format!(
+                            "order {o:?}: expected oldest or newest"
+                        )));
+                    }
+                };
+                let page = Page {
+                    after,
+                    limit,
+                    newest_first,
+                };
+                let got = store.between(from, to, &page).await?;
+                if got.len() == limit
+                    && let Some(last) = got.last()
+                {
+                    next = Some(next_link(&q, &Cursor::after(last), limit));
+                }
+                got
+            }
+            Some(s) => return Err(ApiError::bad(format!("status {s:?}: expected open or all"))),
+        },
+        _ => return Err(ApiError::bad("key_type and key go together".to_owned())),
+    };
+    out.retain(|i| Severity::parse(&i.severity).unwrap_or(Severity::Low) >= min);
+    let mut response = Json(out).into_response();
+    if let Some(link) = next
+        && let Ok(v) = axum::http::HeaderValue::from_str(&link)
+    {
+        response.headers_mut().insert(header::LINK, v);
+    }
+    Ok(response)
 }
 
 /// The `Link` header to the next page of a `status=all` listing (the same filters, the
@@ -199,52 +176,43 @@ fn percent(s: &str) -> String {
 
 pub(crate) async fn get_alert(
     State(c): State<Arc<Collector>>,
-    headers: HeaderMap,
+    _: Caller<Read>,
     Path(id): Path<String>,
-) -> Response {
-    let run = async {
-        authorize(&c, &headers, Scope::Read)?;
-        match store(&c)?.get(&id).await.map_err(failed)? {
-            Some(i) => Ok::<_, ApiError>(Json(i).into_response()),
-            None => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no incident {id}"),
-            )),
-        }
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+) -> Result<Response, ApiError> {
+    match store(&c)?.get(&id).await? {
+        Some(i) => Ok(Json(i).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no incident {id}"),
+        )),
+    }
 }
 
 pub(crate) async fn act_on_alert(
     State(c): State<Arc<Collector>>,
-    headers: HeaderMap,
+    caller: Caller<Admin>,
     Path((id, action)): Path<(String, String)>,
-) -> Response {
-    let run = async {
-        let token = authorize(&c, &headers, Scope::Admin)?;
-        let store = store(&c)?;
-        let now = chrono::Utc::now().timestamp_micros();
-        let done = match action.as_str() {
-            "ack" => store.acknowledge(&id, &token.name, now).await,
-            "resolve" => store.resolve(&id, &token.name, now).await,
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("no action {action:?}: ack or resolve"),
-                ));
-            }
-        }
-        .map_err(failed)?;
-        if !done {
+) -> Result<Response, ApiError> {
+    let store = store(&c)?;
+    let now = c.clock().now_micros();
+    let done = match action.as_str() {
+        "ack" => store.acknowledge(&id, caller.name(), now).await,
+        "resolve" => store.resolve(&id, caller.name(), now).await,
+        _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("no incident {id}"),
+                format!("no action {action:?}: ack or resolve"),
             ));
         }
-        let i = store.get(&id).await.map_err(failed)?;
-        Ok::<_, ApiError>(Json(i).into_response())
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+    }?;
+    if !done {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no incident {id}"),
+        ));
+    }
+    let i = store.get(&id).await?;
+    Ok(Json(i).into_response())
 }
 
 /// The body of `POST`/`DELETE /v1/lists/{list}`.
@@ -255,48 +223,40 @@ pub(crate) struct ListEntry {
     key: String,
 }
 
-pub(crate) async fn get_lists(State(c): State<Arc<Collector>>, headers: HeaderMap) -> Response {
-    let run = async {
-        authorize(&c, &headers, Scope::Read)?;
-        let listed = store(&c)?.listed().await.map_err(failed)?;
-        Ok::<_, ApiError>(Json(listed).into_response())
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+pub(crate) async fn get_lists(
+    State(c): State<Arc<Collector>>,
+    _: Caller<Read>,
+) -> Result<Response, ApiError> {
+    let listed = store(&c)?.listed().await?;
+    Ok(Json(listed).into_response())
 }
 
 pub(crate) async fn change_list(
     State(c): State<Arc<Collector>>,
-    headers: HeaderMap,
+    // The token first: nothing of the body is read for a request without one.
+    caller: Caller<Admin>,
     method: axum::http::Method,
     Path(list): Path<String>,
-    request: axum::extract::Request,
-) -> Response {
-    let run = async {
-        // The token first: nothing of the body is read for a request without one.
-        let token = authorize(&c, &headers, Scope::Admin)?;
-        let list = List::from_str(&list).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e))?;
-        let Json(entry) = Json::<ListEntry>::from_request(request, &())
-            .await
-            .map_err(|e| bad(e.body_text()))?;
-        let kt = key_type(&entry.key_type)?;
-        let valid = match kt {
-            KeyType::UserId => entry.key.parse::<i64>().is_ok_and(|u| u > 0),
-            KeyType::ClientIp => entry.key.parse::<std::net::IpAddr>().is_ok(),
-            _ => false,
-        };
-        if !valid {
-            return Err(bad(format!(
-                "{} {:?}: lists hold positive user ids and IP addresses",
-                entry.key_type, entry.key
-            )));
-        }
-        let on = method == axum::http::Method::POST;
-        let now = chrono::Utc::now().timestamp_micros();
-        store(&c)?
-            .set_listed(list, kt, &entry.key, on, &token.name, now)
-            .await
-            .map_err(failed)?;
-        Ok::<_, ApiError>(StatusCode::NO_CONTENT.into_response())
+    body: Result<Json<ListEntry>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let list = List::from_str(&list).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e))?;
+    let Json(entry) = body.map_err(|e| ApiError::bad(e.body_text()))?;
+    let kt = key_type(&entry.key_type)?;
+    let valid = match kt {
+        KeyType::UserId => entry.key.parse::<i64>().is_ok_and(|u| u > 0),
+        KeyType::ClientIp => entry.key.parse::<std::net::IpAddr>().is_ok(),
+        _ => false,
     };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+    if !valid {
+        return Err(ApiError::bad(format!(
+            "{} {:?}: lists hold positive user ids and IP addresses",
+            entry.key_type, entry.key
+        )));
+    }
+    let on = method == axum::http::Method::POST;
+    let now = c.clock().now_micros();
+    store(&c)?
+        .set_listed(list, kt, &entry.key, on, caller.name(), now)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -101,13 +102,15 @@ pub enum Denied {
 /// The tokens the server accepts.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
-    tokens: Vec<Token>,
+    tokens: Vec<Arc<Token>>,
 }
 
 impl Tokens {
     /// From configured tokens.
     pub fn new(tokens: Vec<Token>) -> Tokens {
-        Tokens { tokens }
+        Tokens {
+            tokens: tokens.into_iter().map(Arc::new).collect(),
+        }
     }
 
     /// Whether no token is configured.
@@ -116,7 +119,7 @@ impl Tokens {
     }
 
     /// The token an `Authorization` header names, if it grants `scope`.
-    pub fn check(&self, header: Option<&str>, scope: Scope) -> Result<&Token, Denied> {
+    pub fn check(&self, header: Option<&str>, scope: Scope) -> Result<&Arc<Token>, Denied> {
         let token = self.authenticate(header)?;
         if token.allows(scope) {
             Ok(token)
@@ -126,7 +129,7 @@ impl Tokens {
     }
 
     /// The token an `Authorization` header names, whatever its scopes.
-    pub fn authenticate(&self, header: Option<&str>) -> Result<&Token, Denied> {
+    pub fn authenticate(&self, header: Option<&str>) -> Result<&Arc<Token>, Denied> {
         let secret = header
             .and_then(|h| {
                 let (kind, rest) = h.trim().split_once(' ')?;

@@ -9,14 +9,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
 use shoplake_alerts::{AlertStore, List};
 use shoplake_detect::{Change, Incident, Live, Settings, Severity};
-use shoplake_events::{SystemClock, Validator};
+use shoplake_events::time::Clock;
+use shoplake_events::{Event, Validator};
 use shoplake_lake::{BotFlag, Lake};
 use shoplake_log::{EventLog, Limit};
 use tokio::sync::{mpsc, watch};
 
+use crate::checkpoint::{self, Checkpoints};
+use crate::error::Result;
 use crate::metrics::{IncidentLabel, Metrics, PartitionLabel};
 use crate::notify::{Notifier, NotifySettings};
 
@@ -171,7 +173,8 @@ pub(crate) async fn detect_loop(
     log: Arc<dyn EventLog>,
     options: DetectionOptions,
     metrics: Arc<Metrics>,
-    live: crate::lake_api::LiveSender,
+    live: crate::live::LiveSender,
+    clock: Arc<dyn Clock>,
     stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let notifier = Notifier::start(&options.notify, metrics.clone())?;
@@ -182,6 +185,7 @@ pub(crate) async fn detect_loop(
         live,
         flags: flags_tx,
         flag_severity: options.settings.flag_severity,
+        clock,
     };
     let result = run(&lake, log, &options, &metrics, &out, stop).await;
     let Outputs {
@@ -198,9 +202,10 @@ pub(crate) async fn detect_loop(
 /// Where incident changes go besides the store.
 struct Outputs {
     notifier: Notifier,
-    live: crate::lake_api::LiveSender,
+    live: crate::live::LiveSender,
     flags: mpsc::UnboundedSender<FlagWork>,
     flag_severity: Severity,
+    clock: Arc<dyn Clock>,
 }
 
 async fn run(
@@ -211,297 +216,204 @@ async fn run(
     out: &Outputs,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let partitions = log.partitions();
-    let restored = restore(options, lake, partitions).await;
-    // Restored from a checkpoint: the records after it up to what the log held at the
-    // restart may have been read before, and their changes notified.
-    let mut again = match restored {
-        Some(_) => {
-            let mut ends = BTreeMap::new();
-            for p in 0..partitions {
-                ends.insert(p, log.end(p).await?);
-            }
-            Some(ends)
-        }
-        None => None,
-    };
-    let (mut detector, mut positions) = match restored {
-        Some(restored) => restored,
-        None => (
-            Live::new(options.settings.clone(), Arc::new(SystemClock), partitions),
-            log.committed(CONSUMER).await?,
-        ),
+    let log = log.as_ref();
+    let (mut detector, mut positions, mut again) = start(lake, log, options, &out.clock).await?;
+    let mut checkpoints = match (&options.checkpoint, options.settings.checkpoint_every) {
+        (Some(path), Some(every)) => Some(Checkpoints::new(
+            path.clone(),
+            Duration::from_micros(u64::try_from(every).unwrap_or(0)),
+        )),
+        _ => None,
     };
     let validator = Validator::default();
-    let checkpoint_every = options
-        .settings
-        .checkpoint_every
-        .and_then(|us| u64::try_from(us).ok())
-        .map(Duration::from_micros);
-    let mut last_checkpoint = Instant::now();
-    let mut writing: Option<tokio::task::JoinHandle<Result<()>>> = None;
-    let mut next_slot = false;
-    for p in 0..partitions {
-        // A detector that never ran starts with what the log holds now.
-        let start = log.start(p).await?;
-        positions.entry(p).or_insert(start);
-    }
-    let mut lists = Lists::default();
-    let mut lists_read = Instant::now() - LISTS_EVERY;
+    let mut lists = ListsPoll::default();
     let mut counted = Counted::default();
+    let partitions = log.partitions();
     let limit = Limit::new(
         options.max_per_partition,
         ROUND_BYTES / usize::try_from(partitions.max(1)).unwrap_or(1),
     );
     loop {
         let stopping = *stop.borrow();
-        if lists_read.elapsed() >= LISTS_EVERY {
-            lists_read = Instant::now();
-            match options.store.listed().await {
-                Ok(entries) => {
-                    let allowed = lists.apply(&mut detector, entries);
-                    if !allowed.is_empty() {
-                        let _ = out.flags.send(FlagWork::Remove(allowed));
-                    }
-                }
-                Err(e) => tracing::warn!("reading the allow- and deny-lists: {e}"),
-            }
-        }
+        lists.refresh(&mut detector, options, out).await;
         // This round reads records read before the restart?
-        let recheck = again.as_ref().is_some_and(|ends| {
-            ends.iter()
-                .any(|(p, end)| positions.get(p).is_none_or(|at| at < end))
-        });
+        let recheck = again.as_ref().is_some_and(|ends| behind(&positions, ends));
         if !recheck {
             again = None;
         }
-        // Every partition, each up to what a round takes: the rules keyed by user see each
-        // event as it is read (one user's events are in order in their partition); the
-        // others once every partition's watermark has passed it.
-        let mut read = 0usize;
-        let mut newest_ingest: Option<i64> = None;
-        for p in 0..partitions {
-            let from = positions.get(&p).copied().unwrap_or(0);
-            let records = log.read(p, from, limit).await?;
-            let Some(last) = records.last() else { continue };
-            positions.insert(p, last.offset + 1);
-            read += records.len();
-            for r in records {
-                if shoplake_log::is_quarantine(&r.key) {
-                    continue;
-                }
-                if let Ok(mut e) = shoplake_events::record::decode(&r.value, &validator) {
-                    e.ingest_time.get_or_insert(r.appended_at);
-                    newest_ingest = newest_ingest.max(e.ingest_time);
-                    detector.process(p, r.offset, e);
-                }
-            }
-        }
-        let now = chrono::Utc::now().timestamp_micros();
+        let round = read_round(log, &mut positions, limit, &validator, |p, offset, e| {
+            detector.process(p, offset, e)
+        })
+        .await?;
+        let now = out.clock.now_micros();
         // Stopping, the round that reads nothing releases whatever is still held.
-        let drain = stopping && read == 0;
+        let drain = stopping && round.read == 0;
         detector.end_round(now, drain);
         counted.export(&detector, metrics, partitions);
-        if let Some(newest) = newest_ingest {
+        if let Some(newest) = round.newest_ingest {
             let lag = (now - newest).max(0);
             metrics.detector_lag.set(lag as f64 / 1e6);
         }
-        let changes = detector.take_changes();
-        record(options, metrics, out, changes, recheck).await;
+        record(options, metrics, out, detector.take_changes(), recheck).await;
         // A restart reads again from the oldest event still held, so that the rules keyed
         // across users miss nothing.
-        let mut commit = positions.clone();
-        for (p, offset) in detector.oldest_held() {
-            commit.insert(p, offset);
-        }
+        let commit = resume_positions(&positions, detector.oldest_held());
         if let Err(e) = log.commit(CONSUMER, &commit).await {
-            tracing::warn!("recording the detector's log positions: {e}");
+            tracing::warn!(error = %e, "recording the detector's log positions");
         }
-        if let Some(w) = writing.take_if(|w| w.is_finished()) {
-            wrote(metrics, w.await);
+        if let Some(c) = &mut checkpoints {
+            c.after_round(&detector, &positions, lake, metrics, drain)
+                .await;
         }
-        if let (Some(path), Some(every)) = (&options.checkpoint, checkpoint_every)
-            && (drain || last_checkpoint.elapsed() >= every)
-        {
-            // The state is copied between rounds, then encoded and written beside the next
-            // ones; while a write runs, the next checkpoint waits (at shutdown, for the write
-            // to end).
-            if let Some(w) = writing.take_if(|_| drain) {
-                wrote(metrics, w.await);
-            }
-            if writing.is_none() {
-                last_checkpoint = Instant::now();
-                let started = Instant::now();
-                let snapshot = detector.snapshot(&positions);
-                metrics
-                    .detector_checkpoint_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                let slot = slots(path)[usize::from(next_slot)].clone();
-                next_slot = !next_slot;
-                let task = tokio::spawn(write_checkpoint(
-                    slot,
-                    lake.clone(),
-                    snapshot,
-                    Arc::clone(metrics),
-                ));
-                if drain {
-                    wrote(metrics, task.await);
-                } else {
-                    writing = Some(task);
-                }
-            }
+        if round.read > 0 {
+            continue;
         }
-        if read == 0 {
-            if drain {
-                let st = detector.stats();
-                tracing::info!(
-                    "detector stopped: {} events, {} late, {} duplicates, {} windows fired",
-                    st.events,
-                    st.late,
-                    st.duplicates,
-                    st.windows_fired
-                );
-                return Ok(());
-            }
-            if !stopping {
-                tokio::select! {
-                    () = tokio::time::sleep(IDLE) => {}
-                    _ = stop.changed() => {}
-                }
+        if drain {
+            let st = detector.stats();
+            tracing::info!(
+                events = st.events,
+                late = st.late,
+                duplicates = st.duplicates,
+                windows_fired = st.windows_fired,
+                "detector stopped"
+            );
+            return Ok(());
+        }
+        if !stopping {
+            tokio::select! {
+                () = tokio::time::sleep(IDLE) => {}
+                _ = stop.changed() => {}
             }
         }
     }
 }
 
-/// The detector from its checkpoint, with the positions it reflects; `None` (logged) when
-/// there is none or it cannot be used. A lake not on the local disk keeps a copy beside its
-/// tables too (so that the state outlives the machine): the one further on is taken.
-async fn restore(
-    options: &DetectionOptions,
+/// The detector to start with and its log positions: restored from its checkpoint, or new
+/// at the committed positions (a detector that never ran starts with what the log holds
+/// now). With a checkpoint, also where the log ended at the restart: the records up to
+/// there may have been read before, and their changes notified.
+async fn start(
     lake: &Lake,
-    partitions: u32,
-) -> Option<(Live, BTreeMap<u32, u64>)> {
-    let path = options.checkpoint.clone()?;
-    options.settings.checkpoint_every?;
-    let mut found: Vec<(String, Vec<u8>)> = Vec::new();
-    for slot in slots(&path) {
-        match tokio::fs::read(&slot).await {
-            Ok(b) => found.push((slot.display().to_string(), b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(path = %slot.display(), error = %e, "reading the detector's checkpoint")
+    log: &dyn EventLog,
+    options: &DetectionOptions,
+    clock: &Arc<dyn Clock>,
+) -> Result<(Live, BTreeMap<u32, u64>, Option<BTreeMap<u32, u64>>)> {
+    let partitions = log.partitions();
+    let restored = match (&options.checkpoint, options.settings.checkpoint_every) {
+        (Some(path), Some(_)) => {
+            checkpoint::restore(path, &options.settings, lake, partitions, clock).await
+        }
+        _ => None,
+    };
+    let (detector, mut positions, again) = match restored {
+        Some((detector, positions)) => {
+            let mut ends = BTreeMap::new();
+            for p in 0..partitions {
+                ends.insert(p, log.end(p).await?);
+            }
+            (detector, positions, Some(ends))
+        }
+        None => (
+            Live::new(options.settings.clone(), clock.clone(), partitions),
+            log.committed(CONSUMER).await?,
+            None,
+        ),
+    };
+    for p in 0..partitions {
+        if let std::collections::btree_map::Entry::Vacant(at) = positions.entry(p) {
+            at.insert(log.start(p).await?);
+        }
+    }
+    Ok((detector, positions, again))
+}
+
+/// Whether any partition's position is still before its end in `ends`.
+fn behind(positions: &BTreeMap<u32, u64>, ends: &BTreeMap<u32, u64>) -> bool {
+    ends.iter()
+        .any(|(p, end)| positions.get(p).is_none_or(|at| at < end))
+}
+
+/// The positions a restart resumes from: each partition's position, or the oldest event of
+/// it the detector still holds, whichever is earlier.
+fn resume_positions(
+    positions: &BTreeMap<u32, u64>,
+    oldest_held: impl IntoIterator<Item = (u32, u64)>,
+) -> BTreeMap<u32, u64> {
+    let mut commit = positions.clone();
+    for (p, offset) in oldest_held {
+        let at = commit.entry(p).or_insert(offset);
+        *at = (*at).min(offset);
+    }
+    commit
+}
+
+/// What one round read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Round {
+    /// Records read (events, refused rows and unreadable records).
+    read: usize,
+    /// The newest ingest time among its events.
+    newest_ingest: Option<i64>,
+}
+
+/// One round over the log: every partition in turn, each from its position up to `limit`.
+/// Each event goes to `process` with its partition and offset, in the partition's order (one
+/// user's events are in order in their partition, so the rules keyed by user see them as
+/// they happened); an event without an ingest time gets its record's append time. Refused
+/// rows and records that do not decode are skipped. The positions move past what was read.
+async fn read_round(
+    log: &dyn EventLog,
+    positions: &mut BTreeMap<u32, u64>,
+    limit: Limit,
+    validator: &Validator,
+    mut process: impl FnMut(u32, u64, Event),
+) -> Result<Round> {
+    let mut round = Round::default();
+    for p in 0..log.partitions() {
+        let from = positions.get(&p).copied().unwrap_or(0);
+        let records = log.read(p, from, limit).await?;
+        let Some(last) = records.last() else { continue };
+        positions.insert(p, last.offset + 1);
+        round.read += records.len();
+        for r in records {
+            if shoplake_log::is_quarantine(&r.key) {
+                continue;
+            }
+            if let Ok(mut e) = shoplake_events::record::decode(&r.value, validator) {
+                e.ingest_time.get_or_insert(r.appended_at);
+                round.newest_ingest = round.newest_ingest.max(e.ingest_time);
+                process(p, r.offset, e);
             }
         }
     }
-    if !lake.is_local() {
-        match lake.get_own_file(LAKE_CHECKPOINT).await {
-            Ok(Some(b)) => found.push((format!("{}_shoplake/{LAKE_CHECKPOINT}", lake.root()), b)),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "reading the detector's checkpoint from the lake"),
+    Ok(round)
+}
+
+/// The allow- and deny-lists, re-read from the store every [`LISTS_EVERY`].
+#[derive(Default)]
+struct ListsPoll {
+    lists: Lists,
+    read_at: Option<Instant>,
+}
+
+impl ListsPoll {
+    /// Applies the lists to the detector when they are due; users newly allowed lose their
+    /// bot flags.
+    async fn refresh(&mut self, detector: &mut Live, options: &DetectionOptions, out: &Outputs) {
+        if self.read_at.is_some_and(|at| at.elapsed() < LISTS_EVERY) {
+            return;
         }
-    }
-    let mut best: Option<(Live, BTreeMap<u32, u64>)> = None;
-    for (place, bytes) in found {
-        let settings = options.settings.clone();
-        let restored = tokio::task::spawn_blocking(move || {
-            Live::restore(settings, Arc::new(SystemClock), partitions, &bytes)
-        })
-        .await
-        .ok()?;
-        match restored {
-            Ok((live, positions)) => {
-                let ahead = |p: &BTreeMap<u32, u64>| p.values().sum::<u64>();
-                if best
-                    .as_ref()
-                    .is_none_or(|(_, b)| ahead(&positions) > ahead(b))
-                {
-                    best = Some((live, positions));
+        self.read_at = Some(Instant::now());
+        match options.store.listed().await {
+            Ok(entries) => {
+                let allowed = self.lists.apply(detector, entries);
+                if !allowed.is_empty() {
+                    let _ = out.flags.send(FlagWork::Remove(allowed));
                 }
             }
-            Err(reason) => tracing::warn!(
-                checkpoint = %place,
-                %reason,
-                "the detector's checkpoint cannot be used"
-            ),
+            Err(e) => tracing::warn!(error = %e, "reading the allow- and deny-lists"),
         }
     }
-    match &best {
-        Some((live, _)) => tracing::info!(
-            open_incidents = live.open_incidents().len(),
-            held = live.held(),
-            "detector restored from its checkpoint; reading on from the positions it reflects"
-        ),
-        None => tracing::info!(
-            "no usable detector checkpoint: starting with empty windows at the committed log positions"
-        ),
-    }
-    best
-}
-
-/// Counts a checkpoint's write.
-fn wrote(metrics: &Metrics, result: std::result::Result<Result<()>, tokio::task::JoinError>) {
-    match result {
-        Ok(Ok(())) => {
-            metrics.detector_checkpoints.inc();
-        }
-        Ok(Err(e)) => {
-            metrics.detector_checkpoint_failures.inc();
-            tracing::warn!("writing the detector's checkpoint: {e:#}");
-        }
-        Err(e) => {
-            metrics.detector_checkpoint_failures.inc();
-            tracing::warn!("writing the detector's checkpoint: {e}");
-        }
-    }
-}
-
-/// The name of the detector's checkpoint among the lake's own files.
-const LAKE_CHECKPOINT: &str = "detector-checkpoint";
-
-/// The two files a checkpoint alternates between (`PATH.a`, `PATH.b`): each write overwrites
-/// the older in place, so the other stays whole whatever happens to this one.
-fn slots(path: &std::path::Path) -> [std::path::PathBuf; 2] {
-    [path.with_extension("a"), path.with_extension("b")]
-}
-
-/// Writes a checkpoint over one of its two slots, in place and without `fsync`: renaming
-/// over a file, or syncing tens of megabytes, makes the file system flush it ahead of the
-/// log's and the alert store's own syncs, which then stall for a second. A process killed at
-/// any moment leaves the bytes in the page cache; after a power loss a slot may be stale or
-/// torn, which its checksum tells (the other slot, or the committed positions, serve then).
-/// Also beside the lake's tables when the lake is not on the local disk.
-async fn write_checkpoint(
-    path: std::path::PathBuf,
-    lake: Lake,
-    snapshot: shoplake_detect::LiveSnapshot,
-    metrics: Arc<Metrics>,
-) -> Result<()> {
-    // Encoded and written on one blocking thread; the bytes come back for the lake's copy.
-    let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-        use std::io::{Seek, Write};
-        let bytes = snapshot.encode();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
-        f.seek(std::io::SeekFrom::Start(0))?;
-        f.write_all(&bytes)?;
-        f.set_len(bytes.len() as u64)?;
-        Ok(bytes)
-    })
-    .await??;
-    metrics
-        .detector_checkpoint_bytes
-        .set(i64::try_from(bytes.len()).unwrap_or(i64::MAX));
-    let copy = (!lake.is_local()).then_some(bytes);
-    if let Some(bytes) = copy {
-        lake.put_own_file(LAKE_CHECKPOINT, bytes).await?;
-    }
-    Ok(())
 }
 
 /// The detector's counters as last exported, so that each export adds what is new.
@@ -600,7 +512,7 @@ async fn record(
         }
     }
     store_changes(options, metrics, &changes).await;
-    let now = chrono::Utc::now().timestamp_micros();
+    let now = out.clock.now_micros();
     let mut flags = Vec::new();
     for (c, notified) in changes.iter().zip(notified) {
         if !notified {
@@ -613,7 +525,7 @@ async fn record(
             Change::Resolved(_) => "resolved",
         };
         // Nobody watching the live feed is not an error.
-        let _ = out.live.send(crate::lake_api::Live::Incident {
+        let _ = out.live.send(crate::live::Live::Incident {
             change,
             incident: c.incident().clone(),
         });
@@ -748,5 +660,149 @@ impl Lists {
         }
         *self = now;
         allowed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use shoplake_events::record::{RecordFormat, encode};
+    use shoplake_log::{EmbeddedLog, EmbeddedOptions, Record};
+
+    /// 2019-10-01, the dataset's first day.
+    const T0: i64 = 1_569_888_000_000_000;
+
+    fn event(user: i64, t: i64, ingest: Option<i64>) -> Event {
+        Event {
+            event_time: T0 + t,
+            event_type: shoplake_events::EventType::View,
+            product_id: 1,
+            category_id: 1,
+            category_code: None,
+            brand: None,
+            price: shoplake_events::Price::from_cents(100),
+            user_id: user,
+            user_session: Some(format!("s-{user}")),
+            client_ip: Some("10.0.0.1".parse().unwrap()),
+            user_agent: None,
+            ingest_time: ingest,
+        }
+    }
+
+    fn record(e: &Event) -> Record {
+        let mut value = Vec::new();
+        encode(&mut value, e, RecordFormat::default());
+        Record {
+            key: e.user_id.to_string().into_bytes(),
+            value,
+        }
+    }
+
+    /// What `process` was given: partition, offset, user, time into the day, ingest time.
+    type Seen = (u32, u64, i64, i64, Option<i64>);
+
+    #[tokio::test]
+    async fn a_round_reads_each_partition_in_order_from_its_position_and_moves_it_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = EmbeddedOptions::new(dir.path());
+        options.partitions = 2;
+        let log = EmbeddedLog::open(options).unwrap();
+        // User 1 and another user in the other partition.
+        let a = log.partition_for(b"1");
+        let other = (2..)
+            .find(|u: &i64| log.partition_for(u.to_string().as_bytes()) != a)
+            .unwrap();
+        let b = log.partition_for(other.to_string().as_bytes());
+        let mut records = Vec::new();
+        for t in 0..3 {
+            records.push(record(&event(1, t, Some(T0 + 100 + t))));
+            records.push(record(&event(other, t, None)));
+        }
+        // A refused row and a record that does not decode are read past, not processed.
+        records.push(Record {
+            key: [shoplake_log::QUARANTINE_KEY, b"/10.0.0.9"].concat(),
+            value: b"{}".to_vec(),
+        });
+        records.push(Record {
+            key: other.to_string().into_bytes(),
+            value: b"not an event".to_vec(),
+        });
+        log.append(records).await.unwrap();
+        let validator = Validator::default();
+        let mut positions = BTreeMap::new();
+        let mut seen: Vec<Seen> = Vec::new();
+        let round = read_round(
+            &log,
+            &mut positions,
+            Limit::new(2, usize::MAX),
+            &validator,
+            |p, offset, e| seen.push((p, offset, e.user_id, e.event_time - T0, e.ingest_time)),
+        )
+        .await
+        .unwrap();
+        // Two records from each partition, in each partition's order.
+        assert_eq!(round.read, 4);
+        let of_ingest = |seen: &[Seen], user: i64| -> Vec<Option<i64>> {
+            seen.iter().filter(|s| s.2 == user).map(|s| s.4).collect()
+        };
+        let of = |seen: &[Seen], user: i64| -> Vec<(u64, i64)> {
+            seen.iter()
+                .filter(|s| s.2 == user)
+                .map(|s| (s.1, s.3))
+                .collect()
+        };
+        assert_eq!(of(&seen, 1), vec![(0, 0), (1, 1)]);
+        assert_eq!(of(&seen, other), vec![(0, 0), (1, 1)]);
+        assert!(seen.iter().all(|s| s.0 == if s.2 == 1 { a } else { b }));
+        // An event keeps its ingest time; one without has its record's append time.
+        assert_eq!(of_ingest(&seen, 1), vec![Some(T0 + 100), Some(T0 + 101)]);
+        assert!(
+            of_ingest(&seen, other)
+                .iter()
+                .all(|t| t.is_some_and(|t| t > T0 + 101))
+        );
+        assert_eq!(round.newest_ingest, seen.iter().filter_map(|s| s.4).max());
+        assert_eq!(positions, BTreeMap::from([(a, 2), (b, 2)]));
+
+        // The next round goes on where this one stopped, and the last reads nothing.
+        seen.clear();
+        let round = read_round(
+            &log,
+            &mut positions,
+            Limit::new(100, usize::MAX),
+            &validator,
+            |p, offset, e| seen.push((p, offset, e.user_id, e.event_time - T0, e.ingest_time)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(of(&seen, 1), vec![(2, 2)]);
+        assert_eq!(of(&seen, other), vec![(2, 2)]);
+        let ends = BTreeMap::from([
+            (a, log.end(a).await.unwrap()),
+            (b, log.end(b).await.unwrap()),
+        ]);
+        assert_eq!(positions, ends);
+        assert_eq!(round.read as u64, ends.values().sum::<u64>() - 4);
+        let round = read_round(
+            &log,
+            &mut positions,
+            Limit::new(100, usize::MAX),
+            &validator,
+            |_, _, _| panic!("nothing is left to read"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(round, Round::default());
+    }
+
+    #[test]
+    fn a_restart_resumes_from_the_oldest_event_still_held() {
+        let positions = BTreeMap::from([(0, 10), (1, 20), (2, 30)]);
+        let resumed = resume_positions(&positions, vec![(1, 15), (2, 31)]);
+        assert_eq!(resumed, BTreeMap::from([(0, 10), (1, 15), (2, 30)]));
+        assert!(behind(&positions, &BTreeMap::from([(0, 10), (1, 21)])));
+        assert!(!behind(&positions, &BTreeMap::from([(0, 10), (1, 20)])));
+        assert!(behind(&positions, &BTreeMap::from([(3, 1)])));
     }
 }

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
 use hmac::{Hmac, Mac};
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Message};
@@ -22,6 +21,7 @@ use shoplake_detect::{Change, Incident, Severity};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::error::{Error, Result};
 use crate::metrics::{ChannelLabel, Metrics};
 
 /// The webhook signature header.
@@ -416,7 +416,10 @@ impl Notifier {
             .timeout(settings.delivery.timeout)
             .user_agent(concat!("shoplake/", env!("CARGO_PKG_VERSION")))
             .build()
-            .context("starting the HTTP client for notifications")?;
+            .map_err(|e| Error::Notify {
+                channel: "(all)".to_owned(),
+                reason: format!("starting the HTTP client: {e}"),
+            })?;
         let mut senders = Vec::new();
         let mut tasks = Vec::new();
         for channel in &settings.channels {
@@ -424,7 +427,10 @@ impl Notifier {
             let mailer = match &channel.target {
                 Target::Email { smtp, .. } => Some(
                     AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp)
-                        .map_err(|e| anyhow!("notify channel {}: {e}", channel.name))?
+                        .map_err(|e| Error::Notify {
+                            channel: channel.name.clone(),
+                            reason: e.to_string(),
+                        })?
                         .timeout(Some(settings.delivery.timeout))
                         .build(),
                 ),

@@ -6,53 +6,20 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
 use shoplake_events::Validator;
-use shoplake_lake::{Lake, Pumped, TableName};
-use shoplake_log::{EventLog, Limit};
+use shoplake_events::time::{Clock, SystemClock};
+use shoplake_lake::Lake;
+use shoplake_log::EventLog;
 use tokio::sync::watch;
 
 use crate::auth::{Network, Scope, Token, Tokens};
 use crate::collector::{Collector, Limits};
+use crate::delivery::{Deliverer, DeliveryOptions, PRUNE_EVERY, backlog};
+use crate::error::{Context, Error, Result};
 use crate::http::HttpLimits;
 use crate::metrics::Metrics;
-
-/// How the log is delivered into the lake (Firehose).
-#[derive(Debug, Clone)]
-pub struct DeliveryOptions {
-    /// The consumer's name (its positions are kept under it, in the lake and the log).
-    pub consumer: String,
-    /// Deliver at least this often.
-    pub interval: Duration,
-    /// Deliver early once this many bytes of events have been appended since the last one.
-    pub max_bytes: u64,
-    /// The most records read from one log partition for one delivery (one Delta commit).
-    pub max_per_partition: usize,
-    /// Bin-pack `events`' small files this often (`None`: never).
-    pub compact_interval: Option<Duration>,
-    /// Bring the marts up to date after deliveries, at most this often, and at least ten times
-    /// the last refresh's duration apart (`None`: never).
-    pub marts_interval: Option<Duration>,
-    /// Delete rows of `quarantine` older than this (`None`: keep them), checked as often as
-    /// compaction runs (every 10 minutes without it).
-    pub quarantine_retention: Option<Duration>,
-}
-
-impl Default for DeliveryOptions {
-    fn default() -> Self {
-        DeliveryOptions {
-            consumer: "lake".to_owned(),
-            interval: Duration::from_secs(10),
-            max_bytes: 64 << 20,
-            max_per_partition: 250_000,
-            compact_interval: Some(Duration::from_secs(600)),
-            marts_interval: Some(Duration::from_secs(60)),
-            quarantine_retention: None,
-        }
-    }
-}
 
 /// Everything `serve` needs besides the lake and the log.
 #[derive(Debug, Clone)]
@@ -73,6 +40,25 @@ pub struct ServeOptions {
     pub detection: Option<crate::detection::DetectionOptions>,
     /// How the collector writes events into the log (consumers read either format).
     pub record_format: shoplake_events::record::RecordFormat,
+    /// Where "now" comes from (the system's clock but in tests).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl ServeOptions {
+    /// The defaults, listening on `listen`, with these tokens.
+    pub fn new(listen: SocketAddr, tokens: Vec<Token>) -> ServeOptions {
+        ServeOptions {
+            listen,
+            tokens,
+            trusted_proxies: Vec::new(),
+            limits: Limits::default(),
+            http: HttpLimits::default(),
+            delivery: DeliveryOptions::default(),
+            detection: None,
+            record_format: Default::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
 }
 
 /// The admin token kept in `DIR/admin.token` (created, mode 0600, on first use). Returns the
@@ -89,10 +75,10 @@ pub fn admin_token(data_dir: &Path) -> Result<(Token, bool)> {
         Ok(s) if !s.trim().is_empty() => return Ok((make(s.trim().to_owned()), false)),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
     }
     std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+        .map_err(Error::io(format!("creating {}", data_dir.display())))?;
     let mut bytes = [0u8; 24];
     getrandom(&mut bytes)?;
     let secret: String = std::iter::once("sl_".to_owned())
@@ -106,7 +92,7 @@ pub fn admin_token(data_dir: &Path) -> Result<(Token, bool)> {
         match std::fs::remove_file(&tmp) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", tmp.display())),
+            Err(e) => return Err(Error::io(format!("removing {}", tmp.display()))(e)),
         }
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -117,12 +103,12 @@ pub fn admin_token(data_dir: &Path) -> Result<(Token, bool)> {
         }
         let mut f = options
             .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        writeln!(f, "{secret}").with_context(|| format!("writing {}", tmp.display()))?;
+            .map_err(Error::io(format!("creating {}", tmp.display())))?;
+        writeln!(f, "{secret}").map_err(Error::io(format!("writing {}", tmp.display())))?;
         f.sync_all()
-            .with_context(|| format!("writing {}", tmp.display()))?;
+            .map_err(Error::io(format!("writing {}", tmp.display())))?;
     }
-    std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+    std::fs::rename(&tmp, &path).map_err(Error::io(format!("creating {}", path.display())))?;
     Ok((make(secret), true))
 }
 
@@ -131,7 +117,7 @@ fn getrandom(out: &mut [u8]) -> Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(out))
-        .context("reading /dev/urandom for a new token")
+        .map_err(Error::io("reading /dev/urandom for a new token"))
 }
 
 /// Runs the collector and delivery until `shutdown` resolves, then drains: new requests get
@@ -145,44 +131,31 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let mut collector = Collector::new(
-        log.clone(),
-        Validator::default(),
-        Tokens::new(options.tokens.clone()),
-        options.trusted_proxies.clone(),
-        options.limits.clone(),
-        metrics.clone(),
-    );
-    collector = collector
-        .with_lake(lake.clone())
-        .context("preparing the query engines")?
-        .with_record_format(options.record_format);
-    if let Some(d) = &options.detection {
-        collector = collector.with_store(d.store.clone());
-    }
-    let collector = Arc::new(collector);
+    let collector = Arc::new(collector(&lake, &log, &options, &metrics)?);
     // Delivery first: it catches up with what an earlier run left in the log.
     let mut delivery = lake
         .delivery(&options.delivery.consumer)
         .await
         .context("opening the lake for delivery")?;
     let positions = delivery.positions(log.partitions()).await?;
-    collector.set_backlog(backlog(log.as_ref(), &positions).await?);
-    if collector.backlog() > 0 {
+    let backlog_now = backlog(log.as_ref(), &positions).await?;
+    collector.backlog().set(backlog_now);
+    if backlog_now > 0 {
         tracing::info!(
-            "{} event(s) in the log not yet in the lake: delivering them",
-            collector.backlog()
+            events = backlog_now,
+            "events in the log not yet in the lake: delivering them"
         );
     }
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
-        .with_context(|| format!("listening on {}", options.listen))?;
-    let addr = listener.local_addr()?;
+        .map_err(Error::io(format!("listening on {}", options.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(Error::io("reading the address listened on"))?;
     tracing::info!("collector listening on http://{addr}");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_rx_detect = stop_rx.clone();
     // Delivery (Parquet encoding, deduplication, compaction, marts) on a runtime of its
     // own: its CPU work never delays the async workers that answer requests.
     let lake_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -190,77 +163,142 @@ pub async fn serve(
         .thread_name("shoplake-lake")
         .enable_all()
         .build()
-        .context("starting the delivery runtime")?;
-    let deliver_task = lake_runtime.spawn(deliver_loop(
-        lake.clone(),
-        log.clone(),
-        collector.clone(),
-        delivery,
-        options.delivery.clone(),
-        stop_rx,
-    ));
-    let detect_task = options.detection.clone().map(|d| {
-        tokio::spawn(crate::detection::detect_loop(
-            lake.clone(),
-            log.clone(),
-            d,
-            metrics.clone(),
-            collector.live().clone(),
-            stop_rx_detect.clone(),
-        ))
-    });
-    let prune_task = options.detection.as_ref().and_then(|d| {
-        let age = d.retain_resolved?;
-        Some(tokio::spawn(prune_incidents(
-            d.store.clone(),
-            age,
-            stop_rx_detect.clone(),
-        )))
-    });
-    let rate_task = tokio::spawn(crate::lake_api::rate_loop(
-        collector.clone(),
-        stop_rx_detect.clone(),
-    ));
+        .map_err(Error::io("starting the delivery runtime"))?;
+    let deliverer = Deliverer {
+        lake: lake.clone(),
+        log: log.clone(),
+        backlog: collector.backlog().clone(),
+        metrics: metrics.clone(),
+        engines: collector.engines().cloned(),
+        clock: options.clock.clone(),
+        options: options.delivery.clone(),
+    };
+    let deliver_task = lake_runtime.spawn(deliverer.run(delivery, stop_rx.clone()));
+    let background = Background::start(&lake, &log, &options, &collector, &stop_rx);
     let drain = collector.clone();
     let app = collector.clone().router();
     ready(addr);
-    crate::http::run(
-        listener,
-        app,
-        options.http.clone(),
-        metrics.clone(),
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new requests; finishing those in flight");
-            drain.drain();
-        },
-    )
+    crate::http::run(listener, app, options.http.clone(), metrics, async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new requests; finishing those in flight");
+        drain.drain();
+    })
     .await;
     tracing::info!("collector stopped; delivering what the log holds");
     let _ = stop_tx.send(true);
-    let _ = rate_task.await;
-    if let Some(task) = prune_task {
-        let _ = task.await;
-    }
-    let delivered = deliver_task.await.context("the delivery task failed");
+    let delivered = deliver_task.await;
     lake_runtime.shutdown_background();
-    delivered??;
-    if let Some(task) = detect_task {
-        task.await.context("the detector failed")??;
-    }
+    delivered.map_err(|source| Error::Task {
+        what: "delivery",
+        source,
+    })??;
+    background.finish().await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The HTTP app's state for these options.
+fn collector(
+    lake: &Lake,
+    log: &Arc<dyn EventLog>,
+    options: &ServeOptions,
+    metrics: &Arc<Metrics>,
+) -> Result<Collector> {
+    let mut collector = Collector::new(
+        log.clone(),
+        Validator::default(),
+        Tokens::new(options.tokens.clone()),
+        options.trusted_proxies.clone(),
+        options.limits.clone(),
+        metrics.clone(),
+    )
+    .with_clock(options.clock.clone())
+    .with_lake(lake.clone())
+    .context("preparing the query engines")?
+    .with_record_format(options.record_format);
+    if let Some(d) = &options.detection {
+        collector = collector.with_store(d.store.clone());
+    }
+    Ok(collector)
+}
+
+/// The tasks that run beside the collector and delivery: the detector, the pruning of
+/// resolved incidents and the live feed's `rate` messages.
+struct Background {
+    detect: Option<tokio::task::JoinHandle<Result<()>>>,
+    prune: Option<tokio::task::JoinHandle<()>>,
+    rate: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    fn start(
+        lake: &Lake,
+        log: &Arc<dyn EventLog>,
+        options: &ServeOptions,
+        collector: &Collector,
+        stop: &watch::Receiver<bool>,
+    ) -> Background {
+        let metrics = collector.metrics();
+        let detect = options.detection.clone().map(|d| {
+            tokio::spawn(crate::detection::detect_loop(
+                lake.clone(),
+                log.clone(),
+                d,
+                metrics.clone(),
+                collector.live().clone(),
+                options.clock.clone(),
+                stop.clone(),
+            ))
+        });
+        let prune = options.detection.as_ref().and_then(|d| {
+            let age = d.retain_resolved?;
+            Some(tokio::spawn(prune_incidents(
+                d.store.clone(),
+                age,
+                options.clock.clone(),
+                stop.clone(),
+            )))
+        });
+        let rate = tokio::spawn(crate::live::rate_loop(
+            collector.live().clone(),
+            metrics.clone(),
+            collector.backlog().clone(),
+            options.clock.clone(),
+            stop.clone(),
+        ));
+        Background {
+            detect,
+            prune,
+            rate,
+        }
+    }
+
+    /// Waits for them after `stop` (the detector reads the log to its end first).
+    async fn finish(self) -> Result<()> {
+        let _ = self.rate.await;
+        if let Some(task) = self.prune {
+            let _ = task.await;
+        }
+        if let Some(task) = self.detect {
+            task.await.map_err(|source| Error::Task {
+                what: "detector",
+                source,
+            })??;
+        }
+        Ok(())
+    }
 }
 
 /// Deletes resolved incidents `age` after their resolution, every ten minutes until `stop`.
 async fn prune_incidents(
     store: Arc<dyn shoplake_alerts::AlertStore>,
     age: Duration,
+    clock: Arc<dyn Clock>,
     mut stop: watch::Receiver<bool>,
 ) {
     let age = i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
     loop {
-        let cutoff = chrono::Utc::now().timestamp_micros().saturating_sub(age);
+        let cutoff = clock.now_micros().saturating_sub(age);
         match store.prune_resolved(cutoff).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
@@ -272,230 +310,6 @@ async fn prune_incidents(
         tokio::select! {
             () = tokio::time::sleep(PRUNE_EVERY) => {}
             _ = stop.changed() => return,
-        }
-    }
-}
-
-/// Records in the log past the delivered positions.
-async fn backlog(
-    log: &dyn EventLog,
-    positions: &std::collections::BTreeMap<u32, u64>,
-) -> Result<u64> {
-    let mut total = 0;
-    for p in 0..log.partitions() {
-        let end = log.end(p).await?;
-        let from = positions.get(&p).copied().unwrap_or(log.start(p).await?);
-        total += end.saturating_sub(from);
-    }
-    Ok(total)
-}
-
-/// How often retention is applied when nothing else sets the pace.
-const PRUNE_EVERY: Duration = Duration::from_secs(600);
-
-/// A marts refresh recomputes every zone from `events`: on a large lake it takes a while, so
-/// refreshes are spaced at least this many times their own duration apart (the marts then take
-/// at most about a tenth of the time); meanwhile reports compute from `events`, which is
-/// slower but never wrong.
-const MARTS_SHARE: u32 = 10;
-
-/// Delivers every interval (or early, once enough has been appended) until told to stop,
-/// then delivers to the end of the log once more.
-async fn deliver_loop(
-    lake: Lake,
-    log: Arc<dyn EventLog>,
-    collector: Arc<Collector>,
-    mut delivery: shoplake_lake::Delivery,
-    options: DeliveryOptions,
-    mut stop: watch::Receiver<bool>,
-) -> Result<()> {
-    let validator = Validator::default();
-    let metrics = collector.metrics().clone();
-    let mut last_compact = Instant::now();
-    // The first pass runs at once.
-    let mut last_prune = Instant::now() - PRUNE_EVERY;
-    // When the last refresh started, and how long the one before it took.
-    let mut last_marts: Option<(Instant, Duration)> = None;
-    let marts_took = Arc::new(std::sync::Mutex::new(Duration::ZERO));
-    let mut marts_due = false;
-    let mut marts_task: Option<tokio::task::JoinHandle<()>> = None;
-    let mut failures = 0u32;
-    loop {
-        let stopping = *stop.borrow();
-        if !stopping {
-            let deadline = tokio::time::Instant::now() + options.interval;
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep_until(deadline) => break,
-                    () = collector.appended() => {
-                        if collector.pending_bytes() >= options.max_bytes {
-                            break;
-                        }
-                    }
-                    _ = stop.changed() => break,
-                }
-            }
-        }
-        let stopping = *stop.borrow();
-        match deliver_all(
-            &mut delivery,
-            log.as_ref(),
-            &validator,
-            &collector,
-            &options,
-            stopping,
-        )
-        .await
-        {
-            Ok(n) => {
-                failures = 0;
-                marts_due |= n > 0;
-            }
-            Err(e) => {
-                failures += 1;
-                metrics.delivery_failures.inc();
-                tracing::error!("delivery failed (attempt {failures}): {e:#}");
-                if stopping {
-                    if failures >= 3 {
-                        return Err(e.context(
-                            "the last delivery before shutdown failed; the log keeps the events \
-                             and the next start delivers them",
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                continue;
-            }
-        }
-        if stopping {
-            if let Some(task) = marts_task.take() {
-                let _ = task.await;
-            }
-            return Ok(());
-        }
-        if let Some(age) = options.quarantine_retention
-            && last_prune.elapsed() >= options.compact_interval.unwrap_or(PRUNE_EVERY)
-        {
-            last_prune = Instant::now();
-            let age = i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
-            let cutoff = chrono::Utc::now().timestamp_micros().saturating_sub(age);
-            match lake.prune_quarantine(cutoff).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(rows = n, "pruned quarantine past its retention"),
-                Err(e) => tracing::warn!(error = %e, "pruning quarantine"),
-            }
-        }
-        if let Some(every) = options.compact_interval
-            && last_compact.elapsed() >= every
-        {
-            last_compact = Instant::now();
-            match lake.compact(TableName::Events).await {
-                Ok(s) if s.version.is_some() => tracing::info!(
-                    "compacted events: {} small files into {} in {} partition(s)",
-                    s.files_removed,
-                    s.files_added,
-                    s.partitions
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("compacting events: {e}"),
-            }
-        }
-        if let Some(every) = options.marts_interval
-            && marts_due
-            && last_marts.is_none_or(|(at, took)| at.elapsed() >= every.max(took * MARTS_SHARE))
-            && marts_task.as_ref().is_none_or(|t| t.is_finished())
-        {
-            marts_due = false;
-            let lake = lake.clone();
-            let resources = collector.engines().cloned();
-            let took = marts_took.clone();
-            let started = Instant::now();
-            last_marts = Some((
-                started,
-                *marts_took.lock().unwrap_or_else(|e| e.into_inner()),
-            ));
-            marts_task = Some(tokio::spawn(async move {
-                // Within the server's one query memory pool when it serves the lake API.
-                let refreshed = match &resources {
-                    Some(r) => shoplake_query::marts::refresh_shared(&lake, &[], r).await,
-                    None => shoplake_query::marts::refresh(&lake, &[]).await,
-                };
-                match refreshed {
-                    Ok(_) => {
-                        let secs = started.elapsed();
-                        *took.lock().unwrap_or_else(|e| e.into_inner()) = secs;
-                        tracing::info!("marts brought up to date in {:.1} s", secs.as_secs_f64());
-                    }
-                    Err(e) => tracing::warn!("refreshing the marts: {e}"),
-                }
-            }));
-        }
-    }
-}
-
-/// The bytes of records one delivery reads from the log at most, spread over the partitions
-/// (records with long user agents are ten times the usual size: a count alone does not bound
-/// them). Decoded, written as Arrow and as Parquet, a delivery holds a few times this.
-const DELIVERY_BYTES: usize = 64 << 20;
-
-/// What one delivery reads from each partition at most.
-fn per_partition(log: &dyn EventLog, options: &DeliveryOptions) -> Limit {
-    let partitions = usize::try_from(log.partitions().max(1)).unwrap_or(1);
-    Limit::new(options.max_per_partition, DELIVERY_BYTES / partitions)
-}
-
-/// Delivers what the log holds (to its very end when `drain`); returns the events written.
-async fn deliver_all(
-    delivery: &mut shoplake_lake::Delivery,
-    log: &dyn EventLog,
-    validator: &Validator,
-    collector: &Collector,
-    options: &DeliveryOptions,
-    drain: bool,
-) -> Result<usize> {
-    let metrics = collector.metrics();
-    let mut written = 0;
-    loop {
-        collector.take_pending_bytes();
-        let started = Instant::now();
-        let Pumped {
-            records,
-            rejected,
-            quarantined,
-            delivered,
-            positions,
-        } = delivery
-            .pump(log, validator, per_partition(log, options))
-            .await?;
-        if records == 0 {
-            return Ok(written);
-        }
-        let secs = started.elapsed().as_secs_f64();
-        metrics.delivery_seconds.observe(secs);
-        metrics.deliveries.inc();
-        metrics.delivered.inc_by(delivered.written as u64);
-        metrics.duplicates.inc_by(delivered.duplicates as u64);
-        written += delivered.written;
-        collector.set_backlog(backlog(log, &positions).await?);
-        tracing::info!(
-            "delivered {} event(s) ({} duplicate(s) dropped, {} row(s) quarantined{}) in {secs:.2} s{}",
-            delivered.written,
-            delivered.duplicates,
-            quarantined,
-            if rejected > 0 {
-                format!(", {rejected} unreadable record(s) quarantined")
-            } else {
-                String::new()
-            },
-            delivered
-                .version
-                .map(|v| format!(": events version {v}"))
-                .unwrap_or_default()
-        );
-        // Under load there is always more: return to let compaction and marts run, unless
-        // draining for shutdown or a full batch is already waiting.
-        if !drain && collector.backlog() < options.max_per_partition as u64 {
-            return Ok(written);
         }
     }
 }

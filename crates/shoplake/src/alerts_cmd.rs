@@ -138,10 +138,16 @@ fn time_arg(name: &str, v: &Option<String>, default: i64) -> Result<i64> {
 /// Runs `shoplake alerts`.
 pub fn alerts(args: AlertsArgs) -> Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
-    let url = args
-        .store
-        .clone()
-        .unwrap_or_else(|| config.alerts.url(&args.data));
+    let url = args.store.clone().map_or_else(
+        || {
+            config
+                .alerts
+                .settings(&args.data)
+                .map(|s| s.url)
+                .map_err(|e| crate::config::problems("alerts", e))
+        },
+        Ok,
+    )?;
     if let Some(path) = url.strip_prefix("sqlite://")
         && !std::path::Path::new(path).exists()
     {

@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 use shoplake_events::io::open;
 use shoplake_events::time::format_timestamp;
-use shoplake_events::{CsvDecoder, EventType, JsonDecoder, Reject, Row, Validator};
+use shoplake_events::{Decoder, EventType, Reject, Row, Validator};
 
 use crate::progress::Progress;
 
@@ -71,11 +71,11 @@ struct Report {
     rejected: u64,
 }
 
-fn is_json(path: &Path, format: InputFormat) -> bool {
+fn format_of(path: &Path, format: InputFormat) -> shoplake_events::Format {
     match format {
-        InputFormat::Csv => false,
-        InputFormat::Json => true,
-        InputFormat::Auto => shoplake_events::io::is_json_name(&path.to_string_lossy()),
+        InputFormat::Csv => shoplake_events::Format::Csv,
+        InputFormat::Json => shoplake_events::Format::Json,
+        InputFormat::Auto => shoplake_events::Format::of_name(&path.to_string_lossy()),
     }
 }
 
@@ -106,15 +106,9 @@ fn check_file(path: &Path, format: InputFormat, validator: &Validator) -> FileRe
         }
     };
     let result: shoplake_events::Result<()> = (|| {
-        let input = open(path)?;
-        if is_json(path, format) {
-            for row in JsonDecoder::new(BufReader::new(input), validator.clone()) {
-                on_row(row?, &mut report);
-            }
-        } else {
-            for row in CsvDecoder::new(input, validator.clone())? {
-                on_row(row?, &mut report);
-            }
+        let input = BufReader::new(open(path)?);
+        for row in Decoder::new(format_of(path, format), input, validator.clone())? {
+            on_row(row?, &mut report);
         }
         Ok(())
     })();

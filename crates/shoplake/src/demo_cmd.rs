@@ -27,7 +27,7 @@ pub struct DemoArgs {
     #[arg(long, value_name = "DIR", default_value = "demo")]
     data: PathBuf,
     /// The address of the dashboard and the collector.
-    #[arg(long, value_name = "ADDR", default_value = crate::serve_cmd::DEFAULT_LISTEN)]
+    #[arg(long, value_name = "ADDR", default_value = shoplake_server::DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// Delete the demo data first and build it again.
     #[arg(long)]

@@ -6,13 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
-use serde_json::Value;
-use shoplake_query::output::{self, Format};
-use shoplake_query::reports::{
-    self, AbandonmentOptions, BrandsOptions, CategoriesOptions, ReportScope,
-};
-use shoplake_query::{Engine, QueryOutput, ReportRange};
+use shoplake_query::output::{self, Format, write_rows};
+use shoplake_query::reports::{self, ReportAnswer, ReportParams, ReportRequest};
+use shoplake_query::{Engine, QueryOutput};
 
 use crate::lake_cmd::{LakeArgs, runtime};
 
@@ -205,7 +201,7 @@ fn run_one(rt: &tokio::runtime::Runtime, engine: &Engine, sql: &str) -> bool {
     }
 }
 
-/// Options shared by the reports.
+/// Options shared by the reports (their defaults are the library's: `ReportParams`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReportCommon {
     #[command(flatten)]
@@ -216,9 +212,9 @@ pub struct ReportCommon {
     /// Last local day, YYYY-MM-DD, inclusive [default: the last data].
     #[arg(long, global = true)]
     to: Option<String>,
-    /// IANA time zone for days, hours and weekdays.
-    #[arg(long, global = true, default_value = "UTC")]
-    tz: String,
+    /// IANA time zone for days, hours and weekdays [default: UTC].
+    #[arg(long, global = true)]
+    tz: Option<String>,
     /// Count every event, also from users flagged as bots (by default a user's events on a
     /// UTC day `bot_flags` flags it for are left out).
     #[arg(long, global = true, conflicts_with = "humans_only")]
@@ -230,9 +226,9 @@ pub struct ReportCommon {
     #[arg(long, global = true, default_value = "table", value_parser = ["table", "csv", "json"])]
     format: String,
     /// Where figures come from: the marts when up to date (auto), always events, or only
-    /// the marts.
-    #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "events", "marts"])]
-    source: String,
+    /// the marts [default: auto].
+    #[arg(long, global = true, value_parser = ["auto", "events", "marts"])]
+    source: Option<String>,
 }
 
 /// Options of `shoplake report`.
@@ -250,15 +246,16 @@ enum Report {
     Visitors,
     /// Abandoned carts: cart sessions per day, items by status, top lists, retargeting list.
     Abandonment {
-        /// How long after the first cart a purchase recovers the item.
-        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
-        window: Duration,
-        /// Entries in each top list.
-        #[arg(long, default_value_t = 10)]
-        top: usize,
-        /// Rows of the retargeting list, oldest first (0: all); the total is always given.
-        #[arg(long, default_value_t = 20)]
-        list: usize,
+        /// How long after the first cart a purchase recovers the item [default: 24h].
+        #[arg(long)]
+        window: Option<String>,
+        /// Entries in each top list [default: 10].
+        #[arg(long)]
+        top: Option<usize>,
+        /// Rows of the retargeting list, oldest first (0: all) [default: 20]; the total is
+        /// always given.
+        #[arg(long)]
+        list: Option<usize>,
         /// For csv: which part to write.
         #[arg(long, default_value = "sessions",
               value_parser = ["sessions", "items", "products", "brands", "categories", "retarget"])]
@@ -266,253 +263,139 @@ enum Report {
     },
     /// Top categories per hour of day or weekday.
     Categories {
-        /// Buckets.
-        #[arg(long, default_value = "hour", value_parser = ["hour", "weekday"])]
-        by: String,
-        /// Category level: 1, 2, 3 or full.
-        #[arg(long, default_value = "1", value_parser = ["1", "2", "3", "full"])]
-        level: String,
-        /// Categories per bucket.
-        #[arg(long, default_value_t = 5)]
-        top: usize,
-        /// Ranking metric.
-        #[arg(long, default_value = "views",
-              value_parser = ["views", "carts", "purchases", "revenue", "visitors"])]
-        metric: String,
+        /// Buckets: hour or weekday [default: hour].
+        #[arg(long)]
+        by: Option<String>,
+        /// Category level: 1, 2, 3 or full [default: 1].
+        #[arg(long)]
+        level: Option<String>,
+        /// Categories per bucket [default: 5].
+        #[arg(long)]
+        top: Option<usize>,
+        /// Ranking metric: views, carts, purchases, revenue or visitors [default: views].
+        #[arg(long)]
+        metric: Option<String>,
     },
     /// Brands that need more marketing, ranked by opportunity.
     Brands {
-        /// Brands with fewer views in the range are left out.
-        #[arg(long, default_value_t = 100)]
-        min_views: u64,
+        /// Brands with fewer views in the range are left out [default: 100].
+        #[arg(long)]
+        min_views: Option<u64>,
     },
+    /// Events per local weekday and hour (the dashboard's heat map).
+    Activity,
+    /// Users flagged as bots per UTC day.
+    Bots,
 }
 
-/// The abandonment report's parts, as columns (the documented JSON field names).
-const SESSION_COLUMNS: &[&str] = &[
-    "day",
-    "cart_sessions",
-    "abandoned_sessions",
-    "abandonment_rate",
-];
-const ITEM_COLUMNS: &[&str] = &["status", "items", "value"];
-const PRODUCT_COLUMNS: &[&str] = &["product_id", "brand", "category", "items", "value"];
-const NAME_COLUMNS: &[&str] = &["name", "items", "value"];
-const RETARGET_COLUMNS: &[&str] = &["user_id", "product_id", "carted_at", "price"];
+impl Report {
+    /// The report's name and its own options.
+    fn params(&self, mut p: ReportParams) -> (&'static str, ReportParams) {
+        let name = match self {
+            Report::Visitors => "visitors",
+            Report::Activity => "activity",
+            Report::Bots => "bots",
+            Report::Abandonment {
+                window, top, list, ..
+            } => {
+                (p.window, p.top, p.list) = (window.clone(), *top, *list);
+                "abandonment"
+            }
+            Report::Categories {
+                by,
+                level,
+                top,
+                metric,
+            } => {
+                (p.by, p.level, p.top, p.metric) =
+                    (by.clone(), level.clone(), *top, metric.clone());
+                "categories"
+            }
+            Report::Brands { min_views } => {
+                p.min_views = *min_views;
+                "brands"
+            }
+        };
+        (name, p)
+    }
+}
 
 /// `shoplake report`.
 pub fn report(args: ReportArgs) -> Result<ExitCode> {
     let c = &args.common;
-    let scope = ReportScope {
-        range: ReportRange::parse(c.from.as_deref(), c.to.as_deref(), Some(&c.tz))?,
-        all_traffic: c.all_traffic,
-        source: c.source.parse()?,
+    let common = ReportParams {
+        from: c.from.clone(),
+        to: c.to.clone(),
+        tz: c.tz.clone(),
+        all_traffic: Some(c.all_traffic),
+        source: c.source.clone(),
+        ..ReportParams::default()
     };
+    let (name, params) = args.report.params(common);
+    let request = ReportRequest::parse(name, &params)?;
+    let format: Format = c.format.parse()?;
     let rt = runtime()?;
     let engine = engine(&c.sql_args, &rt)?;
-    let format = c.format.as_str();
+    let answer = rt.block_on(request.run(&engine))?;
     let mut out = std::io::stdout().lock();
-    match args.report {
-        Report::Visitors => {
-            let rows = rt.block_on(reports::visitors(&engine, &scope))?;
-            print_rows(
-                &mut out,
-                format,
-                &rows,
-                &["day", "visitors", "sessions", "events", "new_visitors"],
-            )?;
-        }
-        Report::Abandonment {
-            window,
-            top,
-            list,
-            section,
-        } => {
-            let options = AbandonmentOptions {
-                window,
-                top,
-                retarget_limit: (list > 0).then_some(list),
+    match answer {
+        ReportAnswer::Visitors(rows) => write_rows(&rows, format, &mut out)?,
+        ReportAnswer::Activity(rows) => write_rows(&rows, format, &mut out)?,
+        ReportAnswer::Bots(rows) => write_rows(&rows, format, &mut out)?,
+        ReportAnswer::Categories(rows) => write_rows(&rows, format, &mut out)?,
+        ReportAnswer::Brands(rows) => write_rows(&rows, format, &mut out)?,
+        ReportAnswer::Abandonment(r) => {
+            let section = match &args.report {
+                Report::Abandonment { section, .. } => section.as_str(),
+                _ => "sessions",
             };
-            let r = rt.block_on(reports::abandonment(&engine, &scope, &options))?;
-            match format {
-                "json" => print_rows(&mut out, format, std::slice::from_ref(&r), &[])?,
-                "csv" => match section.as_str() {
-                    "items" => print_rows(&mut out, format, &r.items, ITEM_COLUMNS)?,
-                    "products" => print_rows(&mut out, format, &r.top_products, PRODUCT_COLUMNS)?,
-                    "brands" => print_rows(&mut out, format, &r.top_brands, NAME_COLUMNS)?,
-                    "categories" => print_rows(&mut out, format, &r.top_categories, NAME_COLUMNS)?,
-                    "retarget" => print_rows(&mut out, format, &r.retarget, RETARGET_COLUMNS)?,
-                    _ => print_rows(&mut out, format, &r.sessions, SESSION_COLUMNS)?,
-                },
-                _ => {
-                    writeln!(out, "Cart sessions by day of first event")?;
-                    print_rows(&mut out, format, &r.sessions, SESSION_COLUMNS)?;
-                    writeln!(
-                        out,
-                        "\nItems (first cart in range; recovered = bought within {} h; newest event {})",
-                        r.window_hours,
-                        r.newest_event.as_deref().unwrap_or("-")
-                    )?;
-                    print_rows(&mut out, format, &r.items, ITEM_COLUMNS)?;
-                    writeln!(out, "\nTop abandoned products")?;
-                    print_rows(&mut out, format, &r.top_products, PRODUCT_COLUMNS)?;
-                    writeln!(out, "\nTop abandoned brands")?;
-                    print_rows(&mut out, format, &r.top_brands, NAME_COLUMNS)?;
-                    writeln!(out, "\nTop abandoned categories")?;
-                    print_rows(&mut out, format, &r.top_categories, NAME_COLUMNS)?;
-                    writeln!(
-                        out,
-                        "\nRetargeting list ({} of {}, oldest first; --list 0 for all)",
-                        r.retarget.len(),
-                        r.retarget_total
-                    )?;
-                    print_rows(&mut out, format, &r.retarget, RETARGET_COLUMNS)?;
-                }
-            }
-        }
-        Report::Categories {
-            by,
-            level,
-            top,
-            metric,
-        } => {
-            let options = CategoriesOptions {
-                by: by.parse()?,
-                level: if level == "full" {
-                    0
-                } else {
-                    level.parse().unwrap_or(1)
-                },
-                top,
-                metric: metric.parse()?,
-            };
-            let rows = rt.block_on(reports::categories(&engine, &scope, &options))?;
-            print_rows(
-                &mut out,
-                format,
-                &rows,
-                &[
-                    "bucket",
-                    "category",
-                    "views",
-                    "carts",
-                    "purchases",
-                    "revenue",
-                    "visitors",
-                    "rank",
-                    "share",
-                ],
-            )?;
-        }
-        Report::Brands { min_views } => {
-            let rows = rt.block_on(reports::brands(
-                &engine,
-                &scope,
-                &BrandsOptions { min_views },
-            ))?;
-            print_rows(
-                &mut out,
-                format,
-                &rows,
-                &[
-                    "brand",
-                    "category",
-                    "views",
-                    "carts",
-                    "purchases",
-                    "revenue",
-                    "conversion",
-                    "cart_rate",
-                    "view_share",
-                    "class",
-                    "opportunity",
-                ],
-            )?;
+            abandonment(&r, format, section, &mut out)?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn cell(v: Option<&Value>) -> String {
-    match v {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => i.to_string(),
-            (None, Some(f)) if f.fract() != 0.0 && f.abs() < 1.0 => format!("{f:.4}"),
-            (None, Some(f)) => format!("{f:.2}"),
-            _ => n.to_string(),
-        },
-        Some(other) => other.to_string(),
-    }
-}
-
-/// Rows as JSON (an array), CSV, or an aligned table, with `columns` in order.
-fn print_rows<T: Serialize>(
+/// The abandonment report: JSON as one object, CSV one part of it, a table all its parts.
+fn abandonment(
+    r: &reports::Abandonment,
+    format: Format,
+    section: &str,
     out: &mut impl Write,
-    format: &str,
-    rows: &[T],
-    columns: &[&str],
 ) -> Result<()> {
-    if format == "json" {
-        let json = if columns.is_empty() && rows.len() == 1 {
-            serde_json::to_string_pretty(&rows[0])?
-        } else {
-            serde_json::to_string_pretty(rows)?
-        };
-        writeln!(out, "{json}")?;
-        return Ok(());
-    }
-    let values: Vec<Value> = rows
-        .iter()
-        .map(serde_json::to_value)
-        .collect::<Result<_, _>>()?;
-    let table: Vec<Vec<String>> = values
-        .iter()
-        .map(|v| columns.iter().map(|c| cell(v.get(*c))).collect())
-        .collect();
-    if format == "csv" {
-        let mut w = csv::Writer::from_writer(out);
-        w.write_record(columns)?;
-        for r in &table {
-            w.write_record(r)?;
+    match format {
+        Format::Json => output::write_json(r, out)?,
+        Format::Csv => match section {
+            "items" => write_rows(&r.items, format, out)?,
+            "products" => write_rows(&r.top_products, format, out)?,
+            "brands" => write_rows(&r.top_brands, format, out)?,
+            "categories" => write_rows(&r.top_categories, format, out)?,
+            "retarget" => write_rows(&r.retarget, format, out)?,
+            _ => write_rows(&r.sessions, format, out)?,
+        },
+        _ => {
+            writeln!(out, "Cart sessions by day of first event")?;
+            write_rows(&r.sessions, format, &mut *out)?;
+            writeln!(
+                out,
+                "\nItems (first cart in range; recovered = bought within {} h; newest event {})",
+                r.window_hours,
+                r.newest_event.as_deref().unwrap_or("-")
+            )?;
+            write_rows(&r.items, format, &mut *out)?;
+            writeln!(out, "\nTop abandoned products")?;
+            write_rows(&r.top_products, format, &mut *out)?;
+            writeln!(out, "\nTop abandoned brands")?;
+            write_rows(&r.top_brands, format, &mut *out)?;
+            writeln!(out, "\nTop abandoned categories")?;
+            write_rows(&r.top_categories, format, &mut *out)?;
+            writeln!(
+                out,
+                "\nRetargeting list ({} of {}, oldest first; --list 0 for all)",
+                r.retarget.len(),
+                r.retarget_total
+            )?;
+            write_rows(&r.retarget, format, &mut *out)?;
         }
-        w.flush()?;
-        return Ok(());
-    }
-    let mut widths: Vec<usize> = columns.iter().map(|c| c.len()).collect();
-    for r in &table {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-    };
-    writeln!(out, "{}", line(columns.to_vec()).trim_end())?;
-    writeln!(
-        out,
-        "{}",
-        widths
-            .iter()
-            .map(|w| "-".repeat(*w))
-            .collect::<Vec<_>>()
-            .join("  ")
-    )?;
-    for r in &table {
-        writeln!(
-            out,
-            "{}",
-            line(r.iter().map(String::as_str).collect()).trim_end()
-        )?;
-    }
-    if table.is_empty() {
-        writeln!(out, "(no rows)")?;
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use shoplake_events::time::MICROS_PER_SECOND;
-use shoplake_events::{CsvDecoder, Event, JsonDecoder, Row, Validator};
+use shoplake_events::{Decoder, Event, Row, Validator};
 use tokio::sync::mpsc;
 
 use crate::lake_cmd::{Format, runtime};
@@ -277,19 +277,13 @@ enum Pace {
 pub(crate) fn file_rows(
     input: &std::path::Path,
 ) -> Result<Box<dyn Iterator<Item = shoplake_events::Result<Row>>>> {
-    let reader = shoplake_events::io::open(input)?;
-    let validator = Validator::default();
-    Ok(
-        if shoplake_events::io::is_json_name(&input.to_string_lossy()) {
-            Box::new(JsonDecoder::new(
-                std::io::BufReader::with_capacity(1 << 20, reader),
-                validator,
-            ))
-        } else {
-            let mut csv = CsvDecoder::new(reader, validator)?;
-            Box::new(std::iter::from_fn(move || csv.next_row().transpose()))
-        },
-    )
+    let reader = std::io::BufReader::with_capacity(1 << 20, shoplake_events::io::open(input)?);
+    let format = shoplake_events::Format::of_name(&input.to_string_lossy());
+    Ok(Box::new(Decoder::new(
+        format,
+        reader,
+        Validator::default(),
+    )?))
 }
 
 fn read_loop(

@@ -6,16 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use shoplake_lake::{Lake, LakeOptions};
-use shoplake_log::{EmbeddedLog, EmbeddedOptions, EventLog, KafkaLog, KafkaOptions};
-use shoplake_server::{DeliveryOptions, Network, ServeOptions};
+use shoplake_server::{ServeOptions, Token};
 
-use crate::config::{Config, duration_setting};
+use crate::config::{Config, problems};
 use crate::lake_cmd::runtime;
-
-/// The address `serve` listens on and clients send to by default.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 
 /// Options of `shoplake serve`.
 #[derive(Debug, clap::Args)]
@@ -60,79 +56,29 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         root,
         storage_options: config.storage_options(),
     })?;
-    let listen = match args.listen {
-        Some(a) => a,
-        None => config
-            .server
-            .listen
-            .as_deref()
-            .unwrap_or(DEFAULT_LISTEN)
-            .parse()
-            .context("server.listen")?,
-    };
-    let mut tokens = config.server.tokens.clone();
-    if tokens.is_empty() {
-        let (admin, created) = shoplake_server::admin_token(&args.data)?;
-        let path = args.data.join("admin.token");
-        if created {
-            eprintln!(
-                "created the admin token {} (kept in {}; clients read it from there or take \
-                 --token / SHOPLAKE_TOKEN)",
-                admin.token,
-                path.display()
-            );
-        } else {
-            tracing::info!("admin token in {}", path.display());
-        }
-        tokens.push(admin);
-    }
-    let trusted_proxies = config
+    let server = config
         .server
-        .trusted_proxies
-        .iter()
-        .map(|p| p.parse::<Network>().map_err(anyhow::Error::msg))
-        .collect::<Result<Vec<_>>>()?;
-    let (limits, http) = config
-        .server
-        .limits()
-        .map_err(|errors| anyhow::anyhow!("the server settings:\n  {}", errors.join("\n  ")))?;
-    let d = &config.delivery;
-    let delivery = DeliveryOptions {
-        interval: duration_setting("delivery.interval", d.interval.as_deref(), "10s")?
-            .context("delivery.interval cannot be off")?,
-        max_bytes: d.max_bytes.unwrap_or(64 << 20),
-        compact_interval: duration_setting(
-            "delivery.compact_interval",
-            d.compact_interval.as_deref(),
-            "10m",
-        )?,
-        marts_interval: duration_setting(
-            "delivery.marts_interval",
-            d.marts_interval.as_deref(),
-            "60s",
-        )?,
-        quarantine_retention: duration_setting(
-            "delivery.quarantine_retention",
-            d.quarantine_retention.as_deref(),
-            "off",
-        )?,
-        ..DeliveryOptions::default()
-    };
+        .settings()
+        .map_err(|e| problems("server", e))?;
+    let tokens = tokens(server.tokens, &args.data)?;
+    let delivery = config
+        .delivery
+        .options()
+        .map_err(|e| problems("delivery", e))?;
+    let log_settings = config.log.settings().map_err(|e| problems("log", e))?;
+    let alerts = config
+        .alerts
+        .settings(&args.data)
+        .map_err(|e| problems("alerts", e))?;
     let settings = config
         .detect
         .settings()
-        .map_err(|errors| anyhow::anyhow!("the detection settings:\n  {}", errors.join("\n  ")))?;
-    let notify = config.notify.settings().map_err(|errors| {
-        anyhow::anyhow!("the notification settings:\n  {}", errors.join("\n  "))
-    })?;
+        .map_err(|e| problems("detection", e))?;
+    let notify = config
+        .notify
+        .settings()
+        .map_err(|e| problems("notification", e))?;
     let detect = config.detect.enabled != Some(false);
-    let record_format = config.log.record_format()?;
-    let store_url = config.alerts.url(&args.data);
-    let retain_resolved = duration_setting(
-        "alerts.retain_resolved",
-        config.alerts.retain_resolved.as_deref(),
-        "off",
-    )?;
     let rt = runtime()?;
     rt.block_on(async move {
         // Before anything listens: a signal from then on stops serve cleanly.
@@ -140,88 +86,69 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         let detection = if detect {
             std::fs::create_dir_all(&args.data)
                 .with_context(|| format!("creating {}", args.data.display()))?;
-            let store = shoplake_alerts::SqlStore::open(&store_url)
+            let url = &alerts.url;
+            let store = shoplake_alerts::SqlStore::open(url)
                 .await
-                .with_context(|| format!("opening the alert store {store_url}"))?;
+                .with_context(|| format!("opening the alert store {url}"))?;
             tracing::info!(
-                "detection on: {} rules, incidents in {store_url}",
-                settings.rules.len()
+                rules = settings.rules.len(),
+                store = %url,
+                "detection on"
             );
             Some(shoplake_server::DetectionOptions {
                 settings,
                 store: Arc::new(store),
                 max_per_partition: 100_000,
                 notify,
-                retain_resolved,
+                retain_resolved: alerts.retain_resolved,
                 checkpoint: Some(args.data.join("detector").join("checkpoint")),
             })
         } else {
             None
         };
         let options = ServeOptions {
-            listen,
+            listen: args.listen.unwrap_or(server.listen),
             tokens,
-            trusted_proxies,
-            limits,
-            http,
+            trusted_proxies: server.trusted_proxies,
+            limits: server.limits,
+            http: server.http,
             delivery,
             detection,
-            record_format,
+            record_format: log_settings.record_format,
+            clock: Arc::new(shoplake_events::SystemClock),
         };
-        let log = open_log(&config, &args.data).await?;
+        // Retention never removes what the lake delivery has not committed.
+        let log = log_settings
+            .open(&args.data, &[options.delivery.consumer.as_str()])
+            .await
+            .with_context(|| format!("opening {}", log_settings.describe(&args.data)))?;
         let stopped = async {
             let signal = stop.await;
             tracing::info!("{signal} received");
         };
-        shoplake_server::serve(lake, log, options, |_| {}, stopped).await
+        shoplake_server::serve(lake, log, options, |_| {}, stopped).await?;
+        anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens the configured event log.
-async fn open_log(config: &Config, data: &std::path::Path) -> Result<Arc<dyn EventLog>> {
-    match config.log.backend.as_deref() {
-        None | Some("embedded") => {
-            let mut options = EmbeddedOptions::new(data.join("log"));
-            if let Some(p) = config.log.partitions {
-                options.partitions = p;
-            }
-            if let Some(b) = config.log.retention_bytes {
-                options.retention_bytes = Some(b);
-            }
-            // Retention never removes what the lake delivery has not committed.
-            options.protected = vec![DeliveryOptions::default().consumer];
-            options.retention_age =
-                duration_setting("log.retention", config.log.retention.as_deref(), "7d")?;
-            let log = EmbeddedLog::open(options).with_context(|| {
-                format!("opening the event log in {}", data.join("log").display())
-            })?;
-            Ok(Arc::new(log))
-        }
-        Some("kafka") => {
-            let k = &config.log.kafka;
-            let Some(brokers) = k.brokers.clone() else {
-                bail!("log.backend = \"kafka\" needs log.kafka.brokers");
-            };
-            let topic = k
-                .topic
-                .clone()
-                .unwrap_or_else(|| "shoplake-events".to_owned());
-            let mut options = KafkaOptions::new(brokers.clone(), topic.clone());
-            if let Some(p) = config.log.partitions {
-                options.partitions = p;
-            }
-            options.producer_properties = k.producer.clone().into_iter().collect();
-            options.consumer_properties = k.consumer.clone().into_iter().collect();
-            let log = KafkaLog::open(options)
-                .await
-                .with_context(|| format!("opening the Kafka topic {topic} on {brokers}"))?;
-            tracing::info!(
-                "event log: Kafka topic {topic} on {brokers}, {} partitions",
-                log.partitions()
-            );
-            Ok(Arc::new(log))
-        }
-        Some(other) => bail!("log.backend {other:?}: expected embedded or kafka"),
+/// The configured tokens, or the admin token kept in `DATA/admin.token` (created and
+/// printed on the first start).
+fn tokens(configured: Vec<Token>, data: &std::path::Path) -> Result<Vec<Token>> {
+    if !configured.is_empty() {
+        return Ok(configured);
     }
+    let (admin, created) = shoplake_server::admin_token(data)?;
+    let path = data.join("admin.token");
+    if created {
+        eprintln!(
+            "created the admin token {} (kept in {}; clients read it from there or take \
+             --token / SHOPLAKE_TOKEN)",
+            admin.token,
+            path.display()
+        );
+    } else {
+        tracing::info!("admin token in {}", path.display());
+    }
+    Ok(vec![admin])
 }

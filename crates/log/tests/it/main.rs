@@ -13,6 +13,7 @@ use std::time::Duration;
 use shoplake_events::time::Clock;
 use shoplake_log::{EmbeddedLog, EmbeddedOptions, EventLog, Limit, Record, conformance};
 
+#[derive(Debug)]
 struct TestClock(AtomicI64);
 
 impl Clock for TestClock {

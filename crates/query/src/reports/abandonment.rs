@@ -17,6 +17,7 @@ use shoplake_events::time::format_rfc3339;
 use super::{Columns, FrontCache, ReportScope, count, day_string, mix, money, ratio, uuid_bits};
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::folds::{Cart, CartOrPurchase, each_cart_or_purchase, keep_first};
 use crate::udf::{LocalDays, category_at};
 
 /// Options of the abandonment report.
@@ -54,6 +55,15 @@ pub struct SessionDay {
     pub abandonment_rate: Option<f64>,
 }
 
+impl crate::output::Tabular for SessionDay {
+    const COLUMNS: &'static [&'static str] = &[
+        "day",
+        "cart_sessions",
+        "abandoned_sessions",
+        "abandonment_rate",
+    ];
+}
+
 impl SessionDay {
     fn new(day: String, cart_sessions: u64, abandoned_sessions: u64) -> SessionDay {
         SessionDay {
@@ -76,6 +86,10 @@ pub struct ItemStatus {
     pub value: f64,
 }
 
+impl crate::output::Tabular for ItemStatus {
+    const COLUMNS: &'static [&'static str] = &["status", "items", "value"];
+}
+
 /// A top abandoned product.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopProduct {
@@ -91,6 +105,10 @@ pub struct TopProduct {
     pub value: f64,
 }
 
+impl crate::output::Tabular for TopProduct {
+    const COLUMNS: &'static [&'static str] = &["product_id", "brand", "category", "items", "value"];
+}
+
 /// A top abandoned brand or category.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopName {
@@ -100,6 +118,10 @@ pub struct TopName {
     pub items: u64,
     /// Abandoned value.
     pub value: f64,
+}
+
+impl crate::output::Tabular for TopName {
+    const COLUMNS: &'static [&'static str] = &["name", "items", "value"];
 }
 
 /// An abandoned item to retarget. JSON: `user_id, product_id, carted_at, price`.
@@ -113,6 +135,10 @@ pub struct Retarget {
     pub carted_at: String,
     /// The price then.
     pub price: f64,
+}
+
+impl crate::output::Tabular for Retarget {
+    const COLUMNS: &'static [&'static str] = &["user_id", "product_id", "carted_at", "price"];
 }
 
 /// The abandonment report.
@@ -260,70 +286,8 @@ async fn sessions_from_events(
     Ok(all.days(&scope.range))
 }
 
-/// A text cell, `None` when null.
-fn text(a: &arrow::array::StringViewArray, i: usize) -> Option<&str> {
-    a.is_valid(i).then(|| a.value(i))
-}
-
-/// A (user, product)'s first cart (in the range, or of a day): time, price, brand, category
-/// code.
-pub(crate) type Cart = (i64, i64, Option<String>, Option<String>);
-
 /// An item: (user, product), its first cart, its first purchase from that cart on.
 type Item = ((i64, i64), Cart, Option<i64>);
-
-/// One row of a scan of carts and purchases (columns `user_id, product_id, event_type, t,
-/// price_cents, brand, category_code`).
-pub(crate) enum CartOrPurchase<'a> {
-    /// A cart: time, price in cents (0 without a price), brand, category code.
-    Cart(i64, i64, Option<&'a str>, Option<&'a str>),
-    /// A purchase at this time.
-    Purchase(i64),
-}
-
-/// Calls `f` with each row of a scan of carts and purchases: its index, (user, product) and
-/// what it is.
-pub(crate) fn each_cart_or_purchase(
-    b: &RecordBatch,
-    mut f: impl FnMut(usize, (i64, i64), CartOrPurchase<'_>),
-) -> Result<()> {
-    let c = Columns::new(b);
-    let user = c.int64_array("user_id")?;
-    let product = c.int64_array("product_id")?;
-    let kind = c.string_view_array("event_type")?;
-    let time = c.int64_array("t")?;
-    let price = c.int64_array("price_cents")?;
-    let brand = c.string_view_array("brand")?;
-    let category = c.string_view_array("category_code")?;
-    for i in 0..b.num_rows() {
-        let t = time.value(i);
-        let row = if kind.value(i) == "purchase" {
-            CartOrPurchase::Purchase(t)
-        } else {
-            let cents = if price.is_valid(i) { price.value(i) } else { 0 };
-            CartOrPurchase::Cart(t, cents, text(&brand, i), text(&category, i))
-        };
-        f(i, (user.value(i), product.value(i)), row);
-    }
-    Ok(())
-}
-
-/// Keeps the first cart by time, then price (then the names, so ties are decided alike
-/// whatever the scan order).
-pub(crate) fn keep_first(
-    slot: &mut Option<Cart>,
-    t: i64,
-    cents: i64,
-    b: Option<&str>,
-    k: Option<&str>,
-) {
-    let earlier = slot
-        .as_ref()
-        .is_none_or(|(t0, c0, b0, k0)| (t, cents, b, k) < (*t0, *c0, b0.as_deref(), k0.as_deref()));
-    if earlier {
-        *slot = Some((t, cents, b.map(str::to_owned), k.map(str::to_owned)));
-    }
-}
 
 /// Per (user, product): the first cart in the range and every purchase from the range's start
 /// on, as one scan of `events` reads them (one SQL group-by for the carts, computed twice,

@@ -25,6 +25,11 @@ pub struct ActivityCell {
     pub revenue: f64,
 }
 
+impl crate::output::Tabular for ActivityCell {
+    const COLUMNS: &'static [&'static str] =
+        &["weekday", "hour", "views", "carts", "purchases", "revenue"];
+}
+
 /// The cells with any event, by weekday then hour.
 pub async fn activity(engine: &Engine, scope: &ReportScope) -> Result<Vec<ActivityCell>> {
     let range = &scope.range;

@@ -19,6 +19,10 @@ pub struct BotDay {
     pub flags: u64,
 }
 
+impl crate::output::Tabular for BotDay {
+    const COLUMNS: &'static [&'static str] = &["day", "flagged_users", "flags"];
+}
+
 /// The days with flags in the range (its dates taken as UTC days), in day order.
 pub async fn bots(engine: &Engine, scope: &ReportScope) -> Result<Vec<BotDay>> {
     if engine.bot_flags_version().is_none() {

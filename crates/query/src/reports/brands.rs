@@ -82,6 +82,22 @@ pub struct BrandRow {
     pub opportunity: Option<f64>,
 }
 
+impl crate::output::Tabular for BrandRow {
+    const COLUMNS: &'static [&'static str] = &[
+        "brand",
+        "category",
+        "views",
+        "carts",
+        "purchases",
+        "revenue",
+        "conversion",
+        "cart_rate",
+        "view_share",
+        "class",
+        "opportunity",
+    ];
+}
+
 #[derive(Default, Clone)]
 struct Tally {
     events: u64,

@@ -41,7 +41,7 @@ impl FromStr for Bucketing {
             "hour" => Ok(Bucketing::Hour),
             "weekday" => Ok(Bucketing::Weekday),
             _ => Err(Error::Argument(format!(
-                "--by {s:?}: expected hour or weekday"
+                "by {s:?}: expected hour or weekday"
             ))),
         }
     }
@@ -74,7 +74,7 @@ impl FromStr for Metric {
             "visitors" => Metric::Visitors,
             _ => {
                 return Err(Error::Argument(format!(
-                    "--metric {s:?}: expected views, carts, purchases, revenue or visitors"
+                    "metric {s:?}: expected views, carts, purchases, revenue or visitors"
                 )));
             }
         })
@@ -93,13 +93,54 @@ impl fmt::Display for Metric {
     }
 }
 
+/// The depth of the category code a report groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Level {
+    /// The first segment (`electronics`).
+    #[default]
+    One,
+    /// The first two (`electronics.smartphone`).
+    Two,
+    /// The first three.
+    Three,
+    /// The whole code.
+    Full,
+}
+
+impl Level {
+    /// The segments kept: 1, 2 or 3, or 0 for the whole code (as `category_at` takes it).
+    pub fn depth(self) -> usize {
+        match self {
+            Level::One => 1,
+            Level::Two => 2,
+            Level::Three => 3,
+            Level::Full => 0,
+        }
+    }
+}
+
+impl FromStr for Level {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Level> {
+        match s.trim() {
+            "1" => Ok(Level::One),
+            "2" => Ok(Level::Two),
+            "3" => Ok(Level::Three),
+            "full" => Ok(Level::Full),
+            _ => Err(Error::Argument(format!(
+                "level {s:?}: expected 1, 2, 3 or full"
+            ))),
+        }
+    }
+}
+
 /// Options of the categories report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CategoriesOptions {
     /// Hour or weekday.
     pub by: Bucketing,
-    /// Category level: 1, 2, 3, or 0 for the full code.
-    pub level: usize,
+    /// How much of the category code.
+    pub level: Level,
     /// Categories per bucket.
     pub top: usize,
     /// The ranking metric.
@@ -110,7 +151,7 @@ impl Default for CategoriesOptions {
     fn default() -> Self {
         CategoriesOptions {
             by: Bucketing::Hour,
-            level: 1,
+            level: Level::One,
             top: 5,
             metric: Metric::Views,
         }
@@ -141,6 +182,20 @@ pub struct CategoryRow {
     pub share: Option<f64>,
 }
 
+impl crate::output::Tabular for CategoryRow {
+    const COLUMNS: &'static [&'static str] = &[
+        "bucket",
+        "category",
+        "views",
+        "carts",
+        "purchases",
+        "revenue",
+        "visitors",
+        "rank",
+        "share",
+    ];
+}
+
 struct Cell {
     bucket: i64,
     category: String,
@@ -169,12 +224,6 @@ pub async fn categories(
     scope: &ReportScope,
     options: &CategoriesOptions,
 ) -> Result<Vec<CategoryRow>> {
-    if options.level > 3 {
-        return Err(Error::Argument(format!(
-            "--level {}: expected 1, 2, 3 or full",
-            options.level
-        )));
-    }
     let events = super::events_relation(engine, scope).await?;
     if super::use_marts(engine, scope).await? {
         return from_marts(engine, scope, options).await;
@@ -194,7 +243,7 @@ pub async fn categories(
             SELECT event_type, price, user_id, {bucket} AS bucket,
                    category_level(category_code, {level}) AS category
             FROM {events} WHERE {range})",
-        level = options.level,
+        level = options.level.depth(),
         range = range.sql(),
     );
     // One pass with distinct-user sets per cell, and when those outgrow the memory limit, per
@@ -238,7 +287,7 @@ async fn from_marts(
     options: &CategoriesOptions,
 ) -> Result<Vec<CategoryRow>> {
     let range = &scope.range;
-    let (tz, level, days) = (range.zone_sql(), options.level, range.day_sql());
+    let (tz, level, days) = (range.zone_sql(), options.level.depth(), range.day_sql());
     let bucket = match options.by {
         Bucketing::Hour => "hour",
         // Day 0 (1970-01-01) was a Thursday: Monday is 0.

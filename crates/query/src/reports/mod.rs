@@ -7,6 +7,7 @@ mod activity;
 mod bots;
 mod brands;
 mod categories;
+mod request;
 mod visitors;
 
 pub use abandonment::{
@@ -16,18 +17,19 @@ pub use activity::{ActivityCell, activity};
 pub use bots::{BotDay, bots};
 pub use brands::{BrandClass, BrandRow, BrandsOptions, brands};
 pub use categories::{
-    Bucketing, CategoriesOptions, CategoryRow, Metric, WEEKDAYS, bucket_label, categories,
+    Bucketing, CategoriesOptions, CategoryRow, Level, Metric, WEEKDAYS, bucket_label, categories,
+};
+pub use request::{
+    DEFAULT_RETARGET_ROWS, REPORTS, ReportAnswer, ReportKind, ReportParams, ReportRequest,
 };
 pub use visitors::{VisitorsDay, visitors};
 
 pub use abandonment::abandonment;
-pub(crate) use abandonment::{Cart, CartOrPurchase, each_cart_or_purchase, keep_first};
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Int64Type};
-
+pub use crate::columns::Columns;
 use crate::error::Result;
 use crate::range::ReportRange;
+pub(crate) use crate::relations::HUMAN_EVENTS;
 
 /// Where a report's figures come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,7 +51,7 @@ impl std::str::FromStr for Source {
             "events" => Ok(Source::Events),
             "marts" => Ok(Source::Marts),
             _ => Err(crate::Error::Argument(format!(
-                "--source {s:?}: expected auto, events or marts"
+                "source {s:?}: expected auto, events or marts"
             ))),
         }
     }
@@ -68,84 +70,6 @@ pub struct ReportScope {
     /// flags gives the same numbers either way.
     pub all_traffic: bool,
 }
-
-/// Typed access to a result column by name, cast to one type.
-pub struct Columns<'a> {
-    batch: &'a RecordBatch,
-}
-
-impl<'a> Columns<'a> {
-    /// Reads a batch's columns.
-    pub fn new(batch: &'a RecordBatch) -> Columns<'a> {
-        Columns { batch }
-    }
-
-    fn cast(&self, name: &str, to: &DataType) -> Result<ArrayRef> {
-        let column = self.batch.column_by_name(name).ok_or_else(|| {
-            crate::Error::from(deltalake::datafusion::error::DataFusionError::Internal(
-                format!("report query lacks column {name}"),
-            ))
-        })?;
-        Ok(arrow::compute::cast(column, to)?)
-    }
-
-    /// A column as `i64`s.
-    pub fn i64(&self, name: &str) -> Result<Vec<Option<i64>>> {
-        let a = self.cast(name, &DataType::Int64)?;
-        Ok(a.as_primitive::<Int64Type>().iter().collect())
-    }
-
-    /// A column as an `Int64Array` (no copy when it is one already).
-    pub fn int64_array(&self, name: &str) -> Result<arrow::array::Int64Array> {
-        Ok(self
-            .cast(name, &DataType::Int64)?
-            .as_primitive::<Int64Type>()
-            .clone())
-    }
-
-    /// A money column (decimal with two places, as `events.price` is stored) as integer cents:
-    /// the decimal's own integer, without arithmetic per value.
-    pub fn cents(&self, name: &str) -> Result<arrow::array::Int64Array> {
-        let a = match self.batch.column_by_name(name) {
-            Some(c) if matches!(c.data_type(), DataType::Decimal128(_, 2)) => c.clone(),
-            _ => self.cast(name, &DataType::Decimal128(38, 2))?,
-        };
-        let d = a.as_primitive::<arrow::datatypes::Decimal128Type>();
-        Ok(d.unary(|v| v as i64))
-    }
-
-    /// A column as a `StringViewArray` (no copy when it is one already).
-    pub fn string_view_array(&self, name: &str) -> Result<arrow::array::StringViewArray> {
-        Ok(self
-            .cast(name, &DataType::Utf8View)?
-            .as_string_view()
-            .clone())
-    }
-
-    /// A column as strings.
-    pub fn str(&self, name: &str) -> Result<Vec<Option<String>>> {
-        let a = self.cast(name, &DataType::Utf8)?;
-        let a = a.as_string::<i32>();
-        Ok((0..a.len())
-            .map(|i| a.is_valid(i).then(|| a.value(i).to_owned()))
-            .collect())
-    }
-}
-
-/// CTEs `daily (day, visitors, sessions, events)` over a CTE `e (day, user_id, user_session)`
-/// (`user_id` is never null), two scans of `e`:
-/// distinct counts as nested group-bys, which spill to disk under the engine's memory limit
-/// where `COUNT(DISTINCT)` sets cannot (a month has millions of sessions).
-pub(crate) const DAILY_CTES: &str = "
-    by_user AS (SELECT day, user_id, COUNT(*) AS n FROM e GROUP BY day, user_id),
-    users AS (SELECT day, COUNT(*) AS visitors, SUM(n) AS events FROM by_user GROUP BY day),
-    sessions AS (
-        SELECT day, COUNT(*) AS sessions
-        FROM (SELECT day, user_session FROM e WHERE user_session IS NOT NULL
-              GROUP BY day, user_session) GROUP BY day),
-    daily AS (
-        SELECT users.day AS day, visitors, COALESCE(sessions, 0) AS sessions, events
-        FROM users LEFT JOIN sessions ON users.day = sessions.day)";
 
 /// A session's identity, exact and compact: a canonical lower-case UUID (every REES46 session
 /// is one) as its 128 bits; any other text as itself.
@@ -265,12 +189,6 @@ pub(crate) fn ratio(a: f64, b: f64) -> Option<f64> {
     (b != 0.0).then(|| a / b)
 }
 
-/// `events` without the flagged user-days: the relation "humans only" reports and the marts
-/// read.
-pub(crate) const HUMAN_EVENTS: &str = "(SELECT * FROM events WHERE NOT EXISTS (
-    SELECT 1 FROM bot_flags WHERE bot_flags.user_id = events.user_id
-                              AND bot_flags.day = events.event_date)) AS events";
-
 /// Whether this report leaves out flagged user-days: humans only, and flags in the lake.
 async fn leaves_out_bots(engine: &crate::Engine, scope: &ReportScope) -> Result<bool> {
     if scope.all_traffic {
@@ -299,7 +217,7 @@ pub(crate) async fn use_marts(engine: &crate::Engine, scope: &ReportScope) -> Re
         if scope.source == Source::Marts {
             return Err(crate::Error::Argument(
                 "the marts count humans only and this lake has bot flags: an all-traffic report \
-                 reads events (use --source auto or events, or leave out --all-traffic)"
+                 reads events (use source auto or events, or count humans only)"
                     .to_owned(),
             ));
         }
@@ -307,9 +225,9 @@ pub(crate) async fn use_marts(engine: &crate::Engine, scope: &ReportScope) -> Re
     }
     match scope.source {
         Source::Events => Ok(false),
-        Source::Auto => crate::marts::fresh(engine, scope.range.tz).await,
+        Source::Auto => crate::stamp::fresh(engine, scope.range.tz).await,
         Source::Marts => {
-            if crate::marts::fresh(engine, scope.range.tz).await? {
+            if crate::stamp::fresh(engine, scope.range.tz).await? {
                 Ok(true)
             } else {
                 Err(crate::Error::Argument(format!(

@@ -25,6 +25,11 @@ pub struct VisitorsDay {
     pub new_visitors: u64,
 }
 
+impl crate::output::Tabular for VisitorsDay {
+    const COLUMNS: &'static [&'static str] =
+        &["day", "visitors", "sessions", "events", "new_visitors"];
+}
+
 /// The visitors report, one row per local day with events, in day order.
 pub async fn visitors(engine: &Engine, scope: &ReportScope) -> Result<Vec<VisitorsDay>> {
     if !super::use_marts(engine, scope).await? {

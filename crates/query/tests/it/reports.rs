@@ -11,7 +11,7 @@ use chrono::{NaiveDate, TimeZone, Timelike};
 use chrono_tz::Tz;
 use shoplake_lake::TableName;
 use shoplake_query::reports::{
-    AbandonmentOptions, BrandClass, BrandsOptions, Bucketing, CategoriesOptions, Metric,
+    AbandonmentOptions, BrandClass, BrandsOptions, Bucketing, CategoriesOptions, Level, Metric,
     ReportScope, Source, abandonment, brands, categories, visitors,
 };
 use shoplake_query::{Engine, ReportRange};
@@ -87,9 +87,9 @@ async fn reports_match_the_definitions() {
         check_visitors(&engine, &scope, &events).await;
         check_abandonment(&engine, &scope, &events).await;
         for (by, level, metric) in [
-            (Bucketing::Hour, 1, Metric::Views),
-            (Bucketing::Weekday, 0, Metric::Revenue),
-            (Bucketing::Hour, 2, Metric::Visitors),
+            (Bucketing::Hour, Level::One, Metric::Views),
+            (Bucketing::Weekday, Level::Full, Metric::Revenue),
+            (Bucketing::Hour, Level::Two, Metric::Visitors),
         ] {
             let options = CategoriesOptions {
                 by,
@@ -116,11 +116,11 @@ async fn reports_match_the_definitions() {
         check_visitors(&engine, &scope, &events).await;
         check_abandonment(&engine, &scope, &events).await;
         for (by, level, metric) in [
-            (Bucketing::Hour, 1, Metric::Visitors),
-            (Bucketing::Weekday, 0, Metric::Revenue),
-            (Bucketing::Weekday, 2, Metric::Views),
-            (Bucketing::Weekday, 3, Metric::Visitors),
-            (Bucketing::Hour, 0, Metric::Visitors),
+            (Bucketing::Hour, Level::One, Metric::Visitors),
+            (Bucketing::Weekday, Level::Full, Metric::Revenue),
+            (Bucketing::Weekday, Level::Two, Metric::Views),
+            (Bucketing::Weekday, Level::Three, Metric::Visitors),
+            (Bucketing::Hour, Level::Full, Metric::Visitors),
         ] {
             let options = CategoriesOptions {
                 by,
@@ -410,7 +410,7 @@ async fn check_categories(
             Bucketing::Weekday => i64::from(chrono::Datelike::weekday(&l).num_days_from_monday()),
         };
         let c = cells
-            .entry((bucket, category(&e.category_code, options.level)))
+            .entry((bucket, category(&e.category_code, options.level.depth())))
             .or_default();
         match e.event_type {
             EventType::View => c.views += 1,
@@ -479,7 +479,7 @@ async fn check_categories(
             (a, b) => assert_eq!(a, b),
         }
     }
-    if options.level == 1 && scope.range.from.is_none() {
+    if options.level == Level::One && scope.range.from.is_none() {
         assert!(
             got.iter().any(|r| r.category == "(unknown)"),
             "empty codes are a category"
@@ -635,7 +635,7 @@ async fn categories_from_events_fall_back_to_spilling_under_a_small_memory_budge
     };
     let options = CategoriesOptions {
         by: Bucketing::Hour,
-        level: 0,
+        level: Level::Full,
         top: 50,
         metric: Metric::Visitors,
     };

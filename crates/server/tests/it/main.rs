@@ -80,7 +80,7 @@ struct Running {
     addr: SocketAddr,
     lake: Lake,
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<shoplake_server::Result<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -171,6 +171,7 @@ impl Running {
                 checkpoint: None,
             }),
             record_format: setup.record_format,
+            clock: std::sync::Arc::new(shoplake_events::SystemClock),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel();

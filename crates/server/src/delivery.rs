@@ -1,0 +1,323 @@
+//! The delivery loop (Firehose): every interval, or early once enough has been appended, the
+//! log is delivered into the lake (exactly once per record: positions commit with the data);
+//! between deliveries it compacts `events`, prunes `quarantine` past its retention and
+//! brings the marts up to date. At shutdown it delivers to the end of the log.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shoplake_events::Validator;
+use shoplake_events::time::Clock;
+use shoplake_lake::{Delivery, Lake, Pumped, TableName};
+use shoplake_log::{EventLog, Limit};
+use tokio::sync::watch;
+
+use crate::backlog::Backlog;
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// How the log is delivered into the lake (Firehose).
+#[derive(Debug, Clone)]
+pub struct DeliveryOptions {
+    /// The consumer's name (its positions are kept under it, in the lake and the log).
+    pub consumer: String,
+    /// Deliver at least this often.
+    pub interval: Duration,
+    /// Deliver early once this many bytes of events have been appended since the last one.
+    pub max_bytes: u64,
+    /// The most records read from one log partition for one delivery (one Delta commit).
+    pub max_per_partition: usize,
+    /// Bin-pack `events`' small files this often (`None`: never).
+    pub compact_interval: Option<Duration>,
+    /// Bring the marts up to date after deliveries, at most this often, and at least ten times
+    /// the last refresh's duration apart (`None`: never).
+    pub marts_interval: Option<Duration>,
+    /// Delete rows of `quarantine` older than this (`None`: keep them), checked as often as
+    /// compaction runs (every 10 minutes without it).
+    pub quarantine_retention: Option<Duration>,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        DeliveryOptions {
+            consumer: "lake".to_owned(),
+            interval: Duration::from_secs(10),
+            max_bytes: 64 << 20,
+            max_per_partition: 250_000,
+            compact_interval: Some(Duration::from_secs(600)),
+            marts_interval: Some(Duration::from_secs(60)),
+            quarantine_retention: None,
+        }
+    }
+}
+
+/// What the delivery loop works with.
+pub(crate) struct Deliverer {
+    pub(crate) lake: Lake,
+    pub(crate) log: Arc<dyn EventLog>,
+    pub(crate) backlog: Arc<Backlog>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// The server's query resources: a marts refresh draws on its one memory pool.
+    pub(crate) engines: Option<shoplake_query::EngineResources>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) options: DeliveryOptions,
+}
+
+/// How often retention is applied when nothing else sets the pace.
+pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// A marts refresh recomputes every zone from `events`: on a large lake it takes a while, so
+/// refreshes are spaced at least this many times their own duration apart (the marts then take
+/// at most about a tenth of the time); meanwhile reports compute from `events`, which is
+/// slower but never wrong.
+const MARTS_SHARE: u32 = 10;
+
+/// The bytes of records one delivery reads from the log at most, spread over the partitions
+/// (records with long user agents are ten times the usual size: a count alone does not bound
+/// them). Decoded, written as Arrow and as Parquet, a delivery holds a few times this.
+const DELIVERY_BYTES: usize = 64 << 20;
+
+/// Attempts at the last delivery before shutdown gives up (the log keeps the events).
+const FINAL_ATTEMPTS: u32 = 3;
+
+impl Deliverer {
+    /// Delivers until told to stop, then to the end of the log once more.
+    pub(crate) async fn run(
+        self,
+        mut delivery: Delivery,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let validator = Validator::default();
+        let mut upkeep = Upkeep::new();
+        let mut marts = Marts::default();
+        let mut failures = 0u32;
+        loop {
+            if !*stop.borrow() {
+                self.wait_for_work(&mut stop).await;
+            }
+            let stopping = *stop.borrow();
+            match self.deliver_all(&mut delivery, &validator, stopping).await {
+                Ok(n) => {
+                    failures = 0;
+                    marts.due |= n > 0;
+                }
+                Err(e) => {
+                    failures += 1;
+                    self.metrics.delivery_failures.inc();
+                    tracing::error!(attempt = failures, error = %e, "delivery failed");
+                    if stopping {
+                        if failures >= FINAL_ATTEMPTS {
+                            return Err(Error::FinalDelivery(Box::new(e)));
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            }
+            if stopping {
+                marts.finish().await;
+                return Ok(());
+            }
+            upkeep.run(&self).await;
+            marts.maybe_refresh(&self);
+        }
+    }
+
+    /// Waits for the interval, or until enough bytes have been appended, or `stop`.
+    async fn wait_for_work(&self, stop: &mut watch::Receiver<bool>) {
+        let deadline = tokio::time::Instant::now() + self.options.interval;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                () = self.backlog.wait_appended() => {
+                    if self.backlog.pending_bytes() >= self.options.max_bytes {
+                        return;
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// What one delivery reads from each partition at most.
+    fn per_partition(&self) -> Limit {
+        let partitions = usize::try_from(self.log.partitions().max(1)).unwrap_or(1);
+        Limit::new(self.options.max_per_partition, DELIVERY_BYTES / partitions)
+    }
+
+    /// Delivers what the log holds (to its very end when `drain`); returns the events
+    /// written.
+    async fn deliver_all(
+        &self,
+        delivery: &mut Delivery,
+        validator: &Validator,
+        drain: bool,
+    ) -> Result<usize, Error> {
+        let mut written = 0;
+        loop {
+            self.backlog.take_pending_bytes();
+            let started = Instant::now();
+            let pumped = delivery
+                .pump(self.log.as_ref(), validator, self.per_partition())
+                .await?;
+            if pumped.records == 0 {
+                return Ok(written);
+            }
+            let secs = started.elapsed().as_secs_f64();
+            self.count(&pumped, secs);
+            written += pumped.delivered.written;
+            self.backlog
+                .set(backlog(self.log.as_ref(), &pumped.positions).await?);
+            // Under load there is always more: return to let compaction and marts run,
+            // unless draining for shutdown or a full batch is already waiting.
+            if !drain && self.backlog.events() < self.options.max_per_partition as u64 {
+                return Ok(written);
+            }
+        }
+    }
+
+    /// Counts and logs one delivery.
+    fn count(&self, pumped: &Pumped, secs: f64) {
+        let Pumped {
+            rejected,
+            quarantined,
+            delivered,
+            ..
+        } = pumped;
+        let m = &self.metrics;
+        m.delivery_seconds.observe(secs);
+        m.deliveries.inc();
+        m.delivered.inc_by(delivered.written as u64);
+        m.duplicates.inc_by(delivered.duplicates as u64);
+        tracing::info!(
+            events = delivered.written,
+            duplicates = delivered.duplicates,
+            quarantined,
+            unreadable = rejected,
+            version = delivered.version,
+            seconds = secs,
+            "delivered"
+        );
+    }
+}
+
+/// Records in the log past the delivered positions.
+pub(crate) async fn backlog(
+    log: &dyn EventLog,
+    positions: &BTreeMap<u32, u64>,
+) -> Result<u64, shoplake_log::Error> {
+    let mut total = 0;
+    for p in 0..log.partitions() {
+        let end = log.end(p).await?;
+        let from = match positions.get(&p) {
+            Some(&at) => at,
+            None => log.start(p).await?,
+        };
+        total += end.saturating_sub(from);
+    }
+    Ok(total)
+}
+
+/// Compaction of `events` and retention of `quarantine`, each at its own pace.
+struct Upkeep {
+    last_compact: Instant,
+    last_prune: Option<Instant>,
+}
+
+impl Upkeep {
+    fn new() -> Upkeep {
+        Upkeep {
+            last_compact: Instant::now(),
+            // The first prune runs at once.
+            last_prune: None,
+        }
+    }
+
+    async fn run(&mut self, d: &Deliverer) {
+        let o = &d.options;
+        if let Some(age) = o.quarantine_retention
+            && self
+                .last_prune
+                .is_none_or(|at| at.elapsed() >= o.compact_interval.unwrap_or(PRUNE_EVERY))
+        {
+            self.last_prune = Some(Instant::now());
+            let age = i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
+            let cutoff = d.clock.now_micros().saturating_sub(age);
+            match d.lake.prune_quarantine(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "pruned quarantine past its retention"),
+                Err(e) => tracing::warn!(error = %e, "pruning quarantine"),
+            }
+        }
+        if let Some(every) = o.compact_interval
+            && self.last_compact.elapsed() >= every
+        {
+            self.last_compact = Instant::now();
+            match d.lake.compact(TableName::Events).await {
+                Ok(s) if s.version.is_some() => tracing::info!(
+                    files_removed = s.files_removed,
+                    files_added = s.files_added,
+                    partitions = s.partitions,
+                    "compacted events"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "compacting events"),
+            }
+        }
+    }
+}
+
+/// The marts refreshes: one at a time, in the background, after deliveries that wrote
+/// something, at most every `marts_interval` and [`MARTS_SHARE`] times their duration apart.
+#[derive(Default)]
+struct Marts {
+    /// Something was delivered since the last refresh started.
+    due: bool,
+    /// When the last refresh started, and how long the one before it took.
+    last: Option<(Instant, Duration)>,
+    took: Arc<Mutex<Duration>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Marts {
+    fn maybe_refresh(&mut self, d: &Deliverer) {
+        let Some(every) = d.options.marts_interval else {
+            return;
+        };
+        let spaced = self
+            .last
+            .is_none_or(|(at, took)| at.elapsed() >= every.max(took * MARTS_SHARE));
+        let idle = self.task.as_ref().is_none_or(|t| t.is_finished());
+        if !(self.due && spaced && idle) {
+            return;
+        }
+        self.due = false;
+        let started = Instant::now();
+        let previous = *self.took.lock().unwrap_or_else(|e| e.into_inner());
+        self.last = Some((started, previous));
+        let (lake, resources, took) = (d.lake.clone(), d.engines.clone(), self.took.clone());
+        self.task = Some(tokio::spawn(async move {
+            // Within the server's one query memory pool when it serves the lake API.
+            let refreshed = match &resources {
+                Some(r) => shoplake_query::marts::refresh_shared(&lake, &[], r).await,
+                None => shoplake_query::marts::refresh(&lake, &[]).await,
+            };
+            match refreshed {
+                Ok(_) => {
+                    let secs = started.elapsed();
+                    *took.lock().unwrap_or_else(|e| e.into_inner()) = secs;
+                    tracing::info!(seconds = secs.as_secs_f64(), "marts brought up to date");
+                }
+                Err(e) => tracing::warn!(error = %e, "refreshing the marts"),
+            }
+        }));
+    }
+
+    /// Waits for a refresh in flight.
+    async fn finish(&mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
