@@ -108,9 +108,24 @@ fn main() -> ExitCode {
         // tools.
         Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e:#}{}", hint(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// What the command line can do about an error, where the library's message cannot say it.
+fn hint(e: &anyhow::Error) -> &'static str {
+    let timed_out = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<shoplake_query::Error>(),
+            Some(shoplake_query::Error::Timeout(_))
+        )
+    });
+    if timed_out {
+        " (raise it with --timeout)"
+    } else {
+        ""
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod reports;
+mod slt;
 mod sql;
 
 use std::collections::HashSet;
@@ -29,7 +30,7 @@ pub fn lake(dir: &Path) -> Lake {
 pub const START: i64 = 1_572_048_000_000_000;
 pub const HOUR: i64 = 3_600_000_000;
 
-fn event(
+pub(crate) fn event(
     t: i64,
     kind: EventType,
     product: i64,
