@@ -162,6 +162,52 @@ async fn refresh_in(lake: &Lake, engine: &Engine, extra_zones: &[Tz]) -> Result<
     Ok(out)
 }
 
+/// One local day of `mart_daily` as it is assembled.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct DailyRow {
+    visitors: i64,
+    sessions: i64,
+    events: i64,
+    new_visitors: i64,
+    session_starts: i64,
+    cart_sessions: i64,
+    abandoned_sessions: i64,
+}
+
+/// Sets a query's day-keyed counts (`names`, in order) on the days' rows with `set`; the
+/// days are created only when `create` (session and first days are days with events, which
+/// the first query made).
+fn fill(
+    by_day: &mut BTreeMap<i64, DailyRow>,
+    out: &QueryOutput,
+    names: &[&str],
+    create: bool,
+    set: impl Fn(&mut DailyRow, &[i64]),
+) -> Result<()> {
+    for b in &out.batches {
+        let c = Columns::new(b);
+        let day = c.i64("day")?;
+        let values = names
+            .iter()
+            .map(|name| c.i64(name))
+            .collect::<Result<Vec<_>>>()?;
+        let mut row_values = vec![0; names.len()];
+        for (i, d) in day.iter().enumerate() {
+            let d = d.unwrap_or_default();
+            let row = match by_day.get_mut(&d) {
+                Some(row) => row,
+                None if create => by_day.entry(d).or_default(),
+                None => continue,
+            };
+            for (slot, v) in row_values.iter_mut().zip(&values) {
+                *slot = v[i].unwrap_or_default();
+            }
+            set(row, &row_values);
+        }
+    }
+    Ok(())
+}
+
 /// A zone's `mart_daily` rows. Three queries one after the other, each with the whole memory
 /// budget (as one statement, their six group-bys shared it and a month's sorts ran short),
 /// joined here by day.
@@ -218,51 +264,27 @@ async fn daily_rows(
         .and_then(|b| Columns::new(b).i64("newest").ok())
         .and_then(|v| v.first().copied().flatten());
 
-    // Per day: visitors, sessions, events, new visitors, session starts, cart sessions,
-    // abandoned sessions.
-    let mut by_day: BTreeMap<i64, [i64; 7]> = BTreeMap::new();
-    let mut fill = |out: &QueryOutput, columns: &[(&str, usize)], create: bool| -> Result<()> {
-        for b in &out.batches {
-            let c = Columns::new(b);
-            let day = c.i64("day")?;
-            let values = columns
-                .iter()
-                .map(|(name, _)| c.i64(name))
-                .collect::<Result<Vec<_>>>()?;
-            for i in 0..b.num_rows() {
-                let d = day[i].unwrap_or_default();
-                // Session and first days are days with events: `daily` made every row.
-                let row = match by_day.get_mut(&d) {
-                    Some(row) => row,
-                    None if create => by_day.entry(d).or_default(),
-                    None => continue,
-                };
-                for ((_, at), v) in columns.iter().zip(&values) {
-                    row[*at] = v[i].unwrap_or_default();
-                }
-            }
-        }
-        Ok(())
-    };
+    let mut by_day: BTreeMap<i64, DailyRow> = BTreeMap::new();
     fill(
+        &mut by_day,
         &daily,
-        &[("visitors", 0), ("sessions", 1), ("events", 2)],
+        &["visitors", "sessions", "events"],
         true,
+        |r, v| {
+            (r.visitors, r.sessions, r.events) = (v[0], v[1], v[2]);
+        },
     )?;
-    fill(&fresh, &[("new_visitors", 3)], false)?;
-    fill(
-        &sessions,
-        &[
-            ("session_starts", 4),
-            ("cart_sessions", 5),
-            ("abandoned_sessions", 6),
-        ],
-        false,
-    )?;
+    fill(&mut by_day, &fresh, &["new_visitors"], false, |r, v| {
+        r.new_visitors = v[0];
+    })?;
+    let names = ["session_starts", "cart_sessions", "abandoned_sessions"];
+    fill(&mut by_day, &sessions, &names, false, |r, v| {
+        (r.session_starts, r.cart_sessions, r.abandoned_sessions) = (v[0], v[1], v[2]);
+    })?;
     let n = by_day.len();
-    let column = |at: usize| -> ArrayRef {
+    let column = |of: fn(&DailyRow) -> i64| -> ArrayRef {
         Arc::new(Int64Array::from(
-            by_day.values().map(|r| r[at]).collect::<Vec<i64>>(),
+            by_day.values().map(of).collect::<Vec<i64>>(),
         ))
     };
     let columns: Vec<ArrayRef> = vec![
@@ -272,13 +294,13 @@ async fn daily_rows(
         )),
         Arc::new(Int64Array::from(vec![version; n])),
         Arc::new(Int64Array::from(vec![FORMAT; n])),
-        column(0),
-        column(1),
-        column(2),
-        column(3),
-        column(4),
-        column(5),
-        column(6),
+        column(|r| r.visitors),
+        column(|r| r.sessions),
+        column(|r| r.events),
+        column(|r| r.new_visitors),
+        column(|r| r.session_starts),
+        column(|r| r.cart_sessions),
+        column(|r| r.abandoned_sessions),
         Arc::new(Int64Array::from(vec![newest; n])),
         Arc::new(Int64Array::from(vec![flags.unwrap_or(-1); n])),
     ];

@@ -80,9 +80,9 @@ pub struct ServerConfig {
     pub query_timeout: Option<String>,
     /// The time limit of an HTTP report (default `120s`).
     pub report_timeout: Option<String>,
-    /// The nice value (0–19) of the threads queries and reports run on (default 10), so that
-    /// ingest, delivery and `/healthz` run first on a busy machine; lower it where shoplake
-    /// shares the cores with other heavy work, 0 to run queries at the server's priority.
+    /// The nice value (0–19) of the threads queries and reports run on (default 0: the
+    /// server's priority); higher lets ingest, delivery and `/healthz` run first whenever
+    /// they have work (and lets every other process on the machine run first too).
     pub query_nice: Option<i32>,
     /// `[[server.tokens]]`: `name`, `token`, `scopes` (`ingest`, `read`, `admin`) and
     /// `forward` (events may carry their own `client_ip`/`user_agent`). With none, `serve`
