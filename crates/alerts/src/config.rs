@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-use shoplake_events::settings::parse_duration;
+use shoplake_events::settings::parse_duration_or_off;
 
 /// `[alerts]`
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -46,12 +46,12 @@ impl AlertsConfig {
             }
             None => format!("sqlite://{}", data.join("alerts.db").display()),
         };
-        let retain_resolved = match self.retain_resolved.as_deref().map(str::trim) {
+        let retain_resolved = match &self.retain_resolved {
             None => None,
-            Some(v) if v.eq_ignore_ascii_case("off") => None,
-            Some(v) => parse_duration(v)
-                .map_err(|e| errors.push(format!("alerts.retain_resolved = {e}, or off")))
-                .ok(),
+            Some(v) => parse_duration_or_off(v)
+                .map_err(|e| errors.push(format!("alerts.retain_resolved = {e}")))
+                .ok()
+                .flatten(),
         };
         if errors.is_empty() {
             Ok(AlertsSettings {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shoplake_events::record::RecordFormat;
-use shoplake_events::settings::parse_duration;
+use shoplake_events::settings::parse_duration_or_off;
 
 use crate::{EmbeddedLog, EmbeddedOptions, EventLog, KafkaLog, KafkaOptions, Result};
 
@@ -81,16 +81,11 @@ impl LogConfig {
             errors.push("log.partitions must be at least 1".to_owned());
         }
         // Unset (the default), off, or a duration.
-        let retention: Option<Option<Duration>> = match self.retention.as_deref().map(str::trim) {
+        let retention: Option<Option<Duration>> = match &self.retention {
             None => None,
-            Some(v) if v.eq_ignore_ascii_case("off") => Some(None),
-            Some(v) => match parse_duration(v) {
-                Ok(d) => Some(Some(d)),
-                Err(e) => {
-                    errors.push(format!("log.retention = {e}, or off"));
-                    None
-                }
-            },
+            Some(v) => parse_duration_or_off(v)
+                .map_err(|e| errors.push(format!("log.retention = {e}")))
+                .ok(),
         };
         let backend = match self.backend.as_deref() {
             None | Some("embedded") => Some(self.embedded(retention)),

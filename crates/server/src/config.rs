@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
-use shoplake_events::settings::parse_duration;
+use shoplake_events::settings::{parse_duration, parse_duration_or_off};
 
 use crate::auth::{Network, Token};
 use crate::collector::Limits;
@@ -131,17 +131,12 @@ impl Check<'_> {
         value: &Option<String>,
         default: Option<Duration>,
     ) -> Option<Duration> {
-        match value.as_deref().map(str::trim) {
+        match value {
             None => default,
-            Some(v) if v.eq_ignore_ascii_case("off") => None,
-            Some(v) => match parse_duration(v) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    self.errors
-                        .push(format!("{}.{key} = {e}, or off", self.section));
-                    default
-                }
-            },
+            Some(v) => parse_duration_or_off(v).unwrap_or_else(|e| {
+                self.errors.push(format!("{}.{key} = {e}", self.section));
+                default
+            }),
         }
     }
 

@@ -89,11 +89,6 @@ impl ApiError {
         self
     }
 
-    /// The status answered.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
     /// A trouble of the server's (5xx) is logged where it is mapped.
     fn logged(self, what: &str, error: &dyn std::error::Error) -> ApiError {
         if self.status.is_server_error() {
