@@ -5,6 +5,9 @@
 # Attackers connect from other loopback addresses (127.0.0.2 and up), as a client on another
 # machine would. Every loop is bounded in count and time; all traffic stays on loopback.
 #   bench/abuse.sh [SECONDS] [RATE]      (default 12 s per attack, 2,000 events/s honest)
+# ABUSE_ONLY="query,stream" runs the baseline and the attacks whose names start with one of
+# those words; ABUSE_HEALTH_LOG=FILE appends every /healthz sample (CLOCK_MONOTONIC seconds,
+# the attack, milliseconds) to FILE, to line slow ones up with `perf sched record`.
 # Prints one line per attack: /healthz p50/p99, the honest producer's acknowledged rate (and
 # its share of the rate without an attack) and p99 latency, serve's peak RSS (VmHWM), and the
 # events acknowledged against those stored in the lake after shutdown.
@@ -243,16 +246,17 @@ def run(name, make):
         # The attack runs for a fixed time, whether or not the honest producer is done.
         threading.Timer(seconds + 1, attack.stop.set).start()
         time.sleep(1)
-    health, stop_health = [], threading.Event()
+    health, samples, stop_health = [], [], threading.Event()
     def poll():
         while not stop_health.is_set():
-            t = time.perf_counter()
+            started, t = time.monotonic(), time.perf_counter()
             try:
                 c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
                 c.request("GET", "/healthz"); c.getresponse().read(); c.close()
                 health.append((time.perf_counter() - t) * 1000)
             except OSError:
                 health.append(5000.0)
+            samples.append((started, health[-1]))
             time.sleep(0.05)
     poller = threading.Thread(target=poll, daemon=True); poller.start()
     limit = int(seconds * rate)
@@ -264,6 +268,9 @@ def run(name, make):
     except subprocess.TimeoutExpired:
         honest = {}
     stop_health.set(); poller.join()
+    if health_log:
+        with open(health_log, "a") as f:
+            f.writelines(f"{t:.6f}\t{name}\t{ms:.1f}\n" for t, ms in samples)
     if attack:
         attack.finish()
     rss = peak_rss_mib(p.pid)
@@ -276,6 +283,11 @@ def run(name, make):
         "rate": honest.get("events_per_second", 0.0), "p99": honest.get("latency_ms_p99", float("nan")),
         "rss": rss, "acked": acked, "stored": stored, "clean": code == 0,
     }
+
+only = [w.strip() for w in os.environ.get("ABUSE_ONLY", "").split(",") if w.strip()]
+if only:
+    ATTACKS = [a for a in ATTACKS if a[1] is none or any(a[0].startswith(w) for w in only)]
+health_log = os.environ.get("ABUSE_HEALTH_LOG")
 
 rows = []
 for name, make in ATTACKS:

@@ -2,7 +2,8 @@
 """The architecture checks of issue 19, as a report: module circles inside each crate (a module
 that uses another that uses it back, through `crate::` or `super::` paths), and library
 functions longer than a limit (default 80 lines; tests, benches and `#[cfg(test)]` modules
-left out). Exits 1 when there is a circle.
+left out). A long function whose comments above it hold a line starting `Long:` (the reason
+it is one piece) is listed apart. Exits 1 when there is a circle.
 
     python3 scripts/architecture.py [--limit N] [crates]
 """
@@ -106,8 +107,19 @@ def long_functions(path, limit):
                 break
             j += 1
         if started and j - i + 1 > limit:
-            out.append((j - i + 1, f"{path}:{i + 1}", m.group(6)))
+            out.append((j - i + 1, f"{path}:{i + 1}", m.group(6), reason(lines, i)))
     return out
+
+
+def reason(lines, i):
+    """The `Long:` reason in the comments and attributes just above line `i`, if any."""
+    k = i - 1
+    while k >= 0 and lines[k].strip().startswith(("//", "#[")):
+        text = lines[k].strip().lstrip("/!").strip()
+        if text.startswith("Long:"):
+            return text
+        k -= 1
+    return None
 
 
 def main():
@@ -129,9 +141,15 @@ def main():
             for f in sorted(fs):
                 if f.endswith(".rs"):
                     long += long_functions(os.path.join(dp, f), limit)
-    for n, where, name in sorted(long, reverse=True):
+    plain = [x for x in long if not x[3]]
+    for n, where, name, _ in sorted(plain, reverse=True):
         print(f"{n:4d} lines  {name}  {where}")
-    print(f"{len(long)} functions over {limit} lines; "
+    reasoned = [x for x in long if x[3]]
+    if reasoned:
+        print("with a reason:")
+        for n, where, name, why in sorted(reasoned, reverse=True):
+            print(f"{n:4d} lines  {name}  {where}  ({why})")
+    print(f"{len(plain)} functions over {limit} lines without a reason, {len(reasoned)} with one; "
           f"{'module circles found' if bad else 'no module circles'}")
     return 1 if bad else 0
 

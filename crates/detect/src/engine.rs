@@ -7,7 +7,7 @@
 //! crosses a threshold, so detection does not wait for the window to close. Keys whose
 //! windows have all passed the watermark are evicted; a cap bounds the keys a rule tracks.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,539 +16,11 @@ use serde::{Deserialize, Serialize};
 use shoplake_events::time::Clock;
 use shoplake_events::{Event, EventType};
 
-use crate::fire::{Fire, Key};
+use crate::fire::Key;
 use crate::incident::{Change, Incident, IncidentState, Tracker};
 use crate::rules::{KeyType, Measure, Rule, Settings, Severity, TimeMode};
-
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// The engine's counters (metrics).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
-    /// Events seen.
-    pub events: u64,
-    /// Events behind the watermark (not windowed).
-    pub late: u64,
-    /// Exact duplicates dropped.
-    pub duplicates: u64,
-    /// Windows that fired.
-    pub windows_fired: u64,
-    /// Keys a rule forgot (the least recently seen) to make room for a new one at its cap.
-    pub keys_evicted: u64,
-    /// Event ids forgotten before the duplicate horizon because the id set was at its cap.
-    pub dedupe_evicted: u64,
-    /// Events of allow-listed users or addresses (not counted by keyed rules).
-    pub allowed: u64,
-}
-
-/// A session's current block of events (running sums of its gaps: no allocation).
-#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
-struct Robotic {
-    first: i64,
-    last: i64,
-    n: u32,
-    sum: f64,
-    sum2: f64,
-}
-
-/// Distinct values of a key with the pane each was last seen in: a few inline, more in a map.
-#[derive(Debug, Default, Clone)]
-struct Distinct {
-    inline: [(u64, i64); INLINE],
-    len: u8,
-    map: Option<Box<Map<u64, i64>>>,
-}
-
-const INLINE: usize = 4;
-
-impl Distinct {
-    fn get(&self, v: u64) -> Option<i64> {
-        match &self.map {
-            Some(m) => m.get(&v).copied(),
-            None => self.inline[..self.len as usize]
-                .iter()
-                .find(|(x, _)| *x == v)
-                .map(|(_, p)| *p),
-        }
-    }
-
-    fn set(&mut self, v: u64, pane: i64) {
-        if let Some(m) = &mut self.map {
-            m.insert(v, pane);
-            return;
-        }
-        let n = self.len as usize;
-        if let Some(e) = self.inline[..n].iter_mut().find(|(x, _)| *x == v) {
-            e.1 = pane;
-        } else if n < INLINE {
-            self.inline[n] = (v, pane);
-            self.len += 1;
-        } else {
-            let mut m: Map<u64, i64> = self.inline.iter().copied().collect();
-            m.insert(v, pane);
-            self.map = Some(Box::new(m));
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.map.as_ref().map_or(self.len as usize, |m| m.len())
-    }
-
-    /// Forgets values last seen at or before `lo`.
-    fn retain_after(&mut self, lo: i64) {
-        if let Some(m) = &mut self.map {
-            m.retain(|_, p| *p > lo);
-        }
-    }
-}
-
-/// One key's state in one rule, at the same index in the rule's slab as its ring of panes.
-#[derive(Debug, Clone)]
-struct KeyState {
-    last_pane: i64,
-    fired_end: i64,
-    fired_level: u32,
-    distinct: Distinct,
-    robotic: Robotic,
-}
-
-/// The global count per window: recent windows' counts (the baseline) and, per window, the
-/// threshold fixed when its first event came and whether it fired. Events may arrive a little
-/// out of order across log partitions: each counts in its own window, so the counts, and the
-/// baselines drawn from them, do not depend on arrival order.
-#[derive(Debug)]
-struct Spike {
-    /// The window of `windows[0]`.
-    first: i64,
-    /// (count, threshold, fired) per window from `first` on.
-    windows: VecDeque<(u64, f64, bool)>,
-}
-
-/// What a rule's measure needs per event, decided once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Count,
-    Distinct,
-    Spike,
-    Robotic,
-}
-
-#[derive(Debug)]
-struct RuleState {
-    rule: Rule,
-    kind: Kind,
-    max_keys: usize,
-    panes: i64,
-    /// Key hash → index into `states` (and `rings`): the map's entries stay small, so its
-    /// rehashes under churn move little.
-    keys: Map<u64, u32>,
-    states: Vec<KeyState>,
-    /// Rings of `panes` (pane, count) per key, back to back.
-    rings: Vec<(i64, u32)>,
-    free: Vec<u32>,
-    expiry: VecDeque<(i64, u64)>,
-    spike: Spike,
-    /// The value of the window the last event counted in, when that window has fired (so an
-    /// open incident's peak follows the window past its threshold).
-    fired_value: Option<f64>,
-}
-
-impl RuleState {
-    fn new(rule: Rule, max_keys: usize) -> RuleState {
-        let panes = (rule.window / rule.slide.max(1)).max(1);
-        let kind = match rule.measure {
-            Measure::Count | Measure::Denied => Kind::Count,
-            Measure::DistinctProductsViewed | Measure::DistinctSessions => Kind::Distinct,
-            Measure::Spike { .. } => Kind::Spike,
-            Measure::Robotic { .. } => Kind::Robotic,
-        };
-        RuleState {
-            rule,
-            kind,
-            max_keys,
-            panes,
-            keys: Map::default(),
-            states: Vec::new(),
-            rings: Vec::new(),
-            free: Vec::new(),
-            expiry: VecDeque::new(),
-            spike: Spike {
-                first: i64::MIN,
-                windows: VecDeque::new(),
-            },
-            fired_value: None,
-        }
-    }
-
-    /// A fresh state (and ring) for a new key; returns its index.
-    fn alloc(&mut self) -> u32 {
-        let panes = self.panes as usize;
-        let fresh = KeyState {
-            last_pane: i64::MIN,
-            fired_end: i64::MIN,
-            fired_level: 0,
-            distinct: Distinct::default(),
-            robotic: Robotic::default(),
-        };
-        if let Some(i) = self.free.pop() {
-            let at = i as usize * panes;
-            self.rings[at..at + panes].fill((i64::MIN, 0));
-            self.states[i as usize] = fresh;
-            return i;
-        }
-        let i = self.states.len() as u32;
-        self.states.push(fresh);
-        self.rings.extend(std::iter::repeat_n((i64::MIN, 0), panes));
-        i
-    }
-
-    /// Counts one event of a key (by hash) at `t` (with the value a distinct measure
-    /// counts); returns a firing when a window crosses a level.
-    fn observe(&mut self, hash: u64, t: i64, distinct: u64, stats: &mut Stats) -> Option<Fire> {
-        self.fired_value = None;
-        if self.kind == Kind::Spike {
-            let Measure::Spike {
-                factor,
-                baseline,
-                floor,
-            } = self.rule.measure
-            else {
-                return None;
-            };
-            return self.spike(t, factor, baseline, floor);
-        }
-        let panes = self.panes;
-        let slide = self.rule.slide.max(1);
-        let pane = t.div_euclid(slide);
-        let index = match self.keys.get(&hash) {
-            Some(i) => *i as usize,
-            None => {
-                if self.keys.len() >= self.max_keys {
-                    self.evict_least_recent();
-                    stats.keys_evicted += 1;
-                }
-                let i = self.alloc();
-                self.keys.insert(hash, i);
-                i as usize
-            }
-        };
-        let st = &mut self.states[index];
-        if st.last_pane != i64::MIN && pane <= st.last_pane - panes {
-            // Older than anything this key still holds.
-            return None;
-        }
-        if pane > st.last_pane {
-            st.last_pane = pane;
-            self.expiry.push_back((pane + panes, hash));
-        }
-        if self.kind == Kind::Robotic {
-            let Measure::Robotic { events, max_cv } = self.rule.measure else {
-                return None;
-            };
-            return robotic_step(st, t, events, max_cv, self.rule.levels[0].severity);
-        }
-        let at = index * panes as usize;
-        let ring = &mut self.rings[at..at + panes as usize];
-        let slot = pane.rem_euclid(panes) as usize;
-        if ring[slot].0 != pane {
-            ring[slot] = (pane, 0);
-        }
-        if self.kind == Kind::Distinct {
-            match st.distinct.get(distinct) {
-                Some(q) if q >= pane => {}
-                Some(q) => {
-                    let old = q.rem_euclid(panes) as usize;
-                    if ring[old].0 == q {
-                        ring[old].1 = ring[old].1.saturating_sub(1);
-                    }
-                    ring[slot].1 += 1;
-                    st.distinct.set(distinct, pane);
-                }
-                None => {
-                    ring[slot].1 += 1;
-                    st.distinct.set(distinct, pane);
-                }
-            }
-        } else {
-            ring[slot].1 += 1;
-        }
-        let lo = pane - panes;
-        let value: u64 = ring
-            .iter()
-            .filter(|(p, _)| *p > lo && *p <= pane)
-            .map(|(_, c)| u64::from(*c))
-            .sum();
-        if st.distinct.len() > 64 && st.distinct.len() as u64 > 4 * value {
-            st.distinct.retain_after(lo);
-        }
-        let window_end = (pane + 1) * slide;
-        if window_end != st.fired_end {
-            st.fired_end = window_end;
-            st.fired_level = 0;
-        }
-        let level = self
-            .rule
-            .levels
-            .iter()
-            .take_while(|l| value as f64 > l.above)
-            .count() as u32;
-        if st.fired_level > 0 {
-            self.fired_value = Some(value as f64);
-        }
-        if level > st.fired_level {
-            st.fired_level = level;
-            let severity = self.rule.levels[level as usize - 1].severity;
-            return Some(Fire {
-                window_start: window_end - self.rule.window,
-                window_end,
-                value: value as f64,
-                severity,
-                at: t,
-                events: value,
-            });
-        }
-        None
-    }
-
-    fn spike(&mut self, t: i64, factor: f64, baseline: usize, floor: u64) -> Option<Fire> {
-        let size = self.rule.window.max(1);
-        let w = t.div_euclid(size);
-        let s = &mut self.spike;
-        if s.first == i64::MIN {
-            s.first = w;
-        }
-        if w < s.first {
-            // Older than every window still kept.
-            return None;
-        }
-        // A long silence: the baseline is that many empty windows.
-        let kept = baseline as i64 + 1;
-        if w - (s.first + s.windows.len() as i64) > kept {
-            s.windows.clear();
-            s.first = w - kept;
-            s.windows
-                .extend(std::iter::repeat_n((0, floor as f64, true), kept as usize));
-        }
-        // New windows get their threshold from the `baseline` windows before them.
-        while s.first + (s.windows.len() as i64) <= w {
-            let n = s.first + s.windows.len() as i64;
-            let lo = (n - baseline as i64).max(s.first);
-            let counts: VecDeque<u64> = (lo..n)
-                .map(|i| s.windows[(i - s.first) as usize].0)
-                .collect();
-            let threshold = (factor * median(&counts)).max(floor as f64);
-            s.windows.push_back((0, threshold, false));
-            while s.windows.len() > baseline + 2 {
-                s.windows.pop_front();
-                s.first += 1;
-            }
-        }
-        if w < s.first {
-            return None;
-        }
-        let slot = &mut s.windows[(w - s.first) as usize];
-        slot.0 += 1;
-        if slot.2 {
-            self.fired_value = Some(slot.0 as f64);
-            return None;
-        }
-        if slot.0 as f64 > slot.1 {
-            slot.2 = true;
-            return Some(Fire {
-                window_start: w * size,
-                window_end: (w + 1) * size,
-                value: slot.0 as f64,
-                severity: self.rule.levels[0].severity,
-                at: t,
-                events: slot.0,
-            });
-        }
-        None
-    }
-
-    /// Forgets the key seen least recently (at the cap, to make room for a new one): the
-    /// expiry queue is in the order keys reached their latest pane, so its first entry that
-    /// is still a key's latest names that key.
-    fn evict_least_recent(&mut self) {
-        while let Some((expires, hash)) = self.expiry.pop_front() {
-            if let Some(&i) = self.keys.get(&hash)
-                && self.states[i as usize].last_pane.saturating_add(self.panes) == expires
-            {
-                self.keys.remove(&hash);
-                self.states[i as usize].distinct = Distinct::default();
-                self.free.push(i);
-                return;
-            }
-        }
-    }
-
-    /// Drops keys whose windows all ended at or before the watermark's pane.
-    fn evict(&mut self, watermark: i64) {
-        let wm_pane = watermark.div_euclid(self.rule.slide.max(1));
-        while let Some(&(expires, hash)) = self.expiry.front() {
-            if expires > wm_pane {
-                break;
-            }
-            self.expiry.pop_front();
-            if let Some(&i) = self.keys.get(&hash)
-                && self.states[i as usize].last_pane + self.panes <= wm_pane
-            {
-                self.keys.remove(&hash);
-                self.states[i as usize].distinct = Distinct::default();
-                self.free.push(i);
-            }
-        }
-    }
-}
-
-/// One key's windows as a checkpoint keeps them: only what it holds (the panes in use, the
-/// distinct values seen), not the slab's free slots.
-#[derive(Debug, Serialize, Deserialize)]
-struct KeySnapshot {
-    hash: u64,
-    last_pane: i64,
-    fired_end: i64,
-    fired_level: u32,
-    distinct: Vec<(u64, i64)>,
-    robotic: Robotic,
-    /// The panes in use: (pane, count).
-    panes: Vec<(i64, u32)>,
-}
-
-/// A rule's windows as a checkpoint keeps them.
-#[derive(Debug, Serialize, Deserialize)]
-struct RuleSnapshot {
-    name: String,
-    key: KeyType,
-    /// A hash of the rule's definition: a checkpoint is restored only into the same rule.
-    fingerprint: u64,
-    keys: Vec<KeySnapshot>,
-    /// The expiry queue's entries that still name a key's latest pane, in order.
-    expiry: Vec<(i64, u64)>,
-    spike_first: i64,
-    spike_windows: VecDeque<(u64, f64, bool)>,
-}
-
-fn rule_fingerprint(rule: &Rule) -> u64 {
-    hash_of(format!("{rule:?}").as_bytes())
-}
-
-/// A rule's windows copied as they are (cheap: a few `memcpy`s), to be compacted into a
-/// [`RuleSnapshot`] away from the detector.
-#[derive(Debug)]
-struct RuleCopy {
-    name: String,
-    key: KeyType,
-    fingerprint: u64,
-    panes: i64,
-    keys: Map<u64, u32>,
-    states: Vec<KeyState>,
-    rings: Vec<(i64, u32)>,
-    expiry: VecDeque<(i64, u64)>,
-    spike_first: i64,
-    spike_windows: VecDeque<(u64, f64, bool)>,
-}
-
-impl RuleCopy {
-    fn compact(self) -> RuleSnapshot {
-        let panes = self.panes as usize;
-        let keys = self
-            .keys
-            .iter()
-            .map(|(hash, i)| {
-                let i = *i as usize;
-                let st = &self.states[i];
-                let distinct = match &st.distinct.map {
-                    Some(m) => m.iter().map(|(v, p)| (*v, *p)).collect(),
-                    None => st.distinct.inline[..st.distinct.len as usize].to_vec(),
-                };
-                KeySnapshot {
-                    hash: *hash,
-                    last_pane: st.last_pane,
-                    fired_end: st.fired_end,
-                    fired_level: st.fired_level,
-                    distinct,
-                    robotic: st.robotic,
-                    panes: self.rings[i * panes..(i + 1) * panes]
-                        .iter()
-                        .filter(|(p, _)| *p != i64::MIN)
-                        .copied()
-                        .collect(),
-                }
-            })
-            .collect();
-        let expiry = self
-            .expiry
-            .iter()
-            .filter(|(expires, hash)| {
-                self.keys.get(hash).is_some_and(|&i| {
-                    self.states[i as usize].last_pane.saturating_add(self.panes) == *expires
-                })
-            })
-            .copied()
-            .collect();
-        RuleSnapshot {
-            name: self.name,
-            key: self.key,
-            fingerprint: self.fingerprint,
-            keys,
-            expiry,
-            spike_first: self.spike_first,
-            spike_windows: self.spike_windows,
-        }
-    }
-}
-
-impl RuleState {
-    fn copy(&self) -> RuleCopy {
-        RuleCopy {
-            name: self.rule.name.clone(),
-            key: self.rule.key,
-            fingerprint: rule_fingerprint(&self.rule),
-            panes: self.panes,
-            keys: self.keys.clone(),
-            states: self.states.clone(),
-            rings: self.rings.clone(),
-            expiry: self.expiry.clone(),
-            spike_first: self.spike.first,
-            spike_windows: self.spike.windows.clone(),
-        }
-    }
-
-    /// Takes back the windows of a checkpoint into a fresh rule state.
-    fn restore(&mut self, s: RuleSnapshot) -> Result<(), String> {
-        let panes = self.panes;
-        for k in s.keys {
-            if k.panes.len() > panes as usize || self.keys.contains_key(&k.hash) {
-                return Err(format!(
-                    "the windows of rule {} do not fit together",
-                    s.name
-                ));
-            }
-            let i = self.alloc();
-            let st = &mut self.states[i as usize];
-            st.last_pane = k.last_pane;
-            st.fired_end = k.fired_end;
-            st.fired_level = k.fired_level;
-            st.robotic = k.robotic;
-            for (v, p) in k.distinct {
-                st.distinct.set(v, p);
-            }
-            let at = i as usize * panes as usize;
-            for (p, count) in k.panes {
-                self.rings[at + p.rem_euclid(panes) as usize] = (p, count);
-            }
-            self.keys.insert(k.hash, i);
-        }
-        self.expiry = s.expiry.into_iter().collect();
-        self.spike = Spike {
-            first: s.spike_first,
-            windows: s.spike_windows,
-        };
-        self.fired_value = None;
-        Ok(())
-    }
-}
+pub use crate::stats::Stats;
+use crate::window::{RuleCopy, RuleSnapshot, WindowRule, rule_fingerprint, windows};
 
 /// A detector's state as a checkpoint keeps it: the rules' windows, the open incidents, the
 /// duplicate horizon, the watermark and the counters (not the settings, the clock or the
@@ -592,80 +64,47 @@ impl DetectorCopy {
     }
 }
 
-fn median(values: &VecDeque<u64>) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    let mut v: Vec<u64> = values.iter().copied().collect();
-    v.sort_unstable();
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2] as f64
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0
-    }
-}
-
-fn robotic_step(
-    st: &mut KeyState,
-    t: i64,
-    events: usize,
-    max_cv: f64,
-    severity: Severity,
-) -> Option<Fire> {
-    let r = &mut st.robotic;
-    if r.n > 0 {
-        let gap = (t - r.last) as f64;
-        r.sum += gap;
-        r.sum2 += gap * gap;
-    } else {
-        r.first = t;
-    }
-    r.last = t;
-    r.n += 1;
-    if (r.n as usize) < events {
-        return None;
-    }
-    let n = f64::from(r.n - 1);
-    let mean = r.sum / n;
-    let var = (r.sum2 / n - mean * mean).max(0.0);
-    let start = r.first;
-    let count = u64::from(r.n);
-    // The next block starts at this event.
-    *r = Robotic {
-        first: t,
-        last: t,
-        n: 1,
-        sum: 0.0,
-        sum2: 0.0,
-    };
-    if mean <= 0.0 {
-        return None;
-    }
-    let cv = var.sqrt() / mean;
-    if cv < max_cv {
-        st.fired_end = t + 1;
-        return Some(Fire {
-            window_start: start,
-            window_end: t + 1,
-            value: (cv * 1000.0).round() / 1000.0,
-            severity,
-            at: t,
-            events: count,
-        });
-    }
-    None
-}
-
 fn hash_of(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// An event's keys as the rules hash them, and whether it is allow-listed: worked out once
+/// per event, whatever the number of rules.
+struct EventKeys {
+    user_allowed: bool,
+    ip_allowed: bool,
+    user: u64,
+    product: u64,
+    session: Option<u64>,
+    ip: Option<u64>,
+}
+
+impl EventKeys {
+    fn of(e: &Event, allow_users: &HashSet<i64>, allow_ips: &HashSet<IpAddr>) -> EventKeys {
+        // User and product ids and IPv4 addresses are distinct integers already: a multiply
+        // spreads them over the hash's bits. Sessions and IPv6 addresses are hashed (XXH3).
+        let spread = |h: u64| h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        EventKeys {
+            user_allowed: allow_users.contains(&e.user_id),
+            ip_allowed: e.client_ip.is_some_and(|ip| allow_ips.contains(&ip)),
+            user: spread(e.user_id as u64),
+            product: spread(e.product_id as u64),
+            session: e.user_session.as_deref().map(|s| hash_of(s.as_bytes())),
+            ip: e.client_ip.map(|ip| {
+                spread(match ip {
+                    IpAddr::V4(v4) => u64::from(u32::from(v4)),
+                    IpAddr::V6(v6) => hash_of(&v6.octets()),
+                })
+            }),
+        }
+    }
 }
 
 /// The detector: rules over a stream of events, with incidents.
 pub struct Detector {
     settings: Settings,
     clock: Arc<dyn Clock>,
-    rules: Vec<RuleState>,
+    rules: Vec<Box<dyn WindowRule>>,
     max_seen: i64,
     watermark: i64,
     seen: HashSet<u128, foldhash::fast::RandomState>,
@@ -702,7 +141,7 @@ impl Detector {
         let rules = settings
             .rules
             .iter()
-            .map(|r| RuleState::new(r.clone(), settings.max_keys))
+            .map(|r| windows(r.clone(), settings.max_keys))
             .collect();
         Detector {
             allow_users: settings.allow.user_ids.iter().copied().collect(),
@@ -753,7 +192,7 @@ impl Detector {
     /// the detector: [`DetectorCopy::into_state`].
     pub fn copy(&self) -> DetectorCopy {
         DetectorCopy {
-            rules: self.rules.iter().map(RuleState::copy).collect(),
+            rules: self.rules.iter().map(|r| r.copy()).collect(),
             max_seen: self.max_seen,
             watermark: self.watermark,
             seen_order: self.seen_order.clone(),
@@ -777,9 +216,10 @@ impl Detector {
         let mut index = Vec::with_capacity(state.rules.len());
         for snap in &state.rules {
             let here = self.rules.iter().position(|r| {
-                r.rule.name == snap.name
-                    && r.rule.key == snap.key
-                    && rule_fingerprint(&r.rule) == snap.fingerprint
+                let rule = r.rule();
+                rule.name == snap.name
+                    && rule.key == snap.key
+                    && rule_fingerprint(rule) == snap.fingerprint
             });
             match here {
                 Some(i) if !index.contains(&i) => index.push(i),
@@ -823,7 +263,7 @@ impl Detector {
 
     /// The rules in force.
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
-        self.rules.iter().map(|r| &r.rule)
+        self.rules.iter().map(|r| r.rule())
     }
 
     /// Adds a user or an address to the allow-list (or takes it off with `allowed = false`),
@@ -866,11 +306,15 @@ impl Detector {
     }
 
     fn ensure_deny_rules(&mut self) {
-        if self.rules.iter().any(|r| r.rule.measure == Measure::Denied) {
+        if self
+            .rules
+            .iter()
+            .any(|r| r.rule().measure == Measure::Denied)
+        {
             return;
         }
         for key in [KeyType::UserId, KeyType::ClientIp] {
-            self.rules.push(RuleState::new(
+            self.rules.push(windows(
                 Rule {
                     name: "deny_list".to_owned(),
                     key,
@@ -939,63 +383,13 @@ impl Detector {
                 self.advance(wm);
             }
         }
-        let user_allowed = self.allow_users.contains(&e.user_id);
-        let ip_allowed = e.client_ip.is_some_and(|ip| self.allow_ips.contains(&ip));
-        if user_allowed || ip_allowed {
+        let keys = EventKeys::of(e, &self.allow_users, &self.allow_ips);
+        if keys.user_allowed || keys.ip_allowed {
             self.stats.allowed += 1;
         }
-        let product = (e.product_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let session = e.user_session.as_deref().map(|s| hash_of(s.as_bytes()));
-        let user = (e.user_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let ip = e.client_ip.map(|ip| {
-            let h = match ip {
-                IpAddr::V4(v4) => u64::from(u32::from(v4)),
-                IpAddr::V6(v6) => hash_of(&v6.octets()),
-            };
-            h.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        });
         for index in 0..self.rules.len() {
-            let r = &self.rules[index];
-            let denied = r.rule.measure == Measure::Denied;
-            let (hash, distinct): (u64, u64) = match r.rule.key {
-                KeyType::UserId => {
-                    if user_allowed || denied && !self.deny_users.contains(&e.user_id) {
-                        continue;
-                    }
-                    let d = match r.rule.measure {
-                        Measure::DistinctProductsViewed => {
-                            if e.event_type != EventType::View {
-                                continue;
-                            }
-                            product
-                        }
-                        Measure::DistinctSessions => match session {
-                            Some(s) => s,
-                            None => continue,
-                        },
-                        _ => 0,
-                    };
-                    (user, d)
-                }
-                KeyType::ClientIp => {
-                    let (Some(h), Some(addr)) = (ip, e.client_ip) else {
-                        continue;
-                    };
-                    if ip_allowed || denied && !self.deny_ips.contains(&addr) {
-                        continue;
-                    }
-                    (h, 0)
-                }
-                KeyType::UserSession => {
-                    if user_allowed || ip_allowed {
-                        continue;
-                    }
-                    match session {
-                        Some(s) => (s, 0),
-                        None => continue,
-                    }
-                }
-                KeyType::Global => (0, 0),
+            let Some((hash, distinct)) = self.rule_key(self.rules[index].rule(), e, &keys) else {
+                continue;
             };
             if self.tracker.any_open() {
                 if let Some(over) = self.tracker.expire(index, hash, t) {
@@ -1006,13 +400,13 @@ impl Detector {
                 }
             }
             let Some(fire) = self.rules[index].observe(hash, t, distinct, &mut self.stats) else {
-                if let Some(v) = self.rules[index].fired_value {
+                if let Some(v) = self.rules[index].fired_value() {
                     self.tracker.raise_peak(index, hash, v);
                 }
                 continue;
             };
             self.stats.windows_fired += 1;
-            let rule = &self.rules[index].rule;
+            let rule = self.rules[index].rule();
             let key = match rule.key {
                 KeyType::UserId => Key::User(e.user_id),
                 KeyType::ClientIp => e.client_ip.map_or(Key::Global, Key::Ip),
@@ -1027,6 +421,43 @@ impl Detector {
             };
             let changes = self.tracker.fire(index, rule, hash, &key, user, &fire);
             self.changes.extend(changes);
+        }
+    }
+
+    /// What a rule counts for an event: the key's hash and the value a distinct measure
+    /// counts (`None`: the rule does not count this event).
+    fn rule_key(&self, rule: &Rule, e: &Event, k: &EventKeys) -> Option<(u64, u64)> {
+        let denied = rule.measure == Measure::Denied;
+        match rule.key {
+            KeyType::UserId => {
+                if k.user_allowed || denied && !self.deny_users.contains(&e.user_id) {
+                    return None;
+                }
+                let value = match rule.measure {
+                    Measure::DistinctProductsViewed => {
+                        (e.event_type == EventType::View).then_some(k.product)?
+                    }
+                    Measure::DistinctSessions => k.session?,
+                    _ => 0,
+                };
+                Some((k.user, value))
+            }
+            KeyType::ClientIp => {
+                let (Some(h), Some(addr)) = (k.ip, e.client_ip) else {
+                    return None;
+                };
+                if k.ip_allowed || denied && !self.deny_ips.contains(&addr) {
+                    return None;
+                }
+                Some((h, 0))
+            }
+            KeyType::UserSession => {
+                if k.user_allowed || k.ip_allowed {
+                    return None;
+                }
+                Some((k.session?, 0))
+            }
+            KeyType::Global => Some((0, 0)),
         }
     }
 
@@ -1085,7 +516,7 @@ impl Detector {
             self.seen.remove(&id);
         }
         for r in &mut self.rules {
-            r.evict(watermark);
+            r.on_watermark(watermark);
         }
         for incident in self.tracker.resolve_quiet(watermark) {
             self.changes.push(Change::Resolved(incident));

@@ -9,12 +9,16 @@
 //! - [`Incident`]: one per (rule, key), opened, updated, escalated, resolved after a quiet
 //!   cooldown.
 
+mod collect;
 mod engine;
 mod fire;
 mod incident;
 pub mod live;
 pub mod rules;
+mod stats;
+mod window;
 
+pub use collect::Collected;
 pub use engine::{Detector, DetectorCopy, DetectorState, Stats};
 pub use fire::{Fire, Key};
 pub use incident::{Change, Incident, Status, rfc3339, rfc3339_opt};

@@ -383,6 +383,7 @@ fn duration(name: &str, value: Option<&str>, default: &str, errors: &mut Vec<Str
 
 impl DetectConfig {
     /// Resolves the configuration, or lists every problem.
+    // Long: one check per setting, each gathering its error beside the others.
     pub fn settings(&self) -> Result<Settings, Vec<String>> {
         let mut errors = Vec::new();
         let time = match self.time.as_deref() {

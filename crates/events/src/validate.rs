@@ -240,8 +240,7 @@ pub struct Validator {
     min_time: i64,
     max_ahead: i64,
     /// The latest time known to be acceptable, from an earlier reading of the clock: clocks
-    /// only move forward, so rows before it need no new reading (one per row was 2 % of an
-    /// import).
+    /// only move forward, so rows before it need no new reading of the clock.
     horizon: Arc<AtomicI64>,
 }
 

@@ -227,7 +227,7 @@ impl Lake {
             let (Some(id), Some(source), Some(fp), Some(profile)) =
                 (s("import_id"), s("source"), s("fingerprint"), s("profile"))
             else {
-                return Err(Error::Internal("imports has an unexpected schema".into()));
+                return Err(Error::Corrupt("imports has an unexpected schema".into()));
             };
             let secs = b
                 .column_by_name("seconds")

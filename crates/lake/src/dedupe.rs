@@ -173,7 +173,7 @@ impl Dedupe {
             for b in batches {
                 let column = |name: &str| {
                     b.column_by_name(name).cloned().ok_or_else(|| {
-                        Error::Internal(format!("a data file of {date} has no {name}"))
+                        Error::Corrupt(format!("a data file of {date} has no {name}"))
                     })
                 };
                 // Files written by other engines may hold times in other units.
@@ -186,7 +186,7 @@ impl Dedupe {
                     times.as_any().downcast_ref::<TimestampMicrosecondArray>(),
                     ids.as_any().downcast_ref::<StringArray>(),
                 ) else {
-                    return Err(Error::Internal("event_id is not a string column".into()));
+                    return Err(Error::Corrupt("event_id is not a string column".into()));
                 };
                 for i in 0..ids.len() {
                     if ids.is_valid(i)

@@ -208,7 +208,10 @@ impl Delivery {
             let batch = log
                 .read(p, from, limit)
                 .await
-                .map_err(|e| Error::Internal(format!("reading log partition {p}: {e}")))?;
+                .map_err(|source| Error::Log {
+                    context: format!("reading log partition {p}"),
+                    source,
+                })?;
             let Some(last) = batch.last() else { continue };
             next.insert(p, last.offset + 1);
             records += batch.len();
@@ -269,7 +272,7 @@ impl Delivery {
         let mut positions = done;
         positions.extend(next.iter().map(|(p, o)| (*p, *o)));
         if let Err(e) = log.commit(&self.consumer, &next).await {
-            tracing::warn!("recording delivery positions in the log: {e}");
+            tracing::warn!(error = %e, "recording delivery positions in the log");
         }
         Ok(Pumped {
             records,
@@ -409,7 +412,7 @@ impl Delivery {
         let mut adds = Vec::new();
         if !keep.is_empty() {
             let batch = shoplake_events::arrow::to_record_batch_with_ids(&keep, &ids)
-                .map_err(|e| Error::Arrow(e.to_string()))?;
+                .map_err(|e| Error::Internal(format!("building a batch of events: {e}")))?;
             let dates: Date32Array = keep
                 .iter()
                 .map(|e| e.event_time.div_euclid(MICROS_PER_DAY) as i32)

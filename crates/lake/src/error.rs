@@ -29,9 +29,37 @@ pub enum Error {
         #[source]
         source: shoplake_events::Error,
     },
-    /// An Arrow or Parquet operation failed.
+    /// An Arrow operation failed.
+    #[error(transparent)]
+    Arrow(#[from] deltalake::arrow::error::ArrowError),
+    /// Reading or writing Parquet failed.
+    #[error(transparent)]
+    Parquet(#[from] deltalake::parquet::errors::ParquetError),
+    /// A DataFusion plan over the lake failed.
+    #[error(transparent)]
+    DataFusion(Box<deltalake::datafusion::error::DataFusionError>),
+    /// A table holds something shoplake did not write there (a column of another type, a
+    /// file path that is not one).
     #[error("{0}")]
-    Arrow(String),
+    Corrupt(String),
+    /// An operating-system call failed (starting a thread).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The event log failed.
+    #[error("{context}: {source}")]
+    Log {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: shoplake_log::Error,
+    },
     /// Another writer changed the same data while this operation ran.
     #[error("{0}")]
     Conflict(String),
@@ -65,20 +93,8 @@ impl Error {
     }
 }
 
-impl From<deltalake::arrow::error::ArrowError> for Error {
-    fn from(e: deltalake::arrow::error::ArrowError) -> Self {
-        Error::Arrow(e.to_string())
-    }
-}
-
-impl From<deltalake::parquet::errors::ParquetError> for Error {
-    fn from(e: deltalake::parquet::errors::ParquetError) -> Self {
-        Error::Arrow(e.to_string())
-    }
-}
-
 impl From<deltalake::datafusion::error::DataFusionError> for Error {
     fn from(e: deltalake::datafusion::error::DataFusionError) -> Self {
-        Error::Arrow(e.to_string())
+        Error::DataFusion(Box::new(e))
     }
 }

@@ -1,10 +1,11 @@
 //! `shoplake import`: CSV/CSV.gz/NDJSON files into `events`, `quarantine` and `imports`.
 //!
-//! Three stages sharing two cores: a parser thread reads and validates rows and computes their
-//! ids; a decoder thread deduplicates and profiles them and builds Arrow batches; an async
-//! writer streams those into Parquet files staged under the tables. Nothing is visible until
-//! the end, when each table gets one commit carrying a Delta application transaction
-//! (`import:<fingerprint>`). A crash before the commits leaves the tables as they were (staged
+//! Three stages sharing two cores: for CSV a reader thread cuts blocks that two parser threads
+//! validate in turn (JSON: one parser), computing the rows' ids; a decoder thread deduplicates
+//! and profiles them and builds Arrow batches; an async writer streams those into Parquet
+//! files staged under the tables. Nothing is visible until the end, when `quarantine`,
+//! `events` and `imports` each get one commit carrying the Delta application transaction
+//! `shoplake-import:<fingerprint>`. A crash before the commits leaves the tables as they were (staged
 //! files are orphans for `vacuum`); a crash between commits is finished by running the import
 //! again, which skips the commits that landed.
 
@@ -46,7 +47,7 @@ use crate::dedupe::Dedupe;
 use crate::error::{Error, Result};
 use crate::lake::{Lake, TableName};
 use crate::profile::{Profile, Profiler};
-use crate::read::{files, read_columns};
+use crate::read::{DataFile, files, read_columns};
 use crate::schema::EVENT_DATE;
 
 /// Target size of a data file.
@@ -193,171 +194,46 @@ impl ImportBuilder {
         Ok(out)
     }
 
+    /// One source: look it up, stage its files, commit them. Each step is its own function.
     async fn import_one(&self, source: &ImportSource) -> Result<ImportSummary> {
         let started = Instant::now();
         let started_at = self.clock.now_micros();
         let name = source.name();
-        // The fingerprint (XXH3-128 of the bytes) says whether this content was imported
-        // before. Hashing a month-scale file up front costs seconds of a core, so it is done
-        // first only when an earlier import had the same size; otherwise the bytes are hashed
-        // as they are read, and the check is made again at the end (as for stdin).
-        let (fingerprint, total_bytes) = match source {
-            ImportSource::Path(p) => {
-                let size = std::fs::metadata(p)
-                    .map_err(|e| {
-                        input_error(
-                            &name,
-                            shoplake_events::Error::io(format!("reading {}", p.display()))(e),
-                        )
-                    })?
-                    .len();
-                if self.size_seen(size).await? {
-                    let (fp, _) = fingerprint_file(p).map_err(|e| input_error(&name, e))?;
-                    (Some(fp), Some(size))
-                } else {
-                    (None, Some(size))
-                }
+        let seen = match self.look_up(source, &name).await? {
+            Seen::Before(previous) => {
+                return Ok(previous.already(name, started.elapsed().as_secs_f64()));
             }
-            ImportSource::Stdin => (None, None),
+            Seen::Not(seen) => seen,
         };
-        if let Some(fp) = &fingerprint
-            && let Some(previous) = self.find_import(fp).await?
-        {
+        let import_id = format!("imp-{started_at:x}");
+        let staged = self
+            .stage(source, &name, &seen, &import_id, started_at)
+            .await?;
+        // An import hashing as it reads learns its fingerprint at the end.
+        let fingerprint = match (seen.fingerprint, staged.fingerprint) {
+            (Some(fp), _) | (None, Some(fp)) => fp,
+            (None, None) => {
+                return Err(Error::Internal(format!(
+                    "{name}: the import neither hashed the file first nor as it read it"
+                )));
+            }
+        };
+        if let Some(previous) = self.find_import(&fingerprint).await? {
             return Ok(previous.already(name, started.elapsed().as_secs_f64()));
         }
-
-        let mut events = self.lake.ensure(TableName::Events).await?;
-        let mut quarantine = self.lake.ensure(TableName::Quarantine).await?;
-        let start_files = files(&events, Some(EVENT_DATE))?;
-        let mut committed: HashMap<i32, Vec<String>> = HashMap::new();
-        for f in &start_files {
-            if let Some(d) = f.partition.as_deref().and_then(date_of_partition) {
-                committed.entry(d).or_default().push(f.path.clone());
-            }
-        }
-        let start_paths: HashSet<String> = start_files.into_iter().map(|f| f.path).collect();
-
-        let writer_props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(256 * 1024))
-            // Hashes, times and user ids repeat too little within a row group for a dictionary.
-            .set_column_dictionary_enabled("event_id".into(), false)
-            .set_column_dictionary_enabled("event_time".into(), false)
-            .set_column_dictionary_enabled("user_id".into(), false)
-            // A session's few events fall mostly in one row group (~4.5 a session there on
-            // the month): with room for its dictionary the files are a third smaller.
-            .set_column_dictionary_page_size_limit("user_session".into(), 8 << 20)
-            // Nothing prunes files by these: their min/max (a compare per value) are not kept.
-            .set_column_statistics_enabled("event_id".into(), EnabledStatistics::None)
-            .set_column_statistics_enabled("user_session".into(), EnabledStatistics::None)
-            // Random hex and UUIDs hold no repeats for Snappy to find: skip the attempt.
-            .set_column_compression("event_id".into(), Compression::UNCOMPRESSED)
-            .set_column_compression("user_session".into(), Compression::UNCOMPRESSED)
-            .build();
-        let mut event_writer = RecordBatchWriter::for_table(&events)
-            .map_err(Error::delta("preparing the events writer"))?
-            .with_target_file_size(self.target_file_size)
-            .with_writer_properties(writer_props.clone());
-        let mut reject_writer = RecordBatchWriter::for_table(&quarantine)
-            .map_err(Error::delta("preparing the quarantine writer"))?
-            .with_writer_properties(writer_props);
-        let events_schema = event_writer.arrow_schema();
-        let quarantine_schema = reject_writer.arrow_schema();
-
-        let import_id = format!("imp-{started_at:x}");
-        let (tx, mut rx) = mpsc::channel::<Msg>(4);
-        let bytes_read = Arc::new(AtomicU64::new(0));
-        let decoder = {
-            let input = open_source(source, bytes_read.clone(), fingerprint.is_none())
-                .map_err(|e| input_error(&name, e))?;
-            let ctx = DecodeContext {
-                name: name.clone(),
-                json: source.is_json(),
-                validator: self.validator.clone(),
-                events_schema,
-                quarantine_schema,
-                import_id: import_id.clone(),
-                now: started_at,
-                dedupe: Dedupe::new(events.object_store(), committed)
-                    .with_budget(self.dedupe_budget),
-                progress: self.progress.clone(),
-                bytes_read: bytes_read.clone(),
-                total_bytes,
-                runtime: tokio::runtime::Handle::current(),
-            };
-            std::thread::Builder::new()
-                .name("shoplake-import".into())
-                .spawn(move || ctx.run(input, tx))
-                .map_err(|e| Error::Internal(format!("starting the decoder thread: {e}")))?
-        };
-
-        // The writer stage.
-        let mut event_adds: Vec<Add> = Vec::new();
-        let mut reject_adds: Vec<Add> = Vec::new();
-        let mut write_error = None;
-        while let Some(msg) = rx.recv().await {
-            let step = async {
-                match msg {
-                    Msg::Events { date, batch } => {
-                        let partition =
-                            IndexMap::from([(EVENT_DATE.to_owned(), Scalar::Date(date))]);
-                        event_writer
-                            .write_partition(batch, &partition, WriteMode::Default)
-                            .await
-                            .map(|_| ())
-                    }
-                    Msg::Rejects(batch) => reject_writer.write(batch).await,
-                    Msg::Flush(reply) => {
-                        let adds = event_writer.flush().await?;
-                        event_adds.extend(adds.iter().cloned());
-                        let _ = reply.send(adds);
-                        Ok(())
-                    }
-                }
-            };
-            if let Err(e) = step.await {
-                write_error = Some(e);
-                break;
-            }
-        }
-        drop(rx);
-        let decoded = decoder
-            .join()
-            .map_err(|_| Error::Internal("the decoder thread panicked".into()))?;
-        if let Some(e) = write_error {
-            return Err(Error::Delta {
-                context: format!("writing {name}"),
-                source: e,
-            });
-        }
-        let decoded = decoded?;
-        event_adds.extend(
-            event_writer
-                .flush()
-                .await
-                .map_err(Error::delta("writing events"))?,
-        );
-        reject_adds.extend(
-            reject_writer
-                .flush()
-                .await
-                .map_err(Error::delta("writing quarantine"))?,
-        );
-
-        // An import hashing as it reads learns its fingerprint at the end.
-        let fingerprint = match fingerprint {
-            Some(fp) => fp,
-            None => {
-                let fp = decoded.fingerprint.clone().unwrap_or_default();
-                if let Some(previous) = self.find_import(&fp).await? {
-                    return Ok(previous.already(name, started.elapsed().as_secs_f64()));
-                }
-                fp
-            }
-        };
         let app_id = format!("shoplake-import:{fingerprint}");
-
-        self.check_conflicts(&mut events, &start_paths, &event_adds, &decoded.touched)
+        let Staged {
+            mut events,
+            mut quarantine,
+            start_paths,
+            event_adds,
+            reject_adds,
+            touched,
+            profile,
+            bytes_read,
+            ..
+        } = staged;
+        self.check_conflicts(&mut events, &start_paths, &event_adds, &touched)
             .await?;
         commit(&mut quarantine, reject_adds, &app_id, None).await?;
         let events_version = commit(
@@ -367,13 +243,11 @@ impl ImportBuilder {
             Some(vec![EVENT_DATE.to_owned()]),
         )
         .await?;
-
-        let profile = decoded.profiler.finish();
         let summary = ImportSummary {
             source: name,
             import_id,
             fingerprint,
-            bytes: total_bytes.unwrap_or_else(|| bytes_read.load(Ordering::Relaxed)),
+            bytes: seen.total_bytes.unwrap_or(bytes_read),
             already_imported: false,
             rows_read: profile.rows_read,
             rows_accepted: profile.rows_accepted,
@@ -385,6 +259,111 @@ impl ImportBuilder {
         };
         self.record(&summary, started_at, &app_id).await?;
         Ok(summary)
+    }
+
+    /// Whether this content was imported before, by its fingerprint (XXH3-128 of the bytes).
+    /// Hashing a month-scale file up front costs seconds of a core, so it is done first only
+    /// when an earlier import had the same size; otherwise the bytes are hashed as they are
+    /// read, and the check is made at the end (as for stdin).
+    async fn look_up(&self, source: &ImportSource, name: &str) -> Result<Seen> {
+        let ImportSource::Path(p) = source else {
+            return Ok(Seen::Not(NotSeen {
+                fingerprint: None,
+                total_bytes: None,
+            }));
+        };
+        let size = std::fs::metadata(p)
+            .map_err(|e| {
+                input_error(
+                    name,
+                    shoplake_events::Error::io(format!("reading {}", p.display()))(e),
+                )
+            })?
+            .len();
+        let fingerprint = if self.size_seen(size).await? {
+            let (fp, _) = fingerprint_file(p).map_err(|e| input_error(name, e))?;
+            if let Some(previous) = self.find_import(&fp).await? {
+                return Ok(Seen::Before(Box::new(previous)));
+            }
+            Some(fp)
+        } else {
+            None
+        };
+        Ok(Seen::Not(NotSeen {
+            fingerprint,
+            total_bytes: Some(size),
+        }))
+    }
+
+    /// Reads, deduplicates and profiles the source on threads of its own and writes its rows
+    /// into files staged under `events` and `quarantine` (not yet committed).
+    async fn stage(
+        &self,
+        source: &ImportSource,
+        name: &str,
+        seen: &NotSeen,
+        import_id: &str,
+        started_at: i64,
+    ) -> Result<Staged> {
+        let events = self.lake.ensure(TableName::Events).await?;
+        let quarantine = self.lake.ensure(TableName::Quarantine).await?;
+        let start_files = files(&events, Some(EVENT_DATE))?;
+        let mut committed: HashMap<i32, Vec<String>> = HashMap::new();
+        for f in &start_files {
+            if let Some(d) = f.partition.as_deref().and_then(date_of_partition) {
+                committed.entry(d).or_default().push(f.path.clone());
+            }
+        }
+        let start_paths: HashSet<String> = start_files.into_iter().map(|f| f.path).collect();
+        let mut writers = Writers::new(&events, &quarantine, self.target_file_size)?;
+
+        let (tx, rx) = mpsc::channel::<Msg>(4);
+        let bytes_read = Arc::new(AtomicU64::new(0));
+        let input = open_source(source, bytes_read.clone(), seen.fingerprint.is_none())
+            .map_err(|e| input_error(name, e))?;
+        let ctx = DecodeContext {
+            name: name.to_owned(),
+            json: source.is_json(),
+            validator: self.validator.clone(),
+            events_schema: writers.events.arrow_schema(),
+            quarantine_schema: writers.rejects.arrow_schema(),
+            import_id: import_id.to_owned(),
+            now: started_at,
+            dedupe: Dedupe::new(events.object_store(), committed).with_budget(self.dedupe_budget),
+            progress: self.progress.clone(),
+            bytes_read: bytes_read.clone(),
+            total_bytes: seen.total_bytes,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let decoder = std::thread::Builder::new()
+            .name("shoplake-import".into())
+            .spawn(move || ctx.run(input, tx))
+            .map_err(|source| Error::Io {
+                context: "starting the decoder thread".into(),
+                source,
+            })?;
+        let written = writers.drain(rx).await;
+        // A write error first: the decoder stops at its next send once the writer is gone.
+        let decoded = decoder
+            .join()
+            .map_err(|_| Error::Internal("the decoder thread panicked".into()))?;
+        written.map_err(|source| Error::Delta {
+            context: format!("writing {name}"),
+            source,
+        })?;
+        let decoded = decoded?;
+        let (event_adds, reject_adds) = writers.finish().await?;
+        Ok(Staged {
+            events,
+            quarantine,
+            start_paths,
+            event_adds,
+            reject_adds,
+            touched: decoded.touched,
+            profile: decoded.profiler.finish(),
+            fingerprint: decoded.fingerprint,
+            bytes_read: bytes_read.load(Ordering::Relaxed),
+        })
     }
 
     /// Refuses to commit when another writer added, for the dates this import touched, a row
@@ -401,17 +380,7 @@ impl ImportBuilder {
             .update_state()
             .await
             .map_err(Error::delta("refreshing events"))?;
-        let new_files: Vec<String> = files(events, Some(EVENT_DATE))?
-            .into_iter()
-            .filter(|f| !start_paths.contains(&f.path))
-            .filter(|f| {
-                f.partition
-                    .as_deref()
-                    .and_then(date_of_partition)
-                    .is_some_and(|d| touched.contains(&d))
-            })
-            .map(|f| f.path)
-            .collect();
+        let new_files = added_on_dates(files(events, Some(EVENT_DATE))?, start_paths, touched);
         if new_files.is_empty() {
             return Ok(());
         }
@@ -635,6 +604,25 @@ async fn commit(
     Ok(Some(version))
 }
 
+/// The files of `now` that were not live at the start and hold one of the `touched` dates:
+/// those another writer added meanwhile where this import may overlap it.
+fn added_on_dates(
+    now: Vec<DataFile>,
+    start_paths: &HashSet<String>,
+    touched: &HashSet<i32>,
+) -> Vec<String> {
+    now.into_iter()
+        .filter(|f| !start_paths.contains(&f.path))
+        .filter(|f| {
+            f.partition
+                .as_deref()
+                .and_then(date_of_partition)
+                .is_some_and(|d| touched.contains(&d))
+        })
+        .map(|f| f.path)
+        .collect()
+}
+
 pub(crate) fn date_of_partition(value: &str) -> Option<i32> {
     parse_date(value).map(|t| (t / MICROS_PER_DAY) as i32)
 }
@@ -671,6 +659,15 @@ fn fingerprint_file(path: &std::path::Path) -> shoplake_events::Result<(String, 
     Ok((format!("xxh3-{:032x}", h.digest128()), size))
 }
 
+/// The fingerprint of the bytes hashed as they were read. A hasher poisoned by a panic
+/// mid-update fails the import: an empty or partial fingerprint would match other content.
+fn digest(hash: &std::sync::Mutex<Xxh3>) -> Result<String> {
+    let h = hash
+        .lock()
+        .map_err(|_| Error::Internal("the input's hasher was poisoned".into()))?;
+    Ok(format!("xxh3-{:032x}", h.digest128()))
+}
+
 /// Counts (and for stdin, hashes) the raw bytes read.
 struct Tap<R> {
     inner: R,
@@ -682,10 +679,10 @@ impl<R: Read> Read for Tap<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        if let Some(h) = &self.hash
-            && let Ok(mut h) = h.lock()
-        {
-            h.update(&buf[..n]);
+        if let Some(h) = &self.hash {
+            h.lock()
+                .map_err(|_| io::Error::other("the input's hasher was poisoned"))?
+                .update(&buf[..n]);
         }
         Ok(n)
     }
@@ -716,6 +713,122 @@ fn open_source(
         })?,
         hash,
     })
+}
+
+/// Whether a source's content was imported before ([`ImportBuilder::look_up`]).
+enum Seen {
+    Before(Box<PreviousImport>),
+    Not(NotSeen),
+}
+
+/// What is known of a new source before it is read.
+struct NotSeen {
+    /// Its fingerprint, when it was hashed first (a file with the size of an earlier import).
+    fingerprint: Option<String>,
+    /// Its size, for a file.
+    total_bytes: Option<u64>,
+}
+
+/// An import's staged files, with the tables they are staged under and what reading learnt.
+struct Staged {
+    events: DeltaTable,
+    quarantine: DeltaTable,
+    /// The live files of `events` when the import started.
+    start_paths: HashSet<String>,
+    event_adds: Vec<Add>,
+    reject_adds: Vec<Add>,
+    /// The dates whose rows the import read from the files.
+    touched: HashSet<i32>,
+    profile: Profile,
+    /// The fingerprint, when it was hashed as it was read.
+    fingerprint: Option<String>,
+    bytes_read: u64,
+}
+
+/// The writer stage: Parquet files staged under `events` (partitioned by date) and
+/// `quarantine`.
+struct Writers {
+    events: RecordBatchWriter,
+    rejects: RecordBatchWriter,
+    event_adds: Vec<Add>,
+}
+
+impl Writers {
+    fn new(events: &DeltaTable, quarantine: &DeltaTable, target_file_size: u64) -> Result<Writers> {
+        let props = writer_properties();
+        Ok(Writers {
+            events: RecordBatchWriter::for_table(events)
+                .map_err(Error::delta("preparing the events writer"))?
+                .with_target_file_size(target_file_size)
+                .with_writer_properties(props.clone()),
+            rejects: RecordBatchWriter::for_table(quarantine)
+                .map_err(Error::delta("preparing the quarantine writer"))?
+                .with_writer_properties(props),
+            event_adds: Vec::new(),
+        })
+    }
+
+    /// Writes what the decoder sends until it is done, or the first write error (dropping
+    /// the channel then stops the decoder at its next send).
+    async fn drain(
+        &mut self,
+        mut rx: mpsc::Receiver<Msg>,
+    ) -> Result<(), deltalake::DeltaTableError> {
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Msg::Events { date, batch } => {
+                    let partition = IndexMap::from([(EVENT_DATE.to_owned(), Scalar::Date(date))]);
+                    self.events
+                        .write_partition(batch, &partition, WriteMode::Default)
+                        .await?;
+                }
+                Msg::Rejects(batch) => self.rejects.write(batch).await?,
+                Msg::Flush(reply) => {
+                    let adds = self.events.flush().await?;
+                    self.event_adds.extend(adds.iter().cloned());
+                    let _ = reply.send(adds);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The last files, and every file staged: (events, quarantine).
+    async fn finish(mut self) -> Result<(Vec<Add>, Vec<Add>)> {
+        let last = self
+            .events
+            .flush()
+            .await
+            .map_err(Error::delta("writing events"))?;
+        self.event_adds.extend(last);
+        let rejects = self
+            .rejects
+            .flush()
+            .await
+            .map_err(Error::delta("writing quarantine"))?;
+        Ok((self.event_adds, rejects))
+    }
+}
+
+/// Parquet settings of the staged files.
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(256 * 1024))
+        // Hashes, times and user ids repeat too little within a row group for a dictionary.
+        .set_column_dictionary_enabled("event_id".into(), false)
+        .set_column_dictionary_enabled("event_time".into(), false)
+        .set_column_dictionary_enabled("user_id".into(), false)
+        // A session's few events fall mostly in one row group (~4.5 a session there on
+        // the month): with room for its dictionary the files are a third smaller.
+        .set_column_dictionary_page_size_limit("user_session".into(), 8 << 20)
+        // Nothing prunes files by these: their min/max (a compare per value) are not kept.
+        .set_column_statistics_enabled("event_id".into(), EnabledStatistics::None)
+        .set_column_statistics_enabled("user_session".into(), EnabledStatistics::None)
+        // Random hex and UUIDs hold no repeats for Snappy to find: skip the attempt.
+        .set_column_compression("event_id".into(), Compression::UNCOMPRESSED)
+        .set_column_compression("user_session".into(), Compression::UNCOMPRESSED)
+        .build()
 }
 
 enum Msg {
@@ -944,7 +1057,9 @@ impl DecodeContext {
                 dates.push(date);
             }
             if !events.is_empty() {
-                let batch = events.finish().map_err(|e| Error::Arrow(e.to_string()))?;
+                let batch = events
+                    .finish()
+                    .map_err(|e| Error::Internal(format!("building a batch of events: {e}")))?;
                 profiler.accept_batch(&batch, &keep)?;
                 self.send_events(batch, dates, keep, &tx)?;
             }
@@ -969,11 +1084,7 @@ impl DecodeContext {
                 total_bytes: self.total_bytes,
             });
         }
-        let fingerprint = opened.hash.and_then(|h| {
-            h.lock()
-                .ok()
-                .map(|h| format!("xxh3-{:032x}", h.digest128()))
-        });
+        let fingerprint = opened.hash.as_deref().map(digest).transpose()?;
         Ok(Decoded {
             profiler,
             touched,
@@ -1094,5 +1205,76 @@ impl DecodeContext {
         let batch = RecordBatch::try_new(self.quarantine_schema.clone(), columns)?;
         rejects.clear();
         self.send(tx, Msg::Rejects(batch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, date: Option<&str>) -> DataFile {
+        DataFile {
+            path: path.to_owned(),
+            size: 1,
+            rows: Some(1),
+            partition: date.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn only_files_added_since_the_start_on_a_touched_date_can_conflict() {
+        let day = |s: &str| date_of_partition(s).unwrap();
+        let start: HashSet<String> = ["a".to_owned()].into();
+        let touched: HashSet<i32> = [day("2019-10-01")].into();
+        let now = vec![
+            file("a", Some("2019-10-01")),
+            file("b", Some("2019-10-01")),
+            file("c", Some("2019-10-02")),
+            file("d", None),
+        ];
+        assert_eq!(added_on_dates(now, &start, &touched), vec!["b".to_owned()]);
+    }
+
+    #[test]
+    fn a_poisoned_hasher_fails_instead_of_giving_a_fingerprint() {
+        let hash = Arc::new(std::sync::Mutex::new(Xxh3::new()));
+        let ok = digest(&hash).unwrap();
+        assert!(ok.starts_with("xxh3-") && ok.len() == 37, "{ok}");
+        let poisoner = hash.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = poisoner.lock().unwrap();
+            panic!("poisoning the hasher");
+        })
+        .join();
+        assert!(matches!(digest(&hash), Err(Error::Internal(_))));
+        let mut tap = Tap {
+            inner: &b"abc"[..],
+            bytes: Arc::new(AtomicU64::new(0)),
+            hash: Some(hash),
+        };
+        assert!(tap.read(&mut [0u8; 8]).is_err(), "reading on fails too");
+    }
+
+    #[tokio::test]
+    async fn a_commit_with_an_application_transaction_lands_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(crate::LakeOptions {
+            root: dir.path().display().to_string(),
+            storage_options: HashMap::new(),
+        })
+        .unwrap();
+        let mut table = lake.ensure(TableName::Quarantine).await.unwrap();
+        let first = commit(&mut table, Vec::new(), "shoplake-import:x", None)
+            .await
+            .unwrap();
+        assert!(first.is_some());
+        let again = commit(&mut table, Vec::new(), "shoplake-import:x", None)
+            .await
+            .unwrap();
+        assert_eq!(again, None, "a re-run after a crash skips what landed");
+        let other = commit(&mut table, Vec::new(), "shoplake-import:y", None)
+            .await
+            .unwrap();
+        assert_eq!(other, first.map(|v| v + 1));
     }
 }

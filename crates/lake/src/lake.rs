@@ -175,9 +175,7 @@ impl Lake {
                 storage_options
                     .entry("conditional_put".into())
                     .or_insert_with(|| "etag".into());
-                storage_options
-                    .entry("AWS_S3_ALLOW_UNSAFE_RENAME".into())
-                    .or_insert_with(|| "true".into());
+                crate::s3::register();
             }
             "memory" => {}
             other => {

@@ -19,6 +19,7 @@ mod lake;
 mod maintenance;
 pub mod profile;
 mod read;
+mod s3;
 pub mod schema;
 
 pub use catalog::{ColumnInfo, CommitSummary, ImportRecord, PartitionInfo, TableInfo};

@@ -117,7 +117,7 @@ impl VacuumBuilder {
             });
         };
         let retain = chrono::Duration::from_std(self.retain)
-            .map_err(|e| Error::Internal(format!("retention out of range: {e}")))?;
+            .map_err(|e| Error::Argument(format!("retention out of range: {e}")))?;
         let (_, metrics) = table
             .vacuum()
             .with_retention_period(retain)

@@ -40,7 +40,7 @@ pub(crate) fn files(table: &DeltaTable, partition_column: Option<&str>) -> Resul
         let col = |name: &str| batch.column_by_name(name);
         let paths = col("path")
             .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            .ok_or_else(|| Error::Internal("add actions without a path column".into()))?;
+            .ok_or_else(|| Error::Corrupt("add actions without a path column".into()))?;
         let sizes =
             col("size_bytes").and_then(|c| c.as_any().downcast_ref::<arrow::array::Int64Array>());
         let rows =
@@ -79,7 +79,8 @@ pub(crate) async fn read_columns(
 ) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
     for path in paths {
-        let path = Path::from_url_path(&path).map_err(|e| Error::Internal(e.to_string()))?;
+        let path = Path::from_url_path(&path)
+            .map_err(|e| Error::Corrupt(format!("a data file's path {path:?}: {e}")))?;
         let reader = ParquetObjectReader::new(store.clone(), path);
         // Parquet's own types, not the Arrow schema a writer embedded: files rewritten by
         // other engines (or by compaction) may carry view or large string types.

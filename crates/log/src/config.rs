@@ -160,10 +160,10 @@ impl LogSettings {
             Backend::Kafka(options) => {
                 let log = KafkaLog::open(options.clone()).await?;
                 tracing::info!(
-                    "event log: Kafka topic {} on {}, {} partitions",
-                    options.topic,
-                    options.brokers,
-                    log.partitions()
+                    topic = %options.topic,
+                    brokers = %options.brokers,
+                    partitions = log.partitions(),
+                    "event log on Kafka"
                 );
                 Ok(Arc::new(log))
             }

@@ -8,9 +8,9 @@
 //! ```
 //!
 //! Readers read a segment file only up to the bytes known durable, so they never see a record
-//! before its append has returned. On open, the last segment of each partition is checked
-//! record by record and cut at the first torn or damaged record (a crash mid-write); damage
-//! anywhere else is an error, not silently skipped.
+//! before its append has returned. On open, every segment is checked record by record: the
+//! last one of a partition is cut at its first torn or damaged record (a crash mid-write);
+//! damage anywhere else is an error, not silently skipped.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -129,6 +129,124 @@ struct Shared {
     consumers: Mutex<BTreeMap<String, BTreeMap<u32, u64>>>,
 }
 
+/// Reads and consumer positions work on the files directly (on a blocking thread: see
+/// [`EmbeddedLog::blocking`]).
+impl Shared {
+    fn partition(&self, partition: u32) -> Result<&RwLock<PartitionState>> {
+        self.partitions.get(partition as usize).ok_or_else(|| {
+            Error::Argument(format!(
+                "partition {partition}: the log has {}",
+                self.partitions.len()
+            ))
+        })
+    }
+
+    fn read_sync(&self, partition: u32, from: u64, max: Limit) -> Result<Vec<Stored>> {
+        let mut out = Vec::new();
+        let mut got = 0;
+        let mut from = from;
+        while !max.reached(out.len(), got) {
+            // Where to look, under the lock; the file is read without it.
+            let (path, pos, limit) = {
+                let state = self
+                    .partition(partition)?
+                    .read()
+                    .map_err(|_| Error::Stopped("a lock was poisoned".into()))?;
+                let first = &state.segments[0];
+                if from < first.base {
+                    tracing::warn!(
+                        partition,
+                        from,
+                        start = first.base,
+                        "records before the partition's start were removed by retention: \
+                         reading from its start"
+                    );
+                }
+                from = from.max(first.base);
+                let Some(seg) = state.segments.iter().rev().find(|s| s.base <= from) else {
+                    break;
+                };
+                if from >= seg.next {
+                    break;
+                }
+                let i = seg.index.partition_point(|&(o, _)| o <= from);
+                let pos = if i == 0 { 0 } else { seg.index[i - 1].1 };
+                (segment::path(&state.dir, seg.base), pos, seg.len)
+            };
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                // Deleted by retention since: look again from the new start.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(format!("opening {}", path.display()))(e)),
+            };
+            // A chunk, or the whole first record when it is larger.
+            let mut want = (limit - pos).min(READ_CHUNK);
+            let mut bytes = read_at(&mut file, &path, pos, want)?;
+            if let Some(frame) = segment::frame_len(&bytes)
+                && frame as u64 > want
+                && pos + frame as u64 <= limit
+            {
+                want = frame as u64;
+                bytes = read_at(&mut file, &path, pos, want)?;
+            }
+            let mut at = 0;
+            while !max.reached(out.len(), got) {
+                let Some((rec, len)) = segment::decode(&bytes[at..]) else {
+                    break;
+                };
+                at += len;
+                if rec.offset >= from {
+                    from = rec.offset + 1;
+                    got += rec.size();
+                    out.push(rec);
+                }
+            }
+            if at == 0 {
+                // Durable bytes that do not decode: the file changed under us.
+                return Err(Error::Corrupt(format!(
+                    "{}: a damaged record at byte {pos}",
+                    path.display()
+                )));
+            }
+            // Past this segment's durable end, the next pass reads the following one, if any.
+        }
+        Ok(out)
+    }
+
+    fn commit_sync(&self, consumer: &str, positions: &BTreeMap<u32, u64>) -> Result<()> {
+        check_consumer(consumer)?;
+        for p in positions.keys() {
+            self.partition(*p)?;
+        }
+        let mut protected = self
+            .consumers
+            .lock()
+            .map_err(|_| Error::Stopped("a lock was poisoned".into()))?;
+        let path = self.consumer_path(consumer);
+        let mut all = read_positions(&path)?;
+        all.positions
+            .extend(positions.iter().map(|(p, o)| (*p, *o)));
+        write_atomic(&path, &serde_json::to_vec(&all).unwrap_or_default())?;
+        // Retention may pass these positions only once they are durable.
+        if let Some(kept) = protected.get_mut(consumer) {
+            *kept = all.positions;
+        }
+        Ok(())
+    }
+
+    fn consumer_path(&self, consumer: &str) -> PathBuf {
+        self.dir.join("consumers").join(format!("{consumer}.json"))
+    }
+
+    fn state<T>(&self, partition: u32, f: impl FnOnce(&PartitionState) -> T) -> Result<T> {
+        let state = self
+            .partition(partition)?
+            .read()
+            .map_err(|_| Error::Stopped("a lock was poisoned".into()))?;
+        Ok(f(&state))
+    }
+}
+
 struct Request {
     records: Vec<Record>,
     reply: oneshot::Sender<Result<Vec<Position>>>,
@@ -236,125 +354,23 @@ impl EmbeddedLog {
         })
     }
 
-    fn partition(&self, partition: u32) -> Result<&RwLock<PartitionState>> {
-        self.shared
-            .partitions
-            .get(partition as usize)
-            .ok_or_else(|| {
-                Error::Argument(format!(
-                    "partition {partition}: the log has {}",
-                    self.partitions
-                ))
-            })
-    }
-
-    fn read_sync(&self, partition: u32, from: u64, max: Limit) -> Result<Vec<Stored>> {
-        let mut out = Vec::new();
-        let mut got = 0;
-        let mut from = from;
-        while !max.reached(out.len(), got) {
-            // Where to look, under the lock; the file is read without it.
-            let (path, pos, limit) = {
-                let state = self
-                    .partition(partition)?
-                    .read()
-                    .map_err(|_| Error::Stopped("a lock was poisoned".into()))?;
-                let first = &state.segments[0];
-                if from < first.base {
-                    tracing::warn!(
-                        partition,
-                        from,
-                        start = first.base,
-                        "records before the partition's start were removed by retention: \
-                         reading from its start"
-                    );
-                }
-                from = from.max(first.base);
-                let Some(seg) = state.segments.iter().rev().find(|s| s.base <= from) else {
-                    break;
-                };
-                if from >= seg.next {
-                    break;
-                }
-                let i = seg.index.partition_point(|&(o, _)| o <= from);
-                let pos = if i == 0 { 0 } else { seg.index[i - 1].1 };
-                (segment::path(&state.dir, seg.base), pos, seg.len)
-            };
-            let mut file = match File::open(&path) {
-                Ok(f) => f,
-                // Deleted by retention since: look again from the new start.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(format!("opening {}", path.display()))(e)),
-            };
-            // A chunk, or the whole first record when it is larger.
-            let mut want = (limit - pos).min(READ_CHUNK);
-            let mut bytes = read_at(&mut file, &path, pos, want)?;
-            if let Some(frame) = segment::frame_len(&bytes)
-                && frame as u64 > want
-                && pos + frame as u64 <= limit
-            {
-                want = frame as u64;
-                bytes = read_at(&mut file, &path, pos, want)?;
-            }
-            let mut at = 0;
-            while !max.reached(out.len(), got) {
-                let Some((rec, len)) = segment::decode(&bytes[at..]) else {
-                    break;
-                };
-                at += len;
-                if rec.offset >= from {
-                    from = rec.offset + 1;
-                    got += rec.size();
-                    out.push(rec);
-                }
-            }
-            if at == 0 {
-                // Durable bytes that do not decode: the file changed under us.
-                return Err(Error::Corrupt(format!(
-                    "{}: a damaged record at byte {pos}",
-                    path.display()
-                )));
-            }
-            // Past this segment's durable end, the next pass reads the following one, if any.
+    /// Runs file work (a read, a positions file written and synced) on tokio's blocking
+    /// threads, never on the async workers: a read that waits for the disk, or an `fsync`
+    /// that takes a slow disk's hundreds of milliseconds, would otherwise hold up every task
+    /// of the worker it ran on (while one worker sat in an `fsync`, `/healthz` went
+    /// unanswered). Outside a runtime it runs in place.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Shared) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let shared = self.shared.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => rt
+                .spawn_blocking(move || work(&shared))
+                .await
+                .map_err(|e| Error::Stopped(format!("a log read or commit failed: {e}")))?,
+            Err(_) => work(&shared),
         }
-        Ok(out)
-    }
-
-    fn commit_sync(&self, consumer: &str, positions: &BTreeMap<u32, u64>) -> Result<()> {
-        check_consumer(consumer)?;
-        for p in positions.keys() {
-            self.partition(*p)?;
-        }
-        let mut protected = self
-            .shared
-            .consumers
-            .lock()
-            .map_err(|_| Error::Stopped("a lock was poisoned".into()))?;
-        let path = self.consumer_path(consumer);
-        let mut all = read_positions(&path)?;
-        all.positions
-            .extend(positions.iter().map(|(p, o)| (*p, *o)));
-        write_atomic(&path, &serde_json::to_vec(&all).unwrap_or_default())?;
-        // Retention may pass these positions only once they are durable.
-        if let Some(kept) = protected.get_mut(consumer) {
-            *kept = all.positions;
-        }
-        Ok(())
-    }
-
-    fn consumer_path(&self, consumer: &str) -> PathBuf {
-        self.shared
-            .dir
-            .join("consumers")
-            .join(format!("{consumer}.json"))
-    }
-
-    fn state<T>(&self, partition: u32, f: impl FnOnce(&PartitionState) -> T) -> Result<T> {
-        let state = self
-            .partition(partition)?
-            .read()
-            .map_err(|_| Error::Stopped("a lock was poisoned".into()))?;
-        Ok(f(&state))
     }
 }
 
@@ -403,24 +419,30 @@ impl EventLog for EmbeddedLog {
     }
 
     async fn read(&self, partition: u32, from: u64, limit: Limit) -> Result<Vec<Stored>> {
-        self.read_sync(partition, from, limit)
+        self.blocking(move |s| s.read_sync(partition, from, limit))
+            .await
     }
 
     async fn start(&self, partition: u32) -> Result<u64> {
-        self.state(partition, |s| s.segments[0].base)
+        self.shared.state(partition, |s| s.segments[0].base)
     }
 
     async fn end(&self, partition: u32) -> Result<u64> {
-        self.state(partition, |s| s.segments.last().map_or(0, |l| l.next))
+        self.shared
+            .state(partition, |s| s.segments.last().map_or(0, |l| l.next))
     }
 
     async fn committed(&self, consumer: &str) -> Result<BTreeMap<u32, u64>> {
         check_consumer(consumer)?;
-        Ok(read_positions(&self.consumer_path(consumer))?.positions)
+        let consumer = consumer.to_owned();
+        self.blocking(move |s| Ok(read_positions(&s.consumer_path(&consumer))?.positions))
+            .await
     }
 
     async fn commit(&self, consumer: &str, positions: &BTreeMap<u32, u64>) -> Result<()> {
-        self.commit_sync(consumer, positions)
+        let (consumer, positions) = (consumer.to_owned(), positions.clone());
+        self.blocking(move |s| s.commit_sync(&consumer, &positions))
+            .await
     }
 }
 
@@ -492,7 +514,7 @@ impl Writer {
                 }
                 Err(e) => {
                     let why = e.to_string();
-                    tracing::error!("the event log stopped: {why}");
+                    tracing::error!(error = %why, "the event log stopped");
                     if let Ok(mut s) = self.shared.stopped.lock() {
                         *s = Some(why.clone());
                     }
@@ -502,7 +524,7 @@ impl Writer {
                 }
             }
             if let Err(e) = self.retain() {
-                tracing::warn!("event log retention: {e}");
+                tracing::warn!(error = %e, "event log retention");
             }
         }
     }
@@ -707,7 +729,7 @@ impl Writer {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(io(format!("deleting {}", path.display()))(e)),
                 }
-                tracing::debug!("retention deleted {}", path.display());
+                tracing::debug!(segment = %path.display(), "retention deleted a segment");
                 state.segments.remove(0);
             }
         }
@@ -752,10 +774,10 @@ fn recover(dir: &Path) -> Result<(PartitionState, PartitionWriter)> {
                 )));
             }
             tracing::warn!(
-                "{}: dropping a torn tail of {} bytes after offset {} (a crash mid-write)",
-                path.display(),
-                scan.file_len - scan.valid_len,
-                scan.next_offset
+                segment = %path.display(),
+                bytes = scan.file_len - scan.valid_len,
+                after_offset = scan.next_offset,
+                "dropping a torn tail (a crash mid-write)"
             );
             let f = OpenOptions::new()
                 .write(true)

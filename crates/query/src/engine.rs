@@ -1,5 +1,5 @@
 //! The SQL engine: a DataFusion session over the lake's Delta tables, read-only, with a time
-//! limit and the report functions (`local_time`, `category_level`) registered.
+//! limit and the report functions (`local_time`, `local_day`, `category_level`) registered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -115,6 +115,8 @@ impl Engine {
         let runtime = resources.runtime.clone();
         let config = SessionConfig::new()
             .with_information_schema(true)
+            // Two partitions, one per core of the 2-core machine shoplake is sized for: the
+            // folded scans sum each on its own task, then merge.
             .with_target_partitions(2);
         // Filters run inside the Parquet reader for the folded scans: columns of rows a filter
         // refuses are never decoded (the abandoned-items scan keeps one row in twenty and
@@ -293,7 +295,7 @@ impl Engine {
     pub(crate) async fn run_or_spill(&self, fast: &str, spilling: &str) -> Result<QueryOutput> {
         match self.run(fast).await {
             Err(Error::ResourcesExhausted(e)) => {
-                tracing::debug!("out of memory, running the spilling plan: {e}");
+                tracing::debug!(error = %e, "out of memory: running the spilling plan");
                 self.run(spilling).await
             }
             other => other,

@@ -11,15 +11,56 @@ fn text(a: &arrow::array::StringViewArray, i: usize) -> Option<&str> {
     a.is_valid(i).then(|| a.value(i))
 }
 
-/// A (user, product)'s first cart (in the range, or of a day): time, price, brand, category
-/// code.
-pub(crate) type Cart = (i64, i64, Option<String>, Option<String>);
+/// A cart row as a scan reads it (names borrowed from the batch). Ordered by time, then
+/// price, then the names, so that "the first cart" is decided alike whatever the scan order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct CartRow<'a> {
+    /// Event time, microseconds since the epoch.
+    pub at: i64,
+    /// Price in cents (0 without a price).
+    pub cents: i64,
+    pub brand: Option<&'a str>,
+    pub category_code: Option<&'a str>,
+}
+
+impl CartRow<'_> {
+    fn to_cart(self) -> Cart {
+        Cart {
+            at: self.at,
+            cents: self.cents,
+            brand: self.brand.map(str::to_owned),
+            category_code: self.category_code.map(str::to_owned),
+        }
+    }
+}
+
+/// A (user, product)'s first cart (in the range, or of a day).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cart {
+    /// Event time, microseconds since the epoch.
+    pub at: i64,
+    /// Price in cents (0 without a price).
+    pub cents: i64,
+    pub brand: Option<String>,
+    pub category_code: Option<String>,
+}
+
+impl Cart {
+    /// The cart as a row, to compare with others.
+    pub(crate) fn row(&self) -> CartRow<'_> {
+        CartRow {
+            at: self.at,
+            cents: self.cents,
+            brand: self.brand.as_deref(),
+            category_code: self.category_code.as_deref(),
+        }
+    }
+}
 
 /// One row of a scan of carts and purchases (columns `user_id, product_id, event_type, t,
 /// price_cents, brand, category_code`).
 pub(crate) enum CartOrPurchase<'a> {
-    /// A cart: time, price in cents (0 without a price), brand, category code.
-    Cart(i64, i64, Option<&'a str>, Option<&'a str>),
+    Cart(CartRow<'a>),
     /// A purchase at this time.
     Purchase(i64),
 }
@@ -39,31 +80,64 @@ pub(crate) fn each_cart_or_purchase(
     let brand = c.string_view_array("brand")?;
     let category = c.string_view_array("category_code")?;
     for i in 0..b.num_rows() {
-        let t = time.value(i);
+        let at = time.value(i);
         let row = if kind.value(i) == "purchase" {
-            CartOrPurchase::Purchase(t)
+            CartOrPurchase::Purchase(at)
         } else {
-            let cents = if price.is_valid(i) { price.value(i) } else { 0 };
-            CartOrPurchase::Cart(t, cents, text(&brand, i), text(&category, i))
+            CartOrPurchase::Cart(CartRow {
+                at,
+                cents: if price.is_valid(i) { price.value(i) } else { 0 },
+                brand: text(&brand, i),
+                category_code: text(&category, i),
+            })
         };
         f(i, (user.value(i), product.value(i)), row);
     }
     Ok(())
 }
 
-/// Keeps the first cart by time, then price (then the names, so ties are decided alike
-/// whatever the scan order).
-pub(crate) fn keep_first(
-    slot: &mut Option<Cart>,
-    t: i64,
-    cents: i64,
-    b: Option<&str>,
-    k: Option<&str>,
-) {
-    let earlier = slot
-        .as_ref()
-        .is_none_or(|(t0, c0, b0, k0)| (t, cents, b, k) < (*t0, *c0, b0.as_deref(), k0.as_deref()));
-    if earlier {
-        *slot = Some((t, cents, b.map(str::to_owned), k.map(str::to_owned)));
+/// Keeps the first cart ([`CartRow`]'s order) in `slot`.
+pub(crate) fn keep_first(slot: &mut Option<Cart>, cart: CartRow<'_>) {
+    if slot.as_ref().is_none_or(|old| cart < old.row()) {
+        *slot = Some(cart.to_cart());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(at: i64, cents: i64, brand: Option<&str>) -> CartRow<'_> {
+        CartRow {
+            at,
+            cents,
+            brand,
+            category_code: None,
+        }
+    }
+
+    #[test]
+    fn the_first_cart_is_the_earliest_then_the_cheapest_then_by_name_in_any_order() {
+        let rows = [
+            row(5, 100, Some("b")),
+            row(3, 200, None),
+            row(3, 150, Some("z")),
+            row(3, 150, Some("a")),
+            row(9, 1, None),
+        ];
+        let mut forward = None;
+        rows.iter().for_each(|r| keep_first(&mut forward, *r));
+        let mut backward = None;
+        rows.iter()
+            .rev()
+            .for_each(|r| keep_first(&mut backward, *r));
+        let want = Cart {
+            at: 3,
+            cents: 150,
+            brand: Some("a".into()),
+            category_code: None,
+        };
+        assert_eq!(forward.as_ref(), Some(&want));
+        assert_eq!(backward, forward);
     }
 }

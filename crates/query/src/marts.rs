@@ -18,7 +18,8 @@
 //! Each is additive over days or per day, so a report over any range of local days in a mart
 //! zone equals the report computed from `events` (tested). They are refreshed after every
 //! import (`shoplake import` does it) and rebuilt by `shoplake marts rebuild`; a report uses
-//! them only when their stamp equals the current `events` version, and computes from `events`
+//! them only when their stamp equals the current `events` and `bot_flags` versions and this
+//! release's layout, and computes from `events`
 //! otherwise, so stale marts can make a report slower, never wrong. New visitors and session
 //! starts depend on all earlier data, so a refresh recomputes each zone whole (one pass of a
 //! few group-bys over `events`).
@@ -142,11 +143,12 @@ async fn refresh_in(lake: &Lake, engine: &Engine, extra_zones: &[Tz]) -> Result<
         )
         .await?;
         tracing::debug!(
-            "marts {zone}: brands {:.1} s, items {:.1} s, categories {:.1} s, daily {:.1} s",
-            t_brands.as_secs_f64(),
-            (t_items - t_brands).as_secs_f64(),
-            (t_categories - t_items).as_secs_f64(),
-            (started.elapsed() - t_categories).as_secs_f64()
+            zone,
+            brands_s = t_brands.as_secs_f64(),
+            items_s = (t_items - t_brands).as_secs_f64(),
+            categories_s = (t_categories - t_items).as_secs_f64(),
+            daily_s = (started.elapsed() - t_categories).as_secs_f64(),
+            "marts rebuilt for a zone"
         );
         out.push(MartsSummary {
             zone: zone.to_owned(),
@@ -336,47 +338,56 @@ async fn items_batch(engine: &Engine, zone: &str, events: &str) -> Result<Record
 /// cart, and every purchase.
 #[derive(Default)]
 struct ItemDays {
-    pairs: foldhash::HashMap<(i64, i64), (DayCarts, Vec<i64>)>,
+    pairs: foldhash::HashMap<(i64, i64), ItemPair>,
 }
 
-/// A pair's first cart of each local day with a cart (days in the order seen).
-type DayCarts = Vec<(i32, Option<Cart>)>;
+/// A (user, product)'s first cart of each local day with a cart (days in the order seen),
+/// and its purchase times.
+#[derive(Default)]
+struct ItemPair {
+    days: Vec<DayCart>,
+    purchases: Vec<i64>,
+}
 
-impl ItemDays {
-    /// The slot of a pair's first cart on a day.
-    fn slot(carts: &mut DayCarts, day: i32) -> &mut Option<Cart> {
-        let at = match carts.iter().position(|(d, _)| *d == day) {
+/// The first cart of a local day (days since the epoch).
+struct DayCart {
+    day: i32,
+    first: Option<Cart>,
+}
+
+impl ItemPair {
+    /// The slot of the first cart on a day.
+    fn slot(&mut self, day: i32) -> &mut Option<Cart> {
+        let at = match self.days.iter().position(|d| d.day == day) {
             Some(at) => at,
             None => {
-                carts.push((day, None));
-                carts.len() - 1
+                self.days.push(DayCart { day, first: None });
+                self.days.len() - 1
             }
         };
-        &mut carts[at].1
+        &mut self.days[at].first
     }
+}
 
+impl ItemDays {
     fn add(&mut self, b: &RecordBatch) -> Result<()> {
         let day = Columns::new(b).int64_array("day")?;
         each_cart_or_purchase(b, |i, key, row| {
             let pair = self.pairs.entry(key).or_default();
             match row {
-                CartOrPurchase::Purchase(t) => pair.1.push(t),
-                CartOrPurchase::Cart(t, cents, brand, code) => {
-                    let slot = ItemDays::slot(&mut pair.0, day.value(i) as i32);
-                    keep_first(slot, t, cents, brand, code);
-                }
+                CartOrPurchase::Purchase(t) => pair.purchases.push(t),
+                CartOrPurchase::Cart(cart) => keep_first(pair.slot(day.value(i) as i32), cart),
             }
         })
     }
 
     fn merge(&mut self, other: ItemDays) {
-        for (key, (carts, purchases)) in other.pairs {
+        for (key, theirs) in other.pairs {
             let pair = self.pairs.entry(key).or_default();
-            pair.1.extend(purchases);
-            for (day, cart) in carts {
-                if let Some((t, cents, brand, code)) = cart {
-                    let slot = ItemDays::slot(&mut pair.0, day);
-                    keep_first(slot, t, cents, brand.as_deref(), code.as_deref());
+            pair.purchases.extend(theirs.purchases);
+            for DayCart { day, first } in theirs.days {
+                if let Some(cart) = first {
+                    keep_first(pair.slot(day), cart.row());
                 }
             }
         }
@@ -387,10 +398,10 @@ impl ItemDays {
         let mut pairs: Vec<_> = self
             .pairs
             .into_iter()
-            .filter(|(_, (carts, _))| !carts.is_empty())
+            .filter(|(_, pair)| !pair.days.is_empty())
             .collect();
         pairs.sort_unstable_by_key(|((user, product), _)| (*product, *user));
-        let n = pairs.iter().map(|(_, (carts, _))| carts.len()).sum();
+        let n = pairs.iter().map(|(_, pair)| pair.days.len()).sum();
         let mut day = Vec::with_capacity(n);
         let mut user = Vec::with_capacity(n);
         let mut product = Vec::with_capacity(n);
@@ -400,21 +411,28 @@ impl ItemDays {
         let mut code = Vec::with_capacity(n);
         let mut prev_day = Vec::with_capacity(n);
         let mut next_purchase = Vec::with_capacity(n);
-        for ((u, p), (mut carts, mut purchases)) in pairs {
-            carts.sort_unstable_by_key(|(d, _)| *d);
+        for (
+            (u, p),
+            ItemPair {
+                mut days,
+                mut purchases,
+            },
+        ) in pairs
+        {
+            days.sort_unstable_by_key(|d| d.day);
             purchases.sort_unstable();
             let mut prev = None;
-            for (d, cart) in carts {
-                let Some((t, c, b, k)) = cart else { continue };
+            for DayCart { day: d, first } in days {
+                let Some(cart) = first else { continue };
                 day.push(d);
                 user.push(u);
                 product.push(p);
-                carted.push(t);
-                cents.push(c);
-                brand.push(b);
-                code.push(k);
+                carted.push(cart.at);
+                cents.push(cart.cents);
+                brand.push(cart.brand);
+                code.push(cart.category_code);
                 prev_day.push(prev);
-                let next = purchases.partition_point(|&x| x < t);
+                let next = purchases.partition_point(|&x| x < cart.at);
                 next_purchase.push(purchases.get(next).copied());
                 prev = Some(d);
             }
@@ -439,12 +457,40 @@ impl ItemDays {
     }
 }
 
-/// A category cell's counts: views, carts, purchases, revenue in cents.
-type Counts = [i64; 4];
+/// A category cell's counts.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    views: i64,
+    carts: i64,
+    purchases: i64,
+    revenue_cents: i64,
+}
+
+impl Counts {
+    /// Counts one event of this type (other types count nothing).
+    fn count(&mut self, event_type: &str, cents: i64) {
+        match event_type {
+            "view" => self.views += 1,
+            "cart" => self.carts += 1,
+            "purchase" => {
+                self.purchases += 1;
+                self.revenue_cents += cents;
+            }
+            _ => {}
+        }
+    }
+
+    fn add(&mut self, other: Counts) {
+        self.views += other.views;
+        self.carts += other.carts;
+        self.purchases += other.purchases;
+        self.revenue_cents += other.revenue_cents;
+    }
+}
 
 /// The users seen on one local day, as `(hour, code, user)` entries packed in a `u128`
 /// ([`entry`]): appended as the scan goes and sorted and deduplicated whenever they double,
-/// so a day holds about its distinct entries (a month: 11 M, 176 MB).
+/// so a day holds about its distinct entries.
 #[derive(Default)]
 struct DayUsers {
     entries: Vec<u128>,
@@ -484,9 +530,9 @@ fn entry(hour: u32, code: u32, user: i64) -> u128 {
 
 /// Builds a zone's `mart_categories` rows in one streamed pass over `events`, and its
 /// `mart_category_visitors` rows from the distinct users of each day, hour and full category
-/// code kept on the way (in Rust, not SQL, so memory stays near the size of those entries:
-/// a Roaring bitmap per cell and level held a cell's few hundred users spread over millions
-/// of ids nearly one container each, and took twice the time).
+/// code kept on the way (in Rust, not SQL, so memory stays near the size of those entries;
+/// a bitmap per cell and level would hold a cell's few hundred users, spread over millions
+/// of ids, in nearly one container each).
 async fn category_cells(
     engine: &Engine,
     zone: &str,
@@ -502,14 +548,29 @@ async fn category_cells(
              FROM {events}"
         ))
         .await?;
-    // Each (level, name) gets an id; each full code an index, and its four ids (levels 0–3).
-    let mut names: HashMap<(i64, String), u32> = HashMap::new();
-    let mut code_index: HashMap<String, u32> = HashMap::new();
-    let mut codes: Vec<[u32; 4]> = Vec::new();
-    let mut sums: HashMap<(i32, u32, u32), Counts> = HashMap::new();
-    let mut days: BTreeMap<i32, DayUsers> = BTreeMap::new();
+    let mut scan = CategoryScan::default();
     while let Some(batch) = stream.next().await {
-        let batch = batch?;
+        scan.add(&batch?)?;
+    }
+    scan.finish(zone)
+}
+
+/// What [`category_cells`] keeps from its scan.
+#[derive(Default)]
+struct CategoryScan {
+    /// An id for each (level, name).
+    names: HashMap<(i64, String), u32>,
+    /// An index for each full code seen.
+    code_index: HashMap<String, u32>,
+    /// A full code's ids at levels 0–3, by its index.
+    codes: Vec<[u32; 4]>,
+    /// Counts per (day, hour, full code).
+    sums: HashMap<(i32, u32, u32), Counts>,
+    days: BTreeMap<i32, DayUsers>,
+}
+
+impl CategoryScan {
+    fn add(&mut self, batch: &RecordBatch) -> Result<()> {
         let col = |name: &str, to: &DataType| -> Result<ArrayRef> {
             let c = batch
                 .column_by_name(name)
@@ -529,115 +590,129 @@ async fn category_cells(
         let user = col("user_id", &DataType::Int64)?;
         let user = user.as_primitive::<Int64Type>();
         for i in 0..batch.num_rows() {
-            let full = category.value(i);
-            let code = match code_index.get(full) {
-                Some(code) => *code,
-                None => {
-                    let mut ids = [0u32; 4];
-                    for (level, id) in ids.iter_mut().enumerate() {
-                        let name = category_at(Some(full), level);
-                        let next = names.len() as u32;
-                        *id = *names.entry((level as i64, name.to_owned())).or_insert(next);
-                    }
-                    codes.push(ids);
-                    let code = (codes.len() - 1) as u32;
-                    code_index.insert(full.to_owned(), code);
-                    code
-                }
-            };
+            let code = self.code(category.value(i));
             let (d, h) = (day.value(i), hour.value(i).clamp(0, 23) as u32);
-            let cell = sums.entry((d, h, code)).or_default();
-            match kind.value(i) {
-                "view" => cell[0] += 1,
-                "cart" => cell[1] += 1,
-                "purchase" => {
-                    cell[2] += 1;
-                    cell[3] += cents.value(i);
-                }
-                _ => {}
-            }
-            days.entry(d)
+            self.sums
+                .entry((d, h, code))
+                .or_default()
+                .count(kind.value(i), cents.value(i));
+            self.days
+                .entry(d)
                 .or_default()
                 .push(entry(h, code, user.value(i)));
         }
-    }
-    drop(code_index);
-    for users in days.values_mut() {
-        users.compact();
-        users.entries.shrink_to_fit();
-    }
-    let mut by_id = vec![(0i64, String::new()); names.len()];
-    for (name, id) in names {
-        by_id[id as usize] = name;
+        Ok(())
     }
 
-    // Sums per day, hour and category at each level.
-    let mut cells: BTreeMap<(i32, u32, u32), Counts> = BTreeMap::new();
-    for ((d, h, code), counts) in sums {
-        for id in codes[code as usize] {
-            let cell = cells.entry((d, h, id)).or_default();
-            for (sum, n) in cell.iter_mut().zip(counts) {
-                *sum += n;
-            }
+    /// The index of a full category code, giving its four levels their ids when new.
+    fn code(&mut self, full: &str) -> u32 {
+        if let Some(code) = self.code_index.get(full) {
+            return *code;
         }
-    }
-    let n = cells.len();
-    let (mut day, mut hour, mut level, mut category) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let mut counts: [Vec<i64>; 4] = Default::default();
-    for ((d, h, id), c) in cells {
-        let (l, name) = &by_id[id as usize];
-        day.push(d);
-        hour.push(i64::from(h));
-        level.push(*l);
-        category.push(name.as_str());
-        for (column, v) in counts.iter_mut().zip(c) {
-            column.push(v);
+        let mut ids = [0u32; 4];
+        for (level, id) in ids.iter_mut().enumerate() {
+            let name = category_at(Some(full), level);
+            let next = self.names.len() as u32;
+            *id = *self
+                .names
+                .entry((level as i64, name.to_owned()))
+                .or_insert(next);
         }
+        self.codes.push(ids);
+        let code = (self.codes.len() - 1) as u32;
+        self.code_index.insert(full.to_owned(), code);
+        code
     }
-    let [views, carts, purchases, revenue] = counts;
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec![zone; n])),
-        Arc::new(Date32Array::from(day)),
-        Arc::new(Int64Array::from(hour)),
-        Arc::new(Int64Array::from(level)),
-        Arc::new(StringArray::from(category)),
-        Arc::new(Int64Array::from(views)),
-        Arc::new(Int64Array::from(carts)),
-        Arc::new(Int64Array::from(purchases)),
-        Arc::new(Int64Array::from(revenue)),
-    ];
-    let sums = RecordBatch::try_new(TableName::MartCategories.schema(), columns)?;
 
-    // Visitors: per bucket (hour or weekday) and level, each user seen on a day in a
-    // category counts once, under the previous day it was seen in that bucket and category.
-    let mut visitors = VisitorRows::default();
-    let mut tuples: Vec<u128> = Vec::new();
-    for level in 0..4 {
-        for h in 0..24 {
-            tuples.clear();
-            for (d, users) in &days {
-                add_tuples(&mut tuples, users.hour(h), &codes, level, *d);
-            }
-            visitors.add("hour", i64::from(h), &by_id, &mut tuples);
+    fn finish(mut self, zone: &str) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
+        self.code_index = HashMap::new();
+        for users in self.days.values_mut() {
+            users.compact();
+            users.entries.shrink_to_fit();
         }
-        for weekday in 0..7 {
-            tuples.clear();
-            // Day 0 (1970-01-01) was a Thursday: Monday is 0.
-            for (d, users) in days
-                .iter()
-                .filter(|(d, _)| (*d + 3).rem_euclid(7) == weekday)
-            {
-                add_tuples(&mut tuples, &users.entries, &codes, level, *d);
-            }
-            visitors.add("weekday", i64::from(weekday), &by_id, &mut tuples);
+        let mut by_id = vec![(0i64, String::new()); self.names.len()];
+        for (name, id) in std::mem::take(&mut self.names) {
+            by_id[id as usize] = name;
         }
+        let sums = self.sums_batch(zone, &by_id)?;
+        let visitors = self.visitors_batch(zone, &by_id)?;
+        Ok((vec![sums], vec![visitors]))
     }
-    Ok((vec![sums], vec![visitors.finish(zone)?]))
+
+    /// `mart_categories`: sums per day, hour and category at each level.
+    fn sums_batch(&mut self, zone: &str, by_id: &[(i64, String)]) -> Result<RecordBatch> {
+        let mut cells: BTreeMap<(i32, u32, u32), Counts> = BTreeMap::new();
+        for ((d, h, code), counts) in std::mem::take(&mut self.sums) {
+            for id in self.codes[code as usize] {
+                cells.entry((d, h, id)).or_default().add(counts);
+            }
+        }
+        let n = cells.len();
+        let mut day = Vec::with_capacity(n);
+        let mut hour = Vec::with_capacity(n);
+        let mut level = Vec::with_capacity(n);
+        let mut category = Vec::with_capacity(n);
+        let mut views = Vec::with_capacity(n);
+        let mut carts = Vec::with_capacity(n);
+        let mut purchases = Vec::with_capacity(n);
+        let mut revenue = Vec::with_capacity(n);
+        for ((d, h, id), c) in cells {
+            let (l, name) = &by_id[id as usize];
+            day.push(d);
+            hour.push(i64::from(h));
+            level.push(*l);
+            category.push(name.as_str());
+            views.push(c.views);
+            carts.push(c.carts);
+            purchases.push(c.purchases);
+            revenue.push(c.revenue_cents);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![zone; n])),
+            Arc::new(Date32Array::from(day)),
+            Arc::new(Int64Array::from(hour)),
+            Arc::new(Int64Array::from(level)),
+            Arc::new(StringArray::from(category)),
+            Arc::new(Int64Array::from(views)),
+            Arc::new(Int64Array::from(carts)),
+            Arc::new(Int64Array::from(purchases)),
+            Arc::new(Int64Array::from(revenue)),
+        ];
+        Ok(RecordBatch::try_new(
+            TableName::MartCategories.schema(),
+            columns,
+        )?)
+    }
+
+    /// `mart_category_visitors`: per bucket (hour or weekday) and level, each user seen on a
+    /// day in a category counts once, under the previous day it was seen in that bucket and
+    /// category.
+    fn visitors_batch(&self, zone: &str, by_id: &[(i64, String)]) -> Result<RecordBatch> {
+        let mut visitors = VisitorRows::default();
+        let mut tuples: Vec<u128> = Vec::new();
+        for level in 0..4 {
+            for h in 0..24 {
+                tuples.clear();
+                for (d, users) in &self.days {
+                    add_tuples(&mut tuples, users.hour(h), &self.codes, level, *d);
+                }
+                visitors.add("hour", i64::from(h), by_id, &mut tuples);
+            }
+            for weekday in 0..7 {
+                tuples.clear();
+                // Day 0 (1970-01-01) was a Thursday: Monday is 0.
+                for (d, users) in self
+                    .days
+                    .iter()
+                    .filter(|(d, _)| (*d + 3).rem_euclid(7) == weekday)
+                {
+                    add_tuples(&mut tuples, &users.entries, &self.codes, level, *d);
+                }
+                visitors.add("weekday", i64::from(weekday), by_id, &mut tuples);
+            }
+        }
+        visitors.finish(zone)
+    }
 }
 
 /// Appends `(category id at level, user, day)` tuples for a day's entries, packed to sort by

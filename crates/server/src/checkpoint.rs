@@ -88,11 +88,11 @@ fn wrote(metrics: &Metrics, result: std::result::Result<Result<()>, tokio::task:
         }
         Ok(Err(e)) => {
             metrics.detector_checkpoint_failures.inc();
-            tracing::warn!("writing the detector's checkpoint: {e:#}");
+            tracing::warn!(error = %format!("{e:#}"), "writing the detector's checkpoint");
         }
         Err(e) => {
             metrics.detector_checkpoint_failures.inc();
-            tracing::warn!("writing the detector's checkpoint: {e}");
+            tracing::warn!(error = %e, "writing the detector's checkpoint");
         }
     }
 }

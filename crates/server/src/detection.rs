@@ -65,7 +65,8 @@ const FLAGS_EVERY: Duration = Duration::from_secs(2);
 const NOTIFY_GRACE: Duration = Duration::from_secs(10);
 
 /// The bot flags of an incident: its user (when it has one at `min` severity or above) on
-/// every UTC day from its opening to its last firing.
+/// every UTC day from its opening to its last firing, at most 32 days (an incident that runs
+/// longer flags its first 32).
 pub fn bot_flags_of(incident: &Incident, min: Severity, now: i64) -> Vec<BotFlag> {
     let Some(user_id) = incident.bot_user(min) else {
         return Vec::new();
@@ -127,7 +128,7 @@ async fn flag_loop(lake: Lake, mut rx: mpsc::UnboundedReceiver<FlagWork>, metric
                 Err(e) => {
                     failed = true;
                     metrics.bot_flag_failures.inc();
-                    tracing::warn!("writing {} bot flag(s): {e}", add.len());
+                    tracing::warn!(flags = add.len(), error = %e, "writing bot flags");
                 }
             }
         }
@@ -137,23 +138,23 @@ async fn flag_loop(lake: Lake, mut rx: mpsc::UnboundedReceiver<FlagWork>, metric
             match lake.remove_bot_flags(&remove).await {
                 Ok(n) => {
                     if n > 0 {
-                        tracing::info!("removed {n} bot flag(s) of allow-listed users");
+                        tracing::info!(flags = n, "removed the bot flags of allow-listed users");
                     }
                     remove.clear();
                 }
                 Err(e) => {
                     failed = true;
                     metrics.bot_flag_failures.inc();
-                    tracing::warn!("removing the bot flags of allow-listed users: {e}");
+                    tracing::warn!(error = %e, "removing the bot flags of allow-listed users");
                 }
             }
         }
         if failed && !open {
             // Shutting down with the lake refusing: give up rather than hang the stop.
             tracing::error!(
-                "gave up {} bot flag(s) and {} removal(s) at shutdown",
-                add.len(),
-                remove.len()
+                flags = add.len(),
+                removals = remove.len(),
+                "gave up writing bot flags at shutdown"
             );
             return;
         }
@@ -177,7 +178,7 @@ pub(crate) async fn detect_loop(
     clock: Arc<dyn Clock>,
     stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let notifier = Notifier::start(&options.notify, metrics.clone())?;
+    let notifier = Notifier::start(&options.notify, metrics.clone(), clock.clone())?;
     let (flags_tx, flags_rx) = mpsc::unbounded_channel();
     let flags_task = tokio::spawn(flag_loop(lake.clone(), flags_rx, metrics.clone()));
     let out = Outputs {
@@ -194,7 +195,7 @@ pub(crate) async fn detect_loop(
     drop(flags);
     notifier.close(NOTIFY_GRACE).await;
     if let Err(e) = flags_task.await {
-        tracing::error!("the bot flag writer failed: {e}");
+        tracing::error!(error = %e, "the bot flag writer failed");
     }
     result
 }
@@ -229,6 +230,8 @@ async fn run(
     let mut lists = ListsPoll::default();
     let mut counted = Counted::default();
     let partitions = log.partitions();
+    // The positions last recorded in the log: a round that moved nothing records nothing.
+    let mut recorded: Option<BTreeMap<u32, u64>> = None;
     let limit = Limit::new(
         options.max_per_partition,
         ROUND_BYTES / usize::try_from(partitions.max(1)).unwrap_or(1),
@@ -258,8 +261,11 @@ async fn run(
         // A restart reads again from the oldest event still held, so that the rules keyed
         // across users miss nothing.
         let commit = resume_positions(&positions, detector.oldest_held());
-        if let Err(e) = log.commit(CONSUMER, &commit).await {
-            tracing::warn!(error = %e, "recording the detector's log positions");
+        if recorded.as_ref() != Some(&commit) {
+            match log.commit(CONSUMER, &commit).await {
+                Ok(()) => recorded = Some(commit),
+                Err(e) => tracing::warn!(error = %e, "recording the detector's log positions"),
+            }
         }
         if let Some(c) = &mut checkpoints {
             c.after_round(&detector, &positions, lake, metrics, drain)
@@ -494,7 +500,9 @@ impl Counted {
 /// Stores changes (retrying briefly: a store outage must not lose them), then counts them
 /// and hands them to the notifications and the bot flags: a change is notified once it is
 /// stored. With `again` (records read a second time after a restart from a checkpoint), an
-/// opening or escalation the store already held is not notified again.
+/// opening or escalation the store already held is not notified again. So a notice goes out
+/// at most once: a crash after storing a change and before its notice was sent loses that
+/// notice; nothing is sent twice.
 async fn record(
     options: &DetectionOptions,
     metrics: &Metrics,
@@ -576,8 +584,10 @@ async fn store_changes(options: &DetectionOptions, metrics: &Metrics, changes: &
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(
-                    "storing {} incident change(s) (attempt {attempt}): {e}",
-                    changes.len()
+                    changes = changes.len(),
+                    attempt,
+                    error = %e,
+                    "storing incident changes"
                 );
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -585,7 +595,7 @@ async fn store_changes(options: &DetectionOptions, metrics: &Metrics, changes: &
         }
     }
     metrics.store_failures.inc();
-    tracing::error!("gave up storing {} incident change(s)", changes.len());
+    tracing::error!(changes = changes.len(), "gave up storing incident changes");
 }
 
 /// Whether the store already holds an opening or escalation (the incident at its severity or

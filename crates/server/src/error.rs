@@ -92,7 +92,7 @@ impl ApiError {
     /// A trouble of the server's (5xx) is logged where it is mapped.
     fn logged(self, what: &str, error: &dyn std::error::Error) -> ApiError {
         if self.status.is_server_error() {
-            tracing::error!(error = %error, "{what}");
+            tracing::error!(error = %error, component = what, "a request failed");
         }
         self
     }
@@ -132,10 +132,18 @@ impl ApiError {
         let status = match e {
             E::Argument(_) | E::Input { .. } => StatusCode::BAD_REQUEST,
             E::Conflict(_) => StatusCode::CONFLICT,
-            E::Location { .. } | E::Delta { .. } | E::Arrow(_) | E::Store { .. } => {
+            // Reading and writing files: a store that is down or slow.
+            E::Location { .. }
+            | E::Delta { .. }
+            | E::Arrow(_)
+            | E::Parquet(_)
+            | E::DataFusion(_)
+            | E::Store { .. }
+            | E::Io { .. }
+            | E::Log { .. } => {
                 return ApiError::unavailable(e.to_string(), STORAGE_RETRY_SECS).logged("lake", e);
             }
-            E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::Corrupt(_) | E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string()).logged("lake", e)
     }

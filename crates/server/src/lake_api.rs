@@ -51,9 +51,30 @@ async fn engine(c: &Collector) -> Result<Engine, ApiError> {
     .map_err(ApiError::from)
 }
 
+/// A turn among the queries and reports running at once (counted in
+/// `shoplake_queries_running` while held).
+struct Turn {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    running: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.running.dec();
+    }
+}
+
 /// A turn among the queries and reports running at once, or 429 + `Retry-After`.
-async fn turn(c: &Collector) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    c.query_turn().await.ok_or_else(|| {
+async fn turn(c: &Collector) -> Result<Turn, ApiError> {
+    let turn = c.query_turn().await.map(|permit| {
+        let running = c.metrics().queries_running.clone();
+        running.inc();
+        Turn {
+            _permit: permit,
+            running,
+        }
+    });
+    turn.ok_or_else(|| {
         c.metrics().queries_refused.inc();
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -128,6 +128,8 @@ pub struct Metrics {
     pub log_full: Counter,
     /// Queries and reports answered 429 because the most at once were running.
     pub queries_refused: Counter,
+    /// Queries and reports running now (each holding one of the turns).
+    pub queries_running: Gauge,
 }
 
 impl Default for Metrics {
@@ -138,6 +140,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A fresh set, registered.
+    // Long: one registration per metric, in the order `/metrics` lists them.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("shoplake");
         let requests = Family::<StatusLabel, Counter>::default();
@@ -166,6 +169,12 @@ impl Metrics {
         let bot_flag_failures = Counter::default();
         let log_full = Counter::default();
         let queries_refused = Counter::default();
+        let queries_running = Gauge::default();
+        registry.register(
+            "queries_running",
+            "Queries and reports running now (each holding one of the turns)",
+            queries_running.clone(),
+        );
         registry.register(
             "query_requests_refused",
             "Queries and reports answered 429 because the most at once were running",
@@ -430,6 +439,7 @@ impl Metrics {
             stream_refused,
             log_full,
             queries_refused,
+            queries_running,
         }
     }
 

@@ -18,6 +18,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use shoplake_detect::{Change, Incident, Severity};
+use shoplake_events::time::Clock;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -410,8 +411,12 @@ enum Failure {
 }
 
 impl Notifier {
-    /// Starts a task per channel.
-    pub fn start(settings: &NotifySettings, metrics: Arc<Metrics>) -> Result<Notifier> {
+    /// Starts a task per channel; `clock` stamps webhook signatures.
+    pub fn start(
+        settings: &NotifySettings,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Notifier> {
         let http = reqwest::Client::builder()
             .timeout(settings.delivery.timeout)
             .user_agent(concat!("shoplake/", env!("CARGO_PKG_VERSION")))
@@ -442,6 +447,7 @@ impl Notifier {
                 http: http.clone(),
                 mailer,
                 metrics: metrics.clone(),
+                clock: clock.clone(),
             };
             tasks.push(tokio::spawn(worker.run(rx)));
             senders.push((channel.min_severity, channel.name.clone(), tx));
@@ -472,8 +478,9 @@ impl Notifier {
                     })
                     .inc();
                 tracing::warn!(
-                    "notify channel {name}: queue full, dropped the notice of incident {}",
-                    notice.incident.id
+                    channel = %name,
+                    incident = %notice.incident.id,
+                    "notification queue full: the notice dropped"
                 );
             }
         }
@@ -495,6 +502,7 @@ struct Worker {
     http: reqwest::Client,
     mailer: Option<AsyncSmtpTransport<Tokio1Executor>>,
     metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Worker {
@@ -513,9 +521,11 @@ impl Worker {
                     }
                     Err(Failure::Transient(why)) if attempt < self.delivery.attempts => {
                         tracing::warn!(
-                            "notify channel {} (attempt {attempt}): {why}; retrying in {:?}",
-                            self.channel.name,
-                            delay
+                            channel = %self.channel.name,
+                            attempt,
+                            error = %why,
+                            retry_in = ?delay,
+                            "notification failed: retrying"
                         );
                         self.metrics
                             .notifications_retried
@@ -527,9 +537,11 @@ impl Worker {
                     }
                     Err(Failure::Transient(why) | Failure::Permanent(why)) => {
                         tracing::error!(
-                            "notify channel {}: gave up the notice of incident {} after {attempt} attempt(s): {why}",
-                            self.channel.name,
-                            notice.incident.id
+                            channel = %self.channel.name,
+                            incident = %notice.incident.id,
+                            attempts = attempt,
+                            error = %why,
+                            "notification given up"
                         );
                         self.metrics
                             .notifications_failed
@@ -553,7 +565,7 @@ impl Worker {
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .header(EVENT_HEADER, notice.kind);
                 if let Some(secret) = secret {
-                    let now = chrono::Utc::now().timestamp();
+                    let now = self.clock.now_micros().div_euclid(1_000_000);
                     request = request.header(SIGNATURE_HEADER, signature(secret, now, &body));
                 }
                 http_outcome(request.body(body).send().await)

@@ -5,10 +5,8 @@
 //! `/healthz`, take in events and deliver them. A nice value (`query_nice`; Linux: the nice
 //! value is per thread) lets those threads run first whenever they have work, while queries
 //! get the CPU the rest of the server leaves, and a share of it under load. The share is
-//! against every process on the machine. Off by default ([`QUERY_NICE`] is 0): on the 2-core
-//! machine of `bench/abuse.sh` a query flood's `/healthz` p99 was 90–118 ms with 10 and
-//! 9–109 ms without, so it is a knob for machines where queries should yield to everything,
-//! not a fix.
+//! against every process on the machine. Off by default ([`QUERY_NICE`] is 0): a knob for
+//! machines where queries should yield to everything (the README has what it measured).
 
 /// The nice value of the query runtime's threads unless configured: 0, every thread's own
 /// (19 is the lowest priority).
@@ -26,7 +24,7 @@ pub(crate) fn lower_this_thread(nice: i32) {
             return;
         }
         if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
-            tracing::debug!("could not lower the query thread's priority: {e}");
+            tracing::debug!(error = %e, "could not lower the query thread's priority");
         }
     }
     #[cfg(not(target_os = "linux"))]

@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use arrow::array::{Array, Date32Array};
-use shoplake_detect::{DetectConfig, Detector, Incident};
+use shoplake_detect::{Collected, DetectConfig, Detector, Incident};
+use shoplake_events::SystemClock;
 use shoplake_events::time::{MICROS_PER_DAY, parse_date};
-use shoplake_events::{SystemClock, time};
 use shoplake_query::Engine;
+use shoplake_query::history::{day_events, event_days};
 
 use crate::config::Config;
 use crate::lake_cmd::{Format, LakeArgs, runtime};
@@ -92,7 +92,7 @@ pub fn detect(args: DetectArgs) -> Result<ExitCode> {
     let flag_severity = settings.flag_severity;
     let (incidents, stats) = rt.block_on(async {
         let engine = Engine::open(&lake).await?;
-        let Some((first, last)) = day_range(&engine).await? else {
+        let Some((first, last)) = event_days(&engine).await? else {
             return Ok::<_, anyhow::Error>((Vec::new(), Default::default()));
         };
         let (from, to) = (from.unwrap_or(first), to.unwrap_or(last));
@@ -198,29 +198,6 @@ fn detect_file(
     Ok(incidents)
 }
 
-/// A run's incidents by id, each as its last change left it.
-#[derive(Default)]
-struct Collected(std::collections::BTreeMap<String, Incident>);
-
-impl Collected {
-    /// Takes the detector's changes so far.
-    fn take(&mut self, detector: &mut Detector) {
-        for c in detector.take_changes() {
-            let i = c.incident();
-            self.0.insert(i.id.clone(), i.clone());
-        }
-    }
-
-    /// Ends the bounded input and returns every incident, oldest first.
-    fn finish(mut self, detector: &mut Detector) -> Vec<Incident> {
-        detector.finish();
-        self.take(detector);
-        let mut incidents: Vec<Incident> = self.0.into_values().collect();
-        incidents.sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));
-        incidents
-    }
-}
-
 /// Prints incidents (the detector's or the store's: the same field names) as a table.
 pub fn print_incidents<T: serde::Serialize>(incidents: &[T]) -> Result<()> {
     println!(
@@ -250,53 +227,4 @@ pub fn print_incidents<T: serde::Serialize>(incidents: &[T]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The first and last `event_date` in the lake (days since the epoch).
-async fn day_range(engine: &Engine) -> Result<Option<(i64, i64)>> {
-    let out = engine
-        .query("SELECT MIN(event_date) AS lo, MAX(event_date) AS hi FROM events")
-        .await?;
-    let Some(b) = out.batches.first() else {
-        return Ok(None);
-    };
-    let col = |i: usize| {
-        b.column(i)
-            .as_any()
-            .downcast_ref::<Date32Array>()
-            .filter(|a| !a.is_empty() && !a.is_null(0))
-            .map(|a| i64::from(a.value(0)))
-    };
-    Ok(col(0).zip(col(1)))
-}
-
-/// One UTC day's events in event-time order.
-async fn day_events(engine: &Engine, day: i64) -> Result<Vec<shoplake_events::Event>> {
-    let date = time::format_timestamp(day * MICROS_PER_DAY);
-    let out = engine
-        .query(&format!(
-            "SELECT event_time, event_type, product_id, category_id, category_code, brand, \
-             price, user_id, user_session, client_ip, user_agent, ingest_time, event_id FROM events \
-             WHERE event_date = DATE '{}' ORDER BY event_time",
-            &date[..10]
-        ))
-        .await?;
-    let mut events = Vec::with_capacity(out.rows());
-    let schema = shoplake_events::arrow::event_schema();
-    for b in &out.batches {
-        // The engine reads strings as views: cast back to the event schema's types.
-        let columns = schema
-            .fields()
-            .iter()
-            .map(|f| {
-                let c = b
-                    .column_by_name(f.name())
-                    .with_context(|| format!("no column {}", f.name()))?;
-                Ok(arrow::compute::cast(c, f.data_type())?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let batch = arrow::array::RecordBatch::try_new(schema.clone(), columns)?;
-        events.extend(shoplake_events::arrow::from_record_batch(&batch)?);
-    }
-    Ok(events)
 }

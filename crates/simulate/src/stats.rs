@@ -233,6 +233,7 @@ impl Check {
 impl Facts {
     /// The calibration checks: each fact of DESIGN.md section 2 with its tolerance band.
     /// `remove_share` is the generator's configured share of `remove_from_cart` events.
+    // Long: the table of DESIGN's facts, one entry per checked fact.
     pub fn checks(&self, remove_share: f64) -> Vec<Check> {
         let c = |name, target: &str, lo, hi, value| Check {
             name,

@@ -331,3 +331,57 @@ async fn conformance_kafka() {
     .await
     .unwrap();
 }
+
+/// A commit of consumer positions writes and syncs a file; a read reads segment files. Both
+/// run on blocking threads, never on the async worker that awaits them: a disk slow to sync
+/// must not stop the worker's other tasks (a worker stuck in an `fsync` left `/healthz`
+/// unanswered for hundreds of milliseconds under load). Here the commit's file is a named
+/// pipe, which blocks the commit until something reads it: on a single-threaded runtime,
+/// another task still runs meanwhile.
+#[test]
+fn a_commit_blocked_on_its_file_leaves_the_runtime_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(open(&options(dir.path())));
+    let consumers = dir.path().join("consumers");
+    std::fs::create_dir_all(&consumers).unwrap();
+    let fifo = consumers.join("slow.tmp");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let unblocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opener = {
+        let (fifo, unblocked) = (fifo.clone(), unblocked.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            unblocked.store(true, Ordering::SeqCst);
+            // Opening the read end lets the commit's open (and write) go on.
+            let mut reader = std::fs::File::open(&fifo).unwrap();
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut reader, &mut sink);
+        })
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ticked_while_blocked = rt.block_on(async {
+        let committing = tokio::spawn({
+            let log = log.clone();
+            async move { log.commit("slow", &BTreeMap::from([(0, 1)])).await }
+        });
+        // Let the commit start and block.
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let ticked = !unblocked.load(Ordering::SeqCst);
+        // The commit ends either way once the pipe is read (syncing a pipe may fail).
+        let _ = committing.await.unwrap();
+        ticked
+    });
+    opener.join().unwrap();
+    assert!(
+        ticked_while_blocked,
+        "the runtime's only thread was held by the commit until its file was opened"
+    );
+}

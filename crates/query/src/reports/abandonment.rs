@@ -287,14 +287,26 @@ async fn sessions_from_events(
 }
 
 /// An item: (user, product), its first cart, its first purchase from that cart on.
-type Item = ((i64, i64), Cart, Option<i64>);
+struct Item {
+    user: i64,
+    product: i64,
+    cart: Cart,
+    next_purchase: Option<i64>,
+}
 
 /// Per (user, product): the first cart in the range and every purchase from the range's start
 /// on, as one scan of `events` reads them (one SQL group-by for the carts, computed twice,
 /// once to join with the purchases and once to list the items, cost twice as much).
 #[derive(Default)]
 struct Pairs {
-    pairs: foldhash::HashMap<(i64, i64), (Option<Cart>, Vec<i64>)>,
+    pairs: foldhash::HashMap<(i64, i64), Pair>,
+}
+
+/// A (user, product)'s first cart and its purchase times.
+#[derive(Default)]
+struct Pair {
+    cart: Option<Cart>,
+    purchases: Vec<i64>,
 }
 
 impl Pairs {
@@ -302,18 +314,18 @@ impl Pairs {
         each_cart_or_purchase(b, |_, key, row| {
             let pair = self.pairs.entry(key).or_default();
             match row {
-                CartOrPurchase::Purchase(t) => pair.1.push(t),
-                CartOrPurchase::Cart(t, cents, b, k) => keep_first(&mut pair.0, t, cents, b, k),
+                CartOrPurchase::Purchase(t) => pair.purchases.push(t),
+                CartOrPurchase::Cart(cart) => keep_first(&mut pair.cart, cart),
             }
         })
     }
 
     fn merge(&mut self, other: Pairs) {
-        for (key, (cart, purchases)) in other.pairs {
+        for (key, theirs) in other.pairs {
             let pair = self.pairs.entry(key).or_default();
-            pair.1.extend(purchases);
-            if let Some((t, cents, b, k)) = cart {
-                keep_first(&mut pair.0, t, cents, b.as_deref(), k.as_deref());
+            pair.purchases.extend(theirs.purchases);
+            if let Some(cart) = &theirs.cart {
+                keep_first(&mut pair.cart, cart.row());
             }
         }
     }
@@ -325,33 +337,38 @@ impl Pairs {
         let mut rows: Vec<Item> = self
             .pairs
             .into_iter()
-            .filter_map(|(key, (cart, purchases))| {
-                let cart = cart?;
-                let next = purchases.into_iter().filter(|&p| p >= cart.0).min();
-                Some((key, cart, next))
+            .filter_map(|((user, product), pair)| {
+                let cart = pair.cart?;
+                let next_purchase = pair.purchases.into_iter().filter(|&p| p >= cart.at).min();
+                Some(Item {
+                    user,
+                    product,
+                    cart,
+                    next_purchase,
+                })
             })
             .collect();
-        rows.sort_unstable_by_key(|(key, cart, _)| (key.1, key.0, cart.0));
+        rows.sort_unstable_by_key(|r| (r.product, r.user, r.cart.at));
         let int = |f: &dyn Fn(&Item) -> Option<i64>| {
             std::sync::Arc::new(rows.iter().map(f).collect::<Int64Array>())
                 as arrow::array::ArrayRef
         };
         let columns = vec![
-            int(&|r| Some(r.0.0)),
-            int(&|r| Some(r.0.1)),
-            int(&|r| Some(r.1.0)),
-            int(&|r| Some(r.1.1)),
+            int(&|r| Some(r.user)),
+            int(&|r| Some(r.product)),
+            int(&|r| Some(r.cart.at)),
+            int(&|r| Some(r.cart.cents)),
             std::sync::Arc::new(
                 rows.iter()
-                    .map(|r| r.1.2.as_deref())
+                    .map(|r| r.cart.brand.as_deref())
                     .collect::<StringViewArray>(),
             ) as arrow::array::ArrayRef,
             std::sync::Arc::new(
                 rows.iter()
-                    .map(|r| r.1.3.as_deref())
+                    .map(|r| r.cart.category_code.as_deref())
                     .collect::<StringViewArray>(),
             ),
-            int(&|r| r.2),
+            int(&|r| r.next_purchase),
         ];
         let schema = arrow::datatypes::Schema::new(
             [
@@ -597,10 +614,18 @@ struct Summary {
     run: Option<(i64, ProductAcc)>,
     brands: Names,
     categories: Names,
-    /// Abandoned items `(carted, user, product, price in cents)`: all of them, or with a
-    /// limit the oldest ones in a max-heap.
-    abandoned: BinaryHeap<(i64, i64, i64, i64)>,
+    /// Abandoned items: all of them, or with a limit the oldest ones in a max-heap.
+    abandoned: BinaryHeap<Abandoned>,
     abandoned_total: u64,
+}
+
+/// An abandoned item of the retargeting list, ordered oldest first (then user, product).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Abandoned {
+    carted: i64,
+    user: i64,
+    product: i64,
+    cents: i64,
 }
 
 impl Summary {
@@ -621,7 +646,7 @@ impl Summary {
     }
 
     /// Keeps an abandoned item for the retargeting list (within the limit, the oldest).
-    fn keep(&mut self, item: (i64, i64, i64, i64)) {
+    fn keep(&mut self, item: Abandoned) {
         match self.limit {
             Some(n) if self.abandoned.len() >= n => {
                 if self.abandoned.peek().is_some_and(|top| item < *top) {
@@ -691,7 +716,12 @@ impl Summary {
             }
             let (u, p) = (user.value(i), product.value(i));
             self.abandoned_total += 1;
-            self.keep((t, u, p, cents));
+            self.keep(Abandoned {
+                carted: t,
+                user: u,
+                product: p,
+                cents,
+            });
             let brand = brand
                 .is_valid(i)
                 .then(|| self.brands.add(brand.value(i), 1, cents));
@@ -767,11 +797,11 @@ impl Summary {
         let abandoned = self.abandoned.into_sorted_vec();
         let retarget = abandoned
             .iter()
-            .map(|&(t, user_id, product_id, cents)| Retarget {
-                user_id,
-                product_id,
-                carted_at: format_rfc3339(t),
-                price: money(cents),
+            .map(|a| Retarget {
+                user_id: a.user,
+                product_id: a.product,
+                carted_at: format_rfc3339(a.carted),
+                price: money(a.cents),
             })
             .collect();
         Ok(Abandonment {

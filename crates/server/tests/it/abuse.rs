@@ -10,7 +10,7 @@ use shoplake_events::record::RecordFormat;
 use shoplake_server::{HttpLimits, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{READER, Running, SHOP, Setup, TRACKER, gzip, lake_rows};
+use crate::{READER, Running, SHOP, Setup, TRACKER, gzip, lake_rows, until};
 
 /// One event as a JSON object, with `product_id` making it distinct and `extra` fields set.
 fn object(product: i64, extra: &[(&str, &str)]) -> Value {
@@ -529,7 +529,11 @@ async fn a_far_future_event_does_not_blind_the_detector() {
         )
         .await;
     assert_eq!(status, 200, "{answer}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until("the detector to read the far-future event", async || {
+        let n = s.metric("shoplake_detector_events_total").await?;
+        (n >= 1.0).then_some(())
+    })
+    .await;
     let mut burst = String::new();
     for i in 0..50 {
         let mut o = object(100 + i, &[("event_time", &stamp(now + i * 50_000))]);
@@ -717,7 +721,11 @@ async fn queries_take_turns_within_a_time_limit() {
     };
     let started = Instant::now();
     let first = tokio::spawn(send(slow.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until("the first query to take its turn", async || {
+        let running = s.metric("shoplake_queries_running").await?;
+        (running == 1.0).then_some(())
+    })
+    .await;
     let second = send(slow).await.unwrap();
     assert_eq!(second.status().as_u16(), 429);
     assert!(second.headers().get("retry-after").is_some());

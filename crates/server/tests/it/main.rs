@@ -199,6 +199,24 @@ impl Running {
         }
     }
 
+    /// A metric's value from `GET /metrics` (the first sample whose line starts with
+    /// `name`, labels included), `None` when it is not there.
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let text = reqwest::Client::new()
+            .get(self.url("/metrics"))
+            .bearer_auth(READER)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -308,4 +326,15 @@ async fn get_json(url: &str) -> (u16, Value) {
 
 fn ids(events: &[Event]) -> HashSet<String> {
     events.iter().map(|e| e.event_id().to_string()).collect()
+}
+
+/// Waits for a condition (up to 15 s, polled every 50 ms), instead of sleeping a fixed time.
+async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..300 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
 }

@@ -108,16 +108,6 @@ fn smtp(dir: &Path) -> Smtp {
     panic!("aiosmtpd did not start on port {port}");
 }
 
-async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..300 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incidents_are_notified_and_bots_flagged_until_allow_listed() {
     let dir = tempfile::tempdir().unwrap();

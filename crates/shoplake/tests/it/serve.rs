@@ -299,7 +299,10 @@ fn serve_on_kafka_delivers_a_replay_into_the_lake() {
     let status = terminate(&mut server);
     let log = std::fs::read_to_string(&serve_log).unwrap_or_default();
     assert!(status.success(), "{log}");
-    assert!(log.contains(&format!("Kafka topic {topic}")), "{log}");
+    assert!(
+        log.contains(&format!("event log on Kafka topic={topic}")),
+        "{log}"
+    );
     let (rows, ids) = lake_ids(&data.join("lake"));
     assert_eq!((rows, ids.len()), (1000, 1000));
     assert_eq!(ids, file_ids(&sample));
