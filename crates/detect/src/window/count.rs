@@ -2,114 +2,29 @@
 //! per key, the events in a sliding window of panes. A firing comes as soon as the window's
 //! count crosses a level, not when the window closes; each window fires once per level.
 
-use super::keys::{KeyState, Keyed};
-use super::{RuleCopy, RuleSnapshot, WindowRule, ring};
-use crate::fire::Fire;
+use super::keyed::{Levels, Step, fired_levels};
+use super::keys::KeyState;
+use super::ring;
 use crate::rules::Rule;
-use crate::stats::Stats;
 
+/// Events of a key in its window.
 #[derive(Debug)]
-pub(super) struct CountRule {
-    rule: Rule,
-    keyed: Keyed,
-    fired_value: Option<f64>,
-}
+pub(super) struct Count;
 
-impl CountRule {
-    pub fn new(rule: Rule, max_keys: usize) -> CountRule {
-        let panes = rule.window / rule.slide.max(1);
-        CountRule {
-            keyed: Keyed::new(panes, max_keys),
-            rule,
-            fired_value: None,
-        }
-    }
-}
-
-impl WindowRule for CountRule {
-    fn rule(&self) -> &Rule {
-        &self.rule
-    }
-
-    fn observe(&mut self, key: u64, t: i64, _value: u64, stats: &mut Stats) -> Option<Fire> {
-        self.fired_value = None;
-        let pane = t.div_euclid(self.rule.slide.max(1));
-        let index = self.keyed.enter(key, pane, stats)?;
-        let (st, ring) = self.keyed.get_mut(index);
+impl Step for Count {
+    fn step(
+        &mut self,
+        rule: &Rule,
+        key: &mut KeyState,
+        ring: &mut [(i64, u32)],
+        pane: i64,
+        t: i64,
+        _value: u64,
+    ) -> Levels {
         let at = ring::slot(ring, pane);
         ring[at].1 += 1;
         let count = ring::window_sum(ring, pane);
-        let Levels { fire, fired_value } = fired_levels(&self.rule, st, pane, count, t);
-        self.fired_value = fired_value;
-        fire
-    }
-
-    fn fired_value(&self) -> Option<f64> {
-        self.fired_value
-    }
-
-    fn on_watermark(&mut self, watermark: i64) {
-        self.keyed
-            .evict(watermark.div_euclid(self.rule.slide.max(1)));
-    }
-
-    fn copy(&self) -> RuleCopy {
-        RuleCopy {
-            keys: Some(self.keyed.copy()),
-            ..RuleCopy::new(&self.rule)
-        }
-    }
-
-    fn restore(&mut self, s: RuleSnapshot) -> Result<(), String> {
-        self.fired_value = None;
-        self.keyed.restore(&s.name, s.keys, s.expiry)
-    }
-}
-
-/// What a window's new count means for a key.
-pub(super) struct Levels {
-    /// A firing, when the count crossed a level the window had not reached.
-    pub fire: Option<Fire>,
-    /// The count, when the window had fired before this event.
-    pub fired_value: Option<f64>,
-}
-
-/// The levels the window ending with `pane` crossed with `count` (at time `t`).
-pub(super) fn fired_levels(
-    rule: &Rule,
-    st: &mut KeyState,
-    pane: i64,
-    count: u64,
-    t: i64,
-) -> Levels {
-    let window_end = (pane + 1) * rule.slide.max(1);
-    if window_end != st.fired_end {
-        st.fired_end = window_end;
-        st.fired_level = 0;
-    }
-    let level = rule
-        .levels
-        .iter()
-        .take_while(|l| count as f64 > l.above)
-        .count() as u32;
-    let fired_value = (st.fired_level > 0).then_some(count as f64);
-    if level <= st.fired_level {
-        return Levels {
-            fire: None,
-            fired_value,
-        };
-    }
-    st.fired_level = level;
-    Levels {
-        fire: Some(Fire {
-            window_start: window_end - rule.window,
-            window_end,
-            value: count as f64,
-            severity: rule.levels[level as usize - 1].severity,
-            at: t,
-            events: count,
-        }),
-        fired_value,
+        fired_levels(rule, key, pane, count, t)
     }
 }
 
@@ -117,6 +32,9 @@ pub(super) fn fired_levels(
 mod tests {
     use super::*;
     use crate::rules::{KeyType, Level, Measure, Severity};
+    use crate::stats::Stats;
+    use crate::window::WindowRule;
+    use crate::window::keyed::KeyedRule;
 
     fn burst() -> Rule {
         Rule {
@@ -140,7 +58,7 @@ mod tests {
 
     #[test]
     fn each_level_fires_once_per_window_and_a_new_window_starts_over() {
-        let mut r = CountRule::new(burst(), 100);
+        let mut r = KeyedRule::new(burst(), 100, Count);
         let mut stats = Stats::default();
         let fires: Vec<Option<Severity>> = (0..6)
             .map(|i| r.observe(9, i, 0, &mut stats).map(|f| f.severity))
@@ -168,13 +86,13 @@ mod tests {
 
     #[test]
     fn keys_behind_the_watermark_are_forgotten() {
-        let mut r = CountRule::new(burst(), 100);
+        let mut r = KeyedRule::new(burst(), 100, Count);
         let mut stats = Stats::default();
         r.observe(9, 3, 0, &mut stats);
         r.observe(8, 12, 0, &mut stats);
         r.on_watermark(10);
-        assert_eq!(r.keyed.len(), 1, "key 9's window ended at 10");
+        assert_eq!(r.keys(), 1, "key 9's window ended at 10");
         r.on_watermark(20);
-        assert_eq!(r.keyed.len(), 0);
+        assert_eq!(r.keys(), 0);
     }
 }

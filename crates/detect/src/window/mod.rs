@@ -8,10 +8,12 @@
 //! - [`spike`]: all traffic in tumbling windows against the median of the ones before;
 //! - [`robotic`]: the regularity of the gaps between a session's events, per block.
 //!
-//! The keyed kinds share a slab of key states with a ring of panes each ([`keys`], [`ring`]).
+//! The keyed kinds share [`keyed::KeyedRule`]: a slab of key states with a ring of panes
+//! each ([`keys`], [`ring`]), around the step each kind provides.
 
 mod count;
 mod distinct;
+mod keyed;
 mod keys;
 mod ring;
 mod robotic;
@@ -55,12 +57,17 @@ pub(crate) trait WindowRule: fmt::Debug + Send + Sync {
 /// The windows of `rule`, tracking at most `max_keys` keys.
 pub(crate) fn windows(rule: Rule, max_keys: usize) -> Box<dyn WindowRule> {
     match rule.measure {
-        Measure::Count | Measure::Denied => Box::new(count::CountRule::new(rule, max_keys)),
+        Measure::Count | Measure::Denied => {
+            Box::new(keyed::KeyedRule::new(rule, max_keys, count::Count))
+        }
         Measure::DistinctProductsViewed | Measure::DistinctSessions => {
-            Box::new(distinct::DistinctRule::new(rule, max_keys))
+            Box::new(keyed::KeyedRule::new(rule, max_keys, distinct::Distinct))
         }
         Measure::Spike { .. } => Box::new(spike::SpikeRule::new(rule)),
-        Measure::Robotic { .. } => Box::new(robotic::RoboticRule::new(rule, max_keys)),
+        Measure::Robotic { .. } => {
+            let timing = robotic::Timing::of(&rule);
+            Box::new(keyed::KeyedRule::new(rule, max_keys, timing))
+        }
     }
 }
 

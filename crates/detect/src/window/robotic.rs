@@ -2,68 +2,45 @@
 //! gaps between events vary less than `max_cv` (coefficient of variation) fires. Running
 //! sums of the gaps, no allocation per event.
 
-use super::keys::{KeyState, Keyed};
+use super::keyed::{Levels, Step};
+use super::keys::KeyState;
 use super::state::Robotic;
-use super::{RuleCopy, RuleSnapshot, WindowRule};
 use crate::fire::Fire;
 use crate::rules::{Measure, Rule, Severity};
-use crate::stats::Stats;
 
+/// Blocks of `events` events of a session, robotic below `max_cv`.
 #[derive(Debug)]
-pub(super) struct RoboticRule {
-    rule: Rule,
-    keyed: Keyed,
+pub(super) struct Timing {
     events: usize,
     max_cv: f64,
 }
 
-impl RoboticRule {
-    pub fn new(rule: Rule, max_keys: usize) -> RoboticRule {
-        let (events, max_cv) = match rule.measure {
-            Measure::Robotic { events, max_cv } => (events, max_cv),
-            _ => (usize::MAX, 0.0),
-        };
-        let panes = rule.window / rule.slide.max(1);
-        RoboticRule {
-            keyed: Keyed::new(panes, max_keys),
-            rule,
-            events,
-            max_cv,
+impl Timing {
+    pub fn of(rule: &Rule) -> Timing {
+        match rule.measure {
+            Measure::Robotic { events, max_cv } => Timing { events, max_cv },
+            _ => Timing {
+                events: usize::MAX,
+                max_cv: 0.0,
+            },
         }
     }
 }
 
-impl WindowRule for RoboticRule {
-    fn rule(&self) -> &Rule {
-        &self.rule
-    }
-
-    fn observe(&mut self, key: u64, t: i64, _value: u64, stats: &mut Stats) -> Option<Fire> {
-        let pane = t.div_euclid(self.rule.slide.max(1));
-        let index = self.keyed.enter(key, pane, stats)?;
-        let (st, _) = self.keyed.get_mut(index);
-        let severity = self.rule.levels[0].severity;
-        step(st, t, self.events, self.max_cv, severity)
-    }
-
-    fn fired_value(&self) -> Option<f64> {
-        None
-    }
-
-    fn on_watermark(&mut self, watermark: i64) {
-        self.keyed
-            .evict(watermark.div_euclid(self.rule.slide.max(1)));
-    }
-
-    fn copy(&self) -> RuleCopy {
-        RuleCopy {
-            keys: Some(self.keyed.copy()),
-            ..RuleCopy::new(&self.rule)
+impl Step for Timing {
+    fn step(
+        &mut self,
+        rule: &Rule,
+        key: &mut KeyState,
+        _ring: &mut [(i64, u32)],
+        _pane: i64,
+        t: i64,
+        _value: u64,
+    ) -> Levels {
+        Levels {
+            fire: step(key, t, self.events, self.max_cv, rule.levels[0].severity),
+            fired_value: None,
         }
-    }
-
-    fn restore(&mut self, s: RuleSnapshot) -> Result<(), String> {
-        self.keyed.restore(&s.name, s.keys, s.expiry)
     }
 }
 
@@ -117,6 +94,9 @@ fn step(st: &mut KeyState, t: i64, events: usize, max_cv: f64, severity: Severit
 mod tests {
     use super::*;
     use crate::rules::{KeyType, Level};
+    use crate::stats::Stats;
+    use crate::window::WindowRule;
+    use crate::window::keyed::KeyedRule;
 
     fn rule() -> Rule {
         Rule {
@@ -137,7 +117,11 @@ mod tests {
 
     #[test]
     fn evenly_spaced_events_fire_per_block_and_irregular_ones_do_not() {
-        let mut r = RoboticRule::new(rule(), 10);
+        let mut r = {
+            let rule = rule();
+            let timing = Timing::of(&rule);
+            KeyedRule::new(rule, 10, timing)
+        };
         let mut stats = Stats::default();
         let fires: Vec<bool> = (0..9)
             .map(|i| r.observe(1, i * 1000, 0, &mut stats).is_some())
@@ -157,7 +141,11 @@ mod tests {
 
     #[test]
     fn a_block_at_one_instant_has_no_timing_to_judge() {
-        let mut r = RoboticRule::new(rule(), 10);
+        let mut r = {
+            let rule = rule();
+            let timing = Timing::of(&rule);
+            KeyedRule::new(rule, 10, timing)
+        };
         let mut stats = Stats::default();
         assert!((0..5).all(|_| r.observe(1, 7, 0, &mut stats).is_none()));
     }
