@@ -351,10 +351,12 @@ fn a_commit_blocked_on_its_file_leaves_the_runtime_running() {
         .unwrap();
     assert!(made.success());
     let unblocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ticked_tx, ticked_rx) = std::sync::mpsc::channel::<()>();
     let opener = {
         let (fifo, unblocked) = (fifo.clone(), unblocked.clone());
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(3));
+            // The other task says it ran; past the timeout, it never got the thread.
+            let _ = ticked_rx.recv_timeout(Duration::from_secs(5));
             unblocked.store(true, Ordering::SeqCst);
             // Opening the read end lets the commit's open (and write) go on.
             let mut reader = std::fs::File::open(&fifo).unwrap();
@@ -371,10 +373,10 @@ fn a_commit_blocked_on_its_file_leaves_the_runtime_running() {
             let log = log.clone();
             async move { log.commit("slow", &BTreeMap::from([(0, 1)])).await }
         });
-        // Let the commit start and block.
+        // The commit starts (and blocks) first; then this task must still get the thread.
         tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
         let ticked = !unblocked.load(Ordering::SeqCst);
+        let _ = ticked_tx.send(());
         // The commit ends either way once the pipe is read (syncing a pipe may fail).
         let _ = committing.await.unwrap();
         ticked
