@@ -9,7 +9,7 @@ use std::sync::Arc;
 use shoplake_detect::{Change, Detector, KeyType, Settings, Severity};
 use shoplake_events::{Event, EventType, FixedClock, Price};
 
-use crate::{AlertStore, Cursor, List, Page, Result};
+use crate::{AlertStore, Cursor, List, Page, Result, StoredIncident};
 
 const SEC: i64 = 1_000_000;
 const T0: i64 = 1_569_888_000 * SEC;
@@ -77,6 +77,13 @@ pub async fn incidents_and_lists(store: &dyn AlertStore) -> Result<()> {
     assert_eq!(got.windows as u64, last_of_first.windows);
     assert!(store.get("no-such-id").await?.is_none());
 
+    let second = found_by_key_time_and_severity(store).await?;
+    hand_changes_stick(store, &changes, &second).await?;
+    lists_add_and_remove(store).await
+}
+
+/// The second incident (open, of user 2) found by key, time range and severity.
+async fn found_by_key_time_and_severity(store: &dyn AlertStore) -> Result<StoredIncident> {
     let by_key = store.by_key(KeyType::UserId, "2", 10).await?;
     assert_eq!(by_key.len(), 1);
     assert!(store.by_key(KeyType::UserId, "2", 0).await?.is_empty());
@@ -106,6 +113,15 @@ pub async fn incidents_and_lists(store: &dyn AlertStore) -> Result<()> {
     );
     assert!(store.open(Severity::High, 1000).await?.is_empty());
 
+    Ok(second)
+}
+
+/// Acknowledgements and resolutions by hand survive the detector's later updates.
+async fn hand_changes_stick(
+    store: &dyn AlertStore,
+    changes: &[Change],
+    second: &StoredIncident,
+) -> Result<()> {
     // An acknowledgement survives the detector's next update of the incident.
     assert!(
         store
@@ -137,7 +153,10 @@ pub async fn incidents_and_lists(store: &dyn AlertStore) -> Result<()> {
     assert_eq!(done.resolved_at, Some(T0 + 800 * SEC));
     assert!(store.open(Severity::Low, 1000).await?.is_empty());
 
-    // Lists.
+    Ok(())
+}
+
+async fn lists_add_and_remove(store: &dyn AlertStore) -> Result<()> {
     store
         .set_listed(List::Allow, KeyType::UserId, "42", true, "ops", T0)
         .await?;

@@ -396,13 +396,7 @@ impl<R: BufRead> JsonDecoder<R> {
                     .read_until(b'\n', &mut self.buf)
                     .map_err(Error::io("reading JSON"))?;
                 if n == 0 {
-                    if self.pending.is_empty() {
-                        return Ok(None);
-                    }
-                    let raw = std::mem::take(&mut self.pending);
-                    let err =
-                        FieldError::row("is an incomplete JSON value (the input ends inside it)");
-                    return Ok(Some(Row::Reject(reject(self.pending_line, err, &raw))));
+                    return Ok(self.end_of_input());
                 }
                 self.lines += 1;
             }
@@ -414,16 +408,8 @@ impl<R: BufRead> JsonDecoder<R> {
                 }
                 self.started = true;
                 if chunk.trim_ascii_start().starts_with(b"[") {
-                    self.array = true;
-                    let mut all = chunk.to_vec();
-                    self.input
-                        .read_to_end(&mut all)
-                        .map_err(Error::io("reading JSON"))?;
-                    let mut rows = Vec::new();
-                    let result = decode_array(&all, &self.validator, self.max_rows, &mut rows);
-                    self.queued = rows.into_iter();
-                    result?;
-                    return Ok(self.queued.next());
+                    let head = chunk.to_vec();
+                    return self.read_array(head);
                 }
             }
             if self.pending.is_empty() {
@@ -456,31 +442,60 @@ impl<R: BufRead> JsonDecoder<R> {
             {
                 continue;
             }
-            match serde_json::from_slice::<&RawValue>(&self.pending) {
-                Ok(raw) => {
-                    self.nesting = Nesting::default();
-                    let row = match decode_value(raw.get(), &self.validator) {
-                        Ok(e) => Row::Event(e),
-                        Err(e) => Row::Reject(reject(self.pending_line, e, &self.pending)),
-                    };
-                    self.pending.clear();
-                    return Ok(Some(row));
-                }
-                Err(e) if e.is_eof() && self.pending.len() <= MAX_VALUE_BYTES => continue,
-                Err(e) => {
-                    self.nesting = Nesting::default();
-                    let reason = if e.is_eof() {
-                        format!("is a JSON value larger than {MAX_VALUE_BYTES} bytes")
-                    } else {
-                        format!("is not valid JSON: {e}")
-                    };
-                    let raw = std::mem::take(&mut self.pending);
-                    return Ok(Some(Row::Reject(reject(
-                        self.pending_line,
-                        FieldError::row(reason),
-                        &raw,
-                    ))));
-                }
+            if let Some(row) = self.parse_pending() {
+                return Ok(Some(row));
+            }
+        }
+    }
+
+    /// The end of the input: a value still open there is refused.
+    fn end_of_input(&mut self) -> Option<Row> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let raw = std::mem::take(&mut self.pending);
+        let err = FieldError::row("is an incomplete JSON value (the input ends inside it)");
+        Some(Row::Reject(reject(self.pending_line, err, &raw)))
+    }
+
+    /// An input that is one JSON array: the rest is read and decoded whole (the row limit
+    /// checked while decoding), its rows queued.
+    fn read_array(&mut self, mut all: Vec<u8>) -> Result<Option<Row>> {
+        self.array = true;
+        self.input
+            .read_to_end(&mut all)
+            .map_err(Error::io("reading JSON"))?;
+        let mut rows = Vec::new();
+        let result = decode_array(&all, &self.validator, self.max_rows, &mut rows);
+        self.queued = rows.into_iter();
+        result?;
+        Ok(self.queued.next())
+    }
+
+    /// The open value parsed: its row (an event or a refusal), or `None` while it needs more
+    /// lines.
+    fn parse_pending(&mut self) -> Option<Row> {
+        match serde_json::from_slice::<&RawValue>(&self.pending) {
+            Ok(raw) => {
+                self.nesting = Nesting::default();
+                let row = match decode_value(raw.get(), &self.validator) {
+                    Ok(e) => Row::Event(e),
+                    Err(e) => Row::Reject(reject(self.pending_line, e, &self.pending)),
+                };
+                self.pending.clear();
+                Some(row)
+            }
+            Err(e) if e.is_eof() && self.pending.len() <= MAX_VALUE_BYTES => None,
+            Err(e) => {
+                self.nesting = Nesting::default();
+                let reason = if e.is_eof() {
+                    format!("is a JSON value larger than {MAX_VALUE_BYTES} bytes")
+                } else {
+                    format!("is not valid JSON: {e}")
+                };
+                let raw = std::mem::take(&mut self.pending);
+                let err = FieldError::row(reason);
+                Some(Row::Reject(reject(self.pending_line, err, &raw)))
             }
         }
     }

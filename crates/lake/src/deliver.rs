@@ -22,7 +22,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use serde::{Deserialize, Serialize};
 use shoplake_events::time::MICROS_PER_DAY;
-use shoplake_events::{Event, Validator};
+use shoplake_events::{Event, EventId, Validator};
 use shoplake_log::EventLog;
 
 use crate::dedupe::Dedupe;
@@ -109,6 +109,66 @@ pub struct Pumped {
     pub delivered: Delivered,
     /// The positions now committed (per log partition, the next offset to read).
     pub positions: BTreeMap<u32, u64>,
+}
+
+/// What one pass read from the log: the events and refused rows its records hold, and the
+/// next position of each partition that had any.
+#[derive(Default)]
+struct Read {
+    events: Vec<Event>,
+    refused: Vec<(u32, u64, i64, QuarantinedRow)>,
+    next: BTreeMap<u32, u64>,
+    records: usize,
+    rejected: usize,
+}
+
+impl Read {
+    /// Takes a batch of partition `p`'s records. A record that is neither a valid event nor a
+    /// refused row is never dropped: the collector checks every event as it is stored, so it
+    /// comes from a log written otherwise, and it is kept in quarantine as it is.
+    fn take(&mut self, p: u32, batch: Vec<shoplake_log::Stored>, validator: &Validator) {
+        let Some(last) = batch.last() else { return };
+        self.next.insert(p, last.offset + 1);
+        self.records += batch.len();
+        for r in batch {
+            let refused = if shoplake_log::is_quarantine(&r.key) {
+                match serde_json::from_slice::<QuarantinedRow>(&r.value) {
+                    Ok(row) => row,
+                    Err(e) => {
+                        self.rejected += 1;
+                        tracing::warn!(
+                            partition = p,
+                            offset = r.offset,
+                            error = %e,
+                            "log record is not a refused row: quarantined as it is"
+                        );
+                        let reason = format!("not a refused row: {e}");
+                        unreadable(p, r.offset, None, reason, &r.value)
+                    }
+                }
+            } else {
+                match shoplake_events::record::decode(&r.value, validator) {
+                    Ok(mut e) => {
+                        e.ingest_time.get_or_insert(r.appended_at);
+                        self.events.push(e);
+                        continue;
+                    }
+                    Err(e) => {
+                        self.rejected += 1;
+                        tracing::warn!(
+                            partition = p,
+                            offset = r.offset,
+                            reason = %e.reason,
+                            "log record is not a valid event: quarantined"
+                        );
+                        let field = e.field.map(|f| f.name().to_owned());
+                        unreadable(p, r.offset, field, e.reason, &r.value)
+                    }
+                }
+            };
+            self.refused.push((p, r.offset, r.appended_at, refused));
+        }
+    }
 }
 
 /// A consumer delivering the log into `events`. It keeps the ids of the dates it touches in
@@ -199,10 +259,7 @@ impl Delivery {
     ) -> Result<Pumped> {
         let partitions = log.partitions();
         let done = self.positions(partitions).await?;
-        let mut events = Vec::new();
-        let mut refused = Vec::new();
-        let mut next = BTreeMap::new();
-        let (mut records, mut rejected) = (0, 0);
+        let mut read = Read::default();
         for p in 0..partitions {
             let from = done.get(&p).copied().unwrap_or(0);
             let batch = log
@@ -212,55 +269,15 @@ impl Delivery {
                     context: format!("reading log partition {p}"),
                     source,
                 })?;
-            let Some(last) = batch.last() else { continue };
-            next.insert(p, last.offset + 1);
-            records += batch.len();
-            for r in batch {
-                if shoplake_log::is_quarantine(&r.key) {
-                    match serde_json::from_slice::<QuarantinedRow>(&r.value) {
-                        Ok(row) => refused.push((p, r.offset, r.appended_at, row)),
-                        Err(e) => {
-                            rejected += 1;
-                            tracing::warn!(
-                                partition = p,
-                                offset = r.offset,
-                                error = %e,
-                                "log record is not a refused row: quarantined as it is"
-                            );
-                            let row = unreadable(
-                                p,
-                                r.offset,
-                                None,
-                                format!("not a refused row: {e}"),
-                                &r.value,
-                            );
-                            refused.push((p, r.offset, r.appended_at, row));
-                        }
-                    }
-                    continue;
-                }
-                match shoplake_events::record::decode(&r.value, validator) {
-                    Ok(mut e) => {
-                        e.ingest_time.get_or_insert(r.appended_at);
-                        events.push(e);
-                    }
-                    Err(e) => {
-                        // Never dropped: the collector checks every event as it is stored, so
-                        // this is a log written otherwise; the record is kept in quarantine.
-                        rejected += 1;
-                        tracing::warn!(
-                            partition = p,
-                            offset = r.offset,
-                            reason = %e.reason,
-                            "log record is not a valid event: quarantined"
-                        );
-                        let field = e.field.map(|f| f.name().to_owned());
-                        let row = unreadable(p, r.offset, field, e.reason, &r.value);
-                        refused.push((p, r.offset, r.appended_at, row));
-                    }
-                }
-            }
+            read.take(p, batch, validator);
         }
+        let Read {
+            events,
+            refused,
+            next,
+            records,
+            rejected,
+        } = read;
         if next.is_empty() {
             return Ok(Pumped {
                 positions: done,
@@ -384,44 +401,13 @@ impl Delivery {
         {
             return Ok(Delivered::default());
         }
-        // Files other writers (imports) added since: their dates' ids are reloaded.
-        for f in files(&self.table, Some(EVENT_DATE))? {
-            if self.known.insert(f.path.clone())
-                && let Some(d) = f.partition.as_deref().and_then(date_of_partition)
-            {
-                self.dedupe.forget(d);
-                self.dedupe.staged(d, f.path);
-            }
-        }
-        let mut keep: Vec<Event> = Vec::new();
-        let mut ids = Vec::new();
-        let mut duplicates = 0;
-        for e in events {
-            let date = e.event_time.div_euclid(MICROS_PER_DAY) as i32;
-            if !self.dedupe.is_resident(date) {
-                self.dedupe.load(date).await?;
-            }
-            let id = e.event_id();
-            if self.dedupe.insert(date, e.event_time, id) {
-                keep.push(e.clone());
-                ids.push(id);
-            } else {
-                duplicates += 1;
-            }
-        }
-        let mut adds = Vec::new();
-        if !keep.is_empty() {
-            let batch = shoplake_events::arrow::to_record_batch_with_ids(&keep, &ids)
-                .map_err(|e| Error::Internal(format!("building a batch of events: {e}")))?;
-            let dates: Date32Array = keep
-                .iter()
-                .map(|e| e.event_time.div_euclid(MICROS_PER_DAY) as i32)
-                .collect::<Vec<i32>>()
-                .into();
-            let mut columns = batch.columns().to_vec();
-            columns.push(Arc::new(dates));
-            adds = write_files(&self.table, columns, "events").await?;
-        }
+        self.reload_changed_dates()?;
+        let (keep, ids, duplicates) = self.new_events(events).await?;
+        let adds = if keep.is_empty() {
+            Vec::new()
+        } else {
+            write_events(&self.table, &keep, &ids).await?
+        };
         let staged: Vec<(i32, String)> = adds
             .iter()
             .filter_map(|a| {
@@ -454,6 +440,57 @@ impl Delivery {
             version: Some(version),
         })
     }
+
+    /// Forgets the ids of the dates other writers (imports) added files to since the last
+    /// delivery, so that they are reloaded before they are next checked.
+    fn reload_changed_dates(&mut self) -> Result<()> {
+        for f in files(&self.table, Some(EVENT_DATE))? {
+            if self.known.insert(f.path.clone())
+                && let Some(d) = f.partition.as_deref().and_then(date_of_partition)
+            {
+                self.dedupe.forget(d);
+                self.dedupe.staged(d, f.path);
+            }
+        }
+        Ok(())
+    }
+
+    /// The events not in the lake yet (nor earlier in the batch), their ids, and how many
+    /// were duplicates.
+    async fn new_events(&mut self, events: &[Event]) -> Result<(Vec<Event>, Vec<EventId>, usize)> {
+        let mut keep: Vec<Event> = Vec::new();
+        let mut ids = Vec::new();
+        let mut duplicates = 0;
+        for e in events {
+            let date = e.event_time.div_euclid(MICROS_PER_DAY) as i32;
+            if !self.dedupe.is_resident(date) {
+                self.dedupe.load(date).await?;
+            }
+            let id = e.event_id();
+            if self.dedupe.insert(date, e.event_time, id) {
+                keep.push(e.clone());
+                ids.push(id);
+            } else {
+                duplicates += 1;
+            }
+        }
+        Ok((keep, ids, duplicates))
+    }
+}
+
+/// Writes events with their ids, and their dates as the partition column, as staged Parquet
+/// files of `events`.
+async fn write_events(table: &DeltaTable, events: &[Event], ids: &[EventId]) -> Result<Vec<Add>> {
+    let batch = shoplake_events::arrow::to_record_batch_with_ids(events, ids)
+        .map_err(|e| Error::Internal(format!("building a batch of events: {e}")))?;
+    let dates: Date32Array = events
+        .iter()
+        .map(|e| e.event_time.div_euclid(MICROS_PER_DAY) as i32)
+        .collect::<Vec<i32>>()
+        .into();
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(dates));
+    write_files(table, columns, "events").await
 }
 
 /// Writes columns matching a table's schema as staged Parquet files.

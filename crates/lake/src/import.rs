@@ -1001,25 +1001,8 @@ impl Iterator for Chunks {
 
 impl DecodeContext {
     fn run(mut self, opened: Opened, tx: mpsc::Sender<Msg>) -> Result<Decoded> {
-        // Parsing runs on threads of its own, so that it and the rest of this stage (dedupe,
-        // profile, Arrow) and the writer share both cores. On an error here the parsers are
-        // left to stop at their next send (the reader may be blocked reading stdin).
-        let (chunks, parsers) = if self.json {
-            let rows = JsonDecoder::new(io::BufReader::new(opened.input), self.validator.clone());
-            let (tx, rx) = std::sync::mpsc::sync_channel(2);
-            let parser = spawn("shoplake-parse".into(), move || parse_json(rows, tx))?;
-            (
-                Chunks {
-                    from: vec![rx],
-                    turn: 0,
-                },
-                vec![parser],
-            )
-        } else {
-            let (blocks, layout) =
-                CsvBlockReader::new(opened.input).map_err(|e| input_error(&self.name, e))?;
-            parse_csv(blocks, layout, &self.validator)?
-        };
+        let hash = opened.hash;
+        let (chunks, parsers) = self.parsers(opened.input)?;
         let mut profiler = Profiler::new();
         let mut touched = HashSet::new();
         let mut rejects: Vec<Reject> = Vec::new();
@@ -1041,35 +1024,15 @@ impl DecodeContext {
                 self.dedupe.evict();
             }
             let events = chunk.events;
-            let mut keep = Vec::with_capacity(events.len());
-            let mut dates = Vec::with_capacity(events.len());
-            for (&time, &id) in events.times().iter().zip(events.ids()) {
-                let date = time.div_euclid(MICROS_PER_DAY) as i32;
-                if !self.dedupe.is_resident(date) {
-                    self.runtime.block_on(self.dedupe.load(date))?;
-                    touched.insert(date);
-                }
-                let fresh = self.dedupe.insert(date, time, id);
-                if !fresh {
-                    profiler.duplicate();
-                }
-                keep.push(fresh);
-                dates.push(date);
-            }
             if !events.is_empty() {
+                let (keep, dates) = self.dedupe_chunk(&events, &mut profiler, &mut touched)?;
                 let batch = events
                     .finish()
                     .map_err(|e| Error::Internal(format!("building a batch of events: {e}")))?;
                 profiler.accept_batch(&batch, &keep)?;
                 self.send_events(batch, dates, keep, &tx)?;
             }
-            if let Some(p) = &self.progress {
-                p(ImportProgress {
-                    rows: read,
-                    bytes: self.bytes_read.load(Ordering::Relaxed),
-                    total_bytes: self.total_bytes,
-                });
-            }
+            self.report_progress(read);
         }
         for parser in parsers {
             parser
@@ -1077,19 +1040,73 @@ impl DecodeContext {
                 .map_err(|_| Error::Internal("a parser thread panicked".into()))?;
         }
         self.send_rejects(&mut rejects, &tx)?;
-        if let Some(p) = &self.progress {
-            p(ImportProgress {
-                rows: read,
-                bytes: self.bytes_read.load(Ordering::Relaxed),
-                total_bytes: self.total_bytes,
-            });
-        }
-        let fingerprint = opened.hash.as_deref().map(digest).transpose()?;
+        self.report_progress(read);
+        let fingerprint = hash.as_deref().map(digest).transpose()?;
         Ok(Decoded {
             profiler,
             touched,
             fingerprint,
         })
+    }
+
+    /// Starts the parsers of the input. Parsing runs on threads of its own, so that it and the
+    /// rest of this stage (dedupe, profile, Arrow) and the writer share both cores. On an
+    /// error later the parsers are left to stop at their next send (the reader may be blocked
+    /// reading stdin).
+    fn parsers(
+        &self,
+        input: shoplake_events::io::Input,
+    ) -> Result<(Chunks, Vec<std::thread::JoinHandle<()>>)> {
+        if self.json {
+            let rows = JsonDecoder::new(io::BufReader::new(input), self.validator.clone());
+            let (tx, rx) = std::sync::mpsc::sync_channel(2);
+            let parser = spawn("shoplake-parse".into(), move || parse_json(rows, tx))?;
+            let chunks = Chunks {
+                from: vec![rx],
+                turn: 0,
+            };
+            Ok((chunks, vec![parser]))
+        } else {
+            let (blocks, layout) =
+                CsvBlockReader::new(input).map_err(|e| input_error(&self.name, e))?;
+            parse_csv(blocks, layout, &self.validator)
+        }
+    }
+
+    /// Which rows of a chunk are new (not in the lake, nor earlier in the input), and each
+    /// row's date; loads the ids of dates not in memory (noting them in `touched`).
+    fn dedupe_chunk(
+        &mut self,
+        events: &EventColumns,
+        profiler: &mut Profiler,
+        touched: &mut HashSet<i32>,
+    ) -> Result<(Vec<bool>, Vec<i32>)> {
+        let mut keep = Vec::with_capacity(events.len());
+        let mut dates = Vec::with_capacity(events.len());
+        for (&time, &id) in events.times().iter().zip(events.ids()) {
+            let date = time.div_euclid(MICROS_PER_DAY) as i32;
+            if !self.dedupe.is_resident(date) {
+                self.runtime.block_on(self.dedupe.load(date))?;
+                touched.insert(date);
+            }
+            let fresh = self.dedupe.insert(date, time, id);
+            if !fresh {
+                profiler.duplicate();
+            }
+            keep.push(fresh);
+            dates.push(date);
+        }
+        Ok((keep, dates))
+    }
+
+    fn report_progress(&self, rows: u64) {
+        if let Some(p) = &self.progress {
+            p(ImportProgress {
+                rows,
+                bytes: self.bytes_read.load(Ordering::Relaxed),
+                total_bytes: self.total_bytes,
+            });
+        }
     }
 
     fn send(&self, tx: &mpsc::Sender<Msg>, msg: Msg) -> Result<()> {

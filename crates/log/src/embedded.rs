@@ -591,92 +591,85 @@ impl Writer {
     /// Writes a group, syncs every partition it touched, then publishes it to readers.
     fn commit(&mut self, group: &[Request]) -> Result<Vec<Vec<Position>>> {
         let now = self.options.clock.now_micros();
-        let parts = self.partitions.len() as u32;
-        let mut touched = vec![false; self.partitions.len()];
-        let mut index: Vec<Vec<(u64, u64)>> = vec![Vec::new(); self.partitions.len()];
-        let mut rolled: Vec<Vec<Segment>> = vec![Vec::new(); self.partitions.len()];
+        let mut pending = Pending::new(self.partitions.len());
         let mut out = Vec::with_capacity(group.len());
         for req in group {
-            let mut positions = Vec::with_capacity(req.records.len());
-            for rec in &req.records {
-                let p = partition_for(&rec.key, parts) as usize;
-                let w = &mut self.partitions[p];
-                let buf = &mut self.buffers[p];
-                if w.len + buf.len() as u64 >= self.options.segment_bytes
-                    && w.len + (buf.len() as u64) > 0
-                {
-                    // Close this segment (written and synced now) and start the next.
-                    w.write_and_sync(buf)?;
-                    rolled[p].push(Segment {
-                        base: w.base,
-                        len: w.len,
-                        next: w.next,
-                        newest: w.newest,
-                        index: std::mem::take(&mut index[p]),
-                    });
-                    let file = create_segment(&w.dir, w.next)?;
-                    (w.file, w.base, w.len, w.last_indexed) = (file, w.next, 0, None);
-                    w.newest = i64::MIN;
-                }
-                let pos = w.len + buf.len() as u64;
-                if w.last_indexed.is_none_or(|l| pos >= l + INDEX_EVERY) {
-                    index[p].push((w.next, pos));
-                    w.last_indexed = Some(pos);
-                }
-                segment::encode(buf, w.next, now, &rec.key, &rec.value);
-                positions.push(Position {
-                    partition: p as u32,
-                    offset: w.next,
-                });
-                w.next += 1;
-                w.newest = w.newest.max(now);
-                touched[p] = true;
-            }
+            let positions = req
+                .records
+                .iter()
+                .map(|rec| self.write(rec, now, &mut pending))
+                .collect::<Result<Vec<_>>>()?;
             out.push(positions);
         }
         for (p, w) in self.partitions.iter_mut().enumerate() {
-            if !touched[p] {
-                continue;
+            if pending.touched[p] {
+                w.write_and_sync(&mut self.buffers[p])?;
             }
-            w.write_and_sync(&mut self.buffers[p])?;
         }
         // Durable: readers may see it.
+        self.publish(pending)?;
+        Ok(out)
+    }
+
+    /// Encodes a record into its partition's buffer, first closing the partition's segment
+    /// (written and synced now) when the record would start past its size.
+    fn write(&mut self, rec: &Record, now: i64, pending: &mut Pending) -> Result<Position> {
+        let p = partition_for(&rec.key, self.partitions.len() as u32) as usize;
+        let w = &mut self.partitions[p];
+        let buf = &mut self.buffers[p];
+        if w.len + buf.len() as u64 >= self.options.segment_bytes && w.len + (buf.len() as u64) > 0
+        {
+            w.write_and_sync(buf)?;
+            pending.rolled[p].push(Segment {
+                base: w.base,
+                len: w.len,
+                next: w.next,
+                newest: w.newest,
+                index: std::mem::take(&mut pending.index[p]),
+            });
+            let file = create_segment(&w.dir, w.next)?;
+            (w.file, w.base, w.len, w.last_indexed) = (file, w.next, 0, None);
+            w.newest = i64::MIN;
+        }
+        let pos = w.len + buf.len() as u64;
+        if w.last_indexed.is_none_or(|l| pos >= l + INDEX_EVERY) {
+            pending.index[p].push((w.next, pos));
+            w.last_indexed = Some(pos);
+        }
+        segment::encode(buf, w.next, now, &rec.key, &rec.value);
+        let position = Position {
+            partition: p as u32,
+            offset: w.next,
+        };
+        w.next += 1;
+        w.newest = w.newest.max(now);
+        pending.touched[p] = true;
+        Ok(position)
+    }
+
+    /// Publishes the synced writes to readers: the segments closed, and the growth of the
+    /// one being written.
+    fn publish(&self, mut pending: Pending) -> Result<()> {
         for (p, w) in self.partitions.iter().enumerate() {
-            if !touched[p] {
+            if !pending.touched[p] {
                 continue;
             }
             let mut state = self.shared.partitions[p]
                 .write()
                 .map_err(|_| Error::Stopped("a lock was poisoned".into()))?;
-            for seg in rolled[p].drain(..) {
-                let last = state.segments.last_mut();
-                match last {
-                    Some(l) if l.base == seg.base => {
-                        l.len = seg.len;
-                        l.next = seg.next;
-                        l.newest = seg.newest;
-                        l.index.extend(seg.index);
-                    }
-                    _ => state.segments.push(seg),
-                }
+            for seg in pending.rolled[p].drain(..) {
+                publish_segment(&mut state.segments, seg);
             }
-            match state.segments.last_mut() {
-                Some(l) if l.base == w.base => {
-                    l.len = w.len;
-                    l.next = w.next;
-                    l.newest = w.newest;
-                    l.index.append(&mut index[p]);
-                }
-                _ => state.segments.push(Segment {
-                    base: w.base,
-                    len: w.len,
-                    next: w.next,
-                    newest: w.newest,
-                    index: std::mem::take(&mut index[p]),
-                }),
-            }
+            let open = Segment {
+                base: w.base,
+                len: w.len,
+                next: w.next,
+                newest: w.newest,
+                index: std::mem::take(&mut pending.index[p]),
+            };
+            publish_segment(&mut state.segments, open);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Per partition, the offset every protected consumer has committed past (`u64::MAX`
@@ -737,6 +730,38 @@ impl Writer {
     }
 }
 
+/// What a group's writes changed, per partition, until they are published: whether it was
+/// written to, the index entries added, and the segments closed.
+struct Pending {
+    touched: Vec<bool>,
+    index: Vec<Vec<(u64, u64)>>,
+    rolled: Vec<Vec<Segment>>,
+}
+
+impl Pending {
+    fn new(partitions: usize) -> Pending {
+        Pending {
+            touched: vec![false; partitions],
+            index: vec![Vec::new(); partitions],
+            rolled: vec![Vec::new(); partitions],
+        }
+    }
+}
+
+/// Publishes a segment's state: it updates the last published segment when that is the same
+/// one (grown since), and follows it otherwise.
+fn publish_segment(segments: &mut Vec<Segment>, seg: Segment) {
+    match segments.last_mut() {
+        Some(l) if l.base == seg.base => {
+            l.len = seg.len;
+            l.next = seg.next;
+            l.newest = seg.newest;
+            l.index.extend(seg.index);
+        }
+        _ => segments.push(seg),
+    }
+}
+
 /// Opens a partition directory: scans its segments, cuts a torn tail off the last one, and
 /// opens that one for appending.
 fn recover(dir: &Path) -> Result<(PartitionState, PartitionWriter)> {
@@ -763,38 +788,9 @@ fn recover(dir: &Path) -> Result<(PartitionState, PartitionWriter)> {
                 path.display()
             )));
         }
-        let scan = segment::scan(&path, base, INDEX_EVERY)?;
-        let last = i + 1 == bases.len();
-        if scan.valid_len < scan.file_len {
-            if !last {
-                return Err(Error::Corrupt(format!(
-                    "{}: a damaged record at byte {} (not the tail of the log)",
-                    path.display(),
-                    scan.valid_len
-                )));
-            }
-            tracing::warn!(
-                segment = %path.display(),
-                bytes = scan.file_len - scan.valid_len,
-                after_offset = scan.next_offset,
-                "dropping a torn tail (a crash mid-write)"
-            );
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(io(format!("opening {}", path.display())))?;
-            f.set_len(scan.valid_len)
-                .and_then(|_| f.sync_all())
-                .map_err(io(format!("cutting {}", path.display())))?;
-        }
-        expected = Some(scan.next_offset);
-        segments.push(Segment {
-            base,
-            len: scan.valid_len,
-            next: scan.next_offset,
-            newest: scan.newest,
-            index: scan.index,
-        });
+        let segment = recover_segment(&path, base, i + 1 == bases.len())?;
+        expected = Some(segment.next);
+        segments.push(segment);
     }
     let last = segments
         .last()
@@ -821,6 +817,41 @@ fn recover(dir: &Path) -> Result<(PartitionState, PartitionWriter)> {
         },
         writer,
     ))
+}
+
+/// Scans a segment file. A damaged record is a torn tail when the segment is the `last`:
+/// it is cut off (a crash mid-write); anywhere else the log is corrupt.
+fn recover_segment(path: &Path, base: u64, last: bool) -> Result<Segment> {
+    let scan = segment::scan(path, base, INDEX_EVERY)?;
+    if scan.valid_len < scan.file_len {
+        if !last {
+            return Err(Error::Corrupt(format!(
+                "{}: a damaged record at byte {} (not the tail of the log)",
+                path.display(),
+                scan.valid_len
+            )));
+        }
+        tracing::warn!(
+            segment = %path.display(),
+            bytes = scan.file_len - scan.valid_len,
+            after_offset = scan.next_offset,
+            "dropping a torn tail (a crash mid-write)"
+        );
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io(format!("opening {}", path.display())))?;
+        f.set_len(scan.valid_len)
+            .and_then(|_| f.sync_all())
+            .map_err(io(format!("cutting {}", path.display())))?;
+    }
+    Ok(Segment {
+        base,
+        len: scan.valid_len,
+        next: scan.next_offset,
+        newest: scan.newest,
+        index: scan.index,
+    })
 }
 
 /// Creates an empty segment and makes its name durable.

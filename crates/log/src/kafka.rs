@@ -100,39 +100,178 @@ fn config(options: &KafkaOptions, properties: &[(String, String)]) -> ClientConf
     c
 }
 
+/// Creates the topic unless it exists.
+async fn create_topic(options: &KafkaOptions) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = config(options, &options.consumer_properties)
+        .create()
+        .map_err(kafka("connecting to Kafka"))?;
+    let topic = NewTopic::new(
+        &options.topic,
+        i32::try_from(options.partitions.max(1)).unwrap_or(i32::MAX),
+        TopicReplication::Fixed(options.replication),
+    );
+    let created = admin
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(options.timeout)),
+        )
+        .await
+        .map_err(kafka("creating the topic"))?;
+    for r in created {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => {
+                return Err(Error::Kafka(format!("creating the topic {t}: {code}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The topic's partitions, from its metadata (a new topic's can take a moment to show).
+async fn partition_count(reader: Arc<Mutex<BaseConsumer>>, options: &KafkaOptions) -> Result<u32> {
+    let topic = options.topic.clone();
+    let timeout = options.timeout;
+    blocking(move || {
+        for _ in 0..50 {
+            let r = reader.lock().map_err(|_| poisoned())?;
+            let md = r
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(kafka("reading the topic's metadata"))?;
+            if let Some(t) = md.topics().iter().find(|t| t.name() == topic)
+                && !t.partitions().is_empty()
+            {
+                return Ok(t.partitions().len() as u32);
+            }
+            drop(r);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(Error::Kafka(format!("the topic {topic} has no partitions")))
+    })
+    .await
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Kafka(format!("a Kafka call failed: {e}")))?
 }
 
-impl KafkaLog {
-    /// Connects, creating the topic when it does not exist.
-    pub async fn open(options: KafkaOptions) -> Result<KafkaLog> {
-        let admin: AdminClient<DefaultClientContext> =
-            config(&options, &options.consumer_properties)
-                .create()
-                .map_err(kafka("connecting to Kafka"))?;
-        let topic = NewTopic::new(
-            &options.topic,
-            i32::try_from(options.partitions.max(1)).unwrap_or(i32::MAX),
-            TopicReplication::Fixed(options.replication),
-        );
-        let created = admin
-            .create_topics(
-                [&topic],
-                &AdminOptions::new().operation_timeout(Some(options.timeout)),
-            )
-            .await
-            .map_err(kafka("creating the topic"))?;
-        for r in created {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, code)) => {
-                    return Err(Error::Kafka(format!("creating the topic {t}: {code}")));
+/// One read of a partition, run on the shared reader on a blocking thread.
+struct Fetch {
+    topic: String,
+    partition: i32,
+    from: u64,
+    limit: Limit,
+    keep: bool,
+    timeout: Duration,
+}
+
+impl Fetch {
+    fn run(
+        &self,
+        reader: &Mutex<BaseConsumer>,
+        seen_end: &Mutex<Vec<u64>>,
+    ) -> Result<(Vec<Stored>, u64)> {
+        let p = self.partition;
+        // Every offset known to exist when the read began (appends acknowledged since are
+        // for the next read: chasing them would never end under steady traffic).
+        let known_end = seen_end.lock().map_err(|_| poisoned())?[p as usize];
+        let r = reader.lock().map_err(|_| poisoned())?;
+        // From the record before `from`: it arriving proves `from` is not past the end (a
+        // broker may answer a fetch past its end with nothing at all, not even the end);
+        // nothing arriving within PROBE means it is.
+        let mut tpl = TopicPartitionList::new();
+        let before = Offset::Offset(self.from.saturating_sub(1) as i64);
+        tpl.add_partition_offset(&self.topic, p, before)
+            .map_err(kafka("assigning"))?;
+        r.assign(&tpl).map_err(kafka("assigning"))?;
+        match self.poll_to_end(&r, seen_end, known_end) {
+            Ok(read) => {
+                r.unassign().map_err(kafka("unassigning"))?;
+                Ok(read)
+            }
+            Err(e) => {
+                let _ = r.unassign();
+                Err(e)
+            }
+        }
+    }
+
+    fn poll_to_end(
+        &self,
+        r: &BaseConsumer,
+        seen_end: &Mutex<Vec<u64>>,
+        known_end: u64,
+    ) -> Result<(Vec<Stored>, u64)> {
+        let p = self.partition;
+        let mut out: Vec<Stored> = Vec::new();
+        let mut got = 0;
+        let mut next = self.from;
+        let mut confirmed = self.from == 0;
+        let started = std::time::Instant::now();
+        let deadline = started + self.timeout;
+        while !self.limit.reached(out.len(), got) {
+            if !confirmed && started.elapsed() > PROBE {
+                break;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::Kafka(format!(
+                    "reading partition {p} from offset {}: no end reported within {:?} ({} \
+                     records read)",
+                    self.from,
+                    self.timeout,
+                    out.len()
+                )));
+            }
+            match r.poll(left.min(Duration::from_millis(100))) {
+                None => {}
+                // Only the end of this partition, and only once past every offset known to
+                // exist (a broker's view can lag this process's own acknowledged appends).
+                Some(Err(KafkaError::PartitionEOF(eof))) if eof == p => {
+                    confirmed = true;
+                    if next >= known_end {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => return Err(Error::Kafka(format!("reading: {e}"))),
+                Some(Ok(m)) => {
+                    // Messages still queued from an earlier assignment are not ours.
+                    if m.partition() != p || m.topic() != self.topic {
+                        continue;
+                    }
+                    confirmed = true;
+                    let offset = m.offset().max(0) as u64;
+                    if offset < next {
+                        continue;
+                    }
+                    next = offset + 1;
+                    let mut seen = seen_end.lock().map_err(|_| poisoned())?;
+                    seen[p as usize] = seen[p as usize].max(next);
+                    drop(seen);
+                    if self.keep {
+                        let record = Stored {
+                            offset,
+                            appended_at: m.timestamp().to_millis().unwrap_or(0) * 1000,
+                            key: m.key().unwrap_or_default().to_vec(),
+                            value: m.payload().unwrap_or_default().to_vec(),
+                        };
+                        got += record.size();
+                        out.push(record);
+                    }
                 }
             }
         }
+        Ok((out, next))
+    }
+}
+
+impl KafkaLog {
+    /// Connects, creating the topic when it does not exist.
+    pub async fn open(options: KafkaOptions) -> Result<KafkaLog> {
+        create_topic(&options).await?;
         let mut producer = config(&options, &[]);
         producer
             .set("acks", "all")
@@ -157,29 +296,7 @@ impl KafkaLog {
             .create()
             .map_err(kafka("creating the reader"))?;
         let reader = Arc::new(Mutex::new(reader));
-        let partitions = {
-            let reader = reader.clone();
-            let topic = options.topic.clone();
-            let timeout = options.timeout;
-            blocking(move || {
-                // A new topic's metadata can take a moment to show.
-                for _ in 0..50 {
-                    let r = reader.lock().map_err(|_| poisoned())?;
-                    let md = r
-                        .fetch_metadata(Some(&topic), timeout)
-                        .map_err(kafka("reading the topic's metadata"))?;
-                    if let Some(t) = md.topics().iter().find(|t| t.name() == topic)
-                        && !t.partitions().is_empty()
-                    {
-                        return Ok(t.partitions().len() as u32);
-                    }
-                    drop(r);
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(Error::Kafka(format!("the topic {topic} has no partitions")))
-            })
-            .await?
-        };
+        let partitions = partition_count(reader.clone(), &options).await?;
         Ok(KafkaLog {
             options,
             partitions,
@@ -232,89 +349,17 @@ impl KafkaLog {
         limit: Limit,
         keep: bool,
     ) -> Result<(Vec<Stored>, u64)> {
-        let p = self.check_partition(partition)?;
+        let fetch = Fetch {
+            topic: self.options.topic.clone(),
+            partition: self.check_partition(partition)?,
+            from,
+            limit,
+            keep,
+            timeout: self.options.timeout,
+        };
         let reader = self.reader.clone();
         let seen_end = self.seen_end.clone();
-        let topic = self.options.topic.clone();
-        let timeout = self.options.timeout;
-        blocking(move || {
-            // Every offset known to exist when the read began (appends acknowledged since
-            // are for the next read: chasing them would never end under steady traffic).
-            let known_end = seen_end.lock().map_err(|_| poisoned())?[p as usize];
-            let r = reader.lock().map_err(|_| poisoned())?;
-            // From the record before `from`: it arriving proves `from` is not past the end
-            // (a broker may answer a fetch past its end with nothing at all, not even the
-            // end); nothing arriving within PROBE means it is.
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&topic, p, Offset::Offset(from.saturating_sub(1) as i64))
-                .map_err(kafka("assigning"))?;
-            r.assign(&tpl).map_err(kafka("assigning"))?;
-            let mut out: Vec<Stored> = Vec::new();
-            let mut got = 0;
-            let mut next = from;
-            let mut confirmed = from == 0;
-            let started = std::time::Instant::now();
-            let deadline = started + timeout;
-            while !limit.reached(out.len(), got) {
-                if !confirmed && started.elapsed() > PROBE {
-                    break;
-                }
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    let _ = r.unassign();
-                    return Err(Error::Kafka(format!(
-                        "reading partition {p} from offset {from}: no end reported within \
-                         {timeout:?} ({} records read)",
-                        out.len()
-                    )));
-                }
-                match r.poll(left.min(Duration::from_millis(100))) {
-                    None => {}
-                    // Only the end of this partition, and only once past every offset known
-                    // to exist (a broker's view can lag this process's own acknowledged
-                    // appends).
-                    Some(Err(KafkaError::PartitionEOF(eof))) if eof == p => {
-                        confirmed = true;
-                        if next >= known_end {
-                            break;
-                        }
-                    }
-                    Some(Err(KafkaError::PartitionEOF(_))) => {}
-                    Some(Err(e)) => {
-                        let _ = r.unassign();
-                        return Err(Error::Kafka(format!("reading: {e}")));
-                    }
-                    Some(Ok(m)) => {
-                        let offset = m.offset().max(0) as u64;
-                        // Messages still queued from an earlier assignment are not ours.
-                        if m.partition() != p || m.topic() != topic {
-                            continue;
-                        }
-                        confirmed = true;
-                        if offset < next {
-                            continue;
-                        }
-                        next = offset + 1;
-                        let mut seen = seen_end.lock().map_err(|_| poisoned())?;
-                        seen[p as usize] = seen[p as usize].max(next);
-                        drop(seen);
-                        if keep {
-                            let record = Stored {
-                                offset,
-                                appended_at: m.timestamp().to_millis().unwrap_or(0) * 1000,
-                                key: m.key().unwrap_or_default().to_vec(),
-                                value: m.payload().unwrap_or_default().to_vec(),
-                            };
-                            got += record.size();
-                            out.push(record);
-                        }
-                    }
-                }
-            }
-            r.unassign().map_err(kafka("unassigning"))?;
-            Ok((out, next))
-        })
-        .await
+        blocking(move || fetch.run(&reader, &seen_end)).await
     }
 
     fn group(&self, consumer: &str) -> Result<Arc<BaseConsumer>> {

@@ -172,14 +172,20 @@ impl Engine {
         if self.bot_flags_version.is_none() {
             return Ok(false);
         }
-        let out = self.run("SELECT COUNT(*) AS n FROM bot_flags").await?;
-        let n = out
+        let n = self
+            .scalar_i64("SELECT COUNT(*) AS n FROM bot_flags", "n")
+            .await?;
+        Ok(n.unwrap_or(0) > 0)
+    }
+
+    /// The first row's integer `column` of a query's answer (`None` for no row or a null).
+    pub(crate) async fn scalar_i64(&self, sql: &str, column: &str) -> Result<Option<i64>> {
+        let out = self.run(sql).await?;
+        Ok(out
             .batches
             .first()
-            .and_then(|b| crate::columns::Columns::new(b).i64("n").ok())
-            .and_then(|v| v.first().copied().flatten())
-            .unwrap_or(0);
-        Ok(n > 0)
+            .and_then(|b| crate::columns::Columns::new(b).i64(column).ok())
+            .and_then(|v| v.first().copied().flatten()))
     }
 
     /// The DataFusion session.

@@ -255,16 +255,8 @@ async fn daily_rows(
             d = day(&format!("local_day(first, {z})"))
         ))
         .await?;
-    let newest = engine
-        .run(&format!(
-            "SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM {events}"
-        ))
-        .await?;
-    let newest = newest
-        .batches
-        .first()
-        .and_then(|b| Columns::new(b).i64("newest").ok())
-        .and_then(|v| v.first().copied().flatten());
+    let newest_sql = format!("SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM {events}");
+    let newest = engine.scalar_i64(&newest_sql, "newest").await?;
 
     let mut by_day: BTreeMap<i64, DailyRow> = BTreeMap::new();
     fill(
@@ -283,6 +275,17 @@ async fn daily_rows(
     fill(&mut by_day, &sessions, &names, false, |r, v| {
         (r.session_starts, r.cart_sessions, r.abandoned_sessions) = (v[0], v[1], v[2]);
     })?;
+    daily_batch(zone, version, flags, newest, &by_day)
+}
+
+/// `mart_daily`'s rows of a zone, stamped with the versions and layout they reflect.
+fn daily_batch(
+    zone: &str,
+    version: i64,
+    flags: Option<i64>,
+    newest: Option<i64>,
+    by_day: &BTreeMap<i64, DailyRow>,
+) -> Result<RecordBatch> {
     let n = by_day.len();
     let column = |of: fn(&DailyRow) -> i64| -> ArrayRef {
         Arc::new(Int64Array::from(

@@ -209,6 +209,33 @@ struct Outputs {
     clock: Arc<dyn Clock>,
 }
 
+/// The checkpoints the options ask for, if any.
+fn checkpoints(options: &DetectionOptions) -> Option<Checkpoints> {
+    let (path, every) = (
+        options.checkpoint.as_ref()?,
+        options.settings.checkpoint_every?,
+    );
+    let every = Duration::from_micros(u64::try_from(every).unwrap_or(0));
+    Some(Checkpoints::new(path.clone(), every))
+}
+
+/// The detector's positions as last recorded in the log: a round that moved nothing records
+/// nothing (each commit writes and syncs a file on the embedded log).
+#[derive(Default)]
+struct Recorded(Option<BTreeMap<u32, u64>>);
+
+impl Recorded {
+    async fn commit(&mut self, log: &dyn EventLog, positions: BTreeMap<u32, u64>) {
+        if self.0.as_ref() == Some(&positions) {
+            return;
+        }
+        match log.commit(CONSUMER, &positions).await {
+            Ok(()) => self.0 = Some(positions),
+            Err(e) => tracing::warn!(error = %e, "recording the detector's log positions"),
+        }
+    }
+}
+
 async fn run(
     lake: &Lake,
     log: Arc<dyn EventLog>,
@@ -219,19 +246,12 @@ async fn run(
 ) -> Result<()> {
     let log = log.as_ref();
     let (mut detector, mut positions, mut again) = start(lake, log, options, &out.clock).await?;
-    let mut checkpoints = match (&options.checkpoint, options.settings.checkpoint_every) {
-        (Some(path), Some(every)) => Some(Checkpoints::new(
-            path.clone(),
-            Duration::from_micros(u64::try_from(every).unwrap_or(0)),
-        )),
-        _ => None,
-    };
+    let mut checkpoints = checkpoints(options);
     let validator = Validator::default();
     let mut lists = ListsPoll::default();
     let mut counted = Counted::default();
     let partitions = log.partitions();
-    // The positions last recorded in the log: a round that moved nothing records nothing.
-    let mut recorded: Option<BTreeMap<u32, u64>> = None;
+    let mut recorded = Recorded::default();
     let limit = Limit::new(
         options.max_per_partition,
         ROUND_BYTES / usize::try_from(partitions.max(1)).unwrap_or(1),
@@ -254,19 +274,13 @@ async fn run(
         detector.end_round(now, drain);
         counted.export(&detector, metrics, partitions);
         if let Some(newest) = round.newest_ingest {
-            let lag = (now - newest).max(0);
-            metrics.detector_lag.set(lag as f64 / 1e6);
+            metrics.detector_lag.set((now - newest).max(0) as f64 / 1e6);
         }
         record(options, metrics, out, detector.take_changes(), recheck).await;
         // A restart reads again from the oldest event still held, so that the rules keyed
         // across users miss nothing.
         let commit = resume_positions(&positions, detector.oldest_held());
-        if recorded.as_ref() != Some(&commit) {
-            match log.commit(CONSUMER, &commit).await {
-                Ok(()) => recorded = Some(commit),
-                Err(e) => tracing::warn!(error = %e, "recording the detector's log positions"),
-            }
-        }
+        recorded.commit(log, commit).await;
         if let Some(c) = &mut checkpoints {
             c.after_round(&detector, &positions, lake, metrics, drain)
                 .await;

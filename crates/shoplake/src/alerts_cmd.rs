@@ -160,41 +160,9 @@ pub fn alerts(args: AlertsArgs) -> Result<ExitCode> {
             .with_context(|| format!("opening the alert store {url}"))?;
         let now = chrono::Utc::now().timestamp_micros();
         match args.command {
-            AlertsCommand::List {
-                status,
-                severity,
-                key_type: kt,
-                key,
-                from,
-                to,
-            } => {
-                let min = Severity::parse(&severity).unwrap_or(Severity::Low);
-                let mut out = match (kt, key) {
-                    (Some(t), Some(k)) => store.by_key(key_type(&t)?, &k, usize::MAX).await?,
-                    _ if status == "open" => store.open(min, usize::MAX).await?,
-                    _ => {
-                        let from = time_arg("from", &from, i64::MIN)?;
-                        let to = time_arg("to", &to, i64::MAX)?;
-                        store
-                            .between(from, to, &shoplake_alerts::Page::all())
-                            .await?
-                    }
-                };
-                out.retain(|i| Severity::parse(&i.severity).unwrap_or(Severity::Low) >= min);
-                print(&out, args.format)?;
-            }
+            command @ AlertsCommand::List { .. } => list(&store, command, args.format).await?,
             AlertsCommand::Show { id } => match store.get(&id).await? {
-                Some(i) => match args.format {
-                    Format::Json => println!("{}", serde_json::to_string_pretty(&i)?),
-                    Format::Text => {
-                        for (k, v) in serde_json::to_value(&i)?.as_object().into_iter().flatten() {
-                            println!(
-                                "{k:>16}  {}",
-                                v.as_str().map_or(v.to_string(), str::to_owned)
-                            );
-                        }
-                    }
-                },
+                Some(i) => show(&i, args.format)?,
                 None => bail!("no incident {id}"),
             },
             AlertsCommand::Ack { id, by } => {
@@ -219,28 +187,81 @@ pub fn alerts(args: AlertsArgs) -> Result<ExitCode> {
                 }
             }
             AlertsCommand::Deny(l) => change(&store, List::Deny, l, now).await?,
-            AlertsCommand::Lists => {
-                let listed = store.listed().await?;
-                match args.format {
-                    Format::Json => println!("{}", serde_json::to_string_pretty(&listed)?),
-                    Format::Text => {
-                        for l in listed {
-                            println!(
-                                "{:<6} {:<10} {:<40} by {} at {}",
-                                l.list.as_str(),
-                                l.key_type,
-                                l.key,
-                                l.added_by,
-                                format_timestamp(l.added_at)
-                            );
-                        }
-                    }
-                }
-            }
+            AlertsCommand::Lists => print_lists(&store.listed().await?, args.format)?,
         }
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `alerts list`: incidents by key, the open ones, or those in a time range, at or above a
+/// severity.
+async fn list(store: &SqlStore, command: AlertsCommand, format: Format) -> Result<()> {
+    let AlertsCommand::List {
+        status,
+        severity,
+        key_type: kt,
+        key,
+        from,
+        to,
+    } = command
+    else {
+        return Ok(());
+    };
+    let min = Severity::parse(&severity).unwrap_or(Severity::Low);
+    let mut out = match (kt, key) {
+        (Some(t), Some(k)) => store.by_key(key_type(&t)?, &k, usize::MAX).await?,
+        _ if status == "open" => store.open(min, usize::MAX).await?,
+        _ => {
+            let from = time_arg("from", &from, i64::MIN)?;
+            let to = time_arg("to", &to, i64::MAX)?;
+            store
+                .between(from, to, &shoplake_alerts::Page::all())
+                .await?
+        }
+    };
+    out.retain(|i| Severity::parse(&i.severity).unwrap_or(Severity::Low) >= min);
+    print(&out, format)
+}
+
+/// `alerts show`: one incident, field by field.
+fn show(incident: &StoredIncident, format: Format) -> Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(incident)?),
+        Format::Text => {
+            for (k, v) in serde_json::to_value(incident)?
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                println!(
+                    "{k:>16}  {}",
+                    v.as_str().map_or(v.to_string(), str::to_owned)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `alerts lists`: the allow- and deny-lists.
+fn print_lists(listed: &[shoplake_alerts::Listed], format: Format) -> Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(listed)?),
+        Format::Text => {
+            for l in listed {
+                println!(
+                    "{:<6} {:<10} {:<40} by {} at {}",
+                    l.list.as_str(),
+                    l.key_type,
+                    l.key,
+                    l.added_by,
+                    format_timestamp(l.added_at)
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes an allow-listed user's bot flags from the lake, when there is one (a running

@@ -52,53 +52,117 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
         std::fs::remove_dir_all(data).with_context(|| format!("deleting {}", data.display()))?;
     }
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let live = data.join("live.csv");
+    prepare(&exe, &args, &live)?;
+    let mut server = start_server(&exe, &args)?;
+    let token = std::fs::read_to_string(data.join("admin.token"))
+        .context("reading the admin token serve created")?
+        .trim()
+        .to_owned();
+    let url = format!("http://{}", args.listen);
+    let mut replay = Command::new(&exe)
+        .args(["replay", path(&live)?, "--url", &url, "--data", path(data)?])
+        .args([
+            "--rate",
+            &args.rate.to_string(),
+            "--restamp",
+            "--connections",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(data.join("replay.log"))?)
+        .spawn()
+        .context("starting the live replay")?;
+    // The handlers go in before the banner: a Ctrl-C right after it stops the demo cleanly.
+    let rt = runtime()?;
+    let interrupted = {
+        let _entered = rt.enter();
+        crate::signals::shutdown()?
+    };
+    banner(&args, &url, &token)?;
+
+    rt.block_on(async {
+        let attacks = tokio::spawn(attack_loop(url.clone(), token.clone()));
+        let stopped = tokio::select! {
+            _ = interrupted => false,
+            () = wait_exit(&mut server) => true,
+        };
+        attacks.abort();
+        if stopped {
+            bail!(
+                "serve stopped on its own: see {}",
+                data.join("serve.log").display()
+            );
+        }
+        Ok(())
+    })?;
+    eprintln!("demo: stopping …");
+    let _ = replay.kill();
+    let _ = replay.wait();
+    stop(&mut server)?;
+    eprintln!(
+        "demo: stopped; the data stays in {} (`shoplake demo` reuses it, --reset starts over)",
+        data.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Generates the history (imported and judged for bots) and the live traffic, unless an
+/// earlier run left them complete.
+fn prepare(exe: &Path, args: &DemoArgs, live: &Path) -> Result<()> {
+    let data = &args.data;
     let lake = data.join("lake");
     let history = data.join("history.csv");
-    let live = data.join("live.csv");
     let ready = data.join("demo.ready");
     if ready.exists() {
         eprintln!(
             "demo: reusing the data in {} (run with --reset to start over)",
             data.display()
         );
-    } else {
-        eprintln!(
-            "demo: generating {} days of shop traffic with attacks ({} events) …",
-            args.days, args.events
-        );
-        let days = args.days.to_string();
-        let events = args.events.to_string();
-        let generate = |out: &Path, seed: &str| -> Result<()> {
-            run(
-                &exe,
-                &[
-                    "generate",
-                    "--days",
-                    &days,
-                    "--events",
-                    &events,
-                    "--seed",
-                    seed,
-                    "--network-fields",
-                    "--attacks",
-                    "default",
-                    "--out",
-                    path(out)?,
-                ],
-            )
-        };
-        generate(&history, "7")?;
-        eprintln!("demo: importing them into {} …", lake.display());
-        run(&exe, &["import", path(&history)?, "--lake", path(&lake)?])?;
-        eprintln!("demo: judging the history for bots (bot_flags) …");
-        run(&exe, &["detect", "--flag", "--lake", path(&lake)?])?;
-        generate(&live, "8")?;
-        std::fs::write(&ready, "the demo data is complete\n")?;
+        return Ok(());
     }
-    // Embedded defaults, whatever shoplake.toml the working directory holds.
+    eprintln!(
+        "demo: generating {} days of shop traffic with attacks ({} events) …",
+        args.days, args.events
+    );
+    let days = args.days.to_string();
+    let events = args.events.to_string();
+    let generate = |out: &Path, seed: &str| -> Result<()> {
+        run(
+            exe,
+            &[
+                "generate",
+                "--days",
+                &days,
+                "--events",
+                &events,
+                "--seed",
+                seed,
+                "--network-fields",
+                "--attacks",
+                "default",
+                "--out",
+                path(out)?,
+            ],
+        )
+    };
+    generate(&history, "7")?;
+    eprintln!("demo: importing them into {} …", lake.display());
+    run(exe, &["import", path(&history)?, "--lake", path(&lake)?])?;
+    eprintln!("demo: judging the history for bots (bot_flags) …");
+    run(exe, &["detect", "--flag", "--lake", path(&lake)?])?;
+    generate(live, "8")?;
+    std::fs::write(&ready, "the demo data is complete\n")?;
+    Ok(())
+}
+
+/// Starts `serve` on the embedded defaults (whatever shoplake.toml the working directory
+/// holds) and waits until it listens.
+fn start_server(exe: &Path, args: &DemoArgs) -> Result<Child> {
+    let data = &args.data;
     let config = data.join("demo.toml");
     std::fs::write(&config, "# shoplake demo: the embedded defaults\n")?;
-    let mut server = Command::new(&exe)
+    let mut server = Command::new(exe)
         .args([
             "serve",
             "--data",
@@ -126,30 +190,12 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let token = std::fs::read_to_string(data.join("admin.token"))
-        .context("reading the admin token serve created")?
-        .trim()
-        .to_owned();
-    let url = format!("http://{}", args.listen);
-    let mut replay = Command::new(&exe)
-        .args(["replay", path(&live)?, "--url", &url, "--data", path(data)?])
-        .args([
-            "--rate",
-            &args.rate.to_string(),
-            "--restamp",
-            "--connections",
-            "2",
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(data.join("replay.log"))?)
-        .spawn()
-        .context("starting the live replay")?;
-    // The handlers go in before the banner: a Ctrl-C right after it stops the demo cleanly.
-    let rt = runtime()?;
-    let interrupted = {
-        let _entered = rt.enter();
-        crate::signals::shutdown()?
-    };
+    Ok(server)
+}
+
+/// What the demo prints once it runs.
+fn banner(args: &DemoArgs, url: &str, token: &str) -> Result<()> {
+    let data = &args.data;
     let mut out = std::io::stdout().lock();
     writeln!(out, "\nshoplake demo is running")?;
     writeln!(out, "  dashboard: {url}/")?;
@@ -171,32 +217,7 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
         data.display()
     )?;
     out.flush()?;
-    drop(out);
-
-    rt.block_on(async {
-        let attacks = tokio::spawn(attack_loop(url.clone(), token.clone()));
-        let stopped = tokio::select! {
-            _ = interrupted => false,
-            () = wait_exit(&mut server) => true,
-        };
-        attacks.abort();
-        if stopped {
-            bail!(
-                "serve stopped on its own: see {}",
-                data.join("serve.log").display()
-            );
-        }
-        Ok(())
-    })?;
-    eprintln!("demo: stopping …");
-    let _ = replay.kill();
-    let _ = replay.wait();
-    stop(&mut server)?;
-    eprintln!(
-        "demo: stopped; the data stays in {} (`shoplake demo` reuses it, --reset starts over)",
-        data.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn path(p: &Path) -> Result<&str> {

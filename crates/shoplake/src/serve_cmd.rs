@@ -84,25 +84,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         // Before anything listens: a signal from then on stops serve cleanly.
         let stop = crate::signals::shutdown()?;
         let detection = if detect {
-            std::fs::create_dir_all(&args.data)
-                .with_context(|| format!("creating {}", args.data.display()))?;
-            let url = &alerts.url;
-            let store = shoplake_alerts::SqlStore::open(url)
-                .await
-                .with_context(|| format!("opening the alert store {url}"))?;
-            tracing::info!(
-                rules = settings.rules.len(),
-                store = %url,
-                "detection on"
-            );
-            Some(shoplake_server::DetectionOptions {
-                settings,
-                store: Arc::new(store),
-                max_per_partition: 100_000,
-                notify,
-                retain_resolved: alerts.retain_resolved,
-                checkpoint: Some(args.data.join("detector").join("checkpoint")),
-            })
+            Some(detection(&args.data, &alerts, settings, notify).await?)
         } else {
             None
         };
@@ -130,6 +112,33 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Detection's options: the alert store opened, the checkpoint under `data`.
+async fn detection(
+    data: &std::path::Path,
+    alerts: &shoplake_alerts::AlertsSettings,
+    settings: shoplake_detect::Settings,
+    notify: shoplake_server::notify::NotifySettings,
+) -> Result<shoplake_server::DetectionOptions> {
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let url = &alerts.url;
+    let store = shoplake_alerts::SqlStore::open(url)
+        .await
+        .with_context(|| format!("opening the alert store {url}"))?;
+    tracing::info!(
+        rules = settings.rules.len(),
+        store = %url,
+        "detection on"
+    );
+    Ok(shoplake_server::DetectionOptions {
+        settings,
+        store: Arc::new(store),
+        max_per_partition: 100_000,
+        notify,
+        retain_resolved: alerts.retain_resolved,
+        checkpoint: Some(data.join("detector").join("checkpoint")),
+    })
 }
 
 /// The configured tokens, or the admin token kept in `DATA/admin.token` (created and

@@ -216,6 +216,57 @@ fn brand_name(seed: u64, i: usize) -> String {
     name
 }
 
+/// Products per category: popular categories have more products.
+fn products_per_category(weights: &[f64]) -> Vec<usize> {
+    let per_category: Vec<usize> = weights
+        .iter()
+        .map(|w| ((w.powf(0.75)) * PRODUCTS as f64 * 1.6).max(3.0) as usize)
+        .collect();
+    let total: usize = per_category.iter().sum();
+    per_category
+        .iter()
+        .map(|&n| (n * PRODUCTS / total).max(3))
+        .collect()
+}
+
+/// Brands live mostly in one level-1 category: each brand's home, and the popularity of the
+/// brands at home in each level-1 category and overall.
+struct BrandHomes {
+    by_level1: Vec<Vec<usize>>,
+    cdfs: Vec<Cdf>,
+    global: Cdf,
+}
+
+impl BrandHomes {
+    fn new(seed: u64) -> BrandHomes {
+        let mut by_level1: Vec<Vec<usize>> = vec![Vec::new(); LEVEL1.len()];
+        for b in 0..BRAND_COUNT {
+            let home = (hash(seed, 12, b as u64) % LEVEL1.len() as u64) as usize;
+            by_level1[home].push(b);
+        }
+        let cdfs = by_level1
+            .iter()
+            .map(|l| Cdf::zipf(l.len().max(1), 1.1))
+            .collect();
+        BrandHomes {
+            by_level1,
+            cdfs,
+            global: Cdf::zipf(BRAND_COUNT, 1.0),
+        }
+    }
+
+    /// Product `idx`'s brand: 85 % one at home in its level-1 category, else any.
+    fn pick(&self, seed: u64, idx: usize, level1: usize) -> usize {
+        let u = unit(hash(seed, 5, idx as u64));
+        let list = &self.by_level1[level1];
+        if unit(hash(seed, 4, idx as u64)) < 0.85 && !list.is_empty() {
+            list[self.cdfs[level1].pick(u)]
+        } else {
+            self.global.pick(u)
+        }
+    }
+}
+
 impl Catalog {
     /// Builds the catalogue for a seed.
     pub fn new(seed: u64) -> Catalog {
@@ -224,29 +275,9 @@ impl Catalog {
         let uncoded = diffuse(&weights, CATEGORY_CODE_NULL);
         let code_cdf = Cdf::zipf(CODES.len(), 0.9);
 
-        // Products per category: popular categories have more products.
-        let per_category: Vec<usize> = weights
-            .iter()
-            .map(|w| ((w.powf(0.75)) * PRODUCTS as f64 * 1.6).max(3.0) as usize)
-            .collect();
-        let total: usize = per_category.iter().sum();
-        let per_category: Vec<usize> = per_category
-            .iter()
-            .map(|&n| (n * PRODUCTS / total).max(3))
-            .collect();
-
+        let per_category = products_per_category(&weights);
         let brands: Vec<String> = (0..BRAND_COUNT).map(|i| brand_name(seed, i)).collect();
-        // Brands live mostly in one level-1 category.
-        let mut brands_by_level1: Vec<Vec<usize>> = vec![Vec::new(); LEVEL1.len()];
-        for b in 0..BRAND_COUNT {
-            let home = (hash(seed, 12, b as u64) % LEVEL1.len() as u64) as usize;
-            brands_by_level1[home].push(b);
-        }
-        let brand_cdfs: Vec<Cdf> = brands_by_level1
-            .iter()
-            .map(|l| Cdf::zipf(l.len().max(1), 1.1))
-            .collect();
-        let global_brand_cdf = Cdf::zipf(BRAND_COUNT, 1.0);
+        let homes = BrandHomes::new(seed);
 
         let mut categories = Vec::with_capacity(CATEGORIES);
         let mut products = Vec::with_capacity(PRODUCTS);
@@ -274,20 +305,10 @@ impl Catalog {
                 let price = price_level * (0.8 * normal(ph)).exp();
                 let price_cents =
                     ((price * 100.0).round() as i64).clamp(PRICE_FLOOR_CENTS, PRICE_CAP_CENTS);
-                let brand = if unit(hash(seed, 4, idx as u64)) < 0.85 {
-                    let list = &brands_by_level1[level1];
-                    if list.is_empty() {
-                        global_brand_cdf.pick(unit(hash(seed, 5, idx as u64)))
-                    } else {
-                        list[brand_cdfs[level1].pick(unit(hash(seed, 5, idx as u64)))]
-                    }
-                } else {
-                    global_brand_cdf.pick(unit(hash(seed, 5, idx as u64)))
-                };
                 products.push(Product {
                     id: 1_000_000 + (idx as i64) * 313 + (ph % 313) as i64,
                     category: i,
-                    brand: Some(brand),
+                    brand: Some(homes.pick(seed, idx, level1)),
                     price_cents,
                 });
                 product_weights.push(weights[i] * product_cdf.weight(p));

@@ -133,6 +133,36 @@ fn mean_weight(start: i64, days: u32) -> f64 {
     sum / hours as f64
 }
 
+/// What an organic session sets out to do.
+#[derive(Clone, Copy, PartialEq)]
+enum Intent {
+    Browse,
+    CartOnly,
+    PurchaseOnly,
+    CartPurchase,
+}
+
+impl Intent {
+    /// A buyer's or another user's intent from a uniform draw `u`.
+    fn of(buyer: bool, u: f64) -> Intent {
+        if buyer {
+            if u < BUYER_CART_PURCHASE {
+                Intent::CartPurchase
+            } else if u < BUYER_CART_PURCHASE + BUYER_PURCHASE_ONLY {
+                Intent::PurchaseOnly
+            } else if u < BUYER_CART_PURCHASE + BUYER_PURCHASE_ONLY + BUYER_CART_ONLY {
+                Intent::CartOnly
+            } else {
+                Intent::Browse
+            }
+        } else if u < OTHER_CART_ONLY {
+            Intent::CartOnly
+        } else {
+            Intent::Browse
+        }
+    }
+}
+
 impl Generator {
     /// Plans a run. Fails when the options do not make sense together.
     pub fn new(opts: &Options) -> Result<Generator, Error> {
@@ -404,32 +434,10 @@ impl Generator {
 
     /// Plans one shopper's session starting at `t0` and queues its events.
     fn organic_session(&mut self, t0: i64) {
-        #[derive(Clone, Copy, PartialEq)]
-        enum Intent {
-            Browse,
-            CartOnly,
-            PurchaseOnly,
-            CartPurchase,
-        }
         let user = self.pick_user(t0);
         let user_id = self.user_id(user);
         let buyer = unit(hash(self.seed, 31, user)) < BUYER_SHARE;
-        let u = self.rng.unit();
-        let intent = if buyer {
-            if u < BUYER_CART_PURCHASE {
-                Intent::CartPurchase
-            } else if u < BUYER_CART_PURCHASE + BUYER_PURCHASE_ONLY {
-                Intent::PurchaseOnly
-            } else if u < BUYER_CART_PURCHASE + BUYER_PURCHASE_ONLY + BUYER_CART_ONLY {
-                Intent::CartOnly
-            } else {
-                Intent::Browse
-            }
-        } else if u < OTHER_CART_ONLY {
-            Intent::CartOnly
-        } else {
-            Intent::Browse
-        };
+        let intent = Intent::of(buyer, self.rng.unit());
         let carts = match intent {
             Intent::CartOnly | Intent::CartPurchase => 1 + self.rng.geometric(0.66) as usize,
             _ => 0,
@@ -438,29 +446,16 @@ impl Generator {
             Intent::PurchaseOnly | Intent::CartPurchase => 1 + self.rng.geometric(0.8) as usize,
             _ => 0,
         };
-        let mut len = if self.rng.chance(P_SINGLE) {
+        let len = if self.rng.chance(P_SINGLE) {
             1
         } else if self.rng.chance(P_SHORT_TAIL) {
             2 + self.rng.geometric(P_SHORT_GEOMETRIC) as usize
         } else {
             2 + self.rng.geometric(P_LONG_GEOMETRIC) as usize
         };
-        len = len.max(carts + purchases);
-
-        // The browsing path: products visited, with revisits and the odd change of category.
-        let mut category = self.catalog.category(self.rng.unit());
-        let mut product = self.catalog.product_in(category, self.rng.unit());
-        let mut path = Vec::with_capacity(len);
+        let len = len.max(carts + purchases);
+        let mut path = self.browsing_path(len);
         let mut kinds = vec![EventType::View; len];
-        for i in 0..len {
-            if i > 0 && !self.rng.chance(P_STAY_ON_PRODUCT) {
-                if self.rng.chance(P_SWITCH_CATEGORY) {
-                    category = self.catalog.category(self.rng.unit());
-                }
-                product = self.catalog.product_in(category, self.rng.unit());
-            }
-            path.push(product);
-        }
         // Purchases close the session; each buys something seen earlier (or, for a
         // one-event session, the product itself).
         let first_purchase = len - purchases;
@@ -470,8 +465,39 @@ impl Generator {
                 path[slot] = path[self.rng.between(0, first_purchase as u64 - 1) as usize];
             }
         }
-        // Carts sit before the purchases; in a buying session the first carts are of the
-        // products bought.
+        let carted = self.place_carts(&mut kinds, &mut path, first_purchase, carts, intent);
+        self.insert_removals(&mut kinds, &mut path, first_purchase, &carted);
+        self.queue_session(t0, user, user_id, &kinds, &path);
+    }
+
+    /// The browsing path: products visited, with revisits and the odd change of category.
+    fn browsing_path(&mut self, len: usize) -> Vec<usize> {
+        let mut category = self.catalog.category(self.rng.unit());
+        let mut product = self.catalog.product_in(category, self.rng.unit());
+        let mut path = Vec::with_capacity(len);
+        for i in 0..len {
+            if i > 0 && !self.rng.chance(P_STAY_ON_PRODUCT) {
+                if self.rng.chance(P_SWITCH_CATEGORY) {
+                    category = self.catalog.category(self.rng.unit());
+                }
+                product = self.catalog.product_in(category, self.rng.unit());
+            }
+            path.push(product);
+        }
+        path
+    }
+
+    /// Carts sit before the purchases; in a buying session the first carts are of the
+    /// products bought. Returns the carts' places.
+    fn place_carts(
+        &mut self,
+        kinds: &mut [EventType],
+        path: &mut [usize],
+        first_purchase: usize,
+        carts: usize,
+        intent: Intent,
+    ) -> Vec<usize> {
+        let purchases = path.len() - first_purchase;
         let mut open: Vec<usize> = (0..first_purchase).collect();
         let mut carted = Vec::new();
         for c in 0..carts {
@@ -485,41 +511,60 @@ impl Generator {
             }
             carted.push(at);
         }
-        // Removals come after the first cart and before any purchase, of a product carted and
-        // not bought.
-        if let Some(&first_cart) = carted.iter().min()
-            && self.remove_share > 0.0
-        {
-            let bought = &path[first_purchase..];
-            let removable: Vec<usize> = carted
-                .iter()
-                .map(|&c| path[c])
-                .filter(|p| !bought.contains(p))
-                .collect();
-            if !removable.is_empty() {
-                let lambda = self.remove_share * MEAN_SESSION_EVENTS / REMOVABLE_SESSION_SHARE;
-                let removes = self.rng.poisson(lambda) as usize;
-                for end in first_purchase..first_purchase + removes {
-                    let at = self.rng.between(first_cart as u64 + 1, end as u64) as usize;
-                    let product =
-                        removable[self.rng.between(0, removable.len() as u64 - 1) as usize];
-                    kinds.insert(at, EventType::RemoveFromCart);
-                    path.insert(at, product);
-                }
-                len = kinds.len();
-            }
-        }
+        carted
+    }
 
+    /// Removals come after the first cart and before any purchase, of a product carted and
+    /// not bought.
+    fn insert_removals(
+        &mut self,
+        kinds: &mut Vec<EventType>,
+        path: &mut Vec<usize>,
+        first_purchase: usize,
+        carted: &[usize],
+    ) {
+        let first_cart = match carted.iter().min() {
+            Some(&c) if self.remove_share > 0.0 => c,
+            _ => return,
+        };
+        let bought = &path[first_purchase..];
+        let removable: Vec<usize> = carted
+            .iter()
+            .map(|&c| path[c])
+            .filter(|p| !bought.contains(p))
+            .collect();
+        if removable.is_empty() {
+            return;
+        }
+        let lambda = self.remove_share * MEAN_SESSION_EVENTS / REMOVABLE_SESSION_SHARE;
+        let removes = self.rng.poisson(lambda) as usize;
+        for end in first_purchase..first_purchase + removes {
+            let at = self.rng.between(first_cart as u64 + 1, end as u64) as usize;
+            let product = removable[self.rng.between(0, removable.len() as u64 - 1) as usize];
+            kinds.insert(at, EventType::RemoveFromCart);
+            path.insert(at, product);
+        }
+    }
+
+    /// Queues a session's events (with their duplicates) at lognormal gaps from `t0`.
+    fn queue_session(
+        &mut self,
+        t0: i64,
+        user: u64,
+        user_id: i64,
+        kinds: &[EventType],
+        path: &[usize],
+    ) {
         let session = self.session_id();
         let net = self.organic_net(user);
         let mut t = t0;
-        for i in 0..len {
+        for (i, (&kind, &product)) in kinds.iter().zip(path).enumerate() {
             if i > 0 {
                 let gap = self.rng.lognormal(GAP_MEDIAN_S, GAP_SIGMA).min(MAX_GAP_S);
                 t += (gap * MICROS_PER_SECOND as f64) as i64;
             }
-            let e = self.event(t, kinds[i], path[i], user_id, &session, net);
-            let copies = self.duplicates(kinds[i]);
+            let e = self.event(t, kind, product, user_id, &session, net);
+            let copies = self.duplicates(kind);
             for _ in 0..copies {
                 self.push(e.clone(), ORGANIC);
             }

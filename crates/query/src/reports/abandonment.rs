@@ -18,6 +18,7 @@ use super::{Columns, FrontCache, ReportScope, count, day_string, mix, money, rat
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::folds::{Cart, CartOrPurchase, each_cart_or_purchase, keep_first};
+use crate::range::ReportRange;
 use crate::udf::{LocalDays, category_at};
 
 /// Options of the abandonment report.
@@ -171,77 +172,18 @@ pub async fn abandonment(
     options: &AbandonmentOptions,
 ) -> Result<Abandonment> {
     let range = &scope.range;
-    let tz = range.zone_sql();
-    let (start, _) = range.utc_bounds();
     let events = super::events_relation(engine, scope).await?;
     let marts = super::use_marts(engine, scope).await?;
     let sessions = async {
-        if !marts {
-            return sessions_from_events(engine, scope, events).await;
+        if marts {
+            sessions_from_marts(engine, range).await
+        } else {
+            sessions_from_events(engine, scope, events).await
         }
-        let sql = format!(
-            "SELECT CAST(day AS VARCHAR) AS day, cart_sessions, abandoned_sessions
-             FROM mart_daily WHERE zone = {tz} AND session_starts > 0 AND {days} ORDER BY day",
-            days = range.day_sql()
-        );
-        let mut sessions = Vec::new();
-        for b in &engine.run(&sql).await?.batches {
-            let c = Columns::new(b);
-            let (day, carts, abandoned) = (
-                c.str("day")?,
-                c.i64("cart_sessions")?,
-                c.i64("abandoned_sessions")?,
-            );
-            for i in 0..b.num_rows() {
-                sessions.push(SessionDay::new(
-                    day[i].clone().unwrap_or_default(),
-                    count(carts[i]),
-                    count(abandoned[i]),
-                ));
-            }
-        }
-        Ok(sessions)
     };
-    // Each item once, with its first cart in the range and the pair's first purchase at or
-    // after it; the status follows from the window and the newest event.
-    let (items_sql, newest_sql) = if marts {
-        (
-            format!(
-                "SELECT user_id, product_id, carted, price_cents, brand, category_code,
-                        next_purchase
-                 FROM mart_items WHERE zone = {tz} AND {days} AND {first}",
-                days = range.day_sql(),
-                // The first cart of a pair in the range.
-                first = range.first_in_range_sql()
-            ),
-            format!("SELECT MAX(newest_event) AS newest FROM mart_daily WHERE zone = {tz}"),
-        )
-    } else {
-        let purchases_from = start.map_or("TRUE".to_owned(), |s| {
-            format!("CAST(event_time AS BIGINT) >= {s}")
-        });
-        // Carts in the range and purchases from its start, in one scan; each (user,
-        // product) gets its first cart and its purchases in `Pairs`.
-        (
-            format!(
-                "SELECT user_id, product_id, event_type, CAST(event_time AS BIGINT) AS t,
-                        CAST(price * 100 AS BIGINT) AS price_cents, brand, category_code
-                 FROM {events}
-                 WHERE (event_type = 'cart' AND {range})
-                    OR (event_type = 'purchase' AND {purchases_from})",
-                range = range.sql(),
-            ),
-            format!("SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM {events}"),
-        )
-    };
-
+    let (items_sql, newest_sql) = item_queries(range, marts, events);
     // The newest event decides what is pending: first; then the sessions beside the items.
-    let newest = engine.run(&newest_sql).await?;
-    let newest = newest
-        .batches
-        .first()
-        .and_then(|b| Columns::new(b).i64("newest").ok())
-        .and_then(|v| v.first().copied().flatten());
+    let newest = engine.scalar_i64(&newest_sql, "newest").await?;
     let window = i64::try_from(options.window.as_micros()).unwrap_or(i64::MAX);
     let limit = options.retarget_limit;
     if marts {
@@ -264,6 +206,70 @@ pub async fn abandonment(
     let mut summary = Summary::new(window, newest, limit);
     summary.add(&pairs.items()?)?;
     summary.finish(sessions, options)
+}
+
+/// The sessions view from `mart_daily`: the cart sessions of each day with a session start.
+async fn sessions_from_marts(engine: &Engine, range: &ReportRange) -> Result<Vec<SessionDay>> {
+    let sql = format!(
+        "SELECT CAST(day AS VARCHAR) AS day, cart_sessions, abandoned_sessions
+         FROM mart_daily WHERE zone = {tz} AND session_starts > 0 AND {days} ORDER BY day",
+        tz = range.zone_sql(),
+        days = range.day_sql()
+    );
+    let mut sessions = Vec::new();
+    for b in &engine.run(&sql).await?.batches {
+        let c = Columns::new(b);
+        let (day, carts, abandoned) = (
+            c.str("day")?,
+            c.i64("cart_sessions")?,
+            c.i64("abandoned_sessions")?,
+        );
+        for i in 0..b.num_rows() {
+            sessions.push(SessionDay::new(
+                day[i].clone().unwrap_or_default(),
+                count(carts[i]),
+                count(abandoned[i]),
+            ));
+        }
+    }
+    Ok(sessions)
+}
+
+/// The item scan and the newest event's query. Each item once, with its first cart in the
+/// range and the pair's first purchase at or after it; the status follows from the window
+/// and the newest event.
+fn item_queries(range: &ReportRange, marts: bool, events: &str) -> (String, String) {
+    let tz = range.zone_sql();
+    if marts {
+        return (
+            format!(
+                "SELECT user_id, product_id, carted, price_cents, brand, category_code,
+                        next_purchase
+                 FROM mart_items WHERE zone = {tz} AND {days} AND {first}",
+                days = range.day_sql(),
+                // The first cart of a pair in the range.
+                first = range.first_in_range_sql()
+            ),
+            format!("SELECT MAX(newest_event) AS newest FROM mart_daily WHERE zone = {tz}"),
+        );
+    }
+    let (start, _) = range.utc_bounds();
+    let purchases_from = start.map_or("TRUE".to_owned(), |s| {
+        format!("CAST(event_time AS BIGINT) >= {s}")
+    });
+    // Carts in the range and purchases from its start, in one scan; each (user, product) gets
+    // its first cart and its purchases in `Pairs`.
+    (
+        format!(
+            "SELECT user_id, product_id, event_type, CAST(event_time AS BIGINT) AS t,
+                    CAST(price * 100 AS BIGINT) AS price_cents, brand, category_code
+             FROM {events}
+             WHERE (event_type = 'cart' AND {range})
+                OR (event_type = 'purchase' AND {purchases_from})",
+            range = range.sql(),
+        ),
+        format!("SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM {events}"),
+    )
 }
 
 /// The sessions view from `events` in one scan: each scan partition keeps every session's

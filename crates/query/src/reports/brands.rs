@@ -350,7 +350,46 @@ pub fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// A reported brand's measures in its primary category, before its class.
+struct Partial {
+    brand: String,
+    category: String,
+    total: Tally,
+    conversion: f64,
+    cart_rate: f64,
+    view_share: f64,
+    average_price: Option<f64>,
+}
+
+/// The medians of one category's reported brands: conversion, view share, views.
+#[derive(Debug, Default, Clone, Copy)]
+struct Medians {
+    conversion: f64,
+    view_share: f64,
+    views: f64,
+}
+
 fn classify(cells: Vec<(String, String, Tally)>, options: &BrandsOptions) -> Vec<BrandRow> {
+    let partials = partials(cells, options);
+    let medians = medians(&partials);
+    let mut rows: Vec<BrandRow> = partials
+        .into_iter()
+        .map(|p| {
+            let m = medians.get(&p.category).copied().unwrap_or_default();
+            classified(p, m)
+        })
+        .collect();
+    rows.sort_by(|a, b| match (a.opportunity, b.opportunity) {
+        (Some(x), Some(y)) => y.total_cmp(&x).then(a.brand.cmp(&b.brand)),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => a.brand.cmp(&b.brand),
+    });
+    rows
+}
+
+/// Per brand with enough views: its totals, its primary category and its measures there.
+fn partials(cells: Vec<(String, String, Tally)>, options: &BrandsOptions) -> Vec<Partial> {
     // Per brand: totals and per-category tallies; per category: all branded views.
     let mut brands: BTreeMap<String, (Tally, BTreeMap<String, Tally>)> = BTreeMap::new();
     let mut category_views: HashMap<String, u64> = HashMap::new();
@@ -360,34 +399,13 @@ fn classify(cells: Vec<(String, String, Tally)>, options: &BrandsOptions) -> Vec
         entry.0.add(&t);
         entry.1.entry(category).or_default().add(&t);
     }
-    struct Partial {
-        brand: String,
-        category: String,
-        total: Tally,
-        conversion: f64,
-        cart_rate: f64,
-        view_share: f64,
-        average_price: Option<f64>,
-    }
+    let per = |n: u64, of: f64| if of > 0.0 { n as f64 / of } else { 0.0 };
     let mut partials = Vec::new();
     for (brand, (total, by_category)) in brands {
         if total.views < options.min_views {
             continue;
         }
-        // Most views, then (for brands without views) most events; ties to the first name
-        // (the map iterates names in order and only a strictly larger count replaces).
-        let mut primary: Option<(&String, &Tally)> = None;
-        for (name, t) in &by_category {
-            let better = match primary {
-                None => true,
-                Some((_, p)) if total.views > 0 => t.views > p.views,
-                Some((_, p)) => t.events > p.events,
-            };
-            if better {
-                primary = Some((name, t));
-            }
-        }
-        let Some((category, in_primary)) = primary else {
+        let Some((category, in_primary)) = primary(&total, &by_category) else {
             continue;
         };
         let views = total.views as f64;
@@ -402,85 +420,94 @@ fn classify(cells: Vec<(String, String, Tally)>, options: &BrandsOptions) -> Vec
         partials.push(Partial {
             category: category.clone(),
             brand,
-            conversion: if views > 0.0 {
-                total.purchases as f64 / views
-            } else {
-                0.0
-            },
-            cart_rate: if views > 0.0 {
-                total.carts as f64 / views
-            } else {
-                0.0
-            },
-            view_share: if branded > 0.0 {
-                in_primary.views as f64 / branded
-            } else {
-                0.0
-            },
+            conversion: per(total.purchases, views),
+            cart_rate: per(total.carts, views),
+            view_share: per(in_primary.views, branded),
             average_price,
             total,
         });
     }
-    // Medians per primary category over the reported brands.
+    partials
+}
+
+/// A brand's primary category: most views, then (for brands without views) most events; ties
+/// to the first name (the map iterates names in order and only a strictly larger count
+/// replaces).
+fn primary<'a>(
+    total: &Tally,
+    by_category: &'a BTreeMap<String, Tally>,
+) -> Option<(&'a String, &'a Tally)> {
+    let mut primary: Option<(&String, &Tally)> = None;
+    for (name, t) in by_category {
+        let better = match primary {
+            None => true,
+            Some((_, p)) if total.views > 0 => t.views > p.views,
+            Some((_, p)) => t.events > p.events,
+        };
+        if better {
+            primary = Some((name, t));
+        }
+    }
+    primary
+}
+
+/// The medians per primary category over the reported brands.
+fn medians(partials: &[Partial]) -> HashMap<String, Medians> {
     /// Conversions, view shares and views of one category's reported brands.
     type Peers = (Vec<f64>, Vec<f64>, Vec<f64>);
     let mut groups: HashMap<&str, Peers> = HashMap::new();
-    for p in &partials {
+    for p in partials {
         let g = groups.entry(p.category.as_str()).or_default();
         g.0.push(p.conversion);
         g.1.push(p.view_share);
         g.2.push(p.total.views as f64);
     }
-    let medians: HashMap<String, (f64, f64, f64)> = groups
+    groups
         .into_iter()
         .map(|(k, (mut c, mut s, mut v))| {
-            (
-                k.to_owned(),
-                (median(&mut c), median(&mut s), median(&mut v)),
-            )
-        })
-        .collect();
-    let mut rows: Vec<BrandRow> = partials
-        .into_iter()
-        .map(|p| {
-            let (mc, ms, mv) = medians.get(&p.category).copied().unwrap_or_default();
-            let converts = p.conversion >= mc;
-            let exposed = p.view_share >= ms;
-            let views = p.total.views as f64;
-            let (class, opportunity) = match (converts, exposed) {
-                (true, false) => (
-                    BrandClass::UnderExposed,
-                    p.average_price.map(|a| (mv - views) * p.conversion * a),
-                ),
-                (false, true) => (
-                    BrandClass::UnderConverting,
-                    p.average_price.map(|a| views * (mc - p.conversion) * a),
-                ),
-                (true, true) => (BrandClass::Star, None),
-                (false, false) => (BrandClass::Weak, None),
+            let m = Medians {
+                conversion: median(&mut c),
+                view_share: median(&mut s),
+                views: median(&mut v),
             };
-            BrandRow {
-                brand: p.brand,
-                category: p.category,
-                views: p.total.views,
-                carts: p.total.carts,
-                purchases: p.total.purchases,
-                revenue: money(p.total.revenue_cents),
-                conversion: p.conversion,
-                cart_rate: p.cart_rate,
-                view_share: p.view_share,
-                class,
-                opportunity,
-            }
+            (k.to_owned(), m)
         })
-        .collect();
-    rows.sort_by(|a, b| match (a.opportunity, b.opportunity) {
-        (Some(x), Some(y)) => y.total_cmp(&x).then(a.brand.cmp(&b.brand)),
-        (Some(_), None) => std::cmp::Ordering::Less,
-        (None, Some(_)) => std::cmp::Ordering::Greater,
-        (None, None) => a.brand.cmp(&b.brand),
-    });
-    rows
+        .collect()
+}
+
+/// A brand's class against its category's medians, and the revenue opportunity of the two
+/// classes that have one.
+fn classified(p: Partial, m: Medians) -> BrandRow {
+    let converts = p.conversion >= m.conversion;
+    let exposed = p.view_share >= m.view_share;
+    let views = p.total.views as f64;
+    let (class, opportunity) = match (converts, exposed) {
+        (true, false) => (
+            BrandClass::UnderExposed,
+            p.average_price
+                .map(|a| (m.views - views) * p.conversion * a),
+        ),
+        (false, true) => (
+            BrandClass::UnderConverting,
+            p.average_price
+                .map(|a| views * (m.conversion - p.conversion) * a),
+        ),
+        (true, true) => (BrandClass::Star, None),
+        (false, false) => (BrandClass::Weak, None),
+    };
+    BrandRow {
+        brand: p.brand,
+        category: p.category,
+        views: p.total.views,
+        carts: p.total.carts,
+        purchases: p.total.purchases,
+        revenue: money(p.total.revenue_cents),
+        conversion: p.conversion,
+        cart_rate: p.cart_rate,
+        view_share: p.view_share,
+        class,
+        opportunity,
+    }
 }
 
 #[cfg(test)]
