@@ -288,7 +288,7 @@ impl Lake {
     }
 
     /// A table handle, not loaded yet; `None` when the table does not exist.
-    async fn unloaded(&self, table: TableName) -> Result<Option<DeltaTable>> {
+    pub(crate) async fn unloaded(&self, table: TableName) -> Result<Option<DeltaTable>> {
         let t = self
             .builder(table)?
             .build()

@@ -9,12 +9,14 @@
 //! - `bot_flags`: users that real-time detection judged bots, per UTC day and incident.
 
 mod catalog;
+mod changes;
 mod config;
 mod dedupe;
 mod deliver;
 mod error;
 mod flags;
 mod import;
+pub mod keyed;
 mod lake;
 mod maintenance;
 pub mod profile;
@@ -23,6 +25,7 @@ mod s3;
 pub mod schema;
 
 pub use catalog::{ColumnInfo, CommitSummary, ImportRecord, PartitionInfo, TableInfo};
+pub use changes::{AddedFile, Changes};
 pub use config::{LakeConfig, S3Config};
 pub use deliver::{COLLECTOR_IMPORT_ID, Delivered, Delivery, Pumped, QuarantinedRow};
 pub use error::{Error, Result};

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use deltalake::DeltaTable;
 use deltalake::ObjectStore;
 use futures::TryStreamExt;
@@ -27,8 +27,24 @@ pub(crate) struct DataFile {
     pub partition: Option<String>,
 }
 
-/// The live files of a table at its loaded version.
+/// The live files of a table at its loaded version, with the value of one partition column.
 pub(crate) fn files(table: &DeltaTable, partition_column: Option<&str>) -> Result<Vec<DataFile>> {
+    let columns: Vec<&str> = partition_column.into_iter().collect();
+    Ok(files_in(table, &columns)?
+        .into_iter()
+        .map(|(mut f, mut values)| {
+            f.partition = values.pop().flatten();
+            f
+        })
+        .collect())
+}
+
+/// The live files of a table at its loaded version, each with the values of the given
+/// partition columns (in their order).
+pub(crate) fn files_in(
+    table: &DeltaTable,
+    partition_columns: &[&str],
+) -> Result<Vec<(DataFile, Vec<Option<String>>)>> {
     let state = table
         .snapshot()
         .map_err(Error::delta("reading the table state"))?;
@@ -45,24 +61,30 @@ pub(crate) fn files(table: &DeltaTable, partition_column: Option<&str>) -> Resul
             col("size_bytes").and_then(|c| c.as_any().downcast_ref::<arrow::array::Int64Array>());
         let rows =
             col("num_records").and_then(|c| c.as_any().downcast_ref::<arrow::array::Int64Array>());
-        let partition = partition_column
-            .and_then(|p| col(&format!("partition.{p}")))
-            .and_then(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).ok());
-        let partition = partition
-            .as_ref()
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+        let partitions: Vec<Option<ArrayRef>> = partition_columns
+            .iter()
+            .map(|p| {
+                col(&format!("partition.{p}"))
+                    .and_then(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).ok())
+            })
+            .collect();
         for i in 0..batch.num_rows() {
-            let partition = partition
-                .filter(|s| s.is_valid(i))
-                .map(|s| s.value(i).to_owned());
-            out.push(DataFile {
+            let values = partitions
+                .iter()
+                .map(|c| {
+                    let c = c.as_ref()?.as_any().downcast_ref::<StringArray>()?;
+                    c.is_valid(i).then(|| c.value(i).to_owned())
+                })
+                .collect();
+            let file = DataFile {
                 path: paths.value(i).to_owned(),
                 size: sizes.map_or(0, |s| s.value(i).max(0) as u64),
                 rows: rows
                     .filter(|r| r.is_valid(i))
                     .map(|r| r.value(i).max(0) as u64),
-                partition,
-            });
+                partition: None,
+            };
+            out.push((file, values));
         }
     }
     Ok(out)

@@ -49,6 +49,10 @@ pub struct DetectArgs {
     /// reports over imported history leave the bots out.
     #[arg(long)]
     flag: bool,
+    /// With --flag: leave the marts as they are (reports then read `events` until `shoplake
+    /// marts rebuild`).
+    #[arg(long, requires = "flag")]
+    no_marts: bool,
 }
 
 fn day_arg(name: &str, value: &Option<String>) -> Result<Option<i64>> {
@@ -128,6 +132,7 @@ pub fn detect(args: DetectArgs) -> Result<ExitCode> {
         // The marts count humans only: bring them up to date with the new verdicts, as an
         // import does with new events.
         if added > 0
+            && !args.no_marts
             && rt
                 .block_on(lake.latest_version(shoplake_lake::TableName::MartDaily))?
                 .is_some()

@@ -2,8 +2,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod changes;
 mod delivery;
 mod import;
+mod keyed;
 mod maintenance;
 
 use std::collections::HashSet;

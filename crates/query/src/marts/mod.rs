@@ -37,6 +37,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use shoplake_lake::{Lake, TableName};
 
+mod contrib;
+
 use crate::columns::Columns;
 use crate::engine::{Engine, QueryOutput};
 use crate::error::{Error, Result};

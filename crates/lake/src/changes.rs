@@ -1,0 +1,174 @@
+//! What a table's commits changed between two versions, read from its Delta log: the files
+//! added with new rows (`dataChange = true`), so that tables derived from it (the marts) can
+//! fold in those rows alone. Compaction's rewrites (`dataChange = false`) change no rows and
+//! are passed over; anything that removes or rewrites rows says so, and the derived tables are
+//! then rebuilt whole.
+
+use std::collections::HashMap;
+
+use deltalake::kernel::Action;
+use object_store::ObjectStoreExt as _;
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::lake::{Lake, TableName};
+
+/// A data file a commit added with new rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedFile {
+    /// Its path in the table, as the log names it (relative, percent-encoded).
+    pub path: String,
+    /// Its absolute URL.
+    pub url: Url,
+    /// Its partition values.
+    pub partition: HashMap<String, Option<String>>,
+    /// Rows, when the log's statistics say.
+    pub rows: Option<i64>,
+    /// The version that added it.
+    pub version: i64,
+}
+
+/// What changed in a table between two versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changes {
+    /// Only rows added, in these files (a file compacted since is still read from its own
+    /// copy, which vacuum keeps for its retention period).
+    Added(Vec<AddedFile>),
+    /// Rows were removed or rewritten, the table's schema or settings changed, or the log no
+    /// longer holds every commit in between (or a file they added is gone): whatever derives
+    /// from the table must be recomputed from it whole.
+    Rewritten {
+        /// Why, for a log line.
+        reason: String,
+    },
+}
+
+impl Changes {
+    /// The rows added, summed over the files whose statistics count them (`None` when a file's
+    /// do not).
+    pub fn added_rows(&self) -> Option<i64> {
+        match self {
+            Changes::Added(files) => files.iter().map(|f| f.rows).sum(),
+            Changes::Rewritten { .. } => None,
+        }
+    }
+}
+
+impl Lake {
+    /// What the commits after version `since` up to `to` (included) changed in a table.
+    /// `since` at or past `to` is no change.
+    pub async fn changes(&self, table: TableName, since: i64, to: i64) -> Result<Changes> {
+        if since >= to {
+            return Ok(Changes::Added(Vec::new()));
+        }
+        let Some(t) = self.unloaded(table).await? else {
+            return Ok(Changes::Rewritten {
+                reason: format!("{table} does not exist"),
+            });
+        };
+        if since < 0 {
+            return Ok(Changes::Rewritten {
+                reason: format!("{table} was created after"),
+            });
+        }
+        let root = self.table_url(table)?;
+        let log = t.log_store();
+        let mut added = Vec::new();
+        for version in (since + 1)..=to {
+            let Some(bytes) = log
+                .read_commit_entry(version as u64)
+                .await
+                .map_err(Error::delta(format!("reading commit {version} of {table}")))?
+            else {
+                return Ok(Changes::Rewritten {
+                    reason: format!("commit {version} of {table} is no longer in its log"),
+                });
+            };
+            let actions = deltalake::logstore::get_actions(version as u64, &bytes)
+                .map_err(Error::delta(format!("reading commit {version} of {table}")))?;
+            if let Some(reason) = rewrite_in(&actions) {
+                return Ok(Changes::Rewritten {
+                    reason: format!("commit {version} of {table} {reason}"),
+                });
+            }
+            for action in actions {
+                if let Action::Add(a) = action
+                    && a.data_change
+                {
+                    added.push(AddedFile {
+                        url: file_url(&root, &a.path)?,
+                        rows: rows_of(a.stats.as_deref()),
+                        partition: a.partition_values,
+                        path: a.path,
+                        version,
+                    });
+                }
+            }
+        }
+        // A file added and later compacted away stays readable until vacuum deletes it.
+        let store = log.object_store(None);
+        for f in &added {
+            // The log's store is rooted at the table: paths relative to it, percent-decoded.
+            let location = object_store::path::Path::from_url_path(&f.path)
+                .map_err(|e| Error::Corrupt(format!("file {} in the log: {e}", f.path)))?;
+            if let Err(e) = store.head(&location).await {
+                return Ok(Changes::Rewritten {
+                    reason: format!(
+                        "file {} added in version {} is gone ({e})",
+                        f.path, f.version
+                    ),
+                });
+            }
+        }
+        Ok(Changes::Added(added))
+    }
+}
+
+/// Why a commit's actions change rows other than by adding them, if they do.
+fn rewrite_in(actions: &[Action]) -> Option<&'static str> {
+    actions.iter().find_map(|a| match a {
+        Action::Remove(r) if r.data_change => Some("removed rows"),
+        Action::Add(a) if a.data_change && a.deletion_vector.is_some() => Some("deleted rows"),
+        Action::Metadata(_) => Some("changed the table's schema or settings"),
+        Action::Cdc(_) => Some("rewrote rows"),
+        _ => None,
+    })
+}
+
+/// The absolute URL of a file the log names relative to the table.
+fn file_url(root: &Url, path: &str) -> Result<Url> {
+    root.join(path)
+        .map_err(|e| Error::Corrupt(format!("file path {path:?} in the log: {e}")))
+}
+
+/// `numRecords` from an add action's statistics.
+fn rows_of(stats: Option<&str>) -> Option<i64> {
+    let v: serde_json::Value = serde_json::from_str(stats?).ok()?;
+    v.get("numRecords")?.as_i64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_counts_come_from_the_statistics() {
+        assert_eq!(
+            rows_of(Some(r#"{"numRecords":42,"minValues":{}}"#)),
+            Some(42)
+        );
+        assert_eq!(rows_of(Some("{}")), None);
+        assert_eq!(rows_of(Some("not json")), None);
+        assert_eq!(rows_of(None), None);
+    }
+
+    #[test]
+    fn relative_paths_resolve_under_the_table() {
+        let root = Url::parse("file:///lake/events/").unwrap();
+        let url = file_url(&root, "event_date=2019-10-01/part-0.parquet").unwrap();
+        assert_eq!(
+            url.as_str(),
+            "file:///lake/events/event_date=2019-10-01/part-0.parquet"
+        );
+    }
+}

@@ -1,0 +1,409 @@
+//! Keyed state tables: rows sorted by a key within each file and written in runs, so that
+//! the rows of a few thousand keys are read back out of millions through the Parquet page
+//! index, at a cost that follows the keys asked for, not the table's size.
+//!
+//! A keyed table is partitioned by `zone` and `run`. A run holds the complete rows, as of that
+//! run, of every key it names: a key's rows are those of the newest run naming it, and a key
+//! left with no rows is named by one row with `gone` set. Each file's rows are sorted by the
+//! key, in pages of [`PAGE_ROWS`] rows, so a page index tells which pages can hold a key.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::{filter_record_batch, take_record_batch};
+use arrow::datatypes::DataType;
+use deltalake::DeltaTable;
+use deltalake::ObjectStore;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::protocol::SaveMode;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
+#[allow(deprecated)]
+use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
+
+use crate::error::{Error, Result};
+use crate::read::{DataFile, files_in};
+
+/// Rows per data page: a key read decodes about one page of each column asked for.
+pub const PAGE_ROWS: usize = 1024;
+
+/// The partition columns of a keyed table.
+pub const PARTITIONS: [&str; 2] = ["zone", "run"];
+
+/// The column that marks a key left with no rows.
+pub const GONE: &str = "gone";
+
+/// A sorted set of distinct keys: integers (user ids) or texts (session ids).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keys {
+    /// 64-bit integer keys.
+    Int(Vec<i64>),
+    /// Text keys, ordered by their UTF-8 bytes (as Parquet orders them).
+    Text(Vec<String>),
+}
+
+impl Keys {
+    /// Integer keys, sorted and deduplicated.
+    pub fn ints(mut keys: Vec<i64>) -> Keys {
+        keys.sort_unstable();
+        keys.dedup();
+        Keys::Int(keys)
+    }
+
+    /// Text keys, sorted and deduplicated.
+    pub fn texts(mut keys: Vec<String>) -> Keys {
+        keys.sort_unstable();
+        keys.dedup();
+        Keys::Text(keys)
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        match self {
+            Keys::Int(k) => k.len(),
+            Keys::Text(k) => k.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether a page whose key column spans the column index's bounds can hold one of these
+    /// keys (a page without bounds can, unless it holds only nulls).
+    fn may_hold(&self, index: &ColumnIndexMetaData, page: usize) -> bool {
+        match (self, index) {
+            (Keys::Int(k), ColumnIndexMetaData::INT64(ix)) => {
+                match (ix.min_value(page), ix.max_value(page)) {
+                    (Some(lo), Some(hi)) => {
+                        let at = k.partition_point(|x| x < lo);
+                        at < k.len() && k[at] <= *hi
+                    }
+                    _ => !index.is_null_page(page),
+                }
+            }
+            (Keys::Text(k), ColumnIndexMetaData::BYTE_ARRAY(ix)) => {
+                // Truncated bounds still enclose the page's values.
+                match (ix.min_value(page), ix.max_value(page)) {
+                    (Some(lo), Some(hi)) => {
+                        let at = k.partition_point(|x| x.as_bytes() < lo);
+                        at < k.len() && k[at].as_bytes() <= hi
+                    }
+                    _ => !index.is_null_page(page),
+                }
+            }
+            _ => true,
+        }
+    }
+
+    /// Which values of a key column are among these keys.
+    fn mask(&self, column: &ArrayRef) -> Result<BooleanArray> {
+        Ok(match self {
+            Keys::Int(k) => {
+                let c = arrow::compute::cast(column, &DataType::Int64)?;
+                c.as_primitive::<arrow::datatypes::Int64Type>()
+                    .iter()
+                    .map(|v| Some(v.is_some_and(|v| k.binary_search(&v).is_ok())))
+                    .collect()
+            }
+            Keys::Text(k) => {
+                let c = arrow::compute::cast(column, &DataType::Utf8)?;
+                c.as_string::<i32>()
+                    .iter()
+                    .map(|v| {
+                        Some(v.is_some_and(|v| k.binary_search_by(|x| x.as_str().cmp(v)).is_ok()))
+                    })
+                    .collect()
+            }
+        })
+    }
+
+    /// These keys without those a key column holds.
+    fn without(&self, columns: &[ArrayRef]) -> Result<Keys> {
+        Ok(match self {
+            Keys::Int(k) => {
+                let mut found = Vec::new();
+                for c in columns {
+                    let c = arrow::compute::cast(c, &DataType::Int64)?;
+                    found.extend(
+                        c.as_primitive::<arrow::datatypes::Int64Type>()
+                            .iter()
+                            .flatten(),
+                    );
+                }
+                let found = Keys::ints(found);
+                let Keys::Int(found) = found else {
+                    unreachable!()
+                };
+                Keys::Int(
+                    k.iter()
+                        .copied()
+                        .filter(|x| found.binary_search(x).is_err())
+                        .collect(),
+                )
+            }
+            Keys::Text(k) => {
+                let mut found: Vec<String> = Vec::new();
+                for c in columns {
+                    let c = arrow::compute::cast(c, &DataType::Utf8)?;
+                    found.extend(c.as_string::<i32>().iter().flatten().map(str::to_owned));
+                }
+                found.sort_unstable();
+                found.dedup();
+                Keys::Text(
+                    k.iter()
+                        .filter(|x| found.binary_search(x).is_err())
+                        .cloned()
+                        .collect(),
+                )
+            }
+        })
+    }
+}
+
+/// The rows a keyed read returned, and how many rows it decoded to find them.
+#[derive(Debug, Default)]
+pub struct KeyedRows {
+    /// The rows of the keys asked for (the columns asked for, in their order).
+    pub batches: Vec<RecordBatch>,
+    /// Rows decoded from the files (the pages that could hold a key).
+    pub rows_decoded: usize,
+}
+
+/// The rows of some keys in one zone of a keyed table, as of the newest run naming each
+/// (keys whose newest run marks them gone, and keys never written, give none). `columns` must
+/// not name the partition columns.
+pub async fn read_keys(
+    table: &DeltaTable,
+    zone: &str,
+    key: &str,
+    keys: &Keys,
+    columns: &[&str],
+) -> Result<KeyedRows> {
+    let mut runs: BTreeMap<Reverse<i64>, Vec<DataFile>> = BTreeMap::new();
+    for (file, values) in files_in(table, &PARTITIONS)? {
+        if values[0].as_deref() != Some(zone) {
+            continue;
+        }
+        let run = values[1]
+            .as_deref()
+            .and_then(|r| r.parse::<i64>().ok())
+            .ok_or_else(|| Error::Corrupt(format!("keyed file {} has no run", file.path)))?;
+        runs.entry(Reverse(run)).or_default().push(file);
+    }
+    let mut read: Vec<&str> = vec![key, GONE];
+    read.extend(columns.iter().filter(|c| **c != key && **c != GONE));
+    let store = table.object_store();
+    let mut remaining = keys.clone();
+    let mut out = KeyedRows::default();
+    for files in runs.into_values() {
+        if remaining.is_empty() {
+            break;
+        }
+        let mut named = Vec::new();
+        for file in &files {
+            let (batches, decoded) =
+                read_pages(store.clone(), file, key, &remaining, &read).await?;
+            out.rows_decoded += decoded;
+            for b in batches {
+                let b = filter_record_batch(&b, &remaining.mask(b.column(0))?)?;
+                named.push(b.column(0).clone());
+                let gone = arrow::compute::cast(b.column(1), &DataType::Boolean)?;
+                let gone = arrow::compute::kernels::boolean::is_not_null(&gone)
+                    .and_then(|valid| arrow::compute::and(&valid, gone.as_boolean()))?;
+                // A null `gone` counts as not gone (a filter passes only true).
+                let live = arrow::compute::not(&gone)?;
+                let b = filter_record_batch(&b, &live)?;
+                let order: Vec<usize> = columns
+                    .iter()
+                    .map(|c| {
+                        b.schema()
+                            .index_of(c)
+                            .map_err(|_| Error::Argument(format!("keyed table lacks column {c}")))
+                    })
+                    .collect::<Result<_>>()?;
+                if b.num_rows() > 0 {
+                    out.batches.push(b.project(&order)?);
+                }
+            }
+        }
+        remaining = remaining.without(&named)?;
+    }
+    Ok(out)
+}
+
+/// Reads the pages of a file that can hold one of the keys: the chosen columns of those rows,
+/// and how many rows that was.
+#[allow(deprecated)]
+async fn read_pages(
+    store: Arc<dyn ObjectStore>,
+    file: &DataFile,
+    key: &str,
+    keys: &Keys,
+    columns: &[&str],
+) -> Result<(Vec<RecordBatch>, usize)> {
+    let path = Path::from_url_path(&file.path)
+        .map_err(|e| Error::Corrupt(format!("a data file's path {:?}: {e}", file.path)))?;
+    let mut reader = ParquetObjectReader::new(store, path);
+    if file.size > 0 {
+        reader = reader.with_file_size(file.size);
+    }
+    let options = ArrowReaderOptions::new()
+        .with_skip_arrow_metadata(true)
+        .with_page_index(true);
+    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options).await?;
+    let schema = builder.parquet_schema();
+    let leaf = |name: &str| {
+        schema
+            .columns()
+            .iter()
+            .position(|c| c.name() == name)
+            .ok_or_else(|| Error::Corrupt(format!("keyed file {} lacks column {name}", file.path)))
+    };
+    let key_leaf = leaf(key)?;
+    let leaves = columns
+        .iter()
+        .map(|c| leaf(c))
+        .collect::<Result<Vec<_>>>()?;
+    let (groups, selectors, decoded) = selection(builder.metadata(), key_leaf, keys);
+    if groups.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
+    let mask = ProjectionMask::leaves(schema, leaves.iter().copied());
+    let stream = builder
+        .with_row_groups(groups)
+        .with_row_selection(RowSelection::from(selectors))
+        .with_projection(mask)
+        .with_batch_size(8192)
+        .build()?;
+    let batches: Vec<RecordBatch> = stream.try_collect().await?;
+    // In the order asked for (a projection keeps the file's order).
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let order = columns
+            .iter()
+            .map(|c| b.schema().index_of(c))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        out.push(b.project(&order)?);
+    }
+    Ok((out, decoded))
+}
+
+/// The row groups and rows of a file whose key pages can hold one of the keys (every row of a
+/// group without a page index), and how many rows that is.
+fn selection(
+    meta: &parquet::file::metadata::ParquetMetaData,
+    key_leaf: usize,
+    keys: &Keys,
+) -> (Vec<usize>, Vec<RowSelector>, usize) {
+    let mut groups = Vec::new();
+    let mut selectors = Vec::new();
+    let mut decoded = 0;
+    for (rg, group) in meta.row_groups().iter().enumerate() {
+        let rows = usize::try_from(group.num_rows()).unwrap_or(0);
+        let pages = meta
+            .offset_index()
+            .zip(meta.column_index())
+            .and_then(|(o, c)| Some((o.get(rg)?.get(key_leaf)?, c.get(rg)?.get(key_leaf)?)));
+        let mut chosen = Vec::new();
+        match pages {
+            Some((offsets, index)) => {
+                let locations = offsets.page_locations();
+                for (p, at) in locations.iter().enumerate() {
+                    let first = usize::try_from(at.first_row_index).unwrap_or(0);
+                    let end = locations.get(p + 1).map_or(rows, |next| {
+                        usize::try_from(next.first_row_index).unwrap_or(rows)
+                    });
+                    let n = end.saturating_sub(first);
+                    if keys.may_hold(index, p) {
+                        chosen.push(RowSelector::select(n));
+                        decoded += n;
+                    } else {
+                        chosen.push(RowSelector::skip(n));
+                    }
+                }
+            }
+            // No page index (a file another writer made): every row of the group.
+            None => {
+                chosen.push(RowSelector::select(rows));
+                decoded += rows;
+            }
+        }
+        if chosen.iter().any(|s| !s.skip) {
+            groups.push(rg);
+            selectors.extend(chosen);
+        }
+    }
+    (groups, selectors, decoded)
+}
+
+/// Appends one run to a keyed table: `batch` holds the table's columns (with `zone` and `run`
+/// set), the complete rows of each key it names, sorted here by the key.
+pub async fn write_run(
+    table: DeltaTable,
+    key: &str,
+    batch: RecordBatch,
+    mode: SaveMode,
+    replace_where: Option<String>,
+) -> Result<DeltaTable> {
+    let sorted = sort_by(&batch, key)?;
+    let properties = WriterProperties::builder()
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_write_batch_size(PAGE_ROWS)
+        .set_max_row_group_row_count(Some(64 * PAGE_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build();
+    let mut write = table
+        .write(vec![sorted])
+        .with_writer_properties(properties)
+        .with_save_mode(mode);
+    if let Some(predicate) = replace_where {
+        write = write.with_replace_where(predicate);
+    }
+    write
+        .await
+        .map_err(Error::delta("writing a run of a keyed table"))
+}
+
+/// A batch's rows in the order of one column.
+fn sort_by(batch: &RecordBatch, key: &str) -> Result<RecordBatch> {
+    let column: &ArrayRef = batch
+        .column_by_name(key)
+        .ok_or_else(|| Error::Argument(format!("a keyed run lacks its key column {key}")))?;
+    let order = arrow::compute::sort_to_indices(column, None, None)?;
+    Ok(take_record_batch(batch, &order)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+
+    #[test]
+    fn keys_found_leave_the_rest() {
+        let keys = Keys::ints(vec![5, 1, 3, 3, 9]);
+        assert_eq!(keys, Keys::Int(vec![1, 3, 5, 9]));
+        let found: ArrayRef = Arc::new(Int64Array::from(vec![3, 9, 9, 11]));
+        assert_eq!(keys.without(&[found]).unwrap(), Keys::Int(vec![1, 5]));
+        let column: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), None, Some(2), Some(5)]));
+        let mask = keys.mask(&column).unwrap();
+        assert_eq!(
+            mask.iter().collect::<Vec<_>>(),
+            vec![Some(true), Some(false), Some(false), Some(true)]
+        );
+        let texts = Keys::texts(vec!["b".into(), "a".into(), "b".into()]);
+        let column: ArrayRef = Arc::new(StringArray::from(vec!["a", "c", "b"]));
+        let mask = texts.mask(&column).unwrap();
+        assert_eq!(
+            mask.iter().collect::<Vec<_>>(),
+            vec![Some(true), Some(false), Some(true)]
+        );
+        assert_eq!(texts.without(&[column]).unwrap(), Keys::Text(Vec::new()));
+    }
+}

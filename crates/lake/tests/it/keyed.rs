@@ -1,0 +1,174 @@
+//! Keyed state tables: the newest run naming a key gives its rows, a gone key none, and a
+//! read decodes only the pages that can hold the keys asked for.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use deltalake::DeltaTable;
+use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::protocol::SaveMode;
+use shoplake_lake::keyed::{Keys, PAGE_ROWS, read_keys, write_run};
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("zone", DataType::Utf8, false),
+        Field::new("run", DataType::Int64, false),
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("gone", DataType::Boolean, false),
+        Field::new("n", DataType::Int64, true),
+    ]))
+}
+
+/// A keyed table of this schema, partitioned by zone and run, in a new directory.
+async fn table(dir: &std::path::Path, schema: SchemaRef) -> DeltaTable {
+    let url = url::Url::from_directory_path(dir.join("state")).unwrap();
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    let kernel: StructType = schema.as_ref().try_into_kernel().unwrap();
+    deltalake::DeltaTableBuilder::from_url(url)
+        .unwrap()
+        .build()
+        .unwrap()
+        .create()
+        .with_columns(kernel.fields().cloned())
+        .with_partition_columns(["zone", "run"])
+        .await
+        .unwrap()
+}
+
+fn run(zone: &str, run: i64, rows: &[(i64, bool, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(StringArray::from(vec![zone; rows.len()])),
+            Arc::new(Int64Array::from(vec![run; rows.len()])),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.1)))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+        ],
+    )
+    .unwrap()
+}
+
+fn pairs(batches: &[RecordBatch]) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = batches
+        .iter()
+        .flat_map(|b| {
+            let u = b.column(0).as_primitive::<Int64Type>().clone();
+            let n = b.column(1).as_primitive::<Int64Type>().clone();
+            (0..b.num_rows()).map(move |i| (u.value(i), n.value(i)))
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_run_of_a_key_wins_and_reads_touch_few_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table(dir.path(), schema()).await;
+    // Run 1: 200,000 users, out of order, two rows for user 7; the same users in another zone.
+    let mut base: Vec<(i64, bool, i64)> = (0..200_000i64)
+        .map(|u| ((u * 7_919) % 200_000, false, (u * 7_919) % 200_000))
+        .collect();
+    base.push((7, false, 70));
+    let t = write_run(t, "user_id", run("UTC", 1, &base), SaveMode::Append, None)
+        .await
+        .unwrap();
+    let t = write_run(
+        t,
+        "user_id",
+        run("Asia/Tokyo", 1, &base[..10]),
+        SaveMode::Append,
+        None,
+    )
+    .await
+    .unwrap();
+    // Run 2 rewrites users 10 and 199,999 and says user 20 has no rows left.
+    let t = write_run(
+        t,
+        "user_id",
+        run(
+            "UTC",
+            2,
+            &[(199_999, false, -1), (10, false, -1), (20, true, 0)],
+        ),
+        SaveMode::Append,
+        None,
+    )
+    .await
+    .unwrap();
+
+    let keys = Keys::ints(vec![10, 20, 30, 7, 199_999, 500_000]);
+    let got = read_keys(&t, "UTC", "user_id", &keys, &["user_id", "n"])
+        .await
+        .unwrap();
+    assert_eq!(
+        pairs(&got.batches),
+        vec![(7, 7), (7, 70), (10, -1), (30, 30), (199_999, -1)]
+    );
+    // Run 2's one page and, in run 1, the pages of 7, 20, 30 (one page) and 199,999 (the
+    // last); 10 and 20 were found in run 2.
+    assert!(
+        got.rows_decoded <= 3 + 2 * PAGE_ROWS,
+        "decoded {} rows",
+        got.rows_decoded
+    );
+    let other = read_keys(&t, "Asia/Tokyo", "user_id", &keys, &["user_id", "n"])
+        .await
+        .unwrap();
+    let want: Vec<(i64, i64)> = base[..10]
+        .iter()
+        .filter(|r| [10, 20, 30, 7, 199_999].contains(&r.0))
+        .map(|r| (r.0, r.2))
+        .collect();
+    assert_eq!(pairs(&other.batches), want);
+    let none = read_keys(&t, "UTC", "user_id", &Keys::ints(vec![]), &["n"])
+        .await
+        .unwrap();
+    assert!(none.batches.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_keys_are_found_by_their_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("zone", DataType::Utf8, false),
+        Field::new("run", DataType::Int64, false),
+        Field::new("session", DataType::Utf8, false),
+        Field::new("gone", DataType::Boolean, false),
+    ]));
+    let t = table(dir.path(), schema.clone()).await;
+    let sessions: Vec<String> = (0..50_000i64)
+        .map(|i| format!("{:08x}-session", i * 48_271 % 50_000))
+        .collect();
+    let n = sessions.len();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["UTC"; n])),
+            Arc::new(Int64Array::from(vec![1; n])),
+            Arc::new(StringArray::from(sessions.clone())),
+            Arc::new(BooleanArray::from(vec![false; n])),
+        ],
+    )
+    .unwrap();
+    let t = write_run(t, "session", batch, SaveMode::Append, None)
+        .await
+        .unwrap();
+    let want = vec![format!("{:08x}-session", 12_345), "ü-not-there".to_owned()];
+    let got = read_keys(&t, "UTC", "session", &Keys::texts(want), &["session"])
+        .await
+        .unwrap();
+    let found: Vec<String> = got
+        .batches
+        .iter()
+        .flat_map(|b| {
+            let s = b.column(0).as_string::<i32>().clone();
+            (0..s.len()).map(move |i| s.value(i).to_owned())
+        })
+        .collect();
+    assert_eq!(found, vec![format!("{:08x}-session", 12_345)]);
+    assert!(got.rows_decoded <= 2 * PAGE_ROWS, "{}", got.rows_decoded);
+}
