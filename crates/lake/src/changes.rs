@@ -8,7 +8,6 @@ use std::collections::HashMap;
 
 use deltalake::kernel::Action;
 use object_store::ObjectStoreExt as _;
-use url::Url;
 
 use crate::error::{Error, Result};
 use crate::lake::{Lake, TableName};
@@ -18,8 +17,6 @@ use crate::lake::{Lake, TableName};
 pub struct AddedFile {
     /// Its path in the table, as the log names it (relative, percent-encoded).
     pub path: String,
-    /// Its absolute URL.
-    pub url: Url,
     /// Its partition values.
     pub partition: HashMap<String, Option<String>>,
     /// Rows, when the log's statistics say.
@@ -71,7 +68,6 @@ impl Lake {
                 reason: format!("{table} was created after"),
             });
         }
-        let root = self.table_url(table)?;
         let log = t.log_store();
         let mut added = Vec::new();
         for version in (since + 1)..=to {
@@ -96,7 +92,6 @@ impl Lake {
                     && a.data_change
                 {
                     added.push(AddedFile {
-                        url: file_url(&root, &a.path)?,
                         rows: rows_of(a.stats.as_deref()),
                         partition: a.partition_values,
                         path: a.path,
@@ -135,12 +130,6 @@ fn rewrite_in(actions: &[Action]) -> Option<&'static str> {
     })
 }
 
-/// The absolute URL of a file the log names relative to the table.
-fn file_url(root: &Url, path: &str) -> Result<Url> {
-    root.join(path)
-        .map_err(|e| Error::Corrupt(format!("file path {path:?} in the log: {e}")))
-}
-
 /// `numRecords` from an add action's statistics.
 fn rows_of(stats: Option<&str>) -> Option<i64> {
     let v: serde_json::Value = serde_json::from_str(stats?).ok()?;
@@ -160,15 +149,5 @@ mod tests {
         assert_eq!(rows_of(Some("{}")), None);
         assert_eq!(rows_of(Some("not json")), None);
         assert_eq!(rows_of(None), None);
-    }
-
-    #[test]
-    fn relative_paths_resolve_under_the_table() {
-        let root = Url::parse("file:///lake/events/").unwrap();
-        let url = file_url(&root, "event_date=2019-10-01/part-0.parquet").unwrap();
-        assert_eq!(
-            url.as_str(),
-            "file:///lake/events/event_date=2019-10-01/part-0.parquet"
-        );
     }
 }

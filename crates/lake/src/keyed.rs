@@ -137,10 +137,8 @@ impl Keys {
                             .flatten(),
                     );
                 }
-                let found = Keys::ints(found);
-                let Keys::Int(found) = found else {
-                    unreachable!()
-                };
+                found.sort_unstable();
+                found.dedup();
                 Keys::Int(
                     k.iter()
                         .copied()
@@ -214,11 +212,13 @@ pub async fn read_keys(
             for b in batches {
                 let b = filter_record_batch(&b, &remaining.mask(b.column(0))?)?;
                 named.push(b.column(0).clone());
+                // A null `gone` counts as not gone.
                 let gone = arrow::compute::cast(b.column(1), &DataType::Boolean)?;
-                let gone = arrow::compute::kernels::boolean::is_not_null(&gone)
-                    .and_then(|valid| arrow::compute::and(&valid, gone.as_boolean()))?;
-                // A null `gone` counts as not gone (a filter passes only true).
-                let live = arrow::compute::not(&gone)?;
+                let live: BooleanArray = gone
+                    .as_boolean()
+                    .iter()
+                    .map(|g| Some(g != Some(true)))
+                    .collect();
                 let b = filter_record_batch(&b, &live)?;
                 let order: Vec<usize> = columns
                     .iter()

@@ -7,7 +7,7 @@ use crate::columns::Columns;
 use crate::error::Result;
 
 /// A text cell, `None` when null.
-fn text(a: &arrow::array::StringViewArray, i: usize) -> Option<&str> {
+pub(crate) fn text(a: &arrow::array::StringViewArray, i: usize) -> Option<&str> {
     a.is_valid(i).then(|| a.value(i))
 }
 
@@ -24,7 +24,7 @@ pub(crate) struct CartRow<'a> {
 }
 
 impl CartRow<'_> {
-    fn to_cart(self) -> Cart {
+    pub(crate) fn to_cart(self) -> Cart {
         Cart {
             at: self.at,
             cents: self.cents,

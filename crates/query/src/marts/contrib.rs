@@ -20,7 +20,7 @@ use arrow::array::{Array, RecordBatch};
 
 use crate::columns::Columns;
 use crate::error::Result;
-use crate::folds::{Cart, CartRow, keep_first};
+use crate::folds::{Cart, CartRow, keep_first, text};
 use crate::udf::category_at;
 
 /// A user's human events on one local day that fell on one UTC day.
@@ -318,25 +318,14 @@ impl UserState {
                     .iter_mut()
                     .find(|c| c.product == e.product && c.utc_day == e.utc_day && c.day == e.day)
                 {
-                    Some(c) => {
-                        let mut slot = Some(c.cart.clone());
-                        keep_first(&mut slot, row);
-                        if let Some(first) = slot {
-                            c.cart = first;
-                        }
-                    }
-                    None => {
-                        let mut slot = None;
-                        keep_first(&mut slot, row);
-                        if let Some(cart) = slot {
-                            self.carts.push(DayCart {
-                                product: e.product,
-                                utc_day: e.utc_day,
-                                day: e.day,
-                                cart,
-                            });
-                        }
-                    }
+                    Some(c) if row < c.cart.row() => c.cart = row.to_cart(),
+                    Some(_) => {}
+                    None => self.carts.push(DayCart {
+                        product: e.product,
+                        utc_day: e.utc_day,
+                        day: e.day,
+                        cart: row.to_cart(),
+                    }),
                 }
             }
             Kind::Purchase => self.purchases.push(Purchase {
@@ -486,9 +475,6 @@ impl States {
         let category_code = c.string_view_array("category_code")?;
         let brand = c.string_view_array("brand")?;
         let cents = c.int64_array("cents")?;
-        fn text(a: &arrow::array::StringViewArray, i: usize) -> Option<&str> {
-            a.is_valid(i).then(|| a.value(i))
-        }
         for i in 0..b.num_rows() {
             let e = EventFacts {
                 user: user.value(i),
