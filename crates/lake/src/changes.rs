@@ -6,11 +6,15 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use deltalake::kernel::Action;
 use object_store::ObjectStoreExt as _;
 
 use crate::error::{Error, Result};
 use crate::lake::{Lake, TableName};
+use crate::read::read_columns;
 
 /// A data file a commit added with new rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +120,50 @@ impl Lake {
             }
         }
         Ok(Changes::Added(added))
+    }
+
+    /// The rows of files [`Lake::changes`] listed, with every column of the table's schema
+    /// (partition columns filled from each file's values), cast to the schema's types.
+    pub async fn read_added(
+        &self,
+        table: TableName,
+        files: &[AddedFile],
+    ) -> Result<Vec<RecordBatch>> {
+        let Some(t) = self.unloaded(table).await? else {
+            return Ok(Vec::new());
+        };
+        let schema = table.schema();
+        let partitions = table.partition_columns();
+        let stored: Vec<&str> = schema
+            .fields()
+            .iter()
+            .filter(|f| !partitions.contains(f.name()))
+            .map(|f| f.name().as_str())
+            .collect();
+        let store = t.log_store().object_store(None);
+        let mut out = Vec::new();
+        for f in files {
+            let batches = read_columns(store.clone(), vec![f.path.clone()], &stored).await?;
+            for b in batches {
+                let columns = schema
+                    .fields()
+                    .iter()
+                    .map(|field| -> Result<ArrayRef> {
+                        let column: ArrayRef = match b.column_by_name(field.name()) {
+                            Some(c) => c.clone(),
+                            None if partitions.contains(field.name()) => {
+                                let value = f.partition.get(field.name()).cloned().flatten();
+                                Arc::new(StringArray::from(vec![value; b.num_rows()]))
+                            }
+                            None => arrow::array::new_null_array(field.data_type(), b.num_rows()),
+                        };
+                        Ok(arrow::compute::cast(&column, field.data_type())?)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                out.push(RecordBatch::try_new(schema.clone(), columns)?);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::{filter_record_batch, take_record_batch};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, SchemaRef};
 use deltalake::DeltaTable;
 use deltalake::ObjectStore;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -120,6 +120,32 @@ impl Keys {
                         Some(v.is_some_and(|v| k.binary_search_by(|x| x.as_str().cmp(v)).is_ok()))
                     })
                     .collect()
+            }
+        })
+    }
+
+    /// These keys and those key columns hold.
+    fn with(&self, columns: &[ArrayRef]) -> Result<Keys> {
+        Ok(match self {
+            Keys::Int(k) => {
+                let mut all = k.clone();
+                for c in columns {
+                    let c = arrow::compute::cast(c, &DataType::Int64)?;
+                    all.extend(
+                        c.as_primitive::<arrow::datatypes::Int64Type>()
+                            .iter()
+                            .flatten(),
+                    );
+                }
+                Keys::ints(all)
+            }
+            Keys::Text(k) => {
+                let mut all = k.clone();
+                for c in columns {
+                    let c = arrow::compute::cast(c, &DataType::Utf8)?;
+                    all.extend(c.as_string::<i32>().iter().flatten().map(str::to_owned));
+                }
+                Keys::texts(all)
             }
         })
     }
@@ -369,6 +395,124 @@ pub async fn write_run(
     write
         .await
         .map_err(Error::delta("writing a run of a keyed table"))
+}
+
+/// The runs of one zone of a keyed table, with the rows each holds (from the log's statistics;
+/// 0 where a file has none).
+pub fn runs(table: &DeltaTable, zone: &str) -> Result<BTreeMap<i64, u64>> {
+    let mut out = BTreeMap::new();
+    for (file, values) in files_in(table, &PARTITIONS)? {
+        if values[0].as_deref() != Some(zone) {
+            continue;
+        }
+        let run = values[1]
+            .as_deref()
+            .and_then(|r| r.parse::<i64>().ok())
+            .ok_or_else(|| Error::Corrupt(format!("keyed file {} has no run", file.path)))?;
+        *out.entry(run).or_default() += file.rows.unwrap_or(0);
+    }
+    Ok(out)
+}
+
+/// Merges some runs of a zone into one, numbered as the newest of them: each key keeps the
+/// rows of the newest run naming it, and keys marked gone are left out when `drop_gone` (the
+/// merge includes the zone's oldest run, so nothing older can show through). One commit.
+pub async fn merge_runs(
+    table: DeltaTable,
+    schema: &SchemaRef,
+    zone: &str,
+    key: &str,
+    merged: &[i64],
+    drop_gone: bool,
+) -> Result<DeltaTable> {
+    let Some(&into) = merged.iter().max() else {
+        return Ok(table);
+    };
+    let stored: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().to_owned())
+        .filter(|n| !PARTITIONS.contains(&n.as_str()))
+        .collect();
+    let stored: Vec<&str> = stored.iter().map(String::as_str).collect();
+    let mut by_run: BTreeMap<Reverse<i64>, Vec<String>> = BTreeMap::new();
+    for (file, values) in files_in(&table, &PARTITIONS)? {
+        let run = values[1].as_deref().and_then(|r| r.parse::<i64>().ok());
+        if values[0].as_deref() == Some(zone) && run.is_some_and(|r| merged.contains(&r)) {
+            by_run
+                .entry(Reverse(run.unwrap_or(into)))
+                .or_default()
+                .push(file.path);
+        }
+    }
+    let store = table.object_store();
+    let key_type = schema
+        .field_with_name(key)
+        .map_err(|_| Error::Argument(format!("a keyed table lacks its key {key}")))?
+        .data_type();
+    let mut seen = match key_type {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Keys::Text(Vec::new()),
+        _ => Keys::Int(Vec::new()),
+    };
+    let mut kept: Vec<RecordBatch> = Vec::new();
+    for paths in by_run.into_values() {
+        let batches = crate::read::read_columns(store.clone(), paths, &stored).await?;
+        let mut named = Vec::new();
+        for b in batches {
+            let k = b
+                .column_by_name(key)
+                .ok_or_else(|| Error::Corrupt(format!("a keyed run lacks {key}")))?
+                .clone();
+            let older = seen.mask(&k)?;
+            let fresh = arrow::compute::not(&older)?;
+            let mut b = filter_record_batch(&b, &fresh)?;
+            named.push(k);
+            if drop_gone && let Some(g) = b.column_by_name(GONE) {
+                let g = arrow::compute::cast(g, &DataType::Boolean)?;
+                let live: BooleanArray = g
+                    .as_boolean()
+                    .iter()
+                    .map(|g| Some(g != Some(true)))
+                    .collect();
+                b = filter_record_batch(&b, &live)?;
+            }
+            kept.push(b);
+        }
+        seen = seen.with(&named)?;
+    }
+    let target = schema.clone();
+    let mut out = Vec::new();
+    for b in kept {
+        let columns = target
+            .fields()
+            .iter()
+            .map(|f| -> Result<ArrayRef> {
+                let c: ArrayRef = match f.name().as_str() {
+                    "zone" => Arc::new(arrow::array::StringArray::from(vec![zone; b.num_rows()])),
+                    "run" => Arc::new(arrow::array::Int64Array::from(vec![into; b.num_rows()])),
+                    name => b.column_by_name(name).cloned().unwrap_or_else(|| {
+                        arrow::array::new_null_array(f.data_type(), b.num_rows())
+                    }),
+                };
+                Ok(arrow::compute::cast(&c, f.data_type())?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.push(RecordBatch::try_new(target.clone(), columns)?);
+    }
+    let batch = arrow::compute::concat_batches(&target, &out)?;
+    let list = merged
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    write_run(
+        table,
+        key,
+        batch,
+        SaveMode::Overwrite,
+        Some(format!("zone = '{zone}' AND run IN ({list})")),
+    )
+    .await
 }
 
 /// A batch's rows in the order of one column.

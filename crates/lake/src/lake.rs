@@ -35,6 +35,10 @@ pub enum TableName {
     /// Per report zone, local day, user and product: the day's first cart, the previous day
     /// with a cart and the next purchase, for the abandoned-items report.
     MartItems,
+    /// Per report zone and user, what the marts need of their human events (keyed by user).
+    MartUserState,
+    /// Per report zone and session, what `mart_daily` needs of it (keyed by session).
+    MartSessionState,
     /// Bot verdicts of real-time detection: one row per flagged user, UTC day and incident;
     /// "humans only" reports leave out the flagged user-days.
     BotFlags,
@@ -42,7 +46,7 @@ pub enum TableName {
 
 impl TableName {
     /// Every table.
-    pub const ALL: [TableName; 9] = [
+    pub const ALL: [TableName; 11] = [
         TableName::Events,
         TableName::Quarantine,
         TableName::Imports,
@@ -51,6 +55,8 @@ impl TableName {
         TableName::MartCategories,
         TableName::MartCategoryVisitors,
         TableName::MartItems,
+        TableName::MartUserState,
+        TableName::MartSessionState,
         TableName::BotFlags,
     ];
 
@@ -65,6 +71,8 @@ impl TableName {
             TableName::MartCategories => "mart_categories",
             TableName::MartCategoryVisitors => "mart_category_visitors",
             TableName::MartItems => "mart_items",
+            TableName::MartUserState => "mart_user_state",
+            TableName::MartSessionState => "mart_session_state",
             TableName::BotFlags => "bot_flags",
         }
     }
@@ -85,6 +93,8 @@ impl TableName {
             TableName::MartCategories => schema::mart_categories(),
             TableName::MartCategoryVisitors => schema::mart_category_visitors(),
             TableName::MartItems => schema::mart_items(),
+            TableName::MartUserState => schema::mart_user_state(),
+            TableName::MartSessionState => schema::mart_session_state(),
             TableName::BotFlags => schema::bot_flags(),
         }
     }
@@ -99,6 +109,9 @@ impl TableName {
             }
             // The largest mart: a report reads one zone's files and never decodes the zone.
             TableName::MartItems => vec!["zone".to_owned()],
+            TableName::MartUserState | TableName::MartSessionState => {
+                crate::keyed::PARTITIONS.map(str::to_owned).to_vec()
+            }
             _ => Vec::new(),
         }
     }
@@ -115,6 +128,8 @@ impl TableName {
                 "shoplake mart: distinct category visitors per zone, bucket and day"
             }
             TableName::MartItems => "shoplake mart: first carts per zone, day, user and product",
+            TableName::MartUserState => "shoplake mart state: per zone and user, keyed runs",
+            TableName::MartSessionState => "shoplake mart state: per zone and session, keyed runs",
             TableName::BotFlags => "shoplake: users flagged as bots, per UTC day and incident",
         }
     }
@@ -287,6 +302,19 @@ impl Lake {
         Ok(i64::try_from(v).ok())
     }
 
+    /// Opens a table at a given version, `None` when it does not exist.
+    pub async fn table_at(&self, table: TableName, version: i64) -> Result<Option<DeltaTable>> {
+        let Some(mut t) = self.unloaded(table).await? else {
+            return Ok(None);
+        };
+        let v = u64::try_from(version)
+            .map_err(|_| Error::Argument(format!("{table} has no version {version}")))?;
+        t.load_version(v).await.map_err(Error::delta(format!(
+            "loading {table} at version {version}"
+        )))?;
+        Ok(Some(t))
+    }
+
     /// A table handle, not loaded yet; `None` when the table does not exist.
     pub(crate) async fn unloaded(&self, table: TableName) -> Result<Option<DeltaTable>> {
         let t = self
@@ -319,6 +347,19 @@ impl Lake {
         columns: &[&'static str],
     ) -> Result<Vec<arrow::array::RecordBatch>> {
         match self.table(table).await? {
+            Some(t) => crate::read::read_all(&t, columns).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// [`Lake::read_table`] at a given version.
+    pub async fn read_table_at(
+        &self,
+        table: TableName,
+        version: i64,
+        columns: &[&'static str],
+    ) -> Result<Vec<arrow::array::RecordBatch>> {
+        match self.table_at(table, version).await? {
             Some(t) => crate::read::read_all(&t, columns).await,
             None => Ok(Vec::new()),
         }

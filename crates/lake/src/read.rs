@@ -97,7 +97,7 @@ pub(crate) fn files_in(
 pub(crate) async fn read_columns(
     store: Arc<dyn ObjectStore>,
     paths: Vec<String>,
-    columns: &[&'static str],
+    columns: &[&str],
 ) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
     for path in paths {

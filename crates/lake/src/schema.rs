@@ -72,6 +72,7 @@ static MART_DAILY: LazyLock<SchemaRef> = LazyLock::new(|| {
         "newest_event",
         "flags_version",
     ]));
+    fields.push(Field::new("marts_versions", DataType::Utf8, true));
     Arc::new(Schema::new(fields))
 });
 
@@ -87,6 +88,7 @@ static MART_ITEMS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("category_code", DataType::Utf8, true),
         Field::new("prev_day", DataType::Date32, true),
         Field::new("next_purchase", DataType::Int64, true),
+        Field::new("weight", DataType::Int64, true),
     ]))
 });
 
@@ -126,7 +128,13 @@ static MART_CATEGORIES: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("level", DataType::Int64, true),
         Field::new("category", DataType::Utf8, true),
     ];
-    fields.extend(counts(&["views", "carts", "purchases", "revenue_cents"]));
+    fields.extend(counts(&[
+        "views",
+        "carts",
+        "purchases",
+        "revenue_cents",
+        "events",
+    ]));
     Arc::new(Schema::new(fields))
 });
 
@@ -199,4 +207,55 @@ pub fn bot_flags() -> SchemaRef {
 /// `imports`: one row per import, with its profile as JSON.
 pub fn imports() -> SchemaRef {
     IMPORTS.clone()
+}
+
+static MART_USER_STATE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = vec![
+        Field::new("zone", DataType::Utf8, true),
+        Field::new("run", DataType::Int64, true),
+        Field::new("user_id", DataType::Int64, true),
+        Field::new("gone", DataType::Boolean, true),
+    ];
+    fields.extend(counts(&["kind", "utc_day", "day", "hour"]));
+    fields.push(Field::new("code", DataType::Utf8, true));
+    fields.extend(counts(&["events", "at", "product_id", "cents"]));
+    fields.push(Field::new("brand", DataType::Utf8, true));
+    fields.push(Field::new("category_code", DataType::Utf8, true));
+    Arc::new(Schema::new(fields))
+});
+
+/// `mart_user_state`: what the marts need of each user's human events in a report zone, kept
+/// so that a refresh recomputes only the users new rows or verdicts touch. A keyed table
+/// (`shoplake_lake::keyed`) by `user_id`, one row per `kind`: 0 a (UTC day, local day) with
+/// its `events` and first event time (`at`); 1 a (UTC day, local day, local hour, full
+/// category `code`) with its `events`; 2 a cart (`at`, `product_id`, `cents`, `brand`,
+/// `category_code`); 3 a purchase (`at`, `product_id`).
+pub fn mart_user_state() -> SchemaRef {
+    MART_USER_STATE.clone()
+}
+
+static MART_SESSION_STATE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = vec![
+        Field::new("zone", DataType::Utf8, true),
+        Field::new("run", DataType::Int64, true),
+        Field::new("user_session", DataType::Utf8, true),
+        Field::new("gone", DataType::Boolean, true),
+    ];
+    fields.extend(counts(&[
+        "user_id",
+        "utc_day",
+        "day",
+        "events",
+        "first",
+        "carts",
+        "purchases",
+    ]));
+    Arc::new(Schema::new(fields))
+});
+
+/// `mart_session_state`: per report zone and session, one row per (user, UTC day, local day)
+/// of its human events: how many, the first one's time, and how many carts and purchases. A
+/// keyed table by `user_session`.
+pub fn mart_session_state() -> SchemaRef {
+    MART_SESSION_STATE.clone()
 }

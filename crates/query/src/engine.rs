@@ -85,6 +85,7 @@ pub struct Engine {
     timeout: Duration,
     events_version: Option<i64>,
     bot_flags_version: Option<i64>,
+    schema: Arc<LakeSchema>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -127,16 +128,33 @@ impl Engine {
         scan_config.options_mut().execution.parquet.reorder_filters = true;
         let ctx = SessionContext::new_with_config_rt(config, runtime.clone());
         let scan_ctx = SessionContext::new_with_config_rt(scan_config, runtime);
+        let events_version = lake.latest_version(TableName::Events).await?;
+        let bot_flags_version = lake.latest_version(TableName::BotFlags).await?;
+        // `events` and `bot_flags` are read at the versions found now, whenever a statement
+        // first names them: what a session reports and stamps is what it read.
+        let pinned = [
+            (TableName::Events, events_version),
+            (TableName::BotFlags, bot_flags_version),
+        ]
+        .into_iter()
+        .filter_map(|(t, v)| Some((t, v?)))
+        .collect();
         let schema = Arc::new(LakeSchema {
             lake: lake.clone(),
             state: ctx.state(),
             opened: tokio::sync::Mutex::new(HashMap::new()),
+            pinned,
         });
         for c in [&ctx, &scan_ctx] {
             let catalog = c
                 .catalog("datafusion")
                 .ok_or_else(|| Error::Argument("the session lacks its default catalog".into()))?;
             catalog.register_schema("public", schema.clone())?;
+            // Batches a statement joins with the lake's tables (a refresh's new rows).
+            catalog.register_schema(
+                "scratch",
+                Arc::new(deltalake::datafusion::catalog::MemorySchemaProvider::new()),
+            )?;
             for f in udf::functions() {
                 c.register_udf(f);
             }
@@ -145,8 +163,9 @@ impl Engine {
             ctx,
             scan_ctx,
             timeout: DEFAULT_TIMEOUT,
-            events_version: lake.latest_version(TableName::Events).await?,
-            bot_flags_version: lake.latest_version(TableName::BotFlags).await?,
+            events_version,
+            bot_flags_version,
+            schema,
         })
     }
 
@@ -159,6 +178,36 @@ impl Engine {
     /// The version of `events` this session reads (`None`: no table yet).
     pub fn events_version(&self) -> Option<i64> {
         self.events_version
+    }
+
+    /// The version of a table this session reads, opening it if no statement has yet (`None`:
+    /// no table yet).
+    pub async fn table_version(&self, table: TableName) -> Result<Option<i64>> {
+        self.ctx.table_provider(table.as_str()).await?;
+        Ok(self
+            .schema
+            .opened
+            .lock()
+            .await
+            .get(&table)
+            .and_then(|(_, v)| *v))
+    }
+
+    /// Registers batches as `scratch.{name}` for later statements of this session (replacing
+    /// any of that name).
+    pub(crate) fn scratch(
+        &self,
+        name: &str,
+        schema: arrow::datatypes::SchemaRef,
+        batches: Vec<arrow::array::RecordBatch>,
+    ) -> Result<()> {
+        let table = Arc::new(MemTable::try_new(schema, vec![batches])?);
+        for c in [&self.ctx, &self.scan_ctx] {
+            let name = format!("scratch.{name}");
+            c.deregister_table(name.as_str())?;
+            c.register_table(name.as_str(), table.clone())?;
+        }
+        Ok(())
     }
 
     /// The version of `bot_flags` this session reads (`None`: no table yet).
@@ -378,13 +427,19 @@ pub fn check_read_only(sql: &str) -> Result<()> {
     }
 }
 
+/// A table a session opened, and its version (`None`: not created yet).
+type Opened = (Arc<dyn TableProvider>, Option<i64>);
+
 /// The lake's tables as a DataFusion schema, each opened on first use (a table not created
 /// yet reads as empty, with its schema).
 struct LakeSchema {
     lake: Lake,
     /// Shares the session's runtime, where each table registers its object store.
     state: SessionState,
-    opened: tokio::sync::Mutex<HashMap<TableName, Arc<dyn TableProvider>>>,
+    /// Each table opened, with its version.
+    opened: tokio::sync::Mutex<HashMap<TableName, Opened>>,
+    /// Tables read at a fixed version.
+    pinned: HashMap<TableName, i64>,
 }
 
 impl std::fmt::Debug for LakeSchema {
@@ -407,22 +462,26 @@ impl SchemaProvider for LakeSchema {
             return Ok(None);
         };
         let mut opened = self.opened.lock().await;
-        if let Some(p) = opened.get(&table) {
+        if let Some((p, _)) = opened.get(&table) {
             return Ok(Some(p.clone()));
         }
-        let provider: Arc<dyn TableProvider> = match self
-            .lake
-            .table(table)
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?
-        {
+        let loaded = match self.pinned.get(&table) {
+            Some(v) => self.lake.table_at(table, *v).await,
+            None => self.lake.table(table).await,
+        }
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let (provider, version): (Arc<dyn TableProvider>, _) = match loaded {
             Some(t) => {
                 t.update_datafusion_session(&self.state)?;
-                t.table_provider().await?
+                let version = t.version().and_then(|v| i64::try_from(v).ok());
+                (t.table_provider().await?, version)
             }
-            None => Arc::new(MemTable::try_new(table.schema(), vec![vec![]])?),
+            None => (
+                Arc::new(MemTable::try_new(table.schema(), vec![vec![]])?),
+                None,
+            ),
         };
-        opened.insert(table, provider.clone());
+        opened.insert(table, (provider.clone(), version));
         Ok(Some(provider))
     }
 

@@ -411,6 +411,14 @@ pub struct MartsArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum MartsAction {
+    /// Bring the marts up to date: fold in only what changed since they were last brought
+    /// up to date (new rows, late rows, new or lifted verdicts); zones added with --tz are
+    /// built whole.
+    Refresh {
+        /// Also hold marts for these IANA zones (repeatable).
+        #[arg(long)]
+        tz: Vec<String>,
+    },
     /// Recompute every mart from `events` (for UTC, the zones already held, and --tz).
     Rebuild {
         /// Also hold marts for these IANA zones (repeatable).
@@ -425,20 +433,32 @@ enum MartsAction {
 pub fn marts(args: MartsArgs) -> Result<ExitCode> {
     let rt = runtime()?;
     let lake = args.sql_args.lake.open()?;
+    let whole = matches!(args.action, MartsAction::Rebuild { .. });
     match args.action {
-        MartsAction::Rebuild { tz } => {
+        MartsAction::Refresh { tz } | MartsAction::Rebuild { tz } => {
             let zones = tz
                 .iter()
                 .map(|z| shoplake_query::udf::parse_zone(z).map_err(anyhow::Error::msg))
                 .collect::<Result<Vec<_>>>()?;
-            let done = rt.block_on(shoplake_query::marts::refresh(&lake, &zones))?;
+            let done = if whole {
+                rt.block_on(shoplake_query::marts::rebuild(&lake, &zones))?
+            } else {
+                rt.block_on(shoplake_query::marts::refresh(&lake, &zones))?
+            };
             if done.is_empty() {
                 println!("no events yet: nothing to build");
             }
             for m in done {
                 println!(
-                    "{}: {} daily rows, {} brand rows, events version {} ({:.2} s)",
-                    m.zone, m.daily_rows, m.brand_rows, m.events_version, m.seconds
+                    "{}: {} ({} daily rows, {} brand rows, {} item rows), events version {} \
+                     ({:.2} s)",
+                    m.zone,
+                    m.mode,
+                    m.daily_rows,
+                    m.brand_rows,
+                    m.item_rows,
+                    m.events_version,
+                    m.seconds
                 );
             }
         }

@@ -6,13 +6,6 @@
 //! change a few users, a refresh subtracts those users' old contributions and adds their new
 //! ones, and reads nothing else of history. (`mart_brands` and `mart_categories` are sums over
 //! events and need no state.)
-//!
-//! The incremental refresh (issue 20) is built on these next; until then they are checked
-//! against the full build.
-#![cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the incremental refresh folds these next")
-)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -275,6 +268,24 @@ impl UserState {
         self.purchases.retain(|p| !utc_days.contains(&p.utc_day));
     }
 
+    /// Keeps a cart if it is the first of its product, UTC day and local day.
+    pub(crate) fn keep_cart(&mut self, product: i64, utc_day: i32, day: i32, row: CartRow<'_>) {
+        match self
+            .carts
+            .iter_mut()
+            .find(|c| c.product == product && c.utc_day == utc_day && c.day == day)
+        {
+            Some(c) if row < c.cart.row() => c.cart = row.to_cart(),
+            Some(_) => {}
+            None => self.carts.push(DayCart {
+                product,
+                utc_day,
+                day,
+                cart: row.to_cart(),
+            }),
+        }
+    }
+
     /// Folds in one more human event.
     pub(crate) fn add(&mut self, e: &EventFacts<'_>) {
         match self
@@ -313,20 +324,7 @@ impl UserState {
                     brand: e.brand,
                     category_code: e.category_code,
                 };
-                match self
-                    .carts
-                    .iter_mut()
-                    .find(|c| c.product == e.product && c.utc_day == e.utc_day && c.day == e.day)
-                {
-                    Some(c) if row < c.cart.row() => c.cart = row.to_cart(),
-                    Some(_) => {}
-                    None => self.carts.push(DayCart {
-                        product: e.product,
-                        utc_day: e.utc_day,
-                        day: e.day,
-                        cart: row.to_cart(),
-                    }),
-                }
+                self.keep_cart(e.product, e.utc_day, e.day, row);
             }
             Kind::Purchase => self.purchases.push(Purchase {
                 product: e.product,
@@ -505,6 +503,7 @@ impl States {
     }
 
     /// Every user's and session's contribution to the summed marts.
+    #[cfg(test)]
     pub(crate) fn sums(&self) -> Sums {
         let mut sums = Sums::default();
         for u in self.users.values() {
@@ -518,6 +517,7 @@ impl States {
     }
 
     /// Every user's rows of `mart_items`.
+    #[cfg(test)]
     pub(crate) fn items(&self) -> Vec<ItemRow> {
         self.users
             .iter()

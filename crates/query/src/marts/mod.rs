@@ -38,6 +38,10 @@ use serde::Serialize;
 use shoplake_lake::{Lake, TableName};
 
 mod contrib;
+mod incremental;
+mod state;
+
+use contrib::Daily;
 
 use crate::columns::Columns;
 use crate::engine::{Engine, QueryOutput};
@@ -54,6 +58,8 @@ pub struct MartsSummary {
     pub zone: String,
     /// The `events` version the marts now reflect.
     pub events_version: i64,
+    /// `incremental` (only what changed was folded in) or `rebuild` (recomputed whole).
+    pub mode: &'static str,
     /// Rows written to `mart_daily`.
     pub daily_rows: usize,
     /// Rows written to `mart_brands`.
@@ -68,10 +74,17 @@ pub struct MartsSummary {
     pub seconds: f64,
 }
 
-/// Recomputes the marts of each zone from `events` (at the version the engine sees) and
-/// replaces that zone's rows. Nothing to do without an `events` table.
+/// Brings the marts of each zone up to date with `events` and `bot_flags` (at the versions
+/// the engine sees): only what changed since their stamp is folded in, and a zone they do
+/// not hold yet (or marts that cannot be brought forward: rows rewritten, a refresh cut
+/// short) is recomputed whole. Nothing to do without an `events` table.
 pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary>> {
-    refresh_in(lake, &Engine::open(lake).await?, extra_zones).await
+    refresh_in(lake, &Engine::open(lake).await?, extra_zones, false).await
+}
+
+/// Recomputes every zone's marts whole from `events`.
+pub async fn rebuild(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary>> {
+    refresh_in(lake, &Engine::open(lake).await?, extra_zones, true).await
 }
 
 /// [`refresh`] drawing on resources shared with other engines (a server's one memory pool
@@ -85,11 +98,17 @@ pub async fn refresh_shared(
         lake,
         &Engine::open_shared(lake, resources).await?,
         extra_zones,
+        false,
     )
     .await
 }
 
-async fn refresh_in(lake: &Lake, engine: &Engine, extra_zones: &[Tz]) -> Result<Vec<MartsSummary>> {
+async fn refresh_in(
+    lake: &Lake,
+    engine: &Engine,
+    extra_zones: &[Tz],
+    whole: bool,
+) -> Result<Vec<MartsSummary>> {
     let Some(version) = engine.events_version() else {
         return Ok(Vec::new());
     };
@@ -103,90 +122,207 @@ async fn refresh_in(lake: &Lake, engine: &Engine, extra_zones: &[Tz]) -> Result<
     };
     let zones = zones(engine, extra_zones).await?;
     reset_outdated(lake).await?;
+    let stamp = match whole {
+        true => None,
+        false => incremental::read_stamp(engine).await?,
+    };
+    let delta = match &stamp {
+        Some(s) => incremental::delta(lake, engine, s).await?,
+        None => None,
+    };
     let mut out = Vec::new();
+    let mut daily: BTreeMap<String, BTreeMap<i32, Daily>> = BTreeMap::new();
+    let mut all_incremental = delta.is_some();
     for tz in zones {
         let started = Instant::now();
         let zone = tz.name();
-        let z = format!("'{zone}'");
-        // Each mart is written as soon as it is computed, so its rows are not held while the
-        // next is computed; the stamped daily table last: a crash before it leaves an old
-        // stamp, and reports then compute from `events`.
-        let brands = engine
-            .run(&format!(
-                "SELECT {z} AS zone, local_day(event_time, {z}) AS day, brand,
-                        category_level(category_code, 1) AS category, COUNT(*) AS events,
-                        COUNT(*) FILTER (WHERE event_type = 'view') AS views,
-                        COUNT(*) FILTER (WHERE event_type = 'cart') AS carts,
-                        COUNT(*) FILTER (WHERE event_type = 'purchase') AS purchases,
-                        SUM(CASE WHEN event_type = 'purchase'
-                                 THEN CAST(price * 100 AS BIGINT) ELSE 0 END) AS revenue_cents,
-                        SUM(CASE WHEN event_type = 'view'
-                                 THEN CAST(price * 100 AS BIGINT) ELSE 0 END) AS view_price_cents
-                 FROM {events} WHERE brand IS NOT NULL GROUP BY 1, 2, 3, 4"
-            ))
-            .await?;
-        let brand_rows = replace(lake, TableName::MartBrands, zone, &brands.batches).await?;
-        drop(brands);
-        let t_brands = started.elapsed();
-        let items = items_batch(engine, zone, events).await?;
-        let item_rows = replace(lake, TableName::MartItems, zone, &[items]).await?;
-        let t_items = started.elapsed();
-        let (categories, visitors) = category_cells(engine, zone, events).await?;
-        let category_rows = replace(lake, TableName::MartCategories, zone, &categories).await?;
-        let visitor_rows = replace(lake, TableName::MartCategoryVisitors, zone, &visitors).await?;
-        drop((categories, visitors));
-        let t_categories = started.elapsed();
-        let daily = daily_rows(engine, zone, version, flags, events).await?;
-        let daily_rows = replace(
-            lake,
-            TableName::MartDaily,
-            zone,
-            std::slice::from_ref(&daily),
-        )
-        .await?;
-        tracing::debug!(
-            zone,
-            brands_s = t_brands.as_secs_f64(),
-            items_s = (t_items - t_brands).as_secs_f64(),
-            categories_s = (t_categories - t_items).as_secs_f64(),
-            daily_s = (started.elapsed() - t_categories).as_secs_f64(),
-            "marts rebuilt for a zone"
-        );
+        let old = stamp.as_ref().and_then(|s| s.daily.get(zone));
+        let summary = match (&delta, old) {
+            (Some(d), Some(old)) if !runs_overgrown(lake, zone).await? => {
+                let applied = incremental::apply(lake, engine, zone, d, old.clone()).await?;
+                tracing::debug!(
+                    zone,
+                    new_rows = d.new_rows,
+                    flagged = d.added.len(),
+                    unflagged = d.removed.len(),
+                    users = applied.users,
+                    sessions = applied.sessions,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "marts refreshed for a zone"
+                );
+                let summary = MartsSummary {
+                    zone: zone.to_owned(),
+                    events_version: version,
+                    mode: "incremental",
+                    daily_rows: applied.daily.len(),
+                    brand_rows: applied.brand_rows,
+                    category_rows: applied.category_rows,
+                    visitor_rows: applied.visitor_rows,
+                    item_rows: applied.item_rows,
+                    seconds: 0.0,
+                };
+                daily.insert(zone.to_owned(), applied.daily);
+                summary
+            }
+            _ => {
+                all_incremental = false;
+                let (summary, rows) = rebuild_zone(lake, engine, zone, version, events).await?;
+                daily.insert(zone.to_owned(), rows);
+                summary
+            }
+        };
         out.push(MartsSummary {
-            zone: zone.to_owned(),
-            events_version: version,
-            daily_rows,
-            brand_rows,
-            category_rows,
-            visitor_rows,
-            item_rows,
             seconds: started.elapsed().as_secs_f64(),
+            ..summary
         });
     }
+    let newest = match (&stamp, &delta) {
+        (Some(s), Some(d)) if all_incremental => incremental::newest(engine, s, d).await?,
+        _ => None,
+    };
+    let newest = match newest {
+        Some(n) => n,
+        None => {
+            let sql = format!("SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM {events}");
+            engine.scalar_i64(&sql, "newest").await?
+        }
+    };
+    incremental::collapse(lake, whole).await?;
+    // The stamp last, in one commit for every zone: a refresh cut short leaves the marts at
+    // versions the old stamp does not name, so reports read `events` and the next refresh
+    // rebuilds.
+    let mut versions = BTreeMap::new();
+    for t in crate::stamp::STAMPED {
+        if let Some(v) = lake.latest_version(t).await? {
+            versions.insert(t.as_str().to_owned(), v);
+        }
+    }
+    let stamp = Stamped {
+        version,
+        flags,
+        newest,
+        versions: crate::stamp::versions_json(&versions),
+    };
+    let batches = daily
+        .iter()
+        .map(|(zone, rows)| daily_batch(zone, &stamp, rows))
+        .collect::<Result<Vec<_>>>()?;
+    let batches = if batches.is_empty() {
+        vec![RecordBatch::new_empty(TableName::MartDaily.schema())]
+    } else {
+        batches
+    };
+    lake.ensure(TableName::MartDaily)
+        .await?
+        .write(batches)
+        .with_save_mode(SaveMode::Overwrite)
+        .await?;
     Ok(out)
 }
 
-/// One local day of `mart_daily` as it is assembled.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct DailyRow {
-    visitors: i64,
-    sessions: i64,
-    events: i64,
-    new_visitors: i64,
-    session_starts: i64,
-    cart_sessions: i64,
-    abandoned_sessions: i64,
+/// Whether a zone's state has gathered so many runs since its base that rebuilding it whole
+/// is cheaper than merging them (a smaller pile is merged here).
+async fn runs_overgrown(lake: &Lake, zone: &str) -> Result<bool> {
+    let users = state::tidy_runs(lake, TableName::MartUserState, "user_id", zone).await?;
+    let sessions =
+        state::tidy_runs(lake, TableName::MartSessionState, "user_session", zone).await?;
+    Ok(users || sessions)
+}
+
+/// Recomputes one zone's marts and state from `events` (at the version the engine reads)
+/// and replaces that zone's rows; returns its `mart_daily` rows, for the stamped write.
+async fn rebuild_zone(
+    lake: &Lake,
+    engine: &Engine,
+    zone: &str,
+    version: i64,
+    events: &str,
+) -> Result<(MartsSummary, BTreeMap<i32, Daily>)> {
+    let started = Instant::now();
+    let z = format!("'{zone}'");
+    // Each mart is written as soon as it is computed, so its rows are not held while the
+    // next is computed.
+    let brands = engine
+        .run(&format!(
+            "SELECT {z} AS zone, local_day(event_time, {z}) AS day, brand,
+                    category_level(category_code, 1) AS category, COUNT(*) AS events,
+                    COUNT(*) FILTER (WHERE event_type = 'view') AS views,
+                    COUNT(*) FILTER (WHERE event_type = 'cart') AS carts,
+                    COUNT(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+                    SUM(CASE WHEN event_type = 'purchase'
+                             THEN CAST(price * 100 AS BIGINT) ELSE 0 END) AS revenue_cents,
+                    SUM(CASE WHEN event_type = 'view'
+                             THEN CAST(price * 100 AS BIGINT) ELSE 0 END) AS view_price_cents
+             FROM {events} WHERE brand IS NOT NULL GROUP BY 1, 2, 3, 4"
+        ))
+        .await?;
+    let brand_rows = replace(lake, TableName::MartBrands, zone, &brands.batches).await?;
+    drop(brands);
+    let t_brands = started.elapsed();
+    let items = items_batch(engine, zone, events).await?;
+    let item_rows = replace(lake, TableName::MartItems, zone, &[items]).await?;
+    let t_items = started.elapsed();
+    let (categories, visitors) = category_cells(engine, zone, events).await?;
+    let category_rows = replace(lake, TableName::MartCategories, zone, &categories).await?;
+    let visitor_rows = replace(lake, TableName::MartCategoryVisitors, zone, &visitors).await?;
+    drop((categories, visitors));
+    let t_categories = started.elapsed();
+    let scan = contrib::scan_sql(zone, events);
+    let user_sql = state::user_state_sql(&scan);
+    state::write_whole(
+        lake,
+        engine,
+        TableName::MartUserState,
+        "user_id",
+        zone,
+        &user_sql,
+    )
+    .await?;
+    let session_sql = state::session_state_sql(&scan);
+    let sessions = TableName::MartSessionState;
+    state::write_whole(lake, engine, sessions, "user_session", zone, &session_sql).await?;
+    let t_state = started.elapsed();
+    let daily = daily_rows(engine, zone, events).await?;
+    tracing::debug!(
+        zone,
+        brands_s = t_brands.as_secs_f64(),
+        items_s = (t_items - t_brands).as_secs_f64(),
+        categories_s = (t_categories - t_items).as_secs_f64(),
+        state_s = (t_state - t_categories).as_secs_f64(),
+        daily_s = (started.elapsed() - t_state).as_secs_f64(),
+        "marts rebuilt for a zone"
+    );
+    let summary = MartsSummary {
+        zone: zone.to_owned(),
+        events_version: version,
+        mode: "rebuild",
+        daily_rows: daily.len(),
+        brand_rows,
+        category_rows,
+        visitor_rows,
+        item_rows,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((summary, daily))
+}
+
+/// What `mart_daily` stamps on every row.
+struct Stamped {
+    version: i64,
+    flags: Option<i64>,
+    newest: Option<i64>,
+    versions: String,
 }
 
 /// Sets a query's day-keyed counts (`names`, in order) on the days' rows with `set`; the
 /// days are created only when `create` (session and first days are days with events, which
 /// the first query made).
 fn fill(
-    by_day: &mut BTreeMap<i64, DailyRow>,
+    by_day: &mut BTreeMap<i64, Daily>,
     out: &QueryOutput,
     names: &[&str],
     create: bool,
-    set: impl Fn(&mut DailyRow, &[i64]),
+    set: impl Fn(&mut Daily, &[i64]),
 ) -> Result<()> {
     for b in &out.batches {
         let c = Columns::new(b);
@@ -215,13 +351,7 @@ fn fill(
 /// A zone's `mart_daily` rows. Three queries one after the other, each with the whole memory
 /// budget (as one statement, their six group-bys shared it and a month's sorts ran short),
 /// joined here by day.
-async fn daily_rows(
-    engine: &Engine,
-    zone: &str,
-    version: i64,
-    flags: Option<i64>,
-    events: &str,
-) -> Result<RecordBatch> {
+async fn daily_rows(engine: &Engine, zone: &str, events: &str) -> Result<BTreeMap<i32, Daily>> {
     let z = format!("'{zone}'");
     let day = |c: &str| format!("CAST(CAST({c} AS INT) AS BIGINT)");
     let daily = engine
@@ -257,10 +387,7 @@ async fn daily_rows(
             d = day(&format!("local_day(first, {z})"))
         ))
         .await?;
-    let newest_sql = format!("SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM {events}");
-    let newest = engine.scalar_i64(&newest_sql, "newest").await?;
-
-    let mut by_day: BTreeMap<i64, DailyRow> = BTreeMap::new();
+    let mut by_day: BTreeMap<i64, Daily> = BTreeMap::new();
     fill(
         &mut by_day,
         &daily,
@@ -277,19 +404,13 @@ async fn daily_rows(
     fill(&mut by_day, &sessions, &names, false, |r, v| {
         (r.session_starts, r.cart_sessions, r.abandoned_sessions) = (v[0], v[1], v[2]);
     })?;
-    daily_batch(zone, version, flags, newest, &by_day)
+    Ok(by_day.into_iter().map(|(d, r)| (d as i32, r)).collect())
 }
 
 /// `mart_daily`'s rows of a zone, stamped with the versions and layout they reflect.
-fn daily_batch(
-    zone: &str,
-    version: i64,
-    flags: Option<i64>,
-    newest: Option<i64>,
-    by_day: &BTreeMap<i64, DailyRow>,
-) -> Result<RecordBatch> {
+fn daily_batch(zone: &str, stamp: &Stamped, by_day: &BTreeMap<i32, Daily>) -> Result<RecordBatch> {
     let n = by_day.len();
-    let column = |of: fn(&DailyRow) -> i64| -> ArrayRef {
+    let column = |of: fn(&Daily) -> i64| -> ArrayRef {
         Arc::new(Int64Array::from(
             by_day.values().map(of).collect::<Vec<i64>>(),
         ))
@@ -297,9 +418,9 @@ fn daily_batch(
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![zone; n])),
         Arc::new(Date32Array::from(
-            by_day.keys().map(|d| *d as i32).collect::<Vec<i32>>(),
+            by_day.keys().copied().collect::<Vec<i32>>(),
         )),
-        Arc::new(Int64Array::from(vec![version; n])),
+        Arc::new(Int64Array::from(vec![stamp.version; n])),
         Arc::new(Int64Array::from(vec![FORMAT; n])),
         column(|r| r.visitors),
         column(|r| r.sessions),
@@ -308,8 +429,9 @@ fn daily_batch(
         column(|r| r.session_starts),
         column(|r| r.cart_sessions),
         column(|r| r.abandoned_sessions),
-        Arc::new(Int64Array::from(vec![newest; n])),
-        Arc::new(Int64Array::from(vec![flags.unwrap_or(-1); n])),
+        Arc::new(Int64Array::from(vec![stamp.newest; n])),
+        Arc::new(Int64Array::from(vec![stamp.flags.unwrap_or(-1); n])),
+        Arc::new(StringArray::from(vec![stamp.versions.as_str(); n])),
     ];
     Ok(RecordBatch::try_new(
         TableName::MartDaily.schema(),
@@ -454,6 +576,7 @@ impl ItemDays {
             Arc::new(StringArray::from(code)),
             Arc::new(Date32Array::from(prev_day)),
             Arc::new(Int64Array::from(next_purchase)),
+            Arc::new(Int64Array::from(vec![1i64; n])),
         ];
         Ok(RecordBatch::try_new(
             TableName::MartItems.schema(),
@@ -465,6 +588,7 @@ impl ItemDays {
 /// A category cell's counts.
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
+    events: i64,
     views: i64,
     carts: i64,
     purchases: i64,
@@ -474,6 +598,7 @@ struct Counts {
 impl Counts {
     /// Counts one event of this type (other types count nothing).
     fn count(&mut self, event_type: &str, cents: i64) {
+        self.events += 1;
         match event_type {
             "view" => self.views += 1,
             "cart" => self.carts += 1,
@@ -486,6 +611,7 @@ impl Counts {
     }
 
     fn add(&mut self, other: Counts) {
+        self.events += other.events;
         self.views += other.views;
         self.carts += other.carts;
         self.purchases += other.purchases;
@@ -661,6 +787,7 @@ impl CategoryScan {
         let mut carts = Vec::with_capacity(n);
         let mut purchases = Vec::with_capacity(n);
         let mut revenue = Vec::with_capacity(n);
+        let mut events = Vec::with_capacity(n);
         for ((d, h, id), c) in cells {
             let (l, name) = &by_id[id as usize];
             day.push(d);
@@ -671,6 +798,7 @@ impl CategoryScan {
             carts.push(c.carts);
             purchases.push(c.purchases);
             revenue.push(c.revenue_cents);
+            events.push(c.events);
         }
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec![zone; n])),
@@ -682,6 +810,7 @@ impl CategoryScan {
             Arc::new(Int64Array::from(carts)),
             Arc::new(Int64Array::from(purchases)),
             Arc::new(Int64Array::from(revenue)),
+            Arc::new(Int64Array::from(events)),
         ];
         Ok(RecordBatch::try_new(
             TableName::MartCategories.schema(),
@@ -841,13 +970,15 @@ async fn replace(
     Ok(rows)
 }
 
-/// The marts, stamped table first.
-const MARTS: [TableName; 5] = [
+/// The marts and their state, stamped table first.
+const MARTS: [TableName; 7] = [
     TableName::MartDaily,
     TableName::MartBrands,
     TableName::MartCategories,
     TableName::MartCategoryVisitors,
     TableName::MartItems,
+    TableName::MartUserState,
+    TableName::MartSessionState,
 ];
 
 /// Marts are derived data: when a mart was written by an older release with other columns,

@@ -243,9 +243,14 @@ fn item_queries(range: &ReportRange, marts: bool, events: &str) -> (String, Stri
     if marts {
         return (
             format!(
+                // A refresh adds rows with weight 1 and takes old ones away with weight -1:
+                // the live rows are those whose weights do not sum to zero.
                 "SELECT user_id, product_id, carted, price_cents, brand, category_code,
                         next_purchase
-                 FROM mart_items WHERE zone = {tz} AND {days} AND {first}",
+                 FROM mart_items WHERE zone = {tz} AND {days} AND {first}
+                 GROUP BY day, user_id, product_id, carted, price_cents, brand, category_code,
+                          prev_day, next_purchase
+                 HAVING SUM(weight) > 0",
                 days = range.day_sql(),
                 // The first cart of a pair in the range.
                 first = range.first_in_range_sql()

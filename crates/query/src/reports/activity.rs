@@ -42,7 +42,7 @@ pub async fn activity(engine: &Engine, scope: &ReportScope) -> Result<Vec<Activi
                     SUM(views) AS views, SUM(carts) AS carts, SUM(purchases) AS purchases,
                     SUM(revenue_cents) AS revenue_cents
              FROM mart_categories WHERE zone = {tz} AND level = 1 AND {days}
-             GROUP BY 1, 2 ORDER BY 1, 2",
+             GROUP BY 1, 2 HAVING SUM(events) <> 0 ORDER BY 1, 2",
             days = range.day_sql()
         )
     } else {

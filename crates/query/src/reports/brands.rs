@@ -147,7 +147,8 @@ pub async fn brands(
         "SELECT brand, category, SUM(events) AS events, SUM(views) AS views,
                 SUM(carts) AS carts, SUM(purchases) AS purchases,
                 SUM(revenue_cents) AS revenue_cents, SUM(view_price_cents) AS view_price_cents
-         FROM mart_brands WHERE zone = {tz} AND {days} GROUP BY brand, category",
+         FROM mart_brands WHERE zone = {tz} AND {days} GROUP BY brand, category
+         HAVING SUM(events) <> 0",
         tz = scope.range.zone_sql(),
         days = scope.range.day_sql()
     );

@@ -304,7 +304,7 @@ async fn from_marts(
                 SELECT {bucket} AS bucket, category, SUM(views) AS views, SUM(carts) AS carts,
                        SUM(purchases) AS purchases, SUM(revenue_cents) AS revenue_cents
                 FROM mart_categories WHERE zone = {tz} AND level = {level} AND {days}
-                GROUP BY 1, 2),
+                GROUP BY 1, 2 HAVING SUM(events) <> 0),
              v AS (
                 SELECT bucket, category, SUM(visitors) AS visitors FROM mart_category_visitors
                 WHERE zone = {tz} AND level = {level} AND by = '{by}' AND {days} AND {first}

@@ -186,6 +186,7 @@ async fn marts_follow_imports_and_stale_marts_are_never_used() {
         "abandoned_sessions",
         "newest_event",
         "flags_version",
+        "marts_versions",
     ];
     let daily = lake
         .read_table(TableName::MartDaily, &columns)
