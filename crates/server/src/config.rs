@@ -302,8 +302,8 @@ pub struct DeliveryConfig {
     pub max_bytes: Option<u64>,
     /// Compact `events` this often (default `10m`; `off` to never).
     pub compact_interval: Option<String>,
-    /// Bring the marts up to date after deliveries at most this often (default `60s`; `off`
-    /// to never).
+    /// Bring the marts up to date after deliveries at most this often (default `0s`: after
+    /// every delivery that wrote something; `off` to never).
     pub marts_interval: Option<String>,
     /// Delete rows of `quarantine` older than this (default `off`: keep them), such as
     /// `30d`; applied as often as compaction runs.

@@ -30,8 +30,9 @@ pub struct DeliveryOptions {
     pub max_per_partition: usize,
     /// Bin-pack `events`' small files this often (`None`: never).
     pub compact_interval: Option<Duration>,
-    /// Bring the marts up to date after deliveries, at most this often, and at least ten times
-    /// the last refresh's duration apart (`None`: never).
+    /// Bring the marts up to date after deliveries that wrote something, at most this often
+    /// (zero, the default: after every such delivery; `None`: never). A refresh folds in only
+    /// what changed, one at a time in the background.
     pub marts_interval: Option<Duration>,
     /// Delete rows of `quarantine` older than this (`None`: keep them), checked as often as
     /// compaction runs (every 10 minutes without it).
@@ -46,7 +47,7 @@ impl Default for DeliveryOptions {
             max_bytes: 64 << 20,
             max_per_partition: 250_000,
             compact_interval: Some(Duration::from_secs(600)),
-            marts_interval: Some(Duration::from_secs(60)),
+            marts_interval: Some(Duration::ZERO),
             quarantine_retention: None,
         }
     }
@@ -66,12 +67,6 @@ pub(crate) struct Deliverer {
 
 /// How often retention is applied when nothing else sets the pace.
 pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(600);
-
-/// A marts refresh recomputes every zone from `events`: on a large lake it takes a while, so
-/// refreshes are spaced at least this many times their own duration apart (the marts then take
-/// at most about a tenth of the time); meanwhile reports compute from `events`, which is
-/// slower but never wrong.
-const MARTS_SHARE: u32 = 10;
 
 /// The bytes of records one delivery reads from the log at most, spread over the partitions
 /// (records with long user agents are ten times the usual size: a count alone does not bound
@@ -269,7 +264,8 @@ impl Upkeep {
 }
 
 /// The marts refreshes: one at a time, in the background, after deliveries that wrote
-/// something, at most every `marts_interval` and [`MARTS_SHARE`] times their duration apart.
+/// something, at most every `marts_interval`. A refresh folds in only what the deliveries
+/// since the last one changed, so it costs about what they wrote.
 #[derive(Default)]
 struct Marts {
     /// Something was delivered since the last refresh started.
@@ -285,9 +281,7 @@ impl Marts {
         let Some(every) = d.options.marts_interval else {
             return;
         };
-        let spaced = self
-            .last
-            .is_none_or(|(at, took)| at.elapsed() >= every.max(took * MARTS_SHARE));
+        let spaced = self.last.is_none_or(|(at, _)| at.elapsed() >= every);
         let idle = self.task.as_ref().is_none_or(|t| t.is_finished());
         if !(self.due && spaced && idle) {
             return;

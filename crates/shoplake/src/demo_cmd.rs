@@ -127,11 +127,18 @@ fn prepare(exe: &Path, args: &DemoArgs, live: &Path) -> Result<()> {
     );
     let days = args.days.to_string();
     let events = args.events.to_string();
+    // The history ends where the live traffic (stamped now) begins: its last day is
+    // yesterday, so every per-day chart shows one timeline.
+    let start = (chrono::Utc::now().date_naive() - chrono::Days::new(u64::from(args.days.max(1))))
+        .format("%Y-%m-%d")
+        .to_string();
     let generate = |out: &Path, seed: &str| -> Result<()> {
         run(
             exe,
             &[
                 "generate",
+                "--start",
+                &start,
                 "--days",
                 &days,
                 "--events",

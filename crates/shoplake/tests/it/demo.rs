@@ -109,6 +109,31 @@ fn demo_serves_the_dashboard_fires_an_incident_within_a_minute_and_stops_on_ctrl
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        // One timeline: the history's days run up to yesterday, and the live traffic (stamped
+        // now) lands on today once delivered, with the marts brought up to date after it.
+        let today = chrono::Utc::now().date_naive();
+        loop {
+            let days = get("/v1/reports/visitors").await;
+            let days: Vec<chrono::NaiveDate> = days
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["day"].as_str().unwrap().parse().unwrap())
+                .collect();
+            assert!(
+                days.windows(2).all(|w| (w[1] - w[0]).num_days() == 1),
+                "the days are one timeline: {days:?}"
+            );
+            if days.last() == Some(&today) {
+                assert_eq!(days[days.len() - 2], today - chrono::Days::new(1));
+                break;
+            }
+            assert!(
+                banner.elapsed() < Duration::from_secs(90),
+                "the live traffic did not reach today's figures: {days:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     });
     eprintln!(
         "the demo's first incident came {:?} after its banner",
