@@ -143,10 +143,7 @@ pub(crate) async fn newest(
     }
     let new = engine
         .scalar_i64(
-            &format!(
-                "SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM ({})",
-                plus_sql(delta)
-            ),
+            "SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM scratch.signed WHERE p = 1",
             "newest",
         )
         .await?;
@@ -247,6 +244,32 @@ pub(crate) async fn delta(lake: &Lake, engine: &Engine, stamp: &Stamp) -> Result
         flags_schema(),
         vec![flags_batch(&delta.removed)?],
     )?;
+    // The verdicts' user-days hold rows enough to fold in?
+    if !(delta.added.is_empty() && delta.removed.is_empty()) {
+        let both: BTreeSet<(i64, i32)> = delta.added.union(&delta.removed).copied().collect();
+        engine.scratch("flags_changed", flags_schema(), vec![flags_batch(&both)?])?;
+        let rows = engine
+            .scalar_i64(
+                &format!(
+                    "SELECT COUNT(*) AS n FROM events e JOIN scratch.flags_changed c
+                       ON e.user_id = c.user_id AND e.event_date = c.day WHERE {}",
+                    dates_in(&both)
+                ),
+                "n",
+            )
+            .await?
+            .unwrap_or(0);
+        if (rows + added_rows) as f64 > MAX_NEW_SHARE * total as f64 {
+            tracing::info!(
+                rows,
+                "the verdicts changed too many rows: rebuilding the marts"
+            );
+            return Ok(None);
+        }
+    }
+    // Every zone folds the same rows: computed once.
+    let signed = engine.run(&signed_sql(&delta)).await?;
+    engine.scratch("signed", signed.schema, signed.batches)?;
     Ok(Some(delta))
 }
 
@@ -294,9 +317,10 @@ fn dates_in(pairs: &BTreeSet<(i64, i32)>) -> String {
     format!("e.event_date IN ({})", list.join(", "))
 }
 
-/// The rows to fold in, each with `w = 1`: N's human rows outside R, and R's rows.
+/// The rows to fold in, each with `w = 1` and `p = 1`: N's human rows outside R, and R's
+/// rows.
 fn plus_sql(delta: &Delta) -> String {
-    let mut sql = "SELECT n.*, 1 AS w FROM scratch.new_events n
+    let mut sql = "SELECT n.*, 1 AS w, 1 AS p FROM scratch.new_events n
          WHERE NOT EXISTS (SELECT 1 FROM bot_flags f
                            WHERE f.user_id = n.user_id AND f.day = n.event_date)
            AND NOT EXISTS (SELECT 1 FROM scratch.flags_removed r
@@ -304,7 +328,7 @@ fn plus_sql(delta: &Delta) -> String {
         .to_owned();
     if !delta.removed.is_empty() {
         sql.push_str(&format!(
-            " UNION ALL SELECT e.*, 1 AS w FROM events e JOIN scratch.flags_removed r
+            " UNION ALL SELECT e.*, 1 AS w, 1 AS p FROM events e JOIN scratch.flags_removed r
                 ON e.user_id = r.user_id AND e.event_date = r.day WHERE {}",
             dates_in(&delta.removed)
         ));
@@ -312,15 +336,17 @@ fn plus_sql(delta: &Delta) -> String {
     sql
 }
 
-/// Every change to the additive marts, signed by `w`: the rows folded in, and A's rows the
-/// marts counted taken away (all of A's rows now, less those in N, which they never counted).
+/// Every change to the additive marts, signed by `w`: the rows folded in (`p = 1`), and A's
+/// rows the marts counted taken away (`p = 0`: all of A's rows now, less those in N, which
+/// they never counted).
 fn signed_sql(delta: &Delta) -> String {
     let mut sql = plus_sql(delta);
     if !delta.added.is_empty() {
         sql.push_str(&format!(
-            " UNION ALL SELECT e.*, -1 AS w FROM events e JOIN scratch.flags_added a
+            " UNION ALL SELECT e.*, -1 AS w, 0 AS p FROM events e JOIN scratch.flags_added a
                 ON e.user_id = a.user_id AND e.event_date = a.day WHERE {}
-              UNION ALL SELECT n.*, 1 AS w FROM scratch.new_events n JOIN scratch.flags_added a
+              UNION ALL SELECT n.*, 1 AS w, 0 AS p FROM scratch.new_events n
+                JOIN scratch.flags_added a
                 ON n.user_id = a.user_id AND n.event_date = a.day",
             dates_in(&delta.added)
         ));
@@ -350,7 +376,7 @@ pub(crate) async fn apply(
     mut daily: BTreeMap<i32, Daily>,
 ) -> Result<Applied> {
     let z = format!("'{zone}'");
-    let signed = format!("({}) AS events", signed_sql(delta));
+    let signed = "scratch.signed AS events";
     let brands = engine
         .run(&format!(
             "SELECT {z} AS zone, local_day(event_time, {z}) AS day, brand,
@@ -395,8 +421,8 @@ pub(crate) async fn apply(
     let category_rows = append(lake, TableName::MartCategories, &categories.batches).await?;
 
     // The rows to fold, and the users and sessions they and the new verdicts touch.
-    let plus = format!("({}) AS events", plus_sql(delta));
-    let rows = engine.run(&scan_sql(zone, &plus)).await?.batches;
+    let plus = "(SELECT * FROM scratch.signed WHERE p = 1) AS events";
+    let rows = engine.run(&scan_sql(zone, plus)).await?.batches;
     let mut users: BTreeSet<i64> = delta.added.iter().map(|(u, _)| *u).collect();
     let mut sessions: BTreeSet<String> = BTreeSet::new();
     for b in &rows {
@@ -406,12 +432,10 @@ pub(crate) async fn apply(
     }
     if !delta.added.is_empty() {
         let out = engine
-            .run(&format!(
-                "SELECT DISTINCT CAST(e.user_session AS VARCHAR) AS s FROM events e
-                 JOIN scratch.flags_added a ON e.user_id = a.user_id AND e.event_date = a.day
-                 WHERE {} AND e.user_session IS NOT NULL",
-                dates_in(&delta.added)
-            ))
+            .run(
+                "SELECT DISTINCT CAST(user_session AS VARCHAR) AS s FROM scratch.signed
+                 WHERE w = -1 AND user_session IS NOT NULL",
+            )
             .await?;
         for b in &out.batches {
             sessions.extend(Columns::new(b).str("s")?.into_iter().flatten());
