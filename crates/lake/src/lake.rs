@@ -141,6 +141,29 @@ impl fmt::Display for TableName {
     }
 }
 
+/// A lease [`Lake::try_lease`] took; [`Lease::release`] gives it back (one never released
+/// expires).
+#[derive(Debug)]
+pub struct Lease {
+    lake: Lake,
+    path: object_store::path::Path,
+}
+
+impl Lease {
+    /// Gives the lease back.
+    pub async fn release(self) -> Result<()> {
+        use object_store::ObjectStoreExt as _;
+        let (store, _) = self.lake.own_files()?;
+        match store.delete(&self.path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(Error::Store {
+                context: format!("deleting {}", self.path),
+                source,
+            }),
+        }
+    }
+}
+
 /// Where the lake is and how to reach it.
 #[derive(Debug, Clone, Default)]
 pub struct LakeOptions {
@@ -251,6 +274,62 @@ impl Lake {
                 context: format!("writing {path}"),
                 source,
             })
+    }
+
+    /// Takes a named lease beside the tables (`ROOT/_shoplake/NAME.lease`) for `ttl`, so that
+    /// processes sharing the lake (several hosts on S3 too) do one thing at a time: the lease
+    /// is created only if absent (a conditional put), and one past its expiry (its holder
+    /// died) is taken over. `None` while another holds it.
+    pub async fn try_lease(&self, name: &str, ttl: std::time::Duration) -> Result<Option<Lease>> {
+        use object_store::{ObjectStoreExt as _, PutMode, PutOptions};
+        let (store, base) = self.own_files()?;
+        let path = Self::own_path(&base, &format!("{name}.lease"));
+        let now = chrono::Utc::now().timestamp_micros();
+        let until = now.saturating_add(i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX));
+        for _ in 0..2 {
+            let put = store
+                .put_opts(
+                    &path,
+                    until.to_string().into_bytes().into(),
+                    PutOptions::from(PutMode::Create),
+                )
+                .await;
+            match put {
+                Ok(_) => {
+                    return Ok(Some(Lease {
+                        lake: self.clone(),
+                        path,
+                    }));
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    let held_until =
+                        match store.get(&path).await {
+                            Ok(got) => got.bytes().await.ok().and_then(|b| {
+                                String::from_utf8_lossy(&b).trim().parse::<i64>().ok()
+                            }),
+                            Err(object_store::Error::NotFound { .. }) => continue,
+                            Err(source) => {
+                                return Err(Error::Store {
+                                    context: format!("reading {path}"),
+                                    source,
+                                });
+                            }
+                        };
+                    if held_until.is_some_and(|t| t > now) {
+                        return Ok(None);
+                    }
+                    tracing::warn!(%path, "taking over a lease past its expiry");
+                    let _ = store.delete(&path).await;
+                }
+                Err(source) => {
+                    return Err(Error::Store {
+                        context: format!("writing {path}"),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Reads one of shoplake's own files beside the tables (`None` when there is none).

@@ -31,5 +31,5 @@ pub use deliver::{COLLECTOR_IMPORT_ID, Delivered, Delivery, Pumped, QuarantinedR
 pub use error::{Error, Result};
 pub use flags::BotFlag;
 pub use import::{ImportBuilder, ImportProgress, ImportSource, ImportSummary, TARGET_FILE_SIZE};
-pub use lake::{Lake, LakeOptions, TableName};
+pub use lake::{Lake, LakeOptions, Lease, TableName};
 pub use maintenance::{CompactBuilder, CompactSummary, VacuumBuilder, VacuumSummary};

@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, AsArray, Date32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Int32Type, Int64Type, SchemaRef};
@@ -79,12 +79,12 @@ pub struct MartsSummary {
 /// not hold yet (or marts that cannot be brought forward: rows rewritten, a refresh cut
 /// short) is recomputed whole. Nothing to do without an `events` table.
 pub async fn refresh(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary>> {
-    refresh_in(lake, &Engine::open(lake).await?, extra_zones, false).await
+    refresh_in(lake, None, extra_zones, false).await
 }
 
 /// Recomputes every zone's marts whole from `events`.
 pub async fn rebuild(lake: &Lake, extra_zones: &[Tz]) -> Result<Vec<MartsSummary>> {
-    refresh_in(lake, &Engine::open(lake).await?, extra_zones, true).await
+    refresh_in(lake, None, extra_zones, true).await
 }
 
 /// [`refresh`] drawing on resources shared with other engines (a server's one memory pool
@@ -94,16 +94,46 @@ pub async fn refresh_shared(
     extra_zones: &[Tz],
     resources: &crate::EngineResources,
 ) -> Result<Vec<MartsSummary>> {
-    refresh_in(
-        lake,
-        &Engine::open_shared(lake, resources).await?,
-        extra_zones,
-        false,
-    )
-    .await
+    refresh_in(lake, Some(resources), extra_zones, false).await
 }
 
+/// How long a refresh may hold the lake's marts lease before another process takes it over.
+const LEASE: Duration = Duration::from_secs(15 * 60);
+
+/// One refresh at a time per lake, across processes (two folding the same change in would
+/// count it twice): waits for the lease, then refreshes.
 async fn refresh_in(
+    lake: &Lake,
+    resources: Option<&crate::EngineResources>,
+    extra_zones: &[Tz],
+    whole: bool,
+) -> Result<Vec<MartsSummary>> {
+    let deadline = Instant::now() + LEASE;
+    let lease = loop {
+        if let Some(lease) = lake.try_lease("marts-refresh", LEASE).await? {
+            break lease;
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Argument(
+                "another process has been refreshing the marts for 15 minutes".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The lake as it is under the lease (a refresh that just ended has written its stamp).
+    let result = match resources {
+        Some(r) => Engine::open_shared(lake, r).await,
+        None => Engine::open(lake).await,
+    };
+    let result = match result {
+        Ok(engine) => refresh_leased(lake, &engine, extra_zones, whole).await,
+        Err(e) => Err(e),
+    };
+    lease.release().await?;
+    result
+}
+
+async fn refresh_leased(
     lake: &Lake,
     engine: &Engine,
     extra_zones: &[Tz],

@@ -261,3 +261,54 @@ async fn incremental_marts_equal_reports_from_events_after_any_sequence() {
     // The sequences exercised the incremental path, not only rebuilds.
     assert!(modes.contains("incremental"), "{modes:?}");
 }
+
+/// Two refreshes of one lake at once (an import's and the server's) fold a change in once:
+/// the lake's lease makes the second wait and then find nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_refreshes_fold_a_change_in_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pool: Vec<Event> = distinct(
+        &Generator::new(&Options {
+            seed: 3,
+            start: START,
+            events: Some(4_000),
+            days: Some(3),
+            ..Options::default()
+        })
+        .unwrap()
+        .collect::<Vec<_>>(),
+    );
+    pool.sort_by_key(|e| e.event_time);
+    let lake = lake(dir.path());
+    let (first, rest) = pool.split_at(pool.len() * 9 / 10);
+    import(&lake, dir.path(), "first", first).await;
+    shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
+    import(&lake, dir.path(), "rest", rest).await;
+    let (a, b) = tokio::join!(
+        shoplake_query::marts::refresh(&lake, &[]),
+        shoplake_query::marts::refresh(&lake, &[])
+    );
+    let modes: Vec<&str> = a
+        .unwrap()
+        .iter()
+        .chain(&b.unwrap())
+        .map(|s| s.mode)
+        .collect();
+    assert_eq!(modes, ["incremental", "incremental"]);
+    check(&lake, 0, "after two refreshes at once").await;
+    // A lease left by a process that died is taken over once it expires.
+    let held = lake
+        .try_lease("marts-refresh", Duration::from_millis(200))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        lake.try_lease("marts-refresh", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    std::mem::forget(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
+}
