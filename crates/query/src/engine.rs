@@ -113,6 +113,31 @@ impl Engine {
     /// [`Engine::open`] drawing on resources shared with other engines (a server's one memory
     /// pool and spill budget for every request).
     pub async fn open_shared(lake: &Lake, resources: &EngineResources) -> Result<Engine> {
+        let events_version = lake.latest_version(TableName::Events).await?;
+        let bot_flags_version = lake.latest_version(TableName::BotFlags).await?;
+        Engine::open_pinned(lake, resources, events_version, bot_flags_version).await
+    }
+
+    /// An engine that reads `events` and `bot_flags` at the versions another engine reads,
+    /// with a memory pool of its own.
+    pub(crate) async fn alike(&self, lake: &Lake, memory_limit: usize) -> Result<Engine> {
+        let resources = EngineResources::new(memory_limit, None)?;
+        Engine::open_pinned(
+            lake,
+            &resources,
+            self.events_version,
+            self.bot_flags_version,
+        )
+        .await
+        .map(|e| e.with_timeout(self.timeout))
+    }
+
+    async fn open_pinned(
+        lake: &Lake,
+        resources: &EngineResources,
+        events_version: Option<i64>,
+        bot_flags_version: Option<i64>,
+    ) -> Result<Engine> {
         let runtime = resources.runtime.clone();
         let config = SessionConfig::new()
             .with_information_schema(true)
@@ -128,8 +153,6 @@ impl Engine {
         scan_config.options_mut().execution.parquet.reorder_filters = true;
         let ctx = SessionContext::new_with_config_rt(config, runtime.clone());
         let scan_ctx = SessionContext::new_with_config_rt(scan_config, runtime);
-        let events_version = lake.latest_version(TableName::Events).await?;
-        let bot_flags_version = lake.latest_version(TableName::BotFlags).await?;
         // `events` and `bot_flags` are read at the versions found now, whenever a statement
         // first names them: what a session reports and stamps is what it read.
         let pinned = [

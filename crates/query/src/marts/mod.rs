@@ -297,11 +297,14 @@ async fn rebuild_zone(
     let visitor_rows = replace(lake, TableName::MartCategoryVisitors, zone, &visitors).await?;
     drop((categories, visitors));
     let t_categories = started.elapsed();
+    // The state's sorted scans under a pool of their own, small: they spill rather than hold
+    // a month's rows (the runs they feed are written as they fill).
+    let state_engine = engine.alike(lake, STATE_MEMORY).await?;
     let scan = contrib::scan_sql(zone, events);
     let user_sql = state::user_state_sql(&scan);
     state::write_whole(
         lake,
-        engine,
+        &state_engine,
         TableName::MartUserState,
         "user_id",
         zone,
@@ -310,7 +313,15 @@ async fn rebuild_zone(
     .await?;
     let session_sql = state::session_state_sql(&scan);
     let sessions = TableName::MartSessionState;
-    state::write_whole(lake, engine, sessions, "user_session", zone, &session_sql).await?;
+    state::write_whole(
+        lake,
+        &state_engine,
+        sessions,
+        "user_session",
+        zone,
+        &session_sql,
+    )
+    .await?;
     let t_state = started.elapsed();
     let daily = daily_rows(engine, zone, events).await?;
     tracing::debug!(
@@ -335,6 +346,9 @@ async fn rebuild_zone(
     };
     Ok((summary, daily))
 }
+
+/// The memory pool of a rebuild's state scans (bytes).
+const STATE_MEMORY: usize = 256 << 20;
 
 /// What `mart_daily` stamps on every row.
 struct Stamped {

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::folds::{Cart, CartRow};
 
 /// Rows of a run written at once by a full rebuild: a run is sorted in memory.
-const RUN_ROWS: usize = 1 << 20;
+const RUN_ROWS: usize = 1 << 19;
 
 /// The kinds of `mart_user_state` rows.
 const DAY: i64 = 0;
@@ -102,8 +102,9 @@ pub(crate) fn session_state_sql(scan: &str) -> String {
     )
 }
 
-/// Replaces a zone's state with the rows of a sorted scan, as runs 1, 2, … of at most about
-/// [`RUN_ROWS`] rows each, cut between keys. Returns the newest run written (0 for none).
+/// Replaces a zone's state with the rows of a sorted scan, as run 1: files of at most about
+/// [`RUN_ROWS`] rows each (each sorted, written as it fills), cut between keys. The zone's
+/// later runs are then the refreshes'.
 pub(crate) async fn write_whole(
     lake: &Lake,
     engine: &Engine,
@@ -111,11 +112,11 @@ pub(crate) async fn write_whole(
     key: &str,
     zone: &str,
     sql: &str,
-) -> Result<i64> {
+) -> Result<()> {
     let mut t = lake.ensure(table).await?;
     // Empty the zone first (in the same commit as the first run when there is one).
     let mut first = true;
-    let mut run = 0;
+    let run = 1;
     let mut pending: Vec<RecordBatch> = Vec::new();
     let mut rows = 0;
     let mut stream = engine.stream(sql).await?;
@@ -126,7 +127,6 @@ pub(crate) async fn write_whole(
         if rows >= RUN_ROWS {
             let (head, tail) = cut_at_last_key(&pending, key)?;
             if head.num_rows() > 0 {
-                run += 1;
                 t = write(t, table, key, zone, run, &head, first).await?;
                 first = false;
             }
@@ -136,14 +136,13 @@ pub(crate) async fn write_whole(
     }
     let rest = concat(&pending)?;
     if rest.as_ref().is_some_and(|b| b.num_rows() > 0) || first {
-        run += 1;
         let rest = match rest {
             Some(b) => b,
             None => RecordBatch::new_empty(table_schema_without_partitions(table)),
         };
         write(t, table, key, zone, run, &rest, first).await?;
     }
-    Ok(run)
+    Ok(())
 }
 
 /// A table's schema without its partition columns (the rows a scan produces).
