@@ -297,8 +297,8 @@ async fn rebuild_zone(
     let visitor_rows = replace(lake, TableName::MartCategoryVisitors, zone, &visitors).await?;
     drop((categories, visitors));
     let t_categories = started.elapsed();
-    // The state's sorted scans under a pool of their own, small: they spill rather than hold
-    // a month's rows (the runs they feed are written as they fill).
+    // The state's sorted scans under a pool of their own (each sorts the zone's state and
+    // spills past it; the files they feed are written as they fill).
     let state_engine = engine.alike(lake, STATE_MEMORY).await?;
     let scan = contrib::scan_sql(zone, events);
     let user_sql = state::user_state_sql(&scan);
@@ -347,8 +347,9 @@ async fn rebuild_zone(
     Ok((summary, daily))
 }
 
-/// The memory pool of a rebuild's state scans (bytes).
-const STATE_MEMORY: usize = 256 << 20;
+/// The memory pool of a rebuild's state scans (bytes): a month's sort spills, and merging
+/// its spill files back needs this much (256 MiB ran out on a week).
+const STATE_MEMORY: usize = crate::engine::MEMORY_LIMIT;
 
 /// What `mart_daily` stamps on every row.
 struct Stamped {
