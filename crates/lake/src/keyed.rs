@@ -480,6 +480,24 @@ pub async fn merge_runs(
         }
         seen = seen.with(&named)?;
     }
+    let batch = in_run(schema, zone, into, &kept)?;
+    let list = merged
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    write_run(
+        table,
+        key,
+        batch,
+        SaveMode::Overwrite,
+        Some(format!("zone = '{zone}' AND run IN ({list})")),
+    )
+    .await
+}
+
+/// Rows of a table's own columns as one batch of its schema, with `zone` and `run` set.
+fn in_run(schema: &SchemaRef, zone: &str, into: i64, kept: &[RecordBatch]) -> Result<RecordBatch> {
     let target = schema.clone();
     let mut out = Vec::new();
     for b in kept {
@@ -499,20 +517,7 @@ pub async fn merge_runs(
             .collect::<Result<Vec<_>>>()?;
         out.push(RecordBatch::try_new(target.clone(), columns)?);
     }
-    let batch = arrow::compute::concat_batches(&target, &out)?;
-    let list = merged
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    write_run(
-        table,
-        key,
-        batch,
-        SaveMode::Overwrite,
-        Some(format!("zone = '{zone}' AND run IN ({list})")),
-    )
-    .await
+    Ok(arrow::compute::concat_batches(&target, &out)?)
 }
 
 /// A batch's rows in the order of one column.

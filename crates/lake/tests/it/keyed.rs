@@ -172,3 +172,51 @@ async fn text_keys_are_found_by_their_bytes() {
     assert_eq!(found, vec![format!("{:08x}-session", 12_345)]);
     assert!(got.rows_decoded <= 2 * PAGE_ROWS, "{}", got.rows_decoded);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_runs_read_as_the_runs_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table(dir.path(), schema()).await;
+    let base: Vec<(i64, bool, i64)> = (0..1_000i64).map(|u| (u, false, u)).collect();
+    let t = write_run(t, "user_id", run("UTC", 1, &base), SaveMode::Append, None)
+        .await
+        .unwrap();
+    // Run 2 changes users 1 and 2 and drops 3; run 3 changes 2 again and brings back 3.
+    let r2 = [(1, false, 10), (1, false, 11), (2, false, 20), (3, true, 0)];
+    let t = write_run(t, "user_id", run("UTC", 2, &r2), SaveMode::Append, None)
+        .await
+        .unwrap();
+    let r3 = [(2, false, 200), (4, true, 0), (3, false, 300)];
+    let mut t = write_run(t, "user_id", run("UTC", 3, &r3), SaveMode::Append, None)
+        .await
+        .unwrap();
+    let keys = Keys::ints(vec![0, 1, 2, 3, 4, 5]);
+    let before = read_keys(&t, "UTC", "user_id", &keys, &["user_id", "n"])
+        .await
+        .unwrap();
+    let want = vec![(0, 0), (1, 10), (1, 11), (2, 200), (3, 300), (5, 5)];
+    assert_eq!(pairs(&before.batches), want);
+    // The newer runs merged into run 3 (gone markers kept: run 1 still holds user 4).
+    t = shoplake_lake::keyed::merge_runs(t, &schema(), "UTC", "user_id", &[2, 3], false)
+        .await
+        .unwrap();
+    let runs = shoplake_lake::keyed::runs(&t, "UTC").unwrap();
+    assert_eq!(runs.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+    let after = read_keys(&t, "UTC", "user_id", &keys, &["user_id", "n"])
+        .await
+        .unwrap();
+    assert_eq!(pairs(&after.batches), want);
+    // Everything merged: gone keys leave no row at all.
+    t = shoplake_lake::keyed::merge_runs(t, &schema(), "UTC", "user_id", &[1, 3], true)
+        .await
+        .unwrap();
+    assert_eq!(
+        shoplake_lake::keyed::runs(&t, "UTC").unwrap().len(),
+        1,
+        "one run left"
+    );
+    let all = read_keys(&t, "UTC", "user_id", &keys, &["user_id", "n"])
+        .await
+        .unwrap();
+    assert_eq!(pairs(&all.batches), want);
+}

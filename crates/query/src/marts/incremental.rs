@@ -70,19 +70,8 @@ pub(crate) async fn read_stamp(engine: &Engine) -> Result<Option<Stamp>> {
             c.i64("flags_version")?,
             c.str("marts_versions")?,
         );
-        let v = |n: &str| c.i64(n);
-        let (visitors, sessions, events, new_visitors) = (
-            v("visitors")?,
-            v("sessions")?,
-            v("events")?,
-            v("new_visitors")?,
-        );
-        let (starts, carts, abandoned, newest) = (
-            v("session_starts")?,
-            v("cart_sessions")?,
-            v("abandoned_sessions")?,
-            v("newest_event")?,
-        );
+        let newest = c.i64("newest_event")?;
+        let rows = daily_of(b)?;
         for i in 0..b.num_rows() {
             let key = (
                 version[i].unwrap_or(-2),
@@ -113,15 +102,7 @@ pub(crate) async fn read_stamp(engine: &Engine) -> Result<Option<Stamp>> {
             let Some(s) = stamp.as_mut() else {
                 return Ok(None);
             };
-            let row = Daily {
-                visitors: visitors[i].unwrap_or_default(),
-                sessions: sessions[i].unwrap_or_default(),
-                events: events[i].unwrap_or_default(),
-                new_visitors: new_visitors[i].unwrap_or_default(),
-                session_starts: starts[i].unwrap_or_default(),
-                cart_sessions: carts[i].unwrap_or_default(),
-                abandoned_sessions: abandoned[i].unwrap_or_default(),
-            };
+            let row = rows[i];
             s.daily
                 .entry(zone[i].clone().unwrap_or_default())
                 .or_default()
@@ -129,6 +110,34 @@ pub(crate) async fn read_stamp(engine: &Engine) -> Result<Option<Stamp>> {
         }
     }
     Ok(stamp)
+}
+
+/// The figures of `mart_daily` rows.
+fn daily_of(b: &RecordBatch) -> Result<Vec<Daily>> {
+    let c = Columns::new(b);
+    let v = |n: &str| c.i64(n);
+    let (visitors, sessions, events, new_visitors) = (
+        v("visitors")?,
+        v("sessions")?,
+        v("events")?,
+        v("new_visitors")?,
+    );
+    let (starts, carts, abandoned) = (
+        v("session_starts")?,
+        v("cart_sessions")?,
+        v("abandoned_sessions")?,
+    );
+    Ok((0..b.num_rows())
+        .map(|i| Daily {
+            visitors: visitors[i].unwrap_or_default(),
+            sessions: sessions[i].unwrap_or_default(),
+            events: events[i].unwrap_or_default(),
+            new_visitors: new_visitors[i].unwrap_or_default(),
+            session_starts: starts[i].unwrap_or_default(),
+            cart_sessions: carts[i].unwrap_or_default(),
+            abandoned_sessions: abandoned[i].unwrap_or_default(),
+        })
+        .collect())
 }
 
 /// The newest human event time once a change is applied, from the stamp's and the rows
@@ -208,6 +217,35 @@ pub(crate) async fn delta(lake: &Lake, engine: &Engine, stamp: &Stamp) -> Result
     };
     engine.scratch("new_events", events_schema, new_rows)?;
 
+    if !verdicts(
+        lake,
+        engine,
+        stamp,
+        &mut delta,
+        total - added_rows,
+        added_rows,
+    )
+    .await?
+    {
+        return Ok(None);
+    }
+    // Every zone folds the same rows: computed once.
+    let signed = engine.run(&signed_sql(&delta)).await?;
+    engine.scratch("signed", signed.schema, signed.batches)?;
+    Ok(Some(delta))
+}
+
+/// The verdicts added (A) and lifted (R) since the stamp, into `delta` and registered as
+/// `scratch.flags_added` and `scratch.flags_removed`; `false` when a rebuild is due instead
+/// (the stamped verdicts are gone, or they change too much).
+async fn verdicts(
+    lake: &Lake,
+    engine: &Engine,
+    stamp: &Stamp,
+    delta: &mut Delta,
+    old: i64,
+    added_rows: i64,
+) -> Result<bool> {
     let before = if stamp.flags >= 0 {
         match lake
             .read_table_at(TableName::BotFlags, stamp.flags, &["user_id", "day"])
@@ -216,7 +254,7 @@ pub(crate) async fn delta(lake: &Lake, engine: &Engine, stamp: &Stamp) -> Result
             Ok(batches) => flag_set(batches)?,
             Err(e) => {
                 tracing::info!(error = %e, "the verdicts the marts reflect are gone: rebuilding");
-                return Ok(None);
+                return Ok(false);
             }
         }
     } else {
@@ -232,7 +270,7 @@ pub(crate) async fn delta(lake: &Lake, engine: &Engine, stamp: &Stamp) -> Result
     delta.removed = before.difference(&now).copied().collect();
     if delta.added.len() + delta.removed.len() > MAX_FLAG_CHANGES {
         tracing::info!("too many verdicts changed to fold in: rebuilding the marts");
-        return Ok(None);
+        return Ok(false);
     }
     engine.scratch(
         "flags_added",
@@ -259,18 +297,15 @@ pub(crate) async fn delta(lake: &Lake, engine: &Engine, stamp: &Stamp) -> Result
             )
             .await?
             .unwrap_or(0);
-        if (rows + added_rows) as f64 > MAX_NEW_SHARE * total as f64 {
+        if (rows + added_rows) as f64 > MAX_NEW_SHARE * (old + added_rows) as f64 {
             tracing::info!(
                 rows,
                 "the verdicts changed too many rows: rebuilding the marts"
             );
-            return Ok(None);
+            return Ok(false);
         }
     }
-    // Every zone folds the same rows: computed once.
-    let signed = engine.run(&signed_sql(&delta)).await?;
-    engine.scratch("signed", signed.schema, signed.batches)?;
-    Ok(Some(delta))
+    Ok(true)
 }
 
 fn flags_schema() -> arrow::datatypes::SchemaRef {
@@ -375,6 +410,42 @@ pub(crate) async fn apply(
     delta: &Delta,
     mut daily: BTreeMap<i32, Daily>,
 ) -> Result<Applied> {
+    let (brand_rows, category_rows) = apply_additive(lake, engine, zone).await?;
+    let (rows, mut states) = touched(lake, engine, zone, delta).await?;
+    let (sums, items) = refold(&mut states, delta, &rows)?;
+    let visitor_rows = append(
+        lake,
+        TableName::MartCategoryVisitors,
+        &[visitors_batch(zone, &sums)?],
+    )
+    .await?;
+    let item_rows = append(lake, TableName::MartItems, &[items_batch(zone, &items)?]).await?;
+    write_state(lake, zone, &states).await?;
+    for (day, d) in &sums.daily {
+        let row = daily.entry(*day).or_default();
+        row.visitors += d.visitors;
+        row.sessions += d.sessions;
+        row.events += d.events;
+        row.new_visitors += d.new_visitors;
+        row.session_starts += d.session_starts;
+        row.cart_sessions += d.cart_sessions;
+        row.abandoned_sessions += d.abandoned_sessions;
+    }
+    daily.retain(|_, d| *d != Daily::default());
+    Ok(Applied {
+        daily,
+        brand_rows,
+        category_rows,
+        visitor_rows,
+        item_rows,
+        users: states.users.len(),
+        sessions: states.sessions.len(),
+    })
+}
+
+/// Appends the signed change's sums to `mart_brands` and `mart_categories`; returns the rows
+/// each took.
+async fn apply_additive(lake: &Lake, engine: &Engine, zone: &str) -> Result<(usize, usize)> {
     let z = format!("'{zone}'");
     let signed = "scratch.signed AS events";
     let brands = engine
@@ -419,8 +490,17 @@ pub(crate) async fn apply(
         ))
         .await?;
     let category_rows = append(lake, TableName::MartCategories, &categories.batches).await?;
+    Ok((brand_rows, category_rows))
+}
 
-    // The rows to fold, and the users and sessions they and the new verdicts touch.
+/// The rows to fold into a zone's state, and the state of the users and sessions they and
+/// the new verdicts touch (empty for those without any yet).
+async fn touched(
+    lake: &Lake,
+    engine: &Engine,
+    zone: &str,
+    delta: &Delta,
+) -> Result<(Vec<RecordBatch>, States)> {
     let plus = "(SELECT * FROM scratch.signed WHERE p = 1) AS events";
     let rows = engine.run(&scan_sql(zone, plus)).await?.batches;
     let mut users: BTreeSet<i64> = delta.added.iter().map(|(u, _)| *u).collect();
@@ -453,7 +533,17 @@ pub(crate) async fn apply(
     for s in &sessions {
         states.sessions.entry(s.clone()).or_default();
     }
+    Ok((rows, states))
+}
 
+/// Takes the touched users' and sessions' contributions away, drops their newly flagged
+/// days, folds in the rows and adds their contributions back: the change to the summed marts
+/// and to `mart_items` (rows by weight).
+fn refold(
+    states: &mut States,
+    delta: &Delta,
+    rows: &[RecordBatch],
+) -> Result<(Sums, BTreeMap<ItemKey, i64>)> {
     let mut sums = Sums::default();
     let mut items: BTreeMap<ItemKey, i64> = BTreeMap::new();
     for (u, s) in &states.users {
@@ -482,7 +572,7 @@ pub(crate) async fn apply(
             }
         }
     }
-    for b in &rows {
+    for b in rows {
         states.add_batch(b)?;
     }
     for (u, s) in &states.users {
@@ -496,14 +586,11 @@ pub(crate) async fn apply(
     }
     sums.settle();
     items.retain(|_, w| *w != 0);
+    Ok((sums, items))
+}
 
-    let visitor_rows = append(
-        lake,
-        TableName::MartCategoryVisitors,
-        &[visitors_batch(zone, &sums)?],
-    )
-    .await?;
-    let item_rows = append(lake, TableName::MartItems, &[items_batch(zone, &items)?]).await?;
+/// Appends one run to each state table with the touched users' and sessions' whole state.
+async fn write_state(lake: &Lake, zone: &str, states: &States) -> Result<()> {
     let run = |t: TableName| async move {
         Ok::<i64, crate::Error>(match lake.table(t).await? {
             Some(table) => keyed::runs(&table, zone)?
@@ -517,28 +604,7 @@ pub(crate) async fn apply(
     let user_run = run(TableName::MartUserState).await? + 1;
     state::write_users(lake, zone, user_run, &states.users).await?;
     let session_run = run(TableName::MartSessionState).await? + 1;
-    state::write_sessions(lake, zone, session_run, &states.sessions).await?;
-
-    for (day, d) in &sums.daily {
-        let row = daily.entry(*day).or_default();
-        row.visitors += d.visitors;
-        row.sessions += d.sessions;
-        row.events += d.events;
-        row.new_visitors += d.new_visitors;
-        row.session_starts += d.session_starts;
-        row.cart_sessions += d.cart_sessions;
-        row.abandoned_sessions += d.abandoned_sessions;
-    }
-    daily.retain(|_, d| *d != Daily::default());
-    Ok(Applied {
-        daily,
-        brand_rows,
-        category_rows,
-        visitor_rows,
-        item_rows,
-        users: states.users.len(),
-        sessions: states.sessions.len(),
-    })
+    state::write_sessions(lake, zone, session_run, &states.sessions).await
 }
 
 /// A `mart_items` row as a sortable key.

@@ -169,29 +169,8 @@ async fn refresh_leased(
         let old = stamp.as_ref().and_then(|s| s.daily.get(zone));
         let summary = match (&delta, old) {
             (Some(d), Some(old)) if !runs_overgrown(lake, zone).await? => {
-                let applied = incremental::apply(lake, engine, zone, d, old.clone()).await?;
-                tracing::debug!(
-                    zone,
-                    new_rows = d.new_rows,
-                    flagged = d.added.len(),
-                    unflagged = d.removed.len(),
-                    users = applied.users,
-                    sessions = applied.sessions,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "marts refreshed for a zone"
-                );
-                let summary = MartsSummary {
-                    zone: zone.to_owned(),
-                    events_version: version,
-                    mode: "incremental",
-                    daily_rows: applied.daily.len(),
-                    brand_rows: applied.brand_rows,
-                    category_rows: applied.category_rows,
-                    visitor_rows: applied.visitor_rows,
-                    item_rows: applied.item_rows,
-                    seconds: 0.0,
-                };
-                daily.insert(zone.to_owned(), applied.daily);
+                let (summary, rows) = refresh_zone(lake, engine, zone, version, d, old).await?;
+                daily.insert(zone.to_owned(), rows);
                 summary
             }
             _ => {
@@ -218,9 +197,20 @@ async fn refresh_leased(
         }
     };
     incremental::collapse(lake, whole).await?;
-    // The stamp last, in one commit for every zone: a refresh cut short leaves the marts at
-    // versions the old stamp does not name, so reports read `events` and the next refresh
-    // rebuilds.
+    write_stamp(lake, version, flags, newest, &daily).await?;
+    Ok(out)
+}
+
+/// Writes `mart_daily` last, in one commit for every zone, stamped: a refresh cut short
+/// leaves the marts at versions the old stamp does not name, so reports read `events` and
+/// the next refresh rebuilds.
+async fn write_stamp(
+    lake: &Lake,
+    version: i64,
+    flags: Option<i64>,
+    newest: Option<i64>,
+    daily: &BTreeMap<String, BTreeMap<i32, Daily>>,
+) -> Result<()> {
     let mut versions = BTreeMap::new();
     for t in crate::stamp::STAMPED {
         if let Some(v) = lake.latest_version(t).await? {
@@ -247,7 +237,42 @@ async fn refresh_leased(
         .write(batches)
         .with_save_mode(SaveMode::Overwrite)
         .await?;
-    Ok(out)
+    Ok(())
+}
+
+/// Folds a change into one zone's marts; returns its `mart_daily` rows, for the stamped write.
+async fn refresh_zone(
+    lake: &Lake,
+    engine: &Engine,
+    zone: &str,
+    version: i64,
+    d: &incremental::Delta,
+    old: &BTreeMap<i32, Daily>,
+) -> Result<(MartsSummary, BTreeMap<i32, Daily>)> {
+    let started = Instant::now();
+    let applied = incremental::apply(lake, engine, zone, d, old.clone()).await?;
+    tracing::debug!(
+        zone,
+        new_rows = d.new_rows,
+        flagged = d.added.len(),
+        unflagged = d.removed.len(),
+        users = applied.users,
+        sessions = applied.sessions,
+        seconds = started.elapsed().as_secs_f64(),
+        "marts refreshed for a zone"
+    );
+    let summary = MartsSummary {
+        zone: zone.to_owned(),
+        events_version: version,
+        mode: "incremental",
+        daily_rows: applied.daily.len(),
+        brand_rows: applied.brand_rows,
+        category_rows: applied.category_rows,
+        visitor_rows: applied.visitor_rows,
+        item_rows: applied.item_rows,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((summary, applied.daily))
 }
 
 /// Whether a zone's state has gathered so many runs since its base that rebuilding it whole
@@ -297,31 +322,7 @@ async fn rebuild_zone(
     let visitor_rows = replace(lake, TableName::MartCategoryVisitors, zone, &visitors).await?;
     drop((categories, visitors));
     let t_categories = started.elapsed();
-    // The state's sorted scans under a pool of their own (each sorts the zone's state and
-    // spills past it; the files they feed are written as they fill).
-    let state_engine = engine.alike(lake, STATE_MEMORY).await?;
-    let scan = contrib::scan_sql(zone, events);
-    let user_sql = state::user_state_sql(&scan);
-    state::write_whole(
-        lake,
-        &state_engine,
-        TableName::MartUserState,
-        "user_id",
-        zone,
-        &user_sql,
-    )
-    .await?;
-    let session_sql = state::session_state_sql(&scan);
-    let sessions = TableName::MartSessionState;
-    state::write_whole(
-        lake,
-        &state_engine,
-        sessions,
-        "user_session",
-        zone,
-        &session_sql,
-    )
-    .await?;
+    rebuild_state(lake, engine, zone, events).await?;
     let t_state = started.elapsed();
     let daily = daily_rows(engine, zone, events).await?;
     tracing::debug!(
@@ -345,6 +346,36 @@ async fn rebuild_zone(
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok((summary, daily))
+}
+
+/// Writes one zone's users' and sessions' state whole from `events`: the sorted scans under
+/// a pool of their own (each sorts the zone's state and spills past it; the files they feed
+/// are written as they fill).
+async fn rebuild_state(lake: &Lake, engine: &Engine, zone: &str, events: &str) -> Result<()> {
+    let state_engine = engine.alike(lake, STATE_MEMORY).await?;
+    let scan = contrib::scan_sql(zone, events);
+    let user_sql = state::user_state_sql(&scan);
+    state::write_whole(
+        lake,
+        &state_engine,
+        TableName::MartUserState,
+        "user_id",
+        zone,
+        &user_sql,
+    )
+    .await?;
+    let session_sql = state::session_state_sql(&scan);
+    let sessions = TableName::MartSessionState;
+    state::write_whole(
+        lake,
+        &state_engine,
+        sessions,
+        "user_session",
+        zone,
+        &session_sql,
+    )
+    .await?;
+    Ok(())
 }
 
 /// The memory pool of a rebuild's state scans (bytes): a month's sort spills, and merging

@@ -410,6 +410,77 @@ impl UserRows {
         }
     }
 
+    /// A user's whole state, or a row marking them gone.
+    fn add_state(&mut self, u: i64, s: &UserState) {
+        let live = s.days.iter().any(|d| d.events > 0);
+        if !live {
+            self.gone(u);
+            return;
+        }
+        for d in &s.days {
+            self.push(
+                u,
+                DAY,
+                d.utc_day,
+                d.day,
+                None,
+                None,
+                Some(d.events),
+                Some(d.first),
+                None,
+                None,
+            );
+        }
+        for c in &s.cells {
+            self.push(
+                u,
+                CELL,
+                c.utc_day,
+                c.day,
+                Some(c.hour),
+                Some(&c.code),
+                Some(c.events),
+                None,
+                None,
+                None,
+            );
+        }
+        for DayCart {
+            product,
+            utc_day,
+            day,
+            cart,
+        } in &s.carts
+        {
+            self.push(
+                u,
+                CART,
+                *utc_day,
+                *day,
+                None,
+                None,
+                None,
+                Some(cart.at),
+                Some(*product),
+                Some(cart),
+            );
+        }
+        for p in &s.purchases {
+            self.push(
+                u,
+                PURCHASE,
+                p.utc_day,
+                0,
+                None,
+                None,
+                None,
+                Some(p.at),
+                Some(p.product),
+                None,
+            );
+        }
+    }
+
     fn batch(self) -> Result<RecordBatch> {
         let int = |v: Vec<Option<i64>>| -> ArrayRef { Arc::new(Int64Array::from(v)) };
         let text = |v: Vec<Option<String>>| -> ArrayRef { Arc::new(StringArray::from(v)) };
@@ -442,73 +513,7 @@ pub(crate) async fn write_users(
 ) -> Result<()> {
     let mut rows = UserRows::default();
     for (&u, s) in users {
-        let live = s.days.iter().any(|d| d.events > 0);
-        if !live {
-            rows.gone(u);
-            continue;
-        }
-        for d in &s.days {
-            rows.push(
-                u,
-                DAY,
-                d.utc_day,
-                d.day,
-                None,
-                None,
-                Some(d.events),
-                Some(d.first),
-                None,
-                None,
-            );
-        }
-        for c in &s.cells {
-            rows.push(
-                u,
-                CELL,
-                c.utc_day,
-                c.day,
-                Some(c.hour),
-                Some(&c.code),
-                Some(c.events),
-                None,
-                None,
-                None,
-            );
-        }
-        for DayCart {
-            product,
-            utc_day,
-            day,
-            cart,
-        } in &s.carts
-        {
-            rows.push(
-                u,
-                CART,
-                *utc_day,
-                *day,
-                None,
-                None,
-                None,
-                Some(cart.at),
-                Some(*product),
-                Some(cart),
-            );
-        }
-        for p in &s.purchases {
-            rows.push(
-                u,
-                PURCHASE,
-                p.utc_day,
-                0,
-                None,
-                None,
-                None,
-                Some(p.at),
-                Some(p.product),
-                None,
-            );
-        }
+        rows.add_state(u, s);
     }
     let batch = with_partitions(TableName::MartUserState, zone, run, &rows.batch()?)?;
     let t = lake.ensure(TableName::MartUserState).await?;
