@@ -97,7 +97,9 @@ static MART_ITEMS: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// category code), the previous local day with a cart of the same pair (`prev_day`), and the
 /// first purchase of the pair at or after `carted` (`next_purchase`). The first cart of a
 /// pair in a range of days is the row whose `prev_day` lies before the range, and it is
-/// recovered within W exactly when `next_purchase <= carted + W`.
+/// recovered within W exactly when `next_purchase <= carted + W`. Refreshes add rows with
+/// `weight` 1 and take old ones away with `weight` -1: the live rows are the groups of equal
+/// rows whose `SUM(weight) > 0`.
 pub fn mart_items() -> SchemaRef {
     MART_ITEMS.clone()
 }
@@ -162,7 +164,9 @@ pub fn mart_category_visitors() -> SchemaRef {
 }
 
 /// `mart_categories`: per report zone, local day, local hour, category level (1, 2, 3, or 0 for
-/// the full code) and category at that level, the categories report's sums.
+/// the full code) and category at that level, the categories report's sums and its events.
+/// Refreshes append signed changes: a cell's figures are the sums of its rows, and a cell
+/// whose `events` sum to zero has none.
 pub fn mart_categories() -> SchemaRef {
     MART_CATEGORIES.clone()
 }
