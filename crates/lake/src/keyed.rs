@@ -210,17 +210,7 @@ pub async fn read_keys(
     keys: &Keys,
     columns: &[&str],
 ) -> Result<KeyedRows> {
-    let mut runs: BTreeMap<Reverse<i64>, Vec<DataFile>> = BTreeMap::new();
-    for (file, values) in files_in(table, &PARTITIONS)? {
-        if values[0].as_deref() != Some(zone) {
-            continue;
-        }
-        let run = values[1]
-            .as_deref()
-            .and_then(|r| r.parse::<i64>().ok())
-            .ok_or_else(|| Error::Corrupt(format!("keyed file {} has no run", file.path)))?;
-        runs.entry(Reverse(run)).or_default().push(file);
-    }
+    let runs = zone_runs(table, zone)?;
     let mut read: Vec<&str> = vec![key, GONE];
     read.extend(columns.iter().filter(|c| **c != key && **c != GONE));
     let store = table.object_store();
@@ -400,7 +390,15 @@ pub async fn write_run(
 /// The runs of one zone of a keyed table, with the rows each holds (from the log's statistics;
 /// 0 where a file has none).
 pub fn runs(table: &DeltaTable, zone: &str) -> Result<BTreeMap<i64, u64>> {
-    let mut out = BTreeMap::new();
+    Ok(zone_runs(table, zone)?
+        .into_iter()
+        .map(|(Reverse(run), files)| (run, files.iter().filter_map(|f| f.rows).sum()))
+        .collect())
+}
+
+/// The files of one zone of a keyed table by run, newest run first.
+fn zone_runs(table: &DeltaTable, zone: &str) -> Result<BTreeMap<Reverse<i64>, Vec<DataFile>>> {
+    let mut runs: BTreeMap<Reverse<i64>, Vec<DataFile>> = BTreeMap::new();
     for (file, values) in files_in(table, &PARTITIONS)? {
         if values[0].as_deref() != Some(zone) {
             continue;
@@ -409,9 +407,9 @@ pub fn runs(table: &DeltaTable, zone: &str) -> Result<BTreeMap<i64, u64>> {
             .as_deref()
             .and_then(|r| r.parse::<i64>().ok())
             .ok_or_else(|| Error::Corrupt(format!("keyed file {} has no run", file.path)))?;
-        *out.entry(run).or_default() += file.rows.unwrap_or(0);
+        runs.entry(Reverse(run)).or_default().push(file);
     }
-    Ok(out)
+    Ok(runs)
 }
 
 /// Merges some runs of a zone into one, numbered as the newest of them: each key keeps the
@@ -435,16 +433,8 @@ pub async fn merge_runs(
         .filter(|n| !PARTITIONS.contains(&n.as_str()))
         .collect();
     let stored: Vec<&str> = stored.iter().map(String::as_str).collect();
-    let mut by_run: BTreeMap<Reverse<i64>, Vec<String>> = BTreeMap::new();
-    for (file, values) in files_in(&table, &PARTITIONS)? {
-        let run = values[1].as_deref().and_then(|r| r.parse::<i64>().ok());
-        if values[0].as_deref() == Some(zone) && run.is_some_and(|r| merged.contains(&r)) {
-            by_run
-                .entry(Reverse(run.unwrap_or(into)))
-                .or_default()
-                .push(file.path);
-        }
-    }
+    let mut by_run = zone_runs(&table, zone)?;
+    by_run.retain(|Reverse(run), _| merged.contains(run));
     let store = table.object_store();
     let key_type = schema
         .field_with_name(key)
@@ -455,7 +445,8 @@ pub async fn merge_runs(
         _ => Keys::Int(Vec::new()),
     };
     let mut kept: Vec<RecordBatch> = Vec::new();
-    for paths in by_run.into_values() {
+    for files in by_run.into_values() {
+        let paths = files.into_iter().map(|f| f.path).collect();
         let batches = crate::read::read_columns(store.clone(), paths, &stored).await?;
         let mut named = Vec::new();
         for b in batches {
@@ -480,7 +471,11 @@ pub async fn merge_runs(
         }
         seen = seen.with(&named)?;
     }
-    let batch = in_run(schema, zone, into, &kept)?;
+    let kept = kept
+        .iter()
+        .map(|b| in_run(schema, zone, into, b))
+        .collect::<Result<Vec<_>>>()?;
+    let batch = arrow::compute::concat_batches(schema, &kept)?;
     let list = merged
         .iter()
         .map(i64::to_string)
@@ -496,28 +491,26 @@ pub async fn merge_runs(
     .await
 }
 
-/// Rows of a table's own columns as one batch of its schema, with `zone` and `run` set.
-fn in_run(schema: &SchemaRef, zone: &str, into: i64, kept: &[RecordBatch]) -> Result<RecordBatch> {
-    let target = schema.clone();
-    let mut out = Vec::new();
-    for b in kept {
-        let columns = target
-            .fields()
-            .iter()
-            .map(|f| -> Result<ArrayRef> {
-                let c: ArrayRef = match f.name().as_str() {
-                    "zone" => Arc::new(arrow::array::StringArray::from(vec![zone; b.num_rows()])),
-                    "run" => Arc::new(arrow::array::Int64Array::from(vec![into; b.num_rows()])),
-                    name => b.column_by_name(name).cloned().unwrap_or_else(|| {
-                        arrow::array::new_null_array(f.data_type(), b.num_rows())
-                    }),
-                };
-                Ok(arrow::compute::cast(&c, f.data_type())?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        out.push(RecordBatch::try_new(target.clone(), columns)?);
-    }
-    Ok(arrow::compute::concat_batches(&target, &out)?)
+/// Rows of a keyed table's own columns as rows of its schema (`schema`), with `zone` and
+/// `run` set and every column cast to its type (a column the rows lack is null).
+pub fn in_run(schema: &SchemaRef, zone: &str, run: i64, rows: &RecordBatch) -> Result<RecordBatch> {
+    let n = rows.num_rows();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| -> Result<ArrayRef> {
+            let c: ArrayRef = match f.name().as_str() {
+                "zone" => Arc::new(arrow::array::StringArray::from(vec![zone; n])),
+                "run" => Arc::new(arrow::array::Int64Array::from(vec![run; n])),
+                name => rows
+                    .column_by_name(name)
+                    .cloned()
+                    .unwrap_or_else(|| arrow::array::new_null_array(f.data_type(), n)),
+            };
+            Ok(arrow::compute::cast(&c, f.data_type())?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// A batch's rows in the order of one column.

@@ -207,24 +207,7 @@ fn with_partitions(
     run: i64,
     rows: &RecordBatch,
 ) -> Result<RecordBatch> {
-    let schema = table.schema();
-    let n = rows.num_rows();
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| -> Result<ArrayRef> {
-            let c: ArrayRef = match f.name().as_str() {
-                "zone" => Arc::new(StringArray::from(vec![zone; n])),
-                "run" => Arc::new(Int64Array::from(vec![run; n])),
-                name => match rows.column_by_name(name) {
-                    Some(c) => c.clone(),
-                    None => arrow::array::new_null_array(f.data_type(), n),
-                },
-            };
-            Ok(arrow::compute::cast(&c, f.data_type())?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(RecordBatch::try_new(schema, columns)?)
+    Ok(keyed::in_run(&table.schema(), zone, run, rows)?)
 }
 
 /// The state of some users in a zone, as the newest runs hold it (users without state are

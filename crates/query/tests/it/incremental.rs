@@ -312,3 +312,58 @@ async fn concurrent_refreshes_fold_a_change_in_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
 }
+
+/// What a refresh killed midway leaves (a mart written past the stamp, the stamp not yet
+/// moved) is never read: reports compute from `events`, and the next refresh rebuilds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_cut_short_is_never_read_and_the_next_rebuilds() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool: Vec<Event> = distinct(
+        &Generator::new(&Options {
+            seed: 4,
+            start: START,
+            events: Some(4_000),
+            days: Some(3),
+            ..Options::default()
+        })
+        .unwrap()
+        .collect::<Vec<_>>(),
+    );
+    let lake = lake(dir.path());
+    import(&lake, dir.path(), "all", &pool).await;
+    shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
+    // The killed refresh had appended its change to `mart_brands` (here: every row again).
+    let columns = [
+        "zone",
+        "day",
+        "brand",
+        "category",
+        "events",
+        "views",
+        "carts",
+        "purchases",
+        "revenue_cents",
+        "view_price_cents",
+    ];
+    let rows = lake
+        .read_table(TableName::MartBrands, &columns)
+        .await
+        .unwrap();
+    lake.ensure(TableName::MartBrands)
+        .await
+        .unwrap()
+        .write(rows)
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .await
+        .unwrap();
+    let engine = Engine::open(&lake).await.unwrap();
+    assert!(
+        !shoplake_query::marts::fresh(&engine, Tz::UTC)
+            .await
+            .unwrap(),
+        "a mart past its stamp makes the marts stale"
+    );
+    let done = shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
+    assert_eq!(done[0].mode, "rebuild");
+    check(&lake, 0, "after a refresh cut short").await;
+}
