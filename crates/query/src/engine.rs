@@ -118,20 +118,6 @@ impl Engine {
         Engine::open_pinned(lake, resources, events_version, bot_flags_version).await
     }
 
-    /// An engine that reads `events` and `bot_flags` at the versions another engine reads,
-    /// with a memory pool of its own.
-    pub(crate) async fn alike(&self, lake: &Lake, memory_limit: usize) -> Result<Engine> {
-        let resources = EngineResources::new(memory_limit, None)?;
-        Engine::open_pinned(
-            lake,
-            &resources,
-            self.events_version,
-            self.bot_flags_version,
-        )
-        .await
-        .map(|e| e.with_timeout(self.timeout))
-    }
-
     async fn open_pinned(
         lake: &Lake,
         resources: &EngineResources,
@@ -306,15 +292,6 @@ impl Engine {
             Ok(out) => out,
             Err(_) => Err(Error::Timeout(self.timeout)),
         }
-    }
-
-    /// Streams the result of a statement the crate wrote itself (no time limit: for marts).
-    pub(crate) async fn stream(
-        &self,
-        sql: &str,
-    ) -> Result<deltalake::datafusion::execution::SendableRecordBatchStream> {
-        let df = self.ctx.sql_with_options(sql, read_only()).await?;
-        Ok(df.execute_stream().await?)
     }
 
     /// Runs a statement the crate wrote itself (still read-only) within the time limit,

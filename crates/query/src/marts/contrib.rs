@@ -680,7 +680,6 @@ mod tests {
     /// verdicts in the lake.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn contributions_summed_over_everyone_are_the_full_build() {
-        use futures::StreamExt;
         use shoplake_lake::{BotFlag, ImportSource, Lake, LakeOptions};
 
         let dir = tempfile::tempdir().unwrap();
@@ -727,9 +726,8 @@ mod tests {
         for zone in ["UTC", "Europe/Berlin", "Asia/Kolkata"] {
             let mut states = States::default();
             let sql = scan_sql(zone, crate::relations::HUMAN_EVENTS);
-            let mut stream = engine.stream(&sql).await.unwrap();
-            while let Some(b) = stream.next().await {
-                states.add_batch(&b.unwrap()).unwrap();
+            for b in engine.run(&sql).await.unwrap().batches {
+                states.add_batch(&b).unwrap();
             }
             let sums = states.sums();
 

@@ -656,7 +656,7 @@ fn items_batch(zone: &str, items: &BTreeMap<ItemKey, i64>) -> Result<RecordBatch
     )?)
 }
 
-fn visitors_batch(zone: &str, sums: &Sums) -> Result<RecordBatch> {
+pub(crate) fn visitors_batch(zone: &str, sums: &Sums) -> Result<RecordBatch> {
     let rows: Vec<_> = sums.visitors.iter().collect();
     let n = rows.len();
     let columns: Vec<ArrayRef> = vec![

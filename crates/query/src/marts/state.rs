@@ -7,21 +7,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::SchemaRef;
 use deltalake::DeltaTable;
 use deltalake::protocol::SaveMode;
-use futures::StreamExt;
 use shoplake_lake::keyed::{self, Keys};
 use shoplake_lake::{Lake, TableName};
 
 use super::contrib::{Cell, DayCart, Purchase, SessionPart, SessionState, UserDay, UserState};
 use crate::columns::Columns;
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::folds::{Cart, CartRow};
-
-/// Rows of a run written at once by a full rebuild: a run is sorted in memory.
-const RUN_ROWS: usize = 1 << 19;
 
 /// The kinds of `mart_user_state` rows.
 const DAY: i64 = 0;
@@ -58,131 +52,8 @@ const SESSION_COLUMNS: [&str; 9] = [
     "purchases",
 ];
 
-/// The scan a full rebuild writes `mart_user_state` from: one row per user-day, cell, cart
-/// and purchase of the human events of a zone, sorted by user. `scan` is
-/// [`super::contrib::scan_sql`]'s query.
-pub(crate) fn user_state_sql(scan: &str) -> String {
-    format!(
-        "WITH s AS ({scan})
-         SELECT user_id, {DAY} AS kind, utc_day, day, CAST(NULL AS BIGINT) AS hour,
-                CAST(NULL AS VARCHAR) AS code, COUNT(*) AS events, MIN(t) AS at,
-                CAST(NULL AS BIGINT) AS product_id, CAST(NULL AS BIGINT) AS cents,
-                CAST(NULL AS VARCHAR) AS brand, CAST(NULL AS VARCHAR) AS category_code
-         FROM s GROUP BY user_id, utc_day, day
-         UNION ALL
-         SELECT user_id, {CELL}, utc_day, day, hour, code, COUNT(*), CAST(NULL AS BIGINT),
-                CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS VARCHAR),
-                CAST(NULL AS VARCHAR)
-         FROM s GROUP BY user_id, utc_day, day, hour, code
-         UNION ALL
-         SELECT user_id, {CART}, utc_day, day, CAST(NULL AS BIGINT), CAST(NULL AS VARCHAR),
-                CAST(NULL AS BIGINT), t, product_id, COALESCE(cents, 0),
-                CAST(brand AS VARCHAR), CAST(category_code AS VARCHAR)
-         FROM s WHERE event_type = 'cart'
-         UNION ALL
-         SELECT user_id, {PURCHASE}, utc_day, day, CAST(NULL AS BIGINT),
-                CAST(NULL AS VARCHAR), CAST(NULL AS BIGINT), t, product_id,
-                CAST(NULL AS BIGINT), CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)
-         FROM s WHERE event_type = 'purchase'
-         ORDER BY user_id"
-    )
-}
-
-/// The scan a full rebuild writes `mart_session_state` from, sorted by session.
-pub(crate) fn session_state_sql(scan: &str) -> String {
-    format!(
-        "WITH s AS ({scan})
-         SELECT CAST(user_session AS VARCHAR) AS user_session, user_id, utc_day, day,
-                COUNT(*) AS events, MIN(t) AS first,
-                SUM(CASE WHEN event_type = 'cart' THEN 1 ELSE 0 END) AS carts,
-                SUM(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) AS purchases
-         FROM s WHERE user_session IS NOT NULL
-         GROUP BY user_session, user_id, utc_day, day
-         ORDER BY user_session"
-    )
-}
-
-/// Replaces a zone's state with the rows of a sorted scan, as run 1: files of at most about
-/// [`RUN_ROWS`] rows each (each sorted, written as it fills), cut between keys. The zone's
-/// later runs are then the refreshes'.
-pub(crate) async fn write_whole(
-    lake: &Lake,
-    engine: &Engine,
-    table: TableName,
-    key: &str,
-    zone: &str,
-    sql: &str,
-) -> Result<()> {
-    let mut t = lake.ensure(table).await?;
-    // Empty the zone first (in the same commit as the first run when there is one).
-    let mut first = true;
-    let run = 1;
-    let mut pending: Vec<RecordBatch> = Vec::new();
-    let mut rows = 0;
-    let mut stream = engine.stream(sql).await?;
-    while let Some(b) = stream.next().await {
-        let b = b?;
-        rows += b.num_rows();
-        pending.push(b);
-        if rows >= RUN_ROWS {
-            let (head, tail) = cut_at_last_key(&pending, key)?;
-            if head.num_rows() > 0 {
-                t = write(t, table, key, zone, run, &head, first).await?;
-                first = false;
-            }
-            rows = tail.num_rows();
-            pending = vec![tail];
-        }
-    }
-    let rest = concat(&pending)?;
-    if rest.as_ref().is_some_and(|b| b.num_rows() > 0) || first {
-        let rest = match rest {
-            Some(b) => b,
-            None => RecordBatch::new_empty(table_schema_without_partitions(table)),
-        };
-        write(t, table, key, zone, run, &rest, first).await?;
-    }
-    Ok(())
-}
-
-/// A table's schema without its partition columns (the rows a scan produces).
-fn table_schema_without_partitions(table: TableName) -> SchemaRef {
-    let schema = table.schema();
-    let keep: Vec<usize> = (0..schema.fields().len())
-        .filter(|i| !keyed::PARTITIONS.contains(&schema.field(*i).name().as_str()))
-        .collect();
-    Arc::new(schema.project(&keep).unwrap_or_else(|_| (*schema).clone()))
-}
-
-fn concat(batches: &[RecordBatch]) -> Result<Option<RecordBatch>> {
-    let Some(first) = batches.first() else {
-        return Ok(None);
-    };
-    Ok(Some(arrow::compute::concat_batches(
-        &first.schema(),
-        batches,
-    )?))
-}
-
-/// Splits sorted rows before the first row of their last key: every key's rows stay in one
-/// part.
-fn cut_at_last_key(batches: &[RecordBatch], key: &str) -> Result<(RecordBatch, RecordBatch)> {
-    let all = concat(batches)?.ok_or_else(|| Error::Argument("nothing to cut".into()))?;
-    let n = all.num_rows();
-    let column = all
-        .column_by_name(key)
-        .ok_or_else(|| Error::Argument(format!("a state scan lacks {key}")))?;
-    let values = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)?;
-    let values = arrow::array::AsArray::as_string::<i32>(&values);
-    let mut at = n;
-    while at > 0 && values.value(at - 1) == values.value(n - 1) {
-        at -= 1;
-    }
-    Ok((all.slice(0, at), all.slice(at, n - at)))
-}
-
 /// Writes one run of a zone (the first of a full rebuild replaces the zone).
-async fn write(
+pub(crate) async fn write(
     t: DeltaTable,
     table: TableName,
     key: &str,
@@ -504,6 +375,17 @@ pub(crate) async fn write_users(
     Ok(())
 }
 
+/// The columns of a session part in `mart_session_state` after its key and `gone`.
+pub(crate) const SESSION_PART_COLUMNS: [&str; 7] = [
+    "user_id",
+    "utc_day",
+    "day",
+    "events",
+    "first",
+    "carts",
+    "purchases",
+];
+
 /// Appends a run holding the complete state of these sessions.
 pub(crate) async fn write_sessions(
     lake: &Lake,
@@ -539,15 +421,7 @@ pub(crate) async fn write_sessions(
             }
         }
     }
-    let names = [
-        "user_id",
-        "utc_day",
-        "day",
-        "events",
-        "first",
-        "carts",
-        "purchases",
-    ];
+    let names = SESSION_PART_COLUMNS;
     let mut columns: Vec<(&str, ArrayRef)> = vec![
         ("user_session", Arc::new(StringArray::from(key))),
         ("gone", Arc::new(BooleanArray::from(gone))),
