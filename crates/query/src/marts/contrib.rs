@@ -99,6 +99,19 @@ pub(crate) struct Daily {
     pub abandoned_sessions: i64,
 }
 
+impl Daily {
+    /// Adds another day's figures (or change) to these.
+    pub(crate) fn add(&mut self, d: &Daily) {
+        self.visitors += d.visitors;
+        self.sessions += d.sessions;
+        self.events += d.events;
+        self.new_visitors += d.new_visitors;
+        self.session_starts += d.session_starts;
+        self.cart_sessions += d.cart_sessions;
+        self.abandoned_sessions += d.abandoned_sessions;
+    }
+}
+
 /// How a bucket of `mart_category_visitors` is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum By {

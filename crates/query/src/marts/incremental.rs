@@ -422,14 +422,7 @@ pub(crate) async fn apply(
     let item_rows = append(lake, TableName::MartItems, &[items_batch(zone, &items)?]).await?;
     write_state(lake, zone, &states).await?;
     for (day, d) in &sums.daily {
-        let row = daily.entry(*day).or_default();
-        row.visitors += d.visitors;
-        row.sessions += d.sessions;
-        row.events += d.events;
-        row.new_visitors += d.new_visitors;
-        row.session_starts += d.session_starts;
-        row.cart_sessions += d.cart_sessions;
-        row.abandoned_sessions += d.abandoned_sessions;
+        daily.entry(*day).or_default().add(d);
     }
     daily.retain(|_, d| *d != Daily::default());
     Ok(Applied {

@@ -775,14 +775,7 @@ struct Totals {
 impl Totals {
     fn add_daily(&mut self, daily: BTreeMap<i32, Daily>) {
         for (day, d) in daily {
-            let row = self.daily.entry(day).or_default();
-            row.visitors += d.visitors;
-            row.sessions += d.sessions;
-            row.events += d.events;
-            row.new_visitors += d.new_visitors;
-            row.session_starts += d.session_starts;
-            row.cart_sessions += d.cart_sessions;
-            row.abandoned_sessions += d.abandoned_sessions;
+            self.daily.entry(day).or_default().add(&d);
         }
     }
 
