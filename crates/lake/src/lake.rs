@@ -381,6 +381,30 @@ impl Lake {
         Ok(i64::try_from(v).ok())
     }
 
+    /// When commit `version` of a table was written (its log entry's modification time, the
+    /// time Delta's time travel goes by), `None` when the table has no such commit.
+    pub async fn commit_time(
+        &self,
+        table: TableName,
+        version: i64,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        use object_store::ObjectStoreExt as _;
+        let (store, base) = self.own_files()?;
+        let path = base
+            .clone()
+            .join(table.as_str())
+            .join("_delta_log")
+            .join(format!("{version:020}.json"));
+        match store.head(&path).await {
+            Ok(meta) => Ok(Some(meta.last_modified)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(Error::Store {
+                context: format!("reading {path}"),
+                source,
+            }),
+        }
+    }
+
     /// Opens a table at a given version, `None` when it does not exist.
     pub async fn table_at(&self, table: TableName, version: i64) -> Result<Option<DeltaTable>> {
         let Some(mut t) = self.unloaded(table).await? else {

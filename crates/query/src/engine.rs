@@ -115,15 +115,33 @@ impl Engine {
     pub async fn open_shared(lake: &Lake, resources: &EngineResources) -> Result<Engine> {
         let events_version = lake.latest_version(TableName::Events).await?;
         let bot_flags_version = lake.latest_version(TableName::BotFlags).await?;
-        Engine::open_pinned(lake, resources, events_version, bot_flags_version).await
+        let pinned = [
+            (TableName::Events, events_version),
+            (TableName::BotFlags, bot_flags_version),
+        ]
+        .into_iter()
+        .filter_map(|(t, v)| Some((t, v?)))
+        .collect();
+        Engine::open_pinned(lake, resources, pinned).await
+    }
+
+    /// A session like this one (the same lake and resources, a fresh time limit) that reads
+    /// each table of `pinned` at the version given and every other table at its latest
+    /// (`events` and `bot_flags` absent from `pinned` read as not created yet).
+    pub async fn at_versions(&self, pinned: HashMap<TableName, i64>) -> Result<Engine> {
+        let resources = EngineResources {
+            runtime: self.ctx.runtime_env(),
+        };
+        Engine::open_pinned(&self.schema.lake, &resources, pinned).await
     }
 
     async fn open_pinned(
         lake: &Lake,
         resources: &EngineResources,
-        events_version: Option<i64>,
-        bot_flags_version: Option<i64>,
+        pinned: HashMap<TableName, i64>,
     ) -> Result<Engine> {
+        let events_version = pinned.get(&TableName::Events).copied();
+        let bot_flags_version = pinned.get(&TableName::BotFlags).copied();
         let runtime = resources.runtime.clone();
         let config = SessionConfig::new()
             .with_information_schema(true)
@@ -139,15 +157,9 @@ impl Engine {
         scan_config.options_mut().execution.parquet.reorder_filters = true;
         let ctx = SessionContext::new_with_config_rt(config, runtime.clone());
         let scan_ctx = SessionContext::new_with_config_rt(scan_config, runtime);
-        // `events` and `bot_flags` are read at the versions found now, whenever a statement
-        // first names them: what a session reports and stamps is what it read.
-        let pinned = [
-            (TableName::Events, events_version),
-            (TableName::BotFlags, bot_flags_version),
-        ]
-        .into_iter()
-        .filter_map(|(t, v)| Some((t, v?)))
-        .collect();
+        // `events` and `bot_flags` are read at the versions found when the session opened,
+        // whenever a statement first names them: what a session reports and stamps is what
+        // it read.
         let schema = Arc::new(LakeSchema {
             lake: lake.clone(),
             state: ctx.state(),
@@ -182,6 +194,16 @@ impl Engine {
     pub fn with_timeout(mut self, timeout: Duration) -> Engine {
         self.timeout = timeout;
         self
+    }
+
+    /// The time limit of this session's statements.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The lake this session reads.
+    pub fn lake(&self) -> &Lake {
+        &self.schema.lake
     }
 
     /// The version of `events` this session reads (`None`: no table yet).
@@ -438,7 +460,7 @@ struct LakeSchema {
     state: SessionState,
     /// Each table opened, with its version.
     opened: tokio::sync::Mutex<HashMap<TableName, Opened>>,
-    /// Tables read at a fixed version.
+    /// Tables read at a fixed version (`events` and `bot_flags` absent: read as empty).
     pinned: HashMap<TableName, i64>,
 }
 
@@ -467,6 +489,8 @@ impl SchemaProvider for LakeSchema {
         }
         let loaded = match self.pinned.get(&table) {
             Some(v) => self.lake.table_at(table, *v).await,
+            // Not there when the session opened: not there for the session.
+            None if matches!(table, TableName::Events | TableName::BotFlags) => Ok(None),
             None => self.lake.table(table).await,
         }
         .map_err(|e| DataFusionError::External(Box::new(e)))?;

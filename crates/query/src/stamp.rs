@@ -1,7 +1,7 @@
 //! The marts' stamp: which `events` and `bot_flags` versions, in which layout, the marts of
 //! a zone reflect, and so whether a report may read them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono_tz::Tz;
 
@@ -57,16 +57,23 @@ pub async fn zones(engine: &Engine, extra: &[Tz]) -> Result<Vec<Tz>> {
         .collect()
 }
 
-/// Whether the marts of a zone reflect the `events` and `bot_flags` versions the engine sees,
-/// in this release's layout, and every stamped mart is at the version the stamp names (a
-/// refresh cut short, or one still writing, leaves them apart).
-pub async fn fresh(engine: &Engine, tz: Tz) -> Result<bool> {
-    let Some(version) = engine.events_version() else {
-        return Ok(false);
-    };
+/// What the marts of a zone reflect, as `mart_daily` stamps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// The `events` version.
+    pub events_version: i64,
+    /// The `bot_flags` version (-1: there was no such table).
+    pub flags_version: i64,
+    /// Each stamped mart's and state table's version.
+    pub marts: BTreeMap<String, i64>,
+}
+
+/// The stamp of a zone's marts in this release's layout, `None` when the zone has none (or
+/// its rows disagree: one refresh writes them all at once).
+pub async fn stamp(engine: &Engine, tz: Tz) -> Result<Option<Stamp>> {
     let daily = engine.context().table_provider("mart_daily").await?;
     if daily.schema().field_with_name("marts_versions").is_err() {
-        return Ok(false);
+        return Ok(None);
     }
     let out = engine
         .run(&format!(
@@ -79,31 +86,107 @@ pub async fn fresh(engine: &Engine, tz: Tz) -> Result<bool> {
         ))
         .await?;
     let Some(b) = out.batches.first() else {
-        return Ok(false);
+        return Ok(None);
     };
     let c = Columns::new(b);
-    let first = |name: &str| -> Result<Option<i64>> { Ok(c.i64(name)?.first().copied().flatten()) };
-    let flags = Some(engine.bot_flags_version().unwrap_or(-1));
-    let stamped = first("lo")? == Some(version)
-        && first("hi")? == Some(version)
-        && first("f_lo")? == Some(FORMAT)
-        && first("f_hi")? == Some(FORMAT)
-        && first("b_lo")? == flags
-        && first("b_hi")? == flags;
+    let same = |lo: &str, hi: &str| -> Result<Option<i64>> {
+        let (lo, hi) = (c.i64(lo)?.first().copied().flatten(), c.i64(hi)?);
+        Ok(lo.filter(|v| hi.first().copied().flatten() == Some(*v)))
+    };
+    let (Some(events_version), Some(FORMAT), Some(flags_version)) = (
+        same("lo", "hi")?,
+        same("f_lo", "f_hi")?,
+        same("b_lo", "b_hi")?,
+    ) else {
+        return Ok(None);
+    };
     let texts = (c.str("m_lo")?, c.str("m_hi")?);
     let (Some(Some(lo)), Some(Some(hi))) = (texts.0.first(), texts.1.first()) else {
+        return Ok(None);
+    };
+    if lo != hi {
+        return Ok(None);
+    }
+    Ok(parse_versions(lo).map(|marts| Stamp {
+        events_version,
+        flags_version,
+        marts,
+    }))
+}
+
+/// Whether the marts of a zone reflect the `events` and `bot_flags` versions the engine sees,
+/// in this release's layout, and every stamped mart is at the version the stamp names (a
+/// refresh cut short, or one still writing, leaves them apart).
+pub async fn fresh(engine: &Engine, tz: Tz) -> Result<bool> {
+    let Some(version) = engine.events_version() else {
         return Ok(false);
     };
-    if !stamped || lo != hi {
+    let Some(stamp) = stamp(engine, tz).await? else {
+        return Ok(false);
+    };
+    if stamp.events_version != version
+        || stamp.flags_version != engine.bot_flags_version().unwrap_or(-1)
+    {
         return Ok(false);
     }
-    let Some(want) = parse_versions(lo) else {
-        return Ok(false);
-    };
     for t in STAMPED {
-        if engine.table_version(t).await? != want.get(t.as_str()).copied() {
+        if engine.table_version(t).await? != stamp.marts.get(t.as_str()).copied() {
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// The marts of a zone a little behind `events`: the snapshot they reflect, and how far
+/// behind it is.
+pub struct Behind {
+    /// A session that reads `events`, `bot_flags`, `mart_daily` and every stamped mart at
+    /// the versions the stamp names: a report from it is exact for that `events` version.
+    pub engine: Engine,
+    /// The `events` version it reports.
+    pub events_version: i64,
+    /// When the first commit it lacks was written (`None`: it lacks none, or the log no
+    /// longer says).
+    pub lacks_since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// When the marts of a zone are consistent but behind the `events` the engine sees (a
+/// refresh is due or running), a session over the snapshot they reflect; `None` when the
+/// zone has no consistent marts, or they are not behind.
+pub async fn behind(engine: &Engine, tz: Tz) -> Result<Option<Behind>> {
+    let Some(latest_version) = engine.events_version() else {
+        return Ok(None);
+    };
+    let Some(stamp) = stamp(engine, tz).await? else {
+        return Ok(None);
+    };
+    if stamp.events_version >= latest_version {
+        return Ok(None);
+    }
+    let Some(daily) = engine.table_version(TableName::MartDaily).await? else {
+        return Ok(None);
+    };
+    let mut pinned: HashMap<TableName, i64> = HashMap::from([
+        (TableName::Events, stamp.events_version),
+        (TableName::MartDaily, daily),
+    ]);
+    if stamp.flags_version >= 0 {
+        pinned.insert(TableName::BotFlags, stamp.flags_version);
+    }
+    for t in STAMPED {
+        match stamp.marts.get(t.as_str()) {
+            Some(v) => pinned.insert(t, *v),
+            None => return Ok(None),
+        };
+    }
+    let snapshot = engine.at_versions(pinned).await?;
+    let lacks_since = engine
+        .lake()
+        .commit_time(TableName::Events, stamp.events_version + 1)
+        .await?;
+    Ok(Some(Behind {
+        engine: snapshot,
+        events_version: stamp.events_version,
+        lacks_since,
+    }))
 }

@@ -63,6 +63,9 @@ pub struct Limits {
     pub query_timeout: Duration,
     /// The time limit of a report: reading, computing and encoding.
     pub report_timeout: Duration,
+    /// How far behind `events` a report may answer from the marts while a refresh catches
+    /// up (the age of the oldest commit they lack; zero: always from the latest `events`).
+    pub report_lag: Duration,
     /// The nice value of the threads queries and reports run on (0–19; 0 leaves them at
     /// the server's priority): see `priority.rs`.
     pub query_nice: i32,
@@ -88,6 +91,7 @@ impl Default for Limits {
             query_wait: Duration::from_secs(5),
             query_timeout: Duration::from_secs(60),
             report_timeout: Duration::from_secs(120),
+            report_lag: Duration::from_secs(60),
             query_nice: crate::priority::QUERY_NICE,
         }
     }

@@ -80,6 +80,10 @@ pub struct ServerConfig {
     pub query_timeout: Option<String>,
     /// The time limit of an HTTP report (default `120s`).
     pub report_timeout: Option<String>,
+    /// How far behind `events` an HTTP report may answer from the marts while a refresh
+    /// catches up: the age of the oldest delivery they lack (default `60s`; `0s`: always
+    /// from the latest `events`, scanning it while the marts are behind).
+    pub report_lag: Option<String>,
     /// The nice value (0–19) of the threads queries and reports run on (default 0: the
     /// server's priority); higher lets ingest, delivery and `/healthz` run first whenever
     /// they have work (and lets every other process on the machine run first too).
@@ -215,6 +219,7 @@ impl ServerConfig {
                 &self.report_timeout,
                 c.report_timeout,
             ),
+            report_lag: check.duration("report_lag", &self.report_lag, c.report_lag),
             query_nice: self.query_nice.unwrap_or(c.query_nice),
             ..c
         };

@@ -101,15 +101,27 @@ pub(crate) async fn report(
             ApiError::new(StatusCode::NOT_FOUND, e.to_string())
         }
     })?;
-    let within = c.limits().report_timeout;
+    let (within, lag) = (c.limits().report_timeout, c.limits().report_lag);
     let _turn = turn(&c).await?;
-    let answer = c
+    let (answer, as_of) = c
         .on_query_runtime(within, "report", move |c| async move {
             let engine = engine(&c).await?.with_timeout(within);
-            Ok(request.run(&engine).await?)
+            Ok(request.run_recent(&engine, lag).await?)
         })
         .await?;
-    Ok(Json(answer).into_response())
+    let mut response = Json(answer).into_response();
+    // What the figures reflect: the `events` version, and how far behind the latest the
+    // marts read were (a refresh catching up).
+    let headers = response.headers_mut();
+    if let Some(v) = as_of.events_version {
+        headers.insert("shoplake-events-version", v.into());
+    }
+    if let Some(lag) = as_of.lag
+        && let Ok(v) = format!("{:.1}", lag.as_secs_f64()).parse()
+    {
+        headers.insert("shoplake-lag-seconds", v);
+    }
+    Ok(response)
 }
 
 /// The body of `POST /v1/query`.

@@ -20,7 +20,7 @@ pub use categories::{
     Bucketing, CategoriesOptions, CategoryRow, Level, Metric, WEEKDAYS, bucket_label, categories,
 };
 pub use request::{
-    DEFAULT_RETARGET_ROWS, REPORTS, ReportAnswer, ReportKind, ReportParams, ReportRequest,
+    AsOf, DEFAULT_RETARGET_ROWS, REPORTS, ReportAnswer, ReportKind, ReportParams, ReportRequest,
 };
 pub use visitors::{VisitorsDay, visitors};
 

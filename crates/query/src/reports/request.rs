@@ -152,6 +152,69 @@ impl ReportRequest {
     }
 }
 
+/// What a report's figures reflect.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AsOf {
+    /// The `events` version read (`None`: no table yet).
+    pub events_version: Option<i64>,
+    /// When the report read marts behind the latest `events` (a refresh due or running):
+    /// how long the oldest commit they lack has been in the lake.
+    pub lag: Option<Duration>,
+}
+
+impl ReportRequest {
+    /// The zone whose marts the report reads when they are up to date (`None`: it reads
+    /// `events` whatever the marts hold).
+    pub fn marts_zone(&self) -> Option<chrono_tz::Tz> {
+        let reads_marts = matches!(
+            self.kind,
+            ReportKind::Visitors
+                | ReportKind::Abandonment(_)
+                | ReportKind::Categories(_)
+                | ReportKind::Brands(_)
+        );
+        (reads_marts && self.scope.source == super::Source::Auto && !self.scope.all_traffic)
+            .then_some(self.scope.range.tz)
+    }
+
+    /// Runs the report; when the marts it reads are behind the engine's `events` by at most
+    /// `lag` (the oldest commit they lack is that young: a refresh is due or running), from
+    /// the snapshot they reflect: exact for the `events` version [`AsOf`] names, and as fast
+    /// as up-to-date marts. Otherwise (or should that snapshot no longer be readable) from
+    /// the versions the engine reads.
+    pub async fn run_recent(&self, engine: &Engine, lag: Duration) -> Result<(ReportAnswer, AsOf)> {
+        if let Some(tz) = self.marts_zone().filter(|_| !lag.is_zero())
+            && !crate::stamp::fresh(engine, tz).await?
+            && let Some(behind) = crate::stamp::behind(engine, tz).await?
+        {
+            let age = behind
+                .lacks_since
+                .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default());
+            if let Some(age) = age.filter(|a| *a <= lag) {
+                let snapshot = behind.engine.with_timeout(engine.timeout());
+                match self.run(&snapshot).await {
+                    Ok(answer) => {
+                        let as_of = AsOf {
+                            events_version: Some(behind.events_version),
+                            lag: Some(age),
+                        };
+                        return Ok((answer, as_of));
+                    }
+                    Err(e @ Error::Timeout(_)) => return Err(e),
+                    Err(e) => {
+                        tracing::info!(error = %e, "the marts' snapshot: reading the latest instead");
+                    }
+                }
+            }
+        }
+        let as_of = AsOf {
+            events_version: engine.events_version(),
+            lag: None,
+        };
+        Ok((self.run(engine).await?, as_of))
+    }
+}
+
 fn abandonment_options(p: &ReportParams) -> Result<AbandonmentOptions> {
     let defaults = AbandonmentOptions::default();
     Ok(AbandonmentOptions {

@@ -367,3 +367,126 @@ async fn a_refresh_cut_short_is_never_read_and_the_next_rebuilds() {
     assert_eq!(done[0].mode, "rebuild");
     check(&lake, 0, "after a refresh cut short").await;
 }
+
+/// While the marts are behind `events` (new rows in, the refresh not done, even one cut short
+/// past its stamp), a report that may lag answers from the snapshot they reflect: exact for
+/// that `events` version, which it names; one that may not reads the latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_while_the_marts_catch_up_is_exact_for_the_version_they_reflect() {
+    use shoplake_query::reports::{ReportParams, ReportRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let pool: Vec<Event> = distinct(
+        &Generator::new(&Options {
+            seed: 5,
+            start: START,
+            events: Some(4_000),
+            days: Some(3),
+            ..Options::default()
+        })
+        .unwrap()
+        .collect::<Vec<_>>(),
+    );
+    let (old, new) = pool.split_at(pool.len() * 2 / 3);
+    let lake = lake(dir.path());
+    import(&lake, dir.path(), "old", old).await;
+    shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
+    let reflected = lake
+        .latest_version(TableName::Events)
+        .await
+        .unwrap()
+        .unwrap();
+    import(&lake, dir.path(), "new", new).await;
+    // A refresh cut short has appended to `mart_brands` past the stamp.
+    let brands = lake
+        .read_table(
+            TableName::MartBrands,
+            &[
+                "zone",
+                "day",
+                "brand",
+                "category",
+                "events",
+                "views",
+                "carts",
+                "purchases",
+                "revenue_cents",
+                "view_price_cents",
+            ],
+        )
+        .await
+        .unwrap();
+    lake.ensure(TableName::MartBrands)
+        .await
+        .unwrap()
+        .write(brands)
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .await
+        .unwrap();
+    let latest = Engine::open(&lake).await.unwrap();
+    let latest_version = latest.events_version().unwrap();
+    assert!(latest_version > reflected);
+    let then = latest
+        .at_versions([(TableName::Events, reflected)].into())
+        .await
+        .unwrap();
+    let mut differs = false;
+    for (kind, tz) in [
+        ("visitors", "UTC"),
+        ("brands", "UTC"),
+        ("abandonment", "UTC"),
+        ("categories", "UTC"),
+        ("visitors", "Asia/Kolkata"),
+    ] {
+        let params = ReportParams {
+            tz: Some(tz.to_owned()),
+            min_views: Some(5),
+            ..ReportParams::default()
+        };
+        let request = ReportRequest::parse(kind, &params).unwrap();
+        let exact = |engine| {
+            let mut r = request.clone();
+            r.scope.source = Source::Events;
+            async move { serde_json::to_value(r.run(engine).await.unwrap()).unwrap() }
+        };
+        let (answer, as_of) = request
+            .run_recent(&latest, Duration::from_secs(600))
+            .await
+            .unwrap();
+        if tz == "UTC" {
+            // UTC's marts exist (behind); Kolkata's never did, so it reads the latest.
+            assert_eq!(as_of.events_version, Some(reflected), "{kind}");
+            assert!(as_of.lag.is_some(), "{kind}");
+            let answer = serde_json::to_value(answer).unwrap();
+            assert!(same(&answer, &exact(&then).await), "{kind}: {answer}");
+            differs |= !same(&answer, &exact(&latest).await);
+        } else {
+            assert_eq!(as_of.events_version, Some(latest_version));
+            assert_eq!(as_of.lag, None);
+        }
+        // No lag allowed: the latest, exactly.
+        let (answer, as_of) = request.run_recent(&latest, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            as_of,
+            shoplake_query::reports::AsOf {
+                events_version: Some(latest_version),
+                lag: None
+            }
+        );
+        let answer = serde_json::to_value(answer).unwrap();
+        assert!(
+            same(&answer, &exact(&latest).await),
+            "{kind} latest: {answer}"
+        );
+    }
+    assert!(differs, "the rows the marts lack change some report");
+    // Caught up: the latest again.
+    shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
+    let latest = Engine::open(&lake).await.unwrap();
+    let request = ReportRequest::parse("visitors", &ReportParams::default()).unwrap();
+    let (_, as_of) = request
+        .run_recent(&latest, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(as_of.events_version, latest.events_version());
+    assert_eq!(as_of.lag, None);
+}
