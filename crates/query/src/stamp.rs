@@ -145,14 +145,14 @@ pub struct Behind {
     pub engine: Engine,
     /// The `events` version it reports.
     pub events_version: i64,
-    /// When the first commit it lacks was written (`None`: it lacks none, or the log no
-    /// longer says).
+    /// When the oldest commit it lacks (of `events` or `bot_flags`) was written (`None`:
+    /// the log no longer says).
     pub lacks_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// When the marts of a zone are consistent but behind the `events` the engine sees (a
-/// refresh is due or running), a session over the snapshot they reflect; `None` when the
-/// zone has no consistent marts, or they are not behind.
+/// When the marts of a zone are consistent but behind the `events` or `bot_flags` the
+/// engine sees (a refresh is due or running), a session over the snapshot they reflect;
+/// `None` when the zone has no consistent marts, or they are not behind.
 pub async fn behind(engine: &Engine, tz: Tz) -> Result<Option<Behind>> {
     let Some(latest_version) = engine.events_version() else {
         return Ok(None);
@@ -160,7 +160,9 @@ pub async fn behind(engine: &Engine, tz: Tz) -> Result<Option<Behind>> {
     let Some(stamp) = stamp(engine, tz).await? else {
         return Ok(None);
     };
-    if stamp.events_version >= latest_version {
+    // Live detection writes verdicts between deliveries: behind in either counts.
+    let flags_version = engine.bot_flags_version().unwrap_or(-1);
+    if stamp.events_version >= latest_version && stamp.flags_version >= flags_version {
         return Ok(None);
     }
     let Some(daily) = engine.table_version(TableName::MartDaily).await? else {
@@ -180,10 +182,21 @@ pub async fn behind(engine: &Engine, tz: Tz) -> Result<Option<Behind>> {
         };
     }
     let snapshot = engine.at_versions(pinned).await?;
-    let lacks_since = engine
-        .lake()
-        .commit_time(TableName::Events, stamp.events_version + 1)
-        .await?;
+    // The oldest commit the snapshot lacks, of either table.
+    let (mut lacks_since, mut known) = (None::<chrono::DateTime<chrono::Utc>>, true);
+    for (table, had, now) in [
+        (TableName::Events, stamp.events_version, latest_version),
+        (TableName::BotFlags, stamp.flags_version, flags_version),
+    ] {
+        if had < now {
+            match engine.lake().commit_time(table, had + 1).await? {
+                Some(t) => lacks_since = Some(lacks_since.map_or(t, |l| l.min(t))),
+                // The log no longer says: too old to tell.
+                None => known = false,
+            }
+        }
+    }
+    let lacks_since = lacks_since.filter(|_| known);
     Ok(Some(Behind {
         engine: snapshot,
         events_version: stamp.events_version,

@@ -20,9 +20,12 @@
 //! import (`shoplake import` does it) and rebuilt by `shoplake marts rebuild`; a report uses
 //! them only when their stamp equals the current `events` and `bot_flags` versions and this
 //! release's layout, and computes from `events`
-//! otherwise, so stale marts can make a report slower, never wrong. New visitors and session
-//! starts depend on all earlier data, so a refresh recomputes each zone whole (one pass of a
-//! few group-bys over `events`).
+//! otherwise, so stale marts can make a report slower, never wrong; a report that may lag
+//! (serve's, while a refresh catches up) reads instead the snapshot the stamp names, every
+//! table pinned at its stamped version, exact for that `events` version. A refresh folds in
+//! only what changed since the stamp (`incremental.rs`, with the users' and sessions' state
+//! for the measures that depend on earlier history); a new zone, or marts that cannot be
+//! brought forward, are rebuilt whole (`whole.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -177,9 +177,9 @@ impl ReportRequest {
             .then_some(self.scope.range.tz)
     }
 
-    /// Runs the report; when the marts it reads are behind the engine's `events` by at most
-    /// `lag` (the oldest commit they lack is that young: a refresh is due or running), from
-    /// the snapshot they reflect: exact for the `events` version [`AsOf`] names, and as fast
+    /// Runs the report; when the marts it reads are behind the engine's `events` (or
+    /// `bot_flags`) by at most `lag` (the oldest commit they lack is that young: a refresh is
+    /// due or running), from the snapshot they reflect: exact for the `events` version [`AsOf`] names, and as fast
     /// as up-to-date marts. Otherwise (or should that snapshot no longer be readable) from
     /// the versions the engine reads.
     pub async fn run_recent(&self, engine: &Engine, lag: Duration) -> Result<(ReportAnswer, AsOf)> {

@@ -293,3 +293,82 @@ async fn incidents_are_detected_stored_and_served() {
     assert_eq!(lists[0]["key"], "777");
     s.stop().await;
 }
+
+/// While the marts are behind (events delivered, their refresh not run yet), a humans-only
+/// report answers from the snapshot the marts reflect and says so: the `events` version in
+/// `Shoplake-Events-Version`, how far behind in `Shoplake-Lag-Seconds`; `source=events` reads
+/// the latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_while_the_marts_are_behind_names_the_version_it_reflects() {
+    let s = Running::start(Limits::default(), Vec::new()).await;
+    let lake = Lake::open(LakeOptions {
+        root: s.dir().join("lake").to_string_lossy().into_owned(),
+        storage_options: Default::default(),
+    })
+    .unwrap();
+    let client = reqwest::Client::new();
+    let visitors = async |source: &str| {
+        let r = client
+            .get(s.url(&format!("/v1/reports/visitors?source={source}")))
+            .bearer_auth(READER)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let (version, lag) = (
+            header("shoplake-events-version"),
+            header("shoplake-lag-seconds"),
+        );
+        let days: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        let total: u64 = days
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["events"].as_u64().unwrap())
+            .sum();
+        (total, version, lag)
+    };
+    let (first, second) = (events(1_000, 51), events(1_000, 52));
+    let n1 = ids(&first).len() as u64;
+    let both = ids(&first).union(&ids(&second)).count() as u64;
+    assert!(both > n1);
+    let (status, _, _) = s
+        .post(Some(SHOP), "application/x-ndjson", ndjson(&first), &[])
+        .await;
+    assert_eq!(status, 200);
+    until("the first delivery", async || {
+        (visitors("events").await.0 == n1).then_some(())
+    })
+    .await;
+    shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
+    let reflected = lake
+        .latest_version(TableName::Events)
+        .await
+        .unwrap()
+        .unwrap();
+    let up_to_date = visitors("auto").await;
+    assert_eq!(up_to_date, (n1, Some(reflected.to_string()), None));
+
+    let (status, _, _) = s
+        .post(Some(SHOP), "application/x-ndjson", ndjson(&second), &[])
+        .await;
+    assert_eq!(status, 200);
+    let latest = until("the second delivery", async || {
+        let (total, version, lag) = visitors("events").await;
+        (total == both).then_some((version, lag))
+    })
+    .await;
+    assert_eq!(latest.1, None);
+    let latest: i64 = latest.0.unwrap().parse().unwrap();
+    assert!(latest > reflected);
+    let (total, version, lag) = visitors("auto").await;
+    assert_eq!((total, version), (n1, Some(reflected.to_string())));
+    let lag: f64 = lag.expect("a lag is named").parse().unwrap();
+    assert!((0.0..60.0).contains(&lag), "{lag}");
+    s.stop().await;
+}
