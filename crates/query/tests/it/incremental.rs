@@ -315,12 +315,11 @@ async fn concurrent_refreshes_fold_a_change_in_once() {
 
 /// What a refresh killed midway leaves (a mart written past the stamp, the stamp not yet
 /// moved) is never read: reports compute from `events`, and the next refresh rebuilds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refresh_cut_short_is_never_read_and_the_next_rebuilds() {
-    let dir = tempfile::tempdir().unwrap();
-    let pool: Vec<Event> = distinct(
+/// 4,000 distinct generated events over three days.
+fn three_days(seed: u64) -> Vec<Event> {
+    distinct(
         &Generator::new(&Options {
-            seed: 4,
+            seed,
             start: START,
             events: Some(4_000),
             days: Some(3),
@@ -328,11 +327,12 @@ async fn a_refresh_cut_short_is_never_read_and_the_next_rebuilds() {
         })
         .unwrap()
         .collect::<Vec<_>>(),
-    );
-    let lake = lake(dir.path());
-    import(&lake, dir.path(), "all", &pool).await;
-    shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
-    // The killed refresh had appended its change to `mart_brands` (here: every row again).
+    )
+}
+
+/// What a refresh killed after appending its change to `mart_brands` leaves: every row
+/// again, past the version the stamp names.
+async fn append_past_the_stamp(lake: &Lake) {
     let columns = [
         "zone",
         "day",
@@ -356,6 +356,17 @@ async fn a_refresh_cut_short_is_never_read_and_the_next_rebuilds() {
         .with_save_mode(deltalake::protocol::SaveMode::Append)
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_cut_short_is_never_read_and_the_next_rebuilds() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = three_days(4);
+    let lake = lake(dir.path());
+    import(&lake, dir.path(), "all", &pool).await;
+    shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
+    // The killed refresh had appended its change to `mart_brands` (here: every row again).
+    append_past_the_stamp(&lake).await;
     let engine = Engine::open(&lake).await.unwrap();
     assert!(
         !shoplake_query::marts::fresh(&engine, Tz::UTC)
@@ -375,17 +386,7 @@ async fn a_refresh_cut_short_is_never_read_and_the_next_rebuilds() {
 async fn a_report_while_the_marts_catch_up_is_exact_for_the_version_they_reflect() {
     use shoplake_query::reports::{ReportParams, ReportRequest};
     let dir = tempfile::tempdir().unwrap();
-    let pool: Vec<Event> = distinct(
-        &Generator::new(&Options {
-            seed: 5,
-            start: START,
-            events: Some(4_000),
-            days: Some(3),
-            ..Options::default()
-        })
-        .unwrap()
-        .collect::<Vec<_>>(),
-    );
+    let pool = three_days(5);
     let (old, new) = pool.split_at(pool.len() * 2 / 3);
     let lake = lake(dir.path());
     import(&lake, dir.path(), "old", old).await;
@@ -397,31 +398,7 @@ async fn a_report_while_the_marts_catch_up_is_exact_for_the_version_they_reflect
         .unwrap();
     import(&lake, dir.path(), "new", new).await;
     // A refresh cut short has appended to `mart_brands` past the stamp.
-    let brands = lake
-        .read_table(
-            TableName::MartBrands,
-            &[
-                "zone",
-                "day",
-                "brand",
-                "category",
-                "events",
-                "views",
-                "carts",
-                "purchases",
-                "revenue_cents",
-                "view_price_cents",
-            ],
-        )
-        .await
-        .unwrap();
-    lake.ensure(TableName::MartBrands)
-        .await
-        .unwrap()
-        .write(brands)
-        .with_save_mode(deltalake::protocol::SaveMode::Append)
-        .await
-        .unwrap();
+    append_past_the_stamp(&lake).await;
     let latest = Engine::open(&lake).await.unwrap();
     let latest_version = latest.events_version().unwrap();
     assert!(latest_version > reflected);
