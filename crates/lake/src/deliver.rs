@@ -9,7 +9,7 @@
 //! go to `quarantine`, committed first with the same kind of positions on that table, so they
 //! too land exactly once.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -403,10 +403,40 @@ impl Delivery {
         }
         self.reload_changed_dates()?;
         let (keep, ids, duplicates) = self.new_events(events).await?;
+        let written = self.write_and_commit(&keep, &ids, positions).await;
+        if written.is_err() {
+            // The ids of `keep` are in the sets as if written: forget their dates, so that
+            // the retry reloads them from what is committed and writes these events.
+            let dates: BTreeSet<i32> = keep
+                .iter()
+                .map(|e| e.event_time.div_euclid(MICROS_PER_DAY) as i32)
+                .collect();
+            for d in dates {
+                self.dedupe.forget(d);
+            }
+        }
+        let version = written?;
+        if self.dedupe.over_budget() {
+            self.dedupe.evict();
+        }
+        Ok(Delivered {
+            written: keep.len(),
+            duplicates,
+            version: Some(version),
+        })
+    }
+
+    /// Writes the new events and commits them with the positions; returns the version.
+    async fn write_and_commit(
+        &mut self,
+        keep: &[Event],
+        ids: &[EventId],
+        positions: &BTreeMap<u32, u64>,
+    ) -> Result<u64> {
         let adds = if keep.is_empty() {
             Vec::new()
         } else {
-            write_events(&self.table, &keep, &ids).await?
+            write_events(&self.table, keep, ids).await?
         };
         let staged: Vec<(i32, String)> = adds
             .iter()
@@ -418,7 +448,6 @@ impl Delivery {
                     .map(|d| (d, a.path.clone()))
             })
             .collect();
-        let written = keep.len();
         let version = append_commit(
             &self.table,
             adds,
@@ -431,14 +460,7 @@ impl Delivery {
             self.known.insert(path.clone());
             self.dedupe.staged(d, path);
         }
-        if self.dedupe.over_budget() {
-            self.dedupe.evict();
-        }
-        Ok(Delivered {
-            written,
-            duplicates,
-            version: Some(version),
-        })
+        Ok(version)
     }
 
     /// Forgets the ids of the dates other writers (imports) added files to since the last

@@ -144,3 +144,46 @@ async fn the_log_is_pumped_into_the_lake_exactly_once() {
     assert_eq!(d.positions(log.partitions()).await.unwrap(), ends);
     assert_eq!(log.committed("lake").await.unwrap(), ends);
 }
+
+/// Defect: a delivery that failed after checking its events against the lake's ids (its
+/// Parquet write or its commit failed) left their ids behind as if written, so the retry
+/// took them for duplicates and committed the positions without them: acknowledged events
+/// were lost. Here the write fails because a file stands where the day's partition directory
+/// goes; once it is gone, the retry writes every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_retried_after_a_failed_write_writes_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = lake(dir.path());
+    let events = generated(200, 5, Some(2));
+    let dates: std::collections::BTreeSet<String> = events
+        .iter()
+        .map(|e| {
+            chrono::DateTime::from_timestamp_micros(e.event_time)
+                .unwrap()
+                .format("%Y-%m-%d")
+                .to_string()
+        })
+        .collect();
+    let mut d = lake.delivery("lake").await.unwrap();
+    let blockers: Vec<_> = dates
+        .iter()
+        .map(|date| {
+            dir.path()
+                .join("lake/events")
+                .join(format!("event_date={date}"))
+        })
+        .collect();
+    for b in &blockers {
+        std::fs::write(b, b"in the way").unwrap();
+    }
+    let positions = BTreeMap::from([(0, 120), (1, 80)]);
+    let failed = d.deliver(&events, &positions).await;
+    assert!(failed.is_err(), "{failed:?}");
+    for b in &blockers {
+        std::fs::remove_file(b).unwrap();
+    }
+    let retried = d.deliver(&events, &positions).await.unwrap();
+    assert_eq!((retried.written, retried.duplicates), (200, 0));
+    assert_eq!(lake_ids(&lake).await, ids(&events));
+    assert_eq!(d.positions(2).await.unwrap(), positions);
+}
