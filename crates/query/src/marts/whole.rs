@@ -54,6 +54,10 @@ const CELL: u8 = 4;
 /// events mostly fall in one window): about 25 MiB each.
 const WINDOW: usize = 1 << 19;
 
+/// Session parts a scan stream sums before it spills them (a session lasts minutes, so most
+/// are whole in one window; the fold merges the pieces of the others): about 40 MiB each.
+const SESSION_WINDOW: usize = 1 << 18;
+
 /// The kinds of `mart_user_state` rows (as [`super::state`] reads them).
 const DAY_ROW: i64 = 0;
 const CELL_ROW: i64 = 1;
@@ -436,6 +440,13 @@ struct Spill {
     cells: HashMap<CellKey, (i64, i64)>,
     /// Cells that make a window.
     window: usize,
+    /// The window's sessions: their ids (in the window) and partitions.
+    session_ids: HashMap<Box<str>, u32>,
+    session_parts: Vec<u32>,
+    /// The window's session parts, summed.
+    parts: HashMap<PartKey, Part>,
+    /// Session parts that make a window.
+    session_window: usize,
 }
 
 /// A partition's spill file, created when first written to.
@@ -467,6 +478,10 @@ impl Spill {
             category_sums: HashMap::default(),
             cells: HashMap::default(),
             window: WINDOW,
+            session_ids: HashMap::default(),
+            session_parts: Vec::new(),
+            parts: HashMap::default(),
+            session_window: SESSION_WINDOW,
         }
     }
 
@@ -523,28 +538,55 @@ impl Spill {
             self.spill_user(rec)?;
         }
         if let Some(s) = session {
-            let mut part = Part {
-                first: rec.t,
-                ..Part::default()
+            let id = match self.session_ids.get(s) {
+                Some(id) => *id,
+                None => {
+                    let id = self.session_parts.len() as u32;
+                    self.session_parts.push(self.bounds.session_part(s) as u32);
+                    self.session_ids.insert(s.into(), id);
+                    id
+                }
             };
-            part.add(rec.t, rec.kind);
-            let rec = SessionRec {
-                user: rec.user,
-                utc_day: rec.utc_day,
-                day: rec.day,
-                part,
-            };
-            let (dir, stream) = (&self.dir, self.stream);
-            let p = self.bounds.session_part(s);
-            rec.write(
-                s,
-                writer(&mut self.sessions[p], || file(dir, 's', p, stream))?,
-            )
-            .map_err(io)?;
+            self.parts
+                .entry((id, rec.user, rec.utc_day, rec.day))
+                .or_insert(Part {
+                    first: rec.t,
+                    ..Part::default()
+                })
+                .add(rec.t, rec.kind);
+            if self.parts.len() >= self.session_window {
+                self.spill_sessions()?;
+            }
         }
         if self.cells.len() >= self.window {
             self.spill_cells()?;
         }
+        Ok(())
+    }
+
+    /// Spills the window's session parts, each to its session's partition.
+    fn spill_sessions(&mut self) -> Result<()> {
+        let ids = std::mem::take(&mut self.session_ids);
+        let mut names: Vec<&str> = vec![""; ids.len()];
+        for (s, id) in &ids {
+            names[*id as usize] = s;
+        }
+        let (dir, stream) = (&self.dir, self.stream);
+        for ((id, user, utc_day, day), part) in std::mem::take(&mut self.parts) {
+            let p = self.session_parts[id as usize] as usize;
+            let rec = SessionRec {
+                user,
+                utc_day,
+                day,
+                part,
+            };
+            rec.write(
+                names[id as usize],
+                writer(&mut self.sessions[p], || file(dir, 's', p, stream))?,
+            )
+            .map_err(io)?;
+        }
+        self.session_parts.clear();
         Ok(())
     }
 
@@ -597,6 +639,7 @@ impl Spill {
     /// Spills what the windows hold, then flushes and closes the spill files.
     fn flushed(mut self) -> Result<Spill> {
         self.spill_cells()?;
+        self.spill_sessions()?;
         for w in self.users.iter_mut().chain(self.sessions.iter_mut()) {
             if let Some(mut w) = w.take() {
                 w.flush().map_err(io)?;
@@ -1352,7 +1395,7 @@ mod tests {
     const SESSIONS: [&str; 5] = ["s1", "s2", "s10", "t", ""];
 
     /// Random events of a few users over a few days (some before 1970) with their
-    /// sessions, spilled by one stream in windows of a few cells into two partitions of
+    /// sessions, spilled by one stream in windows of a few cells (and session parts) into two partitions of
     /// users and two of sessions; and the dictionaries.
     fn spilled(seed: u64, dir: &Path) -> (Vec<(UserRec, &'static str)>, Dictionaries) {
         let mut rng = Rng(seed);
@@ -1362,6 +1405,7 @@ mod tests {
         });
         let mut spill = Spill::new(dir, 0, &bounds);
         spill.window = 7;
+        spill.session_window = 5;
         let mut events = Vec::new();
         for _ in 0..3000 {
             let day = rng.below(6) as i32 - 2;
