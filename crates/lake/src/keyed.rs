@@ -8,7 +8,7 @@
 //! key, in pages of [`PAGE_ROWS`] rows, so a page index tells which pages can hold a key.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
@@ -25,6 +25,7 @@ use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector
 #[allow(deprecated)]
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
+use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
 use crate::read::{DataFile, files_in};
@@ -113,12 +114,12 @@ impl Keys {
                     .collect()
             }
             Keys::Text(k) => {
+                // Every row of the pages read is looked up: hashed, not searched.
+                let set: HashSet<&str> = k.iter().map(String::as_str).collect();
                 let c = arrow::compute::cast(column, &DataType::Utf8)?;
                 c.as_string::<i32>()
                     .iter()
-                    .map(|v| {
-                        Some(v.is_some_and(|v| k.binary_search_by(|x| x.as_str().cmp(v)).is_ok()))
-                    })
+                    .map(|v| Some(v.is_some_and(|v| set.contains(v))))
                     .collect()
             }
         })
@@ -373,7 +374,12 @@ pub async fn write_run(
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_write_batch_size(PAGE_ROWS)
         .set_max_row_group_row_count(Some(64 * PAGE_ROWS))
-        .set_statistics_enabled(EnabledStatistics::Page)
+        // A keyed read picks pages by the key's page statistics alone: the other columns'
+        // would only grow every read's page index (and the writer's work).
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_column_statistics_enabled(ColumnPath::from(key), EnabledStatistics::Page)
+        // Keys barely repeat: a dictionary of them is work the writer throws away.
+        .set_column_dictionary_enabled(ColumnPath::from(key), false)
         .build();
     let mut write = table
         .write(vec![sorted])

@@ -295,6 +295,29 @@ impl Names {
     fn name(&self, id: u32) -> Option<&str> {
         id.checked_sub(1).map(|i| &*self.names[i as usize])
     }
+
+    /// The ids of a column's texts. Within one array equal views are equal texts, and a
+    /// column decoded from a Parquet dictionary repeats its views: each distinct view is
+    /// looked up once.
+    fn ids(&mut self, a: &arrow::array::StringViewArray) -> Vec<u32> {
+        let mut by_view: HashMap<u128, u32> = HashMap::default();
+        (0..a.len())
+            .map(|i| {
+                if a.is_null(i) {
+                    return 0;
+                }
+                let view = a.views()[i];
+                match by_view.get(&view) {
+                    Some(id) => *id,
+                    None => {
+                        let id = self.id(Some(a.value(i)));
+                        by_view.insert(view, id);
+                        id
+                    }
+                }
+            })
+            .collect()
+    }
 }
 
 /// A user's record as spilled: the events of a cell (a UTC day, local day, hour and
@@ -499,6 +522,8 @@ impl Spill {
         let category_code = c.string_view_array("category_code")?;
         let brand = c.string_view_array("brand")?;
         let cents = c.int64_array("cents")?;
+        let codes = self.codes.ids(&category_code);
+        let brands = self.brands.ids(&brand);
         for i in 0..b.num_rows() {
             let kind = match event_type.value(i) {
                 "view" => VIEW,
@@ -514,8 +539,8 @@ impl Spill {
                 events: 1,
                 utc_day: utc_day.value(i) as i32,
                 day: day.value(i) as i32,
-                cc: self.codes.id(text(&category_code, i)),
-                brand: self.brands.id(text(&brand, i)),
+                cc: codes[i],
+                brand: brands[i],
                 hour: hour.value(i).clamp(0, 23) as u8,
                 kind,
                 code: 0,
@@ -884,16 +909,28 @@ async fn users(
         .map(|p| {
             let files = files.of('u', p);
             let names = Arc::clone(names);
-            tokio::task::spawn_blocking(move || fold_users(&files, &names))
+            tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let out = fold_users(&files, &names);
+                tracing::trace!(
+                    part = p,
+                    fold_s = started.elapsed().as_secs_f64(),
+                    "users folded"
+                );
+                out
+            })
         })
         .buffered(2);
     let table = TableName::MartUserState;
     let mut t = lake.ensure(table).await?;
     let mut first = true;
+    let mut writing = std::time::Duration::ZERO;
     while let Some(out) = folded.next().await {
         let out = out.map_err(|e| Error::Argument(format!("a rebuild task failed: {e}")))??;
         if first || out.rows.num_rows() > 0 {
+            let started = Instant::now();
             t = state::write(t, table, "user_id", zone, 1, &out.rows, first).await?;
+            writing += started.elapsed();
             first = false;
         }
         totals.add_daily(out.daily);
@@ -902,6 +939,11 @@ async fn users(
         }
         totals.items.extend(out.items);
     }
+    tracing::debug!(
+        zone,
+        write_s = writing.as_secs_f64(),
+        "users' state written"
+    );
     Ok(())
 }
 
@@ -1192,21 +1234,38 @@ async fn sessions(
     let mut folded = futures::stream::iter(0..parts)
         .map(|p| {
             let files = files.of('s', p);
-            tokio::task::spawn_blocking(move || fold_sessions(&files))
+            tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let out = fold_sessions(&files);
+                tracing::trace!(
+                    part = p,
+                    fold_s = started.elapsed().as_secs_f64(),
+                    "sessions folded"
+                );
+                out
+            })
         })
         .buffered(2);
     let table = TableName::MartSessionState;
     let mut t = lake.ensure(table).await?;
     let mut first = true;
+    let mut writing = std::time::Duration::ZERO;
     while let Some(out) = folded.next().await {
         let (rows, daily) =
             out.map_err(|e| Error::Argument(format!("a rebuild task failed: {e}")))??;
         if first || rows.num_rows() > 0 {
+            let started = Instant::now();
             t = state::write(t, table, "user_session", zone, 1, &rows, first).await?;
+            writing += started.elapsed();
             first = false;
         }
         totals.add_daily(daily);
     }
+    tracing::debug!(
+        zone,
+        write_s = writing.as_secs_f64(),
+        "sessions' state written"
+    );
     Ok(())
 }
 
