@@ -169,6 +169,7 @@ impl ReportRequest {
         let reads_marts = matches!(
             self.kind,
             ReportKind::Visitors
+                | ReportKind::Activity
                 | ReportKind::Abandonment(_)
                 | ReportKind::Categories(_)
                 | ReportKind::Brands(_)
