@@ -2,8 +2,8 @@
 //!
 //! The scan (on both cores) sums `mart_brands` and `mart_categories` as it goes, and spills
 //! compact records to a partition of the users (for their state: each cart and purchase,
-//! and the cells of a window of events summed) and one of the sessions (for theirs: every
-//! event). The partitions are ranges of keys cut from a sample, so that
+//! and the cells of a window of events summed) and one of the sessions (for theirs: the
+//! parts of a window of events summed). The partitions are ranges of keys cut from a sample, so that
 //! each holds about [`PART_EVENTS`] events. Each partition is then folded alone, two at a
 //! time: its records sorted, its users' (or sessions') rows written as one file of the
 //! state's run 1, and their contributions to `mart_daily`, `mart_category_visitors` and
