@@ -4,12 +4,13 @@
 //! compact records to a partition of the users (for their state: each cart and purchase,
 //! and the cells of a window of events summed) and one of the sessions (for theirs: the
 //! parts of a window of events summed). The partitions are ranges of keys cut from a sample, so that
-//! each holds about [`PART_EVENTS`] events. Each partition is then folded alone, two at a
-//! time: its records sorted, its users' (or sessions') rows written as one file of the
+//! each holds about [`PART_EVENTS`] events. Each partition is then folded alone (a user
+//! partition and a session partition at a time, each while the one before it is written):
+//! its records sorted, its users' (or sessions') rows written as one file of the
 //! state's run 1, and their contributions to `mart_daily`, `mart_category_visitors` and
 //! `mart_items` summed: the contributions an incremental refresh later takes away and adds
 //! back ([`super::contrib`]). The ranges are disjoint and written in order, so a keyed read
-//! finds a key in one file; memory stays near two partitions' records.
+//! finds a key in one file; memory stays near four partitions' records.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -37,7 +38,7 @@ use crate::folds::{CartRow, text};
 use crate::udf::category_at;
 
 /// Events per partition: a partition's records (50 bytes each) and its fold stay in a few
-/// hundred MiB, two at a time.
+/// hundred MiB, four at a time (a users' and a sessions' folding, one of each being written).
 const PART_EVENTS: usize = 2_000_000;
 
 /// One event in this many is sampled to cut the partitions.
@@ -101,19 +102,35 @@ pub(super) async fn rebuild(
     };
     drop(spilled);
     let summed = started.elapsed();
+    // The users' and the sessions' state at once: each writes its table one partition at a
+    // time (a Delta write on one core) while its next partition folds.
     let mut totals = Totals::default();
-    users(
-        lake,
-        zone,
-        &files,
-        bounds.users.len() + 1,
-        &names,
-        &mut totals,
-    )
-    .await?;
-    let users_done = started.elapsed();
-    sessions(lake, zone, &files, bounds.sessions.len() + 1, &mut totals).await?;
-    let sessions_done = started.elapsed();
+    let mut session_totals = Totals::default();
+    let users_done = async {
+        users(
+            lake,
+            zone,
+            &files,
+            bounds.users.len() + 1,
+            &names,
+            &mut totals,
+        )
+        .await?;
+        Ok::<_, Error>(started.elapsed())
+    };
+    let sessions_done = async {
+        sessions(
+            lake,
+            zone,
+            &files,
+            bounds.sessions.len() + 1,
+            &mut session_totals,
+        )
+        .await?;
+        Ok::<_, Error>(started.elapsed())
+    };
+    let (users_done, sessions_done) = futures::try_join!(users_done, sessions_done)?;
+    totals.add_daily(session_totals.daily);
     let visitors = totals.visitor_sums(&names);
     let visitor_batch = incremental::visitors_batch(zone, &visitors)?;
     let visitor_rows = replace(
@@ -141,7 +158,7 @@ pub(super) async fn rebuild(
         scan_s = (scanned - sampled).as_secs_f64(),
         sums_s = (summed - scanned).as_secs_f64(),
         users_s = (users_done - summed).as_secs_f64(),
-        sessions_s = (sessions_done - users_done).as_secs_f64(),
+        sessions_s = (sessions_done - summed).as_secs_f64(),
         marts_s = (started.elapsed() - sessions_done).as_secs_f64(),
         "marts and state rebuilt for a zone"
     );
@@ -896,7 +913,8 @@ fn visitor_key(chain: u128, day: i32, prev: Option<i32>) -> u128 {
     (chain << 72) | (u128::from(flip(day)) << 40) | prev
 }
 
-/// Folds the user partitions two at a time and writes their state as run 1, in order.
+/// Folds the user partitions one at a time, each while the one before it is written as part
+/// of run 1, in order.
 async fn users(
     lake: &Lake,
     zone: &str,
@@ -920,7 +938,7 @@ async fn users(
                 out
             })
         })
-        .buffered(2);
+        .buffered(1);
     let table = TableName::MartUserState;
     let mut t = lake.ensure(table).await?;
     let mut first = true;
@@ -1223,7 +1241,8 @@ impl StateRows {
     }
 }
 
-/// Folds the session partitions two at a time and writes their state as run 1, in order.
+/// Folds the session partitions one at a time, each while the one before it is written as
+/// part of run 1, in order.
 async fn sessions(
     lake: &Lake,
     zone: &str,
@@ -1245,7 +1264,7 @@ async fn sessions(
                 out
             })
         })
-        .buffered(2);
+        .buffered(1);
     let table = TableName::MartSessionState;
     let mut t = lake.ensure(table).await?;
     let mut first = true;
