@@ -913,6 +913,25 @@ fn visitor_key(chain: u128, day: i32, prev: Option<i32>) -> u128 {
     (chain << 72) | (u128::from(flip(day)) << 40) | prev
 }
 
+/// Runs a partition's fold on a blocking thread; its time is logged at trace level.
+fn fold_on_thread<T: Send + 'static>(
+    what: &'static str,
+    part: usize,
+    fold: impl FnOnce() -> T + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let out = fold();
+        tracing::trace!(
+            what,
+            part,
+            fold_s = started.elapsed().as_secs_f64(),
+            "partition folded"
+        );
+        out
+    })
+}
+
 /// Folds the user partitions one at a time, each while the one before it is written as part
 /// of run 1, in order.
 async fn users(
@@ -927,16 +946,7 @@ async fn users(
         .map(|p| {
             let files = files.of('u', p);
             let names = Arc::clone(names);
-            tokio::task::spawn_blocking(move || {
-                let started = Instant::now();
-                let out = fold_users(&files, &names);
-                tracing::trace!(
-                    part = p,
-                    fold_s = started.elapsed().as_secs_f64(),
-                    "users folded"
-                );
-                out
-            })
+            fold_on_thread("users", p, move || fold_users(&files, &names))
         })
         .buffered(1);
     let table = TableName::MartUserState;
@@ -1253,16 +1263,7 @@ async fn sessions(
     let mut folded = futures::stream::iter(0..parts)
         .map(|p| {
             let files = files.of('s', p);
-            tokio::task::spawn_blocking(move || {
-                let started = Instant::now();
-                let out = fold_sessions(&files);
-                tracing::trace!(
-                    part = p,
-                    fold_s = started.elapsed().as_secs_f64(),
-                    "sessions folded"
-                );
-                out
-            })
+            fold_on_thread("sessions", p, move || fold_sessions(&files))
         })
         .buffered(1);
     let table = TableName::MartSessionState;
