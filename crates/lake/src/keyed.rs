@@ -24,6 +24,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
 #[allow(deprecated)]
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use parquet::bloom_filter::Sbbf;
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::schema::types::ColumnPath;
 
@@ -32,6 +33,9 @@ use crate::read::{DataFile, files_in};
 
 /// Rows per data page: a key read decodes about one page of each column asked for.
 pub const PAGE_ROWS: usize = 1024;
+
+/// Rows per row group (each with a Bloom filter of its keys).
+const ROW_GROUP_ROWS: usize = 64 * PAGE_ROWS;
 
 /// The partition columns of a keyed table.
 pub const PARTITIONS: [&str; 2] = ["zone", "run"];
@@ -76,30 +80,43 @@ impl Keys {
         self.len() == 0
     }
 
-    /// Whether a page whose key column spans the column index's bounds can hold one of these
-    /// keys (a page without bounds can, unless it holds only nulls).
-    fn may_hold(&self, index: &ColumnIndexMetaData, page: usize) -> bool {
-        match (self, index) {
+    /// The keys (as positions in this set) within a page's bounds in the key column's index:
+    /// those it can hold (every key when the page has no bounds, unless it holds only nulls).
+    fn in_page(&self, index: &ColumnIndexMetaData, page: usize) -> std::ops::Range<usize> {
+        let bounds = match (self, index) {
             (Keys::Int(k), ColumnIndexMetaData::INT64(ix)) => {
                 match (ix.min_value(page), ix.max_value(page)) {
-                    (Some(lo), Some(hi)) => {
-                        let at = k.partition_point(|x| x < lo);
-                        at < k.len() && k[at] <= *hi
-                    }
-                    _ => !index.is_null_page(page),
+                    (Some(lo), Some(hi)) => Some((
+                        k.partition_point(|x| x < lo),
+                        k.partition_point(|x| x <= hi),
+                    )),
+                    _ => None,
                 }
             }
             (Keys::Text(k), ColumnIndexMetaData::BYTE_ARRAY(ix)) => {
                 // Truncated bounds still enclose the page's values.
                 match (ix.min_value(page), ix.max_value(page)) {
-                    (Some(lo), Some(hi)) => {
-                        let at = k.partition_point(|x| x.as_bytes() < lo);
-                        at < k.len() && k[at].as_bytes() <= hi
-                    }
-                    _ => !index.is_null_page(page),
+                    (Some(lo), Some(hi)) => Some((
+                        k.partition_point(|x| x.as_bytes() < lo),
+                        k.partition_point(|x| x.as_bytes() <= hi),
+                    )),
+                    _ => None,
                 }
             }
-            _ => true,
+            _ => None,
+        };
+        match bounds {
+            Some((from, to)) => from..to.max(from),
+            None if index.is_null_page(page) => 0..0,
+            None => 0..self.len(),
+        }
+    }
+
+    /// Whether a Bloom filter of the key column can hold the key at `at`.
+    fn may_be_in(&self, bloom: &Sbbf, at: usize) -> bool {
+        match self {
+            Keys::Int(k) => bloom.check(&k[at]),
+            Keys::Text(k) => bloom.check(k[at].as_str()),
         }
     }
 
@@ -288,11 +305,12 @@ async fn read_pages(
         .iter()
         .map(|c| leaf(c))
         .collect::<Result<Vec<_>>>()?;
-    let (groups, selectors, decoded) = selection(builder.metadata(), key_leaf, keys);
+    let mask = ProjectionMask::leaves(schema, leaves.iter().copied());
+    let mut builder = builder;
+    let (groups, selectors, decoded) = selection(&mut builder, key_leaf, keys).await?;
     if groups.is_empty() {
         return Ok((Vec::new(), 0));
     }
-    let mask = ProjectionMask::leaves(schema, leaves.iter().copied());
     let stream = builder
         .with_row_groups(groups)
         .with_row_selection(RowSelection::from(selectors))
@@ -313,12 +331,16 @@ async fn read_pages(
 }
 
 /// The row groups and rows of a file whose key pages can hold one of the keys (every row of a
-/// group without a page index), and how many rows that is.
-fn selection(
-    meta: &parquet::file::metadata::ParquetMetaData,
+/// group without a page index), and how many rows that is. A key within a page's bounds that
+/// its row group's Bloom filter rules out does not count (a new key falls within some page's
+/// bounds almost always; most keys a refresh asks for are new).
+#[allow(deprecated)]
+async fn selection(
+    builder: &mut ParquetRecordBatchStreamBuilder<ParquetObjectReader>,
     key_leaf: usize,
     keys: &Keys,
-) -> (Vec<usize>, Vec<RowSelector>, usize) {
+) -> Result<(Vec<usize>, Vec<RowSelector>, usize)> {
+    let meta = builder.metadata().clone();
     let mut groups = Vec::new();
     let mut selectors = Vec::new();
     let mut decoded = 0;
@@ -328,28 +350,40 @@ fn selection(
             .offset_index()
             .zip(meta.column_index())
             .and_then(|(o, c)| Some((o.get(rg)?.get(key_leaf)?, c.get(rg)?.get(key_leaf)?)));
-        let mut chosen = Vec::new();
-        match pages {
-            Some((offsets, index)) => {
-                let locations = offsets.page_locations();
-                for (p, at) in locations.iter().enumerate() {
-                    let first = usize::try_from(at.first_row_index).unwrap_or(0);
-                    let end = locations.get(p + 1).map_or(rows, |next| {
-                        usize::try_from(next.first_row_index).unwrap_or(rows)
-                    });
-                    let n = end.saturating_sub(first);
-                    if keys.may_hold(index, p) {
-                        chosen.push(RowSelector::select(n));
-                        decoded += n;
-                    } else {
-                        chosen.push(RowSelector::skip(n));
-                    }
-                }
-            }
+        let Some((offsets, index)) = pages else {
             // No page index (a file another writer made): every row of the group.
-            None => {
-                chosen.push(RowSelector::select(rows));
-                decoded += rows;
+            groups.push(rg);
+            selectors.push(RowSelector::select(rows));
+            decoded += rows;
+            continue;
+        };
+        let locations = offsets.page_locations();
+        let candidates: Vec<std::ops::Range<usize>> = (0..locations.len())
+            .map(|p| keys.in_page(index, p))
+            .collect();
+        if candidates.iter().all(|c| c.is_empty()) {
+            continue;
+        }
+        let bloom = builder
+            .get_row_group_column_bloom_filter(rg, key_leaf)
+            .await?;
+        let mut chosen = Vec::with_capacity(locations.len());
+        for (p, at) in locations.iter().enumerate() {
+            let first = usize::try_from(at.first_row_index).unwrap_or(0);
+            let end = locations.get(p + 1).map_or(rows, |next| {
+                usize::try_from(next.first_row_index).unwrap_or(rows)
+            });
+            let n = end.saturating_sub(first);
+            let mut held = candidates[p].clone();
+            let hit = match &bloom {
+                Some(bloom) => held.any(|k| keys.may_be_in(bloom, k)),
+                None => !held.is_empty(),
+            };
+            if hit {
+                chosen.push(RowSelector::select(n));
+                decoded += n;
+            } else {
+                chosen.push(RowSelector::skip(n));
             }
         }
         if chosen.iter().any(|s| !s.skip) {
@@ -357,7 +391,7 @@ fn selection(
             selectors.extend(chosen);
         }
     }
-    (groups, selectors, decoded)
+    Ok((groups, selectors, decoded))
 }
 
 /// Appends one run to a keyed table: `batch` holds the table's columns (with `zone` and `run`
@@ -373,13 +407,18 @@ pub async fn write_run(
     let properties = WriterProperties::builder()
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_write_batch_size(PAGE_ROWS)
-        .set_max_row_group_row_count(Some(64 * PAGE_ROWS))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         // A keyed read picks pages by the key's page statistics alone: the other columns'
         // would only grow every read's page index (and the writer's work).
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_column_statistics_enabled(ColumnPath::from(key), EnabledStatistics::Page)
         // Keys barely repeat: a dictionary of them is work the writer throws away.
         .set_column_dictionary_enabled(ColumnPath::from(key), false)
+        // A Bloom filter of each row group's keys rules out the keys it does not hold, which
+        // page bounds cannot: a key never written before reads no page.
+        .set_column_bloom_filter_enabled(ColumnPath::from(key), true)
+        .set_column_bloom_filter_max_ndv(ColumnPath::from(key), ROW_GROUP_ROWS as u64)
+        .set_column_bloom_filter_fpp(ColumnPath::from(key), 0.01)
         .build();
     let mut write = table
         .write(vec![sorted])

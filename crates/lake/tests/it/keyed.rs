@@ -64,6 +64,17 @@ fn pairs(batches: &[RecordBatch]) -> Vec<(i64, i64)> {
     out
 }
 
+/// The first column's texts.
+fn texts(batches: &[RecordBatch]) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let s = b.column(0).as_string::<i32>().clone();
+            (0..s.len()).map(move |i| s.value(i).to_owned())
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_newest_run_of_a_key_wins_and_reads_touch_few_pages() {
     let dir = tempfile::tempdir().unwrap();
@@ -161,16 +172,85 @@ async fn text_keys_are_found_by_their_bytes() {
     let got = read_keys(&t, "UTC", "session", &Keys::texts(want), &["session"])
         .await
         .unwrap();
-    let found: Vec<String> = got
-        .batches
-        .iter()
-        .flat_map(|b| {
-            let s = b.column(0).as_string::<i32>().clone();
-            (0..s.len()).map(move |i| s.value(i).to_owned())
-        })
-        .collect();
+    let found = texts(&got.batches);
     assert_eq!(found, vec![format!("{:08x}-session", 12_345)]);
     assert!(got.rows_decoded <= 2 * PAGE_ROWS, "{}", got.rows_decoded);
+}
+
+/// Keys never written fall within some page's bounds almost always (a new session id between
+/// two stored ones); each row group's Bloom filter rules them out, so asking for 500 new keys
+/// beside 5 stored ones decodes about the 5 keys' pages, not 500 pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_never_written_read_no_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table(dir.path(), schema()).await;
+    // Even user ids only; the keys asked for are odd (new), but for five even ones.
+    let base: Vec<(i64, bool, i64)> = (0..400_000i64).map(|u| (2 * u, false, u)).collect();
+    let t = write_run(t, "user_id", run("UTC", 1, &base), SaveMode::Append, None)
+        .await
+        .unwrap();
+    let mut asked: Vec<i64> = (0..500i64).map(|i| 1 + 2 * (i * 1_597 % 400_000)).collect();
+    asked.extend([0, 2_000, 200_000, 400_000, 799_998]);
+    let got = read_keys(&t, "UTC", "user_id", &Keys::ints(asked), &["user_id", "n"])
+        .await
+        .unwrap();
+    assert_eq!(
+        pairs(&got.batches),
+        vec![
+            (0, 0),
+            (2_000, 1_000),
+            (200_000, 100_000),
+            (400_000, 200_000),
+            (799_998, 399_999)
+        ]
+    );
+    // Five pages, and a few false positives at 1 %.
+    assert!(
+        got.rows_decoded <= 15 * PAGE_ROWS,
+        "decoded {} rows ({} pages)",
+        got.rows_decoded,
+        got.rows_decoded / PAGE_ROWS
+    );
+
+    // Text keys (session ids) the same way.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("zone", DataType::Utf8, false),
+        Field::new("run", DataType::Int64, false),
+        Field::new("session", DataType::Utf8, false),
+        Field::new("gone", DataType::Boolean, false),
+    ]));
+    let dir = tempfile::tempdir().unwrap();
+    let t = table(dir.path(), schema.clone()).await;
+    let stored: Vec<String> = (0..200_000i64).map(|i| format!("s{:09}", 2 * i)).collect();
+    let n = stored.len();
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec!["UTC"; n])),
+            Arc::new(Int64Array::from(vec![1; n])),
+            Arc::new(StringArray::from(stored)),
+            Arc::new(BooleanArray::from(vec![false; n])),
+        ],
+    )
+    .unwrap();
+    let t = write_run(t, "session", batch, SaveMode::Append, None)
+        .await
+        .unwrap();
+    let mut asked: Vec<String> = (0..500i64)
+        .map(|i| format!("s{:09}", 1 + 2 * (i * 1_597 % 200_000)))
+        .collect();
+    asked.push(format!("s{:09}", 123_456));
+    let got = read_keys(&t, "UTC", "session", &Keys::texts(asked), &["session"])
+        .await
+        .unwrap();
+    let found = texts(&got.batches);
+    assert_eq!(found, vec![format!("s{:09}", 123_456)]);
+    assert!(
+        got.rows_decoded <= 10 * PAGE_ROWS,
+        "decoded {} rows ({} pages)",
+        got.rows_decoded,
+        got.rows_decoded / PAGE_ROWS
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

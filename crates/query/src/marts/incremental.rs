@@ -410,9 +410,12 @@ pub(crate) async fn apply(
     delta: &Delta,
     mut daily: BTreeMap<i32, Daily>,
 ) -> Result<Applied> {
+    let mut laps = super::Laps::new();
     let (brand_rows, category_rows) = apply_additive(lake, engine, zone).await?;
-    let (rows, mut states) = touched(lake, engine, zone, delta).await?;
+    laps.lap("additive");
+    let (rows, mut states) = touched(lake, engine, zone, delta, &mut laps).await?;
     let (sums, items) = refold(&mut states, delta, &rows)?;
+    laps.lap("refold");
     let visitor_rows = append(
         lake,
         TableName::MartCategoryVisitors,
@@ -420,7 +423,10 @@ pub(crate) async fn apply(
     )
     .await?;
     let item_rows = append(lake, TableName::MartItems, &[items_batch(zone, &items)?]).await?;
+    laps.lap("visitors_items");
     write_state(lake, zone, &states).await?;
+    laps.lap("state_written");
+    tracing::debug!(zone, phases = laps.line(), "marts zone applied");
     for (day, d) in &sums.daily {
         daily.entry(*day).or_default().add(d);
     }
@@ -493,9 +499,11 @@ async fn touched(
     engine: &Engine,
     zone: &str,
     delta: &Delta,
+    laps: &mut super::Laps,
 ) -> Result<(Vec<RecordBatch>, States)> {
     let plus = "(SELECT * FROM scratch.signed WHERE p = 1) AS events";
     let rows = engine.run(&scan_sql(zone, plus)).await?.batches;
+    laps.lap("rows");
     let mut users: BTreeSet<i64> = delta.added.iter().map(|(u, _)| *u).collect();
     let mut sessions: BTreeSet<String> = BTreeSet::new();
     for b in &rows {
@@ -516,9 +524,14 @@ async fn touched(
     }
     let users: Vec<i64> = users.into_iter().collect();
     let sessions: Vec<String> = sessions.into_iter().collect();
+    laps.lap("keys");
+    let users_state = state::load_users(lake, zone, &users).await?;
+    laps.lap("users_loaded");
+    let sessions_state = state::load_sessions(lake, zone, &sessions).await?;
+    laps.lap("sessions_loaded");
     let mut states = States {
-        users: state::load_users(lake, zone, &users).await?,
-        sessions: state::load_sessions(lake, zone, &sessions).await?,
+        users: users_state,
+        sessions: sessions_state,
     };
     for u in &users {
         states.users.entry(*u).or_default();
@@ -735,14 +748,15 @@ const COLLAPSIBLE: [(TableName, &str, &str, &str); 4] = [
 const COLLAPSE_FILES: u64 = 48;
 
 /// Sums each mart's appended changes into one row per key once they spread over more than
-/// [`COLLAPSE_FILES`] files (one rewrite of that mart). Returns the marts collapsed.
-pub(crate) async fn collapse(lake: &Lake, force: bool) -> Result<Vec<TableName>> {
+/// [`COLLAPSE_FILES`] files (one rewrite of that mart). Returns the marts collapsed. (A full
+/// rebuild leaves nothing to collapse in the zones it replaced.)
+pub(crate) async fn collapse(lake: &Lake) -> Result<Vec<TableName>> {
     let mut out = Vec::new();
     for (mart, keys, sums, live) in COLLAPSIBLE {
         if lake.latest_version(mart).await?.is_none() {
             continue;
         }
-        if !force && lake.table_info(mart).await?.files <= COLLAPSE_FILES {
+        if lake.table_info(mart).await?.files <= COLLAPSE_FILES {
             continue;
         }
         let engine = Engine::open(lake).await?;

@@ -142,6 +142,7 @@ async fn refresh_leased(
     let Some(version) = engine.events_version() else {
         return Ok(Vec::new());
     };
+    let mut laps = Laps::new();
     let flags = engine.bot_flags_version();
     // Humans only, as the dashboard and the reports show by default: every mart leaves out
     // the user-days `bot_flags` flags (all-traffic reports read `events` while flags exist).
@@ -152,14 +153,17 @@ async fn refresh_leased(
     };
     let zones = zones(engine, extra_zones).await?;
     reset_outdated(lake).await?;
+    laps.lap("zones");
     let stamp = match whole {
         true => None,
         false => incremental::read_stamp(engine).await?,
     };
+    laps.lap("stamp");
     let delta = match &stamp {
         Some(s) => incremental::delta(lake, engine, s).await?,
         None => None,
     };
+    laps.lap("delta");
     let mut out = Vec::new();
     let mut daily: BTreeMap<String, BTreeMap<i32, Daily>> = BTreeMap::new();
     let mut all_incremental = delta.is_some();
@@ -185,6 +189,7 @@ async fn refresh_leased(
             ..summary
         });
     }
+    laps.lap("zones_applied");
     let newest = match (&stamp, &delta) {
         (Some(s), Some(d)) if all_incremental => incremental::newest(engine, s, d).await?,
         _ => None,
@@ -196,8 +201,12 @@ async fn refresh_leased(
             engine.scalar_i64(&sql, "newest").await?
         }
     };
-    incremental::collapse(lake, whole).await?;
+    laps.lap("newest");
+    incremental::collapse(lake).await?;
+    laps.lap("collapse");
     write_stamp(lake, version, flags, newest, &daily).await?;
+    laps.lap("stamp_written");
+    tracing::debug!(phases = laps.line(), "marts refresh phases");
     Ok(out)
 }
 
@@ -307,6 +316,39 @@ async fn rebuild_zone(
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok((summary, rebuilt.daily))
+}
+
+/// The time each phase of a refresh took, for the debug log.
+pub(crate) struct Laps {
+    last: Instant,
+    laps: Vec<(&'static str, f64)>,
+}
+
+impl Laps {
+    pub(crate) fn new() -> Laps {
+        Laps {
+            last: Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    /// Ends the phase `name` (its time is since the previous lap).
+    pub(crate) fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.laps
+            .push((name, now.duration_since(self.last).as_secs_f64()));
+        self.last = now;
+    }
+
+    /// `phase=seconds` pairs, rounded to milliseconds.
+    pub(crate) fn line(&self) -> String {
+        let laps: Vec<String> = self
+            .laps
+            .iter()
+            .map(|(name, s)| format!("{name}={s:.3}"))
+            .collect();
+        laps.join(" ")
+    }
 }
 
 /// What `mart_daily` stamps on every row.
