@@ -141,14 +141,25 @@ fn daily_of(b: &RecordBatch) -> Result<Vec<Daily>> {
 }
 
 /// The newest human event time once a change is applied, from the stamp's and the rows
-/// folded in (`None`: verdicts were added, which may take the newest away: ask `events`).
+/// folded in. Verdicts added take rows away: while those are all older than the stamp's
+/// newest, it stays; `None` when one is as new (it may have been the newest: ask `events`,
+/// a scan of all of them).
 pub(crate) async fn newest(
     engine: &Engine,
     stamp: &Stamp,
     delta: &Delta,
 ) -> Result<Option<Option<i64>>> {
     if !delta.added.is_empty() {
-        return Ok(None);
+        let taken = engine
+            .scalar_i64(
+                "SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM scratch.signed
+                 WHERE w = -1",
+                "newest",
+            )
+            .await?;
+        if taken.is_some() && taken >= stamp.newest {
+            return Ok(None);
+        }
     }
     let new = engine
         .scalar_i64(

@@ -330,6 +330,51 @@ fn three_days(seed: u64) -> Vec<Event> {
     )
 }
 
+/// The abandonment report's newest event, over all days in UTC.
+async fn newest_event(engine: &Engine, source: Source) -> Option<String> {
+    let scope = ReportScope {
+        range: ReportRange::parse(None, None, None).unwrap(),
+        all_traffic: false,
+        source,
+    };
+    abandonment(engine, &scope, &AbandonmentOptions::default())
+        .await
+        .unwrap()
+        .newest_event
+}
+
+/// A verdict over older user-days leaves the newest human event as it was (no scan of
+/// `events` for it); one over the newest event's user-day takes it away, and the newest is
+/// then the one before it: in both, the abandonment report's newest event (which decides
+/// what is still pending) from the marts equals the one from `events`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_over_the_newest_event_moves_the_newest_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = three_days(6);
+    let lake = lake(dir.path());
+    import(&lake, dir.path(), "all", &pool).await;
+    shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
+    let newest = pool.iter().max_by_key(|e| e.event_time).unwrap();
+    let oldest = pool.iter().min_by_key(|e| e.event_time).unwrap();
+    let flag = |e: &Event| BotFlag {
+        user_id: e.user_id,
+        day: BotFlag::day_of(e.event_time),
+        rule: "user_burst".into(),
+        incident_id: format!("i-{}", e.user_id),
+        flagged_at: 1,
+    };
+    for (what, e) in [("the oldest", oldest), ("the newest", newest)] {
+        lake.add_bot_flags(&[flag(e)]).await.unwrap();
+        let done = shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
+        assert_eq!(done[0].mode, "incremental", "{what}");
+        let engine = Engine::open(&lake).await.unwrap();
+        let from_marts = newest_event(&engine, Source::Marts).await;
+        let from_events = newest_event(&engine, Source::Events).await;
+        assert_eq!(from_marts, from_events, "flagging {what} event's user-day");
+        check(&lake, 0, &format!("flagging {what} event's user-day")).await;
+    }
+}
+
 /// What a refresh killed after appending its change to `mart_brands` leaves: every row
 /// again, past the version the stamp names.
 async fn append_past_the_stamp(lake: &Lake) {
