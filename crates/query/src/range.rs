@@ -135,7 +135,7 @@ impl ReportRange {
 }
 
 /// The UTC date of a time, `YYYY-MM-DD`.
-fn utc_date(micros: i64) -> String {
+pub(crate) fn utc_date(micros: i64) -> String {
     chrono::DateTime::from_timestamp_micros(micros)
         .map(|t| t.date_naive().to_string())
         .unwrap_or_default()

@@ -142,13 +142,22 @@ fn daily_of(b: &RecordBatch) -> Result<Vec<Daily>> {
 
 /// The newest human event time once a change is applied, from the stamp's and the rows
 /// folded in. Verdicts added take rows away: while those are all older than the stamp's
-/// newest, it stays; `None` when one is as new (it may have been the newest: ask `events`,
-/// a scan of all of them).
+/// newest, it stays; when one is as new (it may have been the newest; in a live stream the
+/// flagged attackers' events are the newest), the newest of `events` (the human relation)
+/// from the newest human row folded in on, a day or so of partitions; `None` without such a
+/// row (ask all of `events`).
 pub(crate) async fn newest(
     engine: &Engine,
     stamp: &Stamp,
     delta: &Delta,
+    events: &str,
 ) -> Result<Option<Option<i64>>> {
+    let new = engine
+        .scalar_i64(
+            "SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM scratch.signed WHERE p = 1",
+            "newest",
+        )
+        .await?;
     if !delta.added.is_empty() {
         let taken = engine
             .scalar_i64(
@@ -158,15 +167,17 @@ pub(crate) async fn newest(
             )
             .await?;
         if taken.is_some() && taken >= stamp.newest {
-            return Ok(None);
+            let Some(from) = new else {
+                return Ok(None);
+            };
+            let sql = format!(
+                "SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM {events}
+                 WHERE event_date >= DATE '{day}' AND CAST(event_time AS BIGINT) >= {from}",
+                day = crate::range::utc_date(from)
+            );
+            return Ok(Some(engine.scalar_i64(&sql, "newest").await?));
         }
     }
-    let new = engine
-        .scalar_i64(
-            "SELECT MAX(CAST(event_time AS BIGINT)) AS newest FROM scratch.signed WHERE p = 1",
-            "newest",
-        )
-        .await?;
     Ok(Some(stamp.newest.max(new)))
 }
 

@@ -191,7 +191,7 @@ async fn refresh_leased(
     }
     laps.lap("zones_applied");
     let newest = match (&stamp, &delta) {
-        (Some(s), Some(d)) if all_incremental => incremental::newest(engine, s, d).await?,
+        (Some(s), Some(d)) if all_incremental => incremental::newest(engine, s, d, events).await?,
         _ => None,
     };
     let newest = match newest {

@@ -345,17 +345,18 @@ async fn newest_event(engine: &Engine, source: Source) -> Option<String> {
 
 /// A verdict over older user-days leaves the newest human event as it was (no scan of
 /// `events` for it); one over the newest event's user-day takes it away, and the newest is
-/// then the one before it: in both, the abandonment report's newest event (which decides
-/// what is still pending) from the marts equals the one from `events`.
+/// then the one before it, alone or beside new rows (as in a live stream, where the flagged
+/// attackers' events are the newest): in each, the abandonment report's newest event (which
+/// decides what is still pending) from the marts equals the one from `events`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verdict_over_the_newest_event_moves_the_newest_back() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = three_days(6);
+    let mut pool = three_days(6);
+    pool.sort_by_key(|e| e.event_time);
+    let (old, new) = pool.split_at(pool.len() * 9 / 10);
     let lake = lake(dir.path());
-    import(&lake, dir.path(), "all", &pool).await;
+    import(&lake, dir.path(), "old", old).await;
     shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
-    let newest = pool.iter().max_by_key(|e| e.event_time).unwrap();
-    let oldest = pool.iter().min_by_key(|e| e.event_time).unwrap();
     let flag = |e: &Event| BotFlag {
         user_id: e.user_id,
         day: BotFlag::day_of(e.event_time),
@@ -363,8 +364,35 @@ async fn a_verdict_over_the_newest_event_moves_the_newest_back() {
         incident_id: format!("i-{}", e.user_id),
         flagged_at: 1,
     };
-    for (what, e) in [("the oldest", oldest), ("the newest", newest)] {
-        lake.add_bot_flags(&[flag(e)]).await.unwrap();
+    // The newest of the old events no verdict covers yet.
+    let newest_human = |flagged: &[BotFlag]| {
+        old.iter()
+            .rev()
+            .find(|e| {
+                !flagged
+                    .iter()
+                    .any(|f| f.user_id == e.user_id && f.day == BotFlag::day_of(e.event_time))
+            })
+            .unwrap()
+            .clone()
+    };
+    let mut flagged: Vec<BotFlag> = Vec::new();
+    for (what, with_new) in [
+        ("the oldest", false),
+        ("the newest", false),
+        ("the newest, beside new rows", true),
+    ] {
+        let e = match what {
+            "the oldest" => old[0].clone(),
+            _ => newest_human(&flagged),
+        };
+        if with_new {
+            import(&lake, dir.path(), "new", new).await;
+        }
+        flagged.push(flag(&e));
+        lake.add_bot_flags(&flagged[flagged.len() - 1..])
+            .await
+            .unwrap();
         let done = shoplake_query::marts::refresh(&lake, &[]).await.unwrap();
         assert_eq!(done[0].mode, "incremental", "{what}");
         let engine = Engine::open(&lake).await.unwrap();
