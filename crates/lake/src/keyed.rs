@@ -5,7 +5,9 @@
 //! A keyed table is partitioned by `zone` and `run`. A run holds the complete rows, as of that
 //! run, of every key it names: a key's rows are those of the newest run naming it, and a key
 //! left with no rows is named by one row with `gone` set. Each file's rows are sorted by the
-//! key, in pages of [`PAGE_ROWS`] rows, so a page index tells which pages can hold a key.
+//! key, in pages of [`PAGE_ROWS`] rows, so a page index tells which pages can hold a key, and
+//! each row group has a Bloom filter of its keys, which rules out keys never written (a new
+//! key falls within some page's bounds almost always).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashSet};
