@@ -293,7 +293,7 @@ async fn read_pages(
     let options = ArrowReaderOptions::new()
         .with_skip_arrow_metadata(true)
         .with_page_index(true);
-    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options).await?;
+    let mut builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options).await?;
     let schema = builder.parquet_schema();
     let leaf = |name: &str| {
         schema
@@ -308,7 +308,6 @@ async fn read_pages(
         .map(|c| leaf(c))
         .collect::<Result<Vec<_>>>()?;
     let mask = ProjectionMask::leaves(schema, leaves.iter().copied());
-    let mut builder = builder;
     let (groups, selectors, decoded) = selection(&mut builder, key_leaf, keys).await?;
     if groups.is_empty() {
         return Ok((Vec::new(), 0));

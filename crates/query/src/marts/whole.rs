@@ -5,12 +5,13 @@
 //! and the cells of a window of events summed) and one of the sessions (for theirs: the
 //! parts of a window of events summed). The partitions are ranges of keys cut from a sample, so that
 //! each holds about [`PART_EVENTS`] events. Each partition is then folded alone (a user
-//! partition and a session partition at a time, each while the one before it is written):
+//! partition and a session partition at a time, side by side; each table's partitions in
+//! order, a fold and then its write):
 //! its records sorted, its users' (or sessions') rows written as one file of the
 //! state's run 1, and their contributions to `mart_daily`, `mart_category_visitors` and
 //! `mart_items` summed: the contributions an incremental refresh later takes away and adds
 //! back ([`super::contrib`]). The ranges are disjoint and written in order, so a keyed read
-//! finds a key in one file; memory stays near four partitions' records.
+//! finds a key in one file; memory stays near two partitions' records.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -38,7 +39,7 @@ use crate::folds::{CartRow, text};
 use crate::udf::category_at;
 
 /// Events per partition: a partition's records (50 bytes each) and its fold stay in a few
-/// hundred MiB, four at a time (a users' and a sessions' folding, one of each being written).
+/// hundred MiB, two at a time (a users' and a sessions').
 const PART_EVENTS: usize = 2_000_000;
 
 /// One event in this many is sampled to cut the partitions.
@@ -102,8 +103,8 @@ pub(super) async fn rebuild(
     };
     drop(spilled);
     let summed = started.elapsed();
-    // The users' and the sessions' state at once: each writes its table one partition at a
-    // time (a Delta write on one core) while its next partition folds.
+    // The users' and the sessions' state at once: each folds and writes its table one
+    // partition at a time (a Delta write keeps about one core), the other beside it.
     let mut totals = Totals::default();
     let mut session_totals = Totals::default();
     let users_done = async {
@@ -932,8 +933,8 @@ fn fold_on_thread<T: Send + 'static>(
     })
 }
 
-/// Folds the user partitions one at a time, each while the one before it is written as part
-/// of run 1, in order.
+/// Folds the user partitions one at a time, each written as part of run 1 before the next
+/// folds, in order.
 async fn users(
     lake: &Lake,
     zone: &str,
@@ -1251,8 +1252,8 @@ impl StateRows {
     }
 }
 
-/// Folds the session partitions one at a time, each while the one before it is written as
-/// part of run 1, in order.
+/// Folds the session partitions one at a time, each written as part of run 1 before the next
+/// folds, in order.
 async fn sessions(
     lake: &Lake,
     zone: &str,

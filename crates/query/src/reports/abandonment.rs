@@ -199,7 +199,7 @@ pub async fn abandonment(
                 LiveItems::merge,
             )
         )?;
-        return live.finish()?.finish(sessions, options);
+        return live.finish().finish(sessions, options);
     }
     let (sessions, pairs) = futures::try_join!(
         sessions,
@@ -373,7 +373,7 @@ impl LiveItems {
     }
 
     /// The summary with the reweighed pairs' live rows added.
-    fn finish(mut self) -> Result<Summary> {
+    fn finish(mut self) -> Summary {
         let live: Vec<&WeighedRow> = self
             .weights
             .iter()
@@ -392,7 +392,7 @@ impl LiveItems {
         for i in 0..live.len() {
             self.summary.add_row(&rows, i);
         }
-        Ok(self.summary)
+        self.summary
     }
 }
 
