@@ -186,11 +186,7 @@ function message(text, isError) {
 // in another zone flags (UTC days) do not line up with local days, so all traffic is asked for.
 async function visitorsBoth() {
   const f = filters();
-  if (!f.humans) {
-    const [all, humans] = await Promise.all([report("visitors", { all_traffic: "true" }), report("visitors", { all_traffic: "false" })]);
-    return { shown: all, humans, all };
-  }
-  if (f.tz === "UTC") {
+  if (f.humans && f.tz === "UTC") {
     // Both at once: the bot counts do not wait for the humans' days.
     const [humans, botDays] = await Promise.all([report("visitors", { all_traffic: "false" }), report("bots")]);
     const bots = new Map(botDays.map((b) => [b.day, b.flagged_users]));
@@ -200,7 +196,7 @@ async function visitorsBoth() {
     return { shown: humans, humans, all };
   }
   const [humans, all] = await Promise.all([report("visitors", { all_traffic: "false" }), report("visitors", { all_traffic: "true" })]);
-  return { shown: humans, humans, all };
+  return { shown: f.humans ? humans : all, humans, all };
 }
 
 async function overview(main) {
