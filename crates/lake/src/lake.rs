@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use deltalake::DeltaTable;
 use deltalake::kernel::StructType;
@@ -175,11 +176,53 @@ pub struct LakeOptions {
     pub storage_options: HashMap<String, String>,
 }
 
-/// An opened lake root.
+/// An opened lake root. Clones share the snapshots [`Lake::table`] keeps.
 #[derive(Debug, Clone)]
 pub struct Lake {
     root: Url,
     storage_options: HashMap<String, String>,
+    snapshots: Arc<Snapshots>,
+}
+
+/// The newest snapshot of each table a lake handle (and its clones) loaded: the next load
+/// starts from it and reads only the commits since, so a server answers each request without
+/// replaying a table's log from its checkpoint and listing every file again.
+#[derive(Default)]
+struct Snapshots(Mutex<HashMap<TableName, DeltaTable>>);
+
+impl fmt::Debug for Snapshots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kept = self.lock();
+        f.debug_map()
+            .entries(kept.iter().map(|(t, d)| (t.as_str(), d.version())))
+            .finish()
+    }
+}
+
+impl Snapshots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TableName, DeltaTable>> {
+        // The map holds whole snapshots only: one a panicking holder left is still sound.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, table: TableName) -> Option<DeltaTable> {
+        self.lock().get(&table).cloned()
+    }
+
+    /// Keeps `loaded` unless a newer snapshot of the table is kept already.
+    fn keep(&self, table: TableName, loaded: &DeltaTable) {
+        let mut kept = self.lock();
+        if kept
+            .get(&table)
+            .is_none_or(|k| k.version() < loaded.version())
+        {
+            kept.insert(table, loaded.clone());
+        }
+    }
+
+    fn forget(&self, table: TableName) {
+        self.lock().remove(&table);
+    }
 }
 
 impl Lake {
@@ -225,6 +268,7 @@ impl Lake {
         Ok(Lake {
             root: url,
             storage_options,
+            snapshots: Arc::default(),
         })
     }
 
@@ -368,17 +412,14 @@ impl Lake {
             .with_storage_options(self.storage_options.clone()))
     }
 
-    /// A table's latest version without loading it (one listing of its log), `None` when it
-    /// does not exist yet.
+    /// A table's latest version, `None` when it does not exist yet. It brings the kept
+    /// snapshot up to date (a first call loads it), as reading the table next would.
     pub async fn latest_version(&self, table: TableName) -> Result<Option<i64>> {
-        let Some(t) = self.unloaded(table).await? else {
-            return Ok(None);
-        };
-        let v = t
-            .get_latest_version()
-            .await
-            .map_err(Error::delta(format!("reading the log of {table}")))?;
-        Ok(i64::try_from(v).ok())
+        Ok(self
+            .table(table)
+            .await?
+            .and_then(|t| t.version())
+            .and_then(|v| i64::try_from(v).ok()))
     }
 
     /// When commit `version` of a table was written (its log entry's modification time, the
@@ -405,16 +446,33 @@ impl Lake {
         }
     }
 
-    /// Opens a table at a given version, `None` when it does not exist.
+    /// Opens a table at a given version, `None` when it does not exist. The kept snapshot
+    /// serves when it is at that version or before it (the commits up to the version are
+    /// read on top); an older version is loaded afresh.
     pub async fn table_at(&self, table: TableName, version: i64) -> Result<Option<DeltaTable>> {
+        let v = u64::try_from(version)
+            .map_err(|_| Error::Argument(format!("{table} has no version {version}")))?;
+        if let Some(mut t) = self.snapshots.get(table) {
+            match t.version() {
+                Some(kept) if kept == v => return Ok(Some(t)),
+                Some(kept) if kept < v => match t.update_incremental(Some(v)).await {
+                    Ok(()) => {
+                        self.snapshots.keep(table, &t);
+                        return Ok(Some(t));
+                    }
+                    // Loaded afresh below, which says what is wrong if anything is.
+                    Err(e) => tracing::debug!(%table, version, error = %e, "reloading a table"),
+                },
+                _ => {}
+            }
+        }
         let Some(mut t) = self.unloaded(table).await? else {
             return Ok(None);
         };
-        let v = u64::try_from(version)
-            .map_err(|_| Error::Argument(format!("{table} has no version {version}")))?;
         t.load_version(v).await.map_err(Error::delta(format!(
             "loading {table} at version {version}"
         )))?;
+        self.snapshots.keep(table, &t);
         Ok(Some(t))
     }
 
@@ -431,14 +489,29 @@ impl Lake {
         Ok(exists.then_some(t))
     }
 
-    /// Opens a table at its latest version, `None` when it does not exist yet.
+    /// Opens a table at its latest version, `None` when it does not exist yet: the kept
+    /// snapshot and the commits since, or (the first time, or when that fails, as when the
+    /// log it would read on from is gone) a load from the latest checkpoint.
     pub async fn table(&self, table: TableName) -> Result<Option<DeltaTable>> {
+        if let Some(mut t) = self.snapshots.get(table) {
+            match t.update_incremental(None).await {
+                Ok(()) => {
+                    self.snapshots.keep(table, &t);
+                    return Ok(Some(t));
+                }
+                Err(e) => {
+                    tracing::debug!(%table, error = %e, "reloading a table");
+                    self.snapshots.forget(table);
+                }
+            }
+        }
         let Some(mut t) = self.unloaded(table).await? else {
             return Ok(None);
         };
         t.load()
             .await
             .map_err(Error::delta(format!("loading {table}")))?;
+        self.snapshots.keep(table, &t);
         Ok(Some(t))
     }
 

@@ -7,6 +7,7 @@ mod delivery;
 mod import;
 mod keyed;
 mod maintenance;
+mod snapshots;
 
 use std::collections::HashSet;
 use std::io::Write;
