@@ -142,18 +142,22 @@ impl fmt::Display for TableName {
     }
 }
 
-/// A lease [`Lake::try_lease`] took; [`Lease::release`] gives it back (one never released
-/// expires).
+/// A lease [`Lake::try_lease`] took. While it is held a task renews it (every third of its
+/// time to live), so it lasts as long as its holder and lapses soon after the holder dies (a
+/// `kill -9` blocks the next holder for one time to live, not for the longest run's length);
+/// [`Lease::release`] gives it back, and dropping it stops the renewals.
 #[derive(Debug)]
 pub struct Lease {
     lake: Lake,
     path: object_store::path::Path,
+    renewals: tokio::task::JoinHandle<()>,
 }
 
 impl Lease {
     /// Gives the lease back.
     pub async fn release(self) -> Result<()> {
         use object_store::ObjectStoreExt as _;
+        self.renewals.abort();
         let (store, _) = self.lake.own_files()?;
         match store.delete(&self.path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -161,6 +165,39 @@ impl Lease {
                 context: format!("deleting {}", self.path),
                 source,
             }),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewals.abort();
+    }
+}
+
+/// The time (µs since the epoch) a lease taken or renewed now for `ttl` runs out.
+fn lease_until(ttl: std::time::Duration) -> i64 {
+    chrono::Utc::now()
+        .timestamp_micros()
+        .saturating_add(i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Renews a held lease until aborted. A renewal that fails is logged and tried again at the
+/// next tick (the lease stays valid until its last expiry meanwhile).
+async fn renew_lease(
+    store: Box<dyn object_store::ObjectStore>,
+    path: object_store::path::Path,
+    ttl: std::time::Duration,
+) {
+    use object_store::ObjectStoreExt as _;
+    let every = (ttl / 3).max(std::time::Duration::from_millis(100));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let until = lease_until(ttl).to_string().into_bytes();
+        if let Err(e) = store.put(&path, until.into()).await {
+            tracing::warn!(%path, error = %e, "renewing a lease");
         }
     }
 }
@@ -320,16 +357,17 @@ impl Lake {
             })
     }
 
-    /// Takes a named lease beside the tables (`ROOT/_shoplake/NAME.lease`) for `ttl`, so that
-    /// processes sharing the lake (several hosts on S3 too) do one thing at a time: the lease
-    /// is created only if absent (a conditional put), and one past its expiry (its holder
-    /// died) is taken over. `None` while another holds it.
+    /// Takes a named lease beside the tables (`ROOT/_shoplake/NAME.lease`) for `ttl`, renewed
+    /// while held, so that processes sharing the lake (several hosts on S3 too) do one thing
+    /// at a time: the lease is created only if absent (a conditional put), and one past its
+    /// expiry (its holder died or stopped renewing) is taken over. `None` while another holds
+    /// it.
     pub async fn try_lease(&self, name: &str, ttl: std::time::Duration) -> Result<Option<Lease>> {
         use object_store::{ObjectStoreExt as _, PutMode, PutOptions};
         let (store, base) = self.own_files()?;
         let path = Self::own_path(&base, &format!("{name}.lease"));
         let now = chrono::Utc::now().timestamp_micros();
-        let until = now.saturating_add(i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX));
+        let until = lease_until(ttl);
         for _ in 0..2 {
             let put = store
                 .put_opts(
@@ -340,9 +378,11 @@ impl Lake {
                 .await;
             match put {
                 Ok(_) => {
+                    let renewals = tokio::spawn(renew_lease(store, path.clone(), ttl));
                     return Ok(Some(Lease {
                         lake: self.clone(),
                         path,
+                        renewals,
                     }));
                 }
                 Err(object_store::Error::AlreadyExists { .. }) => {

@@ -6,6 +6,7 @@ mod changes;
 mod delivery;
 mod import;
 mod keyed;
+mod lease;
 mod maintenance;
 mod snapshots;
 

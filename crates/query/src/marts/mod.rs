@@ -97,8 +97,12 @@ pub async fn refresh_shared(
     refresh_in(lake, Some(resources), extra_zones, false).await
 }
 
-/// How long a refresh may hold the lake's marts lease before another process takes it over.
-const LEASE: Duration = Duration::from_secs(15 * 60);
+/// The marts lease's time to live: its holder renews it while refreshing, so a refresher that
+/// died (`kill -9`, a lost host) holds up the next one for at most this long.
+const LEASE: Duration = Duration::from_secs(20);
+
+/// How long a refresh waits for another process's refresh to end.
+const LEASE_WAIT: Duration = Duration::from_secs(15 * 60);
 
 /// One refresh at a time per lake, across processes (two folding the same change in would
 /// count it twice): waits for the lease, then refreshes.
@@ -108,10 +112,15 @@ async fn refresh_in(
     extra_zones: &[Tz],
     whole: bool,
 ) -> Result<Vec<MartsSummary>> {
-    let deadline = Instant::now() + LEASE;
+    let deadline = Instant::now() + LEASE_WAIT;
+    let mut waiting = false;
     let lease = loop {
         if let Some(lease) = lake.try_lease("marts-refresh", LEASE).await? {
             break lease;
+        }
+        if !waiting {
+            tracing::info!("waiting for another process's marts refresh to end");
+            waiting = true;
         }
         if Instant::now() > deadline {
             return Err(Error::Argument(
