@@ -46,10 +46,21 @@ function token() { return localStorage.getItem(TOKEN_KEY) || ""; }
 
 class SignInNeeded extends Error {}
 
+// A busy server (429: every query turn taken; 503: delivery behind) says when to come back;
+// a read is asked again then, a few times, before the page shows the error.
+const BUSY_RETRIES = 4;
+
 async function api(path, options) {
   const o = options || {};
   const headers = Object.assign({ Authorization: "Bearer " + token() }, o.headers || {});
-  const r = await fetch(path, Object.assign({}, o, { headers }));
+  // Reads: GETs, and SQL (the query API runs only SELECTs).
+  const read = !o.method || o.method === "GET" || path === "/v1/query";
+  let r = await fetch(path, Object.assign({}, o, { headers }));
+  for (let tries = 0; read && (r.status === 429 || r.status === 503) && tries < BUSY_RETRIES; tries++) {
+    const after = Math.min(Math.max(Number(r.headers.get("Retry-After")) || 1, 1), 10);
+    await new Promise((done) => setTimeout(done, after * 1000));
+    r = await fetch(path, Object.assign({}, o, { headers }));
+  }
   if (r.status === 401) { signIn(); throw new SignInNeeded("sign in"); }
   if (r.status === 204) return null;
   const text = await r.text();
