@@ -52,13 +52,23 @@ const CART: u8 = 2;
 const PURCHASE: u8 = 3;
 const CELL: u8 = 4;
 
-/// Cells a scan stream sums before it spills them (the scan runs in time order, so a cell's
-/// events mostly fall in one window): about 25 MiB each.
+/// Cells a scan stream sums at most before it spills them all: about 25 MiB.
 const WINDOW: usize = 1 << 19;
 
-/// Session parts a scan stream sums before it spills them (a session lasts minutes, so most
-/// are whole in one window; the fold merges the pieces of the others): about 40 MiB each.
+/// Sessions a scan stream keeps open at most before it spills them all.
 const SESSION_WINDOW: usize = 1 << 18;
+
+/// The scan runs (mostly) in time order, so what is done can be swept out of the windows
+/// as it goes: a cell whose first event is an hour before the stream's latest gets no more
+/// (a cell is an hour), a session idle for half an hour rarely does (more of it later is a
+/// piece the fold merges), and a day's brand and category sums are complete a day later.
+/// A window is swept when it reaches these sizes (or twice what the last sweep left), which
+/// keeps each in a few MiB, in the cache, rather than tens of MiB a lookup misses.
+const SWEEP_CELLS: usize = 1 << 15;
+const SWEEP_SESSIONS: usize = 1 << 14;
+const SWEEP_SUMS: usize = 1 << 14;
+const CELL_SPAN_US: i64 = 3_600_000_000;
+const SESSION_IDLE_US: i64 = 1_800_000_000;
 
 /// The kinds of `mart_user_state` rows (as [`super::state`] reads them).
 const DAY_ROW: i64 = 0;
@@ -466,6 +476,44 @@ type CategorySums = [i64; 5];
 /// A cell of a user: (user, UTC day, local day, hour, category code id).
 type CellKey = (i64, i32, i32, u8, u32);
 
+/// A session part's key within its session: (user, UTC day, local day).
+type PartOf = (i64, i32, i32);
+
+/// A session open in a scan stream's window: its partition, its latest event's time, and
+/// its parts so far (nearly always one).
+struct OpenSession {
+    partition: u32,
+    last: i64,
+    first: (PartOf, Part),
+    more: Vec<(PartOf, Part)>,
+}
+
+impl OpenSession {
+    fn new(partition: u32, of: PartOf, t: i64, kind: u8) -> OpenSession {
+        OpenSession {
+            partition,
+            last: t,
+            first: (of, Part::of(t, kind)),
+            more: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, of: PartOf, t: i64, kind: u8) {
+        self.last = self.last.max(t);
+        if self.first.0 == of {
+            self.first.1.add(t, kind);
+        } else if let Some((_, part)) = self.more.iter_mut().find(|(k, _)| *k == of) {
+            part.add(t, kind);
+        } else {
+            self.more.push((of, Part::of(t, kind)));
+        }
+    }
+
+    fn parts(&self) -> impl Iterator<Item = &(PartOf, Part)> {
+        std::iter::once(&self.first).chain(&self.more)
+    }
+}
+
 /// One scan stream's spill files, names and sums.
 struct Spill {
     dir: PathBuf,
@@ -475,19 +523,66 @@ struct Spill {
     sessions: Vec<Option<BufWriter<File>>>,
     codes: Names,
     brands: Names,
+    /// The brand and category sums of the days still open, and of those swept out.
     brand_sums: HashMap<(i32, u32, u32), BrandSums>,
     category_sums: HashMap<(i32, u8, u32), CategorySums>,
+    brands_done: Vec<((i32, u32, u32), BrandSums)>,
+    categories_done: Vec<((i32, u8, u32), CategorySums)>,
     /// The window's cells: their events and first time.
     cells: HashMap<CellKey, (i64, i64)>,
-    /// Cells that make a window.
-    window: usize,
-    /// The window's sessions: their ids (in the window) and partitions.
-    session_ids: HashMap<Box<str>, u32>,
-    session_parts: Vec<u32>,
-    /// The window's session parts, summed.
-    parts: HashMap<PartKey, Part>,
-    /// Session parts that make a window.
+    /// The window's open sessions.
+    open: HashMap<Box<str>, OpenSession>,
+    /// The latest event's time and local day the stream has met.
+    now: i64,
+    today: i32,
+    /// The sizes at which the windows are next swept, and at which they are spilled whole.
+    sweep: Sweep,
+}
+
+/// When a stream's windows are swept (see [`SWEEP_CELLS`]) or spilled whole.
+#[derive(Debug, Clone, Copy)]
+struct Sweep {
+    /// The sizes of the next sweeps.
+    at: Sizes,
+    /// The sizes of the first.
+    base: Sizes,
+    cell_window: usize,
     session_window: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    cells: usize,
+    sessions: usize,
+    sums: usize,
+}
+
+impl Sweep {
+    fn new(base: Sizes, cell_window: usize, session_window: usize) -> Sweep {
+        Sweep {
+            at: base,
+            base,
+            cell_window,
+            session_window,
+        }
+    }
+}
+
+impl Default for Sweep {
+    fn default() -> Sweep {
+        let base = Sizes {
+            cells: SWEEP_CELLS,
+            sessions: SWEEP_SESSIONS,
+            sums: SWEEP_SUMS,
+        };
+        Sweep::new(base, WINDOW, SESSION_WINDOW)
+    }
+}
+
+/// The size at which a window swept down to `left` is next swept: twice that, at least
+/// `base`, so sweeps cost a constant per entry however much is left open.
+fn next_sweep(base: usize, left: usize) -> usize {
+    base.max(left.saturating_mul(2))
 }
 
 /// A partition's spill file, created when first written to.
@@ -517,12 +612,13 @@ impl Spill {
             brands: Names::default(),
             brand_sums: HashMap::default(),
             category_sums: HashMap::default(),
+            brands_done: Vec::new(),
+            categories_done: Vec::new(),
             cells: HashMap::default(),
-            window: WINDOW,
-            session_ids: HashMap::default(),
-            session_parts: Vec::new(),
-            parts: HashMap::default(),
-            session_window: SESSION_WINDOW,
+            open: HashMap::default(),
+            now: i64::MIN,
+            today: i32::MIN,
+            sweep: Sweep::default(),
         }
     }
 
@@ -570,6 +666,8 @@ impl Spill {
 
     /// Takes one event (its own kind in `rec.kind`, ids this stream's).
     fn event(&mut self, rec: &UserRec, session: Option<&str>) -> Result<()> {
+        self.now = self.now.max(rec.t);
+        self.today = self.today.max(rec.day);
         self.sum(rec);
         let cell = self
             .cells
@@ -581,56 +679,90 @@ impl Spill {
             self.spill_user(rec)?;
         }
         if let Some(s) = session {
-            let id = match self.session_ids.get(s) {
-                Some(id) => *id,
+            let of = (rec.user, rec.utc_day, rec.day);
+            match self.open.get_mut(s) {
+                Some(open) => open.add(of, rec.t, rec.kind),
                 None => {
-                    let id = self.session_parts.len() as u32;
-                    self.session_parts.push(self.bounds.session_part(s) as u32);
-                    self.session_ids.insert(s.into(), id);
-                    id
+                    let partition = self.bounds.session_part(s) as u32;
+                    self.open
+                        .insert(s.into(), OpenSession::new(partition, of, rec.t, rec.kind));
                 }
-            };
-            self.parts
-                .entry((id, rec.user, rec.utc_day, rec.day))
-                .or_insert(Part {
-                    first: rec.t,
-                    ..Part::default()
-                })
-                .add(rec.t, rec.kind);
-            if self.parts.len() >= self.session_window {
-                self.spill_sessions()?;
+            }
+            if self.open.len() >= self.sweep.at.sessions {
+                self.sweep_sessions()?;
             }
         }
-        if self.cells.len() >= self.window {
-            self.spill_cells()?;
+        if self.cells.len() >= self.sweep.at.cells {
+            self.sweep_cells()?;
+        }
+        if self.brand_sums.len().max(self.category_sums.len()) >= self.sweep.at.sums {
+            self.sweep_sums();
         }
         Ok(())
     }
 
-    /// Spills the window's session parts, each to its session's partition.
-    fn spill_sessions(&mut self) -> Result<()> {
-        let ids = std::mem::take(&mut self.session_ids);
-        let mut names: Vec<&str> = vec![""; ids.len()];
-        for (s, id) in &ids {
-            names[*id as usize] = s;
+    /// Spills the sessions idle for [`SESSION_IDLE_US`]; all of them when that leaves a
+    /// full window.
+    fn sweep_sessions(&mut self) -> Result<()> {
+        let idle = self.now.saturating_sub(SESSION_IDLE_US);
+        let done: Vec<(Box<str>, OpenSession)> =
+            self.open.extract_if(|_, o| o.last < idle).collect();
+        self.spill_sessions(done)?;
+        if self.open.len() >= self.sweep.session_window {
+            let all: Vec<(Box<str>, OpenSession)> = self.open.drain().collect();
+            self.spill_sessions(all)?;
         }
-        let (dir, stream) = (&self.dir, self.stream);
-        for ((id, user, utc_day, day), part) in std::mem::take(&mut self.parts) {
-            let p = self.session_parts[id as usize] as usize;
-            let rec = SessionRec {
-                user,
-                utc_day,
-                day,
-                part,
-            };
-            rec.write(
-                names[id as usize],
-                writer(&mut self.sessions[p], || file(dir, 's', p, stream))?,
-            )
-            .map_err(io)?;
-        }
-        self.session_parts.clear();
+        self.sweep.at.sessions = next_sweep(self.sweep.base.sessions, self.open.len())
+            .min(self.sweep.session_window.max(1));
         Ok(())
+    }
+
+    /// Spills sessions' parts, each to its session's partition.
+    fn spill_sessions(&mut self, done: Vec<(Box<str>, OpenSession)>) -> Result<()> {
+        let (dir, stream) = (&self.dir, self.stream);
+        for (name, open) in done {
+            let p = open.partition as usize;
+            let w = writer(&mut self.sessions[p], || file(dir, 's', p, stream))?;
+            for &((user, utc_day, day), part) in open.parts() {
+                let rec = SessionRec {
+                    user,
+                    utc_day,
+                    day,
+                    part,
+                };
+                rec.write(&name, w).map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Spills the cells that can get no more events (see [`CELL_SPAN_US`]); all of them when
+    /// that leaves a full window.
+    fn sweep_cells(&mut self) -> Result<()> {
+        let closed = self.now.saturating_sub(CELL_SPAN_US);
+        let done: Vec<(CellKey, (i64, i64))> = self.cells.extract_if(|_, c| c.1 < closed).collect();
+        self.spill_cells(done)?;
+        if self.cells.len() >= self.sweep.cell_window {
+            let all: Vec<(CellKey, (i64, i64))> = self.cells.drain().collect();
+            self.spill_cells(all)?;
+        }
+        self.sweep.at.cells =
+            next_sweep(self.sweep.base.cells, self.cells.len()).min(self.sweep.cell_window.max(1));
+        Ok(())
+    }
+
+    /// Moves the sums of the days before yesterday (by the stream's latest local day) out of
+    /// the maps still summed into.
+    fn sweep_sums(&mut self) {
+        let open = self.today.saturating_sub(1);
+        self.brands_done
+            .extend(self.brand_sums.extract_if(|k, _| k.0 < open));
+        self.categories_done
+            .extend(self.category_sums.extract_if(|k, _| k.0 < open));
+        self.sweep.at.sums = next_sweep(
+            self.sweep.base.sums,
+            self.brand_sums.len().max(self.category_sums.len()),
+        );
     }
 
     fn spill_user(&mut self, rec: &UserRec) -> Result<()> {
@@ -640,9 +772,9 @@ impl Spill {
             .map_err(io)
     }
 
-    /// Spills the window's cells.
-    fn spill_cells(&mut self) -> Result<()> {
-        for ((user, utc_day, day, hour, cc), (events, first)) in std::mem::take(&mut self.cells) {
+    /// Spills cells to their users' partitions.
+    fn spill_cells(&mut self, cells: Vec<(CellKey, (i64, i64))>) -> Result<()> {
+        for ((user, utc_day, day, hour, cc), (events, first)) in cells {
             let rec = UserRec {
                 user,
                 t: first,
@@ -681,8 +813,10 @@ impl Spill {
 
     /// Spills what the windows hold, then flushes and closes the spill files.
     fn flushed(mut self) -> Result<Spill> {
-        self.spill_cells()?;
-        self.spill_sessions()?;
+        let cells: Vec<(CellKey, (i64, i64))> = self.cells.drain().collect();
+        self.spill_cells(cells)?;
+        let open: Vec<(Box<str>, OpenSession)> = self.open.drain().collect();
+        self.spill_sessions(open)?;
         for w in self.users.iter_mut().chain(self.sessions.iter_mut()) {
             if let Some(mut w) = w.take() {
                 w.flush().map_err(io)?;
@@ -753,11 +887,16 @@ impl Dictionaries {
     }
 }
 
+/// Sums swept out of a stream's map, as the map iterates.
+fn done<K, V>(swept: &[(K, V)]) -> impl Iterator<Item = (&K, &V)> {
+    swept.iter().map(|(k, v)| (k, v))
+}
+
 /// `mart_brands`' rows of a zone from the streams' sums.
 fn brands_batch(zone: &str, spills: &[Spill], names: &Dictionaries) -> Result<RecordBatch> {
     let mut rows: BTreeMap<(i32, u32, u32), BrandSums> = BTreeMap::new();
     for (stream, s) in spills.iter().enumerate() {
-        for (&(day, brand, cc), sums) in &s.brand_sums {
+        for (&(day, brand, cc), sums) in s.brand_sums.iter().chain(done(&s.brands_done)) {
             let brand = names.brands[stream][brand as usize];
             let category = names.levels[names.codes[stream][cc as usize] as usize][1];
             let row = rows.entry((day, brand, category)).or_default();
@@ -804,7 +943,7 @@ fn brands_batch(zone: &str, spills: &[Spill], names: &Dictionaries) -> Result<Re
 fn categories_batch(zone: &str, spills: &[Spill], names: &Dictionaries) -> Result<RecordBatch> {
     let mut rows: BTreeMap<(i32, u8, u32), CategorySums> = BTreeMap::new();
     for (stream, s) in spills.iter().enumerate() {
-        for (&(day, hour, cc), sums) in &s.category_sums {
+        for (&(day, hour, cc), sums) in s.category_sums.iter().chain(done(&s.categories_done)) {
             for id in names.levels[names.codes[stream][cc as usize] as usize] {
                 let row = rows.entry((day, hour, id)).or_default();
                 for (to, from) in row.iter_mut().zip(sums) {
@@ -1303,6 +1442,16 @@ struct Part {
 }
 
 impl Part {
+    /// A part of one event.
+    fn of(t: i64, kind: u8) -> Part {
+        let mut part = Part {
+            first: t,
+            ..Part::default()
+        };
+        part.add(t, kind);
+        part
+    }
+
     fn add(&mut self, t: i64, kind: u8) {
         self.events += 1;
         self.first = self.first.min(t);
@@ -1478,14 +1627,27 @@ mod tests {
     /// sessions, spilled by one stream in windows of a few cells (and session parts) into two partitions of
     /// users and two of sessions; and the dictionaries.
     fn spilled(seed: u64, dir: &Path) -> (Vec<(UserRec, &'static str)>, Dictionaries) {
+        let (events, _, names) = spilled_with(seed, dir);
+        (events, names)
+    }
+
+    /// [`spilled`], with the stream's spill.
+    fn spilled_with(
+        seed: u64,
+        dir: &Path,
+    ) -> (Vec<(UserRec, &'static str)>, Vec<Spill>, Dictionaries) {
         let mut rng = Rng(seed);
         let bounds = Arc::new(Bounds {
             users: vec![2],
             sessions: vec!["s2".to_owned()],
         });
         let mut spill = Spill::new(dir, 0, &bounds);
-        spill.window = 7;
-        spill.session_window = 5;
+        let base = Sizes {
+            cells: 3,
+            sessions: 2,
+            sums: 2,
+        };
+        spill.sweep = Sweep::new(base, 7, 5);
         let mut events = Vec::new();
         for _ in 0..3000 {
             let day = rng.below(6) as i32 - 2;
@@ -1507,8 +1669,53 @@ mod tests {
             spill.event(&rec, Some(session)).unwrap();
             events.push((rec, session));
         }
-        let spill = spill.flushed().unwrap();
-        (events, Dictionaries::merge(&[spill]))
+        let spills = vec![spill.flushed().unwrap()];
+        let names = Dictionaries::merge(&spills);
+        (events, spills, names)
+    }
+
+    #[test]
+    fn brand_and_category_sums_swept_out_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (events, spills, names) = spilled_with(5, dir.path());
+        assert!(!spills[0].brands_done.is_empty() && !spills[0].categories_done.is_empty());
+        let total = |b: &RecordBatch, column: &str| -> BTreeMap<i32, i64> {
+            let c = Columns::new(b);
+            let days = b
+                .column_by_name("day")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Date32Array>()
+                .unwrap()
+                .clone();
+            let n = c.int64_array(column).unwrap();
+            let mut out = BTreeMap::new();
+            for i in 0..b.num_rows() {
+                *out.entry(days.value(i)).or_default() += n.value(i);
+            }
+            out
+        };
+        let mut branded: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut all: BTreeMap<i32, i64> = BTreeMap::new();
+        for (r, _) in &events {
+            if names.brands[0][r.brand as usize] != 0 {
+                *branded.entry(r.day).or_default() += 1;
+            }
+            *all.entry(r.day).or_default() += 1;
+        }
+        let brands = brands_batch("UTC", &spills, &names).unwrap();
+        assert_eq!(total(&brands, "events"), branded);
+        let categories = categories_batch("UTC", &spills, &names).unwrap();
+        let levels = Columns::new(&categories)
+            .int64_array("level")
+            .unwrap()
+            .clone();
+        let top = arrow::compute::filter_record_batch(
+            &categories,
+            &arrow::compute::kernels::cmp::eq(&levels, &Int64Array::new_scalar(0)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(total(&top, "events"), all);
     }
 
     fn facts<'a>(r: &UserRec, names: &'a Dictionaries) -> EventFacts<'a> {
