@@ -13,14 +13,19 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::{filter_record_batch, take_record_batch};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use delta_kernel::expressions::Scalar;
 use deltalake::DeltaTable;
 use deltalake::ObjectStore;
+use deltalake::kernel::Action;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
-use deltalake::protocol::SaveMode;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use futures::TryStreamExt;
+use indexmap::IndexMap;
 use object_store::path::Path;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
@@ -395,17 +400,109 @@ async fn selection(
     Ok((groups, selectors, decoded))
 }
 
-/// Appends one run to a keyed table: `batch` holds the table's columns (with `zone` and `run`
-/// set), the complete rows of each key it names, sorted here by the key.
+/// What a run written by [`write_run`] replaces in its zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replacing<'a> {
+    /// Nothing: the run is added beside the zone's others.
+    Nothing,
+    /// The whole of this zone (a full rebuild's first run).
+    Zone(&'a str),
+    /// These runs of this zone (a merge of them).
+    Runs(&'a str, &'a [i64]),
+}
+
+impl Replacing<'_> {
+    /// The zone whose files are replaced, and the runs (all when `None`).
+    fn replaced(&self) -> Option<(&str, Option<&[i64]>)> {
+        match *self {
+            Replacing::Nothing => None,
+            Replacing::Zone(zone) => Some((zone, None)),
+            Replacing::Runs(zone, runs) => Some((zone, Some(runs))),
+        }
+    }
+}
+
+/// Writes one run to a keyed table: `batch` holds the table's columns (with `zone` and `run`
+/// set, one zone and one run: the replaced one's), the complete rows of each key it names,
+/// sorted here by the key. The run's file and the removal of what it replaces are one commit
+/// (a replacement with no rows only removes).
+///
+/// The file is written straight from the batch (Delta's writer of record batches) and
+/// committed here: a Delta `write` would plan the batch through DataFusion, hash and copy
+/// every row twice to split it by partition values it already knows, and list every row of
+/// the zone to find the files a replacement removes, which the log's partition values say.
 pub async fn write_run(
-    table: DeltaTable,
+    mut table: DeltaTable,
     key: &str,
     batch: RecordBatch,
-    mode: SaveMode,
-    replace_where: Option<String>,
+    replacing: Replacing<'_>,
 ) -> Result<DeltaTable> {
     let sorted = sort_by(&batch, key)?;
-    let properties = WriterProperties::builder()
+    let partition = partition_of(&sorted)?;
+    if let (Some((zone, _)), Some((replaced, _))) = (&partition, replacing.replaced())
+        && zone != replaced
+    {
+        return Err(Error::Argument(format!(
+            "a run of zone {zone} cannot replace runs of zone {replaced}"
+        )));
+    }
+    let mut actions: Vec<Action> = Vec::new();
+    if let Some((zone, run)) = partition {
+        let mut writer = RecordBatchWriter::for_table(&table)
+            .map_err(Error::delta("preparing a keyed run's writer"))?
+            .with_writer_properties(run_properties(key, &sorted));
+        let partition = IndexMap::from([
+            (PARTITIONS[0].to_owned(), Scalar::String(zone)),
+            (PARTITIONS[1].to_owned(), Scalar::Long(run)),
+        ]);
+        writer
+            .write_partition(sorted, &partition, WriteMode::Default)
+            .await
+            .map_err(Error::delta("writing a run of a keyed table"))?;
+        let adds = writer
+            .flush()
+            .await
+            .map_err(Error::delta("writing a run of a keyed table"))?;
+        actions.extend(adds.into_iter().map(Action::Add));
+    }
+    let (mode, predicate) = match replacing.replaced() {
+        None => (SaveMode::Append, None),
+        Some((zone, runs)) => {
+            actions.extend(replaced_files(&table, zone, runs).await?);
+            let predicate = match runs {
+                None => format!("zone = '{zone}'"),
+                Some(runs) => {
+                    let list = runs.iter().map(i64::to_string).collect::<Vec<_>>();
+                    format!("zone = '{zone}' AND run IN ({})", list.join(", "))
+                }
+            };
+            (SaveMode::Overwrite, Some(predicate))
+        }
+    };
+    if actions.is_empty() {
+        return Ok(table);
+    }
+    let snapshot = table
+        .snapshot()
+        .map_err(Error::delta("reading a keyed table's state"))?;
+    let operation = DeltaOperation::Write {
+        mode,
+        partition_by: Some(PARTITIONS.iter().map(|p| p.to_string()).collect()),
+        predicate,
+    };
+    let committed = CommitBuilder::from(CommitProperties::default())
+        .with_actions(actions)
+        .build(Some(snapshot), table.log_store(), operation)
+        .await
+        .map_err(Error::delta("committing a run of a keyed table"))?;
+    table.state = Some(committed.snapshot());
+    Ok(table)
+}
+
+/// How a run is written: pages of [`PAGE_ROWS`] rows in row groups of [`ROW_GROUP_ROWS`],
+/// page statistics and a Bloom filter for the key alone.
+fn run_properties(key: &str, sorted: &RecordBatch) -> WriterProperties {
+    let mut properties = WriterProperties::builder()
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_write_batch_size(PAGE_ROWS)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -419,18 +516,69 @@ pub async fn write_run(
         // page bounds cannot: a key never written before reads no page.
         .set_column_bloom_filter_enabled(ColumnPath::from(key), true)
         .set_column_bloom_filter_max_ndv(ColumnPath::from(key), ROW_GROUP_ROWS as u64)
-        .set_column_bloom_filter_fpp(ColumnPath::from(key), 0.01)
-        .build();
-    let mut write = table
-        .write(vec![sorted])
-        .with_writer_properties(properties)
-        .with_save_mode(mode);
-    if let Some(predicate) = replace_where {
-        write = write.with_replace_where(predicate);
+        .set_column_bloom_filter_fpp(ColumnPath::from(key), 0.01);
+    // Neither is one of a column whose values barely repeat (times, product ids): the
+    // writer would hash every value into a dictionary it then gives up on.
+    for (field, column) in sorted.schema().fields().iter().zip(sorted.columns()) {
+        if field.name() != key && barely_repeats(column) {
+            properties = properties
+                .set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+        }
     }
-    write
+    properties.build()
+}
+
+/// Removals of the files of a zone's runs (`None`: all of them).
+async fn replaced_files(
+    table: &DeltaTable,
+    zone: &str,
+    runs: Option<&[i64]>,
+) -> Result<Vec<Action>> {
+    let files: Vec<_> = table
+        .get_active_add_actions_by_partitions(&[])
+        .try_collect()
         .await
-        .map_err(Error::delta("writing a run of a keyed table"))
+        .map_err(Error::delta("listing a keyed table's files"))?;
+    let mut removes = Vec::new();
+    for f in files {
+        let values = f.partition_values_map();
+        let value = |name: &str| values.get(name).cloned().flatten();
+        if value(PARTITIONS[0]).as_deref() != Some(zone) {
+            continue;
+        }
+        let run = value(PARTITIONS[1]).and_then(|r| r.parse::<i64>().ok());
+        if runs.is_none_or(|runs| run.is_some_and(|r| runs.contains(&r))) {
+            removes.push(Action::Remove(f.remove_action(true)));
+        }
+    }
+    Ok(removes)
+}
+
+/// The zone and run of a run's rows (`None` for no rows), which must all be of one.
+fn partition_of(batch: &RecordBatch) -> Result<Option<(String, i64)>> {
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| Error::Argument(format!("a keyed run lacks its {name} column")))
+    };
+    let zones = arrow::compute::cast(column(PARTITIONS[0])?, &DataType::Utf8)?;
+    let runs = arrow::compute::cast(column(PARTITIONS[1])?, &DataType::Int64)?;
+    let (zones, runs) = (zones.as_string::<i32>(), runs.as_primitive::<Int64Type>());
+    if batch.num_rows() == 0 {
+        return Ok(None);
+    }
+    if zones.null_count() > 0 || runs.null_count() > 0 {
+        return Err(Error::Argument(
+            "a keyed run has rows without a zone or run".into(),
+        ));
+    }
+    let (zone, run) = (zones.value(0), runs.value(0));
+    if zones.iter().any(|z| z != Some(zone)) || runs.values().iter().any(|&r| r != run) {
+        return Err(Error::Argument(
+            "a keyed run holds rows of more than one zone or run".into(),
+        ));
+    }
+    Ok(Some((zone.to_owned(), run)))
 }
 
 /// The runs of one zone of a keyed table, with the rows each holds (from the log's statistics;
@@ -522,19 +670,7 @@ pub async fn merge_runs(
         .map(|b| in_run(schema, zone, into, b))
         .collect::<Result<Vec<_>>>()?;
     let batch = arrow::compute::concat_batches(schema, &kept)?;
-    let list = merged
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    write_run(
-        table,
-        key,
-        batch,
-        SaveMode::Overwrite,
-        Some(format!("zone = '{zone}' AND run IN ({list})")),
-    )
-    .await
+    write_run(table, key, batch, Replacing::Runs(zone, merged)).await
 }
 
 /// Rows of a keyed table's own columns as rows of its schema (`schema`), with `zone` and
@@ -558,6 +694,29 @@ pub fn in_run(schema: &SchemaRef, zone: &str, run: i64, rows: &RecordBatch) -> R
         .collect::<Result<Vec<_>>>()?;
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
+
+/// Whether a column's first rows (up to [`DICTIONARY_SAMPLE`]) are mostly distinct: more
+/// than half of its non-null values there differ. Integers and texts are sampled; other
+/// types keep their dictionary.
+fn barely_repeats(column: &ArrayRef) -> bool {
+    let sample = column.slice(0, column.len().min(DICTIONARY_SAMPLE));
+    let valid = sample.len() - sample.null_count();
+    let distinct = match sample.data_type() {
+        DataType::Int64 => {
+            let a = sample.as_primitive::<arrow::datatypes::Int64Type>();
+            a.iter().flatten().collect::<HashSet<i64>>().len()
+        }
+        DataType::Utf8 => {
+            let a = sample.as_string::<i32>();
+            a.iter().flatten().collect::<HashSet<&str>>().len()
+        }
+        _ => return false,
+    };
+    valid > 0 && distinct * 2 > valid
+}
+
+/// The rows [`barely_repeats`] looks at.
+const DICTIONARY_SAMPLE: usize = 4 * PAGE_ROWS;
 
 /// A batch's rows in the order of one column.
 fn sort_by(batch: &RecordBatch, key: &str) -> Result<RecordBatch> {

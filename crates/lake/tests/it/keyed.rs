@@ -8,8 +8,7 @@ use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use deltalake::DeltaTable;
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
-use deltalake::protocol::SaveMode;
-use shoplake_lake::keyed::{Keys, PAGE_ROWS, read_keys, write_run};
+use shoplake_lake::keyed::{Keys, PAGE_ROWS, Replacing, read_keys, write_run};
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -84,15 +83,14 @@ async fn the_newest_run_of_a_key_wins_and_reads_touch_few_pages() {
         .map(|u| ((u * 7_919) % 200_000, false, (u * 7_919) % 200_000))
         .collect();
     base.push((7, false, 70));
-    let t = write_run(t, "user_id", run("UTC", 1, &base), SaveMode::Append, None)
+    let t = write_run(t, "user_id", run("UTC", 1, &base), Replacing::Nothing)
         .await
         .unwrap();
     let t = write_run(
         t,
         "user_id",
         run("Asia/Tokyo", 1, &base[..10]),
-        SaveMode::Append,
-        None,
+        Replacing::Nothing,
     )
     .await
     .unwrap();
@@ -105,8 +103,7 @@ async fn the_newest_run_of_a_key_wins_and_reads_touch_few_pages() {
             2,
             &[(199_999, false, -1), (10, false, -1), (20, true, 0)],
         ),
-        SaveMode::Append,
-        None,
+        Replacing::Nothing,
     )
     .await
     .unwrap();
@@ -165,7 +162,7 @@ async fn text_keys_are_found_by_their_bytes() {
         ],
     )
     .unwrap();
-    let t = write_run(t, "session", batch, SaveMode::Append, None)
+    let t = write_run(t, "session", batch, Replacing::Nothing)
         .await
         .unwrap();
     let want = vec![format!("{:08x}-session", 12_345), "ü-not-there".to_owned()];
@@ -186,7 +183,7 @@ async fn keys_never_written_read_no_pages() {
     let t = table(dir.path(), schema()).await;
     // Even user ids only; the keys asked for are odd (new), but for five even ones.
     let base: Vec<(i64, bool, i64)> = (0..400_000i64).map(|u| (2 * u, false, u)).collect();
-    let t = write_run(t, "user_id", run("UTC", 1, &base), SaveMode::Append, None)
+    let t = write_run(t, "user_id", run("UTC", 1, &base), Replacing::Nothing)
         .await
         .unwrap();
     let mut asked: Vec<i64> = (0..500i64).map(|i| 1 + 2 * (i * 1_597 % 400_000)).collect();
@@ -233,7 +230,7 @@ async fn keys_never_written_read_no_pages() {
         ],
     )
     .unwrap();
-    let t = write_run(t, "session", batch, SaveMode::Append, None)
+    let t = write_run(t, "session", batch, Replacing::Nothing)
         .await
         .unwrap();
     let mut asked: Vec<String> = (0..500i64)
@@ -258,16 +255,16 @@ async fn merged_runs_read_as_the_runs_did() {
     let dir = tempfile::tempdir().unwrap();
     let t = table(dir.path(), schema()).await;
     let base: Vec<(i64, bool, i64)> = (0..1_000i64).map(|u| (u, false, u)).collect();
-    let t = write_run(t, "user_id", run("UTC", 1, &base), SaveMode::Append, None)
+    let t = write_run(t, "user_id", run("UTC", 1, &base), Replacing::Nothing)
         .await
         .unwrap();
     // Run 2 changes users 1 and 2 and drops 3; run 3 changes 2 again and brings back 3.
     let r2 = [(1, false, 10), (1, false, 11), (2, false, 20), (3, true, 0)];
-    let t = write_run(t, "user_id", run("UTC", 2, &r2), SaveMode::Append, None)
+    let t = write_run(t, "user_id", run("UTC", 2, &r2), Replacing::Nothing)
         .await
         .unwrap();
     let r3 = [(2, false, 200), (4, true, 0), (3, false, 300)];
-    let mut t = write_run(t, "user_id", run("UTC", 3, &r3), SaveMode::Append, None)
+    let mut t = write_run(t, "user_id", run("UTC", 3, &r3), Replacing::Nothing)
         .await
         .unwrap();
     let keys = Keys::ints(vec![0, 1, 2, 3, 4, 5]);
@@ -299,4 +296,101 @@ async fn merged_runs_read_as_the_runs_did() {
         .await
         .unwrap();
     assert_eq!(pairs(&all.batches), want);
+}
+
+/// The rows of a zone as a fresh load of the table from its log reads them.
+async fn reloaded(dir: &std::path::Path, zone: &str, keys: &Keys) -> Vec<(i64, i64)> {
+    let url = url::Url::from_directory_path(dir.join("state")).unwrap();
+    let t = deltalake::open_table(url).await.unwrap();
+    let rows = read_keys(&t, zone, "user_id", keys, &["user_id", "n"])
+        .await
+        .unwrap();
+    pairs(&rows.batches)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_replaces_its_zone_or_runs_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table(dir.path(), schema()).await;
+    let base: Vec<(i64, bool, i64)> = (0..100i64).map(|u| (u, false, u)).collect();
+    let t = write_run(t, "user_id", run("UTC", 1, &base), Replacing::Nothing)
+        .await
+        .unwrap();
+    let t = write_run(
+        t,
+        "user_id",
+        run("UTC", 2, &[(5, false, 50)]),
+        Replacing::Nothing,
+    )
+    .await
+    .unwrap();
+    let t = write_run(
+        t,
+        "user_id",
+        run("Asia/Tokyo", 1, &base),
+        Replacing::Nothing,
+    )
+    .await
+    .unwrap();
+    let keys = Keys::ints(vec![1, 5, 7]);
+    // A zone's replacement removes all its runs, in one commit with the new run.
+    let version = t.version();
+    let t = write_run(
+        t,
+        "user_id",
+        run("UTC", 1, &[(7, false, 70)]),
+        Replacing::Zone("UTC"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(t.version(), version.map(|v| v + 1));
+    assert_eq!(shoplake_lake::keyed::runs(&t, "UTC").unwrap().len(), 1);
+    let utc = read_keys(&t, "UTC", "user_id", &keys, &["user_id", "n"])
+        .await
+        .unwrap();
+    assert_eq!(pairs(&utc.batches), vec![(7, 70)]);
+    assert_eq!(reloaded(dir.path(), "UTC", &keys).await, vec![(7, 70)]);
+    assert_eq!(
+        reloaded(dir.path(), "Asia/Tokyo", &keys).await,
+        vec![(1, 1), (5, 5), (7, 7)],
+        "another zone is left alone"
+    );
+    // A run of one zone cannot stand in for another's.
+    let wrong = write_run(
+        t.clone(),
+        "user_id",
+        run("UTC", 1, &[(7, false, 70)]),
+        Replacing::Zone("Asia/Tokyo"),
+    )
+    .await;
+    assert!(wrong.is_err(), "{wrong:?}");
+    // A replacement without rows only removes; an append without rows commits nothing.
+    let t = write_run(
+        t,
+        "user_id",
+        run("Asia/Tokyo", 1, &[]),
+        Replacing::Zone("Asia/Tokyo"),
+    )
+    .await
+    .unwrap();
+    assert!(reloaded(dir.path(), "Asia/Tokyo", &keys).await.is_empty());
+    let version = t.version();
+    let t = write_run(t, "user_id", run("UTC", 3, &[]), Replacing::Nothing)
+        .await
+        .unwrap();
+    assert_eq!(t.version(), version);
+    // Merging runs whose keys are all gone leaves the zone without rows.
+    let t = write_run(
+        t,
+        "user_id",
+        run("UTC", 2, &[(7, true, 0)]),
+        Replacing::Nothing,
+    )
+    .await
+    .unwrap();
+    let t = shoplake_lake::keyed::merge_runs(t, &schema(), "UTC", "user_id", &[1, 2], true)
+        .await
+        .unwrap();
+    assert!(shoplake_lake::keyed::runs(&t, "UTC").unwrap().is_empty());
+    assert!(reloaded(dir.path(), "UTC", &keys).await.is_empty());
 }

@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
 use deltalake::DeltaTable;
-use deltalake::protocol::SaveMode;
-use shoplake_lake::keyed::{self, Keys};
+use shoplake_lake::keyed::{self, Keys, Replacing};
 use shoplake_lake::{Lake, TableName};
 
 use super::contrib::{Cell, DayCart, Purchase, SessionPart, SessionState, UserDay, UserState};
@@ -63,12 +62,12 @@ pub(crate) async fn write(
     replace_zone: bool,
 ) -> Result<DeltaTable> {
     let batch = with_partitions(table, zone, run, rows)?;
-    let (mode, predicate) = if replace_zone {
-        (SaveMode::Overwrite, Some(format!("zone = '{zone}'")))
+    let replacing = if replace_zone {
+        Replacing::Zone(zone)
     } else {
-        (SaveMode::Append, None)
+        Replacing::Nothing
     };
-    Ok(keyed::write_run(t, key, batch, mode, predicate).await?)
+    Ok(keyed::write_run(t, key, batch, replacing).await?)
 }
 
 /// Rows of a state table's own columns, with `zone` and `run` set and cast to its schema.
@@ -371,7 +370,7 @@ pub(crate) async fn write_users(
     }
     let batch = with_partitions(TableName::MartUserState, zone, run, &rows.batch()?)?;
     let t = lake.ensure(TableName::MartUserState).await?;
-    keyed::write_run(t, "user_id", batch, SaveMode::Append, None).await?;
+    keyed::write_run(t, "user_id", batch, Replacing::Nothing).await?;
     Ok(())
 }
 
@@ -432,7 +431,7 @@ pub(crate) async fn write_sessions(
     let rows = RecordBatch::try_from_iter(columns)?;
     let batch = with_partitions(TableName::MartSessionState, zone, run, &rows)?;
     let t = lake.ensure(TableName::MartSessionState).await?;
-    keyed::write_run(t, "user_session", batch, SaveMode::Append, None).await?;
+    keyed::write_run(t, "user_session", batch, Replacing::Nothing).await?;
     Ok(())
 }
 

@@ -351,7 +351,7 @@ impl Names {
 /// A user's record as spilled: the events of a cell (a UTC day, local day, hour and
 /// category code) summed, or one cart or purchase. Ids are the spilling stream's until read
 /// back.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct UserRec {
     user: i64,
     /// The time of the event (of a cell's first).
@@ -373,42 +373,56 @@ struct UserRec {
     code: u32,
 }
 
+/// A spilled cart or purchase: its kind, then every field.
 const USER_REC: usize = 58;
+
+/// A spilled cell: its kind, then the fields a cell has (no product, price or brand).
+const CELL_REC: usize = 38;
 
 impl UserRec {
     fn write(&self, w: &mut impl Write) -> std::io::Result<()> {
         let mut b = [0u8; USER_REC];
-        b[0..8].copy_from_slice(&self.user.to_le_bytes());
-        b[8..16].copy_from_slice(&self.t.to_le_bytes());
-        b[16..24].copy_from_slice(&self.product.to_le_bytes());
-        b[24..32].copy_from_slice(&self.cents.to_le_bytes());
-        b[32..40].copy_from_slice(&self.events.to_le_bytes());
-        b[40..44].copy_from_slice(&self.utc_day.to_le_bytes());
-        b[44..48].copy_from_slice(&self.day.to_le_bytes());
-        b[48..52].copy_from_slice(&self.cc.to_le_bytes());
-        b[52..56].copy_from_slice(&self.brand.to_le_bytes());
-        b[56] = self.hour;
-        b[57] = self.kind;
+        b[0] = self.kind;
+        b[1..9].copy_from_slice(&self.user.to_le_bytes());
+        b[9..17].copy_from_slice(&self.t.to_le_bytes());
+        b[17..25].copy_from_slice(&self.events.to_le_bytes());
+        b[25..29].copy_from_slice(&self.utc_day.to_le_bytes());
+        b[29..33].copy_from_slice(&self.day.to_le_bytes());
+        b[33..37].copy_from_slice(&self.cc.to_le_bytes());
+        b[37] = self.hour;
+        if self.kind == CELL {
+            return w.write_all(&b[..CELL_REC]);
+        }
+        b[38..46].copy_from_slice(&self.product.to_le_bytes());
+        b[46..54].copy_from_slice(&self.cents.to_le_bytes());
+        b[54..58].copy_from_slice(&self.brand.to_le_bytes());
         w.write_all(&b)
     }
 
-    fn read(b: &[u8; USER_REC]) -> UserRec {
+    /// The record at the start of `b` and its length (`None` if `b` ends inside it).
+    fn read(b: &[u8]) -> Option<(UserRec, usize)> {
+        let kind = *b.first()?;
+        let len = if kind == CELL { CELL_REC } else { USER_REC };
+        let b = b.get(..len)?;
         let i64_at = |at: usize| i64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
         let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default());
-        UserRec {
-            user: i64_at(0),
-            t: i64_at(8),
-            product: i64_at(16),
-            cents: i64_at(24),
-            events: i64_at(32),
-            utc_day: u32_at(40) as i32,
-            day: u32_at(44) as i32,
-            cc: u32_at(48),
-            brand: u32_at(52),
-            hour: b[56],
-            kind: b[57],
-            code: 0,
+        let mut rec = UserRec {
+            user: i64_at(1),
+            t: i64_at(9),
+            events: i64_at(17),
+            utc_day: u32_at(25) as i32,
+            day: u32_at(29) as i32,
+            cc: u32_at(33),
+            hour: b[37],
+            kind,
+            ..UserRec::default()
+        };
+        if kind != CELL {
+            rec.product = i64_at(38);
+            rec.cents = i64_at(46);
+            rec.brand = u32_at(54);
         }
+        Some((rec, len))
     }
 }
 
@@ -1072,8 +1086,8 @@ fn fold_on_thread<T: Send + 'static>(
     })
 }
 
-/// Folds the user partitions one at a time, each written as part of run 1 before the next
-/// folds, in order.
+/// Folds the user partitions in order, the next folding while one is written as part of
+/// run 1.
 async fn users(
     lake: &Lake,
     zone: &str,
@@ -1088,7 +1102,7 @@ async fn users(
             let names = Arc::clone(names);
             fold_on_thread("users", p, move || fold_users(&files, &names))
         })
-        .buffered(1);
+        .buffered(2);
     let table = TableName::MartUserState;
     let mut t = lake.ensure(table).await?;
     let mut first = true;
@@ -1127,14 +1141,18 @@ struct UsersOut {
 fn read_users(files: &[(PathBuf, usize)], names: &Dictionaries) -> Result<Vec<UserRec>> {
     let mut recs = Vec::new();
     for (path, stream) in files {
-        let f = File::open(path).map_err(io)?;
-        let len = f.metadata().map_err(io)?.len() as usize;
-        recs.reserve(len / USER_REC);
-        let mut r = BufReader::with_capacity(1 << 16, f);
-        let mut b = [0u8; USER_REC];
-        for _ in 0..len / USER_REC {
-            r.read_exact(&mut b).map_err(io)?;
-            let mut rec = UserRec::read(&b);
+        // A partition's file is a few tens of MiB (a partition holds about PART_EVENTS).
+        let bytes = std::fs::read(path).map_err(io)?;
+        recs.reserve(bytes.len() / CELL_REC);
+        let mut at = 0;
+        while at < bytes.len() {
+            let Some((mut rec, len)) = UserRec::read(&bytes[at..]) else {
+                return Err(Error::Argument(format!(
+                    "a rebuild's spill file {} ends inside a record",
+                    path.display()
+                )));
+            };
+            at += len;
             rec.cc = names.codes[*stream][rec.cc as usize];
             rec.brand = names.brands[*stream][rec.brand as usize];
             rec.code = names.levels[rec.cc as usize][0];
@@ -1391,8 +1409,8 @@ impl StateRows {
     }
 }
 
-/// Folds the session partitions one at a time, each written as part of run 1 before the next
-/// folds, in order.
+/// Folds the session partitions in order, the next one folding on its thread while the one
+/// before is written as part of run 1 (so at most two partitions' rows are held at once).
 async fn sessions(
     lake: &Lake,
     zone: &str,
@@ -1405,7 +1423,7 @@ async fn sessions(
             let files = files.of('s', p);
             fold_on_thread("sessions", p, move || fold_sessions(&files))
         })
-        .buffered(1);
+        .buffered(2);
     let table = TableName::MartSessionState;
     let mut t = lake.ensure(table).await?;
     let mut first = true;
@@ -1467,48 +1485,114 @@ impl Part {
     }
 }
 
-/// Folds one session partition: its sessions' state rows and contributions to `mart_daily`.
-fn fold_sessions(files: &[(PathBuf, usize)]) -> Result<(RecordBatch, BTreeMap<i32, Daily>)> {
-    let mut ids: HashMap<Box<str>, u32> = HashMap::default();
-    let mut parts: HashMap<PartKey, Part> = HashMap::default();
-    let mut bytes = Vec::new();
-    for (path, _) in files {
-        let mut r = BufReader::with_capacity(1 << 16, File::open(path).map_err(io)?);
-        while let Some(rec) = SessionRec::read(&mut r, &mut bytes).map_err(io)? {
-            let s = String::from_utf8_lossy(&bytes);
-            let next = ids.len() as u32;
-            let id = match ids.get(s.as_ref()) {
-                Some(id) => *id,
-                None => {
-                    ids.insert(s.into(), next);
-                    next
-                }
+/// A session partition's parts, merged and in key order, with the sessions' texts.
+struct SessionParts {
+    /// The texts, one after another.
+    arena: Vec<u8>,
+    /// Each session's text (its place in the arena), by session id (in text order).
+    names: Vec<(u32, u32)>,
+    parts: Vec<(PartKey, Part)>,
+}
+
+/// A spilled session part with its text's place in the arena: the text's first eight bytes
+/// decide nearly every comparison.
+struct Piece {
+    prefix: u64,
+    at: u32,
+    len: u32,
+    key: (i64, i32, i32),
+    part: Part,
+}
+
+impl SessionParts {
+    /// The records of a partition's files with their texts in one arena, sorted by
+    /// (session, user, UTC day, local day) and merged where equal: no map of texts, and the
+    /// rows come out in key order.
+    fn read(files: &[(PathBuf, usize)]) -> Result<SessionParts> {
+        let mut arena: Vec<u8> = Vec::new();
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut bytes = Vec::new();
+        for (path, _) in files {
+            let mut r = BufReader::with_capacity(1 << 16, File::open(path).map_err(io)?);
+            while let Some(rec) = SessionRec::read(&mut r, &mut bytes).map_err(io)? {
+                let mut head = [0u8; 8];
+                let n = bytes.len().min(8);
+                head[..n].copy_from_slice(&bytes[..n]);
+                let at = u32::try_from(arena.len())
+                    .map_err(|_| Error::Argument("a session partition outgrew 4 GiB".into()))?;
+                arena.extend_from_slice(&bytes);
+                pieces.push(Piece {
+                    prefix: u64::from_be_bytes(head),
+                    at,
+                    len: bytes.len() as u32,
+                    key: (rec.user, rec.utc_day, rec.day),
+                    part: rec.part,
+                });
+            }
+        }
+        Ok(SessionParts::merged(arena, pieces))
+    }
+
+    fn merged(arena: Vec<u8>, mut pieces: Vec<Piece>) -> SessionParts {
+        let text = |p: &Piece| &arena[p.at as usize..(p.at + p.len) as usize];
+        pieces.sort_unstable_by(|a, b| {
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| text(a).cmp(text(b)))
+                .then(a.key.cmp(&b.key))
+        });
+        let mut names: Vec<(u32, u32)> = Vec::new();
+        let mut parts: Vec<(PartKey, Part)> = Vec::with_capacity(pieces.len());
+        for (i, p) in pieces.iter().enumerate() {
+            let same_text = i > 0 && {
+                let q = &pieces[i - 1];
+                q.prefix == p.prefix && text(q) == text(p)
             };
-            parts
-                .entry((id, rec.user, rec.utc_day, rec.day))
-                .and_modify(|p| p.merge(&rec.part))
-                .or_insert(rec.part);
+            if !same_text {
+                names.push((p.at, p.len));
+            }
+            let id = (names.len() - 1) as u32;
+            match parts.last_mut() {
+                Some(((last, u, ud, d), part))
+                    if same_text && (*u, *ud, *d) == p.key && *last == id =>
+                {
+                    part.merge(&p.part)
+                }
+                _ => parts.push(((id, p.key.0, p.key.1, p.key.2), p.part)),
+            }
+        }
+        drop(pieces);
+        SessionParts {
+            arena,
+            names,
+            parts,
         }
     }
-    let mut by_id: Vec<(Box<str>, u32)> = ids.into_iter().collect();
-    by_id.sort_unstable();
-    let mut rank = vec![0u32; by_id.len()];
-    for (r, (_, id)) in by_id.iter().enumerate() {
-        rank[*id as usize] = r as u32;
+
+    /// A session's text. The texts were a scan's (valid UTF-8); a damaged spill still gives
+    /// a key.
+    fn name(&self, id: u32) -> std::borrow::Cow<'_, str> {
+        let (at, len) = self.names[id as usize];
+        let bytes = &self.arena[at as usize..(at + len) as usize];
+        match std::str::from_utf8(bytes) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(bytes),
+        }
     }
-    let mut parts: Vec<(PartKey, Part)> = parts
-        .into_iter()
-        .map(|((id, u, ud, d), p)| ((rank[id as usize], u, ud, d), p))
-        .collect();
-    parts.sort_unstable_by_key(|(k, _)| *k);
+}
+
+/// Folds one session partition: its sessions' state rows and contributions to `mart_daily`.
+fn fold_sessions(files: &[(PathBuf, usize)]) -> Result<(RecordBatch, BTreeMap<i32, Daily>)> {
+    let sessions = SessionParts::read(files)?;
+    let parts = &sessions.parts;
     let mut daily: BTreeMap<i32, Daily> = BTreeMap::new();
     let mut key = StringBuilder::new();
     let mut cols: [Int64Builder; 7] = Default::default();
     for session in parts.chunk_by(|a, b| a.0.0 == b.0.0) {
         session_daily(session, &mut daily);
-        let name = &by_id[session[0].0.0 as usize].0;
+        let name = sessions.name(session[0].0.0);
         for ((_, user, utc_day, day), p) in session {
-            key.append_value(name);
+            key.append_value(&name);
             let values = [
                 *user,
                 i64::from(*utc_day),
@@ -1834,6 +1918,48 @@ mod tests {
         assert_eq!(rows, parts);
         let distinct: BTreeSet<String> = keys.into_iter().collect();
         assert_eq!(distinct.len(), states.len());
+    }
+
+    #[test]
+    fn spilled_records_read_back_as_written() {
+        let cell = UserRec {
+            user: -7,
+            t: 1_570_000_000_000_000,
+            events: 12,
+            utc_day: 18_000,
+            day: 17_999,
+            cc: 3,
+            hour: 23,
+            kind: CELL,
+            ..UserRec::default()
+        };
+        let cart = UserRec {
+            product: 1_004_856,
+            cents: 12_345,
+            brand: 9,
+            events: 1,
+            kind: CART,
+            ..cell
+        };
+        let mut bytes = Vec::new();
+        for r in [cell, cart, cell] {
+            r.write(&mut bytes).unwrap();
+        }
+        // A cell leaves out the product, price and brand it does not have.
+        assert_eq!(bytes.len(), 2 * CELL_REC + USER_REC);
+        let mut back = Vec::new();
+        let mut at = 0;
+        while let Some((r, len)) = UserRec::read(&bytes[at..]) {
+            back.push(r);
+            at += len;
+        }
+        assert_eq!(back, [cell, cart, cell]);
+        // A file cut inside a record is no record.
+        assert_eq!(
+            UserRec::read(&bytes[..CELL_REC + 5]).map(|(r, _)| r),
+            Some(cell)
+        );
+        assert_eq!(UserRec::read(&bytes[CELL_REC..CELL_REC + 5]), None);
     }
 
     #[test]
