@@ -703,7 +703,7 @@ fn barely_repeats(column: &ArrayRef) -> bool {
     let valid = sample.len() - sample.null_count();
     let distinct = match sample.data_type() {
         DataType::Int64 => {
-            let a = sample.as_primitive::<arrow::datatypes::Int64Type>();
+            let a = sample.as_primitive::<Int64Type>();
             a.iter().flatten().collect::<HashSet<i64>>().len()
         }
         DataType::Utf8 => {

@@ -1518,8 +1518,10 @@ impl SessionParts {
                 let mut head = [0u8; 8];
                 let n = bytes.len().min(8);
                 head[..n].copy_from_slice(&bytes[..n]);
-                let at = u32::try_from(arena.len())
+                // Every text ends within 4 GiB, so its place and end fit a u32.
+                u32::try_from(arena.len() + bytes.len())
                     .map_err(|_| Error::Argument("a session partition outgrew 4 GiB".into()))?;
+                let at = arena.len() as u32;
                 arena.extend_from_slice(&bytes);
                 pieces.push(Piece {
                     prefix: u64::from_be_bytes(head),
@@ -1553,15 +1555,13 @@ impl SessionParts {
             }
             let id = (names.len() - 1) as u32;
             match parts.last_mut() {
-                Some(((last, u, ud, d), part))
-                    if same_text && (*u, *ud, *d) == p.key && *last == id =>
-                {
+                // The same text: the last part is this session's.
+                Some(((_, u, ud, d), part)) if same_text && (*u, *ud, *d) == p.key => {
                     part.merge(&p.part)
                 }
                 _ => parts.push(((id, p.key.0, p.key.1, p.key.2), p.part)),
             }
         }
-        drop(pieces);
         SessionParts {
             arena,
             names,
