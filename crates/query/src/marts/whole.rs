@@ -113,34 +113,45 @@ pub(super) async fn rebuild(
     };
     drop(spilled);
     let summed = started.elapsed();
-    // The users' and the sessions' state at once: each folds and writes its table one
-    // partition at a time (a Delta write keeps about one core), the other beside it.
+    // The users' and the sessions' state at once, each its own task (a Delta write encodes
+    // on the task that writes, so one task would take turns): each folds and writes its
+    // table one partition at a time, the other beside it.
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (lake, zone, files, names) = (
+            lake.clone(),
+            zone.to_owned(),
+            files.clone(),
+            Arc::clone(&names),
+        );
+        let parts = bounds.users.len() + 1;
+        tasks.spawn(async move {
+            let mut totals = Totals::default();
+            users(&lake, &zone, &files, parts, &names, &mut totals).await?;
+            Ok::<_, Error>((State::Users, totals, started.elapsed()))
+        });
+    }
+    {
+        let (lake, zone, files) = (lake.clone(), zone.to_owned(), files.clone());
+        let parts = bounds.sessions.len() + 1;
+        tasks.spawn(async move {
+            let mut totals = Totals::default();
+            sessions(&lake, &zone, &files, parts, &mut totals).await?;
+            Ok::<_, Error>((State::Sessions, totals, started.elapsed()))
+        });
+    }
     let mut totals = Totals::default();
     let mut session_totals = Totals::default();
-    let users_done = async {
-        users(
-            lake,
-            zone,
-            &files,
-            bounds.users.len() + 1,
-            &names,
-            &mut totals,
-        )
-        .await?;
-        Ok::<_, Error>(started.elapsed())
-    };
-    let sessions_done = async {
-        sessions(
-            lake,
-            zone,
-            &files,
-            bounds.sessions.len() + 1,
-            &mut session_totals,
-        )
-        .await?;
-        Ok::<_, Error>(started.elapsed())
-    };
-    let (users_done, sessions_done) = futures::try_join!(users_done, sessions_done)?;
+    let (mut users_done, mut sessions_done) = (summed, summed);
+    // Dropping the set on an error stops the other.
+    while let Some(done) = tasks.join_next().await {
+        let (state, t, at) =
+            done.map_err(|e| Error::Argument(format!("a rebuild task failed: {e}")))??;
+        match state {
+            State::Users => (totals, users_done) = (t, at),
+            State::Sessions => (session_totals, sessions_done) = (t, at),
+        }
+    }
     totals.add_daily(session_totals.daily);
     let visitors = totals.visitor_sums(&names);
     let visitor_batch = incremental::visitors_batch(zone, &visitors)?;
@@ -229,7 +240,14 @@ fn io(e: std::io::Error) -> Error {
     Error::from(DataFusionError::IoError(e))
 }
 
+/// Which state table a rebuild task wrote.
+enum State {
+    Users,
+    Sessions,
+}
+
 /// Where the partitions' records are: `u{part}-{stream}` and `s{part}-{stream}` in `dir`.
+#[derive(Debug, Clone)]
 struct Files {
     dir: PathBuf,
     streams: usize,
@@ -477,6 +495,46 @@ impl SessionRec {
             },
         }))
     }
+}
+
+/// Where a canonical UUID's text has its hyphens.
+fn is_hyphen_at(i: usize) -> bool {
+    matches!(i, 8 | 13 | 18 | 23)
+}
+
+/// The bits of a canonical UUID's text (`None` for any other text): 36 bytes, lowercase hex
+/// digits, hyphens at 8, 13, 18 and 23, as nearly every session is. A session fold keys such
+/// a session by its 128 bits, whose order is its text's: it sorts and compares 16 bytes
+/// rather than texts in an arena.
+fn uuid_bits(text: &[u8]) -> Option<u128> {
+    if text.len() != 36 {
+        return None;
+    }
+    let mut bits: u128 = 0;
+    for (i, &c) in text.iter().enumerate() {
+        let digit = match c {
+            b'-' if is_hyphen_at(i) => continue,
+            b'0'..=b'9' if !is_hyphen_at(i) => c - b'0',
+            b'a'..=b'f' if !is_hyphen_at(i) => c - b'a' + 10,
+            _ => return None,
+        };
+        bits = (bits << 4) | u128::from(digit);
+    }
+    Some(bits)
+}
+
+/// The canonical text of a UUID's bits.
+fn uuid_text(bits: u128) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [b'-'; 36];
+    let mut shift = 128;
+    for (i, c) in text.iter_mut().enumerate() {
+        if !is_hyphen_at(i) {
+            shift -= 4;
+            *c = HEX[((bits >> shift) & 0xf) as usize];
+        }
+    }
+    text
 }
 
 /// `mart_brands`' sums of a (day, brand, category code): events, views, carts, purchases,
@@ -1487,15 +1545,29 @@ impl Part {
 
 /// A session partition's parts, merged and in key order, with the sessions' texts.
 struct SessionParts {
-    /// The texts, one after another.
+    /// The texts of the sessions that are no UUID, one after another.
     arena: Vec<u8>,
-    /// Each session's text (its place in the arena), by session id (in text order).
-    names: Vec<(u32, u32)>,
+    /// Each session by session id (in text order).
+    names: Vec<Name>,
     parts: Vec<(PartKey, Part)>,
 }
 
-/// A spilled session part with its text's place in the arena: the text's first eight bytes
-/// decide nearly every comparison.
+/// A session of a partition: a UUID's bits, or its text's place in the arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Name {
+    Uuid(u128),
+    Text(u32, u32),
+}
+
+/// A spilled part of a session kept as a UUID.
+struct UuidPiece {
+    bits: u128,
+    key: (i64, i32, i32),
+    part: Part,
+}
+
+/// A spilled part of a session kept as a text, with the text's place in the arena: the
+/// text's first eight bytes decide nearly every comparison.
 struct Piece {
     prefix: u64,
     at: u32,
@@ -1505,16 +1577,26 @@ struct Piece {
 }
 
 impl SessionParts {
-    /// The records of a partition's files with their texts in one arena, sorted by
-    /// (session, user, UTC day, local day) and merged where equal: no map of texts, and the
-    /// rows come out in key order.
+    /// The records of a partition's files, sorted by (session, user, UTC day, local day) and
+    /// merged where equal: no map of sessions, and the rows come out in key order. Texts
+    /// go to one arena.
     fn read(files: &[(PathBuf, usize)]) -> Result<SessionParts> {
         let mut arena: Vec<u8> = Vec::new();
+        let mut uuids: Vec<UuidPiece> = Vec::new();
         let mut pieces: Vec<Piece> = Vec::new();
         let mut bytes = Vec::new();
         for (path, _) in files {
             let mut r = BufReader::with_capacity(1 << 16, File::open(path).map_err(io)?);
             while let Some(rec) = SessionRec::read(&mut r, &mut bytes).map_err(io)? {
+                let key = (rec.user, rec.utc_day, rec.day);
+                if let Some(bits) = uuid_bits(&bytes) {
+                    uuids.push(UuidPiece {
+                        bits,
+                        key,
+                        part: rec.part,
+                    });
+                    continue;
+                }
                 let mut head = [0u8; 8];
                 let n = bytes.len().min(8);
                 head[..n].copy_from_slice(&bytes[..n]);
@@ -1527,39 +1609,56 @@ impl SessionParts {
                     prefix: u64::from_be_bytes(head),
                     at,
                     len: bytes.len() as u32,
-                    key: (rec.user, rec.utc_day, rec.day),
+                    key,
                     part: rec.part,
                 });
             }
         }
-        Ok(SessionParts::merged(arena, pieces))
+        Ok(SessionParts::merged(arena, uuids, pieces))
     }
 
-    fn merged(arena: Vec<u8>, mut pieces: Vec<Piece>) -> SessionParts {
-        let text = |p: &Piece| &arena[p.at as usize..(p.at + p.len) as usize];
+    fn merged(arena: Vec<u8>, mut uuids: Vec<UuidPiece>, mut pieces: Vec<Piece>) -> SessionParts {
+        let text = |at: u32, len: u32| &arena[at as usize..(at + len) as usize];
+        uuids.sort_unstable_by_key(|p| (p.bits, p.key));
         pieces.sort_unstable_by(|a, b| {
             a.prefix
                 .cmp(&b.prefix)
-                .then_with(|| text(a).cmp(text(b)))
+                .then_with(|| text(a.at, a.len).cmp(text(b.at, b.len)))
                 .then(a.key.cmp(&b.key))
         });
-        let mut names: Vec<(u32, u32)> = Vec::new();
-        let mut parts: Vec<(PartKey, Part)> = Vec::with_capacity(pieces.len());
-        for (i, p) in pieces.iter().enumerate() {
-            let same_text = i > 0 && {
-                let q = &pieces[i - 1];
-                q.prefix == p.prefix && text(q) == text(p)
+        // The two runs merged in text order (a text is never a UUID's).
+        let mut uuids = uuids.into_iter().peekable();
+        let mut pieces = pieces.into_iter().peekable();
+        let mut names: Vec<Name> = Vec::new();
+        let mut parts: Vec<(PartKey, Part)> = Vec::with_capacity(uuids.len() + pieces.len());
+        loop {
+            let uuid_first = match (uuids.peek(), pieces.peek()) {
+                (None, None) => break,
+                (Some(u), Some(p)) => uuid_text(u.bits)[..] < *text(p.at, p.len),
+                (u, _) => u.is_some(),
             };
-            if !same_text {
-                names.push((p.at, p.len));
+            let (name, key, part) = if uuid_first {
+                let Some(u) = uuids.next() else { break };
+                (Name::Uuid(u.bits), u.key, u.part)
+            } else {
+                let Some(p) = pieces.next() else { break };
+                (Name::Text(p.at, p.len), p.key, p.part)
+            };
+            let same_name = match (names.last(), name) {
+                (Some(Name::Uuid(a)), Name::Uuid(b)) => *a == b,
+                (Some(Name::Text(a, n)), Name::Text(b, m)) => text(*a, *n) == text(b, m),
+                _ => false,
+            };
+            if !same_name {
+                names.push(name);
             }
             let id = (names.len() - 1) as u32;
             match parts.last_mut() {
-                // The same text: the last part is this session's.
-                Some(((_, u, ud, d), part)) if same_text && (*u, *ud, *d) == p.key => {
-                    part.merge(&p.part)
+                // The same session: the last part is this session's.
+                Some(((_, u, ud, d), last)) if same_name && (*u, *ud, *d) == key => {
+                    last.merge(&part)
                 }
-                _ => parts.push(((id, p.key.0, p.key.1, p.key.2), p.part)),
+                _ => parts.push(((id, key.0, key.1, key.2), part)),
             }
         }
         SessionParts {
@@ -1569,14 +1668,15 @@ impl SessionParts {
         }
     }
 
-    /// A session's text. The texts were a scan's (valid UTF-8); a damaged spill still gives
-    /// a key.
-    fn name(&self, id: u32) -> std::borrow::Cow<'_, str> {
-        let (at, len) = self.names[id as usize];
-        let bytes = &self.arena[at as usize..(at + len) as usize];
-        match std::str::from_utf8(bytes) {
-            Ok(s) => std::borrow::Cow::Borrowed(s),
-            Err(_) => String::from_utf8_lossy(bytes),
+    /// Appends a session's text to `out`. The texts were a scan's (valid UTF-8); a damaged
+    /// spill still gives a key.
+    fn name_into(&self, id: u32, out: &mut Vec<u8>) {
+        match self.names[id as usize] {
+            Name::Uuid(bits) => out.extend_from_slice(&uuid_text(bits)),
+            Name::Text(at, len) => {
+                let bytes = &self.arena[at as usize..(at + len) as usize];
+                out.extend_from_slice(String::from_utf8_lossy(bytes).as_bytes());
+            }
         }
     }
 }
@@ -1586,13 +1686,23 @@ fn fold_sessions(files: &[(PathBuf, usize)]) -> Result<(RecordBatch, BTreeMap<i3
     let sessions = SessionParts::read(files)?;
     let parts = &sessions.parts;
     let mut daily: BTreeMap<i32, Daily> = BTreeMap::new();
-    let mut key = StringBuilder::new();
+    // The keys' texts and their ends, made a column at the end (checked as UTF-8 once).
+    let mut texts: Vec<u8> = Vec::with_capacity(parts.len() * 36);
+    let mut ends: Vec<i32> = Vec::with_capacity(parts.len() + 1);
+    ends.push(0);
+    let mut name = Vec::new();
     let mut cols: [Int64Builder; 7] = Default::default();
     for session in parts.chunk_by(|a, b| a.0.0 == b.0.0) {
         session_daily(session, &mut daily);
-        let name = sessions.name(session[0].0.0);
+        name.clear();
+        sessions.name_into(session[0].0.0, &mut name);
         for ((_, user, utc_day, day), p) in session {
-            key.append_value(&name);
+            texts.extend_from_slice(&name);
+            ends.push(
+                i32::try_from(texts.len()).map_err(|_| {
+                    Error::Argument("a session partition's keys outgrew 2 GiB".into())
+                })?,
+            );
             let values = [
                 *user,
                 i64::from(*utc_day),
@@ -1607,10 +1717,15 @@ fn fold_sessions(files: &[(PathBuf, usize)]) -> Result<(RecordBatch, BTreeMap<i3
             }
         }
     }
+    let keys = StringArray::try_new(
+        arrow::buffer::OffsetBuffer::new(ends.into()),
+        texts.into(),
+        None,
+    )?;
     let n = parts.len();
     let names = state::SESSION_PART_COLUMNS;
     let mut columns: Vec<(&str, ArrayRef)> = vec![
-        ("user_session", Arc::new(key.finish())),
+        ("user_session", Arc::new(keys)),
         (
             "gone",
             Arc::new(arrow::array::BooleanArray::from(vec![None::<bool>; n])),
@@ -1705,7 +1820,18 @@ mod tests {
         Some("x.y"),
     ];
     const BRANDS: [Option<&str>; 3] = [None, Some("b1"), Some("b2")];
-    const SESSIONS: [&str; 5] = ["s1", "s2", "s10", "t", ""];
+    /// Texts, canonical UUIDs (kept as bits), and texts a UUID's but for case or length.
+    const SESSIONS: [&str; 9] = [
+        "s1",
+        "s2",
+        "s10",
+        "t",
+        "",
+        "0f0e0d0c-0b0a-4908-8706-050403020100",
+        "ffffffff-ffff-4fff-bfff-ffffffffffff",
+        "0F0E0D0C-0B0A-4908-8706-050403020100",
+        "0f0e0d0c-0b0a-4908-8706-05040302010",
+    ];
 
     /// Random events of a few users over a few days (some before 1970) with their
     /// sessions, spilled by one stream in windows of a few cells (and session parts) into two partitions of
@@ -1749,7 +1875,7 @@ mod tests {
                 kind: [OTHER, VIEW, CART, PURCHASE][rng.below(4) as usize],
                 code: 0,
             };
-            let session = SESSIONS[rng.below(5) as usize];
+            let session = SESSIONS[rng.below(SESSIONS.len() as u64) as usize];
             spill.event(&rec, Some(session)).unwrap();
             events.push((rec, session));
         }
@@ -1960,6 +2086,40 @@ mod tests {
             Some(cell)
         );
         assert_eq!(UserRec::read(&bytes[CELL_REC..CELL_REC + 5]), None);
+    }
+
+    #[test]
+    fn uuid_sessions_keep_their_text_and_its_order() {
+        let texts = [
+            "00000000-0000-0000-0000-000000000000",
+            "0f0e0d0c-0b0a-4908-8706-050403020100",
+            "72d76fde-8bb3-4e00-8c23-a032dfed738c",
+            "9fffffff-ffff-ffff-ffff-ffffffffffff",
+            "a0000000-0000-0000-0000-000000000000",
+            "ffffffff-ffff-ffff-ffff-ffffffffffff",
+        ];
+        let bits: Vec<u128> = texts
+            .iter()
+            .map(|t| uuid_bits(t.as_bytes()).unwrap())
+            .collect();
+        for (t, b) in texts.iter().zip(&bits) {
+            assert_eq!(&uuid_text(*b)[..], t.as_bytes());
+        }
+        assert!(
+            texts.is_sorted() && bits.is_sorted(),
+            "the bits order as the texts"
+        );
+        assert_eq!(bits[2], 0x72d76fde_8bb3_4e00_8c23_a032dfed738c);
+        for other in [
+            "",
+            "0F0E0D0C-0B0A-4908-8706-050403020100",
+            "0f0e0d0c0b0a-4908-8706-050403020100-",
+            "0f0e0d0c-0b0a-4908-8706-05040302010g",
+            "0f0e0d0c-0b0a-4908-8706-0504030201000",
+            "0f0e0d0c-0b0a-4908-8706-05040302010",
+        ] {
+            assert_eq!(uuid_bits(other.as_bytes()), None, "{other:?}");
+        }
     }
 
     #[test]
