@@ -1632,18 +1632,18 @@ impl SessionParts {
         let mut names: Vec<Name> = Vec::new();
         let mut parts: Vec<(PartKey, Part)> = Vec::with_capacity(uuids.len() + pieces.len());
         loop {
-            let uuid_first = match (uuids.peek(), pieces.peek()) {
-                (None, None) => break,
-                (Some(u), Some(p)) => uuid_text(u.bits)[..] < *text(p.at, p.len),
-                (u, _) => u.is_some(),
+            let text_first = match (uuids.peek(), pieces.peek()) {
+                (Some(u), Some(p)) => *text(p.at, p.len) < uuid_text(u.bits)[..],
+                (u, _) => u.is_none(),
             };
-            let (name, key, part) = if uuid_first {
-                let Some(u) = uuids.next() else { break };
-                (Name::Uuid(u.bits), u.key, u.part)
+            let next = if text_first {
+                pieces
+                    .next()
+                    .map(|p| (Name::Text(p.at, p.len), p.key, p.part))
             } else {
-                let Some(p) = pieces.next() else { break };
-                (Name::Text(p.at, p.len), p.key, p.part)
+                uuids.next().map(|u| (Name::Uuid(u.bits), u.key, u.part))
             };
+            let Some((name, key, part)) = next else { break };
             let same_name = match (names.last(), name) {
                 (Some(Name::Uuid(a)), Name::Uuid(b)) => *a == b,
                 (Some(Name::Text(a, n)), Name::Text(b, m)) => text(*a, *n) == text(b, m),
