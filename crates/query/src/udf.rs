@@ -138,7 +138,22 @@ impl LocalDays {
         };
         local.div_euclid(MICROS_PER_DAY) as i32
     }
+
+    /// The local date (days since 1970-01-01) and hour of a UTC time, as `local_day` and
+    /// `date_part('hour', local_time(..))` give them.
+    pub(crate) fn day_and_hour(&mut self, utc_micros: i64) -> (i32, u8) {
+        let local = if self.0.tz == Tz::UTC {
+            utc_micros
+        } else {
+            self.0.local(utc_micros)
+        };
+        let day = local.div_euclid(MICROS_PER_DAY);
+        let hour = (local - day * MICROS_PER_DAY) / MICROS_PER_HOUR;
+        (day as i32, hour as u8)
+    }
 }
+
+const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct LocalTime {
@@ -404,6 +419,38 @@ mod tests {
                 "{zone}: local_day differs from the date of local_time"
             );
             assert_eq!(col(2), 551, "{zone}: nulls stay null");
+        }
+    }
+
+    #[tokio::test]
+    async fn day_and_hour_are_those_of_the_sql_functions() {
+        use arrow::datatypes::{Date32Type, Int64Type};
+        use deltalake::datafusion::prelude::SessionContext;
+        let ctx = SessionContext::new();
+        for f in functions() {
+            ctx.register_udf(f);
+        }
+        for zone in ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"] {
+            let sql = format!(
+                "SELECT CAST(t AS BIGINT) AS t, local_day(t, '{zone}') AS day,
+                        CAST(date_part('hour', local_time(t, '{zone}')) AS BIGINT) AS hour
+                 FROM (SELECT to_timestamp_micros(v * 1911111111) AS t
+                       FROM generate_series(-20000, 200000) AS g(v))"
+            );
+            let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+            let mut local = LocalDays::new(parse_zone(zone).unwrap());
+            let mut n = 0;
+            for b in &batches {
+                let t = b.column(0).as_primitive::<Int64Type>();
+                let day = b.column(1).as_primitive::<Date32Type>();
+                let hour = b.column(2).as_primitive::<Int64Type>();
+                for i in 0..b.num_rows() {
+                    let (d, h) = local.day_and_hour(t.value(i));
+                    assert_eq!((d, i64::from(h)), (day.value(i), hour.value(i)), "{zone}");
+                    n += 1;
+                }
+            }
+            assert_eq!(n, 220_001, "{zone}");
         }
     }
 }
