@@ -139,6 +139,15 @@ impl LocalDays {
         local.div_euclid(MICROS_PER_DAY) as i32
     }
 
+    /// The zone's offset from UTC at a UTC time, in microseconds.
+    pub(crate) fn offset(&mut self, utc_micros: i64) -> i64 {
+        if self.0.tz == Tz::UTC {
+            0
+        } else {
+            self.0.local(utc_micros) - utc_micros
+        }
+    }
+
     /// The local date (days since 1970-01-01) and hour of a UTC time, as `local_day` and
     /// `date_part('hour', local_time(..))` give them.
     pub(crate) fn day_and_hour(&mut self, utc_micros: i64) -> (i32, u8) {

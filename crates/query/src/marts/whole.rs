@@ -60,15 +60,18 @@ const WINDOW: usize = 1 << 19;
 const SESSION_WINDOW: usize = 1 << 18;
 
 /// The scan runs (mostly) in time order, so what is done can be swept out of the windows
-/// as it goes: a cell whose first event is an hour before the stream's latest gets no more
-/// (a cell is an hour), a session idle for half an hour rarely does (more of it later is a
-/// piece the fold merges), and a day's brand and category sums are complete a day later.
+/// as it goes: a cell of an hour before the stream's latest gets no more (a cell is a local
+/// hour), a session idle for half an hour rarely does (more of it later is a piece the fold
+/// merges), and a day's brand and category sums are complete a day later.
 /// A window is swept when it reaches these sizes (or twice what the last sweep left), which
 /// keeps each in a few MiB, in the cache, rather than tens of MiB a lookup misses.
 const SWEEP_CELLS: usize = 1 << 15;
 const SWEEP_SESSIONS: usize = 1 << 14;
 const SWEEP_SUMS: usize = 1 << 14;
-const CELL_SPAN_US: i64 = 3_600_000_000;
+/// Local days whose brand sums a stream keeps open at once: today and yesterday's (a UTC
+/// day's events fall on two local days), and a late event's day without closing those.
+const OPEN_DAYS: usize = 3;
+const HOUR_US: i64 = 3_600_000_000;
 const SESSION_IDLE_US: i64 = 1_800_000_000;
 
 /// The kinds of `mart_user_state` rows (as [`super::state`] reads them).
@@ -584,6 +587,12 @@ impl OpenSession {
     }
 }
 
+/// One local day's brand sums in a scan stream, by (brand id, category code id).
+struct BrandDay {
+    day: i32,
+    sums: HashMap<(u32, u32), BrandSums>,
+}
+
 /// One scan stream's spill files, names and sums.
 struct Spill {
     dir: PathBuf,
@@ -593,8 +602,10 @@ struct Spill {
     sessions: Vec<Option<BufWriter<File>>>,
     codes: Names,
     brands: Names,
-    /// The brand and category sums of the days still open, and of those swept out.
-    brand_sums: HashMap<(i32, u32, u32), BrandSums>,
+    /// The brand sums of the local days still open (a few, the latest last), each day's
+    /// own map of (brand, category code) (only the latest day's is hot, and it stays a
+    /// day's size), and the category sums; and the sums of the days swept out.
+    brand_days: Vec<BrandDay>,
     category_sums: HashMap<(i32, u8, u32), CategorySums>,
     brands_done: Vec<((i32, u32, u32), BrandSums)>,
     categories_done: Vec<((i32, u8, u32), CategorySums)>,
@@ -683,7 +694,7 @@ impl Spill {
             sessions: (0..=bounds.sessions.len()).map(|_| None).collect(),
             codes: Names::default(),
             brands: Names::default(),
-            brand_sums: HashMap::default(),
+            brand_days: Vec::new(),
             category_sums: HashMap::default(),
             brands_done: Vec::new(),
             categories_done: Vec::new(),
@@ -767,7 +778,7 @@ impl Spill {
         if self.cells.len() >= self.sweep.at.cells {
             self.sweep_cells()?;
         }
-        if self.brand_sums.len().max(self.category_sums.len()) >= self.sweep.at.sums {
+        if self.category_sums.len() >= self.sweep.at.sums {
             self.sweep_sums();
         }
         Ok(())
@@ -808,11 +819,17 @@ impl Spill {
         Ok(())
     }
 
-    /// Spills the cells that can get no more events (see [`CELL_SPAN_US`]); all of them when
-    /// that leaves a full window.
+    /// Spills the cells that can get no more events, those of the local hours before the
+    /// stream's latest (a cell is a local hour; a later event of one is a piece of it the
+    /// fold merges); all of them when that leaves a full window.
     fn sweep_cells(&mut self) -> Result<()> {
-        let closed = self.now.saturating_sub(CELL_SPAN_US);
-        let done: Vec<(CellKey, (i64, i64))> = self.cells.extract_if(|_, c| c.1 < closed).collect();
+        // One offset for the window: near a change of offset a cell may be spilled an hour
+        // early or late, which costs a piece, never a count.
+        let offset = self.local.offset(self.now);
+        let hour = |t: i64| t.saturating_add(offset).div_euclid(HOUR_US);
+        let now = hour(self.now);
+        let done: Vec<(CellKey, (i64, i64))> =
+            self.cells.extract_if(|_, c| hour(c.1) < now).collect();
         self.spill_cells(done)?;
         if self.cells.len() >= self.sweep.cell_window {
             let all: Vec<(CellKey, (i64, i64))> = self.cells.drain().collect();
@@ -823,18 +840,40 @@ impl Spill {
         Ok(())
     }
 
-    /// Moves the sums of the days before yesterday (by the stream's latest local day) out of
-    /// the maps still summed into.
+    /// Moves the category sums of the days before yesterday (by the stream's latest local
+    /// day) out of the map still summed into.
     fn sweep_sums(&mut self) {
         let open = self.today.saturating_sub(1);
-        self.brands_done
-            .extend(self.brand_sums.extract_if(|k, _| k.0 < open));
         self.categories_done
             .extend(self.category_sums.extract_if(|k, _| k.0 < open));
-        self.sweep.at.sums = next_sweep(
-            self.sweep.base.sums,
-            self.brand_sums.len().max(self.category_sums.len()),
-        );
+        self.sweep.at.sums = next_sweep(self.sweep.base.sums, self.category_sums.len());
+    }
+
+    /// The brand sums of a local day, opened (and the earliest open day's swept out when
+    /// [`OPEN_DAYS`] are) if it is not open.
+    fn brand_day(&mut self, day: i32) -> &mut HashMap<(u32, u32), BrandSums> {
+        let i = match self.brand_days.iter().rposition(|d| d.day == day) {
+            Some(i) => i,
+            None => {
+                if self.brand_days.len() >= OPEN_DAYS {
+                    let earliest = (0..self.brand_days.len())
+                        .min_by_key(|&i| self.brand_days[i].day)
+                        .unwrap_or(0);
+                    let done = self.brand_days.remove(earliest);
+                    self.brands_done.extend(
+                        done.sums
+                            .into_iter()
+                            .map(|((brand, cc), sums)| ((done.day, brand, cc), sums)),
+                    );
+                }
+                self.brand_days.push(BrandDay {
+                    day,
+                    sums: HashMap::default(),
+                });
+                self.brand_days.len() - 1
+            }
+        };
+        &mut self.brand_days[i].sums
     }
 
     fn spill_user(&mut self, rec: &UserRec) -> Result<()> {
@@ -867,7 +906,7 @@ impl Spill {
     fn sum(&mut self, r: &UserRec) {
         let (view, cart, purchase) = (r.kind == VIEW, r.kind == CART, r.kind == PURCHASE);
         if r.brand != 0 {
-            let s = self.brand_sums.entry((r.day, r.brand, r.cc)).or_default();
+            let s = self.brand_day(r.day).entry((r.brand, r.cc)).or_default();
             s[0] += 1;
             s[1] += i64::from(view);
             s[2] += i64::from(cart);
@@ -885,6 +924,13 @@ impl Spill {
 
     /// Spills what the windows hold, then flushes and closes the spill files.
     fn flushed(mut self) -> Result<Spill> {
+        for d in std::mem::take(&mut self.brand_days) {
+            self.brands_done.extend(
+                d.sums
+                    .into_iter()
+                    .map(|((brand, cc), sums)| ((d.day, brand, cc), sums)),
+            );
+        }
         let cells: Vec<(CellKey, (i64, i64))> = self.cells.drain().collect();
         self.spill_cells(cells)?;
         let open: Vec<(Box<str>, OpenSession)> = self.open.drain().collect();
@@ -968,7 +1014,7 @@ fn done<K, V>(swept: &[(K, V)]) -> impl Iterator<Item = (&K, &V)> {
 fn brands_batch(zone: &str, spills: &[Spill], names: &Dictionaries) -> Result<RecordBatch> {
     let mut rows: BTreeMap<(i32, u32, u32), BrandSums> = BTreeMap::new();
     for (stream, s) in spills.iter().enumerate() {
-        for (&(day, brand, cc), sums) in s.brand_sums.iter().chain(done(&s.brands_done)) {
+        for (&(day, brand, cc), sums) in done(&s.brands_done) {
             let brand = names.brands[stream][brand as usize];
             let category = names.levels[names.codes[stream][cc as usize] as usize][1];
             let row = rows.entry((day, brand, category)).or_default();
