@@ -129,40 +129,36 @@ impl LocalDays {
         LocalDays(Offsets::new(tz))
     }
 
-    /// The local date of a UTC time, in days since 1970-01-01.
-    pub(crate) fn day(&mut self, utc_micros: i64) -> i32 {
-        let local = if self.0.tz == Tz::UTC {
+    /// A UTC time as local wall-clock micros (no lookup at all in UTC).
+    fn local(&mut self, utc_micros: i64) -> i64 {
+        if self.0.tz == Tz::UTC {
             utc_micros
         } else {
             self.0.local(utc_micros)
-        };
-        local.div_euclid(MICROS_PER_DAY) as i32
+        }
+    }
+
+    /// The local date of a UTC time, in days since 1970-01-01.
+    pub(crate) fn day(&mut self, utc_micros: i64) -> i32 {
+        self.local(utc_micros).div_euclid(MICROS_PER_DAY) as i32
     }
 
     /// The zone's offset from UTC at a UTC time, in microseconds.
     pub(crate) fn offset(&mut self, utc_micros: i64) -> i64 {
-        if self.0.tz == Tz::UTC {
-            0
-        } else {
-            self.0.local(utc_micros) - utc_micros
-        }
+        self.local(utc_micros) - utc_micros
     }
 
     /// The local date (days since 1970-01-01) and hour of a UTC time, as `local_day` and
     /// `date_part('hour', local_time(..))` give them.
     pub(crate) fn day_and_hour(&mut self, utc_micros: i64) -> (i32, u8) {
-        let local = if self.0.tz == Tz::UTC {
-            utc_micros
-        } else {
-            self.0.local(utc_micros)
-        };
+        let local = self.local(utc_micros);
         let day = local.div_euclid(MICROS_PER_DAY);
         let hour = (local - day * MICROS_PER_DAY) / MICROS_PER_HOUR;
         (day as i32, hour as u8)
     }
 }
 
-const MICROS_PER_HOUR: i64 = 3_600_000_000;
+pub(crate) const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct LocalTime {

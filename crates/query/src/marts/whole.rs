@@ -36,7 +36,7 @@ use crate::columns::Columns;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::folds::{CartRow, text};
-use crate::udf::{LocalDays, category_at, parse_zone};
+use crate::udf::{LocalDays, MICROS_PER_HOUR, category_at, parse_zone};
 use chrono_tz::Tz;
 
 /// Events per partition: a partition's records (50 bytes each) and its fold stay in a few
@@ -71,7 +71,6 @@ const SWEEP_SUMS: usize = 1 << 14;
 /// Local days whose brand sums a stream keeps open at once: today and yesterday's (a UTC
 /// day's events fall on two local days), and a late event's day without closing those.
 const OPEN_DAYS: usize = 3;
-const HOUR_US: i64 = 3_600_000_000;
 const SESSION_IDLE_US: i64 = 1_800_000_000;
 
 /// The kinds of `mart_user_state` rows (as [`super::state`] reads them).
@@ -618,9 +617,9 @@ struct Spill {
     sessions: Vec<Option<BufWriter<File>>>,
     codes: Names,
     brands: Names,
-    /// The brand sums of the local days still open (a few, the latest last), each day's
-    /// own map of (brand, category code) (only the latest day's is hot, and it stays a
-    /// day's size), and the category sums; and the sums of the days swept out.
+    /// The brand sums of the local days still open (at most [`OPEN_DAYS`], each its own
+    /// map, so the hot one stays a day's size) and the category sums; and the sums of the
+    /// days swept out.
     brand_days: Vec<BrandDay>,
     category_sums: HashMap<(i32, u8, u32), CategorySums>,
     brands_done: Vec<((i32, u32, u32), BrandSums)>,
@@ -858,7 +857,7 @@ impl Spill {
         // One offset for the window: near a change of offset a cell may be spilled an hour
         // early or late, which costs a piece, never a count.
         let offset = self.local.offset(self.now);
-        let hour = |t: i64| t.saturating_add(offset).div_euclid(HOUR_US);
+        let hour = |t: i64| t.saturating_add(offset).div_euclid(MICROS_PER_HOUR);
         let now = hour(self.now);
         let done: Vec<(CellKey, (i64, i64))> =
             self.cells.extract_if(|_, c| hour(c.1) < now).collect();
@@ -888,15 +887,12 @@ impl Spill {
             Some(i) => i,
             None => {
                 if self.brand_days.len() >= OPEN_DAYS {
-                    let earliest = (0..self.brand_days.len())
-                        .min_by_key(|&i| self.brand_days[i].day)
-                        .unwrap_or(0);
-                    let done = self.brand_days.remove(earliest);
-                    self.brands_done.extend(
-                        done.sums
-                            .into_iter()
-                            .map(|((brand, cc), sums)| ((done.day, brand, cc), sums)),
-                    );
+                    let earliest =
+                        (0..self.brand_days.len()).min_by_key(|&i| self.brand_days[i].day);
+                    if let Some(i) = earliest {
+                        let done = self.brand_days.remove(i);
+                        self.close_brand_day(done);
+                    }
                 }
                 self.brand_days.push(BrandDay {
                     day,
@@ -906,6 +902,15 @@ impl Spill {
             }
         };
         &mut self.brand_days[i].sums
+    }
+
+    /// Moves a day's brand sums out of the ones still summed into.
+    fn close_brand_day(&mut self, d: BrandDay) {
+        self.brands_done.extend(
+            d.sums
+                .into_iter()
+                .map(|((brand, cc), sums)| ((d.day, brand, cc), sums)),
+        );
     }
 
     fn spill_user(&mut self, rec: &UserRec) -> Result<()> {
@@ -960,11 +965,7 @@ impl Spill {
         let open: Vec<(Box<str>, OpenSession)> = self.open.drain().collect();
         self.spill_sessions(open)?;
         for d in std::mem::take(&mut self.brand_days) {
-            self.brands_done.extend(
-                d.sums
-                    .into_iter()
-                    .map(|((brand, cc), sums)| ((d.day, brand, cc), sums)),
-            );
+            self.close_brand_day(d);
         }
         let cells: Vec<(CellKey, (i64, i64))> = self.cells.drain().collect();
         self.spill_cells(cells)?;
@@ -1047,7 +1048,7 @@ fn done<K, V>(swept: &[(K, V)]) -> impl Iterator<Item = (&K, &V)> {
 fn brands_batch(zone: &str, spills: &[Spill], names: &Dictionaries) -> Result<RecordBatch> {
     let mut rows: BTreeMap<(i32, u32, u32), BrandSums> = BTreeMap::new();
     for (stream, s) in spills.iter().enumerate() {
-        for (&(day, brand, cc), sums) in done(&s.brands_done) {
+        for &((day, brand, cc), sums) in &s.brands_done {
             let brand = names.brands[stream][brand as usize];
             let category = names.levels[names.codes[stream][cc as usize] as usize][1];
             let row = rows.entry((day, brand, category)).or_default();
