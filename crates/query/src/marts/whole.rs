@@ -771,8 +771,9 @@ impl Spill {
             self.spill_user(rec)?;
         }
         let key = (rec.user, rec.utc_day, rec.day, rec.hour, rec.cc);
-        // A session's events mostly fall in the cell of its event before (three in four of
-        // the generated month's): that cell is counted in the session, the others in the map.
+        // A session's events mostly fall in the cell of its event before (three in four of a
+        // generated day's, bench/session-cells.sh): that cell is counted in the session, the
+        // others in the map.
         let mut into_map = Some((key, (1, rec.t)));
         if let Some(s) = session {
             let of = (rec.user, rec.utc_day, rec.day);
