@@ -21,6 +21,7 @@ use deltalake::DeltaTable;
 use deltalake::ObjectStore;
 use deltalake::kernel::Action;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::parquet::basic::Encoding;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
@@ -517,12 +518,18 @@ fn run_properties(key: &str, sorted: &RecordBatch) -> WriterProperties {
         .set_column_bloom_filter_enabled(ColumnPath::from(key), true)
         .set_column_bloom_filter_max_ndv(ColumnPath::from(key), ROW_GROUP_ROWS as u64)
         .set_column_bloom_filter_fpp(ColumnPath::from(key), 0.01);
-    // Neither is one of a column whose values barely repeat (times, product ids): the
-    // writer would hash every value into a dictionary it then gives up on.
+    // Integers are delta-encoded: no dictionary to hash every value into, and small
+    // (a sorted key, a few days or kinds, times near each other) in a few bits each.
+    // Nor is one of a text column whose values barely repeat: the writer would hash
+    // every value into a dictionary it then gives up on.
     for (field, column) in sorted.schema().fields().iter().zip(sorted.columns()) {
-        if field.name() != key && barely_repeats(column) {
+        let path = || ColumnPath::from(field.name().as_str());
+        if field.data_type() == &DataType::Int64 {
             properties = properties
-                .set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+                .set_column_dictionary_enabled(path(), false)
+                .set_column_encoding(path(), Encoding::DELTA_BINARY_PACKED);
+        } else if field.name() != key && barely_repeats(column) {
+            properties = properties.set_column_dictionary_enabled(path(), false);
         }
     }
     properties.build()
@@ -695,17 +702,12 @@ pub fn in_run(schema: &SchemaRef, zone: &str, run: i64, rows: &RecordBatch) -> R
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
-/// Whether a column's first rows (up to [`DICTIONARY_SAMPLE`]) are mostly distinct: more
-/// than half of its non-null values there differ. Integers and texts are sampled; other
-/// types keep their dictionary.
+/// Whether a text column's first rows (up to [`DICTIONARY_SAMPLE`]) are mostly distinct:
+/// more than half of its non-null values there differ. Other types keep their dictionary.
 fn barely_repeats(column: &ArrayRef) -> bool {
     let sample = column.slice(0, column.len().min(DICTIONARY_SAMPLE));
     let valid = sample.len() - sample.null_count();
     let distinct = match sample.data_type() {
-        DataType::Int64 => {
-            let a = sample.as_primitive::<Int64Type>();
-            a.iter().flatten().collect::<HashSet<i64>>().len()
-        }
         DataType::Utf8 => {
             let a = sample.as_string::<i32>();
             a.iter().flatten().collect::<HashSet<&str>>().len()

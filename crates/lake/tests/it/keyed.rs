@@ -394,3 +394,47 @@ async fn a_run_replaces_its_zone_or_runs_and_nothing_else() {
     assert!(shoplake_lake::keyed::runs(&t, "UTC").unwrap().is_empty());
     assert!(reloaded(dir.path(), "UTC", &keys).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integer_columns_are_delta_encoded_without_a_dictionary() {
+    use deltalake::parquet::basic::Encoding;
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let t = table(dir.path(), schema()).await;
+    let rows: Vec<(i64, bool, i64)> = (0..50_000i64).map(|u| (u * 3, u % 5 == 0, u % 7)).collect();
+    let t = write_run(t, "user_id", run("UTC", 1, &rows), Replacing::Nothing)
+        .await
+        .unwrap();
+    let uris: Vec<String> = t.get_file_uris().unwrap().collect();
+    assert_eq!(uris.len(), 1, "one file per run: {uris:?}");
+    let path = match url::Url::parse(&uris[0]) {
+        Ok(url) => url.to_file_path().unwrap(),
+        Err(_) => std::path::PathBuf::from(&uris[0]),
+    };
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let meta = reader.metadata();
+    assert!(meta.num_row_groups() > 0);
+    for group in meta.row_groups() {
+        for column in group.columns() {
+            let name = column.column_path().string();
+            if name == "user_id" || name == "n" {
+                assert!(
+                    column.dictionary_page_offset().is_none(),
+                    "{name} has a dictionary"
+                );
+                let encodings: Vec<Encoding> = column.encodings().collect();
+                assert!(
+                    encodings.contains(&Encoding::DELTA_BINARY_PACKED),
+                    "{name} is encoded as {encodings:?}"
+                );
+            }
+        }
+    }
+    // And it reads back as written (user 0 is marked gone, 4 was never written).
+    let keys = Keys::ints(vec![0, 3, 149_997, 4]);
+    let got = read_keys(&t, "UTC", "user_id", &keys, &["user_id", "n"])
+        .await
+        .unwrap();
+    assert_eq!(pairs(&got.batches), vec![(3, 1), (149_997, 49_999 % 7)]);
+}
