@@ -17,13 +17,14 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use crate::ownership::{Owned, Ownership};
 use crate::{
     Error, EventLog, Limit, Position, Record, Result, Stored, check_consumer, partition_for,
 };
@@ -72,6 +73,9 @@ pub struct KafkaLog {
     reader: Arc<Mutex<BaseConsumer>>,
     /// One consumer per group, for committed offsets.
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    /// The groups this process is a member of ([`EventLog::join`]): their offsets are
+    /// committed by the member (a group with members refuses commits from outside it).
+    members: Mutex<HashMap<String, std::sync::Weak<Member>>>,
     /// Per partition, the offset after the newest record seen: acknowledged to this
     /// process's appends or read back. A read never stops before it.
     seen_end: Arc<Mutex<Vec<u64>>>,
@@ -303,6 +307,7 @@ impl KafkaLog {
             producer,
             reader,
             groups: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
             seen_end: Arc::new(Mutex::new(vec![0; partitions as usize])),
         })
     }
@@ -362,6 +367,12 @@ impl KafkaLog {
         blocking(move || fetch.run(&reader, &seen_end)).await
     }
 
+    /// This process's live membership of a group, if it joined it.
+    fn member(&self, group: &str) -> Result<Option<Arc<Member>>> {
+        let members = self.members.lock().map_err(|_| poisoned())?;
+        Ok(members.get(group).and_then(std::sync::Weak::upgrade))
+    }
+
     fn group(&self, consumer: &str) -> Result<Arc<BaseConsumer>> {
         check_consumer(consumer)?;
         let mut groups = self.groups.lock().map_err(|_| poisoned())?;
@@ -376,6 +387,127 @@ impl KafkaLog {
         let c = Arc::new(c);
         groups.insert(consumer.to_owned(), c.clone());
         Ok(c)
+    }
+}
+
+/// A consumer group member's context: after every rebalance it pauses what it was given
+/// (the member only holds partitions; records are read by [`KafkaLog::read`] from the
+/// positions their consumer committed) and publishes what it owns.
+struct MemberContext {
+    topic: String,
+    owned: tokio::sync::watch::Sender<Owned>,
+}
+
+impl ClientContext for MemberContext {}
+
+impl ConsumerContext for MemberContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(given) => {
+                if let Err(e) = consumer.pause(given) {
+                    tracing::warn!(error = %e, "pausing the partitions a rebalance gave");
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "a rebalance failed"),
+        }
+        let partitions: std::collections::BTreeSet<u32> = match consumer.assignment() {
+            Ok(tpl) => tpl
+                .elements_for_topic(&self.topic)
+                .iter()
+                .filter_map(|e| u32::try_from(e.partition()).ok())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the partitions owned after a rebalance");
+                return;
+            }
+        };
+        tracing::info!(topic = %self.topic, ?partitions, "partitions owned after a rebalance");
+        self.owned.send_modify(|o| {
+            o.partitions = partitions;
+            o.rebalances += 1;
+        });
+    }
+}
+
+/// A membership of a consumer group: a consumer subscribed to the topic, polled on a thread
+/// of its own (heartbeats, rebalances) until dropped, when it leaves the group.
+struct Member {
+    consumer: Arc<BaseConsumer<MemberContext>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Member {
+    fn join(options: &KafkaOptions, group: &str) -> Result<(Arc<Member>, Ownership)> {
+        let (tx, rx) = tokio::sync::watch::channel(Owned::default());
+        let context = MemberContext {
+            topic: options.topic.clone(),
+            owned: tx,
+        };
+        let mut config = config(options, &[]);
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            // A member that stops heartbeating loses its partitions after this long.
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000");
+        for (k, v) in &options.consumer_properties {
+            config.set(k, v);
+        }
+        let consumer: BaseConsumer<MemberContext> = config
+            .create_with_context(context)
+            .map_err(kafka("joining a consumer group"))?;
+        consumer
+            .subscribe(&[options.topic.as_str()])
+            .map_err(kafka("subscribing to the topic"))?;
+        let consumer = Arc::new(consumer);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (consumer, stop) = (consumer.clone(), stop.clone());
+            let group = group.to_owned();
+            std::thread::Builder::new()
+                .name(format!("kafka-member-{group}"))
+                .spawn(move || poll_membership(&consumer, &stop, &group))
+                .map_err(|e| Error::Kafka(format!("starting a group member's thread: {e}")))?
+        };
+        let member = Arc::new(Member {
+            consumer,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        });
+        let keep: Arc<dyn Send + Sync> = member.clone();
+        Ok((member, Ownership::following(rx, keep)))
+    }
+}
+
+/// Serves a member's heartbeats and rebalances until told to stop, then leaves the group.
+fn poll_membership(
+    consumer: &BaseConsumer<MemberContext>,
+    stop: &std::sync::atomic::AtomicBool,
+    group: &str,
+) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            None | Some(Ok(_)) => {}
+            Some(Err(e)) => tracing::debug!(group, error = %e, "consumer group member"),
+        }
+    }
+    // Leaving: the revocation is served here, then the close tells the coordinator.
+    consumer.unsubscribe();
+    let left = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < left && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
     }
 }
 
@@ -457,7 +589,17 @@ impl EventLog for KafkaLog {
             .1)
     }
 
+    async fn join(&self, group: &str) -> Result<Ownership> {
+        check_consumer(group)?;
+        let (member, ownership) = Member::join(&self.options, group)?;
+        let mut members = self.members.lock().map_err(|_| poisoned())?;
+        members.retain(|_, m| m.strong_count() > 0);
+        members.insert(group.to_owned(), Arc::downgrade(&member));
+        Ok(ownership)
+    }
+
     async fn committed(&self, consumer: &str) -> Result<BTreeMap<u32, u64>> {
+        let member = self.member(consumer)?;
         let group = self.group(consumer)?;
         let topic = self.options.topic.clone();
         let partitions = self.partitions;
@@ -467,9 +609,11 @@ impl EventLog for KafkaLog {
             for p in 0..partitions {
                 tpl.add_partition(&topic, p as i32);
             }
-            let got = group
-                .committed_offsets(tpl, timeout)
-                .map_err(kafka("reading committed offsets"))?;
+            let got = match member {
+                Some(m) => m.consumer.committed_offsets(tpl, timeout),
+                None => group.committed_offsets(tpl, timeout),
+            }
+            .map_err(kafka("reading committed offsets"))?;
             Ok(got
                 .elements()
                 .iter()
@@ -483,6 +627,7 @@ impl EventLog for KafkaLog {
     }
 
     async fn commit(&self, consumer: &str, positions: &BTreeMap<u32, u64>) -> Result<()> {
+        let member = self.member(consumer)?;
         let group = self.group(consumer)?;
         if positions.is_empty() {
             return Ok(());
@@ -494,9 +639,11 @@ impl EventLog for KafkaLog {
                 .map_err(kafka("committing"))?;
         }
         blocking(move || {
-            group
-                .commit(&tpl, CommitMode::Sync)
-                .map_err(kafka("committing offsets"))
+            match member {
+                Some(m) => m.consumer.commit(&tpl, CommitMode::Sync),
+                None => group.commit(&tpl, CommitMode::Sync),
+            }
+            .map_err(kafka("committing offsets"))
         })
         .await
     }

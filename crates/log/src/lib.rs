@@ -13,6 +13,7 @@ mod config;
 pub mod conformance;
 mod embedded;
 mod kafka;
+mod ownership;
 mod segment;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use std::collections::BTreeMap;
 pub use config::{Backend, DEFAULT_TOPIC, KafkaConfig, LogConfig, LogSettings};
 pub use embedded::{EmbeddedLog, EmbeddedOptions};
 pub use kafka::{KafkaLog, KafkaOptions};
+pub use ownership::{Owned, Ownership};
 
 /// What went wrong in the log.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +156,14 @@ pub trait EventLog: Send + Sync {
 
     /// Durably stores a consumer's positions (merged into those already committed).
     async fn commit(&self, consumer: &str, positions: &BTreeMap<u32, u64>) -> Result<()>;
+
+    /// Joins the consumer group `group`: the partitions this process is to work on for it,
+    /// kept up to date as members come and go ([`Ownership`]). On a log one process works
+    /// on alone (the embedded one), every partition, for good.
+    async fn join(&self, group: &str) -> Result<Ownership> {
+        check_consumer(group)?;
+        Ok(Ownership::all(self.partitions()))
+    }
 }
 
 /// The key prefix of records that are refused rows on their way to `quarantine` (a JSON

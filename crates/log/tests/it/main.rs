@@ -387,3 +387,52 @@ fn a_commit_blocked_on_its_file_leaves_the_runtime_running() {
         "the runtime's only thread was held by the commit until its file was opened"
     );
 }
+
+/// Two processes in one consumer group share the topic's partitions, each owned by one of
+/// them; when one leaves, the other owns them all; the members commit the group's offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_a_kafka_group_share_its_partitions() {
+    use std::collections::BTreeSet;
+    let first = kafka_log("group").await;
+    let brokers = std::env::var("SHOPLAKE_TEST_KAFKA").unwrap();
+    let second = shoplake_log::KafkaLog::open(tansu_options(brokers, first.topic().to_owned()))
+        .await
+        .unwrap();
+    let all: BTreeSet<u32> = (0..first.partitions()).collect();
+    let wait = Duration::from_secs(60);
+    let mut a = first.join("lake").await.unwrap();
+    let got = a.wait_for(wait, |p| *p == all).await;
+    assert_eq!(got, all, "a lone member owns every partition");
+    let mut b = second.join("lake").await.unwrap();
+    let got_b = b.wait_for(wait, |p| !p.is_empty()).await;
+    let got_a = a.wait_for(wait, |p| p.len() < all.len()).await;
+    assert!(!got_b.is_empty(), "the second member was given nothing");
+    assert!(got_a.is_disjoint(&got_b), "{got_a:?} and {got_b:?} overlap");
+    assert_eq!(&got_a | &got_b, all);
+    assert!(b.now().rebalances >= 1);
+    // A member commits the group's offsets (the group refuses outsiders while it has members).
+    let mine = *got_b.first().unwrap();
+    second
+        .commit("lake", &BTreeMap::from([(mine, 0)]))
+        .await
+        .unwrap();
+    // Leaving hands its partitions over at once, not after a session timeout.
+    drop(b);
+    let got = a.wait_for(Duration::from_secs(30), |p| *p == all).await;
+    assert_eq!(
+        got, all,
+        "the partitions of a member that left did not move"
+    );
+}
+
+#[tokio::test]
+async fn the_embedded_log_is_owned_whole_by_its_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&options(dir.path()));
+    let owned = log.join("lake").await.unwrap();
+    assert_eq!(
+        owned.partitions(),
+        (0..log.partitions()).collect::<std::collections::BTreeSet<_>>()
+    );
+    assert!(log.join("../x").await.is_err());
+}
