@@ -400,10 +400,12 @@ async fn members_of_a_kafka_group_share_its_partitions() {
         .unwrap();
     let all: BTreeSet<u32> = (0..first.partitions()).collect();
     let wait = Duration::from_secs(60);
-    let mut a = first.join("lake").await.unwrap();
+    // Group names are the cluster's, not the topic's: one of its own, beside the other tests.
+    let group = first.topic().to_owned();
+    let mut a = first.join(&group).await.unwrap();
     let got = a.wait_for(wait, |p| *p == all).await;
     assert_eq!(got, all, "a lone member owns every partition");
-    let mut b = second.join("lake").await.unwrap();
+    let mut b = second.join(&group).await.unwrap();
     let got_b = b.wait_for(wait, |p| !p.is_empty()).await;
     let got_a = a.wait_for(wait, |p| p.len() < all.len()).await;
     assert!(!got_b.is_empty(), "the second member was given nothing");
@@ -413,7 +415,7 @@ async fn members_of_a_kafka_group_share_its_partitions() {
     // A member commits the group's offsets (the group refuses outsiders while it has members).
     let mine = *got_b.first().unwrap();
     second
-        .commit("lake", &BTreeMap::from([(mine, 0)]))
+        .commit(&group, &BTreeMap::from([(mine, 0)]))
         .await
         .unwrap();
     // Leaving hands its partitions over at once, not after a session timeout.
