@@ -367,17 +367,22 @@ impl KafkaLog {
         blocking(move || fetch.run(&reader, &seen_end)).await
     }
 
-    /// This process's live membership of a group, if it joined it.
-    fn member(&self, group: &str) -> Result<Option<Arc<Member>>> {
-        let members = self.members.lock().map_err(|_| poisoned())?;
-        Ok(members.get(group).and_then(std::sync::Weak::upgrade))
-    }
-
-    fn group(&self, consumer: &str) -> Result<Arc<BaseConsumer>> {
+    /// The client for a group's offsets: this process's live member of it if it joined it,
+    /// else a consumer of that group id (made once).
+    fn group(&self, consumer: &str) -> Result<GroupClient> {
         check_consumer(consumer)?;
+        let member = self
+            .members
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(consumer)
+            .and_then(std::sync::Weak::upgrade);
+        if let Some(m) = member {
+            return Ok(GroupClient::Member(m));
+        }
         let mut groups = self.groups.lock().map_err(|_| poisoned())?;
         if let Some(c) = groups.get(consumer) {
-            return Ok(c.clone());
+            return Ok(GroupClient::Outside(c.clone()));
         }
         let c: BaseConsumer = config(&self.options, &self.options.consumer_properties)
             .set("group.id", consumer)
@@ -386,7 +391,7 @@ impl KafkaLog {
             .map_err(kafka("creating a group consumer"))?;
         let c = Arc::new(c);
         groups.insert(consumer.to_owned(), c.clone());
-        Ok(c)
+        Ok(GroupClient::Outside(c))
     }
 }
 
@@ -435,7 +440,7 @@ impl ConsumerContext for MemberContext {
 struct Member {
     consumer: Arc<BaseConsumer<MemberContext>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Member {
@@ -475,7 +480,7 @@ impl Member {
         let member = Arc::new(Member {
             consumer,
             stop,
-            thread: Mutex::new(Some(thread)),
+            thread: Some(thread),
         });
         let keep: Arc<dyn Send + Sync> = member.clone();
         Ok((member, Ownership::following(rx, keep)))
@@ -503,10 +508,39 @@ fn poll_membership(
 }
 
 impl Drop for Member {
+    /// Waits for the member to leave the group (a poll and at most two seconds of
+    /// revocation), so that its partitions move before the process goes on or exits.
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// Who speaks for a group's offsets: this process's member of it, or (not a member) a
+/// consumer of that group id outside it.
+enum GroupClient {
+    Member(Arc<Member>),
+    Outside(Arc<BaseConsumer>),
+}
+
+impl GroupClient {
+    fn committed_offsets(
+        &self,
+        tpl: TopicPartitionList,
+        timeout: Duration,
+    ) -> rdkafka::error::KafkaResult<TopicPartitionList> {
+        match self {
+            GroupClient::Member(m) => m.consumer.committed_offsets(tpl, timeout),
+            GroupClient::Outside(c) => c.committed_offsets(tpl, timeout),
+        }
+    }
+
+    fn commit(&self, tpl: &TopicPartitionList) -> rdkafka::error::KafkaResult<()> {
+        match self {
+            GroupClient::Member(m) => m.consumer.commit(tpl, CommitMode::Sync),
+            GroupClient::Outside(c) => c.commit(tpl, CommitMode::Sync),
         }
     }
 }
@@ -599,7 +633,6 @@ impl EventLog for KafkaLog {
     }
 
     async fn committed(&self, consumer: &str) -> Result<BTreeMap<u32, u64>> {
-        let member = self.member(consumer)?;
         let group = self.group(consumer)?;
         let topic = self.options.topic.clone();
         let partitions = self.partitions;
@@ -609,11 +642,9 @@ impl EventLog for KafkaLog {
             for p in 0..partitions {
                 tpl.add_partition(&topic, p as i32);
             }
-            let got = match member {
-                Some(m) => m.consumer.committed_offsets(tpl, timeout),
-                None => group.committed_offsets(tpl, timeout),
-            }
-            .map_err(kafka("reading committed offsets"))?;
+            let got = group
+                .committed_offsets(tpl, timeout)
+                .map_err(kafka("reading committed offsets"))?;
             Ok(got
                 .elements()
                 .iter()
@@ -627,7 +658,6 @@ impl EventLog for KafkaLog {
     }
 
     async fn commit(&self, consumer: &str, positions: &BTreeMap<u32, u64>) -> Result<()> {
-        let member = self.member(consumer)?;
         let group = self.group(consumer)?;
         if positions.is_empty() {
             return Ok(());
@@ -638,14 +668,7 @@ impl EventLog for KafkaLog {
             tpl.add_partition_offset(&self.options.topic, p, Offset::Offset(*o as i64))
                 .map_err(kafka("committing"))?;
         }
-        blocking(move || {
-            match member {
-                Some(m) => m.consumer.commit(&tpl, CommitMode::Sync),
-                None => group.commit(&tpl, CommitMode::Sync),
-            }
-            .map_err(kafka("committing offsets"))
-        })
-        .await
+        blocking(move || group.commit(&tpl).map_err(kafka("committing offsets"))).await
     }
 }
 

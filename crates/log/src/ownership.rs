@@ -6,8 +6,8 @@
 //! Owning a partition is a hint, never a guarantee: a member that lost its partitions without
 //! noticing yet (paused, cut off from the brokers) still believes it owns them for up to a
 //! session timeout. Whatever a consumer commits must therefore fence itself (the lake's
-//! delivery commits its positions with Delta application transactions, compared before the
-//! commit and checked for conflicts by it).
+//! delivery commits its positions as Delta application transactions, and Delta's conflict
+//! check refuses a commit when another of the same application id landed since its read).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
