@@ -109,6 +109,10 @@ pub struct Pumped {
     pub delivered: Delivered,
     /// The positions now committed (per log partition, the next offset to read).
     pub positions: BTreeMap<u32, u64>,
+    /// Another delivery of the same consumer delivered a partition this pass had read (two
+    /// processes owned it for a moment): nothing was written to `events`, and `positions`
+    /// are the lake's.
+    pub raced: bool,
 }
 
 /// What one pass read from the log: the events and refused rows its records hold, and the
@@ -246,29 +250,51 @@ impl Delivery {
         Ok(out)
     }
 
-    /// One pass: reads what the log holds past the positions the lake has committed (up to
-    /// `limit` of each partition), delivers it, and records the positions in the log
-    /// too (for its retention and lag; the lake's are the ones that count). Each record is an
-    /// event in either record format (`shoplake_events::record`); its append time becomes the
-    /// event's ingest time when it has none.
+    /// One pass over every partition of the log (see [`Delivery::pump_owned`]).
     pub async fn pump(
         &mut self,
         log: &dyn EventLog,
         validator: &Validator,
         limit: shoplake_log::Limit,
     ) -> Result<Pumped> {
+        let all: BTreeSet<u32> = (0..log.partitions()).collect();
+        self.pump_owned(log, validator, limit, &all).await
+    }
+
+    /// One pass over the partitions this process owns: reads what the log holds past the
+    /// positions the lake has committed (up to `limit` of each partition), delivers it, and
+    /// records the positions in the log too (for its retention and lag; the lake's are the
+    /// ones that count). Each record is an event in either record format
+    /// (`shoplake_events::record`); its append time becomes the event's ingest time when it
+    /// has none.
+    ///
+    /// Two processes may both believe they own a partition for a moment (a rebalance, or a
+    /// process that stalled past its group session: a zombie). The pass fences itself: when
+    /// the lake's position of a partition it read is no longer the one it read from, another
+    /// delivery got there first, and the pass writes nothing to `events` and says
+    /// [`Pumped::raced`] (the next pass reads from the new positions). Between that check and
+    /// the commit, Delta refuses a commit whose application transactions another commit
+    /// updated concurrently; that too is a race, not a failure. Positions never go back.
+    pub async fn pump_owned(
+        &mut self,
+        log: &dyn EventLog,
+        validator: &Validator,
+        limit: shoplake_log::Limit,
+        owned: &BTreeSet<u32>,
+    ) -> Result<Pumped> {
         let partitions = log.partitions();
         let done = self.positions(partitions).await?;
         let mut read = Read::default();
-        for p in 0..partitions {
-            let from = done.get(&p).copied().unwrap_or(0);
-            let batch = log
-                .read(p, from, limit)
-                .await
-                .map_err(|source| Error::Log {
-                    context: format!("reading log partition {p}"),
-                    source,
-                })?;
+        let mut from = BTreeMap::new();
+        for &p in owned.iter().filter(|p| **p < partitions) {
+            let at = done.get(&p).copied().unwrap_or(0);
+            let batch = log.read(p, at, limit).await.map_err(|source| Error::Log {
+                context: format!("reading log partition {p}"),
+                source,
+            })?;
+            if !batch.is_empty() {
+                from.insert(p, at);
+            }
             read.take(p, batch, validator);
         }
         let Read {
@@ -284,8 +310,23 @@ impl Delivery {
                 ..Pumped::default()
             });
         }
-        let quarantined = self.quarantine(refused, &next).await?;
-        let delivered = self.deliver(&events, &next).await?;
+        let raced = |positions| Pumped {
+            records,
+            raced: true,
+            positions,
+            ..Pumped::default()
+        };
+        let quarantined = match self.quarantine(refused, &next).await {
+            Err(e) if e.is_concurrent_transaction() => return Ok(raced(done)),
+            other => other?,
+        };
+        let delivered = match self.deliver_from(&events, &from, &next).await? {
+            Some(delivered) => delivered,
+            None => {
+                let now = self.read_positions(partitions).await?;
+                return Ok(raced(now));
+            }
+        };
         let mut positions = done;
         positions.extend(next.iter().map(|(p, o)| (*p, *o)));
         if let Err(e) = log.commit(&self.consumer, &next).await {
@@ -297,7 +338,47 @@ impl Delivery {
             quarantined,
             delivered,
             positions,
+            raced: false,
         })
+    }
+
+    /// Delivers events read from the positions `from` up to `next`, unless the lake's
+    /// positions of those partitions moved since they were read (`None`: another delivery
+    /// got there first, nothing was written).
+    async fn deliver_from(
+        &mut self,
+        events: &[Event],
+        from: &BTreeMap<u32, u64>,
+        next: &BTreeMap<u32, u64>,
+    ) -> Result<Option<Delivered>> {
+        self.table
+            .update_state()
+            .await
+            .map_err(Error::delta("refreshing events"))?;
+        let partitions = next.keys().max().map_or(0, |p| p + 1);
+        let done = self.read_positions(partitions).await?;
+        if let Some((p, read_from)) = from
+            .iter()
+            .find(|(p, at)| done.get(p).copied().unwrap_or(0) != **at)
+        {
+            tracing::info!(
+                partition = p,
+                read_from,
+                lake = done.get(p),
+                "another delivery moved this partition's position: this pass writes nothing"
+            );
+            return Ok(None);
+        }
+        match self.write_new(events, next).await {
+            Err(e) if e.is_concurrent_transaction() => {
+                tracing::info!(
+                    "another delivery committed these partitions concurrently: this pass \
+                     wrote nothing"
+                );
+                Ok(None)
+            }
+            other => other.map(Some),
+        }
     }
 
     /// Writes refused rows read from the log to `quarantine`, with the positions they were
@@ -316,10 +397,6 @@ impl Delivery {
             .map_err(Error::delta("refreshing quarantine"))?;
         let partitions = next.keys().max().map_or(0, |p| p + 1);
         let done = self.positions_in(&self.quarantine, partitions).await?;
-        let touched: BTreeMap<u32, u64> = rows
-            .iter()
-            .filter_map(|(p, _, _, _)| next.get(p).map(|n| (*p, *n)))
-            .collect();
         let rows: Vec<_> = rows
             .into_iter()
             .filter(|(p, offset, _, _)| done.get(p).is_none_or(|d| offset >= d))
@@ -327,6 +404,12 @@ impl Delivery {
         if rows.is_empty() {
             return Ok(0);
         }
+        // Only the partitions with rows past the table's positions move (a position that
+        // another delivery took further is never taken back).
+        let touched: BTreeMap<u32, u64> = rows
+            .iter()
+            .filter_map(|(p, _, _, _)| next.get(p).map(|n| (*p, *n)))
+            .collect();
         let n = rows.len();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec![COLLECTOR_IMPORT_ID; n])),
@@ -401,6 +484,15 @@ impl Delivery {
         {
             return Ok(Delivered::default());
         }
+        self.write_new(events, positions).await
+    }
+
+    /// Writes the events not in the lake yet and commits them with the positions.
+    async fn write_new(
+        &mut self,
+        events: &[Event],
+        positions: &BTreeMap<u32, u64>,
+    ) -> Result<Delivered> {
         self.reload_changed_dates()?;
         let (keep, ids, duplicates) = self.new_events(events).await?;
         let written = self.write_and_commit(&keep, &ids, positions).await;

@@ -91,6 +91,23 @@ impl Error {
         let context = context.into();
         move |source| Error::Delta { context, source }
     }
+
+    /// Delta refused a commit because a concurrent one updated an application transaction
+    /// it writes (another delivery of the same consumer committed the same partition).
+    pub fn is_concurrent_transaction(&self) -> bool {
+        use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+        matches!(
+            self,
+            Error::Delta {
+                source: deltalake::DeltaTableError::Transaction {
+                    source: TransactionError::CommitConflict(
+                        CommitConflictError::ConcurrentTransaction
+                    )
+                },
+                ..
+            }
+        )
+    }
 }
 
 impl From<deltalake::datafusion::error::DataFusionError> for Error {
