@@ -351,12 +351,8 @@ impl Delivery {
         from: &BTreeMap<u32, u64>,
         next: &BTreeMap<u32, u64>,
     ) -> Result<Option<Delivered>> {
-        self.table
-            .update_state()
-            .await
-            .map_err(Error::delta("refreshing events"))?;
         let partitions = next.keys().max().map_or(0, |p| p + 1);
-        let done = self.read_positions(partitions).await?;
+        let done = self.positions(partitions).await?;
         if let Some((p, read_from)) = from
             .iter()
             .find(|(p, at)| done.get(p).copied().unwrap_or(0) != **at)
@@ -471,12 +467,8 @@ impl Delivery {
         events: &[Event],
         positions: &BTreeMap<u32, u64>,
     ) -> Result<Delivered> {
-        self.table
-            .update_state()
-            .await
-            .map_err(Error::delta("refreshing events"))?;
         let partitions = positions.keys().max().map_or(0, |p| p + 1);
-        let done = self.read_positions(partitions).await?;
+        let done = self.positions(partitions).await?;
         if !positions.is_empty()
             && positions
                 .iter()
