@@ -120,6 +120,7 @@ pub struct Collector {
     engines: Option<shoplake_query::EngineResources>,
     query_runtime: QueryRuntime,
     clock: Arc<dyn Clock>,
+    process: crate::roles::Process,
 }
 
 /// The runtime queries and reports run on: their CPU work (DataFusion's operators, JSON
@@ -188,6 +189,7 @@ impl Collector {
             engines: None,
             query_runtime: QueryRuntime(None),
             clock: Arc::new(SystemClock),
+            process: crate::roles::Process::default(),
         }
     }
 
@@ -291,6 +293,18 @@ impl Collector {
     pub fn with_store(mut self, store: Arc<dyn shoplake_alerts::AlertStore>) -> Collector {
         self.store = Some(store);
         self
+    }
+
+    /// Says what this process is (its roles, the partitions it delivers): without the
+    /// collector role, `POST /v1/events` is refused.
+    pub fn with_process(mut self, process: crate::roles::Process) -> Collector {
+        self.process = process;
+        self
+    }
+
+    /// What this process is.
+    pub fn process(&self) -> &crate::roles::Process {
+        &self.process
     }
 
     pub(crate) fn store(&self) -> Option<&Arc<dyn shoplake_alerts::AlertStore>> {

@@ -25,6 +25,9 @@ const MAX_FUTURE_LIMIT: Duration = Duration::from_secs(86_400);
 pub struct ServerConfig {
     /// The address to listen on (default `127.0.0.1:7070`).
     pub listen: Option<String>,
+    /// What this process does: `collector`, `delivery`, `detector`, comma-separated
+    /// (default: all three; `serve --roles` overrides it).
+    pub roles: Option<String>,
     /// Proxies (addresses or networks such as `10.0.0.0/8`) whose `X-Forwarded-For` is
     /// believed.
     #[serde(default)]
@@ -108,6 +111,8 @@ pub struct ServerSettings {
     pub http: HttpLimits,
     /// The configured tokens (none: `serve` makes an admin token).
     pub tokens: Vec<Token>,
+    /// What this process does.
+    pub roles: crate::roles::Roles,
 }
 
 /// Collects the problems of one section while its values are read.
@@ -177,6 +182,14 @@ impl ServerConfig {
             }
         }
         check_tokens(&self.tokens, &mut check.errors);
+        let roles = match self.roles.as_deref().map(str::parse) {
+            None => crate::roles::Roles::ALL,
+            Some(Ok(roles)) => roles,
+            Some(Err(e)) => {
+                check.errors.push(format!("server.roles: {e}"));
+                crate::roles::Roles::ALL
+            }
+        };
         if check.errors.is_empty() {
             Ok(ServerSettings {
                 listen,
@@ -184,6 +197,7 @@ impl ServerConfig {
                 limits,
                 http,
                 tokens: self.tokens.clone(),
+                roles,
             })
         } else {
             Err(check.errors)
@@ -301,6 +315,10 @@ fn check_tokens(tokens: &[Token], errors: &mut Vec<String>) {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
+    /// The consumer's name (default `lake`): its positions in the lake, and on Kafka its
+    /// consumer group, which every delivery process of one deployment shares. Group names
+    /// are the Kafka cluster's: deployments sharing a cluster name theirs apart.
+    pub consumer: Option<String>,
     /// Deliver at least this often (default `10s`).
     pub interval: Option<String>,
     /// Deliver early once this many bytes were appended (default 64 MiB).
@@ -341,8 +359,12 @@ impl DeliveryConfig {
                 &self.quarantine_retention,
                 d.quarantine_retention,
             ),
+            consumer: self.consumer.clone().unwrap_or(d.consumer),
             ..d
         };
+        if let Err(e) = shoplake_log::check_consumer(&options.consumer) {
+            check.errors.push(format!("delivery.consumer: {e}"));
+        }
         if options.interval.is_zero() {
             check
                 .errors
@@ -388,6 +410,7 @@ mod tests {
             "max_rows": 0,
             "max_header_bytes": 100,
             "trusted_proxies": ["10.0.0.0/40"],
+            "roles": "collector,janitor",
         }))
         .unwrap();
         let errors = c.settings().unwrap_err();
@@ -398,6 +421,7 @@ mod tests {
             "server.max_rows must be at least 1",
             "server.max_header_bytes must be at least 8192",
             "server.trusted_proxies",
+            "server.roles: unknown role \"janitor\"",
         ] {
             assert!(
                 errors.iter().any(|e| e.contains(want)),

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use shoplake_events::Validator;
 use shoplake_events::time::Clock;
 use shoplake_lake::{Delivery, Lake, Pumped, TableName};
-use shoplake_log::{EventLog, Limit};
+use shoplake_log::{EventLog, Limit, Ownership};
 use tokio::sync::watch;
 
 use crate::backlog::Backlog;
 use crate::error::Error;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PartitionLabel};
 
 /// How the log is delivered into the lake (Firehose).
 #[derive(Debug, Clone)]
@@ -63,6 +63,9 @@ pub(crate) struct Deliverer {
     pub(crate) engines: Option<shoplake_query::EngineResources>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) options: DeliveryOptions,
+    /// The partitions this process delivers (all of them on the embedded log; on Kafka
+    /// those the delivery consumer group gives it).
+    pub(crate) ownership: Ownership,
 }
 
 /// How often retention is applied when nothing else sets the pace.
@@ -87,10 +90,23 @@ impl Deliverer {
         let mut upkeep = Upkeep::new();
         let mut marts = Marts::default();
         let mut failures = 0u32;
+        let mut ownership = self.ownership.clone();
+        let mut rebalances = 0;
         loop {
             if !*stop.borrow() {
-                self.wait_for_work(&mut stop).await;
+                self.wait_for_work(&mut stop, &mut ownership).await;
             }
+            let owned = ownership.now();
+            if owned.rebalances > rebalances {
+                self.metrics
+                    .delivery_rebalances
+                    .inc_by(owned.rebalances - rebalances);
+                rebalances = owned.rebalances;
+                tracing::info!(partitions = ?owned.partitions, "delivering these log partitions");
+            }
+            self.metrics
+                .delivery_partitions
+                .set(i64::try_from(owned.partitions.len()).unwrap_or(i64::MAX));
             let stopping = *stop.borrow();
             match self.deliver_all(&mut delivery, &validator, stopping).await {
                 Ok(n) => {
@@ -119,12 +135,14 @@ impl Deliverer {
         }
     }
 
-    /// Waits for the interval, or until enough bytes have been appended, or `stop`.
-    async fn wait_for_work(&self, stop: &mut watch::Receiver<bool>) {
+    /// Waits for the interval, or until enough bytes have been appended, or the partitions
+    /// owned change, or `stop`.
+    async fn wait_for_work(&self, stop: &mut watch::Receiver<bool>, ownership: &mut Ownership) {
         let deadline = tokio::time::Instant::now() + self.options.interval;
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => return,
+                () = ownership.changed() => return,
                 () = self.backlog.wait_appended() => {
                     if self.backlog.pending_bytes() >= self.options.max_bytes {
                         return;
@@ -153,17 +171,33 @@ impl Deliverer {
         loop {
             self.backlog.take_pending_bytes();
             let started = Instant::now();
+            let owned = self.ownership.partitions();
             let pumped = delivery
-                .pump(self.log.as_ref(), validator, self.per_partition())
+                .pump_owned(self.log.as_ref(), validator, self.per_partition(), &owned)
                 .await?;
+            let lags = lags(self.log.as_ref(), &pumped.positions).await?;
+            self.backlog.set(lags.values().sum());
+            for (p, lag) in &lags {
+                let label = PartitionLabel { partition: *p };
+                if owned.contains(p) {
+                    let lag = i64::try_from(*lag).unwrap_or(i64::MAX);
+                    self.metrics.delivery_lag.get_or_create(&label).set(lag);
+                } else {
+                    self.metrics.delivery_lag.remove(&label);
+                }
+            }
+            if pumped.raced {
+                // Another process delivered a partition this pass read: the next pass reads
+                // from where it got to.
+                self.metrics.delivery_races.inc();
+                return Ok(written);
+            }
             if pumped.records == 0 {
                 return Ok(written);
             }
             let secs = started.elapsed().as_secs_f64();
             self.count(&pumped, secs);
             written += pumped.delivered.written;
-            self.backlog
-                .set(backlog(self.log.as_ref(), &pumped.positions).await?);
             // Under load there is always more: return to let compaction and marts run,
             // unless draining for shutdown or a full batch is already waiting.
             if !drain && self.backlog.events() < self.options.max_per_partition as u64 {
@@ -202,16 +236,50 @@ pub(crate) async fn backlog(
     log: &dyn EventLog,
     positions: &BTreeMap<u32, u64>,
 ) -> Result<u64, shoplake_log::Error> {
-    let mut total = 0;
+    Ok(lags(log, positions).await?.values().sum())
+}
+
+/// Records in each partition of the log past its delivered position.
+async fn lags(
+    log: &dyn EventLog,
+    positions: &BTreeMap<u32, u64>,
+) -> Result<BTreeMap<u32, u64>, shoplake_log::Error> {
+    let mut lags = BTreeMap::new();
     for p in 0..log.partitions() {
         let end = log.end(p).await?;
         let from = match positions.get(&p) {
             Some(&at) => at,
             None => log.start(p).await?,
         };
-        total += end.saturating_sub(from);
+        lags.insert(p, end.saturating_sub(from));
     }
-    Ok(total)
+    Ok(lags)
+}
+
+/// For a process that collects but does not deliver: the backlog the collector's
+/// back-pressure goes by, recounted from the lake's delivered positions every `every` until
+/// `stop`.
+pub(crate) async fn watch_backlog(
+    mut delivery: Delivery,
+    log: Arc<dyn EventLog>,
+    backlog: Arc<Backlog>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let counted = async {
+            let positions = delivery.positions(log.partitions()).await?;
+            Ok::<_, Error>(self::backlog(log.as_ref(), &positions).await?)
+        };
+        match counted.await {
+            Ok(n) => backlog.set(n),
+            Err(e) => tracing::warn!(error = %e, "counting the log's undelivered events"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Compaction of `events` and retention of `quarantine`, each at its own pace.

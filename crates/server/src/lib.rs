@@ -25,6 +25,7 @@ pub mod live;
 mod metrics;
 pub mod notify;
 mod priority;
+mod roles;
 mod router;
 mod service;
 
@@ -39,5 +40,6 @@ pub use http::HttpLimits;
 pub use ingest::Accepted;
 pub use metrics::Metrics;
 pub use priority::QUERY_NICE;
+pub use roles::{Process, Roles};
 pub use router::OPENAPI;
 pub use service::{ServeOptions, admin_token, serve};

@@ -64,6 +64,15 @@ pub struct Metrics {
     pub delivery_failures: Counter,
     /// Time one delivery took.
     pub delivery_seconds: Histogram,
+    /// Passes that found a partition delivered by another process since they read it
+    /// (two processes owned it for a moment): they wrote nothing.
+    pub delivery_races: Counter,
+    /// Records past delivery's position, per log partition this process delivers.
+    pub delivery_lag: Family<PartitionLabel, Gauge>,
+    /// Rebalances of the delivery consumer group this process took part in.
+    pub delivery_rebalances: Counter,
+    /// Log partitions this process delivers now.
+    pub delivery_partitions: Gauge,
     /// Events the detector processed.
     pub detector_events: Counter,
     /// Events behind the detector's watermark (not windowed).
@@ -396,6 +405,30 @@ impl Metrics {
             "Time one delivery took",
             delivery_seconds.clone(),
         );
+        let delivery_races = Counter::default();
+        registry.register(
+            "delivery_races",
+            "Delivery passes that wrote nothing because another process had delivered a partition they read",
+            delivery_races.clone(),
+        );
+        let delivery_lag = Family::<PartitionLabel, Gauge>::default();
+        registry.register(
+            "delivery_lag_records",
+            "Records in the log past delivery's position, per partition this process delivers",
+            delivery_lag.clone(),
+        );
+        let delivery_rebalances = Counter::default();
+        registry.register(
+            "delivery_rebalances",
+            "Rebalances of the delivery consumer group this process took part in",
+            delivery_rebalances.clone(),
+        );
+        let delivery_partitions = Gauge::default();
+        registry.register(
+            "delivery_partitions",
+            "Log partitions this process delivers now",
+            delivery_partitions.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -408,6 +441,10 @@ impl Metrics {
             deliveries,
             delivery_failures,
             delivery_seconds,
+            delivery_races,
+            delivery_lag,
+            delivery_rebalances,
+            delivery_partitions,
             detector_events,
             detector_late,
             detector_windows,

@@ -19,8 +19,13 @@ impl Collector {
     /// The routes: `POST /v1/events` (`ingest` scope), `GET /healthz` (open), `GET /metrics`
     /// (`read`), `GET /openapi.json` (any token).
     pub fn router(self: Arc<Self>) -> Router {
+        let ingest = if self.process().roles.collector {
+            post(crate::ingest::ingest)
+        } else {
+            post(not_collecting)
+        };
         Router::new()
-            .route("/v1/events", post(crate::ingest::ingest))
+            .route("/v1/events", ingest)
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .route("/openapi.json", get(openapi))
@@ -79,10 +84,13 @@ async fn healthz(State(c): State<Arc<Collector>>) -> Response {
     } else {
         StatusCode::OK
     };
+    let process = c.process().describe();
     let body = json!({
         "status": if draining { "draining" } else { "ok" },
         "log_partitions": c.log().partitions(),
         "backlog_events": c.backlog().events(),
+        "roles": process["roles"],
+        "delivery": process["delivery"],
     });
     (status, axum::Json(body)).into_response()
 }
@@ -109,6 +117,19 @@ async fn method_not_allowed() -> Response {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed on this endpoint: see /openapi.json",
+    )
+    .into_response()
+}
+
+/// `POST /v1/events` on a process without the collector role.
+async fn not_collecting(State(c): State<Arc<Collector>>) -> Response {
+    let roles = c.process().roles;
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "this process does not take in events (its roles: {roles}): send them to one \
+             with the collector role"
+        ),
     )
     .into_response()
 }

@@ -42,6 +42,11 @@ pub struct ServeOptions {
     pub record_format: shoplake_events::record::RecordFormat,
     /// Where "now" comes from (the system's clock but in tests).
     pub clock: Arc<dyn Clock>,
+    /// What this process does (all of it by default). Without `collector`,
+    /// `POST /v1/events` is refused (the rest of the API answers); without `delivery`, the
+    /// backlog is counted from the lake's positions; without `detector`, `detection` only
+    /// serves the alert store's incidents.
+    pub roles: crate::roles::Roles,
 }
 
 impl ServeOptions {
@@ -57,6 +62,7 @@ impl ServeOptions {
             detection: None,
             record_format: Default::default(),
             clock: Arc::new(SystemClock),
+            roles: crate::roles::Roles::ALL,
         }
     }
 }
@@ -131,7 +137,25 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let collector = Arc::new(collector(&lake, &log, &options, &metrics)?);
+    let roles = options.roles;
+    // Delivery's share of the log: every partition on the embedded log, those its consumer
+    // group gives this process on Kafka.
+    let ownership = if roles.delivery {
+        let group = &options.delivery.consumer;
+        let ownership = log.join(group).await?;
+        tracing::info!(roles = %roles, group, partitions = ?ownership.partitions(), "roles");
+        Some(ownership)
+    } else {
+        tracing::info!(roles = %roles, "roles");
+        None
+    };
+    let process = crate::roles::Process {
+        roles,
+        delivery: ownership
+            .clone()
+            .map(|o| (options.delivery.consumer.clone(), o)),
+    };
+    let collector = Arc::new(collector(&lake, &log, &options, &metrics)?.with_process(process));
     // Delivery first: it catches up with what an earlier run left in the log.
     let mut delivery = lake
         .delivery(&options.delivery.consumer)
@@ -156,6 +180,8 @@ pub async fn serve(
     tracing::info!("collector listening on http://{addr}");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (log_for_backlog, backlog_for_watch, stop_for_backlog) =
+        (log.clone(), collector.backlog().clone(), stop_rx.clone());
     // Delivery (Parquet encoding, deduplication, compaction, marts) on a runtime of its
     // own: its CPU work never delays the async workers that answer requests.
     let lake_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -164,16 +190,32 @@ pub async fn serve(
         .enable_all()
         .build()
         .map_err(Error::io("starting the delivery runtime"))?;
-    let deliverer = Deliverer {
-        lake: lake.clone(),
-        log: log.clone(),
-        backlog: collector.backlog().clone(),
-        metrics: metrics.clone(),
-        engines: collector.engines().cloned(),
-        clock: options.clock.clone(),
-        options: options.delivery.clone(),
+    let deliver_task = match ownership {
+        Some(ownership) => {
+            let deliverer = Deliverer {
+                lake: lake.clone(),
+                log: log.clone(),
+                backlog: collector.backlog().clone(),
+                metrics: metrics.clone(),
+                engines: collector.engines().cloned(),
+                clock: options.clock.clone(),
+                options: options.delivery.clone(),
+                ownership,
+            };
+            lake_runtime.spawn(deliverer.run(delivery, stop_rx.clone()))
+        }
+        None => lake_runtime.spawn(async move {
+            crate::delivery::watch_backlog(
+                delivery,
+                log_for_backlog,
+                backlog_for_watch,
+                BACKLOG_EVERY,
+                stop_for_backlog,
+            )
+            .await;
+            Ok(())
+        }),
     };
-    let deliver_task = lake_runtime.spawn(deliverer.run(delivery, stop_rx.clone()));
     let background = Background::start(&lake, &log, &options, &collector, &stop_rx);
     let drain = collector.clone();
     let app = collector.clone().router();
@@ -239,7 +281,8 @@ impl Background {
         stop: &watch::Receiver<bool>,
     ) -> Background {
         let metrics = collector.metrics();
-        let detect = options.detection.clone().map(|d| {
+        let detection = options.detection.clone().filter(|_| options.roles.detector);
+        let detect = detection.map(|d| {
             tokio::spawn(crate::detection::detect_loop(
                 lake.clone(),
                 log.clone(),
@@ -288,6 +331,9 @@ impl Background {
         Ok(())
     }
 }
+
+/// How often a process without the delivery role recounts the backlog.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Deletes resolved incidents `age` after their resolution, every ten minutes until `stop`.
 async fn prune_incidents(

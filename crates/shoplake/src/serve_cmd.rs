@@ -39,6 +39,11 @@ pub struct ServeArgs {
     /// The lake root, overriding DATA/lake and `lake.root`.
     #[arg(long, env = "SHOPLAKE_LAKE", value_name = "ROOT")]
     lake: Option<String>,
+    /// What this process does: `collector`, `delivery`, `detector`, comma-separated
+    /// [default: `server.roles`, else all three]. Many processes with any roles can share
+    /// one Kafka topic: delivery processes share its partitions through a consumer group.
+    #[arg(long, env = "SHOPLAKE_ROLES", value_name = "ROLES", value_parser = parse_roles)]
+    roles: Option<shoplake_server::Roles>,
     /// The configuration file [default: shoplake.toml, when present].
     #[arg(long, env = "SHOPLAKE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -98,6 +103,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             detection,
             record_format: log_settings.record_format,
             clock: Arc::new(shoplake_events::SystemClock),
+            roles: args.roles.unwrap_or(server.roles),
         };
         // Retention never removes what the lake delivery has not committed.
         let log = log_settings
@@ -112,6 +118,10 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_roles(s: &str) -> std::result::Result<shoplake_server::Roles, String> {
+    s.parse()
 }
 
 /// Detection's options: the alert store opened, the checkpoint under `data`.

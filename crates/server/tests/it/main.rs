@@ -175,6 +175,7 @@ impl Running {
             }),
             record_format: setup.record_format,
             clock: std::sync::Arc::new(shoplake_events::SystemClock),
+            roles: shoplake_server::Roles::ALL,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel();

@@ -1020,3 +1020,178 @@ fn processing_time_windows_events_at_their_arrival() {
         "{found:?}"
     );
 }
+
+/// `serve` with `--roles`, as `spawn_serve` but for one process of several.
+fn spawn_role(data: &Path, config: &Path, port: u16, log: &Path, roles: &str) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args(["serve", "--data", data.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--roles", roles])
+        .env("RUST_LOG", "info,buoyant_kernel=warn")
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "serve --roles {roles} did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// `GET /healthz` as JSON.
+fn healthz(port: u16) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        c,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+/// The partitions a process delivers, by its `/healthz`.
+fn delivering(port: u16) -> Vec<u64> {
+    healthz(port)["delivery"]["partitions"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p.as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// Waits (up to a minute) until `ready` holds for the partitions the processes deliver.
+fn wait_for_partitions(ports: &[u16], ready: impl Fn(&[Vec<u64>]) -> bool) -> Vec<Vec<u64>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now: Vec<Vec<u64>> = ports.iter().map(|p| delivering(*p)).collect();
+        if ready(&now) || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Issue 21: three `serve` processes on one Kafka topic and one lake, a collector and two
+/// delivery processes sharing the topic's partitions through a consumer group. One delivery
+/// process is killed with SIGKILL in the middle of a full-speed replay and started again
+/// later: its partitions move to the other and back, and the lake ends with every
+/// acknowledged event exactly once.
+#[test]
+fn three_processes_with_roles_share_the_partitions_and_survive_a_sigkill() {
+    let brokers = std::env::var("SHOPLAKE_TEST_KAFKA").expect(
+        "SHOPLAKE_TEST_KAFKA is not set: run the tests through scripts/test.sh, which starts a Kafka-protocol broker (tansu)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("shoplake.toml");
+    let file = dir.path().join("events.csv");
+    let o = shoplake(&[
+        "generate",
+        "--events",
+        "40000",
+        "--seed",
+        "21",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let topic = format!(
+        "shoplake-roles-{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    // The delivery group is named after the topic, so that tests sharing the broker never
+    // share a group.
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\nbackend = \"kafka\"\npartitions = 4\n[log.kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
+             [delivery]\ninterval = \"500ms\"\nmarts_interval = \"off\"\nconsumer = \"{topic}\"\n[detect]\nenabled = false\n"
+        ),
+    )
+    .unwrap();
+    let logs: Vec<_> = (0..3)
+        .map(|i| dir.path().join(format!("serve-{i}.log")))
+        .collect();
+    let show = |i: usize| std::fs::read_to_string(&logs[i]).unwrap_or_default();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut collector = spawn_role(&data, &config, ports[0], &logs[0], "collector");
+    let mut a = spawn_role(&data, &config, ports[1], &logs[1], "delivery");
+    let mut b = spawn_role(&data, &config, ports[2], &logs[2], "delivery");
+
+    let h = healthz(ports[0]);
+    assert_eq!(h["roles"], serde_json::json!(["collector"]), "{h}");
+    assert!(h["delivery"].is_null(), "{h}");
+    // Only the collector takes in events.
+    let refused = post_events(ports[1], &data, "{}\n");
+    assert!(refused.contains("404"), "{refused}");
+    let shared = wait_for_partitions(&ports[1..], |p| {
+        p.iter().all(|x| !x.is_empty()) && p.iter().map(Vec::len).sum::<usize>() == 4
+    });
+    let mut union: Vec<u64> = shared.concat();
+    union.sort_unstable();
+    assert_eq!(union, [0, 1, 2, 3], "{shared:?}\n{}\n{}", show(1), show(2));
+
+    let replay = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args(["replay", file.to_str().unwrap(), "--max"])
+        .args(["--connections", "4", "--format", "json"])
+        .args(["--url", &format!("http://127.0.0.1:{}", ports[0])])
+        .args(["--data", data.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // In the middle of the replay, once `a` has delivered something, SIGKILL.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(ports[1], &data, "shoplake_delivery_events_written_total") < 1.0 {
+        assert!(Instant::now() < deadline, "{}", show(1));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.kill().unwrap();
+    a.wait().unwrap();
+    // Its partitions move to `b` once the group's session times out.
+    let after = wait_for_partitions(&ports[2..], |p| p[0].len() == 4);
+    assert_eq!(after[0], [0, 1, 2, 3], "{}", show(2));
+    let o = replay.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["acknowledged"], 40000, "{summary}");
+
+    // Started again: the partitions are shared once more.
+    let mut a = spawn_role(&data, &config, ports[1], &logs[1], "delivery");
+    let shared = wait_for_partitions(&ports[1..], |p| p.iter().all(|x| !x.is_empty()));
+    assert!(shared.iter().all(|x| !x.is_empty()), "{shared:?}");
+    let rebalances = healthz(ports[2])["delivery"]["rebalances"]
+        .as_u64()
+        .unwrap();
+    assert!(rebalances >= 2, "{rebalances}");
+
+    // The backlog (by the collector, from the lake's positions) drains to zero.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while healthz(ports[0])["backlog_events"].as_u64() != Some(0) {
+        assert!(Instant::now() < deadline, "{}\n{}", show(1), show(2));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (i, child) in [(1, &mut a), (2, &mut b), (0, &mut collector)] {
+        let status = terminate(child);
+        assert!(status.success(), "{}", show(i));
+    }
+    let (rows, ids) = lake_ids(&data.join("lake"));
+    assert_eq!(rows, ids.len(), "no duplicates");
+    assert_eq!(ids, file_ids(&file));
+}
