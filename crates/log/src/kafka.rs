@@ -4,6 +4,12 @@
 //! acknowledged by all in-sync replicas (`acks=all`, idempotent producer); consumer positions
 //! are the consumer group's committed offsets.
 //!
+//! A consumer `c` of topic `t` is the Kafka group `shoplake.t.c` ([`group_id`]): a group id is
+//! cluster-wide, and a group whose members subscribe to different topics hands each member
+//! partitions of any of them, so two shoplake deployments sharing a broker under the same
+//! consumer name (`lake`, by default) would each be given the other's partitions and deliver
+//! nothing of their own.
+//!
 //! Where a partition ends is taken only from what Fetch and the producer's delivery reports
 //! say, never trusting ListOffsets "latest" (some Kafka-protocol brokers answer it too low,
 //! such as the last batch's first offset + 1; it is only where counting starts): a read
@@ -70,7 +76,7 @@ pub struct KafkaLog {
     partitions: u32,
     producer: FutureProducer,
     /// Reads (assign, seek, poll) and watermarks, one at a time.
-    reader: Arc<Mutex<BaseConsumer>>,
+    reader: Arc<Mutex<BaseConsumer<ReaderContext>>>,
     /// One consumer per group, for committed offsets.
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     /// The groups this process is a member of ([`EventLog::join`]): their offsets are
@@ -133,7 +139,10 @@ async fn create_topic(options: &KafkaOptions) -> Result<()> {
 }
 
 /// The topic's partitions, from its metadata (a new topic's can take a moment to show).
-async fn partition_count(reader: Arc<Mutex<BaseConsumer>>, options: &KafkaOptions) -> Result<u32> {
+async fn partition_count(
+    reader: Arc<Mutex<BaseConsumer<ReaderContext>>>,
+    options: &KafkaOptions,
+) -> Result<u32> {
     let topic = options.topic.clone();
     let timeout = options.timeout;
     blocking(move || {
@@ -174,7 +183,7 @@ struct Fetch {
 impl Fetch {
     fn run(
         &self,
-        reader: &Mutex<BaseConsumer>,
+        reader: &Mutex<BaseConsumer<ReaderContext>>,
         seen_end: &Mutex<Vec<u64>>,
     ) -> Result<(Vec<Stored>, u64)> {
         let p = self.partition;
@@ -204,7 +213,7 @@ impl Fetch {
 
     fn poll_to_end(
         &self,
-        r: &BaseConsumer,
+        r: &BaseConsumer<ReaderContext>,
         seen_end: &Mutex<Vec<u64>>,
         known_end: u64,
     ) -> Result<(Vec<Stored>, u64)> {
@@ -289,7 +298,7 @@ impl KafkaLog {
             producer.set(k, v);
         }
         let producer: FutureProducer = producer.create().map_err(kafka("creating the producer"))?;
-        let reader: BaseConsumer = config(&options, &options.consumer_properties)
+        let reader: BaseConsumer<ReaderContext> = config(&options, &options.consumer_properties)
             .set("group.id", "shoplake-reader")
             .set("enable.auto.commit", "false")
             // The end of a partition as Fetch reports it.
@@ -297,7 +306,7 @@ impl KafkaLog {
             // Reading below the first record kept starts at it.
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "10")
-            .create()
+            .create_with_context(ReaderContext)
             .map_err(kafka("creating the reader"))?;
         let reader = Arc::new(Mutex::new(reader));
         let partitions = partition_count(reader.clone(), &options).await?;
@@ -385,7 +394,7 @@ impl KafkaLog {
             return Ok(GroupClient::Outside(c.clone()));
         }
         let c: BaseConsumer = config(&self.options, &self.options.consumer_properties)
-            .set("group.id", consumer)
+            .set("group.id", group_id(&self.options.topic, consumer))
             .set("enable.auto.commit", "false")
             .create()
             .map_err(kafka("creating a group consumer"))?;
@@ -404,6 +413,25 @@ struct MemberContext {
 }
 
 impl ClientContext for MemberContext {}
+
+/// The reader's context: the end of a partition is how every read finishes, not an error, but
+/// rdkafka hands it to the context's `error` as a global error (fede1024/rust-rdkafka#820),
+/// which by default logs it at ERROR level — dozens of lines a second on an idle log.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let eof = matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
+            tracing::error!(error = %error, reason, "Kafka reader");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
 
 impl ConsumerContext for MemberContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -452,7 +480,7 @@ impl Member {
         };
         let mut config = config(options, &[]);
         config
-            .set("group.id", group)
+            .set("group.id", group_id(&options.topic, group))
             .set("enable.auto.commit", "false")
             .set("partition.assignment.strategy", "cooperative-sticky")
             // A member that stops heartbeating loses its partitions after this long.
@@ -670,6 +698,12 @@ impl EventLog for KafkaLog {
         }
         blocking(move || group.commit(&tpl).map_err(kafka("committing offsets"))).await
     }
+}
+
+/// The Kafka group id of consumer `consumer` of `topic`: `shoplake.<topic>.<consumer>`, so a
+/// group's members all read one topic (see the module docs).
+pub fn group_id(topic: &str, consumer: &str) -> String {
+    format!("shoplake.{topic}.{consumer}")
 }
 
 fn chrono_now_ms() -> i64 {

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 pub use config::{Backend, DEFAULT_TOPIC, KafkaConfig, LogConfig, LogSettings};
 pub use embedded::{EmbeddedLog, EmbeddedOptions};
-pub use kafka::{KafkaLog, KafkaOptions};
+pub use kafka::{KafkaLog, KafkaOptions, group_id};
 pub use ownership::{Owned, Ownership};
 
 /// What went wrong in the log.

@@ -30,7 +30,7 @@ pub struct Owned {
 pub struct Ownership {
     owned: watch::Receiver<Owned>,
     /// Kept alive for as long as the ownership is: the group membership itself.
-    _member: Option<Arc<dyn Send + Sync>>,
+    member: Option<Arc<dyn Send + Sync>>,
 }
 
 impl std::fmt::Debug for Ownership {
@@ -52,7 +52,7 @@ impl Ownership {
         let (_, rx) = watch::channel(owned);
         Ownership {
             owned: rx,
-            _member: None,
+            member: None,
         }
     }
 
@@ -61,7 +61,7 @@ impl Ownership {
     pub fn following(owned: watch::Receiver<Owned>, member: Arc<dyn Send + Sync>) -> Ownership {
         Ownership {
             owned,
-            _member: Some(member),
+            member: Some(member),
         }
     }
 
@@ -73,6 +73,28 @@ impl Ownership {
     /// The partitions owned now and the rebalances so far.
     pub fn now(&self) -> Owned {
         self.owned.borrow().clone()
+    }
+
+    /// Whether the group has given this member its share at least once (which may be no
+    /// partition at all); always, on a log one process works on alone. Joining a Kafka group
+    /// takes seconds (the coordinator waits for members to join, or a departed one to time out).
+    pub fn assigned(&self) -> bool {
+        self.member.is_none() || self.owned.borrow().rebalances > 0
+    }
+
+    /// Waits until the group has given this member its share ([`Ownership::assigned`]), or
+    /// `timeout` passes; returns whether it has.
+    pub async fn wait_assigned(&mut self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.assigned() {
+            if tokio::time::timeout_at(deadline, self.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        self.assigned()
     }
 
     /// Waits until the ownership changes (forever when it cannot: the embedded log's).

@@ -316,8 +316,8 @@ fn check_tokens(tokens: &[Token], errors: &mut Vec<String>) {
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// The consumer's name (default `lake`): its positions in the lake, and on Kafka its
-    /// consumer group, which every delivery process of one deployment shares. Group names
-    /// are the Kafka cluster's: deployments sharing a cluster name theirs apart.
+    /// consumer group (`shoplake.<topic>.<consumer>`), which every delivery process of one
+    /// deployment shares.
     pub consumer: Option<String>,
     /// Deliver at least this often (default `10s`).
     pub interval: Option<String>,

@@ -79,6 +79,12 @@ const DELIVERY_BYTES: usize = 64 << 20;
 /// Attempts at the last delivery before shutdown gives up (the log keeps the events).
 const FINAL_ATTEMPTS: u32 = 3;
 
+/// How long a delivery stopping before its consumer group gave it its partitions waits for
+/// them, so that what this process collected does not wait in the log for the next start:
+/// joining takes a Kafka group seconds (its initial rebalance delay, or a departed member's
+/// session timeout, 6 s).
+const ASSIGNMENT_WAIT: Duration = Duration::from_secs(15);
+
 impl Deliverer {
     /// Delivers until told to stop, then to the end of the log once more.
     pub(crate) async fn run(
@@ -108,6 +114,18 @@ impl Deliverer {
                 .delivery_partitions
                 .set(i64::try_from(owned.partitions.len()).unwrap_or(i64::MAX));
             let stopping = *stop.borrow();
+            if stopping && !ownership.assigned() {
+                tracing::info!(
+                    "stopping before the consumer group gave this process its partitions: waiting up to {} s for them",
+                    ASSIGNMENT_WAIT.as_secs()
+                );
+                if !ownership.wait_assigned(ASSIGNMENT_WAIT).await {
+                    tracing::warn!(
+                        backlog = self.backlog.events(),
+                        "the consumer group gave this process no partitions: what the log holds waits there for the group's next delivery"
+                    );
+                }
+            }
             match self.deliver_all(&mut delivery, &validator, stopping).await {
                 Ok(n) => {
                     failures = 0;

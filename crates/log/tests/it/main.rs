@@ -400,12 +400,11 @@ async fn members_of_a_kafka_group_share_its_partitions() {
         .unwrap();
     let all: BTreeSet<u32> = (0..first.partitions()).collect();
     let wait = Duration::from_secs(60);
-    // Group names are the cluster's, not the topic's: one of its own, beside the other tests.
-    let group = first.topic().to_owned();
-    let mut a = first.join(&group).await.unwrap();
+    let group = "lake";
+    let mut a = first.join(group).await.unwrap();
     let got = a.wait_for(wait, |p| *p == all).await;
     assert_eq!(got, all, "a lone member owns every partition");
-    let mut b = second.join(&group).await.unwrap();
+    let mut b = second.join(group).await.unwrap();
     let got_b = b.wait_for(wait, |p| !p.is_empty()).await;
     let got_a = a.wait_for(wait, |p| p.len() < all.len()).await;
     assert!(!got_b.is_empty(), "the second member was given nothing");
@@ -415,7 +414,7 @@ async fn members_of_a_kafka_group_share_its_partitions() {
     // A member commits the group's offsets (the group refuses outsiders while it has members).
     let mine = *got_b.first().unwrap();
     second
-        .commit(&group, &BTreeMap::from([(mine, 0)]))
+        .commit(group, &BTreeMap::from([(mine, 0)]))
         .await
         .unwrap();
     // Leaving hands its partitions over at once, not after a session timeout.
@@ -427,11 +426,62 @@ async fn members_of_a_kafka_group_share_its_partitions() {
     );
 }
 
+/// A Kafka group id is the cluster's: two deployments on one broker under the same consumer
+/// name (`lake`, the default) each have a group of their own, named after their topic, so
+/// neither takes part in (or waits on) the other's rebalances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_sharing_a_broker_and_a_consumer_name_have_groups_of_their_own() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use std::collections::BTreeSet;
+    let (one, two) = (kafka_log("deploy-one").await, kafka_log("deploy-two").await);
+    let wait = Duration::from_secs(60);
+    let mut a = one.join("lake").await.unwrap();
+    let mut b = two.join("lake").await.unwrap();
+    assert!(a.wait_assigned(wait).await && b.wait_assigned(wait).await);
+    for (log, owned) in [(&one, &mut a), (&two, &mut b)] {
+        let all: BTreeSet<u32> = (0..log.partitions()).collect();
+        let got = owned.wait_for(wait, |p| *p == all).await;
+        assert_eq!(
+            got, all,
+            "each deployment's lone member owns its whole topic"
+        );
+    }
+    one.commit("lake", &BTreeMap::from([(0, 0)])).await.unwrap();
+    // The offsets are kept under the group the log names, and only there.
+    let brokers = std::env::var("SHOPLAKE_TEST_KAFKA").unwrap();
+    let committed = |group: String, topic: String| {
+        let brokers = brokers.clone();
+        tokio::task::spawn_blocking(move || {
+            let c: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", &group)
+                .create()
+                .unwrap();
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition(&topic, 0);
+            let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+            got.elements()[0].offset()
+        })
+    };
+    let topic = one.topic().to_owned();
+    let named = shoplake_log::group_id(&topic, "lake");
+    assert_eq!(named, format!("shoplake.{topic}.lake"));
+    assert_eq!(
+        committed(named, topic.clone()).await.unwrap(),
+        rdkafka::Offset::Offset(0)
+    );
+    assert_eq!(
+        committed("lake".to_owned(), topic).await.unwrap(),
+        rdkafka::Offset::Invalid
+    );
+}
+
 #[tokio::test]
 async fn the_embedded_log_is_owned_whole_by_its_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(&options(dir.path()));
-    let owned = log.join("lake").await.unwrap();
+    let mut owned = log.join("lake").await.unwrap();
+    assert!(owned.assigned() && owned.wait_assigned(Duration::ZERO).await);
     assert_eq!(
         owned.partitions(),
         (0..log.partitions()).collect::<std::collections::BTreeSet<_>>()
