@@ -7,19 +7,29 @@
 //! speeds. So:
 //!
 //! - Rules keyed by user or session see each event on arrival ([`Detector`] in driven mode):
-//!   their windows need only their key's order, and fire at once.
+//!   their windows need only their key's order, and fire at once. They run per partition (a
+//!   user's events all go to one), each partition's on its own watermark: what they decide
+//!   depends on that partition's records alone, never on how fast the others are read, so a
+//!   partition's share of the state can move to another process with it. A partition gone
+//!   idle follows the stream's watermark (its keys are forgotten and its incidents resolve
+//!   as time moves on elsewhere).
 //! - Rules keyed across users (address, all traffic) see events in event-time order: they are
 //!   held in a reorder buffer and released as the watermark passes them.
 //! - The watermark is per partition (Flink's per-input watermarks): a partition's is the
 //!   newest event time among its *settled* records minus the lateness, where a record settles
 //!   once `reorder_records` newer records of its partition were read or `reorder_wait` passed
 //!   since it was read; the stream's is the least over partitions that are not idle (no
-//!   records for `partition_idle`). Keys are forgotten and incidents resolved only behind it.
+//!   records for `partition_idle`). The rules keyed across users forget keys and resolve
+//!   incidents behind the stream's; those keyed by user behind their partition's.
 //! - The buffer is bounded (`max_held`): past it the oldest are released and the watermark
 //!   moves on to them (counted in [`LiveStats::forced`]; events behind it are then late).
 //!
-//! An event behind the watermark when it arrives is late: counted per partition, not windowed
-//! (it still lands in the lake).
+//! An event behind its partition's watermark when it arrives is late: counted per partition,
+//! not windowed (it still lands in the lake); so is one behind the stream's watermark when it
+//! reaches the rules keyed across users (a partition waking from idleness, or a full buffer).
+//!
+//! Each partition's detector keeps its own limits: `max_keys` and `max_dedupe_ids` are shared
+//! out evenly among the partitions.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -209,7 +219,8 @@ pub struct LiveStats {
 struct LiveState {
     /// The log positions the state reflects: every record before them, none after.
     positions: BTreeMap<u32, u64>,
-    keyed: DetectorState,
+    /// Per partition (one in processing-time mode).
+    keyed: Vec<DetectorState>,
     crossed: Option<DetectorState>,
     parts: Vec<Part>,
     /// Held events: (time, partition, offset, binary log record).
@@ -220,7 +231,7 @@ struct LiveState {
 
 /// The first bytes of a checkpoint file, and its format's version.
 const MAGIC: &[u8; 4] = b"SLDC";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// A hash of the settings a checkpoint depends on: one taken under others is not restored.
 fn settings_fingerprint(s: &Settings, partitions: u32) -> u64 {
@@ -235,7 +246,7 @@ fn settings_fingerprint(s: &Settings, partitions: u32) -> u64 {
 pub struct LiveSnapshot {
     fingerprint: u64,
     positions: BTreeMap<u32, u64>,
-    keyed: DetectorCopy,
+    keyed: Vec<DetectorCopy>,
     crossed: Option<DetectorCopy>,
     parts: Vec<Part>,
     held: Vec<(i64, u32, u64, Vec<u8>)>,
@@ -258,7 +269,11 @@ impl LiveSnapshot {
     pub fn encode(self) -> Vec<u8> {
         let state = LiveState {
             positions: self.positions,
-            keyed: self.keyed.into_state(),
+            keyed: self
+                .keyed
+                .into_iter()
+                .map(DetectorCopy::into_state)
+                .collect(),
             crossed: self.crossed.map(DetectorCopy::into_state),
             parts: self.parts,
             held: self.held,
@@ -279,7 +294,10 @@ impl LiveSnapshot {
 /// The detector `serve` runs: see the module's documentation.
 pub struct Live {
     settings: Settings,
-    keyed: Detector,
+    /// The rules keyed by user or session, per partition (all rules, in one, in
+    /// processing-time mode).
+    keyed: Vec<Detector>,
+    /// The rules keyed across users (none in processing-time mode).
     crossed: Option<Detector>,
     marks: Watermarks,
     held: BinaryHeap<Reverse<HeldEvent>>,
@@ -309,14 +327,19 @@ impl Live {
     pub fn new(settings: Settings, clock: Arc<dyn Clock>, partitions: u32) -> Live {
         let marks = Watermarks::new(partitions, &settings);
         let (keyed, crossed) = match settings.time {
-            TimeMode::Processing => (Detector::new(settings.clone(), clock), None),
+            TimeMode::Processing => (vec![Detector::new(settings.clone(), clock)], None),
             TimeMode::Event => {
+                let shares = marks.parts.len();
                 let mut keyed = settings.clone();
                 keyed.rules.retain(|r| in_key_order(r.key));
+                keyed.max_keys = keyed.max_keys.div_ceil(shares);
+                keyed.max_dedupe_ids = keyed.max_dedupe_ids.div_ceil(shares);
                 let mut crossed = settings.clone();
                 crossed.rules.retain(|r| !in_key_order(r.key));
                 (
-                    Detector::new(keyed, clock.clone()).driven(),
+                    (0..shares)
+                        .map(|_| Detector::new(keyed.clone(), clock.clone()).driven())
+                        .collect(),
                     Some(
                         Detector::new(crossed, clock)
                             .driven()
@@ -343,18 +366,21 @@ impl Live {
     /// once, the others once the watermark passes it.
     pub fn process(&mut self, partition: u32, offset: u64, mut e: Event) {
         if self.crossed.is_none() {
-            self.keyed.process(&e);
+            self.keyed[0].process(&e);
             return;
         }
-        let at = self.keyed.progress(&e, e.event_time);
+        let Some(keyed) = self.keyed.get_mut(partition as usize) else {
+            return;
+        };
+        let at = keyed.progress(&e, e.event_time);
         self.marks.observe(partition, offset, at);
-        let (late, duplicates) = (self.keyed.stats().late, self.keyed.stats().duplicates);
-        self.keyed.process(&e);
-        if self.keyed.stats().late > late {
+        let (late, duplicates) = (keyed.stats().late, keyed.stats().duplicates);
+        keyed.process(&e);
+        if keyed.stats().late > late {
             if let Some(n) = self.stats.late.get_mut(partition as usize) {
                 *n += 1;
             }
-        } else if self.keyed.stats().duplicates == duplicates {
+        } else if keyed.stats().duplicates == duplicates {
             // Neither late nor a duplicate: the rules keyed across users see what those keyed
             // by user see, without the user agent (none of them reads it; it may be a KiB).
             e.user_agent = None;
@@ -370,11 +396,14 @@ impl Live {
     /// quiet incidents. With `drain`, releases everything (the end of the input).
     pub fn end_round(&mut self, now: i64, drain: bool) {
         let Some(crossed) = &mut self.crossed else {
-            self.keyed.tick(None);
+            self.keyed[0].tick(None);
             return;
         };
         self.marks.end_round(now);
         let mut mark = self.marks.watermark(now).max(self.watermark);
+        for (p, keyed) in self.keyed.iter_mut().enumerate() {
+            keyed.advance_to(self.marks.partition(p as u32));
+        }
         let max_held = self.settings.max_held.max(1);
         while let Some(Reverse(next)) = self.held.peek() {
             let t = next.order.0;
@@ -389,13 +418,23 @@ impl Live {
                 mark = t;
             }
             if let Some(Reverse(h)) = self.held.pop() {
+                let (late, p) = (crossed.stats().late, h.order.1);
                 crossed.process(&h.event);
+                if crossed.stats().late > late
+                    && let Some(n) = self.stats.late.get_mut(p as usize)
+                {
+                    *n += 1;
+                }
             }
         }
         if mark > self.watermark {
             self.watermark = mark;
-            self.keyed.advance_to(mark);
             crossed.advance_to(mark);
+        }
+        for (p, keyed) in self.keyed.iter_mut().enumerate() {
+            if self.marks.is_idle(p as u32, now) {
+                keyed.advance_to(self.watermark);
+            }
         }
     }
 
@@ -424,7 +463,7 @@ impl Live {
                 u32::try_from(self.marks.parts.len()).unwrap_or(u32::MAX),
             ),
             positions: positions.clone(),
-            keyed: self.keyed.copy(),
+            keyed: self.keyed.iter().map(Detector::copy).collect(),
             crossed: self.crossed.as_ref().map(Detector::copy),
             parts: self.marks.parts.clone(),
             held,
@@ -472,11 +511,14 @@ impl Live {
         let mut live = Live::new(settings, clock, partitions);
         if state.parts.len() != live.marks.parts.len()
             || state.stats.late.len() != live.stats.late.len()
+            || state.keyed.len() != live.keyed.len()
             || state.crossed.is_some() != live.crossed.is_some()
         {
             return Err("taken with other partitions or time mode".to_owned());
         }
-        live.keyed.restore(state.keyed)?;
+        for (keyed, state) in live.keyed.iter_mut().zip(state.keyed) {
+            keyed.restore(state)?;
+        }
         if let (Some(c), Some(s)) = (&mut live.crossed, state.crossed) {
             c.restore(s)?;
         }
@@ -524,9 +566,13 @@ impl Live {
 
     /// The engine's counters, over both kinds of rules (events, late and duplicates once).
     pub fn stats(&self) -> Stats {
-        let mut s = self.keyed.stats().clone();
+        let mut s = Stats::default();
+        for k in &self.keyed {
+            s.add(k.stats());
+        }
         if let Some(c) = &self.crossed {
             let c = c.stats();
+            s.late += c.late;
             s.windows_fired += c.windows_fired;
             s.keys_evicted += c.keys_evicted;
             s.dedupe_evicted += c.dedupe_evicted;
@@ -541,12 +587,17 @@ impl Live {
 
     /// Event ids remembered to drop duplicates.
     pub fn dedupe_ids(&self) -> usize {
-        self.keyed.dedupe_ids() + self.crossed.as_ref().map_or(0, Detector::dedupe_ids)
+        self.keyed.iter().map(Detector::dedupe_ids).sum::<usize>()
+            + self.crossed.as_ref().map_or(0, Detector::dedupe_ids)
     }
 
     /// The incident changes so far.
     pub fn take_changes(&mut self) -> Vec<Change> {
-        let mut out = self.keyed.take_changes();
+        let mut out: Vec<Change> = self
+            .keyed
+            .iter_mut()
+            .flat_map(Detector::take_changes)
+            .collect();
         if let Some(c) = &mut self.crossed {
             out.extend(c.take_changes());
         }
@@ -555,7 +606,11 @@ impl Live {
 
     /// The incidents open now.
     pub fn open_incidents(&self) -> Vec<Incident> {
-        let mut out = self.keyed.open_incidents();
+        let mut out: Vec<Incident> = self
+            .keyed
+            .iter()
+            .flat_map(Detector::open_incidents)
+            .collect();
         if let Some(c) = &self.crossed {
             out.extend(c.open_incidents());
         }
@@ -563,7 +618,7 @@ impl Live {
     }
 
     fn each(&mut self, mut f: impl FnMut(&mut Detector)) {
-        f(&mut self.keyed);
+        self.keyed.iter_mut().for_each(&mut f);
         if let Some(c) = &mut self.crossed {
             f(c);
         }
@@ -581,14 +636,16 @@ impl Live {
 
     /// See [`Detector::set_denied_user`] (a rule keyed by user: on arrival).
     pub fn set_denied_user(&mut self, user: i64, denied: bool) {
-        self.keyed.set_denied_user(user, denied);
+        for k in &mut self.keyed {
+            k.set_denied_user(user, denied);
+        }
     }
 
     /// See [`Detector::set_denied_ip`] (a rule keyed by address: in event-time order).
     pub fn set_denied_ip(&mut self, ip: IpAddr, denied: bool) {
         match &mut self.crossed {
             Some(c) => c.set_denied_ip(ip, denied),
-            None => self.keyed.set_denied_ip(ip, denied),
+            None => self.keyed[0].set_denied_ip(ip, denied),
         }
     }
 }
@@ -836,6 +893,61 @@ mod tests {
         assert_eq!(resumed_stats, whole_stats);
     }
 
+    /// What a partition's rules keyed by user decide depends on its records alone: the same
+    /// records give the same incidents and late counts whether the other partition is read
+    /// ahead of it or far behind (so a partition's state can move between processes). Before,
+    /// they ran on the stream's watermark: with the other partition behind, a burst arriving
+    /// behind its own partition's watermark still counted; with it ahead, it was late.
+    #[test]
+    fn a_partitions_user_rules_decide_alike_however_fast_the_others_are_read() {
+        let mut s = settings();
+        s.reorder_records = 10;
+        s.reorder_wait = SEC;
+        s.partition_idle = 3600 * SEC;
+        // Partition 0: even users over 200 s, then a burst of user 8 stamped 100 s in.
+        let mut p0: Vec<Event> = (0..400)
+            .map(|i| event(i * SEC / 2, 2 * (i % 50) + 10, "10.0.0.1", 1))
+            .collect();
+        p0.extend((0..12).map(|i| event(100 * SEC + i * SEC / 10, 8, "10.0.0.8", 2)));
+        let p1: Vec<Event> = (0..400)
+            .map(|i| event(i * SEC / 2, 2 * (i % 50) + 11, "10.0.0.2", 1))
+            .collect();
+        let (early, late_p1) = p1.split_at(100);
+        let run = |order: &[(u32, &[Event])]| {
+            let mut live = Live::new(s.clone(), Arc::new(FixedClock(0)), 2);
+            let mut offsets = [0u64; 2];
+            let mut changes = Vec::new();
+            let mut now = 0;
+            for (p, events) in order {
+                for chunk in events.chunks(50) {
+                    for e in chunk {
+                        live.process(*p, offsets[*p as usize], e.clone());
+                        offsets[*p as usize] += 1;
+                    }
+                    now += SEC;
+                    live.end_round(now, false);
+                    changes.extend(live.take_changes());
+                }
+            }
+            live.end_round(i64::MAX / 2, true);
+            changes.extend(live.take_changes());
+            let mut users: Vec<_> = identities(&changes)
+                .into_iter()
+                .filter(|i| i.0 == "user_burst")
+                .collect();
+            users.sort();
+            (users, live.live_stats().late[0])
+        };
+        let (start, rest) = p0.split_at(50);
+        let other_ahead = run(&[(0, start), (1, &p1), (0, rest)]);
+        let other_behind = run(&[(0, start), (1, early), (0, rest), (1, late_p1)]);
+        assert_eq!(
+            other_ahead.1, 12,
+            "the burst is behind partition 0's watermark"
+        );
+        assert_eq!(other_behind, other_ahead);
+    }
+
     #[test]
     fn a_full_buffer_moves_the_watermark_on_and_says_so() {
         let mut s = settings();
@@ -851,11 +963,16 @@ mod tests {
         assert_eq!(live.live_stats().forced, 20);
         assert_eq!(live.watermark(), T0 + 19 * SEC);
         assert_eq!(live.oldest_held(), vec![(0, 20)]);
+        // Not behind its partition's watermark (the user's rules count it), but behind the
+        // forced one when it reaches the rules keyed across users.
         live.process(0, 30, event(5 * SEC, 2, "10.0.0.1", 1));
+        assert_eq!(live.live_stats().late, vec![0]);
+        live.end_round(0, false);
         assert_eq!(
             live.live_stats().late,
             vec![1],
             "behind the forced watermark"
         );
+        assert_eq!(live.stats().late, 1);
     }
 }

@@ -20,3 +20,16 @@ pub struct Stats {
     /// Events of allow-listed users or addresses (not counted by keyed rules).
     pub allowed: u64,
 }
+
+impl Stats {
+    /// Adds another detector's counters (the partitions' detectors summed into one).
+    pub fn add(&mut self, other: &Stats) {
+        self.events += other.events;
+        self.late += other.late;
+        self.duplicates += other.duplicates;
+        self.windows_fired += other.windows_fired;
+        self.keys_evicted += other.keys_evicted;
+        self.dedupe_evicted += other.dedupe_evicted;
+        self.allowed += other.allowed;
+    }
+}
