@@ -22,5 +22,5 @@ pub use collect::Collected;
 pub use engine::{Detector, DetectorCopy, DetectorState, Stats};
 pub use fire::{Fire, Key};
 pub use incident::{Change, Incident, Status, rfc3339, rfc3339_opt};
-pub use live::{Live, LiveSnapshot, LiveStats, Watermarks};
+pub use live::{Block, Live, LiveSnapshot, LiveStats, Watermarks};
 pub use rules::{DetectConfig, KeyType, Rule, Settings, Severity, TimeMode};

@@ -24,6 +24,13 @@
 //! - The buffer is bounded (`max_held`): past it the oldest are released and the watermark
 //!   moves on to them (counted in [`LiveStats::forced`]; events behind it are then late).
 //!
+//! A round ends in two steps with one hand-off between them: each partition's side settles
+//! its watermark, moves its user rules to it and makes a [`Block`] (its new events for the
+//! rules keyed across users, its watermark, whether it is idle); the cross-user side takes
+//! the blocks ([`Live::accept`], by offset, once), takes the least watermark of the
+//! partitions not idle, and releases what it passed. Nothing else crosses between the two, so
+//! the partitions' sides can live in other processes, their blocks carried over the log.
+//!
 //! An event behind its partition's watermark when it arrives is late: counted per partition,
 //! not windowed (it still lands in the lake); so is one behind the stream's watermark when it
 //! reaches the rules keyed across users (a partition waking from idleness, or a full buffer).
@@ -156,28 +163,82 @@ impl Watermarks {
     /// greatest when all are); `i64::MIN` until one settles. Not monotone by itself: a
     /// partition that wakes from idleness may pull it back ([`Live`] keeps the greatest).
     pub fn watermark(&mut self, now: i64) -> i64 {
-        let mut least: Option<i64> = None;
-        let mut greatest = i64::MIN;
-        for i in 0..self.parts.len() {
-            let idle = self.is_idle(i as u32, now);
-            let p = &mut self.parts[i];
-            while let Some(&(offset, read_at, newest)) = p.pending.front() {
-                let settled = idle
-                    || p.newest_offset.saturating_sub(offset) >= self.records
-                    || now.saturating_sub(read_at) >= self.wait;
-                if !settled {
-                    break;
-                }
-                p.settled = p.settled.max(newest);
-                p.pending.pop_front();
+        let marks: Vec<(i64, bool)> = (0..self.parts.len())
+            .map(|i| self.settle(i as u32, now))
+            .collect();
+        least_not_idle(marks)
+    }
+
+    /// Settles what a partition's records allow by `now`; returns its watermark and whether
+    /// it is idle.
+    pub fn settle(&mut self, partition: u32, now: i64) -> (i64, bool) {
+        let idle = self.is_idle(partition, now);
+        let Some(p) = self.parts.get_mut(partition as usize) else {
+            return (i64::MIN, true);
+        };
+        while let Some(&(offset, read_at, newest)) = p.pending.front() {
+            let settled = idle
+                || p.newest_offset.saturating_sub(offset) >= self.records
+                || now.saturating_sub(read_at) >= self.wait;
+            if !settled {
+                break;
             }
-            let mark = p.settled.saturating_sub(self.lateness);
-            greatest = greatest.max(mark);
-            if !idle {
-                least = Some(least.map_or(mark, |l| l.min(mark)));
-            }
+            p.settled = p.settled.max(newest);
+            p.pending.pop_front();
         }
-        least.unwrap_or(greatest)
+        (p.settled.saturating_sub(self.lateness), idle)
+    }
+}
+
+/// The stream's watermark from its partitions' (watermark, idle): the least of those not
+/// idle, the greatest when all are.
+fn least_not_idle(marks: impl IntoIterator<Item = (i64, bool)>) -> i64 {
+    let mut least: Option<i64> = None;
+    let mut greatest = i64::MIN;
+    for (mark, idle) in marks {
+        greatest = greatest.max(mark);
+        if !idle {
+            least = Some(least.map_or(mark, |l| l.min(mark)));
+        }
+    }
+    least.unwrap_or(greatest)
+}
+
+/// What a partition's detector hands on to the rules keyed across users after each round: the
+/// events it read since its last block that were neither late nor duplicates (with their
+/// offsets), and its watermark and idleness then. In one process [`Live`] hands blocks over at
+/// once; a block handed over again, or overlapping one already taken (a partition's detector
+/// restored from an older checkpoint, or two briefly owning it), adds nothing twice: events
+/// are taken by offset, once.
+#[derive(Debug, Clone, Default)]
+pub struct Block {
+    /// The partition.
+    pub partition: u32,
+    /// Its watermark at the end of the round.
+    pub watermark: i64,
+    /// Whether it was idle then.
+    pub idle: bool,
+    /// (offset, event), in offset order.
+    pub events: Vec<(u64, Event)>,
+}
+
+/// What the rules keyed across users know of one partition: the last block's watermark and
+/// idleness, and the offset its next new event must be at or past.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Frontier {
+    watermark: i64,
+    idle: bool,
+    next: u64,
+}
+
+impl Default for Frontier {
+    fn default() -> Self {
+        // Before its first block a partition holds nothing back (as one never read).
+        Frontier {
+            watermark: i64::MIN,
+            idle: true,
+            next: 0,
+        }
     }
 }
 
@@ -223,15 +284,72 @@ struct LiveState {
     keyed: Vec<DetectorState>,
     crossed: Option<DetectorState>,
     parts: Vec<Part>,
+    frontiers: Vec<Frontier>,
     /// Held events: (time, partition, offset, binary log record).
     held: Vec<(i64, u32, u64, Vec<u8>)>,
     watermark: i64,
+    keyed_late: Vec<u64>,
     stats: LiveStats,
 }
 
 /// The first bytes of a checkpoint file, and its format's version.
 const MAGIC: &[u8; 4] = b"SLDC";
 const VERSION: u32 = 2;
+
+/// The first bytes of one partition's share of the state ([`Live::partition_snapshot`]).
+const PARTITION_MAGIC: &[u8; 4] = b"SLDP";
+
+/// One partition's side of the detector, as it moves between processes.
+#[derive(Debug, Serialize, Deserialize)]
+struct PartitionState {
+    partition: u32,
+    /// The partition's log position the state reflects.
+    position: u64,
+    keyed: DetectorState,
+    part: Part,
+    late: u64,
+}
+
+/// `payload` behind a header: magic, format version, settings fingerprint, checksum.
+fn seal(magic: &[u8; 4], fingerprint: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 24);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&fingerprint.to_le_bytes());
+    out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The payload behind a [`seal`]ed header, checked; the reason when it does not fit.
+fn unseal<'a>(magic: &[u8; 4], fingerprint: u64, bytes: &'a [u8]) -> Result<&'a [u8], String> {
+    let header = |at: usize| -> Result<u64, String> {
+        bytes
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(|| "the checkpoint is cut short".to_owned())
+    };
+    if bytes.get(..4) != Some(magic.as_slice()) {
+        return Err("not a detector checkpoint".to_owned());
+    }
+    let version = bytes
+        .get(4..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes);
+    if version != Some(VERSION) {
+        return Err(format!("a checkpoint of format {version:?}, not {VERSION}"));
+    }
+    if header(8)? != fingerprint {
+        return Err("taken under other detection settings or partitions".to_owned());
+    }
+    let checksum = header(16)?;
+    let payload = &bytes[24.min(bytes.len())..];
+    if xxhash_rust::xxh3::xxh3_64(payload) != checksum {
+        return Err("the checkpoint is damaged (checksum)".to_owned());
+    }
+    Ok(payload)
+}
 
 /// A hash of the settings a checkpoint depends on: one taken under others is not restored.
 fn settings_fingerprint(s: &Settings, partitions: u32) -> u64 {
@@ -249,8 +367,10 @@ pub struct LiveSnapshot {
     keyed: Vec<DetectorCopy>,
     crossed: Option<DetectorCopy>,
     parts: Vec<Part>,
+    frontiers: Vec<Frontier>,
     held: Vec<(i64, u32, u64, Vec<u8>)>,
     watermark: i64,
+    keyed_late: Vec<u64>,
     stats: LiveStats,
 }
 
@@ -276,32 +396,41 @@ impl LiveSnapshot {
                 .collect(),
             crossed: self.crossed.map(DetectorCopy::into_state),
             parts: self.parts,
+            frontiers: self.frontiers,
             held: self.held,
             watermark: self.watermark,
+            keyed_late: self.keyed_late,
             stats: self.stats,
         };
         let payload = postcard::to_allocvec(&state).unwrap_or_default();
-        let mut out = Vec::with_capacity(payload.len() + 24);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&self.fingerprint.to_le_bytes());
-        out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
-        out.extend_from_slice(&payload);
-        out
+        seal(MAGIC, self.fingerprint, &payload)
     }
 }
 
 /// The detector `serve` runs: see the module's documentation.
 pub struct Live {
     settings: Settings,
+    clock: Arc<dyn Clock>,
+    /// The settings of each partition's detector (event-time mode).
+    keyed_settings: Settings,
+    /// Each partition idle at its last round's end.
+    idle: Vec<bool>,
     /// The rules keyed by user or session, per partition (all rules, in one, in
     /// processing-time mode).
     keyed: Vec<Detector>,
     /// The rules keyed across users (none in processing-time mode).
     crossed: Option<Detector>,
+    /// Each partition's progress (its detector's).
     marks: Watermarks,
+    /// Each partition's events for its next block.
+    outbox: Vec<Vec<(u64, Event)>>,
+    /// Each partition as the rules keyed across users know it.
+    frontiers: Vec<Frontier>,
     held: BinaryHeap<Reverse<HeldEvent>>,
     watermark: i64,
+    /// Per partition, events late at their partition's detector.
+    keyed_late: Vec<u64>,
+    /// The cross-user side's counts: its late events per partition, its forced releases.
     stats: LiveStats,
 }
 
@@ -326,22 +455,22 @@ impl Live {
     /// sees events on arrival, as the reference design's did.
     pub fn new(settings: Settings, clock: Arc<dyn Clock>, partitions: u32) -> Live {
         let marks = Watermarks::new(partitions, &settings);
+        let shares = marks.parts.len();
+        let mut keyed_settings = settings.clone();
+        keyed_settings.rules.retain(|r| in_key_order(r.key));
+        keyed_settings.max_keys = keyed_settings.max_keys.div_ceil(shares);
+        keyed_settings.max_dedupe_ids = keyed_settings.max_dedupe_ids.div_ceil(shares);
         let (keyed, crossed) = match settings.time {
-            TimeMode::Processing => (vec![Detector::new(settings.clone(), clock)], None),
+            TimeMode::Processing => (vec![Detector::new(settings.clone(), clock.clone())], None),
             TimeMode::Event => {
-                let shares = marks.parts.len();
-                let mut keyed = settings.clone();
-                keyed.rules.retain(|r| in_key_order(r.key));
-                keyed.max_keys = keyed.max_keys.div_ceil(shares);
-                keyed.max_dedupe_ids = keyed.max_dedupe_ids.div_ceil(shares);
                 let mut crossed = settings.clone();
                 crossed.rules.retain(|r| !in_key_order(r.key));
                 (
                     (0..shares)
-                        .map(|_| Detector::new(keyed.clone(), clock.clone()).driven())
+                        .map(|_| Detector::new(keyed_settings.clone(), clock.clone()).driven())
                         .collect(),
                     Some(
-                        Detector::new(crossed, clock)
+                        Detector::new(crossed, clock.clone())
                             .driven()
                             .deduplicated_upstream(),
                     ),
@@ -349,6 +478,10 @@ impl Live {
             }
         };
         Live {
+            clock,
+            keyed_settings,
+            idle: vec![true; shares],
+            keyed_late: vec![0; shares],
             stats: LiveStats {
                 late: vec![0; marks.parts.len()],
                 forced: 0,
@@ -356,6 +489,8 @@ impl Live {
             settings,
             keyed,
             crossed,
+            outbox: vec![Vec::new(); marks.parts.len()],
+            frontiers: vec![Frontier::default(); marks.parts.len()],
             marks,
             held: BinaryHeap::new(),
             watermark: i64::MIN,
@@ -377,17 +512,16 @@ impl Live {
         let (late, duplicates) = (keyed.stats().late, keyed.stats().duplicates);
         keyed.process(&e);
         if keyed.stats().late > late {
-            if let Some(n) = self.stats.late.get_mut(partition as usize) {
+            if let Some(n) = self.keyed_late.get_mut(partition as usize) {
                 *n += 1;
             }
         } else if keyed.stats().duplicates == duplicates {
             // Neither late nor a duplicate: the rules keyed across users see what those keyed
             // by user see, without the user agent (none of them reads it; it may be a KiB).
             e.user_agent = None;
-            self.held.push(Reverse(HeldEvent {
-                order: (e.event_time, partition, offset),
-                event: e,
-            }));
+            if let Some(out) = self.outbox.get_mut(partition as usize) {
+                out.push((offset, e));
+            }
         }
     }
 
@@ -395,15 +529,168 @@ impl Live {
     /// held events it passed to the rules keyed across users, closes windows and resolves
     /// quiet incidents. With `drain`, releases everything (the end of the input).
     pub fn end_round(&mut self, now: i64, drain: bool) {
-        let Some(crossed) = &mut self.crossed else {
+        if self.crossed.is_none() {
             self.keyed[0].tick(None);
             return;
-        };
-        self.marks.end_round(now);
-        let mut mark = self.marks.watermark(now).max(self.watermark);
-        for (p, keyed) in self.keyed.iter_mut().enumerate() {
-            keyed.advance_to(self.marks.partition(p as u32));
         }
+        let all: Vec<u32> = (0..self.keyed.len() as u32).collect();
+        for block in self.end_partitions(now, &all) {
+            self.accept(block);
+        }
+        self.combine(drain);
+        self.follow(self.watermark, &all);
+    }
+
+    /// The partitions' side of a round's end, for the partitions this process owns (event-time
+    /// mode): their watermarks settle, their user rules move to them, and their blocks are
+    /// made, for [`Live::accept`] here or in the process that runs the rules keyed across
+    /// users. Then [`Live::follow`] with the stream's watermark.
+    pub fn end_partitions(&mut self, now: i64, owned: &[u32]) -> Vec<Block> {
+        if self.crossed.is_none() {
+            return Vec::new();
+        }
+        self.marks.end_round(now);
+        let partitions = self.keyed.len();
+        owned
+            .iter()
+            .filter(|p| (**p as usize) < partitions)
+            .map(|p| self.partition_round(*p, now))
+            .collect()
+    }
+
+    /// Moves the user rules of the owned partitions that were idle at their last round to the
+    /// stream's watermark (keys forgotten, incidents resolved as time moves on elsewhere).
+    pub fn follow(&mut self, stream: i64, owned: &[u32]) {
+        for p in owned {
+            let p = *p as usize;
+            if self.idle.get(p) == Some(&true)
+                && let Some(keyed) = self.keyed.get_mut(p)
+            {
+                keyed.advance_to(stream);
+            }
+        }
+    }
+
+    /// The rules keyed across users' side of a round's end, in the process that runs them:
+    /// after the round's blocks were [accepted](Live::accept), releases what the stream's
+    /// watermark passed (everything with `drain`); returns that watermark.
+    pub fn combine_round(&mut self, drain: bool) -> i64 {
+        self.combine(drain);
+        self.watermark
+    }
+
+    /// One partition's share of the state, reflecting its log up to `position`: what a
+    /// process that gains the partition restores ([`Live::restore_partition`]). Take it between
+    /// rounds, with the partition's changes taken and stored.
+    pub fn partition_snapshot(&self, partition: u32, position: u64) -> Option<Vec<u8>> {
+        let p = partition as usize;
+        self.crossed.as_ref()?;
+        let state = PartitionState {
+            partition,
+            position,
+            keyed: self.keyed.get(p)?.copy().into_state(),
+            part: self.marks.parts.get(p)?.clone(),
+            late: *self.keyed_late.get(p)?,
+        };
+        let payload = postcard::to_allocvec(&state).ok()?;
+        Some(seal(PARTITION_MAGIC, self.fingerprint(), &payload))
+    }
+
+    /// Takes a partition's share of the state from a [`Live::partition_snapshot`] taken with
+    /// the same settings and partitions (in this process or another); returns the partition
+    /// and the position to read it on from. What the rules keyed across users know of the
+    /// partition stays (its blocks are taken by offset, once).
+    pub fn restore_partition(&mut self, bytes: &[u8]) -> Result<(u32, u64), String> {
+        let payload = unseal(PARTITION_MAGIC, self.fingerprint(), bytes)?;
+        let state: PartitionState =
+            postcard::from_bytes(payload).map_err(|e| format!("the checkpoint is damaged: {e}"))?;
+        let p = state.partition as usize;
+        if p >= self.keyed.len() || self.crossed.is_none() {
+            return Err(format!("no partition {} here", state.partition));
+        }
+        let mut keyed = Detector::new(self.keyed_settings.clone(), self.clock.clone()).driven();
+        keyed.restore(state.keyed)?;
+        self.keyed[p] = keyed;
+        self.marks.parts[p] = state.part;
+        self.keyed_late[p] = state.late;
+        self.outbox[p].clear();
+        self.idle[p] = true;
+        Ok((state.partition, state.position))
+    }
+
+    /// Starts a partition's share of the state afresh: a partition lost to another process
+    /// (its state goes with it), or gained without a snapshot.
+    pub fn reset_partition(&mut self, partition: u32) {
+        let p = partition as usize;
+        if p >= self.keyed.len() || self.crossed.is_none() {
+            return;
+        }
+        self.keyed[p] = Detector::new(self.keyed_settings.clone(), self.clock.clone()).driven();
+        self.marks.parts[p] = Part::new();
+        self.keyed_late[p] = 0;
+        self.outbox[p].clear();
+        self.idle[p] = true;
+    }
+
+    fn fingerprint(&self) -> u64 {
+        settings_fingerprint(
+            &self.settings,
+            u32::try_from(self.marks.parts.len()).unwrap_or(u32::MAX),
+        )
+    }
+
+    /// A partition's side of a round's end: its watermark settles, its rules keyed by user
+    /// move to it, and its block is made.
+    fn partition_round(&mut self, partition: u32, now: i64) -> Block {
+        let (watermark, idle) = self.marks.settle(partition, now);
+        let p = partition as usize;
+        if let Some(i) = self.idle.get_mut(p) {
+            *i = idle;
+        }
+        if let Some(keyed) = self.keyed.get_mut(p) {
+            keyed.advance_to(watermark);
+        }
+        Block {
+            partition,
+            watermark,
+            idle,
+            events: self
+                .outbox
+                .get_mut(p)
+                .map(std::mem::take)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Takes a partition's block for the rules keyed across users: its new events (by
+    /// offset) wait for the stream's watermark; its watermark and idleness count from now.
+    pub fn accept(&mut self, block: Block) {
+        let Some(f) = self.frontiers.get_mut(block.partition as usize) else {
+            return;
+        };
+        for (offset, event) in block.events {
+            if offset < f.next {
+                continue;
+            }
+            f.next = offset + 1;
+            self.held.push(Reverse(HeldEvent {
+                order: (event.event_time, block.partition, offset),
+                event,
+            }));
+        }
+        f.watermark = f.watermark.max(block.watermark);
+        f.idle = block.idle;
+    }
+
+    /// The rules keyed across users' side of a round's end: the stream's watermark from the
+    /// partitions' last blocks, and the held events it passed released to them in
+    /// (time, partition, offset) order. With `drain`, everything is released.
+    fn combine(&mut self, drain: bool) {
+        let Some(crossed) = &mut self.crossed else {
+            return;
+        };
+        let mut mark = least_not_idle(self.frontiers.iter().map(|f| (f.watermark, f.idle)))
+            .max(self.watermark);
         let max_held = self.settings.max_held.max(1);
         while let Some(Reverse(next)) = self.held.peek() {
             let t = next.order.0;
@@ -431,15 +718,11 @@ impl Live {
             self.watermark = mark;
             crossed.advance_to(mark);
         }
-        for (p, keyed) in self.keyed.iter_mut().enumerate() {
-            if self.marks.is_idle(p as u32, now) {
-                keyed.advance_to(self.watermark);
-            }
-        }
     }
 
     /// A checkpoint of the whole state, reflecting the log up to `positions` (per partition,
-    /// the next offset to read): take it between rounds, with the changes taken and stored.
+    /// the next offset to read): take it between rounds (after [`Live::end_round`], which
+    /// hands every block over), with the changes taken and stored.
     /// Restored by [`Live::restore`].
     pub fn checkpoint(&self, positions: &BTreeMap<u32, u64>) -> Vec<u8> {
         self.snapshot(positions).encode()
@@ -448,6 +731,10 @@ impl Live {
     /// The state copied for a checkpoint (cheap), to be encoded beside the detector by
     /// [`LiveSnapshot::encode`].
     pub fn snapshot(&self, positions: &BTreeMap<u32, u64>) -> LiveSnapshot {
+        debug_assert!(
+            self.outbox.iter().all(Vec::is_empty),
+            "a checkpoint between rounds"
+        );
         let held = self
             .held
             .iter()
@@ -466,8 +753,10 @@ impl Live {
             keyed: self.keyed.iter().map(Detector::copy).collect(),
             crossed: self.crossed.as_ref().map(Detector::copy),
             parts: self.marks.parts.clone(),
+            frontiers: self.frontiers.clone(),
             held,
             watermark: self.watermark,
+            keyed_late: self.keyed_late.clone(),
             stats: self.stats.clone(),
         }
     }
@@ -481,37 +770,15 @@ impl Live {
         partitions: u32,
         bytes: &[u8],
     ) -> Result<(Live, BTreeMap<u32, u64>), String> {
-        let header = |at: usize| -> Result<u64, String> {
-            bytes
-                .get(at..at + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes)
-                .ok_or_else(|| "the checkpoint is cut short".to_owned())
-        };
-        if bytes.get(..4) != Some(MAGIC.as_slice()) {
-            return Err("not a detector checkpoint".to_owned());
-        }
-        let version = bytes
-            .get(4..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes);
-        if version != Some(VERSION) {
-            return Err(format!("a checkpoint of format {version:?}, not {VERSION}"));
-        }
-        if header(8)? != settings_fingerprint(&settings, partitions) {
-            return Err("taken under other detection settings or partitions".to_owned());
-        }
-        let checksum = header(16)?;
-        let payload = &bytes[24.min(bytes.len())..];
-        if xxhash_rust::xxh3::xxh3_64(payload) != checksum {
-            return Err("the checkpoint is damaged (checksum)".to_owned());
-        }
+        let payload = unseal(MAGIC, settings_fingerprint(&settings, partitions), bytes)?;
         let state: LiveState =
             postcard::from_bytes(payload).map_err(|e| format!("the checkpoint is damaged: {e}"))?;
         let mut live = Live::new(settings, clock, partitions);
         if state.parts.len() != live.marks.parts.len()
             || state.stats.late.len() != live.stats.late.len()
             || state.keyed.len() != live.keyed.len()
+            || state.frontiers.len() != live.frontiers.len()
+            || state.keyed_late.len() != live.keyed_late.len()
             || state.crossed.is_some() != live.crossed.is_some()
         {
             return Err("taken with other partitions or time mode".to_owned());
@@ -532,7 +799,9 @@ impl Live {
             }));
         }
         live.marks.parts = state.parts;
+        live.frontiers = state.frontiers;
         live.watermark = state.watermark;
+        live.keyed_late = state.keyed_late;
         live.stats = state.stats;
         Ok((live, state.positions))
     }
@@ -580,9 +849,18 @@ impl Live {
         s
     }
 
-    /// Late events per partition and forced releases.
-    pub fn live_stats(&self) -> &LiveStats {
-        &self.stats
+    /// Late events per partition (at its detector or at the rules keyed across users) and
+    /// forced releases.
+    pub fn live_stats(&self) -> LiveStats {
+        LiveStats {
+            late: self
+                .keyed_late
+                .iter()
+                .zip(&self.stats.late)
+                .map(|(a, b)| a + b)
+                .collect(),
+            forced: self.stats.forced,
+        }
     }
 
     /// Event ids remembered to drop duplicates.
@@ -946,6 +1224,195 @@ mod tests {
             "the burst is behind partition 0's watermark"
         );
         assert_eq!(other_behind, other_ahead);
+    }
+
+    /// Blocks handed over twice, or again after newer ones (a partition's detector restored
+    /// from an older checkpoint, or two processes briefly owning a partition), change nothing:
+    /// events are taken by offset, once, and a watermark never goes back.
+    #[test]
+    fn blocks_handed_over_again_count_once() {
+        let mut events = Vec::new();
+        for i in 0..3000 {
+            events.push(event(i * SEC / 4, 1000 + i % 250, "10.0.0.1", i % 40 + 1));
+        }
+        for i in 0..150 {
+            events.push(event(300 * SEC + i * SEC / 20, 5000 + i, "10.9.9.9", 1));
+        }
+        for i in 0..1500 {
+            events.push(event(
+                500 * SEC + i * SEC / 300,
+                9000 + i % 600,
+                "10.0.0.3",
+                2,
+            ));
+        }
+        events.sort_by_key(|e| e.event_time);
+        let run = |again: bool| {
+            let mut s = settings();
+            s.reorder_records = 50;
+            let mut live = Live::new(s, Arc::new(FixedClock(0)), 3);
+            let mut offsets = [0u64; 3];
+            let mut changes = Vec::new();
+            let mut previous: Vec<Option<Block>> = vec![None; 3];
+            let mut round = |live: &mut Live, now: i64, drain: bool| {
+                for block in live.end_partitions(now, &[0, 1, 2]) {
+                    live.accept(block.clone());
+                    if again {
+                        live.accept(block.clone());
+                        let p = block.partition as usize;
+                        if let Some(old) = previous[p].replace(block) {
+                            live.accept(old);
+                        }
+                    }
+                }
+                let stream = live.combine_round(drain);
+                live.follow(stream, &[0, 1, 2]);
+            };
+            for (n, e) in events.iter().enumerate() {
+                let p = (e.user_id % 3) as u32;
+                live.process(p, offsets[p as usize], e.clone());
+                offsets[p as usize] += 1;
+                if n % 97 == 96 {
+                    round(&mut live, n as i64 * 1000, false);
+                    changes.extend(live.take_changes());
+                }
+            }
+            round(&mut live, i64::MAX / 2, true);
+            changes.extend(live.take_changes());
+            (counts(&changes), live.stats(), live.live_stats())
+        };
+        let once = run(false);
+        assert!(once.0.iter().any(|i| i.0 == "ip_flood"), "{:?}", once.0);
+        assert!(
+            once.0.iter().any(|i| i.0 == "traffic_spike"),
+            "{:?}",
+            once.0
+        );
+        assert_eq!(run(true), once);
+    }
+
+    /// Two processes share four partitions, the first also running the rules keyed across
+    /// users on both processes' blocks; midway partition 1 moves from the first to the second,
+    /// which restores it from a snapshot three rounds old and reads it again from there. The
+    /// incidents are those of one process running everything.
+    #[test]
+    fn a_partition_moving_between_processes_gives_the_incidents_of_one() {
+        let mut events = Vec::new();
+        for i in 0..4000 {
+            events.push(event(i * SEC / 4, 1000 + i % 250, "10.0.0.1", i % 40 + 1));
+        }
+        for i in 0..30 {
+            events.push(event(400 * SEC + i * SEC / 5, 1001, "10.0.0.2", 100 + i));
+        }
+        for i in 0..150 {
+            events.push(event(402 * SEC + i * SEC / 20, 5000 + i, "10.9.9.9", 1));
+        }
+        for i in 0..1500 {
+            events.push(event(
+                700 * SEC + i * SEC / 300,
+                9000 + i % 600,
+                "10.0.0.3",
+                2,
+            ));
+        }
+        events.sort_by_key(|e| e.event_time);
+        let mut s = settings();
+        s.reorder_records = 50;
+        let clock = || -> Arc<dyn Clock> { Arc::new(FixedClock(0)) };
+        let placed: Vec<(u32, u64, &Event)> = {
+            let mut offsets = [0u64; 4];
+            events
+                .iter()
+                .map(|e| {
+                    let p = (e.user_id % 4) as u32;
+                    offsets[p as usize] += 1;
+                    (p, offsets[p as usize] - 1, e)
+                })
+                .collect()
+        };
+        let every = 97;
+
+        let mut one = Live::new(s.clone(), clock(), 4);
+        let mut want = Vec::new();
+        for (n, (p, o, e)) in placed.iter().enumerate() {
+            one.process(*p, *o, (*e).clone());
+            if n % every == every - 1 {
+                one.end_round(n as i64 * 1000, false);
+                want.extend(one.take_changes());
+            }
+        }
+        one.end_round(i64::MAX / 2, true);
+        want.extend(one.take_changes());
+
+        let (mut a, mut b) = (
+            Live::new(s.clone(), clock(), 4),
+            Live::new(s.clone(), clock(), 4),
+        );
+        let (mut owned_a, mut owned_b) = (vec![0u32, 1], vec![2u32, 3]);
+        let mut got = Vec::new();
+        let mut next = [0u64; 4];
+        let mut snapshots: Vec<Vec<u8>> = Vec::new();
+        let rounds = placed.len() / every;
+        let moved_at = rounds / 2;
+        let round = |a: &mut Live, b: &mut Live, oa: &[u32], ob: &[u32], now: i64, drain: bool| {
+            let mut blocks = a.end_partitions(now, oa);
+            blocks.extend(b.end_partitions(now, ob));
+            for block in blocks {
+                a.accept(block);
+            }
+            let stream = a.combine_round(drain);
+            a.follow(stream, oa);
+            b.follow(stream, ob);
+        };
+        let mut r = 0;
+        for (n, (p, o, e)) in placed.iter().enumerate() {
+            let live = if owned_a.contains(p) { &mut a } else { &mut b };
+            if *o >= next[*p as usize] {
+                live.process(*p, *o, (*e).clone());
+                next[*p as usize] = o + 1;
+            }
+            if n % every == every - 1 {
+                round(&mut a, &mut b, &owned_a, &owned_b, n as i64 * 1000, false);
+                got.extend(a.take_changes());
+                got.extend(b.take_changes());
+                snapshots.push(a.partition_snapshot(1, next[1]).unwrap());
+                r += 1;
+                if r == moved_at {
+                    let old = &snapshots[snapshots.len() - 4];
+                    let (partition, from) = b.restore_partition(old).unwrap();
+                    assert_eq!(partition, 1);
+                    assert!(from < next[1]);
+                    a.reset_partition(1);
+                    owned_a.retain(|p| *p != 1);
+                    owned_b.push(1);
+                    // The new owner reads the partition again from the snapshot's position.
+                    for (p, o, e) in &placed[..=n] {
+                        if *p == 1 && *o >= from {
+                            b.process(1, *o, (*e).clone());
+                        }
+                    }
+                }
+            }
+        }
+        round(&mut a, &mut b, &owned_a, &owned_b, i64::MAX / 2, true);
+        got.extend(a.take_changes());
+        got.extend(b.take_changes());
+        let want = counts(&want);
+        assert!(want.iter().any(|i| i.0 == "user_burst"), "{want:?}");
+        assert!(want.iter().any(|i| i.0 == "ip_flood"), "{want:?}");
+        assert!(want.iter().any(|i| i.0 == "traffic_spike"), "{want:?}");
+        assert_eq!(counts(&got), want);
+        // A snapshot of another partition count or damaged is refused.
+        let snap = a.partition_snapshot(0, 0).unwrap();
+        assert!(
+            Live::new(s.clone(), clock(), 3)
+                .restore_partition(&snap)
+                .is_err()
+        );
+        let mut bad = snap.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(b.restore_partition(&bad).is_err());
     }
 
     #[test]
