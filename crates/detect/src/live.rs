@@ -222,6 +222,88 @@ pub struct Block {
     pub events: Vec<(u64, Event)>,
 }
 
+/// A [`Block`] as bytes travel between processes: the header, then each event as a binary
+/// log record.
+#[derive(Serialize, Deserialize)]
+struct BlockWire {
+    partition: u32,
+    watermark: i64,
+    idle: bool,
+    events: Vec<(u64, Vec<u8>)>,
+}
+
+/// The first bytes of an encoded block, and its format's version.
+const BLOCK_MAGIC: &[u8; 4] = b"SLDB";
+
+impl Block {
+    /// The block as bytes ([`Block::decode`] reads them back).
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = BlockWire {
+            partition: self.partition,
+            watermark: self.watermark,
+            idle: self.idle,
+            events: self
+                .events
+                .iter()
+                .map(|(offset, e)| {
+                    let mut bytes = Vec::new();
+                    shoplake_events::record::encode(&mut bytes, e, RecordFormat::Binary);
+                    (*offset, bytes)
+                })
+                .collect(),
+        };
+        let payload = postcard::to_allocvec(&wire).unwrap_or_default();
+        let mut out = Vec::with_capacity(payload.len() + 16);
+        out.extend_from_slice(BLOCK_MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    /// A block from [`Block::encode`]'s bytes; the reason when they are not one (damaged, of
+    /// another version, an event that does not pass the validator).
+    pub fn decode(bytes: &[u8]) -> Result<Block, String> {
+        if bytes.get(..4) != Some(BLOCK_MAGIC.as_slice()) {
+            return Err("not a detector block".to_owned());
+        }
+        let version = bytes
+            .get(4..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes);
+        if version != Some(VERSION) {
+            return Err(format!("a block of format {version:?}, not {VERSION}"));
+        }
+        let checksum = bytes
+            .get(8..16)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or("the block is cut short")?;
+        let payload = &bytes[16..];
+        if xxhash_rust::xxh3::xxh3_64(payload) != checksum {
+            return Err("the block is damaged (checksum)".to_owned());
+        }
+        let wire: BlockWire =
+            postcard::from_bytes(payload).map_err(|e| format!("the block is damaged: {e}"))?;
+        let validator = Validator::default();
+        let events = wire
+            .events
+            .into_iter()
+            .map(|(offset, bytes)| {
+                shoplake_events::record::decode(&bytes, &validator)
+                    .map(|e| (offset, e))
+                    .map_err(|e| format!("an event of the block at offset {offset}: {}", e.reason))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Block {
+            partition: wire.partition,
+            watermark: wire.watermark,
+            idle: wire.idle,
+            events,
+        })
+    }
+}
+
 /// What the rules keyed across users know of one partition: the last block's watermark and
 /// idleness, and the offset its next new event must be at or past.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -1358,7 +1440,8 @@ mod tests {
             let mut blocks = a.end_partitions(now, oa);
             blocks.extend(b.end_partitions(now, ob));
             for block in blocks {
-                a.accept(block);
+                // Blocks travel between processes as bytes.
+                a.accept(Block::decode(&block.encode()).unwrap());
             }
             let stream = a.combine_round(drain);
             a.follow(stream, oa);
@@ -1413,6 +1496,36 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         assert!(b.restore_partition(&bad).is_err());
+    }
+
+    #[test]
+    fn a_block_survives_bytes_and_damaged_bytes_are_refused_not_panicked_on() {
+        let block = Block {
+            partition: 3,
+            watermark: T0 + 7,
+            idle: false,
+            events: vec![
+                (41, event(SEC, 7, "10.0.0.1", 5)),
+                (42, event(2 * SEC, 8, "::1", 6)),
+            ],
+        };
+        let bytes = block.encode();
+        let back = Block::decode(&bytes).unwrap();
+        assert_eq!(
+            (back.partition, back.watermark, back.idle),
+            (3, T0 + 7, false)
+        );
+        assert_eq!(back.events.len(), 2);
+        assert_eq!(back.events[1].0, 42);
+        assert_eq!(back.events[1].1, block.events[1].1);
+        for cut in 0..bytes.len() {
+            assert!(Block::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        for at in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x10;
+            assert!(Block::decode(&bad).is_err(), "a flipped bit at {at}");
+        }
     }
 
     #[test]
