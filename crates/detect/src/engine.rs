@@ -246,6 +246,11 @@ impl Detector {
         Ok(())
     }
 
+    /// The settings it runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// The counters.
     pub fn stats(&self) -> &Stats {
         &self.stats

@@ -374,6 +374,24 @@ struct LiveState {
     stats: LiveStats,
 }
 
+/// Held events from a checkpoint's records.
+fn decode_held(
+    records: Vec<(i64, u32, u64, Vec<u8>)>,
+) -> Result<BinaryHeap<Reverse<HeldEvent>>, String> {
+    let validator = Validator::default();
+    records
+        .into_iter()
+        .map(|(t, p, offset, bytes)| {
+            let event = shoplake_events::record::decode(&bytes, &validator)
+                .map_err(|e| format!("a held event of the checkpoint: {}", e.reason))?;
+            Ok(Reverse(HeldEvent {
+                order: (t, p, offset),
+                event,
+            }))
+        })
+        .collect()
+}
+
 /// The first bytes of a checkpoint file, and its format's version.
 const MAGIC: &[u8; 4] = b"SLDC";
 const VERSION: u32 = 2;
@@ -390,6 +408,22 @@ struct PartitionState {
     keyed: DetectorState,
     part: Part,
     late: u64,
+}
+
+/// The first bytes of the cross-user side's state ([`Live::cross_snapshot`]).
+const CROSS_MAGIC: &[u8; 4] = b"SLDX";
+
+/// The rules keyed across users' side of the detector, as it moves between processes.
+#[derive(Debug, Serialize, Deserialize)]
+struct CrossState {
+    /// Where the process reading the partitions' blocks got to (its own positions).
+    position: BTreeMap<u32, u64>,
+    crossed: DetectorState,
+    frontiers: Vec<Frontier>,
+    /// Held events: (time, partition, offset, binary log record).
+    held: Vec<(i64, u32, u64, Vec<u8>)>,
+    watermark: i64,
+    stats: LiveStats,
 }
 
 /// `payload` behind a header: magic, format version, settings fingerprint, checksum.
@@ -714,6 +748,80 @@ impl Live {
         self.idle[p] = true;
     }
 
+    /// The rules keyed across users' share of the state, with `position` (where the caller
+    /// read the partitions' blocks to): what the process that takes that side over restores
+    /// ([`Live::restore_cross`]). Take it between rounds, with the changes taken and stored.
+    pub fn cross_snapshot(&self, position: &BTreeMap<u32, u64>) -> Option<Vec<u8>> {
+        let state = CrossState {
+            position: position.clone(),
+            crossed: self.crossed.as_ref()?.copy().into_state(),
+            frontiers: self.frontiers.clone(),
+            held: self.held_records(),
+            watermark: self.watermark,
+            stats: self.stats.clone(),
+        };
+        let payload = postcard::to_allocvec(&state).ok()?;
+        Some(seal(CROSS_MAGIC, self.fingerprint(), &payload))
+    }
+
+    /// Takes the rules keyed across users' share of the state from a
+    /// [`Live::cross_snapshot`] taken with the same settings and partitions; returns the
+    /// position it was taken at. The partitions' shares stay as they are.
+    pub fn restore_cross(&mut self, bytes: &[u8]) -> Result<BTreeMap<u32, u64>, String> {
+        let payload = unseal(CROSS_MAGIC, self.fingerprint(), bytes)?;
+        let state: CrossState =
+            postcard::from_bytes(payload).map_err(|e| format!("the checkpoint is damaged: {e}"))?;
+        let Some(crossed) = &self.crossed else {
+            return Err("no rules keyed across users in processing-time mode".to_owned());
+        };
+        if state.frontiers.len() != self.frontiers.len()
+            || state.stats.late.len() != self.stats.late.len()
+        {
+            return Err("taken with other partitions".to_owned());
+        }
+        let mut fresh = Detector::new(crossed.settings().clone(), self.clock.clone())
+            .driven()
+            .deduplicated_upstream();
+        fresh.restore(state.crossed)?;
+        let held = decode_held(state.held)?;
+        self.crossed = Some(fresh);
+        self.held = held;
+        self.frontiers = state.frontiers;
+        self.watermark = state.watermark;
+        self.stats = state.stats;
+        Ok(state.position)
+    }
+
+    /// Starts the rules keyed across users' share afresh (the side moved to another process).
+    pub fn reset_cross(&mut self) {
+        if let Some(crossed) = &self.crossed {
+            self.crossed = Some(
+                Detector::new(crossed.settings().clone(), self.clock.clone())
+                    .driven()
+                    .deduplicated_upstream(),
+            );
+            self.held.clear();
+            self.frontiers = vec![Frontier::default(); self.frontiers.len()];
+            self.watermark = i64::MIN;
+            self.stats = LiveStats {
+                late: vec![0; self.stats.late.len()],
+                forced: 0,
+            };
+        }
+    }
+
+    /// The held events as a checkpoint keeps them.
+    fn held_records(&self) -> Vec<(i64, u32, u64, Vec<u8>)> {
+        self.held
+            .iter()
+            .map(|Reverse(h)| {
+                let mut bytes = Vec::new();
+                shoplake_events::record::encode(&mut bytes, &h.event, RecordFormat::Binary);
+                (h.order.0, h.order.1, h.order.2, bytes)
+            })
+            .collect()
+    }
+
     fn fingerprint(&self) -> u64 {
         settings_fingerprint(
             &self.settings,
@@ -817,15 +925,7 @@ impl Live {
             self.outbox.iter().all(Vec::is_empty),
             "a checkpoint between rounds"
         );
-        let held = self
-            .held
-            .iter()
-            .map(|Reverse(h)| {
-                let mut bytes = Vec::new();
-                shoplake_events::record::encode(&mut bytes, &h.event, RecordFormat::Binary);
-                (h.order.0, h.order.1, h.order.2, bytes)
-            })
-            .collect();
+        let held = self.held_records();
         LiveSnapshot {
             fingerprint: settings_fingerprint(
                 &self.settings,
@@ -871,15 +971,7 @@ impl Live {
         if let (Some(c), Some(s)) = (&mut live.crossed, state.crossed) {
             c.restore(s)?;
         }
-        let validator = Validator::default();
-        for (t, p, offset, bytes) in state.held {
-            let event = shoplake_events::record::decode(&bytes, &validator)
-                .map_err(|e| format!("a held event of the checkpoint: {}", e.reason))?;
-            live.held.push(Reverse(HeldEvent {
-                order: (t, p, offset),
-                event,
-            }));
-        }
+        live.held = decode_held(state.held)?;
         live.marks.parts = state.parts;
         live.frontiers = state.frontiers;
         live.watermark = state.watermark;
@@ -1374,9 +1466,11 @@ mod tests {
     }
 
     /// Two processes share four partitions, the first also running the rules keyed across
-    /// users on both processes' blocks; midway partition 1 moves from the first to the second,
-    /// which restores it from a snapshot three rounds old and reads it again from there. The
-    /// incidents are those of one process running everything.
+    /// users on both processes' blocks (carried as bytes, as over a log); midway partition 1
+    /// moves from the first to the second, which restores it from a snapshot three rounds old
+    /// and reads it again from there; later, in the middle of a traffic spike, the rules keyed
+    /// across users move too, from a snapshot two rounds old, reading the blocks again from
+    /// there. The incidents are those of one process running everything.
     #[test]
     fn a_partition_moving_between_processes_gives_the_incidents_of_one() {
         let mut events = Vec::new();
@@ -1436,17 +1530,36 @@ mod tests {
         let mut snapshots: Vec<Vec<u8>> = Vec::new();
         let rounds = placed.len() / every;
         let moved_at = rounds / 2;
-        let round = |a: &mut Live, b: &mut Live, oa: &[u32], ob: &[u32], now: i64, drain: bool| {
+        let cross_moved_at = rounds * 3 / 4;
+        // The blocks as the log between the processes keeps them, and how far the process
+        // running the rules keyed across users has read it.
+        let mut exchange: Vec<Vec<u8>> = Vec::new();
+        let mut read_to = 0usize;
+        let mut cross_in_a = true;
+        let mut cross_snapshots: Vec<Vec<u8>> = Vec::new();
+        #[allow(clippy::too_many_arguments)]
+        fn round(
+            a: &mut Live,
+            b: &mut Live,
+            cross_in_a: bool,
+            (oa, ob): (&[u32], &[u32]),
+            exchange: &mut Vec<Vec<u8>>,
+            read_to: &mut usize,
+            now: i64,
+            drain: bool,
+        ) {
             let mut blocks = a.end_partitions(now, oa);
             blocks.extend(b.end_partitions(now, ob));
-            for block in blocks {
-                // Blocks travel between processes as bytes.
-                a.accept(Block::decode(&block.encode()).unwrap());
+            exchange.extend(blocks.iter().map(Block::encode));
+            let x = if cross_in_a { &mut *a } else { &mut *b };
+            for bytes in &exchange[*read_to..] {
+                x.accept(Block::decode(bytes).unwrap());
             }
-            let stream = a.combine_round(drain);
+            *read_to = exchange.len();
+            let stream = x.combine_round(drain);
             a.follow(stream, oa);
             b.follow(stream, ob);
-        };
+        }
         let mut r = 0;
         for (n, (p, o, e)) in placed.iter().enumerate() {
             let live = if owned_a.contains(p) { &mut a } else { &mut b };
@@ -1455,11 +1568,35 @@ mod tests {
                 next[*p as usize] = o + 1;
             }
             if n % every == every - 1 {
-                round(&mut a, &mut b, &owned_a, &owned_b, n as i64 * 1000, false);
+                let owned = (owned_a.as_slice(), owned_b.as_slice());
+                let now = n as i64 * 1000;
+                round(
+                    &mut a,
+                    &mut b,
+                    cross_in_a,
+                    owned,
+                    &mut exchange,
+                    &mut read_to,
+                    now,
+                    false,
+                );
                 got.extend(a.take_changes());
                 got.extend(b.take_changes());
                 snapshots.push(a.partition_snapshot(1, next[1]).unwrap());
+                let read = BTreeMap::from([(0, read_to as u64)]);
+                let x = if cross_in_a { &a } else { &b };
+                cross_snapshots.push(x.cross_snapshot(&read).unwrap());
                 r += 1;
+                if r == cross_moved_at {
+                    // The rules keyed across users move to the second process, from a snapshot
+                    // two rounds old: it reads the blocks again from there.
+                    let old = &cross_snapshots[cross_snapshots.len() - 3];
+                    let from = b.restore_cross(old).unwrap();
+                    assert!(from[&0] < read_to as u64);
+                    read_to = usize::try_from(from[&0]).unwrap();
+                    a.reset_cross();
+                    cross_in_a = false;
+                }
                 if r == moved_at {
                     let old = &snapshots[snapshots.len() - 4];
                     let (partition, from) = b.restore_partition(old).unwrap();
@@ -1477,7 +1614,19 @@ mod tests {
                 }
             }
         }
-        round(&mut a, &mut b, &owned_a, &owned_b, i64::MAX / 2, true);
+        let owned = (owned_a.as_slice(), owned_b.as_slice());
+        let end = i64::MAX / 2;
+        round(
+            &mut a,
+            &mut b,
+            cross_in_a,
+            owned,
+            &mut exchange,
+            &mut read_to,
+            end,
+            true,
+        );
+        assert!(!cross_in_a);
         got.extend(a.take_changes());
         got.extend(b.take_changes());
         let want = counts(&want);
@@ -1486,6 +1635,9 @@ mod tests {
         assert!(want.iter().any(|i| i.0 == "traffic_spike"), "{want:?}");
         assert_eq!(counts(&got), want);
         // A snapshot of another partition count or damaged is refused.
+        let x = b.cross_snapshot(&BTreeMap::new()).unwrap();
+        assert!(Live::new(s.clone(), clock(), 3).restore_cross(&x).is_err());
+        assert!(b.restore_partition(&x).is_err(), "not a partition's");
         let snap = a.partition_snapshot(0, 0).unwrap();
         assert!(
             Live::new(s.clone(), clock(), 3)
