@@ -161,3 +161,24 @@ pub async fn durable_across_reopen(
     assert_eq!(Some(more[0].offset), last_before.map(|o| o + 1));
     Ok(())
 }
+
+/// A companion log is a log of its own: what is appended to it is read back from it, never
+/// from the log beside it, and it keeps the partition count it was made with.
+pub async fn companions(log: &dyn EventLog) -> Result<()> {
+    let before = ends(log).await?;
+    let blocks = log.companion("blocks", 1).await?;
+    assert_eq!(blocks.partitions(), 1);
+    let at = blocks.append(vec![record(1, 1), record(2, 2)]).await?;
+    assert!(at.iter().all(|p| p.partition == 0));
+    let got = read_all(blocks.as_ref()).await?;
+    assert_eq!(got.len(), 2);
+    assert_eq!(ends(log).await?, before, "the log beside it is untouched");
+    blocks.commit("reader", &BTreeMap::from([(0, 1)])).await?;
+    assert_eq!(blocks.committed("reader").await?, BTreeMap::from([(0, 1)]));
+    drop(blocks);
+    // Opened again (as another process would): the same records.
+    let again = log.companion("blocks", 1).await?;
+    assert_eq!(read_all(again.as_ref()).await?.len(), 2);
+    assert!(log.companion("../escape", 1).await.is_err());
+    Ok(())
+}

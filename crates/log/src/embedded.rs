@@ -122,6 +122,8 @@ struct PartitionState {
 
 struct Shared {
     dir: PathBuf,
+    /// What the log was opened with (its companions are opened alike).
+    options: EmbeddedOptions,
     partitions: Vec<RwLock<PartitionState>>,
     stopped: Mutex<Option<String>>,
     /// Held while a consumer's positions file is written; holds the positions of the
@@ -331,6 +333,7 @@ impl EmbeddedLog {
         }
         let shared = Arc::new(Shared {
             dir,
+            options: options.clone(),
             partitions: states,
             stopped: Mutex::new(None),
             consumers: Mutex::new(protected),
@@ -437,6 +440,22 @@ impl EventLog for EmbeddedLog {
         let consumer = consumer.to_owned();
         self.blocking(move |s| Ok(read_positions(&s.consumer_path(&consumer))?.positions))
             .await
+    }
+
+    async fn companion(&self, name: &str, partitions: u32) -> Result<Arc<dyn EventLog>> {
+        check_consumer(name)?;
+        let name = name.to_owned();
+        let log = self
+            .blocking(move |s| {
+                EmbeddedLog::open(EmbeddedOptions {
+                    dir: s.dir.join("companions").join(&name),
+                    partitions,
+                    protected: Vec::new(),
+                    ..s.options.clone()
+                })
+            })
+            .await?;
+        Ok(Arc::new(log))
     }
 
     async fn commit(&self, consumer: &str, positions: &BTreeMap<u32, u64>) -> Result<()> {

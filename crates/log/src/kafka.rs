@@ -655,6 +655,16 @@ impl EventLog for KafkaLog {
             .1)
     }
 
+    async fn companion(&self, name: &str, partitions: u32) -> Result<Arc<dyn EventLog>> {
+        check_consumer(name)?;
+        let options = KafkaOptions {
+            topic: format!("{}.{name}", self.options.topic),
+            partitions,
+            ..self.options.clone()
+        };
+        Ok(Arc::new(KafkaLog::open(options).await?))
+    }
+
     async fn join(&self, group: &str) -> Result<Ownership> {
         check_consumer(group)?;
         let (member, ownership) = Member::join(&self.options, group)?;

@@ -157,6 +157,19 @@ pub trait EventLog: Send + Sync {
     /// Durably stores a consumer's positions (merged into those already committed).
     async fn commit(&self, consumer: &str, positions: &BTreeMap<u32, u64>) -> Result<()>;
 
+    /// A log of its own beside this one, named `name` (1-64 of `[A-Za-z0-9_.-]`), with
+    /// `partitions` partitions when it has to be made (it keeps the count it was made with;
+    /// the embedded log refuses another): for what the processes of one deployment hand each
+    /// other besides events. On Kafka the topic `<topic>.<name>`; on the embedded log a log in
+    /// `<dir>/companions/<name>`. A backend without companions says so.
+    async fn companion(&self, name: &str, partitions: u32) -> Result<std::sync::Arc<dyn EventLog>> {
+        let _ = partitions;
+        check_consumer(name)?;
+        Err(Error::Argument(format!(
+            "this log keeps no companion log (asked for {name:?})"
+        )))
+    }
+
     /// Joins the consumer group `group`: the partitions this process is to work on for it,
     /// kept up to date as members come and go ([`Ownership`]). On a log one process works
     /// on alone (the embedded one), every partition, for good.

@@ -57,6 +57,7 @@ async fn conformance_embedded() {
     conformance::appends_and_reads(&log).await.unwrap();
     conformance::concurrent_appends(&log).await.unwrap();
     conformance::consumer_positions(&log).await.unwrap();
+    conformance::companions(&log).await.unwrap();
     drop(log);
     let dir = tempfile::tempdir().unwrap();
     let o = options(dir.path());
@@ -318,6 +319,7 @@ async fn conformance_kafka() {
     conformance::appends_and_reads(&log).await.unwrap();
     conformance::concurrent_appends(&log).await.unwrap();
     conformance::consumer_positions(&log).await.unwrap();
+    conformance::companions(&log).await.unwrap();
     let log = kafka_log("reopen").await;
     let topic = log.topic().to_owned();
     let brokers = std::env::var("SHOPLAKE_TEST_KAFKA").unwrap();
