@@ -14,7 +14,7 @@ use shoplake_detect::{Change, Incident, Live, Settings, Severity};
 use shoplake_events::time::Clock;
 use shoplake_events::{Event, Validator};
 use shoplake_lake::{BotFlag, Lake};
-use shoplake_log::{EventLog, Limit};
+use shoplake_log::{EventLog, Limit, Ownership};
 use tokio::sync::{mpsc, watch};
 
 use crate::checkpoint::{self, Checkpoints};
@@ -168,10 +168,14 @@ async fn flag_loop(lake: Lake, mut rx: mpsc::UnboundedReceiver<FlagWork>, metric
 const IDLE: Duration = Duration::from_millis(20);
 
 /// Reads the log from the detector's committed positions until `stop`, then once more to its
-/// end.
+/// end — while this process's member of the detector group owns partition 0 (`ownership`;
+/// always, on the embedded log). Until then it stands by; when another member takes the
+/// partition over, it stops where it is (no drain: the new owner restores the last
+/// checkpoint and reads on from there, and what it reads again is not notified twice) and
+/// stands by again.
 pub(crate) async fn detect_loop(
     lake: Lake,
-    log: Arc<dyn EventLog>,
+    (log, mut ownership): (Arc<dyn EventLog>, Ownership),
     options: DetectionOptions,
     metrics: Arc<Metrics>,
     live: crate::live::LiveSender,
@@ -188,7 +192,7 @@ pub(crate) async fn detect_loop(
         flag_severity: options.settings.flag_severity,
         clock,
     };
-    let result = run(&lake, log, &options, &metrics, &out, stop).await;
+    let result = lead(&lake, log, &mut ownership, &options, &metrics, &out, stop).await;
     let Outputs {
         notifier, flags, ..
     } = out;
@@ -198,6 +202,48 @@ pub(crate) async fn detect_loop(
         tracing::error!(error = %e, "the bot flag writer failed");
     }
     result
+}
+
+/// Detects while this member owns partition 0 of the detector group, standing by otherwise,
+/// until `stop`.
+async fn lead(
+    lake: &Lake,
+    log: Arc<dyn EventLog>,
+    ownership: &mut Ownership,
+    options: &DetectionOptions,
+    metrics: &Arc<Metrics>,
+    out: &Outputs,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    loop {
+        let mut announced = false;
+        while !crate::roles::detects(&ownership.partitions()) {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            if !announced && ownership.assigned() {
+                tracing::info!("detector standing by: another process of the group detects");
+                announced = true;
+            }
+            tokio::select! {
+                () = ownership.changed() => {}
+                _ = stop.changed() => {}
+            }
+        }
+        tracing::info!("detector active: this process owns partition 0 of its group");
+        let mut watch = ownership.clone();
+        let lost = async move {
+            while crate::roles::detects(&watch.partitions()) {
+                watch.changed().await;
+            }
+        };
+        tokio::select! {
+            result = run(lake, log.clone(), options, metrics, out, stop.clone()) => return result,
+            () = lost => {
+                tracing::warn!("detector lost partition 0 of its group to another process: standing by");
+            }
+        }
+    }
 }
 
 /// Where incident changes go besides the store.

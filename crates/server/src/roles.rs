@@ -91,10 +91,14 @@ pub struct Process {
     pub roles: Roles,
     /// With the delivery role: its consumer group and the partitions it owns in it.
     pub delivery: Option<(String, Ownership)>,
+    /// With the detector role: its consumer group; the member owning partition 0 detects,
+    /// the others stand by.
+    pub detector: Option<(String, Ownership)>,
 }
 
 impl Process {
-    /// The process as JSON (`roles`, and `delivery`: `group`, `partitions`, `rebalances`).
+    /// The process as JSON (`roles`; `delivery`: `group`, `partitions`, `rebalances`;
+    /// `detector`: `group`, `active` (detecting, not standing by), `rebalances`).
     pub fn describe(&self) -> serde_json::Value {
         let delivery = self.delivery.as_ref().map(|(group, ownership)| {
             let owned = ownership.now();
@@ -104,8 +108,26 @@ impl Process {
                 "rebalances": owned.rebalances,
             })
         });
-        serde_json::json!({ "roles": self.roles.names(), "delivery": delivery })
+        let detector = self.detector.as_ref().map(|(group, ownership)| {
+            let owned = ownership.now();
+            serde_json::json!({
+                "group": group,
+                "active": detects(&owned.partitions),
+                "rebalances": owned.rebalances,
+            })
+        });
+        serde_json::json!({
+            "roles": self.roles.names(),
+            "delivery": delivery,
+            "detector": detector,
+        })
     }
+}
+
+/// Whether a detector member owning these partitions of its group detects: the one that owns
+/// partition 0 reads every partition; the others stand by to take over.
+pub fn detects(owned: &std::collections::BTreeSet<u32>) -> bool {
+    owned.contains(&0)
 }
 
 #[cfg(test)]

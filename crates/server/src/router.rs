@@ -91,6 +91,7 @@ async fn healthz(State(c): State<Arc<Collector>>) -> Response {
         "backlog_events": c.backlog().events(),
         "roles": process["roles"],
         "delivery": process["delivery"],
+        "detector": process["detector"],
     });
     (status, axum::Json(body)).into_response()
 }

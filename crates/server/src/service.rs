@@ -149,11 +149,19 @@ pub async fn serve(
         tracing::info!(roles = %roles, "roles");
         None
     };
+    // The detector's group: its member owning partition 0 detects, the others stand by.
+    let detector = match &options.detection {
+        Some(_) if roles.detector => Some(log.join(crate::detection::CONSUMER).await?),
+        _ => None,
+    };
     let process = crate::roles::Process {
         roles,
         delivery: ownership
             .clone()
             .map(|o| (options.delivery.consumer.clone(), o)),
+        detector: detector
+            .clone()
+            .map(|o| (crate::detection::CONSUMER.to_owned(), o)),
     };
     let collector = Arc::new(collector(&lake, &log, &options, &metrics)?.with_process(process));
     // Delivery first: it catches up with what an earlier run left in the log.
@@ -216,7 +224,7 @@ pub async fn serve(
             Ok(())
         }),
     };
-    let background = Background::start(&lake, &log, &options, &collector, &stop_rx);
+    let background = Background::start(&lake, &log, &options, &collector, detector, &stop_rx);
     let drain = collector.clone();
     let app = collector.clone().router();
     ready(addr);
@@ -278,14 +286,15 @@ impl Background {
         log: &Arc<dyn EventLog>,
         options: &ServeOptions,
         collector: &Collector,
+        detector: Option<shoplake_log::Ownership>,
         stop: &watch::Receiver<bool>,
     ) -> Background {
         let metrics = collector.metrics();
         let detection = options.detection.clone().filter(|_| options.roles.detector);
-        let detect = detection.map(|d| {
+        let detect = detection.zip(detector).map(|(d, ownership)| {
             tokio::spawn(crate::detection::detect_loop(
                 lake.clone(),
-                log.clone(),
+                (log.clone(), ownership),
                 d,
                 metrics.clone(),
                 collector.live().clone(),

@@ -1197,3 +1197,189 @@ fn three_processes_with_roles_share_the_partitions_and_survive_a_sigkill() {
     assert_eq!(rows, ids.len(), "no duplicates");
     assert_eq!(ids, file_ids(&file));
 }
+
+/// Two `serve --roles detector` processes on one Kafka topic (and one data directory, so one
+/// checkpoint and alert store): the member of the detector group that owns partition 0
+/// detects, the other stands by. The active one is SIGKILLed in the middle of a user's burst
+/// and a scraper's minute, after a checkpoint; the other takes over from that checkpoint.
+/// Each attack is one incident with the peak history gives, and the webhook gets one opening
+/// per incident (and the burst's one escalation), none twice.
+#[test]
+fn a_standby_detector_takes_over_from_a_sigkilled_one_one_incident_each() {
+    let brokers = std::env::var("SHOPLAKE_TEST_KAFKA").expect(
+        "SHOPLAKE_TEST_KAFKA is not set: run the tests through scripts/test.sh, which starts a Kafka-protocol broker (tansu)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("shoplake.toml");
+    let (hook, notices) = webhook_receiver();
+    let topic = format!(
+        "shoplake-standby-{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\nbackend = \"kafka\"\npartitions = 4\n[log.kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
+             [delivery]\ninterval = \"500ms\"\nmarts_interval = \"off\"\nconsumer = \"{topic}\"\n\
+             [detect]\ncheckpoint_interval = \"1s\"\n\
+             [notify]\nbackoff = \"100ms\"\n[[notify.channels]]\nkind = \"webhook\"\n\
+             url = \"http://127.0.0.1:{hook}/hook\"\nmin_severity = \"low\"\n"
+        ),
+    )
+    .unwrap();
+    let event = |t_ms: i64, user: i64, product: i64| {
+        let secs = t_ms / 1000;
+        format!(
+            "{{\"event_time\":\"2019-10-01 10:{:02}:{:02}.{:03} UTC\",\"event_type\":\"view\",\
+             \"product_id\":{product},\"category_id\":7,\"brand\":\"acme\",\"price\":9.99,\
+             \"user_id\":{user},\"user_session\":\"s-{user}\"}}\n",
+            secs / 60,
+            secs % 60,
+            t_ms % 1000
+        )
+    };
+    // A user's 12 events in 3 s, 20 s in (user_burst: low past 5, high past 10); another's
+    // views of 40 products in 40 s (scraper), in time order, cut at `from..to` ms.
+    let slice = |from: i64, to: i64| -> String {
+        let mut all: Vec<(i64, String)> = (0..12)
+            .map(|i| (20_000 + i * 250, 7, 100 + i))
+            .chain((0..40).map(|i| (i * 1000 + (i % 3) * 300, 8, 500 + i)))
+            .filter(|(t, _, _)| (from..to).contains(t))
+            .map(|(t, u, p)| (t, event(t, u, p)))
+            .collect();
+        all.sort();
+        all.into_iter().map(|(_, e)| e).collect()
+    };
+    let count = |text: &str| text.lines().count() as f64;
+    let logs: Vec<_> = (0..3)
+        .map(|i| dir.path().join(format!("serve-{i}.log")))
+        .collect();
+    let show = |i: usize| std::fs::read_to_string(&logs[i]).unwrap_or_default();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut collector = spawn_role(&data, &config, ports[0], &logs[0], "collector,delivery");
+    let mut detectors = [
+        Some(spawn_role(&data, &config, ports[1], &logs[1], "detector")),
+        Some(spawn_role(&data, &config, ports[2], &logs[2], "detector")),
+    ];
+    let active = |i: usize| healthz(ports[1 + i])["detector"]["active"] == true;
+    // Exactly one detects.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first_active = loop {
+        match (active(0), active(1)) {
+            (true, false) => break 0,
+            (false, true) => break 1,
+            (true, true) => panic!("both detect: {} {}", show(1), show(2)),
+            (false, false) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no detector became active: {}\n{}",
+            show(1),
+            show(2)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let standby = 1 - first_active;
+    assert_eq!(healthz(ports[1 + standby])["detector"]["active"], false);
+    let wait_for = |port: u16, name: &str, at_least: f64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while metric(port, &data, name) < at_least {
+            assert!(Instant::now() < deadline, "{name} did not reach {at_least}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let port = ports[1 + first_active];
+    let first = slice(0, 21_300);
+    assert!(post_events(ports[0], &data, &first).contains("200"));
+    wait_for(port, "shoplake_detector_events_total", count(&first));
+    let before = metric(port, &data, "shoplake_detector_checkpoints_total");
+    wait_for(port, "shoplake_detector_checkpoints_total", before + 1.0);
+    let second = slice(21_300, 22_700);
+    assert!(post_events(ports[0], &data, &second).contains("200"));
+    wait_for(
+        port,
+        "shoplake_detector_events_total",
+        count(&first) + count(&second),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !notices
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|n| n.contains("incident.escalated"))
+    {
+        assert!(Instant::now() < deadline, "no escalation before the kill");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut killed = detectors[first_active].take().unwrap();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    // The standby takes partition 0 over once the killed member's session times out.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !active(standby) {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never took over: {}",
+            show(1 + standby)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = ports[1 + standby];
+    let rest = slice(22_700, 60_000) + &event(420_000, 9, 1);
+    assert!(post_events(ports[0], &data, &rest).contains("200"));
+    wait_for(port, "shoplake_detector_events_total", count(&rest));
+    wait_for(port, "shoplake_incidents_resolved_total", 3.0);
+    let mut survivor = detectors[standby].take().unwrap();
+    assert!(terminate(&mut survivor).success(), "{}", show(1 + standby));
+    assert!(terminate(&mut collector).success(), "{}", show(0));
+    assert!(
+        show(1 + standby).contains("detector restored from its checkpoint"),
+        "{}",
+        show(1 + standby)
+    );
+
+    let stream = stored(&data);
+    let history = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args(["detect", "--format", "json", "--lake"])
+        .arg(data.join("lake"))
+        .output()
+        .unwrap();
+    assert!(history.status.success());
+    assert_eq!(stream, incidents(&history.stdout));
+    let burst: Vec<_> = stream
+        .iter()
+        .filter(|i| i.0 == "user_burst" && i.2 == "7")
+        .collect();
+    assert_eq!(burst.len(), 1, "{stream:?}");
+    assert_eq!(burst[0].4, "12.0");
+    let scraper: Vec<_> = stream.iter().filter(|i| i.0 == "scraper").collect();
+    assert_eq!(scraper.len(), 1, "{stream:?}");
+    assert_eq!(scraper[0].4, "40.0");
+    let mut kinds: Vec<String> = notices
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let v: serde_json::Value = serde_json::from_str(n).unwrap();
+            let i = &v["incident"];
+            format!(
+                "{} {} {}",
+                v["type"].as_str().unwrap(),
+                i["rule"].as_str().unwrap(),
+                i["key"].as_str().unwrap()
+            )
+        })
+        .collect();
+    kinds.sort();
+    let mut want: Vec<String> = stream
+        .iter()
+        .map(|i| format!("incident.opened {} {}", i.0, i.2))
+        .chain(["incident.escalated user_burst 7".to_owned()])
+        .collect();
+    want.sort();
+    assert_eq!(kinds, want);
+}
