@@ -760,32 +760,7 @@ fn kill_9_mid_attack_resumes_from_the_checkpoint_one_incident_each() {
         ),
     )
     .unwrap();
-    // 2019-10-01 10:00:00 UTC: a user's 12 events in 3 s (user_burst: low past 5, high
-    // past 10), another's views of 40 products in 40 s (scraper: past 30 a minute).
-    let event = |t_ms: i64, user: i64, product: i64| {
-        let secs = t_ms / 1000;
-        format!(
-            "{{\"event_time\":\"2019-10-01 10:{:02}:{:02}.{:03} UTC\",\"event_type\":\"view\",\
-             \"product_id\":{product},\"category_id\":7,\"brand\":\"acme\",\"price\":9.99,\
-             \"user_id\":{user},\"user_session\":\"s-{user}\"}}\n",
-            secs / 60,
-            secs % 60,
-            t_ms % 1000
-        )
-    };
-    // The two attacks' events in time order (as a shop sends them), cut at `from..to` ms:
-    // the burst 20 s in, the scraper's views from 0 s with gaps of 1.3, 1.3 and 0.4 s (not
-    // robotic).
-    let slice = |from: i64, to: i64| -> String {
-        let mut all: Vec<(i64, String)> = (0..12)
-            .map(|i| (20_000 + i * 250, 7, 100 + i))
-            .chain((0..40).map(|i| (i * 1000 + (i % 3) * 300, 8, 500 + i)))
-            .filter(|(t, _, _)| (from..to).contains(t))
-            .map(|(t, u, p)| (t, event(t, u, p)))
-            .collect();
-        all.sort();
-        all.into_iter().map(|(_, e)| e).collect()
-    };
+    let (event, slice) = (attack_event, attack_slice);
     let metric_at = |port: u16, name: &str| metric(port, &data, name);
     let wait_for = |port: u16, name: &str, at_least: f64| {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -871,30 +846,8 @@ fn kill_9_mid_attack_resumes_from_the_checkpoint_one_incident_each() {
     let scraper = of(&stream, "scraper");
     assert_eq!(scraper.len(), 1, "{stream:?}");
     assert_eq!(scraper[0].4, "40.0");
-    let notices = notices.lock().unwrap().clone();
-    let kinds: Vec<String> = notices
-        .iter()
-        .map(|n| {
-            let v: serde_json::Value = serde_json::from_str(n).unwrap();
-            let i = &v["incident"];
-            format!(
-                "{} {} {}",
-                v["type"].as_str().unwrap(),
-                i["rule"].as_str().unwrap(),
-                i["key"].as_str().unwrap()
-            )
-        })
-        .collect();
-    let mut sorted = kinds.clone();
-    sorted.sort();
     // One opening per incident (and the burst's one escalation), none sent twice.
-    let mut want: Vec<String> = stream
-        .iter()
-        .map(|i| format!("incident.opened {} {}", i.0, i.2))
-        .chain(["incident.escalated user_burst 7".to_owned()])
-        .collect();
-    want.sort();
-    assert_eq!(sorted, want, "{kinds:?}");
+    assert_one_notice_each(&notices.lock().unwrap(), &stream);
 }
 
 /// With the lake on S3 (SeaweedFS), the detector's checkpoint is kept beside the tables too:
@@ -1231,29 +1184,7 @@ fn a_standby_detector_takes_over_from_a_sigkilled_one_one_incident_each() {
         ),
     )
     .unwrap();
-    let event = |t_ms: i64, user: i64, product: i64| {
-        let secs = t_ms / 1000;
-        format!(
-            "{{\"event_time\":\"2019-10-01 10:{:02}:{:02}.{:03} UTC\",\"event_type\":\"view\",\
-             \"product_id\":{product},\"category_id\":7,\"brand\":\"acme\",\"price\":9.99,\
-             \"user_id\":{user},\"user_session\":\"s-{user}\"}}\n",
-            secs / 60,
-            secs % 60,
-            t_ms % 1000
-        )
-    };
-    // A user's 12 events in 3 s, 20 s in (user_burst: low past 5, high past 10); another's
-    // views of 40 products in 40 s (scraper), in time order, cut at `from..to` ms.
-    let slice = |from: i64, to: i64| -> String {
-        let mut all: Vec<(i64, String)> = (0..12)
-            .map(|i| (20_000 + i * 250, 7, 100 + i))
-            .chain((0..40).map(|i| (i * 1000 + (i % 3) * 300, 8, 500 + i)))
-            .filter(|(t, _, _)| (from..to).contains(t))
-            .map(|(t, u, p)| (t, event(t, u, p)))
-            .collect();
-        all.sort();
-        all.into_iter().map(|(_, e)| e).collect()
-    };
+    let (event, slice) = (attack_event, attack_slice);
     let count = |text: &str| text.lines().count() as f64;
     let logs: Vec<_> = (0..3)
         .map(|i| dir.path().join(format!("serve-{i}.log")))
@@ -1359,9 +1290,40 @@ fn a_standby_detector_takes_over_from_a_sigkilled_one_one_incident_each() {
     let scraper: Vec<_> = stream.iter().filter(|i| i.0 == "scraper").collect();
     assert_eq!(scraper.len(), 1, "{stream:?}");
     assert_eq!(scraper[0].4, "40.0");
+    assert_one_notice_each(&notices.lock().unwrap(), &stream);
+}
+
+/// 2019-10-01 10:00:00 UTC + `t_ms`: a view of `product` by `user`, as NDJSON.
+fn attack_event(t_ms: i64, user: i64, product: i64) -> String {
+    let secs = t_ms / 1000;
+    format!(
+        "{{\"event_time\":\"2019-10-01 10:{:02}:{:02}.{:03} UTC\",\"event_type\":\"view\",\
+         \"product_id\":{product},\"category_id\":7,\"brand\":\"acme\",\"price\":9.99,\
+         \"user_id\":{user},\"user_session\":\"s-{user}\"}}\n",
+        secs / 60,
+        secs % 60,
+        t_ms % 1000
+    )
+}
+
+/// Two attacks' events in time order (as a shop sends them), cut at `from..to` ms: user 7's
+/// 12 events in 3 s, 20 s in (user_burst: low past 5, high past 10), and user 8's views of
+/// 40 products in 40 s from 0 s, with gaps of 1.3, 1.3 and 0.4 s (scraper; not robotic).
+fn attack_slice(from: i64, to: i64) -> String {
+    let mut all: Vec<(i64, String)> = (0..12)
+        .map(|i| (20_000 + i * 250, 7, 100 + i))
+        .chain((0..40).map(|i| (i * 1000 + (i % 3) * 300, 8, 500 + i)))
+        .filter(|(t, _, _)| (from..to).contains(t))
+        .map(|(t, u, p)| (t, attack_event(t, u, p)))
+        .collect();
+    all.sort();
+    all.into_iter().map(|(_, e)| e).collect()
+}
+
+/// The webhook got one opening per stored incident and user 7's burst's one escalation, none
+/// twice.
+fn assert_one_notice_each(notices: &[String], stream: &[(String, String, String, String, String)]) {
     let mut kinds: Vec<String> = notices
-        .lock()
-        .unwrap()
         .iter()
         .map(|n| {
             let v: serde_json::Value = serde_json::from_str(n).unwrap();
@@ -1381,5 +1343,5 @@ fn a_standby_detector_takes_over_from_a_sigkilled_one_one_incident_each() {
         .chain(["incident.escalated user_burst 7".to_owned()])
         .collect();
     want.sort();
-    assert_eq!(kinds, want);
+    assert_eq!(kinds, want, "{notices:?}");
 }
