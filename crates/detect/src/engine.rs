@@ -246,11 +246,6 @@ impl Detector {
         Ok(())
     }
 
-    /// The settings it runs with.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// The counters.
     pub fn stats(&self) -> &Stats {
         &self.stats

@@ -527,8 +527,9 @@ impl LiveSnapshot {
 pub struct Live {
     settings: Settings,
     clock: Arc<dyn Clock>,
-    /// The settings of each partition's detector (event-time mode).
+    /// The settings of each partition's detector and of the cross-user one (event-time mode).
     keyed_settings: Settings,
+    crossed_settings: Settings,
     /// Each partition idle at its last round's end.
     idle: Vec<bool>,
     /// The rules keyed by user or session, per partition (all rules, in one, in
@@ -576,41 +577,49 @@ impl Live {
         keyed_settings.rules.retain(|r| in_key_order(r.key));
         keyed_settings.max_keys = keyed_settings.max_keys.div_ceil(shares);
         keyed_settings.max_dedupe_ids = keyed_settings.max_dedupe_ids.div_ceil(shares);
-        let (keyed, crossed) = match settings.time {
-            TimeMode::Processing => (vec![Detector::new(settings.clone(), clock.clone())], None),
-            TimeMode::Event => {
-                let mut crossed = settings.clone();
-                crossed.rules.retain(|r| !in_key_order(r.key));
-                (
-                    (0..shares)
-                        .map(|_| Detector::new(keyed_settings.clone(), clock.clone()).driven())
-                        .collect(),
-                    Some(
-                        Detector::new(crossed, clock.clone())
-                            .driven()
-                            .deduplicated_upstream(),
-                    ),
-                )
-            }
-        };
-        Live {
+        let mut crossed_settings = settings.clone();
+        crossed_settings.rules.retain(|r| !in_key_order(r.key));
+        let mut live = Live {
             clock,
             keyed_settings,
+            crossed_settings,
             idle: vec![true; shares],
             keyed_late: vec![0; shares],
             stats: LiveStats {
-                late: vec![0; marks.parts.len()],
+                late: vec![0; shares],
                 forced: 0,
             },
             settings,
-            keyed,
-            crossed,
-            outbox: vec![Vec::new(); marks.parts.len()],
-            frontiers: vec![Frontier::default(); marks.parts.len()],
+            keyed: Vec::new(),
+            crossed: None,
+            outbox: vec![Vec::new(); shares],
+            frontiers: vec![Frontier::default(); shares],
             marks,
             held: BinaryHeap::new(),
             watermark: i64::MIN,
+        };
+        match live.settings.time {
+            TimeMode::Processing => {
+                live.keyed = vec![Detector::new(live.settings.clone(), live.clock.clone())];
+            }
+            TimeMode::Event => {
+                live.keyed = (0..shares).map(|_| live.fresh_keyed()).collect();
+                live.crossed = Some(live.fresh_crossed());
+            }
         }
+        live
+    }
+
+    /// A partition's detector as it starts (event-time mode).
+    fn fresh_keyed(&self) -> Detector {
+        Detector::new(self.keyed_settings.clone(), self.clock.clone()).driven()
+    }
+
+    /// The cross-user detector as it starts (event-time mode).
+    fn fresh_crossed(&self) -> Detector {
+        Detector::new(self.crossed_settings.clone(), self.clock.clone())
+            .driven()
+            .deduplicated_upstream()
     }
 
     /// Processes the record of `partition` at `offset`: the rules keyed by user or session at
@@ -724,7 +733,7 @@ impl Live {
         if p >= self.keyed.len() || self.crossed.is_none() {
             return Err(format!("no partition {} here", state.partition));
         }
-        let mut keyed = Detector::new(self.keyed_settings.clone(), self.clock.clone()).driven();
+        let mut keyed = self.fresh_keyed();
         keyed.restore(state.keyed)?;
         self.keyed[p] = keyed;
         self.marks.parts[p] = state.part;
@@ -741,7 +750,7 @@ impl Live {
         if p >= self.keyed.len() || self.crossed.is_none() {
             return;
         }
-        self.keyed[p] = Detector::new(self.keyed_settings.clone(), self.clock.clone()).driven();
+        self.keyed[p] = self.fresh_keyed();
         self.marks.parts[p] = Part::new();
         self.keyed_late[p] = 0;
         self.outbox[p].clear();
@@ -771,17 +780,15 @@ impl Live {
         let payload = unseal(CROSS_MAGIC, self.fingerprint(), bytes)?;
         let state: CrossState =
             postcard::from_bytes(payload).map_err(|e| format!("the checkpoint is damaged: {e}"))?;
-        let Some(crossed) = &self.crossed else {
+        if self.crossed.is_none() {
             return Err("no rules keyed across users in processing-time mode".to_owned());
-        };
+        }
         if state.frontiers.len() != self.frontiers.len()
             || state.stats.late.len() != self.stats.late.len()
         {
             return Err("taken with other partitions".to_owned());
         }
-        let mut fresh = Detector::new(crossed.settings().clone(), self.clock.clone())
-            .driven()
-            .deduplicated_upstream();
+        let mut fresh = self.fresh_crossed();
         fresh.restore(state.crossed)?;
         let held = decode_held(state.held)?;
         self.crossed = Some(fresh);
@@ -794,12 +801,8 @@ impl Live {
 
     /// Starts the rules keyed across users' share afresh (the side moved to another process).
     pub fn reset_cross(&mut self) {
-        if let Some(crossed) = &self.crossed {
-            self.crossed = Some(
-                Detector::new(crossed.settings().clone(), self.clock.clone())
-                    .driven()
-                    .deduplicated_upstream(),
-            );
+        if self.crossed.is_some() {
+            self.crossed = Some(self.fresh_crossed());
             self.held.clear();
             self.frontiers = vec![Frontier::default(); self.frontiers.len()];
             self.watermark = i64::MIN;

@@ -265,13 +265,7 @@ fn serve_on_kafka_delivers_a_replay_into_the_lake() {
     let data = dir.path().join("data");
     let config = dir.path().join("shoplake.toml");
     let serve_log = dir.path().join("serve.log");
-    let topic = format!(
-        "shoplake-serve-{}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let topic = unique_topic("shoplake-serve");
     // The producer batches as it does by default (the log trusts no ListOffsets "latest").
     std::fs::write(
         &config,
@@ -334,13 +328,7 @@ fn kafka_batched_at_full_speed_then_restarted_loses_nothing() {
         file.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let topic = format!(
-        "shoplake-restart-{}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let topic = unique_topic("shoplake-restart");
     std::fs::write(
         &config,
         format!(
@@ -1063,15 +1051,8 @@ fn three_processes_with_roles_share_the_partitions_and_survive_a_sigkill() {
         file.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let topic = format!(
-        "shoplake-roles-{}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    // The delivery group is named after the topic, so that tests sharing the broker never
-    // share a group.
+    let topic = unique_topic("shoplake-roles");
+    // Delivery under a consumer name of its own (the `delivery.consumer` setting).
     std::fs::write(
         &config,
         format!(
@@ -1166,18 +1147,12 @@ fn a_standby_detector_takes_over_from_a_sigkilled_one_one_incident_each() {
     let data = dir.path().join("data");
     let config = dir.path().join("shoplake.toml");
     let (hook, notices) = webhook_receiver();
-    let topic = format!(
-        "shoplake-standby-{}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let topic = unique_topic("shoplake-standby");
     std::fs::write(
         &config,
         format!(
             "[log]\nbackend = \"kafka\"\npartitions = 4\n[log.kafka]\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
-             [delivery]\ninterval = \"500ms\"\nmarts_interval = \"off\"\nconsumer = \"{topic}\"\n\
+             [delivery]\ninterval = \"500ms\"\nmarts_interval = \"off\"\n\
              [detect]\ncheckpoint_interval = \"1s\"\n\
              [notify]\nbackoff = \"100ms\"\n[[notify.channels]]\nkind = \"webhook\"\n\
              url = \"http://127.0.0.1:{hook}/hook\"\nmin_severity = \"low\"\n"
@@ -1344,4 +1319,14 @@ fn assert_one_notice_each(notices: &[String], stream: &[(String, String, String,
         .collect();
     want.sort();
     assert_eq!(kinds, want, "{notices:?}");
+}
+
+/// A topic no other test uses (`prefix` and the time in ns): its consumer groups are its own
+/// too (`shoplake.<topic>.<consumer>`).
+fn unique_topic(prefix: &str) -> String {
+    let ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{ns}")
 }
