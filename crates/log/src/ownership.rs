@@ -65,6 +65,12 @@ impl Ownership {
         }
     }
 
+    /// Whether the partitions are shared by the members of a group (a Kafka consumer group),
+    /// not all this process's for good.
+    pub fn is_group(&self) -> bool {
+        self.member.is_some()
+    }
+
     /// The partitions owned now.
     pub fn partitions(&self) -> BTreeSet<u32> {
         self.owned.borrow().partitions.clone()

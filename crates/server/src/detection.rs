@@ -1,5 +1,5 @@
-//! The detector inside `serve`: a consumer of the event log with its own durable position
-//! (`detector`), feeding the rules and recording incident changes in the alert store. The
+//! The detector inside `serve` in one process: a consumer of the event log with its own
+//! durable position (`detector`), feeding the rules and recording incident changes in the alert store. The
 //! allow- and deny-lists are read from the store every few seconds and applied live. Openings
 //! and escalations go to the notification channels; incidents on users at the bot severity
 //! become rows of `bot_flags`, and allow-listing a user removes its rows.
@@ -14,7 +14,7 @@ use shoplake_detect::{Change, Incident, Live, Settings, Severity};
 use shoplake_events::time::Clock;
 use shoplake_events::{Event, Validator};
 use shoplake_lake::{BotFlag, Lake};
-use shoplake_log::{EventLog, Limit, Ownership};
+use shoplake_log::{EventLog, Limit};
 use tokio::sync::{mpsc, watch};
 
 use crate::checkpoint::{self, Checkpoints};
@@ -55,14 +55,14 @@ impl std::fmt::Debug for DetectionOptions {
 
 /// The bytes of records one round reads from the log at most, spread over the partitions
 /// (the round holds them decoded until the rules have seen them).
-const ROUND_BYTES: usize = 32 << 20;
+pub(crate) const ROUND_BYTES: usize = 32 << 20;
 
 /// How often the lists are re-read from the store.
 const LISTS_EVERY: Duration = Duration::from_secs(2);
 /// How often new bot flags are written to the lake.
 const FLAGS_EVERY: Duration = Duration::from_secs(2);
 /// How long queued notifications may take at shutdown.
-const NOTIFY_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const NOTIFY_GRACE: Duration = Duration::from_secs(10);
 
 /// The bot flags of an incident: its user (when it has one at `min` severity or above) on
 /// every UTC day from its opening to its last firing, at most 32 days (an incident that runs
@@ -85,7 +85,7 @@ pub fn bot_flags_of(incident: &Incident, min: Severity, now: i64) -> Vec<BotFlag
 }
 
 /// Work for the task that keeps `bot_flags`.
-enum FlagWork {
+pub(crate) enum FlagWork {
     Add(Vec<BotFlag>),
     Remove(Vec<i64>),
 }
@@ -93,7 +93,11 @@ enum FlagWork {
 /// Writes bot flags (and removes those of allow-listed users) every [`FLAGS_EVERY`], so that
 /// the lake sees one commit per interval however many incidents open; retries what failed at
 /// the next interval. Returns when the detector is done and everything is written.
-async fn flag_loop(lake: Lake, mut rx: mpsc::UnboundedReceiver<FlagWork>, metrics: Arc<Metrics>) {
+pub(crate) async fn flag_loop(
+    lake: Lake,
+    mut rx: mpsc::UnboundedReceiver<FlagWork>,
+    metrics: Arc<Metrics>,
+) {
     let mut written: HashSet<(String, i32)> = HashSet::new();
     let mut add: Vec<BotFlag> = Vec::new();
     let mut remove: Vec<i64> = Vec::new();
@@ -165,94 +169,15 @@ async fn flag_loop(lake: Lake, mut rx: mpsc::UnboundedReceiver<FlagWork>, metric
 }
 
 /// How long to wait when the log has nothing new.
-const IDLE: Duration = Duration::from_millis(20);
-
-/// Reads the log from the detector's committed positions until `stop`, then once more to its
-/// end — while this process's member of the detector group owns partition 0 (`ownership`;
-/// always, on the embedded log). Until then it stands by; when another member takes the
-/// partition over, it stops where it is (no drain: the new owner restores the last
-/// checkpoint and reads on from there, and what it reads again is not notified twice) and
-/// stands by again.
-pub(crate) async fn detect_loop(
-    lake: Lake,
-    (log, mut ownership): (Arc<dyn EventLog>, Ownership),
-    options: DetectionOptions,
-    metrics: Arc<Metrics>,
-    live: crate::live::LiveSender,
-    clock: Arc<dyn Clock>,
-    stop: watch::Receiver<bool>,
-) -> Result<()> {
-    let notifier = Notifier::start(&options.notify, metrics.clone(), clock.clone())?;
-    let (flags_tx, flags_rx) = mpsc::unbounded_channel();
-    let flags_task = tokio::spawn(flag_loop(lake.clone(), flags_rx, metrics.clone()));
-    let out = Outputs {
-        notifier,
-        live,
-        flags: flags_tx,
-        flag_severity: options.settings.flag_severity,
-        clock,
-    };
-    let result = lead(&lake, log, &mut ownership, &options, &metrics, &out, stop).await;
-    let Outputs {
-        notifier, flags, ..
-    } = out;
-    drop(flags);
-    notifier.close(NOTIFY_GRACE).await;
-    if let Err(e) = flags_task.await {
-        tracing::error!(error = %e, "the bot flag writer failed");
-    }
-    result
-}
-
-/// Detects while this member owns partition 0 of the detector group, standing by otherwise,
-/// until `stop`.
-async fn lead(
-    lake: &Lake,
-    log: Arc<dyn EventLog>,
-    ownership: &mut Ownership,
-    options: &DetectionOptions,
-    metrics: &Arc<Metrics>,
-    out: &Outputs,
-    mut stop: watch::Receiver<bool>,
-) -> Result<()> {
-    loop {
-        let mut announced = false;
-        while !crate::roles::detects(&ownership.partitions()) {
-            if *stop.borrow() {
-                return Ok(());
-            }
-            if !announced && ownership.assigned() {
-                tracing::info!("detector standing by: another process of the group detects");
-                announced = true;
-            }
-            tokio::select! {
-                () = ownership.changed() => {}
-                _ = stop.changed() => {}
-            }
-        }
-        tracing::info!("detector active: this process owns partition 0 of its group");
-        let mut watch = ownership.clone();
-        let lost = async move {
-            while crate::roles::detects(&watch.partitions()) {
-                watch.changed().await;
-            }
-        };
-        tokio::select! {
-            result = run(lake, log.clone(), options, metrics, out, stop.clone()) => return result,
-            () = lost => {
-                tracing::warn!("detector lost partition 0 of its group to another process: standing by");
-            }
-        }
-    }
-}
+pub(crate) const IDLE: Duration = Duration::from_millis(20);
 
 /// Where incident changes go besides the store.
-struct Outputs {
-    notifier: Notifier,
-    live: crate::live::LiveSender,
-    flags: mpsc::UnboundedSender<FlagWork>,
-    flag_severity: Severity,
-    clock: Arc<dyn Clock>,
+pub(crate) struct Outputs {
+    pub(crate) notifier: Notifier,
+    pub(crate) live: crate::live::LiveSender,
+    pub(crate) flags: mpsc::UnboundedSender<FlagWork>,
+    pub(crate) flag_severity: Severity,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 /// The checkpoints the options ask for, if any.
@@ -268,10 +193,10 @@ fn checkpoints(options: &DetectionOptions) -> Option<Checkpoints> {
 /// The detector's positions as last recorded in the log: a round that moved nothing records
 /// nothing (each commit writes and syncs a file on the embedded log).
 #[derive(Default)]
-struct Recorded(Option<BTreeMap<u32, u64>>);
+pub(crate) struct Recorded(Option<BTreeMap<u32, u64>>);
 
 impl Recorded {
-    async fn commit(&mut self, log: &dyn EventLog, positions: BTreeMap<u32, u64>) {
+    pub(crate) async fn commit(&mut self, log: &dyn EventLog, positions: BTreeMap<u32, u64>) {
         if self.0.as_ref() == Some(&positions) {
             return;
         }
@@ -282,7 +207,7 @@ impl Recorded {
     }
 }
 
-async fn run(
+pub(crate) async fn run(
     lake: &Lake,
     log: Arc<dyn EventLog>,
     options: &DetectionOptions,
@@ -297,6 +222,7 @@ async fn run(
     let mut lists = ListsPoll::default();
     let mut counted = Counted::default();
     let partitions = log.partitions();
+    let all: Vec<u32> = (0..partitions).collect();
     let mut recorded = Recorded::default();
     let limit = Limit::new(
         options.max_per_partition,
@@ -310,9 +236,14 @@ async fn run(
         if !recheck {
             again = None;
         }
-        let round = read_round(log, &mut positions, limit, &validator, |p, offset, e| {
-            detector.process(p, offset, e)
-        })
+        let round = read_round(
+            log,
+            &all,
+            &mut positions,
+            limit,
+            &validator,
+            |p, offset, e| detector.process(p, offset, e),
+        )
         .await?;
         let now = out.clock.now_micros();
         // Stopping, the round that reads nothing releases whatever is still held.
@@ -415,27 +346,28 @@ fn resume_positions(
 
 /// What one round read.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Round {
+pub(crate) struct Round {
     /// Records read (events, refused rows and unreadable records).
-    read: usize,
+    pub(crate) read: usize,
     /// The newest ingest time among its events.
-    newest_ingest: Option<i64>,
+    pub(crate) newest_ingest: Option<i64>,
 }
 
-/// One round over the log: every partition in turn, each from its position up to `limit`.
+/// One round over the log: each of `partitions` in turn, from its position up to `limit`.
 /// Each event goes to `process` with its partition and offset, in the partition's order (one
 /// user's events are in order in their partition, so the rules keyed by user see them as
 /// they happened); an event without an ingest time gets its record's append time. Refused
 /// rows and records that do not decode are skipped. The positions move past what was read.
-async fn read_round(
+pub(crate) async fn read_round(
     log: &dyn EventLog,
+    partitions: &[u32],
     positions: &mut BTreeMap<u32, u64>,
     limit: Limit,
     validator: &Validator,
     mut process: impl FnMut(u32, u64, Event),
 ) -> Result<Round> {
     let mut round = Round::default();
-    for p in 0..log.partitions() {
+    for &p in partitions {
         let from = positions.get(&p).copied().unwrap_or(0);
         let records = log.read(p, from, limit).await?;
         let Some(last) = records.last() else { continue };
@@ -457,7 +389,7 @@ async fn read_round(
 
 /// The allow- and deny-lists, re-read from the store every [`LISTS_EVERY`].
 #[derive(Default)]
-struct ListsPoll {
+pub(crate) struct ListsPoll {
     lists: Lists,
     read_at: Option<Instant>,
 }
@@ -465,7 +397,12 @@ struct ListsPoll {
 impl ListsPoll {
     /// Applies the lists to the detector when they are due; users newly allowed lose their
     /// bot flags.
-    async fn refresh(&mut self, detector: &mut Live, options: &DetectionOptions, out: &Outputs) {
+    pub(crate) async fn refresh(
+        &mut self,
+        detector: &mut Live,
+        options: &DetectionOptions,
+        out: &Outputs,
+    ) {
         if self.read_at.is_some_and(|at| at.elapsed() < LISTS_EVERY) {
             return;
         }
@@ -484,14 +421,14 @@ impl ListsPoll {
 
 /// The detector's counters as last exported, so that each export adds what is new.
 #[derive(Default)]
-struct Counted {
+pub(crate) struct Counted {
     stats: shoplake_detect::Stats,
     late: Vec<u64>,
     forced: u64,
 }
 
 impl Counted {
-    fn export(&mut self, detector: &Live, metrics: &Metrics, partitions: u32) {
+    pub(crate) fn export(&mut self, detector: &Live, metrics: &Metrics, partitions: u32) {
         let now = detector.stats();
         for (counter, was, is) in [
             (&metrics.detector_events, self.stats.events, now.events),
@@ -563,7 +500,7 @@ impl Counted {
 /// opening or escalation the store already held is not notified again. So a notice goes out
 /// at most once: a crash after storing a change and before its notice was sent loses that
 /// notice; nothing is sent twice.
-async fn record(
+pub(crate) async fn record(
     options: &DetectionOptions,
     metrics: &Metrics,
     out: &Outputs,
@@ -804,6 +741,7 @@ mod tests {
         let mut seen: Vec<Seen> = Vec::new();
         let round = read_round(
             &log,
+            &[0, 1],
             &mut positions,
             Limit::new(2, usize::MAX),
             &validator,
@@ -839,6 +777,7 @@ mod tests {
         seen.clear();
         let round = read_round(
             &log,
+            &[0, 1],
             &mut positions,
             Limit::new(100, usize::MAX),
             &validator,
@@ -856,6 +795,7 @@ mod tests {
         assert_eq!(round.read as u64, ends.values().sum::<u64>() - 4);
         let round = read_round(
             &log,
+            &[0, 1],
             &mut positions,
             Limit::new(100, usize::MAX),
             &validator,

@@ -17,6 +17,7 @@ mod config;
 mod dashboard;
 mod delivery;
 mod detection;
+mod detector;
 mod error;
 mod http;
 mod ingest;
@@ -28,6 +29,7 @@ mod priority;
 mod roles;
 mod router;
 mod service;
+mod spread;
 
 pub use auth::{Network, Scope, Token, Tokens};
 pub use backlog::Backlog;

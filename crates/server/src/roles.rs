@@ -91,14 +91,15 @@ pub struct Process {
     pub roles: Roles,
     /// With the delivery role: its consumer group and the partitions it owns in it.
     pub delivery: Option<(String, Ownership)>,
-    /// With the detector role: its consumer group; the member owning partition 0 detects,
-    /// the others stand by.
+    /// With the detector role: its consumer group and the partitions it owns in it; the member
+    /// owning partition 0 also runs the rules keyed across users.
     pub detector: Option<(String, Ownership)>,
 }
 
 impl Process {
     /// The process as JSON (`roles`; `delivery`: `group`, `partitions`, `rebalances`;
-    /// `detector`: `group`, `active` (detecting, not standing by), `rebalances`).
+    /// `detector`: `group`, `partitions`, `cross` (owns partition 0: runs the rules keyed
+    /// across users), `rebalances`).
     pub fn describe(&self) -> serde_json::Value {
         let delivery = self.delivery.as_ref().map(|(group, ownership)| {
             let owned = ownership.now();
@@ -112,7 +113,8 @@ impl Process {
             let owned = ownership.now();
             serde_json::json!({
                 "group": group,
-                "active": detects(&owned.partitions),
+                "partitions": owned.partitions,
+                "cross": detects(&owned.partitions),
                 "rebalances": owned.rebalances,
             })
         });
@@ -124,8 +126,9 @@ impl Process {
     }
 }
 
-/// Whether a detector member owning these partitions of its group detects: the one that owns
-/// partition 0 reads every partition; the others stand by to take over.
+/// Whether a detector member owning these partitions of its group runs the rules keyed across
+/// users (in processing-time mode, reads every partition while the others stand by): the one
+/// owning partition 0.
 pub fn detects(owned: &std::collections::BTreeSet<u32>) -> bool {
     owned.contains(&0)
 }

@@ -149,7 +149,8 @@ pub async fn serve(
         tracing::info!(roles = %roles, "roles");
         None
     };
-    // The detector's group: its member owning partition 0 detects, the others stand by.
+    // The detector's group: each member detects on its partitions, the one owning partition 0
+    // across users too.
     let detector = match &options.detection {
         Some(_) if roles.detector => Some(log.join(crate::detection::CONSUMER).await?),
         _ => None,
@@ -292,7 +293,7 @@ impl Background {
         let metrics = collector.metrics();
         let detection = options.detection.clone().filter(|_| options.roles.detector);
         let detect = detection.zip(detector).map(|(d, ownership)| {
-            tokio::spawn(crate::detection::detect_loop(
+            tokio::spawn(crate::detector::detect_loop(
                 lake.clone(),
                 (log.clone(), ownership),
                 d,

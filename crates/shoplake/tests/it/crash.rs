@@ -64,12 +64,16 @@ fn kill_when(mut child: Child, cond: impl Fn() -> bool) -> &'static str {
 }
 
 pub(crate) fn lake_ids(lake: &Path) -> (usize, HashSet<String>) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let lake = Lake::open(LakeOptions {
+    lake_ids_in(LakeOptions {
         root: lake.display().to_string(),
         ..LakeOptions::default()
     })
-    .unwrap();
+}
+
+/// As [`lake_ids`], for a lake anywhere (on S3 too).
+pub(crate) fn lake_ids_in(options: LakeOptions) -> (usize, HashSet<String>) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let lake = Lake::open(options).unwrap();
     let batches = rt
         .block_on(lake.read_table(TableName::Events, &["event_id"]))
         .unwrap();

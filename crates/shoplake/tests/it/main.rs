@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod check;
+mod cluster;
 mod crash;
 mod dashboard;
 mod demo;

@@ -391,7 +391,7 @@ fn identities(json: &[u8]) -> Vec<(String, String, String, String)> {
 }
 
 /// The incidents of a JSON array of incident objects: rule, key, first window and peak.
-fn incidents(json: &[u8]) -> Vec<(String, String, String, String, String)> {
+pub(crate) fn incidents(json: &[u8]) -> Vec<(String, String, String, String, String)> {
     let v: serde_json::Value = serde_json::from_slice(json).unwrap();
     let mut out: Vec<_> = v
         .as_array()
@@ -413,10 +413,15 @@ fn incidents(json: &[u8]) -> Vec<(String, String, String, String, String)> {
 }
 
 /// The incidents in a data directory's alert store, as [`incidents`] gives them.
-fn stored(data: &Path) -> Vec<(String, String, String, String, String)> {
+pub(crate) fn stored(data: &Path) -> Vec<(String, String, String, String, String)> {
+    stored_by("--data", data)
+}
+
+/// The incidents in the alert store `--data DIR` or `--config FILE` names.
+pub(crate) fn stored_by(flag: &str, path: &Path) -> Vec<(String, String, String, String, String)> {
     let o = Command::new(env!("CARGO_BIN_EXE_shoplake"))
         .args(["alerts", "list", "--status", "all", "--format", "json"])
-        .args(["--data", data.to_str().unwrap()])
+        .args([flag, path.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -424,7 +429,7 @@ fn stored(data: &Path) -> Vec<(String, String, String, String, String)> {
 }
 
 /// A metric's value summed over its labels, from `/metrics` (with the admin token).
-fn metric(port: u16, data: &Path, name: &str) -> f64 {
+pub(crate) fn metric(port: u16, data: &Path, name: &str) -> f64 {
     use std::io::{Read, Write};
     let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -659,7 +664,7 @@ fn stream_detection_agrees_with_history_and_incidents_are_served() {
 }
 
 /// A webhook receiver on loopback: every request body it gets, in order.
-fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+pub(crate) fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -710,7 +715,7 @@ fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
 }
 
 /// Posts NDJSON events with the admin token; returns the status line.
-fn post_events(port: u16, data: &Path, body: &str) -> String {
+pub(crate) fn post_events(port: u16, data: &Path, body: &str) -> String {
     use std::io::{Read, Write};
     let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -965,7 +970,7 @@ fn processing_time_windows_events_at_their_arrival() {
 }
 
 /// `serve` with `--roles`, as `spawn_serve` but for one process of several.
-fn spawn_role(data: &Path, config: &Path, port: u16, log: &Path, roles: &str) -> Child {
+pub(crate) fn spawn_role(data: &Path, config: &Path, port: u16, log: &Path, roles: &str) -> Child {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -993,7 +998,7 @@ fn spawn_role(data: &Path, config: &Path, port: u16, log: &Path, roles: &str) ->
 }
 
 /// `GET /healthz` as JSON.
-fn healthz(port: u16) -> serde_json::Value {
+pub(crate) fn healthz(port: u16) -> serde_json::Value {
     use std::io::{Read, Write};
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
@@ -1007,19 +1012,24 @@ fn healthz(port: u16) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
 }
 
-/// The partitions a process delivers, by its `/healthz`.
-fn delivering(port: u16) -> Vec<u64> {
-    healthz(port)["delivery"]["partitions"]
+/// The partitions a process owns for a role (`delivery`, `detector`), by its `/healthz`.
+pub(crate) fn partitions_of(port: u16, role: &str) -> Vec<u64> {
+    healthz(port)[role]["partitions"]
         .as_array()
         .map(|a| a.iter().filter_map(|p| p.as_u64()).collect())
         .unwrap_or_default()
 }
 
-/// Waits (up to a minute) until `ready` holds for the partitions the processes deliver.
-fn wait_for_partitions(ports: &[u16], ready: impl Fn(&[Vec<u64>]) -> bool) -> Vec<Vec<u64>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Waits (up to two minutes) until `ready` holds for the partitions the processes own for a
+/// role; returns the last seen.
+pub(crate) fn wait_for_partitions(
+    ports: &[u16],
+    role: &str,
+    ready: impl Fn(&[Vec<u64>]) -> bool,
+) -> Vec<Vec<u64>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let now: Vec<Vec<u64>> = ports.iter().map(|p| delivering(*p)).collect();
+        let now: Vec<Vec<u64>> = ports.iter().map(|p| partitions_of(*p, role)).collect();
         if ready(&now) || Instant::now() > deadline {
             return now;
         }
@@ -1076,7 +1086,7 @@ fn three_processes_with_roles_share_the_partitions_and_survive_a_sigkill() {
     // Only the collector takes in events.
     let refused = post_events(ports[1], &data, "{}\n");
     assert!(refused.contains("404"), "{refused}");
-    let shared = wait_for_partitions(&ports[1..], |p| {
+    let shared = wait_for_partitions(&ports[1..], "delivery", |p| {
         p.iter().all(|x| !x.is_empty()) && p.iter().map(Vec::len).sum::<usize>() == 4
     });
     let mut union: Vec<u64> = shared.concat();
@@ -1101,7 +1111,7 @@ fn three_processes_with_roles_share_the_partitions_and_survive_a_sigkill() {
     a.kill().unwrap();
     a.wait().unwrap();
     // Its partitions move to `b` once the group's session times out.
-    let after = wait_for_partitions(&ports[2..], |p| p[0].len() == 4);
+    let after = wait_for_partitions(&ports[2..], "delivery", |p| p[0].len() == 4);
     assert_eq!(after[0], [0, 1, 2, 3], "{}", show(2));
     let o = replay.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -1110,7 +1120,7 @@ fn three_processes_with_roles_share_the_partitions_and_survive_a_sigkill() {
 
     // Started again: the partitions are shared once more.
     let mut a = spawn_role(&data, &config, ports[1], &logs[1], "delivery");
-    let shared = wait_for_partitions(&ports[1..], |p| p.iter().all(|x| !x.is_empty()));
+    let shared = wait_for_partitions(&ports[1..], "delivery", |p| p.iter().all(|x| !x.is_empty()));
     assert!(shared.iter().all(|x| !x.is_empty()), "{shared:?}");
     let rebalances = healthz(ports[2])["delivery"]["rebalances"]
         .as_u64()
@@ -1133,13 +1143,13 @@ fn three_processes_with_roles_share_the_partitions_and_survive_a_sigkill() {
 }
 
 /// Two `serve --roles detector` processes on one Kafka topic (and one data directory, so one
-/// checkpoint and alert store): the member of the detector group that owns partition 0
-/// detects, the other stands by. The active one is SIGKILLed in the middle of a user's burst
-/// and a scraper's minute, after a checkpoint; the other takes over from that checkpoint.
-/// Each attack is one incident with the peak history gives, and the webhook gets one opening
-/// per incident (and the burst's one escalation), none twice.
+/// alert store): the detector group shares the partitions between them, and the one owning
+/// partition 0 also runs the rules keyed across users. The one owning the attackers' partition
+/// is SIGKILLed in the middle of a user's burst and a scraper's minute, after a checkpoint;
+/// the other takes its partitions over from their checkpoints. Each attack is one incident with the peak history gives, and
+/// the webhook gets one opening per incident (and the burst's one escalation), none twice.
 #[test]
-fn a_standby_detector_takes_over_from_a_sigkilled_one_one_incident_each() {
+fn a_detector_takes_a_sigkilled_ones_partitions_over_one_incident_each() {
     let brokers = std::env::var("SHOPLAKE_TEST_KAFKA").expect(
         "SHOPLAKE_TEST_KAFKA is not set: run the tests through scripts/test.sh, which starts a Kafka-protocol broker (tansu)",
     );
@@ -1171,26 +1181,25 @@ fn a_standby_detector_takes_over_from_a_sigkilled_one_one_incident_each() {
         Some(spawn_role(&data, &config, ports[1], &logs[1], "detector")),
         Some(spawn_role(&data, &config, ports[2], &logs[2], "detector")),
     ];
-    let active = |i: usize| healthz(ports[1 + i])["detector"]["active"] == true;
-    // Exactly one detects.
+    let cross = |i: usize| healthz(ports[1 + i])["detector"]["cross"] == true;
+    let owned = |i: usize| partitions_of(ports[1 + i], "detector").len();
+    // The partitions are shared, and one of the two runs the rules keyed across users.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let first_active = loop {
-        match (active(0), active(1)) {
-            (true, false) => break 0,
-            (false, true) => break 1,
-            (true, true) => panic!("both detect: {} {}", show(1), show(2)),
-            (false, false) => {}
-        }
+    while !(owned(0) > 0 && owned(1) > 0 && owned(0) + owned(1) == 4) {
         assert!(
             Instant::now() < deadline,
-            "no detector became active: {}\n{}",
+            "the partitions were not shared: {}\n{}",
             show(1),
             show(2)
         );
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+    assert!(cross(0) != cross(1));
+    // The one owning users 7 and 8's partition (2, by the XXH3 of their ids) is killed.
+    let owns_2 = |i: usize| partitions_of(ports[1 + i], "detector").contains(&2);
+    let first_active = if owns_2(0) { 0 } else { 1 };
     let standby = 1 - first_active;
-    assert_eq!(healthz(ports[1 + standby])["detector"]["active"], false);
+    let killed_cross = cross(first_active);
     let wait_for = |port: u16, name: &str, at_least: f64| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while metric(port, &data, name) < at_least {
@@ -1224,12 +1233,12 @@ fn a_standby_detector_takes_over_from_a_sigkilled_one_one_incident_each() {
     let mut killed = detectors[first_active].take().unwrap();
     killed.kill().unwrap();
     killed.wait().unwrap();
-    // The standby takes partition 0 over once the killed member's session times out.
+    // The other takes every partition over once the killed member's session times out.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !active(standby) {
+    while !(cross(standby) && owned(standby) == 4) {
         assert!(
             Instant::now() < deadline,
-            "the standby never took over: {}",
+            "the other never took over: {}",
             show(1 + standby)
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -1243,7 +1252,13 @@ fn a_standby_detector_takes_over_from_a_sigkilled_one_one_incident_each() {
     assert!(terminate(&mut survivor).success(), "{}", show(1 + standby));
     assert!(terminate(&mut collector).success(), "{}", show(0));
     assert!(
-        show(1 + standby).contains("detector restored from its checkpoint"),
+        show(1 + standby).contains("restored a partition from its checkpoint"),
+        "{}",
+        show(1 + standby)
+    );
+    assert_eq!(
+        show(1 + standby).contains("restored the rules keyed across users from their checkpoint"),
+        killed_cross,
         "{}",
         show(1 + standby)
     );
@@ -1323,7 +1338,7 @@ fn assert_one_notice_each(notices: &[String], stream: &[(String, String, String,
 
 /// A topic no other test uses (`prefix` and the time in ns): its consumer groups are its own
 /// too (`shoplake.<topic>.<consumer>`).
-fn unique_topic(prefix: &str) -> String {
+pub(crate) fn unique_topic(prefix: &str) -> String {
     let ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
