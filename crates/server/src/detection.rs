@@ -250,9 +250,7 @@ pub(crate) async fn run(
         let drain = stopping && round.read == 0;
         detector.end_round(now, drain);
         counted.export(&detector, metrics, partitions);
-        if let Some(newest) = round.newest_ingest {
-            metrics.detector_lag.set((now - newest).max(0) as f64 / 1e6);
-        }
+        export_lag(metrics, now, round.newest_ingest);
         record(options, metrics, out, detector.take_changes(), recheck).await;
         // A restart reads again from the oldest event still held, so that the rules keyed
         // across users miss nothing.
@@ -328,6 +326,13 @@ async fn start(
 fn behind(positions: &BTreeMap<u32, u64>, ends: &BTreeMap<u32, u64>) -> bool {
     ends.iter()
         .any(|(p, end)| positions.get(p).is_none_or(|at| at < end))
+}
+
+/// Sets the detector's lag: from the newest ingest time a round read to `now` (µs).
+pub(crate) fn export_lag(metrics: &Metrics, now: i64, newest_ingest: Option<i64>) {
+    if let Some(newest) = newest_ingest {
+        metrics.detector_lag.set((now - newest).max(0) as f64 / 1e6);
+    }
 }
 
 /// The positions a restart resumes from: each partition's position, or the oldest event of

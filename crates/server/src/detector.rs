@@ -17,9 +17,10 @@ use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 
-/// Detects until `stop`, then reads once more to the log's end: over every partition on the
-/// embedded log; on a log shared by a group, on the partitions the detector group gives this
-/// process (processing-time mode: over every partition while it owns partition 0, standing by
+/// Detects until `stop`: over every partition on the embedded log (then reads once more to the
+/// log's end, closing the windows); on a log shared by a group, on the partitions the
+/// detector group gives this process (to where the log ended at the stop, then checkpoints
+/// and leaves the windows open for the next owner) (processing-time mode: over every partition while it owns partition 0, standing by
 /// otherwise; a member that loses the partition stops where it is, and the new owner restores
 /// the last checkpoint and reads on from there, notifying nothing twice).
 pub(crate) async fn detect_loop(

@@ -10,9 +10,10 @@
 //! (`_shoplake/detector-partition-<p>`), and the member owning partition 0 the state of the
 //! rules keyed across users with its position in `blocks` (`_shoplake/detector-cross`). A
 //! member that gains a partition restores its checkpoint and reads on from the position it
-//! reflects; what it reads again was read before, so its changes are not notified twice, and
-//! its blocks add nothing twice (events are taken by offset, once). So the incidents are
-//! those of one process reading the whole log.
+//! reflects; what it reads again was read before, so its changes are checked against the
+//! alert store before they are notified, and its blocks add nothing twice (events are taken
+//! by offset, once). So the incidents are those of one process reading the whole log (up to
+//! what depends on the wall clock there too: a partition's idleness, `reorder_wait`).
 //!
 //! A stop hands the state over rather than ending the input: it checkpoints and leaves the
 //! windows open (another member, or this one started again, goes on from there).
@@ -28,7 +29,7 @@ use shoplake_log::{EventLog, Limit, Ownership, Record};
 use tokio::sync::watch;
 
 use crate::detection::{
-    CONSUMER, Counted, DetectionOptions, IDLE, ListsPoll, Outputs, ROUND_BYTES, Recorded,
+    CONSUMER, Counted, DetectionOptions, IDLE, ListsPoll, Outputs, ROUND_BYTES, Recorded, Round,
     read_round, record,
 };
 use crate::error::Result;
@@ -39,8 +40,10 @@ const BLOCKS: &str = "blocks";
 /// The companion log of the stream's watermark.
 const MARKS: &str = "marks";
 /// The most events in one block record (a round's block is cut into several, the last of
-/// which carries the watermark): a record stays well under a broker's message limit.
-const BLOCK_EVENTS: usize = 2048;
+/// which carries the watermark). An event without its user agent is at most about 600 bytes
+/// (the longest category code, brand and session the validator lets through), so a record
+/// stays under 320 KB, well below a broker's default message limit (1 MB).
+const BLOCK_EVENTS: usize = 512;
 /// How many block records the rules keyed across users take in per round at most.
 const BLOCK_READ: Limit = Limit::new(4096, 64 << 20);
 
@@ -82,6 +85,8 @@ struct Member {
     checkpoints: bool,
     /// What a round reads of a partition at most.
     limit: Limit,
+    /// At a stop, where the partitions owned and `blocks` ended then.
+    stop_ends: Option<(BTreeMap<u32, u64>, u64)>,
     /// How often checkpoints are written, and when the last was.
     every: Option<Duration>,
     checkpointed: Instant,
@@ -107,39 +112,43 @@ pub(crate) async fn run(
     let mut lists = ListsPoll::default();
     let mut counted = Counted::default();
     let mut recorded = (Recorded::default(), Recorded::default());
-    // At a stop, where the logs ended then: the member reads up to there and no further (the
-    // other members' collectors may go on appending).
-    let mut ends: Option<(BTreeMap<u32, u64>, u64)> = None;
+    let mut trouble = Trouble::default();
     loop {
         let stopping = *stop.borrow();
-        if stopping && ends.is_none() {
-            ends = Some(member.ends().await?);
+        if let Err(e) = member
+            .prepare(lake, &ownership.partitions(), stopping)
+            .await
+        {
+            trouble.wait(e, stopping).await?;
+            continue;
         }
-        member
-            .follow_ownership(lake, &ownership.partitions())
-            .await?;
         lists.refresh(&mut member.detector, options, out).await;
         let recheck = member.rechecking();
         let owned: Vec<u32> = member.positions.keys().copied().collect();
-        let detector = &mut member.detector;
-        let round = read_round(
-            member.log.as_ref(),
-            &owned,
-            &mut member.positions,
-            member.limit,
-            &validator,
-            |p, offset, e| detector.process(p, offset, e),
-        )
-        .await?;
+        let round = match member.read(&owned, &validator).await {
+            Ok(round) => round,
+            Err(e) => {
+                // What it read of the other partitions is handed over with the next round.
+                trouble.wait(e, stopping).await?;
+                continue;
+            }
+        };
         let now = out.clock.now_micros();
         let blocks = member.detector.end_partitions(now, &owned);
         member.hand_over(blocks, &stop).await;
-        let crossed = member.cross_round().await?;
+        let crossed = match member.cross_round().await {
+            Ok(n) => {
+                trouble.ok();
+                n
+            }
+            Err(e) => {
+                trouble.wait(e, stopping).await?;
+                0
+            }
+        };
         member.detector.follow(member.stream, &owned);
         counted.export(&member.detector, metrics, partitions);
-        if let Some(newest) = round.newest_ingest {
-            metrics.detector_lag.set((now - newest).max(0) as f64 / 1e6);
-        }
+        crate::detection::export_lag(metrics, now, round.newest_ingest);
         record(
             options,
             metrics,
@@ -149,13 +158,8 @@ pub(crate) async fn run(
         )
         .await;
         member.commit(&mut recorded).await;
-        if member
-            .every
-            .is_some_and(|e| member.checkpointed.elapsed() >= e)
-        {
-            member.checkpoint(lake, metrics).await;
-        }
-        let reached = ends.as_ref().is_some_and(|e| member.reached(e));
+        member.checkpoint_when_due(lake, metrics).await;
+        let reached = member.reached();
         if (round.read > 0 || crossed > 0) && !reached {
             continue;
         }
@@ -169,6 +173,32 @@ pub(crate) async fn run(
             _ = stop.changed() => {}
             () = ownership.changed() => {}
         }
+    }
+}
+
+/// The steps in a row that failed (the broker slow, down or answering oddly).
+#[derive(Default)]
+struct Trouble {
+    row: u32,
+}
+
+impl Trouble {
+    /// Logs a failed step and waits before the round is tried again (100 ms, doubling up to
+    /// 5 s): a broker that stumbles does not stop detection. At a stop, the sixth failure in a
+    /// row ends the detector with the error.
+    async fn wait(&mut self, e: crate::error::Error, stopping: bool) -> Result<()> {
+        self.row += 1;
+        if stopping && self.row > 5 {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, failures = self.row, "a detector round failed; trying again");
+        let delay = Duration::from_millis(100u64 << self.row.min(6)).min(Duration::from_secs(5));
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
+    fn ok(&mut self) {
+        self.row = 0;
     }
 }
 
@@ -193,6 +223,7 @@ impl Member {
             stream: i64::MIN,
             checkpoints: options.checkpoint.is_some()
                 && options.settings.checkpoint_every.is_some(),
+            stop_ends: None,
             limit: Limit::new(
                 options.max_per_partition,
                 ROUND_BYTES / usize::try_from(partitions.max(1)).unwrap_or(1),
@@ -230,21 +261,44 @@ impl Member {
         );
     }
 
-    /// Where the log's partitions owned and `blocks` end now.
-    async fn ends(&self) -> Result<(BTreeMap<u32, u64>, u64)> {
-        let mut ends = BTreeMap::new();
-        for p in self.positions.keys() {
-            ends.insert(*p, self.log.end(*p).await?);
+    /// Before a round: at the first round of a stop, where the partitions owned and `blocks`
+    /// end (the member reads up to there and no further: the other members' collectors may
+    /// go on appending); then the group's assignment taken.
+    async fn prepare(&mut self, lake: &Lake, owned: &BTreeSet<u32>, stopping: bool) -> Result<()> {
+        if stopping && self.stop_ends.is_none() {
+            let mut ends = BTreeMap::new();
+            for p in self.positions.keys() {
+                ends.insert(*p, self.log.end(*p).await?);
+            }
+            self.stop_ends = Some((ends, self.blocks.end(0).await?));
         }
-        Ok((ends, self.blocks.end(0).await?))
+        self.follow_ownership(lake, owned).await
     }
 
-    /// Whether reading reached `ends` (partitions gained since count as reached).
-    fn reached(&self, (ends, blocks): &(BTreeMap<u32, u64>, u64)) -> bool {
+    /// Whether reading reached where the logs ended at the stop (partitions gained since
+    /// count as reached); never before a stop.
+    fn reached(&self) -> bool {
+        let Some((ends, blocks)) = &self.stop_ends else {
+            return false;
+        };
         self.positions
             .iter()
             .all(|(p, at)| ends.get(p).is_none_or(|end| at >= end))
             && self.cross.as_ref().is_none_or(|c| c.position >= *blocks)
+    }
+
+    /// A round over the partitions `owned`, each event to the detector.
+    async fn read(&mut self, owned: &[u32], validator: &Validator) -> Result<Round> {
+        let detector = &mut self.detector;
+        read_round(
+            self.log.as_ref(),
+            owned,
+            &mut self.positions,
+            self.limit,
+            validator,
+            |p, offset, e| detector.process(p, offset, e),
+        )
+        .await
     }
 
     /// Whether this round may read records read before (after a restore): its changes are
@@ -284,51 +338,8 @@ impl Member {
         }
         let committed = self.log.committed(CONSUMER).await?;
         for p in owned.difference(&had) {
-            let p = *p;
-            let restored = match self.restore(lake, &partition_file(p)).await {
-                Some(bytes) => match self.detector.restore_partition(&bytes) {
-                    Ok((q, position)) if q == p => Some(position),
-                    Ok((q, _)) => {
-                        tracing::warn!(
-                            partition = p,
-                            found = q,
-                            "a partition's checkpoint names another partition"
-                        );
-                        self.detector.reset_partition(q);
-                        None
-                    }
-                    Err(reason) => {
-                        tracing::warn!(partition = p, %reason, "a partition's checkpoint cannot be used");
-                        None
-                    }
-                },
-                None => None,
-            };
-            let position = match restored {
-                Some(position) => {
-                    self.again.insert(p, self.log.end(p).await?);
-                    tracing::info!(
-                        partition = p,
-                        position,
-                        "detector restored a partition from its checkpoint; reading on from the position it reflects"
-                    );
-                    position
-                }
-                None => {
-                    self.detector.reset_partition(p);
-                    let at = match committed.get(&p) {
-                        Some(at) => *at,
-                        None => self.log.start(p).await?,
-                    };
-                    tracing::info!(
-                        partition = p,
-                        position = at,
-                        "no usable checkpoint of the partition: starting with empty windows at its committed position"
-                    );
-                    at
-                }
-            };
-            self.positions.insert(p, position);
+            let position = self.gain(lake, *p, &committed).await?;
+            self.positions.insert(*p, position);
         }
         if owned.contains(&0) && self.cross.is_none() {
             self.cross = Some(self.restore_cross(lake).await?);
@@ -340,6 +351,68 @@ impl Member {
             self.marks_at = Some(end.saturating_sub(1));
         }
         Ok(())
+    }
+
+    /// The state of partition `p`, gained: from its checkpoint (where it was read to), else
+    /// afresh at its committed position (`committed`) or the log's start. Returns where to
+    /// read it from.
+    async fn gain(&mut self, lake: &Lake, p: u32, committed: &BTreeMap<u32, u64>) -> Result<u64> {
+        let restored = match self.restore(lake, &partition_file(p)).await {
+            Some(bytes) => match self.detector.restore_partition(&bytes) {
+                Ok((q, position)) if q == p => Some(position),
+                Ok((q, at)) => {
+                    tracing::warn!(
+                        partition = p,
+                        found = q,
+                        "a partition's checkpoint names another partition"
+                    );
+                    // That partition now has the state of its checkpoint: owned here, it is
+                    // read again from there; else its state goes.
+                    if let Some(position) = self.positions.get_mut(&q) {
+                        *position = at;
+                        self.again.insert(q, self.log.end(q).await?);
+                    } else {
+                        self.detector.reset_partition(q);
+                    }
+                    None
+                }
+                Err(reason) => {
+                    tracing::warn!(partition = p, %reason, "a partition's checkpoint cannot be used");
+                    None
+                }
+            },
+            None => None,
+        };
+        let position = match restored {
+            Some(position) => {
+                self.again.insert(p, self.log.end(p).await?);
+                tracing::info!(
+                    partition = p,
+                    position,
+                    "detector restored a partition from its checkpoint; reading on from the position it reflects"
+                );
+                position
+            }
+            None => {
+                self.detector.reset_partition(p);
+                let at = match committed.get(&p) {
+                    Some(at) => *at,
+                    None => self.log.start(p).await?,
+                };
+                tracing::info!(
+                    partition = p,
+                    position = at,
+                    "no usable checkpoint of the partition: starting with empty windows at its committed position"
+                );
+                // Records after it may have been read (and notified) by the last owner.
+                let end = self.log.end(p).await?;
+                if at < end {
+                    self.again.insert(p, end);
+                }
+                at
+            }
+        };
+        Ok(position)
     }
 
     /// The rules keyed across users from their checkpoint, or afresh from the committed
@@ -376,9 +449,10 @@ impl Member {
             position,
             "the rules keyed across users start afresh at the committed position of the partitions' blocks"
         );
+        let end = self.blocks.end(0).await?;
         Ok(Cross {
             position,
-            again: None,
+            again: (position < end).then_some(end),
             published: i64::MIN,
         })
     }
@@ -464,10 +538,16 @@ impl Member {
         };
         let got = self.blocks.read(0, cross.position, BLOCK_READ).await?;
         let read = got.len();
+        // The stream's watermark moves block by block, so that what is released when
+        // depends on the blocks alone, not on how many one read returned (an owner restored
+        // from a checkpoint reads them in other batches).
         for r in got {
             cross.position = r.offset + 1;
             match Block::decode(&r.value) {
-                Ok(block) => self.detector.accept(block),
+                Ok(block) => {
+                    self.detector.accept(block);
+                    self.detector.combine_round(false);
+                }
                 Err(reason) => {
                     tracing::warn!(offset = r.offset, %reason, "a block of the partitions cannot be read")
                 }
@@ -486,6 +566,13 @@ impl Member {
             }
         }
         Ok(read)
+    }
+
+    /// Writes the checkpoints when the interval has passed since the last.
+    async fn checkpoint_when_due(&mut self, lake: &Lake, metrics: &Metrics) {
+        if self.every.is_some_and(|e| self.checkpointed.elapsed() >= e) {
+            self.checkpoint(lake, metrics).await;
+        }
     }
 
     /// Writes the checkpoints of the partitions owned (and of the rules keyed across users
