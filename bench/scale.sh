@@ -13,7 +13,7 @@
 # Then the same with detection: a day with the default attack mix, every process also with the
 # detector role (the detector group shares the partitions; the owner of partition 0 runs the
 # rules keyed across users), and with N = 3 the last process (delivery and detector) SIGKILLed
-# 2 s in. After the replays a view two days later closes every window; printed: events/s
+# 2 s in. After the replays a view two days later (in the lake too) closes every window; printed: events/s
 # acknowledged, the time until the alert store holds the 1-process run's incidents (rule,
 # key, first window, peak), the detector partitions' takeover time, and whether the incidents
 # are the 1-process run's.
@@ -168,6 +168,8 @@ def run(n, kill, want=None, detect=False, found=None):
     summaries = [json.loads(r.communicate()[0]) for r in replays]
     acked = sum(s["acknowledged"] for s in summaries)
     sent = max(s["seconds"] for s in summaries)
+    if detect:
+        post_sentinel(collectors[0], data)
     deadline, looks = time.time() + 300, []
     while time.time() < deadline:
         rows, distinct = lake_counts(f"{data}/lake")
@@ -179,7 +181,6 @@ def run(n, kill, want=None, detect=False, found=None):
     in_lake = time.perf_counter() - t0
     detected, got = None, None
     if detect:
-        post_sentinel(collectors[0], data)
         # Without incidents to reach, complete once 30 looks over 15 s agree (a partition is
         # idle after 10 s without records); the time is that of the first of them.
         deadline, looks = time.time() + 300, []
