@@ -41,7 +41,8 @@ pub struct DetectionOptions {
     /// Where the detector's checkpoint is kept (`PATH.a` and `PATH.b`, alternately; `None`:
     /// no checkpoints, and a restart resumes at the committed log positions with empty
     /// windows). Written every `settings.checkpoint_every` and at shutdown, restored at start
-    /// (the slot further on).
+    /// (the slot further on). Detection spread over a group keeps its checkpoints beside the
+    /// lake's tables instead; there this only turns them on.
     pub checkpoint: Option<std::path::PathBuf>,
 }
 
@@ -55,7 +56,7 @@ impl std::fmt::Debug for DetectionOptions {
 
 /// The bytes of records one round reads from the log at most, spread over the partitions
 /// (the round holds them decoded until the rules have seen them).
-pub(crate) const ROUND_BYTES: usize = 32 << 20;
+const ROUND_BYTES: usize = 32 << 20;
 
 /// How often the lists are re-read from the store.
 const LISTS_EVERY: Duration = Duration::from_secs(2);
@@ -180,14 +181,27 @@ pub(crate) struct Outputs {
     pub(crate) clock: Arc<dyn Clock>,
 }
 
+impl DetectionOptions {
+    /// How often checkpoints are written, when they are on (a place and an interval).
+    pub(crate) fn checkpoint_every(&self) -> Option<Duration> {
+        self.checkpoint.as_ref()?;
+        let every = self.settings.checkpoint_every?;
+        Some(Duration::from_micros(u64::try_from(every).unwrap_or(0)))
+    }
+
+    /// What a round reads of each of `partitions` partitions at most.
+    pub(crate) fn round_limit(&self, partitions: u32) -> Limit {
+        Limit::new(
+            self.max_per_partition,
+            ROUND_BYTES / usize::try_from(partitions.max(1)).unwrap_or(1),
+        )
+    }
+}
+
 /// The checkpoints the options ask for, if any.
 fn checkpoints(options: &DetectionOptions) -> Option<Checkpoints> {
-    let (path, every) = (
-        options.checkpoint.as_ref()?,
-        options.settings.checkpoint_every?,
-    );
-    let every = Duration::from_micros(u64::try_from(every).unwrap_or(0));
-    Some(Checkpoints::new(path.clone(), every))
+    let every = options.checkpoint_every()?;
+    Some(Checkpoints::new(options.checkpoint.clone()?, every))
 }
 
 /// The detector's positions as last recorded in the log: a round that moved nothing records
@@ -224,10 +238,7 @@ pub(crate) async fn run(
     let partitions = log.partitions();
     let all: Vec<u32> = (0..partitions).collect();
     let mut recorded = Recorded::default();
-    let limit = Limit::new(
-        options.max_per_partition,
-        ROUND_BYTES / usize::try_from(partitions.max(1)).unwrap_or(1),
-    );
+    let limit = options.round_limit(partitions);
     loop {
         let stopping = *stop.borrow();
         lists.refresh(&mut detector, options, out).await;

@@ -29,7 +29,7 @@ use shoplake_log::{EventLog, Limit, Ownership, Record};
 use tokio::sync::watch;
 
 use crate::detection::{
-    CONSUMER, Counted, DetectionOptions, IDLE, ListsPoll, Outputs, ROUND_BYTES, Recorded, Round,
+    CONSUMER, Counted, DetectionOptions, IDLE, ListsPoll, Outputs, Recorded, Round, export_lag,
     read_round, record,
 };
 use crate::error::Result;
@@ -82,12 +82,11 @@ struct Member {
     marks_at: Option<u64>,
     /// The stream's watermark as last known.
     stream: i64,
-    checkpoints: bool,
     /// What a round reads of a partition at most.
     limit: Limit,
     /// At a stop, where the partitions owned and `blocks` ended then.
     stop_ends: Option<(BTreeMap<u32, u64>, u64)>,
-    /// How often checkpoints are written, and when the last was.
+    /// How often checkpoints are written (`None`: they are off), and when the last was.
     every: Option<Duration>,
     checkpointed: Instant,
     /// Blocks that could not be handed over (given up at a stop): the partitions' checkpoints
@@ -148,7 +147,7 @@ pub(crate) async fn run(
         };
         member.detector.follow(member.stream, &owned);
         counted.export(&member.detector, metrics, partitions);
-        crate::detection::export_lag(metrics, now, round.newest_ingest);
+        export_lag(metrics, now, round.newest_ingest);
         record(
             options,
             metrics,
@@ -221,17 +220,9 @@ impl Member {
             cross: None,
             marks_at: None,
             stream: i64::MIN,
-            checkpoints: options.checkpoint.is_some()
-                && options.settings.checkpoint_every.is_some(),
             stop_ends: None,
-            limit: Limit::new(
-                options.max_per_partition,
-                ROUND_BYTES / usize::try_from(partitions.max(1)).unwrap_or(1),
-            ),
-            every: options
-                .settings
-                .checkpoint_every
-                .map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))),
+            limit: options.round_limit(partitions),
+            every: options.checkpoint_every(),
             checkpointed: Instant::now(),
             unsent: false,
         })
@@ -459,9 +450,7 @@ impl Member {
 
     /// A checkpoint's bytes from the lake (`None` when there is none, or checkpoints are off).
     async fn restore(&self, lake: &Lake, name: &str) -> Option<Vec<u8>> {
-        if !self.checkpoints {
-            return None;
-        }
+        self.every?;
         match lake.get_own_file(name).await {
             Ok(found) => found,
             Err(e) => {
@@ -579,7 +568,7 @@ impl Member {
     /// with partition 0) beside the lake's tables.
     async fn checkpoint(&mut self, lake: &Lake, metrics: &Metrics) {
         self.checkpointed = Instant::now();
-        if !self.checkpoints {
+        if self.every.is_none() {
             return;
         }
         let mut files: Vec<(String, Vec<u8>)> = self
