@@ -9,7 +9,7 @@ use std::sync::Arc;
 use shoplake_detect::{Change, Detector, KeyType, Settings, Severity};
 use shoplake_events::{Event, EventType, FixedClock, Price};
 
-use crate::{AlertStore, Cursor, List, Page, Result, StoredIncident};
+use crate::{AlertStore, Claimed, Cursor, List, Outgoing, Page, Result, Settled, StoredIncident};
 
 const SEC: i64 = 1_000_000;
 const T0: i64 = 1_569_888_000 * SEC;
@@ -243,5 +243,161 @@ pub async fn paging_and_pruning(store: &dyn AlertStore) -> Result<()> {
     let left = store.between(range.0, range.1, &Page::all()).await?;
     assert_eq!(left.len(), 25 - resolved);
     assert!(left.iter().all(|i| i.status != "resolved"));
+    Ok(())
+}
+
+fn notice(c: &Change, channel: &str) -> Outgoing {
+    let i = c.incident();
+    Outgoing {
+        incident_id: i.id.clone(),
+        kind: match c {
+            Change::Opened(_) => "incident.opened",
+            _ => "incident.escalated",
+        }
+        .to_owned(),
+        severity: i.severity.as_str().to_owned(),
+        channel: channel.to_owned(),
+        subject: String::new(),
+        body: format!("{{\"id\":\"{}\",\"peak\":{}}}", i.id, i.peak),
+    }
+}
+
+/// The outbox: a notice is kept once however often its change is recorded; one owner at a
+/// time claims it; retries come due later; an expired claim passes to another owner, whose
+/// settling then wins; sent and given-up notices are not claimed again and are pruned.
+// Long: one outbox's life, step by step, each step's state checked before the next.
+pub async fn outbox(store: &dyn AlertStore) -> Result<()> {
+    const T2: i64 = T0 + 60 * 86_400 * SEC;
+    let changes: Vec<Change> = changes()
+        .into_iter()
+        .filter(|c| matches!(c, Change::Opened(_) | Change::Escalated(_)))
+        .collect();
+    assert!(changes.len() >= 3, "{changes:?}");
+    let hook: Vec<Outgoing> = changes.iter().map(|c| notice(c, "hook")).collect();
+    let mail = notice(&changes[0], "mail");
+    store.record(&changes, &hook, T2).await?;
+    // Recorded again (a replay; another process), with a different body: nothing new.
+    let mut again = hook.clone();
+    for n in &mut again {
+        n.body = "{}".to_owned();
+    }
+    store.record(&changes, &again, T2 + SEC).await?;
+    store.record(&[], std::slice::from_ref(&mail), T2).await?;
+    assert_eq!(store.pending_notices("hook").await?, hook.len() as u64);
+    assert_eq!(store.pending_notices("mail").await?, 1);
+
+    // Not due before it was created; then claimed once, by one owner, with its first body.
+    let early = store
+        .claim_notices("hook", "a", T2 - 1, T2 + 10 * SEC, 100)
+        .await?;
+    assert!(early.is_empty(), "{early:?}");
+    let a = store
+        .claim_notices("hook", "a", T2, T2 + 10 * SEC, 2)
+        .await?;
+    assert_eq!(a.len(), 2);
+    assert!(
+        a.iter()
+            .all(|c| c.attempts == 1 && hook.contains(&c.notice))
+    );
+    let rest = store
+        .claim_notices("hook", "b", T2, T2 + 10 * SEC, 100)
+        .await?;
+    assert_eq!(rest.len(), hook.len() - 2);
+    assert!(rest.iter().all(|c| !a.contains(c)));
+    assert!(
+        store
+            .claim_notices("hook", "c", T2 + SEC, T2 + 10 * SEC, 100)
+            .await?
+            .is_empty()
+    );
+
+    // a: one sent, one to retry in a minute.
+    assert!(
+        store
+            .settle_notice(&a[0].notice, "a", T2 + SEC, &Settled::Sent)
+            .await?
+    );
+    let retry = Settled::Retry {
+        due_at: T2 + 60 * SEC,
+        error: "503".to_owned(),
+    };
+    assert!(
+        store
+            .settle_notice(&a[1].notice, "a", T2 + SEC, &retry)
+            .await?
+    );
+    // Not somebody else's to settle.
+    assert!(
+        !store
+            .settle_notice(&a[0].notice, "b", T2 + SEC, &Settled::Sent)
+            .await?
+    );
+    // b's claims expire at T2 + 10 s: c takes them over, and b's late settling is refused.
+    let taken = store
+        .claim_notices("hook", "c", T2 + 11 * SEC, T2 + 20 * SEC, 100)
+        .await?;
+    let mut want: Vec<&Outgoing> = rest.iter().map(|c| &c.notice).collect();
+    let mut got: Vec<&Outgoing> = taken.iter().map(|c| &c.notice).collect();
+    want.sort_by_key(|n| (&n.incident_id, &n.kind));
+    got.sort_by_key(|n| (&n.incident_id, &n.kind));
+    assert_eq!(got, want);
+    assert!(taken.iter().all(|c| c.attempts == 2));
+    let gone = Settled::Failed {
+        error: "404".to_owned(),
+    };
+    assert!(
+        !store
+            .settle_notice(&rest[0].notice, "b", T2 + 12 * SEC, &Settled::Sent)
+            .await?
+    );
+    for c in &taken {
+        assert!(
+            store
+                .settle_notice(&c.notice, "c", T2 + 12 * SEC, &gone)
+                .await?
+        );
+    }
+    // The retry comes due a minute on, with its attempt counted.
+    assert!(
+        store
+            .claim_notices("hook", "d", T2 + 59 * SEC, T2 + 70 * SEC, 100)
+            .await?
+            .is_empty()
+    );
+    let due: Vec<Claimed> = store
+        .claim_notices("hook", "d", T2 + 60 * SEC, T2 + 70 * SEC, 100)
+        .await?;
+    assert_eq!(due.len(), 1);
+    assert_eq!((&due[0].notice, due[0].attempts), (&a[1].notice, 2));
+    assert!(
+        store
+            .settle_notice(&due[0].notice, "d", T2 + 61 * SEC, &Settled::Sent)
+            .await?
+    );
+    assert_eq!(store.pending_notices("hook").await?, 0);
+    assert!(
+        store
+            .claim_notices("hook", "e", T2 + 3600 * SEC, T2 + 3700 * SEC, 100)
+            .await?
+            .is_empty()
+    );
+    // Channels are apart: mail's notice is still there, then pruned only once settled.
+    assert_eq!(store.pending_notices("mail").await?, 1);
+    store.prune_resolved(T2 + 86_400 * SEC).await?;
+    assert_eq!(store.pending_notices("mail").await?, 1);
+    let m = store.claim_notices("mail", "a", T2, T2 + SEC, 100).await?;
+    assert_eq!(m.len(), 1);
+    assert!(
+        store
+            .settle_notice(&m[0].notice, "a", T2, &Settled::Sent)
+            .await?
+    );
+    store.prune_resolved(T2 + 86_400 * SEC).await?;
+    // Pruned: the notice is gone, so recording it again puts it back.
+    assert_eq!(store.pending_notices("mail").await?, 0);
+    store
+        .record(&[], std::slice::from_ref(&mail), T2 + 86_400 * SEC)
+        .await?;
+    assert_eq!(store.pending_notices("mail").await?, 1);
     Ok(())
 }

@@ -5,8 +5,10 @@
 
 mod config;
 pub mod conformance;
+mod outbox;
 
 pub use config::{AlertsConfig, AlertsSettings};
+pub use outbox::{Claimed, Outgoing, Settled};
 
 use std::str::FromStr;
 
@@ -167,7 +169,35 @@ impl Page {
 pub trait AlertStore: Send + Sync {
     /// Records the detector's changes, in order (an incident is inserted, or updated in
     /// place; an acknowledgement or a resolution by hand is kept).
-    async fn apply(&self, changes: &[Change]) -> Result<()>;
+    async fn apply(&self, changes: &[Change]) -> Result<()> {
+        self.record(changes, &[], 0).await
+    }
+    /// Records changes as [`AlertStore::apply`] does and, in the same transaction, puts
+    /// their notices in the outbox, due at `now` (µs), each once: a notice the outbox already
+    /// holds (the same incident, kind, severity and channel) is kept as it is.
+    async fn record(&self, changes: &[Change], notices: &[Outgoing], now: i64) -> Result<()>;
+    /// Claims up to `limit` of `channel`'s notices due at `now` (µs) for `owner` until
+    /// `until`: a notice is claimed by one owner at a time, and claimable again when its claim
+    /// expires unsettled. Each claim counts as an attempt.
+    async fn claim_notices(
+        &self,
+        channel: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<Claimed>>;
+    /// Settles a notice `owner` claimed: sent, due again, or given up; false when the claim
+    /// was no longer `owner`'s (it expired and another owner took the notice).
+    async fn settle_notice(
+        &self,
+        notice: &Outgoing,
+        owner: &str,
+        now: i64,
+        outcome: &Settled,
+    ) -> Result<bool>;
+    /// How many of `channel`'s notices are neither sent nor given up.
+    async fn pending_notices(&self, channel: &str) -> Result<u64>;
     /// One incident.
     async fn get(&self, id: &str) -> Result<Option<StoredIncident>>;
     /// A key's incidents, newest first, at most `limit`.
@@ -183,7 +213,8 @@ pub trait AlertStore: Send + Sync {
     /// Incidents not resolved, at `min` severity or above, most severe then oldest first, at
     /// most `limit`.
     async fn open(&self, min: Severity, limit: usize) -> Result<Vec<StoredIncident>>;
-    /// Deletes the incidents resolved before `before` (µs); returns how many.
+    /// Deletes the incidents resolved before `before` (µs), and the notices settled before
+    /// it; returns how many incidents.
     async fn prune_resolved(&self, before: i64) -> Result<u64>;
     /// Marks an incident acknowledged by `who` at `at`; false when there is none.
     async fn acknowledge(&self, id: &str, who: &str, at: i64) -> Result<bool>;
@@ -286,7 +317,7 @@ impl SqlStore {
                 .execute(&pool)
                 .await?;
         }
-        for statement in SCHEMA {
+        for statement in SCHEMA.iter().chain(&outbox::SCHEMA) {
             sqlx::query(statement).execute(&pool).await?;
         }
         Ok(SqlStore { pool })
@@ -316,8 +347,8 @@ enum Bind {
 
 #[async_trait::async_trait]
 impl AlertStore for SqlStore {
-    async fn apply(&self, changes: &[Change]) -> Result<()> {
-        if changes.is_empty() {
+    async fn record(&self, changes: &[Change], notices: &[Outgoing], now: i64) -> Result<()> {
+        if changes.is_empty() && notices.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
@@ -353,8 +384,34 @@ impl AlertStore for SqlStore {
             .execute(&mut *tx)
             .await?;
         }
+        outbox::enqueue(&mut tx, notices, now).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn claim_notices(
+        &self,
+        channel: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        SqlStore::claim(self, channel, owner, now, until, limit).await
+    }
+
+    async fn settle_notice(
+        &self,
+        notice: &Outgoing,
+        owner: &str,
+        now: i64,
+        outcome: &Settled,
+    ) -> Result<bool> {
+        SqlStore::settle(self, notice, owner, now, outcome).await
+    }
+
+    async fn pending_notices(&self, channel: &str) -> Result<u64> {
+        SqlStore::pending(self, channel).await
     }
 
     async fn get(&self, id: &str) -> Result<Option<StoredIncident>> {
@@ -429,6 +486,7 @@ impl AlertStore for SqlStore {
         .bind(before)
         .execute(&self.pool)
         .await?;
+        self.prune_notices(before).await?;
         Ok(done.rows_affected())
     }
 

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoplake_alerts::{AlertStore, List};
+use shoplake_alerts::{AlertStore, List, Outgoing};
 use shoplake_detect::{Change, Incident, Live, Settings, Severity};
 use shoplake_events::time::Clock;
 use shoplake_events::{Event, Validator};
@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::checkpoint::{self, Checkpoints};
 use crate::error::Result;
-use crate::metrics::{IncidentLabel, Metrics, PartitionLabel};
-use crate::notify::{Notifier, NotifySettings};
+use crate::metrics::{ChannelLabel, IncidentLabel, Metrics, PartitionLabel};
+use crate::notify::{Notifier, NotifySettings, wall_micros};
 
 /// The detector's consumer name in the log.
 pub const CONSUMER: &str = "detector";
@@ -510,12 +510,13 @@ impl Counted {
     }
 }
 
-/// Stores changes (retrying briefly: a store outage must not lose them), then counts them
-/// and hands them to the notifications and the bot flags: a change is notified once it is
-/// stored. With `again` (records read a second time after a restart from a checkpoint), an
-/// opening or escalation the store already held is not notified again. So a notice goes out
-/// at most once: a crash after storing a change and before its notice was sent loses that
-/// notice; nothing is sent twice.
+/// Stores changes and, in the same transaction, their notices in the outbox (retrying
+/// briefly: a store outage must not lose them), then counts them and hands them to the live
+/// feed and the bot flags, and wakes the notification senders. The outbox keeps a notice
+/// once, however often its change is detected (a restart from a checkpoint, a partition two
+/// processes briefly both own), and a notice a sender claimed and did not settle (it died) is
+/// sent by another; with `again` (records read a second time after a restart from a
+/// checkpoint), an opening or escalation the store already held is not written again.
 pub(crate) async fn record(
     options: &DetectionOptions,
     metrics: &Metrics,
@@ -526,19 +527,10 @@ pub(crate) async fn record(
     if changes.is_empty() {
         return;
     }
-    let mut notified = vec![false; changes.len()];
-    if again {
-        for (n, c) in notified.iter_mut().zip(&changes) {
-            *n = notified_before(options, c).await;
-        }
-    }
-    store_changes(options, metrics, &changes).await;
+    store_with_notices(options, metrics, out, &changes, again).await;
     let now = out.clock.now_micros();
     let mut flags = Vec::new();
-    for (c, notified) in changes.iter().zip(notified) {
-        if !notified {
-            out.notifier.notify(c);
-        }
+    for c in &changes {
         let change = match c {
             Change::Opened(_) => "opened",
             Change::Updated(_) => "updated",
@@ -589,12 +581,50 @@ pub(crate) async fn record(
     }
 }
 
-/// Applies changes to the store, retrying briefly (a store outage must not lose them).
-async fn store_changes(options: &DetectionOptions, metrics: &Metrics, changes: &[Change]) {
+/// Stores changes with their notices (with `again`, none of what the store already held),
+/// then wakes the senders; the notices are counted as dropped when the store gave up.
+async fn store_with_notices(
+    options: &DetectionOptions,
+    metrics: &Metrics,
+    out: &Outputs,
+    changes: &[Change],
+    again: bool,
+) {
+    let mut fresh = Vec::new();
+    for c in changes {
+        if !again || !notified_before(options, c).await {
+            fresh.push(c.clone());
+        }
+    }
+    let notices = out.notifier.notices(&fresh);
+    if store_changes(options, metrics, changes, &notices).await {
+        if !notices.is_empty() {
+            out.notifier.wake();
+        }
+    } else {
+        for n in &notices {
+            metrics
+                .notifications_dropped
+                .get_or_create(&ChannelLabel {
+                    channel: n.channel.clone(),
+                })
+                .inc();
+        }
+    }
+}
+
+/// Applies changes to the store with their notices, retrying briefly (a store outage must
+/// not lose them); false when it gave up.
+async fn store_changes(
+    options: &DetectionOptions,
+    metrics: &Metrics,
+    changes: &[Change],
+    notices: &[Outgoing],
+) -> bool {
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=5 {
-        match options.store.apply(changes).await {
-            Ok(()) => return,
+        match options.store.record(changes, notices, wall_micros()).await {
+            Ok(()) => return true,
             Err(e) => {
                 tracing::warn!(
                     changes = changes.len(),
@@ -608,7 +638,12 @@ async fn store_changes(options: &DetectionOptions, metrics: &Metrics, changes: &
         }
     }
     metrics.store_failures.inc();
-    tracing::error!(changes = changes.len(), "gave up storing incident changes");
+    tracing::error!(
+        changes = changes.len(),
+        notices = notices.len(),
+        "gave up storing incident changes"
+    );
+    false
 }
 
 /// Whether the store already holds an opening or escalation (the incident at its severity or

@@ -32,7 +32,12 @@ pub(crate) async fn detect_loop(
     clock: Arc<dyn Clock>,
     stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let notifier = Notifier::start(&options.notify, metrics.clone(), clock.clone())?;
+    let notifier = Notifier::start(
+        &options.notify,
+        options.store.clone(),
+        metrics.clone(),
+        clock.clone(),
+    )?;
     let (flags_tx, flags_rx) = mpsc::unbounded_channel();
     let flags_task = tokio::spawn(flag_loop(lake.clone(), flags_rx, metrics.clone()));
     let out = Outputs {

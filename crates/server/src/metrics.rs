@@ -302,7 +302,7 @@ impl Metrics {
         );
         registry.register(
             "notifications_dropped",
-            "Notices dropped because the channel's queue was full, by channel",
+            "Notices lost because their change could not be stored (nor they in the outbox), by channel",
             notifications_dropped.clone(),
         );
         registry.register(

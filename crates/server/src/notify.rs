@@ -17,9 +17,10 @@ use lettre::message::{Mailbox, Message};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use shoplake_alerts::{AlertStore, Claimed, Outgoing, Settled};
 use shoplake_detect::{Change, Incident, Severity};
 use shoplake_events::time::Clock;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -41,8 +42,6 @@ pub struct NotifyConfig {
     pub backoff: Option<String>,
     /// The time limit of one attempt (default `10s`).
     pub timeout: Option<String>,
-    /// Notices waiting per channel; past it new ones are dropped and counted (default 1000).
-    pub queue: Option<usize>,
     /// `[[notify.channels]]`.
     #[serde(default)]
     pub channels: Vec<ChannelConfig>,
@@ -78,7 +77,6 @@ struct Delivery {
     attempts: u32,
     backoff: Duration,
     timeout: Duration,
-    queue: usize,
 }
 
 /// Where notices go.
@@ -121,7 +119,6 @@ impl Default for NotifySettings {
                 attempts: 5,
                 backoff: Duration::from_secs(1),
                 timeout: Duration::from_secs(10),
-                queue: 1000,
             },
             channels: Vec::new(),
         }
@@ -165,7 +162,6 @@ impl NotifyConfig {
                 "10s",
                 &mut errors,
             ),
-            queue: self.queue.unwrap_or(1000).max(1),
         };
         let mut channels = Vec::new();
         for (i, c) in self.channels.iter().enumerate() {
@@ -394,12 +390,21 @@ pub fn signature(secret: &str, unix_seconds: i64, body: &[u8]) -> String {
     )
 }
 
-/// The running channels.
-#[derive(Debug)]
+/// The running channels: a sender task per channel over the alert store's outbox.
 pub struct Notifier {
-    senders: Vec<(Severity, String, mpsc::Sender<Arc<Notice>>)>,
+    channels: Vec<Channel>,
+    wake: Vec<Arc<Notify>>,
+    stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    metrics: Arc<Metrics>,
+    store: Arc<dyn AlertStore>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("channels", &self.channels.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why an attempt failed.
@@ -410,10 +415,34 @@ enum Failure {
     Permanent(String),
 }
 
+/// Notices a sender claims at a time.
+const CLAIM: usize = 32;
+
+/// Now on the wall clock (µs): outbox times are compared between processes.
+pub(crate) fn wall_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A name for this process's claims, different in every process.
+fn owner() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("{}-{random:016x}", std::process::id())
+}
+
 impl Notifier {
-    /// Starts a task per channel; `clock` stamps webhook signatures.
+    /// Starts a sender per channel over `store`'s outbox; `clock` stamps webhook signatures.
     pub fn start(
         settings: &NotifySettings,
+        store: Arc<dyn AlertStore>,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
     ) -> Result<Notifier> {
@@ -425,10 +454,11 @@ impl Notifier {
                 channel: "(all)".to_owned(),
                 reason: format!("starting the HTTP client: {e}"),
             })?;
-        let mut senders = Vec::new();
+        let owner = owner();
+        let (stop, stopped) = watch::channel(false);
+        let mut wake = Vec::new();
         let mut tasks = Vec::new();
         for channel in &settings.channels {
-            let (tx, rx) = mpsc::channel(settings.delivery.queue);
             let mailer = match &channel.target {
                 Target::Email { smtp, .. } => Some(
                     AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp)
@@ -442,161 +472,288 @@ impl Notifier {
                 _ => None,
             };
             let worker = Worker {
+                label: ChannelLabel {
+                    channel: channel.name.clone(),
+                },
                 channel: channel.clone(),
                 delivery: settings.delivery,
                 http: http.clone(),
                 mailer,
                 metrics: metrics.clone(),
                 clock: clock.clone(),
+                store: store.clone(),
+                owner: owner.clone(),
             };
-            tasks.push(tokio::spawn(worker.run(rx)));
-            senders.push((channel.min_severity, channel.name.clone(), tx));
+            let bell = Arc::new(Notify::new());
+            tasks.push(tokio::spawn(worker.run(bell.clone(), stopped.clone())));
+            wake.push(bell);
         }
         Ok(Notifier {
-            senders,
+            channels: settings.channels.clone(),
+            wake,
+            stop,
             tasks,
-            metrics,
+            store,
         })
     }
 
-    /// Queues the notice of a change (an opening or an escalation) on every channel it is
-    /// severe enough for; never waits.
-    pub fn notify(&self, change: &Change) {
-        let Some(notice) = Notice::of(change) else {
-            return;
-        };
-        let notice = Arc::new(notice);
-        for (min, name, tx) in &self.senders {
-            if notice.incident.severity < *min {
-                continue;
+    /// The outbox entries of changes: an opening or escalation's notice for every channel it
+    /// is severe enough for, rendered for that channel.
+    pub fn notices(&self, changes: &[Change]) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for notice in changes.iter().filter_map(Notice::of) {
+            for channel in &self.channels {
+                if notice.incident.severity < channel.min_severity {
+                    continue;
+                }
+                match channel.render(&notice) {
+                    Ok(n) => out.push(n),
+                    Err(why) => tracing::error!(
+                        channel = %channel.name,
+                        incident = %notice.incident.id,
+                        error = %why,
+                        "a notice could not be rendered"
+                    ),
+                }
             }
-            if tx.try_send(notice.clone()).is_err() {
-                self.metrics
-                    .notifications_dropped
-                    .get_or_create(&ChannelLabel {
-                        channel: name.clone(),
-                    })
-                    .inc();
-                tracing::warn!(
-                    channel = %name,
-                    incident = %notice.incident.id,
-                    "notification queue full: the notice dropped"
-                );
-            }
+        }
+        out
+    }
+
+    /// Tells the senders that new notices are in the outbox.
+    pub fn wake(&self) {
+        for bell in &self.wake {
+            bell.notify_one();
         }
     }
 
-    /// Stops taking notices and gives the queued ones until `grace` to go out.
+    /// Sends what is due until `grace` is over; what is left stays in the outbox for the
+    /// next sender (another process, or this one started again).
     pub async fn close(self, grace: Duration) {
-        drop(self.senders);
+        let _ = self.stop.send(true);
         let all = futures::future::join_all(self.tasks);
         if tokio::time::timeout(grace, all).await.is_err() {
-            tracing::warn!("notifications still queued at shutdown were not sent");
+            tracing::warn!("notification senders were still busy at shutdown: stopped");
+        }
+        for channel in &self.channels {
+            match self.store.pending_notices(&channel.name).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    channel = %channel.name,
+                    notices = n,
+                    "notices left in the outbox for the next sender"
+                ),
+                Err(e) => tracing::warn!(channel = %channel.name, error = %e, "reading the outbox"),
+            }
         }
     }
 }
 
+impl Channel {
+    /// The outbox entry of a notice on this channel: the body (and subject) it sends.
+    fn render(&self, notice: &Notice) -> Result<Outgoing, String> {
+        let i = &notice.incident;
+        let (subject, body) = match &self.target {
+            Target::Webhook { .. } => (
+                String::new(),
+                serde_json::to_string(notice).map_err(|e| format!("encoding the notice: {e}"))?,
+            ),
+            Target::Slack { .. } => (
+                String::new(),
+                serde_json::json!({ "text": notice.slack_text() }).to_string(),
+            ),
+            Target::Email { .. } => {
+                let fields = serde_json::to_string_pretty(i)
+                    .map_err(|e| format!("encoding the notice: {e}"))?;
+                (
+                    notice.subject(),
+                    format!("{}\n\n{fields}\n", notice.summary()),
+                )
+            }
+        };
+        Ok(Outgoing {
+            incident_id: i.id.clone(),
+            kind: notice.kind.to_owned(),
+            severity: i.severity.as_str().to_owned(),
+            channel: self.name.clone(),
+            subject,
+            body,
+        })
+    }
+}
+
 struct Worker {
+    label: ChannelLabel,
     channel: Channel,
     delivery: Delivery,
     http: reqwest::Client,
     mailer: Option<AsyncSmtpTransport<Tokio1Executor>>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
+    store: Arc<dyn AlertStore>,
+    owner: String,
 }
 
 impl Worker {
-    async fn run(self, mut rx: mpsc::Receiver<Arc<Notice>>) {
-        let label = ChannelLabel {
-            channel: self.channel.name.clone(),
-        };
-        while let Some(notice) = rx.recv().await {
-            let mut delay = self.delivery.backoff;
-            let mut attempt = 1;
-            loop {
-                match self.send(&notice).await {
-                    Ok(()) => {
-                        self.metrics.notifications_sent.get_or_create(&label).inc();
-                        break;
+    /// Claims due notices and sends them, until `stop` and nothing more is due; looks again
+    /// when woken, and at least every `backoff` (at most every second): for retries that
+    /// came due and for notices a sender that died left behind.
+    async fn run(self, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+        let poll = self
+            .delivery
+            .backoff
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        // One attempt's claim: long enough that it never runs out while the attempt runs.
+        let lease = micros(self.delivery.timeout * 2 + Duration::from_secs(5));
+        loop {
+            let stopping = *stop.borrow_and_update();
+            let now = wall_micros();
+            match self
+                .store
+                .claim_notices(&self.channel.name, &self.owner, now, now + lease, CLAIM)
+                .await
+            {
+                Ok(claimed) => {
+                    for c in &claimed {
+                        self.attempt(c).await;
                     }
-                    Err(Failure::Transient(why)) if attempt < self.delivery.attempts => {
-                        tracing::warn!(
-                            channel = %self.channel.name,
-                            attempt,
-                            error = %why,
-                            retry_in = ?delay,
-                            "notification failed: retrying"
-                        );
-                        self.metrics
-                            .notifications_retried
-                            .get_or_create(&label)
-                            .inc();
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(60));
-                        attempt += 1;
-                    }
-                    Err(Failure::Transient(why) | Failure::Permanent(why)) => {
-                        tracing::error!(
-                            channel = %self.channel.name,
-                            incident = %notice.incident.id,
-                            attempts = attempt,
-                            error = %why,
-                            "notification given up"
-                        );
-                        self.metrics
-                            .notifications_failed
-                            .get_or_create(&label)
-                            .inc();
-                        break;
+                    if claimed.len() == CLAIM {
+                        continue;
                     }
                 }
+                Err(e) => tracing::warn!(
+                    channel = %self.channel.name,
+                    error = %e,
+                    "claiming notices from the outbox"
+                ),
+            }
+            if stopping {
+                return;
+            }
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+                _ = stop.changed() => {}
             }
         }
     }
 
-    async fn send(&self, notice: &Notice) -> Result<(), Failure> {
+    /// One attempt at a claimed notice, settled in the outbox.
+    async fn attempt(&self, c: &Claimed) {
+        let outcome = match self.send(&c.notice).await {
+            Ok(()) => {
+                self.metrics
+                    .notifications_sent
+                    .get_or_create(&self.label)
+                    .inc();
+                Settled::Sent
+            }
+            Err(Failure::Transient(why)) if c.attempts < self.delivery.attempts => {
+                let delay = self
+                    .delivery
+                    .backoff
+                    .saturating_mul(1 << (c.attempts - 1).min(16))
+                    .min(Duration::from_secs(60));
+                tracing::warn!(
+                    channel = %self.channel.name,
+                    attempt = c.attempts,
+                    error = %why,
+                    retry_in = ?delay,
+                    "notification failed: retrying"
+                );
+                self.metrics
+                    .notifications_retried
+                    .get_or_create(&self.label)
+                    .inc();
+                Settled::Retry {
+                    due_at: wall_micros() + micros(delay),
+                    error: why,
+                }
+            }
+            Err(Failure::Transient(why) | Failure::Permanent(why)) => {
+                tracing::error!(
+                    channel = %self.channel.name,
+                    incident = %c.notice.incident_id,
+                    attempts = c.attempts,
+                    error = %why,
+                    "notification given up"
+                );
+                self.metrics
+                    .notifications_failed
+                    .get_or_create(&self.label)
+                    .inc();
+                Settled::Failed { error: why }
+            }
+        };
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..5 {
+            match self
+                .store
+                .settle_notice(&c.notice, &self.owner, wall_micros(), &outcome)
+                .await
+            {
+                Ok(true) => return,
+                Ok(false) => {
+                    tracing::warn!(
+                        channel = %self.channel.name,
+                        incident = %c.notice.incident_id,
+                        "a notice's claim ran out before it was settled: another sender has it"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(channel = %self.channel.name, error = %e, "settling a notice");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        // The claim runs out and the notice is attempted again.
+        tracing::error!(
+            channel = %self.channel.name,
+            incident = %c.notice.incident_id,
+            "a notice could not be settled in the outbox: it will be attempted again"
+        );
+    }
+
+    async fn send(&self, notice: &Outgoing) -> Result<(), Failure> {
         match &self.channel.target {
             Target::Webhook { url, secret } => {
-                let body = serde_json::to_vec(notice)
-                    .map_err(|e| Failure::Permanent(format!("encoding the notice: {e}")))?;
                 let mut request = self
                     .http
                     .post(url.clone())
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .header(EVENT_HEADER, notice.kind);
+                    .header(EVENT_HEADER, notice.kind.as_str());
                 if let Some(secret) = secret {
                     let now = self.clock.now_micros().div_euclid(1_000_000);
-                    request = request.header(SIGNATURE_HEADER, signature(secret, now, &body));
+                    request = request.header(
+                        SIGNATURE_HEADER,
+                        signature(secret, now, notice.body.as_bytes()),
+                    );
                 }
-                http_outcome(request.body(body).send().await)
+                http_outcome(request.body(notice.body.clone()).send().await)
             }
-            Target::Slack { url } => {
-                let body = serde_json::json!({ "text": notice.slack_text() });
-                http_outcome(
-                    self.http
-                        .post(url.clone())
-                        .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(body.to_string())
-                        .send()
-                        .await,
-                )
-            }
+            Target::Slack { url } => http_outcome(
+                self.http
+                    .post(url.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(notice.body.clone())
+                    .send()
+                    .await,
+            ),
             Target::Email { from, to, .. } => {
                 let Some(mailer) = &self.mailer else {
                     return Err(Failure::Permanent("no SMTP transport".into()));
                 };
-                let i = &notice.incident;
                 let mut builder = Message::builder()
                     .from(from.clone())
-                    .subject(notice.subject());
+                    .subject(notice.subject.as_str());
                 for t in to {
                     builder = builder.to(t.clone());
                 }
-                let fields = serde_json::to_string_pretty(i)
-                    .map_err(|e| Failure::Permanent(format!("encoding the notice: {e}")))?;
                 let message = builder
                     .header(ContentType::TEXT_PLAIN)
-                    .body(format!("{}\n\n{fields}\n", notice.summary()))
+                    .body(notice.body.clone())
                     .map_err(|e| Failure::Permanent(format!("building the message: {e}")))?;
                 match mailer.send(message).await {
                     Ok(_) => Ok(()),
