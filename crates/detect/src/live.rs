@@ -1001,13 +1001,22 @@ impl Live {
     /// For each partition, the offset of its oldest held event: the log must be read again
     /// from there after a restart for nothing to be missed.
     pub fn oldest_held(&self) -> Vec<(u32, u64)> {
-        let mut out: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+        self.held_offsets()
+            .into_iter()
+            .map(|(p, (oldest, _))| (p, oldest))
+            .collect()
+    }
+
+    /// For each partition with events held, the offsets of its oldest and newest held event.
+    pub fn held_offsets(&self) -> std::collections::BTreeMap<u32, (u64, u64)> {
+        let mut out: std::collections::BTreeMap<u32, (u64, u64)> =
+            std::collections::BTreeMap::new();
         for Reverse(h) in &self.held {
             let (_, p, o) = h.order;
-            let e = out.entry(p).or_insert(o);
-            *e = (*e).min(o);
+            let e = out.entry(p).or_insert((o, o));
+            *e = (e.0.min(o), e.1.max(o));
         }
-        out.into_iter().collect()
+        out
     }
 
     /// The engine's counters, over both kinds of rules (events, late and duplicates once).

@@ -18,7 +18,7 @@
 //! A stop hands the state over rather than ending the input: it checkpoints and leaves the
 //! windows open (another member, or this one started again, goes on from there).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,42 @@ struct Cross {
     again: Option<u64>,
     /// The stream's watermark as last published.
     published: i64,
+    /// The block records read whose events may still be held, oldest first: (offset in
+    /// `blocks`, partition, offset of its newest event).
+    unreleased: VecDeque<(u64, u32, u64)>,
+}
+
+impl Cross {
+    /// Reading from `position` in `blocks`, nothing held.
+    fn at(position: u64, again: Option<u64>) -> Cross {
+        Cross {
+            position,
+            again,
+            published: i64::MIN,
+            unreleased: VecDeque::new(),
+        }
+    }
+
+    /// Notes the block record at `offset`, read, before its events are taken in.
+    fn read(&mut self, offset: u64, block: &Block) {
+        if let Some(newest) = block.events.iter().map(|e| e.0).max() {
+            self.unreleased.push_back((offset, block.partition, newest));
+        }
+    }
+
+    /// Where a restart without a checkpoint reads `blocks` again from: the first block record
+    /// read with an event still held (`held`: per partition, the oldest and newest offset of
+    /// its held events), else the position. Read from there, the held events are taken in
+    /// again; committing the position instead would lose them with the process.
+    fn resume(&mut self, held: &BTreeMap<u32, (u64, u64)>) -> u64 {
+        while let Some(&(_, p, newest)) = self.unreleased.front() {
+            if held.get(&p).is_some_and(|(oldest, _)| *oldest <= newest) {
+                break;
+            }
+            self.unreleased.pop_front();
+        }
+        self.unreleased.front().map_or(self.position, |u| u.0)
+    }
 }
 
 /// One member's share of detection.
@@ -230,11 +266,12 @@ impl Member {
 
     /// Records the positions in the log (and in `blocks`, with partition 0) where a restart
     /// without a checkpoint goes on.
-    async fn commit(&self, (log, blocks): &mut (Recorded, Recorded)) {
+    async fn commit(&mut self, (log, blocks): &mut (Recorded, Recorded)) {
         log.commit(self.log.as_ref(), self.positions.clone()).await;
-        if let Some(c) = &self.cross {
+        if let Some(c) = &mut self.cross {
+            let at = c.resume(&self.detector.held_offsets());
             blocks
-                .commit(self.blocks.as_ref(), BTreeMap::from([(0, c.position)]))
+                .commit(self.blocks.as_ref(), BTreeMap::from([(0, at)]))
                 .await;
         }
     }
@@ -419,11 +456,16 @@ impl Member {
                         "detector restored the rules keyed across users from their checkpoint; \
                          reading the partitions' blocks on from the position it reflects"
                     );
-                    return Ok(Cross {
-                        position,
-                        again: Some(self.blocks.end(0).await?),
-                        published: i64::MIN,
-                    });
+                    let mut cross = Cross::at(position, Some(self.blocks.end(0).await?));
+                    // The events it holds came from block records before `position`: until
+                    // they are released, a restart without a checkpoint reads again from no
+                    // further than the position committed before.
+                    let committed = self.blocks.committed(CONSUMER).await?.get(&0).copied();
+                    let floor = committed.unwrap_or(0).min(position);
+                    for (p, (_, newest)) in self.detector.held_offsets() {
+                        cross.unreleased.push_back((floor, p, newest));
+                    }
+                    return Ok(cross);
                 }
                 Err(reason) => tracing::warn!(
                     %reason,
@@ -441,11 +483,7 @@ impl Member {
             "the rules keyed across users start afresh at the committed position of the partitions' blocks"
         );
         let end = self.blocks.end(0).await?;
-        Ok(Cross {
-            position,
-            again: (position < end).then_some(end),
-            published: i64::MIN,
-        })
+        Ok(Cross::at(position, (position < end).then_some(end)))
     }
 
     /// A checkpoint's bytes from the lake (`None` when there is none, or checkpoints are off).
@@ -534,6 +572,7 @@ impl Member {
             cross.position = r.offset + 1;
             match Block::decode(&r.value) {
                 Ok(block) => {
+                    cross.read(r.offset, &block);
                     self.detector.accept(block);
                     self.detector.combine_round(false);
                 }
@@ -638,6 +677,68 @@ fn cut(block: Block) -> Vec<Block> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn event(t: i64) -> shoplake_events::Event {
+        shoplake_events::Event {
+            event_time: t,
+            event_type: shoplake_events::EventType::View,
+            product_id: 1,
+            category_id: 1,
+            category_code: None,
+            brand: None,
+            price: shoplake_events::Price::from_cents(100),
+            user_id: 1,
+            user_session: None,
+            client_ip: Some("10.0.0.1".parse().unwrap()),
+            user_agent: None,
+            ingest_time: None,
+        }
+    }
+
+    #[test]
+    fn blocks_are_committed_from_the_first_record_with_an_event_still_held() {
+        let settings = shoplake_detect::DetectConfig::default().settings().unwrap();
+        let clock = Arc::new(shoplake_events::time::FixedClock(0));
+        let mut live = Live::new(settings, clock, 2);
+        let mut cross = Cross::at(0, None);
+        let sec = 1_000_000;
+        let mut take = |live: &mut Live, cross: &mut Cross, offset: u64, block: Block| {
+            cross.position = offset + 1;
+            cross.read(offset, &block);
+            live.accept(block);
+            live.combine_round(false);
+            cross.resume(&live.held_offsets())
+        };
+        let mark = |partition: u32, watermark: i64| Block {
+            partition,
+            watermark,
+            idle: false,
+            events: Vec::new(),
+        };
+        // Partition 1 is read, with nothing to hand on yet.
+        assert_eq!(take(&mut live, &mut cross, 0, mark(1, 0)), 1);
+        // Partition 0's two events wait for partition 1's watermark: a restart must read
+        // the record holding them again (committing the read position lost them).
+        let block = Block {
+            events: vec![(0, event(sec)), (1, event(2 * sec))],
+            ..mark(0, 2 * sec)
+        };
+        assert_eq!(take(&mut live, &mut cross, 1, block), 1);
+        assert_eq!(live.held(), 2);
+        // A record of no events changes nothing held.
+        assert_eq!(take(&mut live, &mut cross, 2, mark(0, 2 * sec)), 1);
+        // Partition 1 passes 2 s: partition 0's are released, its own at 5 s is held.
+        let block = Block {
+            events: vec![(0, event(5 * sec))],
+            ..mark(1, 10 * sec)
+        };
+        assert_eq!(take(&mut live, &mut cross, 3, block), 3);
+        assert_eq!(live.held(), 1);
+        // Partition 0 passes 10 s: nothing is held, and the read position is committed.
+        assert_eq!(take(&mut live, &mut cross, 4, mark(0, 20 * sec)), 5);
+        assert_eq!(live.held(), 0);
+        assert!(cross.unreleased.is_empty());
+    }
 
     #[test]
     fn a_large_block_is_cut_and_only_its_last_piece_moves_the_watermark() {
