@@ -642,8 +642,13 @@ impl Live {
             }
         } else if keyed.stats().duplicates == duplicates {
             // Neither late nor a duplicate: the rules keyed across users see what those keyed
-            // by user see, without the user agent (none of them reads it; it may be a KiB).
+            // by user see, without the texts none of them reads (the user agent, which may be
+            // a KiB; the session, category code and brand): less to hold, checkpoint and, spread
+            // over processes, to hand over through the log.
             e.user_agent = None;
+            e.user_session = None;
+            e.category_code = None;
+            e.brand = None;
             if let Some(out) = self.outbox.get_mut(partition as usize) {
                 out.push((offset, e));
             }

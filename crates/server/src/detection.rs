@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::checkpoint::{self, Checkpoints};
 use crate::error::Result;
-use crate::metrics::{ChannelLabel, IncidentLabel, Metrics, PartitionLabel};
+use crate::metrics::{IncidentLabel, Metrics, PartitionLabel};
 use crate::notify::{Notifier, NotifySettings, wall_micros};
 
 /// The detector's consumer name in the log.
@@ -238,6 +238,7 @@ pub(crate) async fn run(
     let partitions = log.partitions();
     let all: Vec<u32> = (0..partitions).collect();
     let mut recorded = Recorded::default();
+    let mut unstored = Unstored::default();
     let limit = options.round_limit(partitions);
     loop {
         let stopping = *stop.borrow();
@@ -262,27 +263,33 @@ pub(crate) async fn run(
         detector.end_round(now, drain);
         counted.export(&detector, metrics, partitions);
         export_lag(metrics, now, round.newest_ingest);
-        record(options, metrics, out, detector.take_changes(), recheck).await;
-        // A restart reads again from the oldest event still held, so that the rules keyed
-        // across users miss nothing.
-        let commit = resume_positions(&positions, detector.oldest_held());
-        recorded.commit(log, commit).await;
-        if let Some(c) = &mut checkpoints {
-            c.after_round(&detector, &positions, lake, metrics, drain)
-                .await;
+        record(
+            options,
+            metrics,
+            out,
+            &mut unstored,
+            detector.take_changes(),
+            recheck,
+        )
+        .await;
+        // Neither the committed positions nor a checkpoint may run ahead of changes the
+        // store has not taken: a restart would not detect them again.
+        if unstored.is_empty() {
+            // A restart reads again from the oldest event still held, so that the rules
+            // keyed across users miss nothing.
+            let commit = resume_positions(&positions, detector.oldest_held());
+            recorded.commit(log, commit).await;
+            if let Some(c) = &mut checkpoints {
+                c.after_round(&detector, &positions, lake, metrics, drain)
+                    .await;
+            }
         }
         if round.read > 0 {
             continue;
         }
         if drain {
-            let st = detector.stats();
-            tracing::info!(
-                events = st.events,
-                late = st.late,
-                duplicates = st.duplicates,
-                windows_fired = st.windows_fired,
-                "detector stopped"
-            );
+            unstored.left_at_stop();
+            stopped(&detector);
             return Ok(());
         }
         if !stopping {
@@ -292,6 +299,18 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// Says what the detector did, at its stop.
+fn stopped(detector: &Live) {
+    let st = detector.stats();
+    tracing::info!(
+        events = st.events,
+        late = st.late,
+        duplicates = st.duplicates,
+        windows_fired = st.windows_fired,
+        "detector stopped"
+    );
 }
 
 /// The detector to start with and its log positions: restored from its checkpoint, or new
@@ -517,17 +536,30 @@ impl Counted {
 /// processes briefly both own), and a notice a sender claimed and did not settle (it died) is
 /// sent by another; with `again` (records read a second time after a restart from a
 /// checkpoint), an opening or escalation the store already held is not written again.
+///
+/// Changes the store did not take (it was down past the retries) stay in `unstored` and are
+/// tried again, first, with the next round's.
 pub(crate) async fn record(
     options: &DetectionOptions,
     metrics: &Metrics,
     out: &Outputs,
+    unstored: &mut Unstored,
     changes: Vec<Change>,
     again: bool,
 ) {
-    if changes.is_empty() {
+    if changes.is_empty() && unstored.is_empty() {
         return;
     }
-    store_with_notices(options, metrics, out, &changes, again).await;
+    let again = again || unstored.again;
+    let mut all = std::mem::take(&mut unstored.changes);
+    all.extend(changes);
+    if !store_with_notices(options, metrics, out, &all, again).await {
+        unstored.changes = all;
+        unstored.again = again;
+        return;
+    }
+    unstored.again = false;
+    let changes = all;
     let now = out.clock.now_micros();
     let mut flags = Vec::new();
     for c in &changes {
@@ -582,14 +614,14 @@ pub(crate) async fn record(
 }
 
 /// Stores changes with their notices (with `again`, none of what the store already held),
-/// then wakes the senders; the notices are counted as dropped when the store gave up.
+/// then wakes the senders; false when the store gave up.
 async fn store_with_notices(
     options: &DetectionOptions,
     metrics: &Metrics,
     out: &Outputs,
     changes: &[Change],
     again: bool,
-) {
+) -> bool {
     let mut fresh = Vec::new();
     for c in changes {
         if !again || !notified_before(options, c).await {
@@ -597,18 +629,38 @@ async fn store_with_notices(
         }
     }
     let notices = out.notifier.notices(&fresh);
-    if store_changes(options, metrics, changes, &notices).await {
-        if !notices.is_empty() {
-            out.notifier.wake();
-        }
-    } else {
-        for n in &notices {
-            metrics
-                .notifications_dropped
-                .get_or_create(&ChannelLabel {
-                    channel: n.channel.clone(),
-                })
-                .inc();
+    let stored = store_changes(options, metrics, changes, &notices).await;
+    if stored && !notices.is_empty() {
+        out.notifier.wake();
+    }
+    stored
+}
+
+/// Incident changes the store has not taken yet (it was down past the retries): tried again
+/// first at the next round, and until they are stored neither a checkpoint nor the committed
+/// log positions move past them (a restart would not detect them again).
+#[derive(Default)]
+pub(crate) struct Unstored {
+    changes: Vec<Change>,
+    /// Whether some were detected in records read a second time.
+    again: bool,
+}
+
+impl Unstored {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// At a stop: says what the store never took (the checkpoint and the committed positions
+    /// stayed behind it, so the next start detects it again).
+    pub(crate) fn left_at_stop(&self) {
+        if !self.is_empty() {
+            tracing::error!(
+                changes = self.changes.len(),
+                "the alert store did not take these incident changes before the stop; the \
+                 detector's checkpoint and positions stay behind them, so the next start \
+                 detects them again"
+            );
         }
     }
 }
@@ -641,7 +693,7 @@ async fn store_changes(
     tracing::error!(
         changes = changes.len(),
         notices = notices.len(),
-        "gave up storing incident changes"
+        "the alert store did not take incident changes; trying them again with the next round"
     );
     false
 }
@@ -855,6 +907,164 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(round, Round::default());
+    }
+
+    /// An alert store that refuses the next `fails` records, then is the SQLite one.
+    struct Flaky {
+        inner: shoplake_alerts::SqlStore,
+        fails: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl AlertStore for Flaky {
+        async fn record(
+            &self,
+            changes: &[Change],
+            notices: &[shoplake_alerts::Outgoing],
+            now: i64,
+        ) -> shoplake_alerts::Result<()> {
+            use std::sync::atomic::Ordering;
+            let left = self.fails.load(Ordering::SeqCst);
+            if left > 0 {
+                self.fails.store(left - 1, Ordering::SeqCst);
+                return Err(shoplake_alerts::Error::Argument("the store is down".into()));
+            }
+            self.inner.record(changes, notices, now).await
+        }
+        async fn claim_notices(
+            &self,
+            channel: &str,
+            owner: &str,
+            now: i64,
+            until: i64,
+            limit: usize,
+        ) -> shoplake_alerts::Result<Vec<shoplake_alerts::Claimed>> {
+            self.inner
+                .claim_notices(channel, owner, now, until, limit)
+                .await
+        }
+        async fn settle_notice(
+            &self,
+            notice: &shoplake_alerts::Outgoing,
+            owner: &str,
+            now: i64,
+            outcome: &shoplake_alerts::Settled,
+        ) -> shoplake_alerts::Result<bool> {
+            self.inner.settle_notice(notice, owner, now, outcome).await
+        }
+        async fn pending_notices(&self, channel: &str) -> shoplake_alerts::Result<u64> {
+            self.inner.pending_notices(channel).await
+        }
+        async fn get(
+            &self,
+            id: &str,
+        ) -> shoplake_alerts::Result<Option<shoplake_alerts::StoredIncident>> {
+            self.inner.get(id).await
+        }
+        async fn by_key(
+            &self,
+            key_type: shoplake_detect::KeyType,
+            key: &str,
+            limit: usize,
+        ) -> shoplake_alerts::Result<Vec<shoplake_alerts::StoredIncident>> {
+            self.inner.by_key(key_type, key, limit).await
+        }
+        async fn between(
+            &self,
+            from: i64,
+            to: i64,
+            page: &shoplake_alerts::Page,
+        ) -> shoplake_alerts::Result<Vec<shoplake_alerts::StoredIncident>> {
+            self.inner.between(from, to, page).await
+        }
+        async fn open(
+            &self,
+            min: Severity,
+            limit: usize,
+        ) -> shoplake_alerts::Result<Vec<shoplake_alerts::StoredIncident>> {
+            self.inner.open(min, limit).await
+        }
+        async fn prune_resolved(&self, before: i64) -> shoplake_alerts::Result<u64> {
+            self.inner.prune_resolved(before).await
+        }
+        async fn acknowledge(&self, id: &str, who: &str, at: i64) -> shoplake_alerts::Result<bool> {
+            self.inner.acknowledge(id, who, at).await
+        }
+        async fn resolve(&self, id: &str, who: &str, at: i64) -> shoplake_alerts::Result<bool> {
+            self.inner.resolve(id, who, at).await
+        }
+        async fn set_listed(
+            &self,
+            list: shoplake_alerts::List,
+            key_type: shoplake_detect::KeyType,
+            key: &str,
+            on: bool,
+            who: &str,
+            at: i64,
+        ) -> shoplake_alerts::Result<()> {
+            self.inner
+                .set_listed(list, key_type, key, on, who, at)
+                .await
+        }
+        async fn listed(&self) -> shoplake_alerts::Result<Vec<shoplake_alerts::Listed>> {
+            self.inner.listed().await
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_the_store_did_not_take_are_stored_with_the_next_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("alerts.db").display());
+        let store = Arc::new(Flaky {
+            inner: shoplake_alerts::SqlStore::open(&url).await.unwrap(),
+            // Every attempt of the first round's.
+            fails: 5.into(),
+        });
+        let settings = shoplake_detect::DetectConfig::default().settings().unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(shoplake_events::time::FixedClock(T0));
+        let options = DetectionOptions {
+            settings: settings.clone(),
+            store: store.clone(),
+            max_per_partition: 1000,
+            notify: NotifySettings::default(),
+            retain_resolved: None,
+            checkpoint: None,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let (flags, _flags_rx) = mpsc::unbounded_channel();
+        let out = Outputs {
+            notifier: Notifier::start(
+                &options.notify,
+                store.clone(),
+                metrics.clone(),
+                clock.clone(),
+            )
+            .unwrap(),
+            live: tokio::sync::broadcast::channel(16).0,
+            flags,
+            flag_severity: settings.flag_severity,
+            clock: clock.clone(),
+        };
+        // A user's burst opens an incident.
+        let mut detector = shoplake_detect::Detector::new(settings, clock);
+        for i in 0..500 {
+            detector.process(&event(1, i * 10_000, None));
+        }
+        detector.finish();
+        let changes = detector.take_changes();
+        let Some(Change::Opened(opened)) = changes.first().cloned() else {
+            panic!("no incident opened: {changes:?}");
+        };
+        let mut unstored = Unstored::default();
+        super::record(&options, &metrics, &out, &mut unstored, changes, false).await;
+        assert!(!unstored.is_empty(), "the store took nothing");
+        assert!(store.get(&opened.id).await.unwrap().is_none());
+        // The store is back: the next round stores them, before its own (none here).
+        super::record(&options, &metrics, &out, &mut unstored, Vec::new(), false).await;
+        assert!(unstored.is_empty());
+        let stored = store.get(&opened.id).await.unwrap().unwrap();
+        assert_eq!(stored.rule, opened.rule);
+        out.notifier.close(Duration::from_secs(1)).await;
     }
 
     #[test]

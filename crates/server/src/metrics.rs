@@ -95,8 +95,6 @@ pub struct Metrics {
     pub notifications_failed: Family<ChannelLabel, Counter>,
     /// Failed attempts followed by another, by channel.
     pub notifications_retried: Family<ChannelLabel, Counter>,
-    /// Notices dropped on a full queue, by channel.
-    pub notifications_dropped: Family<ChannelLabel, Counter>,
     /// User-days written to `bot_flags`.
     pub bot_flags: Counter,
     /// Batches of bot flags the lake could not take.
@@ -173,7 +171,6 @@ impl Metrics {
         let notifications_sent = Family::<ChannelLabel, Counter>::default();
         let notifications_failed = Family::<ChannelLabel, Counter>::default();
         let notifications_retried = Family::<ChannelLabel, Counter>::default();
-        let notifications_dropped = Family::<ChannelLabel, Counter>::default();
         let bot_flags = Counter::default();
         let bot_flag_failures = Counter::default();
         let log_full = Counter::default();
@@ -299,11 +296,6 @@ impl Metrics {
             "notifications_retried",
             "Failed notice attempts followed by another, by channel",
             notifications_retried.clone(),
-        );
-        registry.register(
-            "notifications_dropped",
-            "Notices lost because their change could not be stored (nor they in the outbox), by channel",
-            notifications_dropped.clone(),
         );
         registry.register(
             "detector_bot_flags",
@@ -456,7 +448,6 @@ impl Metrics {
             notifications_sent,
             notifications_failed,
             notifications_retried,
-            notifications_dropped,
             bot_flags,
             bot_flag_failures,
             detector_dedupe_ids,

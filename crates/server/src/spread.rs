@@ -29,8 +29,8 @@ use shoplake_log::{EventLog, Limit, Ownership, Record};
 use tokio::sync::watch;
 
 use crate::detection::{
-    CONSUMER, Counted, DetectionOptions, IDLE, ListsPoll, Outputs, Recorded, Round, export_lag,
-    read_round, record,
+    CONSUMER, Counted, DetectionOptions, IDLE, ListsPoll, Outputs, Recorded, Round, Unstored,
+    export_lag, read_round, record,
 };
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -125,8 +125,8 @@ struct Member {
     /// How often checkpoints are written (`None`: they are off), and when the last was.
     every: Option<Duration>,
     checkpointed: Instant,
-    /// Blocks that could not be handed over (given up at a stop): the partitions' checkpoints
-    /// would run ahead of them, so none is written.
+    /// Blocks that could not be handed over (given up at a stop): the checkpoints and the
+    /// committed positions would run ahead of them, so none is written.
     unsent: bool,
 }
 
@@ -147,6 +147,7 @@ pub(crate) async fn run(
     let mut lists = ListsPoll::default();
     let mut counted = Counted::default();
     let mut recorded = (Recorded::default(), Recorded::default());
+    let mut unstored = Unstored::default();
     let mut trouble = Trouble::default();
     loop {
         let stopping = *stop.borrow();
@@ -184,23 +185,24 @@ pub(crate) async fn run(
         member.detector.follow(member.stream, &owned);
         counted.export(&member.detector, metrics, partitions);
         export_lag(metrics, now, round.newest_ingest);
-        record(
-            options,
-            metrics,
-            out,
-            member.detector.take_changes(),
-            recheck,
-        )
-        .await;
-        member.commit(&mut recorded).await;
-        member.checkpoint_when_due(lake, metrics).await;
+        let changes = member.detector.take_changes();
+        record(options, metrics, out, &mut unstored, changes, recheck).await;
+        // Neither the committed positions nor a checkpoint may run ahead of changes the
+        // store has not taken, nor of blocks not handed over: a restart would miss them.
+        let behind = !unstored.is_empty() || member.unsent;
+        if !behind {
+            member.commit(&mut recorded).await;
+            member.checkpoint_when_due(lake, metrics).await;
+        }
         let reached = member.reached();
         if (round.read > 0 || crossed > 0) && !reached {
             continue;
         }
         if stopping {
-            member.checkpoint(lake, metrics).await;
-            member.stopped();
+            if !behind {
+                member.checkpoint(lake, metrics).await;
+            }
+            member.stopped(&unstored);
             return Ok(());
         }
         tokio::select! {
@@ -276,8 +278,9 @@ impl Member {
         }
     }
 
-    /// Says what the member did, at its stop.
-    fn stopped(&self) {
+    /// Says what the member did, at its stop (and what the store never took).
+    fn stopped(&self, unstored: &Unstored) {
+        unstored.left_at_stop();
         let st = self.detector.stats();
         tracing::info!(
             events = st.events,
@@ -613,7 +616,6 @@ impl Member {
         let mut files: Vec<(String, Vec<u8>)> = self
             .positions
             .iter()
-            .filter(|_| !self.unsent)
             .filter_map(|(p, at)| {
                 Some((
                     partition_file(*p),
@@ -702,7 +704,7 @@ mod tests {
         let mut live = Live::new(settings, clock, 2);
         let mut cross = Cross::at(0, None);
         let sec = 1_000_000;
-        let mut take = |live: &mut Live, cross: &mut Cross, offset: u64, block: Block| {
+        let take = |live: &mut Live, cross: &mut Cross, offset: u64, block: Block| {
             cross.position = offset + 1;
             cross.read(offset, &block);
             live.accept(block);
