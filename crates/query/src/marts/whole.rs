@@ -88,6 +88,44 @@ pub(super) struct Rebuilt {
     pub item_rows: usize,
 }
 
+/// How a rebuild's spill directory is named in the temporary directory: then the process id.
+const SPILL_PREFIX: &str = "shoplake-rebuild-";
+
+/// Removes the spill directories of rebuilds whose process is gone: one killed mid-rebuild
+/// (`kill -9`, a crash) leaves what dropping its directory would have removed, tens to
+/// hundreds of MiB on a month. A live process's directory is kept (on Linux, where `/proc`
+/// says which are alive; elsewhere nothing is swept).
+fn sweep_spills(tmp: &Path) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SPILL_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => {
+                tracing::info!(dir = %entry.path().display(), "removed the spill of a rebuild whose process is gone")
+            }
+            Err(e) => {
+                tracing::debug!(dir = %entry.path().display(), error = %e, "could not remove an old rebuild's spill")
+            }
+        }
+    }
+}
+
 /// Rebuilds one zone's marts (all but `mart_daily`, whose rows come back) and its state
 /// from `events` (a relation of human events) as the engine reads it.
 pub(super) async fn rebuild(
@@ -99,9 +137,11 @@ pub(super) async fn rebuild(
     let started = Instant::now();
     let bounds = Arc::new(Bounds::sample(engine, events).await?);
     let sampled = started.elapsed();
+    let tmp = std::env::temp_dir();
+    sweep_spills(&tmp);
     let dir = tempfile::Builder::new()
-        .prefix("shoplake-rebuild-")
-        .tempdir()
+        .prefix(&format!("{SPILL_PREFIX}{}-", std::process::id()))
+        .tempdir_in(&tmp)
         .map_err(io)?;
     let spilled = spill(engine, zone, events, &bounds, dir.path()).await?;
     let scanned = started.elapsed();
@@ -1879,6 +1919,25 @@ mod tests {
 
     use super::*;
     use crate::marts::contrib::{EventFacts, Kind, SessionState, UserState};
+
+    #[test]
+    fn spills_of_processes_gone_are_swept_and_a_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        // No process has this id (Linux's pid_max is at most 2^22).
+        let gone = tmp.path().join(format!("{SPILL_PREFIX}4000000000-x1"));
+        let mine = tmp
+            .path()
+            .join(format!("{SPILL_PREFIX}{}-x2", std::process::id()));
+        let other = tmp.path().join("shoplake-rebuild-notapid");
+        for d in [&gone, &mine, &other] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("s0-0"), b"spill").unwrap();
+        }
+        sweep_spills(tmp.path());
+        assert_eq!(!gone.exists(), cfg!(target_os = "linux"));
+        assert!(mine.join("s0-0").exists());
+        assert!(other.exists());
+    }
 
     /// A small deterministic generator (xorshift).
     struct Rng(u64);
