@@ -744,20 +744,7 @@ mod tests {
 
     #[test]
     fn a_large_block_is_cut_and_only_its_last_piece_moves_the_watermark() {
-        let event = shoplake_events::Event {
-            event_time: 1,
-            event_type: shoplake_events::EventType::View,
-            product_id: 1,
-            category_id: 1,
-            category_code: None,
-            brand: None,
-            price: shoplake_events::Price::from_cents(100),
-            user_id: 1,
-            user_session: None,
-            client_ip: None,
-            user_agent: None,
-            ingest_time: None,
-        };
+        let event = event(1);
         let n = BLOCK_EVENTS * 2 + 3;
         let block = Block {
             partition: 3,
